@@ -1,0 +1,2 @@
+//! shoal control plane (issue 4).
+#![forbid(unsafe_code)]

@@ -1,0 +1,39 @@
+//! The one narrow, batch-oriented interface every frame backend implements.
+//!
+//! AF_XDP, AF_PACKET and pcap replay all look the same to a poll loop: it asks
+//! for a batch of received frames, judges them in place (zero-copy: the slices
+//! point into the backend's ring or UMEM), and the frames are released back to
+//! the kernel when the callback returns. Frames the engine originates (ARP
+//! replies, heartbeats) leave through [`FrameIo::transmit`].
+
+use std::io;
+
+/// Most frames one receive batch hands to a poll loop.
+pub const MAX_BATCH: usize = 256;
+
+/// A source and sink of raw Ethernet frames on one rx queue.
+pub trait FrameIo: Send {
+    /// Receives up to `max` (at most [`MAX_BATCH`]) frames that are ready now
+    /// and calls `handle` once with all of them (possibly zero), then returns
+    /// their buffers to the kernel. Never blocks. Returns how many frames
+    /// were handed over.
+    fn receive(&mut self, max: usize, handle: &mut dyn FnMut(&[&[u8]])) -> io::Result<usize>;
+
+    /// Queues `frames` for transmission on the wire and kicks the kernel.
+    /// Returns how many were accepted (the rest were dropped for lack of room).
+    fn transmit(&mut self, frames: &[&[u8]]) -> io::Result<usize>;
+
+    /// Blocks up to `timeout_ms` until a frame may be ready (used by the
+    /// back-off idle policy). Spurious wake-ups are allowed.
+    fn wait(&mut self, timeout_ms: i32) -> io::Result<()>;
+
+    /// Human-readable description, for logs and `query`
+    /// (for example `af_xdp native copy queue 0`).
+    fn describe(&self) -> String;
+}
+
+/// Where kept frames go: the local kernel stack, through a device shoal owns.
+pub trait Delivery: Send {
+    /// Hands `frames` to the local kernel stack; returns how many were taken.
+    fn deliver(&mut self, frames: &[&[u8]]) -> io::Result<usize>;
+}

@@ -1,0 +1,2 @@
+//! Benchmarks (issue 5).
+#![forbid(unsafe_code)]
