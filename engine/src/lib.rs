@@ -1,0 +1,10 @@
+//! shoal's engine: I/O backends, pinned poll loops, the exception path into
+//! the local kernel stack, and the `shoal` binary that wires them together.
+//! It holds no protocol logic: the dataplane and control plane decide.
+
+pub mod afpacket;
+pub mod afxdp;
+pub mod io;
+pub mod setup;
+pub mod sys;
+pub mod tap;

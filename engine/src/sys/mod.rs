@@ -1,0 +1,6 @@
+//! The syscall seam: every `unsafe` call into the kernel lives below this
+//! module, behind traits that tests can fake.
+
+pub mod bpf;
+pub mod packet;
+pub mod tap;
