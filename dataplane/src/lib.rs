@@ -2,6 +2,11 @@
 //! every frame it sees. Sans-IO: bytes and time in, verdicts out.
 #![forbid(unsafe_code)]
 
+pub mod bucket;
+pub mod descriptor;
+pub mod hash;
+pub mod mac;
+pub mod map;
 pub mod model;
 
 pub use model::*;

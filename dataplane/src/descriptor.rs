@@ -1,0 +1,503 @@
+//! Descriptors: the connections (and affinity and link entries) a host
+//! tracks so that they keep reaching it across every convergence.
+//!
+//! # Contract
+//!
+//! * Bounded: the table never holds more than [`DescriptorTable::capacity`]
+//!   entries and never allocates after construction (DESIGN.md invariant 7).
+//! * Set-associative: a key hashes (with a per-table secret seed, so remote
+//!   clients cannot aim at one set) to a set of [`WAYS`] slots; lookup and
+//!   insert touch one set only, so every operation is O(WAYS).
+//! * Eviction policy when a set is full, "half-open and idle first":
+//!   an expired entry is reused first; then a half-open entry, then a
+//!   closing one, then an idle UDP-affinity or link entry, the least
+//!   recently seen first. An established TCP connection is only ever
+//!   evicted to make room for another established one (adoption), never for
+//!   a SYN: a SYN flood churns half-open entries and leaves established
+//!   connections alone. A SYN that finds no room is still judged normally
+//!   but is not tracked (`insert_failed`).
+//! * Time is an input (`now` in nanoseconds of any monotonic clock).
+//! * Per-rule, per-group counts of *foreign* entries (whose bucket the
+//!   local host no longer owns) give the dirty groups a host advertises.
+
+use crate::bucket::{group_of, GROUPS};
+use crate::hash::mix64;
+use crate::map::{ClusterMap, GroupBits};
+use crate::model::MAX_RULES;
+
+/// Slots per set.
+pub const WAYS: usize = 8;
+
+/// What a descriptor tracks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// A TCP connection (5-tuple).
+    Tcp = 1,
+    /// Extended affinity: a client (or client network) stays on this host.
+    Affinity = 2,
+    /// GRE following a PPTP control connection (client, VIP).
+    GreLink = 3,
+    /// ESP following an IKE session (client, VIP).
+    EspLink = 4,
+}
+
+/// Lifecycle state; decides the timeout and the eviction order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum State {
+    /// SYN seen, no further frame yet.
+    HalfOpen = 0,
+    /// FIN or RST seen; lingers so retransmissions still reach this host.
+    Closing = 1,
+    /// UDP affinity or GRE/ESP link entry.
+    Soft = 2,
+    /// An established TCP connection.
+    Established = 3,
+}
+
+/// The identity of a descriptor. Addresses are stored as 16 bytes (IPv4 as
+/// IPv4-mapped IPv6, with `v4` set so the families stay distinct).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Client address (or affinity prefix).
+    pub client: [u8; 16],
+    /// VIP.
+    pub server: [u8; 16],
+    /// Client port (0 for affinity and link entries).
+    pub client_port: u16,
+    /// Server port (affinity entries: the rule index).
+    pub server_port: u16,
+    /// [`Kind`] as a byte.
+    pub kind: u8,
+    /// Whether the addresses are IPv4.
+    pub v4: bool,
+}
+
+/// Timeouts and size of a descriptor table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescriptorConfig {
+    /// Most entries (rounded down to a power-of-two number of sets of [`WAYS`]).
+    pub capacity: usize,
+    /// Half-open TCP timeout, ns.
+    pub half_open_ns: u64,
+    /// Established TCP idle timeout, ns.
+    pub established_ns: u64,
+    /// Closing TCP timeout, ns.
+    pub closing_ns: u64,
+    /// GRE/ESP link entry timeout, ns.
+    pub link_ns: u64,
+    /// Extended-affinity entry timeout, ns (per rule timeouts override).
+    pub affinity_ns: u64,
+}
+
+impl Default for DescriptorConfig {
+    /// NLB's 512 × 512 descriptors and conventional timeouts.
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        Self {
+            capacity: 262_144,
+            half_open_ns: 30 * S,
+            established_ns: 3600 * S,
+            closing_ns: 60 * S,
+            link_ns: 300 * S,
+            affinity_ns: 120 * S,
+        }
+    }
+}
+
+/// One tracked entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Entry {
+    /// Its key.
+    pub key: FlowKey,
+    /// Lifecycle state.
+    pub state: u8,
+    /// Rule index the flow matched.
+    pub rule: u8,
+    /// Whether the local host no longer owns `bucket`.
+    pub foreign: bool,
+    /// Bucket of the flow under its rule.
+    pub bucket: u32,
+    /// Last frame seen, ns.
+    pub last_seen: u64,
+    /// Timeout override for this entry, ns (0: by state).
+    pub timeout_ns: u64,
+}
+
+impl Entry {
+    /// Its lifecycle state.
+    pub fn state(&self) -> State {
+        match self.state {
+            0 => State::HalfOpen,
+            1 => State::Closing,
+            2 => State::Soft,
+            _ => State::Established,
+        }
+    }
+}
+
+/// Counters of one table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Entries created.
+    pub inserted: u64,
+    /// Entries removed because they timed out.
+    pub expired: u64,
+    /// Entries evicted for room, by [`State`] index.
+    pub evicted: [u64; 4],
+    /// Inserts refused because the set held only entries the policy keeps.
+    pub insert_failed: u64,
+}
+
+/// A bounded, set-associative descriptor table. See the module docs.
+#[derive(Debug)]
+pub struct DescriptorTable {
+    cfg: DescriptorConfig,
+    seed: u64,
+    set_mask: usize,
+    /// Per slot: 0 when empty, else a 32-bit tag of the key hash (never 0).
+    tags: Box<[u32]>,
+    entries: Box<[Entry]>,
+    live: usize,
+    sweep_cursor: usize,
+    /// Foreign entries per rule and group.
+    foreign: Box<[[u32; GROUPS]]>,
+    counters: TableCounters,
+}
+
+/// Where an entry lives, returned by lookups so callers can update it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(usize);
+
+impl DescriptorTable {
+    /// A table for at most `cfg.capacity` entries. `seed` should be secret
+    /// and random per process.
+    pub fn new(cfg: DescriptorConfig, seed: u64) -> Self {
+        let sets = (cfg.capacity / WAYS).max(1);
+        let sets = if sets.is_power_of_two() {
+            sets
+        } else {
+            sets.next_power_of_two() / 2
+        };
+        let slots = sets * WAYS;
+        Self {
+            cfg,
+            seed: mix64(seed ^ 0x6465_7363),
+            set_mask: sets - 1,
+            tags: vec![0u32; slots].into_boxed_slice(),
+            entries: vec![Entry::default(); slots].into_boxed_slice(),
+            live: 0,
+            sweep_cursor: 0,
+            foreign: vec![[0u32; GROUPS]; MAX_RULES].into_boxed_slice(),
+            counters: TableCounters::default(),
+        }
+    }
+
+    /// Most entries the table can hold.
+    pub fn capacity(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the table holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The table's configuration.
+    pub fn config(&self) -> &DescriptorConfig {
+        &self.cfg
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    /// Entries per [`State`] index (a full scan: for reports, not per frame).
+    pub fn states(&self) -> [usize; 4] {
+        let mut s = [0usize; 4];
+        for (t, e) in self.tags.iter().zip(self.entries.iter()) {
+            if *t != 0 {
+                s[e.state() as usize] += 1;
+            }
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn hash(&self, key: &FlowKey) -> u64 {
+        let c = u128::from_ne_bytes(key.client);
+        let s = u128::from_ne_bytes(key.server);
+        let mut h = mix64(self.seed ^ c as u64);
+        h = mix64(h ^ (c >> 64) as u64);
+        h = mix64(h ^ s as u64 ^ ((s >> 64) as u64).rotate_left(17));
+        mix64(
+            h ^ ((key.client_port as u64) << 32)
+                ^ ((key.server_port as u64) << 16)
+                ^ ((key.kind as u64) << 8)
+                ^ key.v4 as u64,
+        )
+    }
+
+    fn timeout(&self, e: &Entry) -> u64 {
+        if e.timeout_ns != 0 {
+            return e.timeout_ns;
+        }
+        match e.state() {
+            State::HalfOpen => self.cfg.half_open_ns,
+            State::Closing => self.cfg.closing_ns,
+            State::Soft => {
+                if e.key.kind == Kind::Affinity as u8 {
+                    self.cfg.affinity_ns
+                } else {
+                    self.cfg.link_ns
+                }
+            }
+            State::Established => self.cfg.established_ns,
+        }
+    }
+
+    fn expired(&self, e: &Entry, now: u64) -> bool {
+        now.saturating_sub(e.last_seen) > self.timeout(e)
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        if self.tags[i] == 0 {
+            return;
+        }
+        let e = &self.entries[i];
+        if e.foreign {
+            let c = &mut self.foreign[e.rule as usize % MAX_RULES]
+                [group_of(e.bucket) as usize % GROUPS];
+            *c = c.saturating_sub(1);
+        }
+        self.tags[i] = 0;
+        self.live -= 1;
+    }
+
+    /// Finds `key`; an expired entry is removed and not found.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<Slot> {
+        let h = self.hash(key);
+        let tag = (h >> 32) as u32 | 1;
+        let base = (h as usize & self.set_mask) * WAYS;
+        for i in base..base + WAYS {
+            if self.tags[i] == tag && self.entries[i].key == *key {
+                if self.expired(&self.entries[i], now) {
+                    self.free_slot(i);
+                    self.counters.expired += 1;
+                    return None;
+                }
+                return Some(Slot(i));
+            }
+        }
+        None
+    }
+
+    /// The entry at `slot`.
+    pub fn entry(&self, slot: Slot) -> &Entry {
+        &self.entries[slot.0]
+    }
+
+    /// The entry at `slot`, to update its state or `last_seen`.
+    pub fn entry_mut(&mut self, slot: Slot) -> &mut Entry {
+        &mut self.entries[slot.0]
+    }
+
+    /// Removes the entry at `slot`.
+    pub fn remove(&mut self, slot: Slot) {
+        self.free_slot(slot.0);
+    }
+
+    /// Inserts `entry` (its key must not be present). Returns `None` when the
+    /// eviction policy keeps every entry of the key's set.
+    pub fn insert(&mut self, entry: Entry, now: u64) -> Option<Slot> {
+        let h = self.hash(&entry.key);
+        let tag = (h >> 32) as u32 | 1;
+        let base = (h as usize & self.set_mask) * WAYS;
+        let mut victim: Option<(usize, (u8, u64))> = None;
+        let mut chosen = None;
+        for i in base..base + WAYS {
+            if self.tags[i] == 0 {
+                chosen = Some(i);
+                break;
+            }
+            let e = &self.entries[i];
+            if self.expired(e, now) {
+                self.free_slot(i);
+                self.counters.expired += 1;
+                chosen = Some(i);
+                break;
+            }
+            // Established entries only yield to established ones.
+            if e.state() == State::Established && entry.state() != State::Established {
+                continue;
+            }
+            let rank = (e.state, e.last_seen);
+            if victim.is_none_or(|(_, r)| rank < r) {
+                victim = Some((i, rank));
+            }
+        }
+        let i = match (chosen, victim) {
+            (Some(i), _) => i,
+            (None, Some((i, (state, _)))) => {
+                self.counters.evicted[state as usize % 4] += 1;
+                self.free_slot(i);
+                i
+            }
+            (None, None) => {
+                self.counters.insert_failed += 1;
+                return None;
+            }
+        };
+        self.tags[i] = tag;
+        self.entries[i] = Entry {
+            last_seen: now,
+            foreign: false,
+            ..entry
+        };
+        self.live += 1;
+        self.counters.inserted += 1;
+        Some(Slot(i))
+    }
+
+    /// Removes up to `budget` expired entries, continuing where the last
+    /// sweep stopped. Bounded work: `budget` slots visited.
+    pub fn sweep(&mut self, now: u64, budget: usize) {
+        let n = self.tags.len();
+        for _ in 0..budget.min(n) {
+            let i = self.sweep_cursor;
+            self.sweep_cursor = (i + 1) % n;
+            if self.tags[i] != 0 && self.expired(&self.entries[i], now) {
+                self.free_slot(i);
+                self.counters.expired += 1;
+            }
+        }
+    }
+
+    /// Re-marks every entry foreign or not under `map` and recounts the
+    /// foreign entries per group. O(capacity): once per new map.
+    pub fn remap(&mut self, map: &ClusterMap) {
+        for f in self.foreign.iter_mut() {
+            f.fill(0);
+        }
+        for i in 0..self.tags.len() {
+            if self.tags[i] == 0 {
+                continue;
+            }
+            let e = &mut self.entries[i];
+            let rule = e.rule as usize;
+            e.foreign = rule < map.rules.len() && map.owner(rule, e.bucket) != Some(map.local);
+            if e.foreign {
+                self.foreign[rule % MAX_RULES][group_of(e.bucket) as usize % GROUPS] += 1;
+            }
+        }
+    }
+
+    /// Groups of `rule` in which this host tracks entries it no longer owns:
+    /// its dirty groups.
+    pub fn dirty_groups(&self, rule: usize) -> GroupBits {
+        let mut g = GroupBits::default();
+        if let Some(counts) = self.foreign.get(rule) {
+            for (i, &c) in counts.iter().enumerate() {
+                if c > 0 {
+                    g.insert(i as u32);
+                }
+            }
+        }
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> FlowKey {
+        let mut k = FlowKey {
+            kind: Kind::Tcp as u8,
+            v4: true,
+            server_port: 80,
+            ..FlowKey::default()
+        };
+        k.client[12..].copy_from_slice(&n.to_be_bytes());
+        k.client_port = (n % 60000) as u16;
+        k
+    }
+
+    fn entry(n: u32, state: State) -> Entry {
+        Entry {
+            key: key(n),
+            state: state as u8,
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        let mut t = DescriptorTable::new(
+            DescriptorConfig {
+                capacity: 64,
+                ..Default::default()
+            },
+            1,
+        );
+        assert_eq!(t.capacity(), 64);
+        let s = t.insert(entry(1, State::HalfOpen), 0).unwrap();
+        assert_eq!(t.lookup(&key(1), 1), Some(s));
+        assert_eq!(t.lookup(&key(2), 1), None);
+        t.remove(s);
+        assert_eq!(t.lookup(&key(1), 1), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn expiry_by_state() {
+        let cfg = DescriptorConfig {
+            capacity: 64,
+            half_open_ns: 10,
+            established_ns: 1000,
+            ..Default::default()
+        };
+        let mut t = DescriptorTable::new(cfg, 1);
+        t.insert(entry(1, State::HalfOpen), 0).unwrap();
+        t.insert(entry(2, State::Established), 0).unwrap();
+        assert!(t.lookup(&key(1), 11).is_none());
+        assert!(t.lookup(&key(2), 11).is_some());
+        t.sweep(2000, 64);
+        assert!(t.is_empty());
+        assert_eq!(t.counters().expired, 2);
+    }
+
+    #[test]
+    fn syn_flood_never_evicts_established() {
+        let cfg = DescriptorConfig {
+            capacity: 256,
+            ..Default::default()
+        };
+        let mut t = DescriptorTable::new(cfg, 7);
+        let mut established = vec![];
+        for n in 0..100 {
+            if let Some(s) = t.insert(entry(n, State::Established), n as u64) {
+                established.push((n, s));
+            }
+        }
+        for n in 1000..200_000 {
+            let _ = t.insert(entry(n, State::HalfOpen), 1000 + n as u64);
+        }
+        assert!(t.len() <= t.capacity());
+        for (n, _) in &established {
+            assert!(
+                t.lookup(&key(*n), 300_000).is_some(),
+                "established {n} evicted"
+            );
+        }
+        assert!(t.counters().evicted[State::HalfOpen as usize] > 0);
+    }
+}
