@@ -1,0 +1,250 @@
+//! Invalid configurations and the exact errors they must produce.
+//!
+//! Each case is a whole file, the line the error must point at, the key path
+//! it must name, a substring of the reason, and how many errors the file
+//! yields in total (so a case cannot pass by accident on a different error).
+
+use std::path::Path;
+
+use shoal_config::{parse, ConfigError};
+
+/// Lines 1-7; cases append from line 8.
+const BASE: &str = "[cluster]
+vips = [\"10.0.0.100\"]
+key_file = \"k\"
+
+[[host]]
+id = 1
+interface = \"eth0\"
+";
+
+struct Case {
+    name: &'static str,
+    text: String,
+    line: Option<usize>,
+    key: &'static str,
+    reason: &'static str,
+    count: usize,
+}
+
+fn case(
+    name: &'static str,
+    text: impl Into<String>,
+    line: Option<usize>,
+    key: &'static str,
+    reason: &'static str,
+) -> Case {
+    Case {
+        name,
+        text: text.into(),
+        line,
+        key,
+        reason,
+        count: 1,
+    }
+}
+
+fn with(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+fn cluster(body: &str) -> String {
+    format!("[cluster]\n{body}\n[[host]]\nid = 1\ninterface = \"eth0\"\n")
+}
+
+fn two_hosts(extra: &str) -> String {
+    // Lines 8-10 hold host 2; `extra` starts at line 11.
+    format!("{BASE}[[host]]\nid = 2\ninterface = \"eth0\"\n{extra}")
+}
+
+fn cases() -> Vec<Case> {
+    let mut many_hosts = String::from(BASE);
+    for id in 2..=65 {
+        many_hosts.push_str(&format!("[[host]]\nid = {id}\ninterface = \"eth0\"\n"));
+    }
+    let mut many_rules = String::from(BASE);
+    for port in 0..33 {
+        many_rules.push_str(&format!("[[rule]]\nports = {port}\n"));
+    }
+    vec![
+        case("syntax error", "[cluster\n", Some(1), "syntax", "invalid table header: expected `.`, `]`"),
+        case("unknown section", with("[clusterr]\n"), Some(8), "clusterr", "unknown key `clusterr`; expected one of: cluster,"),
+        case("unknown cluster key", cluster("vips = [\"10.0.0.100\"]\nkey_file = \"k\"\nvip = \"10.0.0.1\""), Some(4), "cluster.vip", "unknown key `vip`"),
+        case("unknown host key", with("colour = 1\n"), Some(8), "host[1].colour", "unknown key `colour`; expected one of: id, interface"),
+        case("unknown rule key", with("[[rule]]\nport = 80\n"), Some(9), "rule[1].port", "unknown key `port`"),
+        case("unknown heartbeat key", with("[heartbeat]\nperiod = 100\n"), Some(9), "heartbeat.period", "expected one of: period_ms, tolerance"),
+        Case { count: 2, ..case("unknown poll key", with("[host.cores]\npoll = [{ core = 1, queue = [0] }]\n"), Some(9), "host[1].cores.poll[1].queue", "unknown key `queue`; expected one of: core, queues") },
+        case("missing vips", cluster("key_file = \"k\""), Some(1), "cluster.vips", "required key is missing"),
+        case("missing key_file", cluster("vips = [\"10.0.0.100\"]"), Some(1), "cluster.key_file", "required key is missing"),
+        case("missing cluster", "[[host]]\nid = 1\ninterface = \"eth0\"\n", None, "cluster", "required section [cluster] is missing"),
+        case("missing hosts", "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"k\"\n", None, "host", "at least one [[host]]"),
+        case("host is not an array", "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"k\"\n[host]\nid = 1\n", Some(4), "host", "expected an array of tables ([[host]] sections), found a table"),
+        case("missing host id", with("[[host]]\ninterface = \"eth1\"\n"), Some(8), "host[2].id", "required key is missing"),
+        case("missing interface", with("[[host]]\nid = 2\n"), Some(8), "host[2].interface", "required key is missing"),
+        case("interface name too long", with("[[host]]\nid = 2\ninterface = \"a-very-long-interface\"\n"), Some(10), "host[2].interface", "longer than 15 bytes"),
+        case("heartbeat period below range", with("[heartbeat]\nperiod_ms = 20\n"), Some(9), "heartbeat.period_ms", "20 is out of range; expected 50..=10000"),
+        case("tolerance below range", with("[heartbeat]\ntolerance = 2\n"), Some(9), "heartbeat.tolerance", "expected 3..=100"),
+        case("converge periods above range", with("[heartbeat]\nconverge_periods = 21\n"), Some(9), "heartbeat.converge_periods", "expected 1..=20"),
+        case("period as a datetime", with("[heartbeat]\nperiod_ms = 1979-05-27\n"), Some(9), "heartbeat.period_ms", "expected an integer in 50..=10000, found a datetime"),
+        case("period as a string", with("[heartbeat]\nperiod_ms = \"100\"\n"), Some(9), "heartbeat.period_ms", "found a string"),
+        case("descriptor capacity zero", with("[descriptors]\ncapacity = 0\n"), Some(9), "descriptors.capacity", "expected 1..=16777216"),
+        case("tcp idle timeout zero", with("[descriptors]\ntcp_idle_timeout_s = 0\n"), Some(9), "descriptors.tcp_idle_timeout_s", "expected 1..=604800"),
+        case("ring not a power of two", with("[io]\nring_size = 1000\n"), Some(9), "io.ring_size", "1000 is not a power of two"),
+        case("ring too small", with("[io]\nring_size = 256\n"), Some(9), "io.ring_size", "expected 512..=65536"),
+        case("batch size zero", with("[io]\nbatch_size = 0\n"), Some(9), "io.batch_size", "expected 1..=256"),
+        case("unknown backend", with("[io]\nbackend = \"dpdk\"\n"), Some(9), "io.backend", "\"dpdk\" is not one of \"af_xdp\", \"af_packet\", \"auto\""),
+        case("cluster mode not a string", cluster("vips = [\"10.0.0.100\"]\nkey_file = \"k\"\nmode = 1"), Some(4), "cluster.mode", "expected one of \"unicast\", \"multicast\", \"igmp\", found an integer"),
+        case("ipv6 prefix zero", cluster("vips = [\"10.0.0.100\"]\nkey_file = \"k\"\nipv6_network_prefix = 0"), Some(4), "cluster.ipv6_network_prefix", "expected 1..=128"),
+        case("host id zero", "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"k\"\n[[host]]\nid = 0\ninterface = \"eth0\"\n", Some(5), "host[1].id", "0 is out of range; expected 1..=64"),
+        case("host id 65", with("[[host]]\nid = 65\ninterface = \"eth0\"\n"), Some(9), "host[2].id", "expected 1..=64"),
+        case("duplicate host id", with("[[host]]\nid = 1\ninterface = \"eth1\"\n"), Some(9), "host[2].id", "duplicate host ID 1: host[1] (line 6) has it too"),
+        Case { count: 2, ..case("more than 64 hosts", many_hosts, Some(8 + 3 * 63), "host", "65 hosts; a cluster holds at most 64") },
+        case("weight above 100", with("weight = 101\n"), Some(8), "host[1].weight", "expected 0..=100"),
+        case("more than 32 rules", many_rules, Some(8 + 2 * 32), "rule", "33 rules; at most 32"),
+        case("weights name a missing host", with("[[rule]]\nweights = { 7 = 10 }\n"), Some(9), "rule[1].weights.7", "no [[host]] has id = 7"),
+        case("weights key not a host id", with("[[rule]]\nweights = { x = 10 }\n"), Some(9), "rule[1].weights.x", "`x` is not a host ID; expected 1..=64"),
+        case("priorities name a missing host", with("[[rule]]\nmode = \"single\"\npriorities = { 9 = 1 }\n"), Some(10), "rule[1].priorities.9", "no [[host]] has id = 9"),
+        case("duplicate priorities", two_hosts("[[rule]]\nmode = \"single\"\npriorities = { 1 = 5, 2 = 5 }\n"), Some(13), "rule[1].priorities.2", "priority 5 is also host 1's priority; priorities in a rule must be distinct"),
+        case("priority collides with a default", two_hosts("[[rule]]\nmode = \"single\"\npriorities = { 1 = 2 }\n"), Some(13), "rule[1].priorities.1", "priority 2 is also host 2's priority (host 2 has no override"),
+        case("priority above 64", with("[[rule]]\nmode = \"single\"\npriorities = { 1 = 65 }\n"), Some(10), "rule[1].priorities.1", "expected 1..=64"),
+        case("overlapping all-VIP rules", with("[[rule]]\n[[rule]]\nports = [80, 90]\nprotocol = \"udp\"\n"), Some(9), "rule[2]", "overlaps rule[1] (line 8) on all VIPs, ports 80-90, udp"),
+        case("overlapping VIP rules", with("[[rule]]\nvip = \"10.0.0.100\"\nports = 80\nprotocol = \"tcp\"\n[[rule]]\nvip = \"10.0.0.100\"\nports = [70, 90]\n"), Some(12), "rule[2]", "overlaps rule[1] (line 8) on VIP 10.0.0.100, port 80, tcp"),
+        case("rule vip not a cluster vip", with("[[rule]]\nvip = \"10.0.0.101\"\n"), Some(9), "rule[1].vip", "10.0.0.101 is not one of cluster.vips"),
+        case("rule vip not an address", with("[[rule]]\nvip = \"any\"\n"), Some(9), "rule[1].vip", "\"any\" is neither \"all\" nor an IP address"),
+        case("no IPv4 VIP", cluster("vips = [\"fd00::100\"]\nkey_file = \"k\""), Some(2), "cluster.vips", "no IPv4 VIP"),
+        case("no VIP at all", cluster("vips = []\nkey_file = \"k\""), Some(2), "cluster.vips", "at least one VIP is required"),
+        case("duplicate VIP", cluster("vips = [\"10.0.0.100\", \"fd00::1\", \"10.0.0.100\"]\nkey_file = \"k\""), Some(2), "cluster.vips", "duplicate VIP 10.0.0.100"),
+        case("multicast VIP", cluster("vips = [\"10.0.0.100\", \"224.0.0.5\"]\nkey_file = \"k\""), Some(2), "cluster.vips", "224.0.0.5 cannot be a VIP: it is multicast"),
+        case("unspecified VIP", cluster("vips = [\"10.0.0.100\", \"::\"]\nkey_file = \"k\""), Some(2), "cluster.vips", ":: cannot be a VIP: it is unspecified"),
+        case("broadcast VIP", cluster("vips = [\"255.255.255.255\", \"10.0.0.100\"]\nkey_file = \"k\""), Some(2), "cluster.vips", "it is broadcast"),
+        case("VIP not an address", cluster("vips = [\"10.0.0\"]\nkey_file = \"k\""), Some(2), "cluster.vips", "\"10.0.0\" is not an IPv4 or IPv6 address"),
+        case("CIDR without prefix", with("dedicated = [\"10.0.0.11\"]\n"), Some(8), "host[1].dedicated", "\"10.0.0.11\" is not a valid CIDR: expected ADDRESS/PREFIX"),
+        case("CIDR prefix too long", with("dedicated = [\"10.0.0.11/33\"]\n"), Some(8), "host[1].dedicated", "prefix length `33` must be 1..=32"),
+        case("dedicated address is a VIP", with("dedicated = [\"10.0.0.100/24\"]\n"), Some(8), "host[1].dedicated", "10.0.0.100 is a cluster VIP"),
+        case("dedicated address on two hosts", with("dedicated = [\"10.0.0.11/24\"]\n[[host]]\nid = 2\ninterface = \"eth0\"\ndedicated = [\"10.0.0.11/24\"]\n"), Some(12), "host[2].dedicated", "10.0.0.11 is also a dedicated address of host 1"),
+        case("ports reversed", with("[[rule]]\nports = [90, 80]\n"), Some(9), "rule[1].ports", "start port 90 is after end port 80"),
+        case("port out of range", with("[[rule]]\nports = 70000\n"), Some(9), "rule[1].ports", "70000 is out of range; expected 0..=65535"),
+        case("ports with three elements", with("[[rule]]\nports = [1, 2, 3]\n"), Some(9), "rule[1].ports", "expected a port or [START, END] (0..=65535), found an array of 3 elements"),
+        case("affinity on a single rule", with("[[rule]]\nmode = \"single\"\naffinity = \"none\"\n"), Some(10), "rule[1].affinity", "only applies to mode = \"multiple\" rules; this rule is \"single\""),
+        case("weights on a disabled rule", with("[[rule]]\nmode = \"disabled\"\nweights = { 1 = 10 }\n"), Some(10), "rule[1].weights", "only applies to mode = \"multiple\" rules; this rule is \"disabled\""),
+        case("priorities on a multiple rule", with("[[rule]]\npriorities = { 1 = 1 }\n"), Some(9), "rule[1].priorities", "only applies to mode = \"single\" rules"),
+        case("extended affinity on a single rule", with("[[rule]]\nmode = \"single\"\nextended_affinity_s = 10\n"), Some(10), "rule[1].extended_affinity_s", "only applies to mode = \"multiple\""),
+        case("every weight zero", with("weight = 0\n[[rule]]\n"), Some(9), "rule[1]", "every host has weight 0"),
+        case("unknown rule mode", with("[[rule]]\nmode = \"round-robin\"\n"), Some(9), "rule[1].mode", "\"round-robin\" is not one of \"multiple\", \"single\", \"disabled\""),
+        case("duplicate poll cores", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 1, queues = [1] }]\n"), Some(10), "host[1].cores.poll[2].core", "core 1 already runs host[1].cores.poll[1]"),
+        case("duplicate queues", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 2, queues = [3, 0] }]\n"), Some(10), "host[1].cores.poll[2].queues", "queue 0 is already polled by host[1].cores.poll[1]"),
+        case("no poll loop", with("[host.cores]\npoll = []\n"), Some(9), "host[1].cores.poll", "at least one poll loop"),
+        case("core above range", with("[host.cores]\ncontrol = 5000\n"), Some(9), "host[1].cores.control", "expected 0..=1023"),
+        case("empty rule list", format!("rule = []\n{BASE}"), Some(1), "rule", "an empty rule list covers nothing"),
+    ]
+}
+
+fn describe(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_invalid_config_produces_its_error() {
+    let cases = cases();
+    assert!(cases.len() >= 25);
+    let path = Path::new("/etc/shoal/test.toml");
+    let mut failures = Vec::new();
+    for c in &cases {
+        let errors = match parse(&c.text, path) {
+            Ok(_) => {
+                failures.push(format!("{}: parsed without error", c.name));
+                continue;
+            }
+            Err(e) => e.0,
+        };
+        let found = errors
+            .iter()
+            .any(|e| e.line == c.line && e.key == c.key && e.reason.contains(c.reason));
+        if !found {
+            failures.push(format!(
+                "{}: no error at line {:?} key {} reason ~ {:?}; got:\n{}",
+                c.name,
+                c.line,
+                c.key,
+                c.reason,
+                describe(&errors)
+            ));
+        } else if errors.len() != c.count {
+            failures.push(format!(
+                "{}: expected {} error(s), got {}:\n{}",
+                c.name,
+                c.count,
+                errors.len(),
+                describe(&errors)
+            ));
+        }
+        assert!(errors.iter().all(|e| e.file == path), "{}", c.name);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = "[cluster]
+vips = [\"10.0.0.100\", \"10.0.0.100\"]
+key_file = \"k\"
+mode = \"broadcast\"
+
+[heartbeat]
+period_ms = 1
+tolerance = 1000
+
+[io]
+ring_size = 3000
+speed = \"fast\"
+
+[[host]]
+id = 1
+interface = \"eth0\"
+
+[[host]]
+id = 1
+interface = \"eth1\"
+
+[[rule]]
+ports = [2, 1]
+
+[[rule]]
+weights = { 9 = 1 }
+";
+    let errors = parse(text, Path::new("c.toml")).unwrap_err();
+    let got: Vec<(Option<usize>, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    let want = vec![
+        (Some(2), "cluster.vips"),
+        (Some(4), "cluster.mode"),
+        (Some(7), "heartbeat.period_ms"),
+        (Some(8), "heartbeat.tolerance"),
+        (Some(12), "io.speed"),
+        (Some(11), "io.ring_size"),
+        (Some(23), "rule[1].ports"),
+        (Some(19), "host[2].id"),
+        (Some(26), "rule[2].weights.9"),
+    ];
+    assert_eq!(got, want, "\n{errors}");
+    // One line per error, each `FILE:LINE: KEY: REASON`.
+    let shown = errors.to_string();
+    assert_eq!(shown.lines().count(), want.len());
+    assert!(shown
+        .lines()
+        .next()
+        .is_some_and(|l| l.starts_with("c.toml:2: cluster.vips: duplicate VIP 10.0.0.100")));
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let err = shoal_config::load(Path::new("/nonexistent/shoal.toml")).unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err.errors()[0].key, "file");
+    assert!(err
+        .to_string()
+        .starts_with("/nonexistent/shoal.toml: file: cannot read"));
+}

@@ -1,0 +1,376 @@
+//! Valid configurations: the shipped examples, defaults, round trips and the
+//! cluster spec handed to the dataplane.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use shoal_config::*;
+use shoal_dataplane::{
+    Affinity, ClusterMode, FilterMode, HostId, HostSet, Protocol, DEFAULT_WEIGHT, MAX_HOSTS,
+};
+
+const EXAMPLES: &[&str] = &[
+    "lab-3host.toml",
+    "lab-3host-weighted.toml",
+    "multicast.toml",
+    "igmp.toml",
+    "ipv6.toml",
+    "rules.toml",
+];
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+fn load_example(name: &str) -> Config {
+    match load(&example(name)) {
+        Ok(c) => c,
+        Err(e) => panic!("{name} does not load:\n{e}"),
+    }
+}
+
+fn id(n: u8) -> HostId {
+    HostId::new(n).expect("test host IDs are in range")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test addresses parse")
+}
+
+/// parse → to_normalized_toml → parse yields an equal Config, and the
+/// normalized text is a fixed point.
+fn assert_round_trip(c: &Config) {
+    let text = c.to_normalized_toml();
+    let again = match parse(&text, &c.source) {
+        Ok(again) => again,
+        Err(e) => panic!("normalized form does not parse:\n{e}\n---\n{text}"),
+    };
+    assert_eq!(&again, c, "normalized form:\n{text}");
+    assert_eq!(again.to_normalized_toml(), text);
+}
+
+#[test]
+fn every_example_loads_round_trips_and_has_its_key_file() {
+    for name in EXAMPLES {
+        let c = load_example(name);
+        assert_round_trip(&c);
+        assert_eq!(c.key_path(), example("cluster.key"), "{name}");
+        c.check_key_file().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.primary_vip(), Ipv4Addr::new(10, 0, 0, 100), "{name}");
+        let spec = c.spec();
+        assert_eq!(spec.rules.len(), c.rules.len());
+        for (i, a) in spec.rules.iter().enumerate() {
+            for b in &spec.rules[i + 1..] {
+                assert!(!a.overlaps(b), "{name}: rules overlap");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_sample_key_parses() {
+    let text = std::fs::read_to_string(example("cluster.key")).expect("sample key exists");
+    let key = parse_cluster_key(&text).expect("sample key is well-formed");
+    assert_eq!(key.as_bytes().len(), CLUSTER_KEY_LEN);
+    assert!(text.contains("LAB ONLY"));
+}
+
+#[test]
+fn lab_3host_is_what_the_lab_expects() {
+    let c = load_example("lab-3host.toml");
+    assert_eq!(c.cluster.vips, vec![ip("10.0.0.100")]);
+    assert_eq!(c.cluster.mode, ClusterMode::Unicast);
+    assert_eq!(c.cluster.key_file, PathBuf::from("cluster.key"));
+    assert_eq!(
+        c.host_ids(),
+        [id(1), id(2), id(3)].into_iter().collect::<HostSet>()
+    );
+    for (host, addr) in c.hosts.iter().zip(["10.0.0.11", "10.0.0.12", "10.0.0.13"]) {
+        assert_eq!(host.interface, "eth0");
+        assert_eq!(
+            host.dedicated,
+            vec![Cidr::new(ip(addr), 16).expect("valid")]
+        );
+        assert_eq!(host.weight, DEFAULT_WEIGHT);
+        assert_eq!(host.cores, CoreMap::default());
+    }
+    assert_eq!(c.rules.len(), 1);
+    let r = &c.rules[0];
+    assert_eq!((r.vip, r.port_start, r.port_end), (None, 0, 65535));
+    assert_eq!(r.protocol, Protocol::Both);
+    assert_eq!(
+        r.mode,
+        FilterMode::Multiple {
+            affinity: Affinity::Single
+        }
+    );
+    // The rule as written is NLB's default rule.
+    assert_eq!(r, &RuleSection::nlb_default(&c.hosts));
+    assert_eq!(c.heartbeat, HeartbeatSection::default());
+    assert_eq!(c.descriptors, DescriptorSection::default());
+    assert_eq!(c.io, IoSection::default());
+}
+
+#[test]
+fn weighted_lab_spreads_50_50_100() {
+    let c = load_example("lab-3host-weighted.toml");
+    let spec = c.spec();
+    let w = &spec.rules[0].weights;
+    assert_eq!(&w[..3], &[50, 50, 100]);
+    assert!(w[3..].iter().all(|&x| x == 0), "unconfigured hosts weigh 0");
+}
+
+#[test]
+fn defaults_are_nlbs() {
+    let text = "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"/etc/shoal/cluster.key\"\n[[host]]\nid = 4\ninterface = \"eth0\"\n";
+    let c = parse(text, Path::new("/etc/shoal/shoal.toml")).expect("minimal config is valid");
+    // NLB: AliveMsgPeriod 1000 ms, AliveMsgTolerance 5.
+    assert_eq!(c.heartbeat.period_ms, 1000);
+    assert_eq!(c.heartbeat.tolerance, 5);
+    assert_eq!(c.heartbeat.converge_periods, 3);
+    // NLB: 512 descriptors per allocation x 512 allocations.
+    assert_eq!(c.descriptors.capacity, 262_144);
+    assert_eq!(c.descriptors.tcp_idle_timeout_s, 3600);
+    assert_eq!(c.descriptors.tcp_half_open_timeout_s, 30);
+    assert_eq!(c.descriptors.tcp_closing_timeout_s, 60);
+    assert_eq!(c.descriptors.gre_timeout_s, 300);
+    assert_eq!(c.descriptors.udp_timeout_s, 120);
+    assert_eq!(c.cluster.mode, ClusterMode::Unicast);
+    assert_eq!(c.cluster.ipv6_network_prefix, 64);
+    assert_eq!(
+        c.io,
+        IoSection {
+            backend: Backend::Auto,
+            ring_size: 16384,
+            batch_size: 64,
+            idle: IdlePolicy::Backoff,
+            xdp_mode: XdpMode::Auto,
+            delivery: Delivery::Tap,
+        }
+    );
+    let host = c.host(id(4)).expect("host 4 is configured");
+    assert_eq!(host.weight, 50);
+    assert!(host.dedicated.is_empty());
+    assert_eq!(host.cores.control, 0);
+    assert_eq!(
+        host.cores.poll,
+        vec![PollLoop {
+            core: 0,
+            queues: vec![0]
+        }]
+    );
+    // NLB's default port rule: all VIPs, 0-65535, both, multiple, Single
+    // affinity, equal weights, no extended affinity.
+    let spec = c.spec();
+    assert_eq!(spec.rules.len(), 1);
+    let r = &spec.rules[0];
+    assert_eq!(r.vip, None);
+    assert_eq!((r.port_start, r.port_end), (0, 65535));
+    assert_eq!(r.protocol, Protocol::Both);
+    assert_eq!(
+        r.mode,
+        FilterMode::Multiple {
+            affinity: Affinity::Single
+        }
+    );
+    assert_eq!(r.extended_affinity_timeout_s, 0);
+    assert_eq!(r.weights[id(4).index()], DEFAULT_WEIGHT);
+    assert_eq!(r.weights.iter().filter(|&&w| w != 0).count(), 1);
+    assert_eq!(c.key_path(), PathBuf::from("/etc/shoal/cluster.key"));
+    assert_round_trip(&c);
+}
+
+#[test]
+fn spec_fills_weights_and_priorities_per_host_index() {
+    let c = load_example("rules.toml");
+    let spec = c.spec();
+    assert_eq!(spec.vips, vec![ip("10.0.0.100")]);
+    assert_eq!(spec.mode, ClusterMode::Unicast);
+    assert_eq!(spec.ipv6_network_prefix, 64);
+    assert_eq!(spec.rules.len(), 6);
+    let web = &spec.rules[0];
+    assert_eq!(
+        (web.port_start, web.port_end, web.protocol),
+        (80, 80, Protocol::Tcp)
+    );
+    assert_eq!(
+        web.mode,
+        FilterMode::Multiple {
+            affinity: Affinity::None
+        }
+    );
+    // Host weights 50, 50, 100; unconfigured hosts 0.
+    assert_eq!(&web.weights[..4], &[50, 50, 100, 0]);
+    // Rule 2 overrides host 3 down to 50.
+    assert_eq!(&spec.rules[1].weights[..4], &[50, 50, 50, 0]);
+    assert_eq!(spec.rules[3].extended_affinity_timeout_s, 60);
+    assert_eq!(spec.rules[3].protocol, Protocol::Udp);
+    let db = &spec.rules[4];
+    assert_eq!(db.mode, FilterMode::Single);
+    assert_eq!(db.priority(id(1)), 2);
+    assert_eq!(db.priority(id(2)), 1);
+    assert_eq!(db.priority(id(3)), 3);
+    assert!(db.weights.iter().all(|&w| w == 0));
+    assert_eq!(spec.rules[5].mode, FilterMode::Disabled);
+    assert!(spec.rules[5].weights.iter().all(|&w| w == 0));
+    assert!(spec.rules.iter().all(|r| r.weights.len() == MAX_HOSTS));
+
+    let h2 = c.host(id(2)).expect("host 2");
+    assert_eq!(h2.cores.poll.len(), 2);
+    assert_eq!(
+        h2.cores.poll[1],
+        PollLoop {
+            core: 2,
+            queues: vec![1]
+        }
+    );
+    assert_eq!(c.io.backend, Backend::AfXdp);
+    assert_eq!(c.io.xdp_mode, XdpMode::Native);
+}
+
+#[test]
+fn single_rule_priorities_default_to_host_ids() {
+    let text = "[cluster]
+vips = [\"10.0.0.100\"]
+key_file = \"k\"
+[[host]]
+id = 3
+interface = \"eth0\"
+[[host]]
+id = 1
+interface = \"eth0\"
+[[host]]
+id = 2
+interface = \"eth0\"
+[[rule]]
+mode = \"single\"
+priorities = { 3 = 7 }
+";
+    let c = parse(text, Path::new("t.toml")).expect("valid");
+    // Hosts are sorted by ID.
+    let ids: Vec<u8> = c.hosts.iter().map(|h| h.id.get()).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let want: BTreeMap<HostId, u8> = [(id(1), 1), (id(2), 2), (id(3), 7)].into_iter().collect();
+    assert_eq!(c.rules[0].priorities, want);
+    assert!(c.rules[0].weights.is_empty());
+    let spec = c.spec();
+    assert_eq!(spec.rules[0].priority(id(3)), 7);
+    assert_eq!(spec.rules[0].priority(id(1)), 1);
+    assert_round_trip(&c);
+}
+
+#[test]
+fn vip_rule_and_all_rule_may_share_ports() {
+    // A specific-VIP rule takes precedence over an "all" rule (NLB), so they
+    // do not overlap.
+    let text = "[cluster]
+vips = [\"10.0.0.100\", \"fd00::100\"]
+key_file = \"k\"
+[[host]]
+id = 1
+interface = \"eth0\"
+[[rule]]
+vip = \"fd00:0::100\"
+ports = 80
+protocol = \"tcp\"
+affinity = \"network\"
+[[rule]]
+ports = [0, 65535]
+";
+    let c = parse(text, Path::new("t.toml")).expect("valid");
+    assert_eq!(c.rules[0].vip, Some(ip("fd00::100")));
+    assert_round_trip(&c);
+}
+
+#[test]
+fn every_setting_survives_the_round_trip() {
+    let text = r#"
+[cluster]
+vips = ["fd00::1", "192.0.2.10", "192.0.2.11"]
+mode = "igmp"
+key_file = 'keys\cluster "a".key'
+ipv6_network_prefix = 56
+[heartbeat]
+period_ms = 50
+tolerance = 3
+converge_periods = 20
+[descriptors]
+capacity = 16777216
+tcp_idle_timeout_s = 604800
+tcp_half_open_timeout_s = 1
+tcp_closing_timeout_s = 3600
+gre_timeout_s = 86400
+udp_timeout_s = 1
+[io]
+backend = "af_packet"
+ring_size = 512
+batch_size = 256
+idle = "busy"
+xdp_mode = "generic"
+delivery = "veth"
+[[host]]
+id = 64
+interface = "enp1s0f1"
+dedicated = ["192.0.2.64/24", "fd00::64/64"]
+weight = 0
+[host.cores]
+control = 3
+poll = [{ core = 1, queues = [0, 2] }, { core = 2, queues = [1, 3] }]
+[[host]]
+id = 1
+interface = "eth0"
+weight = 100
+[[rule]]
+vip = "192.0.2.11"
+ports = [1000, 2000]
+protocol = "udp"
+affinity = "none"
+weights = { 64 = 10 }
+extended_affinity_s = 86400
+[[rule]]
+ports = 7
+mode = "disabled"
+"#;
+    let c = parse(text, Path::new("dir/t.toml")).expect("valid");
+    assert_eq!(c.primary_vip(), Ipv4Addr::new(192, 0, 2, 10));
+    assert_eq!(c.key_path(), PathBuf::from("dir/keys\\cluster \"a\".key"));
+    assert_eq!(c.rules[0].weights.get(&id(64)), Some(&10));
+    assert_eq!(c.rules[0].weights.get(&id(1)), Some(&100));
+    assert_round_trip(&c);
+}
+
+#[test]
+fn host_selection() {
+    let c = load_example("lab-3host.toml");
+    assert_eq!(c.select_host(Some(2)).map(|h| h.id), Ok(id(2)));
+    assert!(matches!(
+        c.select_host(Some(9)),
+        Err(HostSelectError::UnknownHost { requested: 9, .. })
+    ));
+    assert!(matches!(
+        c.select_host(Some(0)),
+        Err(HostSelectError::UnknownHost { .. })
+    ));
+    let err = c.select_host(None).expect_err("three hosts need --host");
+    assert!(err.to_string().contains("one of 1, 2, 3"), "{err}");
+
+    let one = "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"k\"\n[[host]]\nid = 5\ninterface = \"eth0\"\n";
+    let c = parse(one, Path::new("t.toml")).expect("valid");
+    assert_eq!(c.select_host(None).map(|h| h.id), Ok(id(5)));
+}
+
+#[test]
+fn a_missing_key_file_is_reported() {
+    let text = "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"no-such.key\"\n[[host]]\nid = 1\ninterface = \"eth0\"\n";
+    let c = parse(text, &example("virtual.toml")).expect("valid");
+    let err = c.check_key_file().expect_err("the key file does not exist");
+    assert_eq!(err.key, "cluster.key_file");
+    assert!(err.reason.contains("does not exist"), "{err}");
+    // A directory is not a key file.
+    let text = text.replace("no-such.key", ".");
+    let c = parse(&text, &example("virtual.toml")).expect("valid");
+    assert!(c.check_key_file().is_err());
+}
