@@ -8,5 +8,11 @@ pub mod hash;
 pub mod mac;
 pub mod map;
 pub mod model;
+pub mod packet;
+pub mod pcap;
+pub mod pipeline;
+pub mod reply;
+pub mod sim;
+pub mod wire;
 
 pub use model::*;

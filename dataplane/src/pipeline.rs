@@ -37,7 +37,7 @@ use crate::descriptor::{DescriptorConfig, DescriptorTable, Entry, FlowKey, Kind,
 use crate::hash::affinity_hash;
 use crate::map::{ClusterMap, RuleOwner};
 use crate::model::{Affinity, ClusterMode, FilterMode, HostId};
-use crate::packet::{parse_frame, FrameInfo, FrameKind, Fragment, IpInfo, Malformed, L4};
+use crate::packet::{parse_frame, Fragment, FrameInfo, FrameKind, IpInfo, Malformed, L4};
 
 /// TCP flag bits.
 const FIN: u8 = 0x01;
@@ -246,10 +246,23 @@ fn addr16(ip: IpAddr) -> ([u8; 16], bool) {
     }
 }
 
-fn flow_key(kind: Kind, client: IpAddr, vip: IpAddr, client_port: u16, server_port: u16) -> FlowKey {
+fn flow_key(
+    kind: Kind,
+    client: IpAddr,
+    vip: IpAddr,
+    client_port: u16,
+    server_port: u16,
+) -> FlowKey {
     let (c, v4) = addr16(client);
     let (s, _) = addr16(vip);
-    FlowKey { client: c, server: s, client_port, server_port, kind: kind as u8, v4 }
+    FlowKey {
+        client: c,
+        server: s,
+        client_port,
+        server_port,
+        kind: kind as u8,
+        v4,
+    }
 }
 
 impl Dataplane {
@@ -259,7 +272,10 @@ impl Dataplane {
         Self {
             map,
             table: DescriptorTable::new(cfg, seed),
-            counters: Counters { malformed: vec![0; Malformed::ALL.len()], ..Counters::default() },
+            counters: Counters {
+                malformed: vec![0; Malformed::ALL.len()],
+                ..Counters::default()
+            },
         }
     }
 
@@ -340,11 +356,16 @@ impl Dataplane {
     fn judge_ip(&mut self, info: &FrameInfo, ip: &IpInfo, now: u64) -> Verdict {
         if !self.map.is_vip(ip.dst) {
             return match ip.l4 {
-                L4::Icmpv6Nd { icmp_type: 135, target } if self.map.is_vip(IpAddr::V6(target)) => {
-                    Verdict::Control(Control::Nd)
+                L4::Icmpv6Nd {
+                    icmp_type: 135,
+                    target,
+                } if self.map.is_vip(IpAddr::V6(target)) => Verdict::Control(Control::Nd),
+                L4::Igmp { .. } if self.map.mode == ClusterMode::Igmp => {
+                    Verdict::Control(Control::Igmp)
                 }
-                L4::Igmp { .. } if self.map.mode == ClusterMode::Igmp => Verdict::Control(Control::Igmp),
-                _ if self.is_cluster_mac(info.dst_mac) => Verdict::Drop(DropReason::ForeignDestination),
+                _ if self.is_cluster_mac(info.dst_mac) => {
+                    Verdict::Drop(DropReason::ForeignDestination)
+                }
                 _ => Verdict::Pass,
             };
         }
@@ -356,17 +377,35 @@ impl Dataplane {
             return self.judge_fragment(ip);
         }
         match ip.l4 {
-            L4::Tcp { src_port, dst_port, flags } => {
-                let flow = Flow { client: ip.src, vip: ip.dst, client_port: src_port, server_port: dst_port, proto: 6 };
+            L4::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => {
+                let flow = Flow {
+                    client: ip.src,
+                    vip: ip.dst,
+                    client_port: src_port,
+                    server_port: dst_port,
+                    proto: 6,
+                };
                 self.judge_tcp(flow, flags, now)
             }
             L4::Udp { src_port, dst_port } => {
-                let flow = Flow { client: ip.src, vip: ip.dst, client_port: src_port, server_port: dst_port, proto: 17 };
+                let flow = Flow {
+                    client: ip.src,
+                    vip: ip.dst,
+                    client_port: src_port,
+                    server_port: dst_port,
+                    proto: 17,
+                };
                 self.judge_udp(flow, now)
             }
             L4::Gre { .. } => self.judge_link(Kind::GreLink, ip, now),
             L4::Esp { .. } => self.judge_link(Kind::EspLink, ip, now),
-            L4::Icmp { inner: Some(inner), .. } if inner.src == ip.dst => {
+            L4::Icmp {
+                inner: Some(inner), ..
+            } if inner.src == ip.dst => {
                 // An error about a datagram the VIP sent to the client: it
                 // belongs with that connection.
                 let flow = Flow {
@@ -425,8 +464,18 @@ impl Dataplane {
         };
         let b = match self.map.rules[r].rule.mode {
             FilterMode::Multiple { affinity } => {
-                let aff = if affinity == Affinity::Network { Affinity::Network } else { Affinity::Single };
-                bucket_of(affinity_hash(self.map.seed, aff, ip.src, 0, self.map.ipv6_network_prefix))
+                let aff = if affinity == Affinity::Network {
+                    Affinity::Network
+                } else {
+                    Affinity::Single
+                };
+                bucket_of(affinity_hash(
+                    self.map.seed,
+                    aff,
+                    ip.src,
+                    0,
+                    self.map.ipv6_network_prefix,
+                ))
             }
             _ => 0,
         };
@@ -437,11 +486,18 @@ impl Dataplane {
         let Some(r) = self.map.rule_for(flow.vip, flow.server_port, 6) else {
             return self.default_host_verdict();
         };
-        if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled) {
+        if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled)
+        {
             return Verdict::Drop(DropReason::RuleDisabled);
         }
         let b = self.bucket(r, flow.client, flow.client_port);
-        let key = flow_key(Kind::Tcp, flow.client, flow.vip, flow.client_port, flow.server_port);
+        let key = flow_key(
+            Kind::Tcp,
+            flow.client,
+            flow.vip,
+            flow.client_port,
+            flow.server_port,
+        );
         let is_syn = flags & (SYN | ACK) == SYN;
         let owner_verdict = self.new_owner_verdict(r, b);
         if let Some(slot) = self.table.lookup(&key, now) {
@@ -474,7 +530,13 @@ impl Dataplane {
         } else {
             State::Established
         };
-        let entry = Entry { key, state: state as u8, rule: r as u8, bucket: b, ..Entry::default() };
+        let entry = Entry {
+            key,
+            state: state as u8,
+            rule: r as u8,
+            bucket: b,
+            ..Entry::default()
+        };
         if self.table.insert(entry, now).is_none() {
             self.counters.untracked += 1;
         }
@@ -486,7 +548,8 @@ impl Dataplane {
         let Some(r) = self.map.rule_for(flow.vip, flow.server_port, 17) else {
             return self.default_host_verdict();
         };
-        if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled) {
+        if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled)
+        {
             return Verdict::Drop(DropReason::RuleDisabled);
         }
         let b = self.bucket(r, flow.client, flow.client_port);
@@ -504,7 +567,14 @@ impl Dataplane {
 
     /// Extended affinity: the client (or its network) stays where it is for
     /// `timeout_s` after its last datagram, across remaps.
-    fn judge_affinity(&mut self, r: usize, b: u32, flow: Flow, timeout_s: u32, now: u64) -> Verdict {
+    fn judge_affinity(
+        &mut self,
+        r: usize,
+        b: u32,
+        flow: Flow,
+        timeout_s: u32,
+        now: u64,
+    ) -> Verdict {
         let affinity = match self.map.rules[r].rule.mode {
             FilterMode::Multiple { affinity } => affinity,
             _ => Affinity::Single,
@@ -518,7 +588,11 @@ impl Dataplane {
             }
             _ => flow.client,
         };
-        let port = if affinity == Affinity::None { flow.client_port } else { 0 };
+        let port = if affinity == Affinity::None {
+            flow.client_port
+        } else {
+            0
+        };
         let key = flow_key(Kind::Affinity, client, flow.vip, port, r as u16);
         if let Some(slot) = self.table.lookup(&key, now) {
             self.table.entry_mut(slot).last_seen = now;
@@ -563,7 +637,13 @@ impl Dataplane {
             Some(r) => (r as u8, self.bucket(r, flow.client, flow.client_port)),
             None => (u8::MAX, 0),
         };
-        let entry = Entry { key, state: State::Soft as u8, rule, bucket, ..Entry::default() };
+        let entry = Entry {
+            key,
+            state: State::Soft as u8,
+            rule,
+            bucket,
+            ..Entry::default()
+        };
         if self.table.insert(entry, now).is_none() {
             self.counters.untracked += 1;
         }
@@ -589,7 +669,13 @@ impl Dataplane {
             return self.default_host_verdict();
         };
         if flow.proto == 6 {
-            let key = flow_key(Kind::Tcp, flow.client, flow.vip, flow.client_port, flow.server_port);
+            let key = flow_key(
+                Kind::Tcp,
+                flow.client,
+                flow.vip,
+                flow.client_port,
+                flow.server_port,
+            );
             if self.table.lookup(&key, now).is_some() {
                 return if self.map.rules[r].disabled_here {
                     Verdict::Drop(DropReason::RuleDisabled)
@@ -600,19 +686,37 @@ impl Dataplane {
         }
         let b = self.bucket(r, flow.client, flow.client_port);
         let v = self.new_owner_verdict(r, b);
-        if v == Verdict::Keep && flow.proto == 6 && self.map.rules[r].dirty_elsewhere.contains(group_of(b)) {
+        if v == Verdict::Keep
+            && flow.proto == 6
+            && self.map.rules[r].dirty_elsewhere.contains(group_of(b))
+        {
             return Verdict::Drop(DropReason::DirtyElsewhere);
         }
         v
     }
 
     /// Which host of the current map would keep a new flow (for `shoal owner`).
-    pub fn owner_of(map: &ClusterMap, proto: u8, client: IpAddr, client_port: u16, vip: IpAddr, port: u16) -> Owner {
+    pub fn owner_of(
+        map: &ClusterMap,
+        proto: u8,
+        client: IpAddr,
+        client_port: u16,
+        vip: IpAddr,
+        port: u16,
+    ) -> Owner {
         if !map.is_vip(vip) {
-            return Owner { host: None, rule: None, bucket: None };
+            return Owner {
+                host: None,
+                rule: None,
+                bucket: None,
+            };
         }
         let Some(r) = map.rule_for(vip, port, proto) else {
-            return Owner { host: map.default_host, rule: None, bucket: None };
+            return Owner {
+                host: map.default_host,
+                rule: None,
+                bucket: None,
+            };
         };
         let bucket = match map.rules[r].rule.mode {
             FilterMode::Multiple { affinity } => Some(bucket_of(affinity_hash(
@@ -624,7 +728,11 @@ impl Dataplane {
             ))),
             _ => None,
         };
-        Owner { host: map.owner(r, bucket.unwrap_or(0)), rule: Some(r), bucket }
+        Owner {
+            host: map.owner(r, bucket.unwrap_or(0)),
+            rule: Some(r),
+            bucket,
+        }
     }
 }
 
