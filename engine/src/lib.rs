@@ -8,3 +8,4 @@ pub mod io;
 pub mod setup;
 pub mod sys;
 pub mod tap;
+pub mod xdp;
