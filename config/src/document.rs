@@ -79,17 +79,26 @@ pub(crate) struct SyntaxError {
 
 /// Parses `text` into the root table's entries.
 pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, SyntaxError> {
-    let root: Root = toml::from_str(text).map_err(|e| SyntaxError {
-        span: e.span(),
+    let root: Root = toml::from_str(text).map_err(|e| {
         // One error is one line of output: fold the parser's multi-line
         // message ("invalid table header\nexpected `.`, `]`").
-        message: e
+        let message = e
             .message()
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
-            .join(": "),
+            .join(": ");
+        SyntaxError {
+            span: e.span(),
+            // The parser gives no message for some truncated input (`id = `
+            // at the end of the file).
+            message: if message.is_empty() {
+                "invalid or incomplete TOML".to_string()
+            } else {
+                message
+            },
+        }
     })?;
     Ok(root.0)
 }

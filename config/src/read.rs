@@ -864,7 +864,13 @@ impl Reader<'_, '_> {
             }
         }
         draft.protocol = self.choice(&t, "protocol", names::PROTOCOLS, Protocol::Both);
-        let mode = self.choice(&t, "mode", names::RULE_MODES, RuleMode::Multiple);
+        // `None` when `mode` is present but unreadable: then which keys apply
+        // is unknown and not checked, so one typo gives one error.
+        let known_mode = match t.entry("mode") {
+            None => Some(RuleMode::Multiple),
+            Some(e) => self.choice_item(&e.item, &t.key_path("mode"), names::RULE_MODES),
+        };
+        let mode = known_mode.unwrap_or(RuleMode::Multiple);
         let mode_name = names::name_of(names::RULE_MODES, mode);
         let affinity = self.choice(&t, "affinity", names::AFFINITIES, Affinity::Single);
         draft.mode = match mode {
@@ -879,7 +885,7 @@ impl Reader<'_, '_> {
             ("priorities", RuleMode::Single),
         ] {
             if let Some(e) = t.entry(key) {
-                if mode != allowed {
+                if known_mode.is_some_and(|m| m != allowed) {
                     self.diag.at(
                         e.key_span.start,
                         t.key_path(key),

@@ -130,7 +130,7 @@ fn cases() -> Vec<Case> {
         case("priorities on a multiple rule", with("[[rule]]\npriorities = { 1 = 1 }\n"), Some(9), "rule[1].priorities", "only applies to mode = \"single\" rules"),
         case("extended affinity on a single rule", with("[[rule]]\nmode = \"single\"\nextended_affinity_s = 10\n"), Some(10), "rule[1].extended_affinity_s", "only applies to mode = \"multiple\""),
         case("every weight zero", with("weight = 0\n[[rule]]\n"), Some(9), "rule[1]", "every host has weight 0"),
-        case("unknown rule mode", with("[[rule]]\nmode = \"round-robin\"\n"), Some(9), "rule[1].mode", "\"round-robin\" is not one of \"multiple\", \"single\", \"disabled\""),
+        case("unknown rule mode", with("[[rule]]\nmode = \"round-robin\"\npriorities = { 1 = 1 }\n"), Some(9), "rule[1].mode", "\"round-robin\" is not one of \"multiple\", \"single\", \"disabled\""),
         case("duplicate poll cores", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 1, queues = [1] }]\n"), Some(10), "host[1].cores.poll[2].core", "core 1 already runs host[1].cores.poll[1]"),
         case("duplicate queues", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 2, queues = [3, 0] }]\n"), Some(10), "host[1].cores.poll[2].queues", "queue 0 is already polled by host[1].cores.poll[1]"),
         case("no poll loop", with("[host.cores]\npoll = []\n"), Some(9), "host[1].cores.poll", "at least one poll loop"),
