@@ -281,7 +281,7 @@ class Service:
         last_sweep = time.monotonic()
         while self.running:
             try:
-                events = self.sel.select(timeout=1.0)
+                events = self.sel.select(timeout=0.2)
             except InterruptedError:
                 continue
             for key, mask in events:
