@@ -171,7 +171,10 @@ impl AfPacketConfig {
                 "block_size must be a non-zero multiple of the page size",
             ));
         }
-        if self.frame_size < 128 || !self.frame_size.is_multiple_of(16) || self.frame_size > self.block_size {
+        if self.frame_size < 128
+            || !self.frame_size.is_multiple_of(16)
+            || self.frame_size > self.block_size
+        {
             return Err(AfPacketError::Config(
                 "frame_size must be a multiple of 16, at least 128 and at most block_size",
             ));

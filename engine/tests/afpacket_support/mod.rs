@@ -297,7 +297,10 @@ pub fn collect(
 }
 
 /// IPv4 frame fields: (ip proto, src ip, dst ip, l4 bytes).
-pub fn ipv4_of(frame: &[u8]) -> Option<(u8, [u8; 4], [u8; 4], &[u8])> {
+pub type Ipv4Fields<'a> = (u8, [u8; 4], [u8; 4], &'a [u8]);
+
+/// The IPv4 fields of an Ethernet frame, if it carries IPv4.
+pub fn ipv4_of(frame: &[u8]) -> Option<Ipv4Fields<'_>> {
     if frame.len() < 34 || frame[12..14] != [8, 0] {
         return None;
     }
