@@ -498,3 +498,374 @@ fn read_u32(buf: &[u8], at: usize, big_endian: bool) -> u32 {
         u32::from_le_bytes(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_u16(out: &mut Vec<u8>, value: u16, big_endian: bool) {
+        out.extend_from_slice(&if big_endian {
+            value.to_be_bytes()
+        } else {
+            value.to_le_bytes()
+        });
+    }
+
+    fn put_u32(out: &mut Vec<u8>, value: u32, big_endian: bool) {
+        out.extend_from_slice(&if big_endian {
+            value.to_be_bytes()
+        } else {
+            value.to_le_bytes()
+        });
+    }
+
+    /// A classic pcap file; records are (seconds, fraction, original length, data).
+    fn classic(
+        big_endian: bool,
+        nanos: bool,
+        link_type: u32,
+        records: &[(u32, u32, u32, &[u8])],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_u32(
+            &mut out,
+            if nanos { MAGIC_NANOS } else { MAGIC_MICROS },
+            big_endian,
+        );
+        put_u16(&mut out, 2, big_endian);
+        put_u16(&mut out, 4, big_endian);
+        put_u32(&mut out, 0, big_endian);
+        put_u32(&mut out, 0, big_endian);
+        put_u32(&mut out, 65535, big_endian);
+        put_u32(&mut out, link_type, big_endian);
+        for (seconds, fraction, original, data) in records {
+            put_u32(&mut out, *seconds, big_endian);
+            put_u32(&mut out, *fraction, big_endian);
+            put_u32(&mut out, data.len() as u32, big_endian);
+            put_u32(&mut out, *original, big_endian);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    fn block(big_endian: bool, block_type: u32, body: &[u8]) -> Vec<u8> {
+        let padded = body.len().div_ceil(4) * 4;
+        let total = (12 + padded) as u32;
+        let mut out = Vec::new();
+        put_u32(&mut out, block_type, big_endian);
+        put_u32(&mut out, total, big_endian);
+        out.extend_from_slice(body);
+        out.resize(8 + padded, 0);
+        put_u32(&mut out, total, big_endian);
+        out
+    }
+
+    fn section_header(big_endian: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, BYTE_ORDER_MAGIC, big_endian);
+        put_u16(&mut body, 1, big_endian);
+        put_u16(&mut body, 0, big_endian);
+        body.extend_from_slice(&[0xff; 8]); // section length unknown
+        block(big_endian, BLOCK_SECTION_HEADER, &body)
+    }
+
+    /// An interface description; `options` are (code, value).
+    fn interface(big_endian: bool, link_type: u16, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u16(&mut body, link_type, big_endian);
+        put_u16(&mut body, 0, big_endian);
+        put_u32(&mut body, 262_144, big_endian);
+        for (code, value) in options {
+            put_u16(&mut body, *code, big_endian);
+            put_u16(&mut body, value.len() as u16, big_endian);
+            body.extend_from_slice(value);
+            body.resize(body.len().div_ceil(4) * 4, 0);
+        }
+        if !options.is_empty() {
+            put_u32(&mut body, 0, big_endian); // opt_endofopt
+        }
+        block(big_endian, BLOCK_INTERFACE, &body)
+    }
+
+    fn enhanced(
+        big_endian: bool,
+        interface_id: u32,
+        ticks: u64,
+        original: u32,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, interface_id, big_endian);
+        put_u32(&mut body, (ticks >> 32) as u32, big_endian);
+        put_u32(&mut body, ticks as u32, big_endian);
+        put_u32(&mut body, data.len() as u32, big_endian);
+        put_u32(&mut body, original, big_endian);
+        body.extend_from_slice(data);
+        block(big_endian, BLOCK_ENHANCED_PACKET, &body)
+    }
+
+    fn obsolete(big_endian: bool, interface_id: u16, ticks: u64, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u16(&mut body, interface_id, big_endian);
+        put_u16(&mut body, 0, big_endian);
+        put_u32(&mut body, (ticks >> 32) as u32, big_endian);
+        put_u32(&mut body, ticks as u32, big_endian);
+        put_u32(&mut body, data.len() as u32, big_endian);
+        put_u32(&mut body, data.len() as u32, big_endian);
+        body.extend_from_slice(data);
+        block(big_endian, BLOCK_OBSOLETE_PACKET, &body)
+    }
+
+    fn simple(big_endian: bool, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_u32(&mut body, data.len() as u32, big_endian);
+        body.extend_from_slice(data);
+        block(big_endian, BLOCK_SIMPLE_PACKET, &body)
+    }
+
+    fn collect(file: &[u8]) -> Vec<Result<PcapFrame<'_>, PcapError>> {
+        frames(file).unwrap().collect()
+    }
+
+    #[test]
+    fn classic_little_endian_micros() {
+        let file = classic(
+            false,
+            false,
+            1,
+            &[(10, 250_000, 60, &[1, 2, 3]), (11, 1, 1514, &[4; 5])],
+        );
+        let got = collect(&file);
+        assert_eq!(
+            got,
+            vec![
+                Ok(PcapFrame {
+                    link_type: 1,
+                    timestamp_ns: 10_250_000_000,
+                    original_len: 60,
+                    data: &[1, 2, 3]
+                }),
+                Ok(PcapFrame {
+                    link_type: 1,
+                    timestamp_ns: 11_000_001_000,
+                    original_len: 1514,
+                    data: &[4; 5]
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn classic_big_endian_nanos_reports_other_link_types() {
+        // The upper bits of the link-type field (FCS information) are not the link type.
+        let file = classic(true, true, 0x1000_0071, &[(1, 5, 3, &[9, 9, 9])]);
+        let got = collect(&file);
+        assert_eq!(
+            got,
+            vec![Ok(PcapFrame {
+                link_type: 113,
+                timestamp_ns: 1_000_000_005,
+                original_len: 3,
+                data: &[9, 9, 9]
+            })]
+        );
+    }
+
+    fn pcapng_file() -> Vec<u8> {
+        let mut file = section_header(false);
+        file.extend(interface(false, 1, &[]));
+        file.extend(block(false, 0x0000_0bad, &[1, 2, 3, 4, 5]));
+        file.extend(enhanced(false, 0, 1_500_000, 64, &[0xaa; 7]));
+        // Nanosecond resolution, 10 s offset.
+        file.extend(interface(
+            false,
+            228,
+            &[
+                (OPTION_TSRESOL, &[9]),
+                (OPTION_TSOFFSET, &10i64.to_le_bytes()),
+            ],
+        ));
+        file.extend(enhanced(false, 1, 42, 3, &[1, 2, 3]));
+        file.extend(simple(false, &[5; 6]));
+        file.extend(obsolete(false, 1, 7, &[6; 2]));
+        // A second section in the other byte order; interfaces start over.
+        file.extend(section_header(true));
+        file.extend(interface(true, 1, &[(OPTION_TSRESOL, &[0x80 | 10])]));
+        file.extend(enhanced(true, 0, 3 * 1024, 4, &[7; 4]));
+        file
+    }
+
+    #[test]
+    fn pcapng_sections_interfaces_and_packet_blocks() {
+        let file = pcapng_file();
+        let got = collect(&file);
+        let expected = vec![
+            Ok(PcapFrame {
+                link_type: 1,
+                timestamp_ns: 1_500_000_000,
+                original_len: 64,
+                data: &[0xaa; 7][..],
+            }),
+            Ok(PcapFrame {
+                link_type: 228,
+                timestamp_ns: 10_000_000_042,
+                original_len: 3,
+                data: &[1, 2, 3][..],
+            }),
+            Ok(PcapFrame {
+                link_type: 1,
+                timestamp_ns: 0,
+                original_len: 6,
+                data: &[5; 6][..],
+            }),
+            Ok(PcapFrame {
+                link_type: 228,
+                timestamp_ns: 10_000_000_007,
+                original_len: 2,
+                data: &[6; 2][..],
+            }),
+            Ok(PcapFrame {
+                link_type: 1,
+                timestamp_ns: 3_000_000_000,
+                original_len: 4,
+                data: &[7; 4][..],
+            }),
+        ];
+        assert_eq!(got, expected);
+    }
+
+    /// Every prefix of a valid file yields fewer frames or ends in an error;
+    /// an error is always the last item; nothing panics.
+    fn check_prefixes(file: &[u8]) {
+        let full = collect(file).len();
+        for len in 0..file.len() {
+            let Ok(iter) = frames(&file[..len]) else {
+                continue;
+            };
+            let items: Vec<_> = iter.collect();
+            let errors = items.iter().filter(|item| item.is_err()).count();
+            assert!(errors <= 1, "len {len}");
+            if errors == 1 {
+                assert!(items.last().unwrap().is_err(), "len {len}");
+            }
+            let ok = items.len() - errors;
+            assert!(
+                ok < full || errors == 1,
+                "len {len}: {ok} frames of {full} without an error"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_at_every_length_ends_cleanly() {
+        check_prefixes(&classic(
+            false,
+            false,
+            1,
+            &[(1, 2, 3, &[1, 2, 3]), (4, 5, 6, &[7; 6])],
+        ));
+        check_prefixes(&classic(true, true, 1, &[(1, 2, 3, &[1, 2, 3])]));
+        check_prefixes(&pcapng_file());
+        // A record cut in its data reports where it was.
+        let file = classic(false, false, 1, &[(1, 2, 3, &[1, 2, 3])]);
+        let last = collect(&file[..file.len() - 1]).pop().unwrap();
+        assert_eq!(last, Err(PcapError::TruncatedRecord { offset: 24, len: 3 }));
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        assert_eq!(
+            frames(&[0xd4, 0xc3]).unwrap_err(),
+            PcapError::TooShort { len: 2 }
+        );
+        assert_eq!(
+            frames(&[0xd4, 0xc3, 0xb2, 0xa1, 0]).unwrap_err(),
+            PcapError::TooShort { len: 5 }
+        );
+        assert_eq!(
+            frames(b"GIF89a").unwrap_err(),
+            PcapError::UnknownMagic { magic: 0x3846_4947 }
+        );
+        let mut bad_order = section_header(false);
+        bad_order[8] = 0;
+        assert_eq!(
+            frames(&bad_order).unwrap_err(),
+            PcapError::BadByteOrder { offset: 0 }
+        );
+
+        // A packet before any interface description.
+        let mut file = section_header(false);
+        let at = file.len();
+        file.extend(enhanced(false, 0, 0, 1, &[1]));
+        assert_eq!(
+            collect(&file),
+            vec![Err(PcapError::UnknownInterface {
+                offset: at,
+                interface: 0
+            })]
+        );
+
+        // Block lengths: not a multiple of 4, below 12, ends disagreeing.
+        for (len, trailer) in [(13u32, 13u32), (8, 8), (16, 20)] {
+            let mut file = section_header(false);
+            let at = file.len();
+            put_u32(&mut file, 0xbad, false);
+            put_u32(&mut file, len, false);
+            put_u32(&mut file, 0, false);
+            put_u32(&mut file, trailer, false);
+            file.resize(file.len().max(at + 20), 0);
+            let last = collect(&file).pop().unwrap();
+            assert!(
+                matches!(last, Err(PcapError::BadBlockLength { offset, .. }) if offset == at),
+                "{last:?}"
+            );
+        }
+
+        // Captured length beyond the block.
+        let mut file = section_header(false);
+        file.extend(interface(false, 1, &[]));
+        let at = file.len();
+        let mut packet = enhanced(false, 0, 0, 4, &[1, 2, 3, 4]);
+        packet[20] = 200;
+        file.extend(packet);
+        assert_eq!(
+            collect(&file),
+            vec![Err(PcapError::BadPacketLength { offset: at })]
+        );
+
+        // Too many interfaces in one section.
+        let mut file = section_header(false);
+        for _ in 0..=MAX_INTERFACES {
+            file.extend(interface(false, 1, &[]));
+        }
+        let last = collect(&file).pop().unwrap();
+        assert!(
+            matches!(last, Err(PcapError::TooManyInterfaces { .. })),
+            "{last:?}"
+        );
+
+        // The iterator is exhausted after an error.
+        let file = classic(false, false, 1, &[(1, 2, 3, &[1, 2, 3])]);
+        let mut iter = frames(&file[..30]).unwrap();
+        assert!(matches!(iter.next(), Some(Err(_))));
+        assert_eq!(iter.next(), None);
+    }
+
+    #[test]
+    fn timestamp_resolutions() {
+        let with = |tsresol: u8, tsoffset: i64| Interface {
+            link_type: 1,
+            tsresol,
+            tsoffset,
+        };
+        assert_eq!(with(6, 0).timestamp_ns(1), 1_000);
+        assert_eq!(with(9, 0).timestamp_ns(1), 1);
+        assert_eq!(with(12, 0).timestamp_ns(5_000), 5);
+        assert_eq!(with(127, 0).timestamp_ns(u64::MAX), 0);
+        assert_eq!(with(0x80 | 20, 0).timestamp_ns(1 << 20), 1_000_000_000);
+        assert_eq!(with(0x80 | 127, 0).timestamp_ns(u64::MAX), 0);
+        assert_eq!(with(0, 0).timestamp_ns(u64::MAX), u64::MAX);
+        assert_eq!(with(9, -5).timestamp_ns(1), 0);
+        assert_eq!(with(9, i64::MAX).timestamp_ns(1), u64::MAX);
+    }
+}
