@@ -6,7 +6,7 @@
 #[path = "afpacket_support/mod.rs"]
 mod support;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,12 +22,12 @@ const CLUSTER_MAC: [u8; 6] = [0x03, 0xbf, 10, 63, 0, 100];
 const VIP: [u8; 4] = [10, 63, 0, 100];
 const NIC_IP: [u8; 4] = [10, 63, 0, 1];
 const PEER: [u8; 4] = [10, 63, 0, 2];
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x63, 0, 0, 0, 0, 0, 0x100);
+const NIC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x63, 0, 0, 0, 0, 0, 1);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x63, 0, 0, 0, 0, 0, 2);
 
 fn config(state: &Path, ingress_filter: bool) -> HostSetupConfig {
-    let mut c = HostSetupConfig::new(
-        "h0",
-        vec![IpAddr::from(VIP), "fd00:63::100".parse().unwrap()],
-    );
+    let mut c = HostSetupConfig::new("h0", vec![IpAddr::from(VIP), IpAddr::from(VIP6)]);
     c.cluster_macs = vec![CLUSTER_MAC];
     c.ingress_filter = ingress_filter;
     c.state_dir = state.to_path_buf();
@@ -92,6 +92,7 @@ fn ingress_table_hides_cluster_frames_from_the_kernel_but_not_from_af_packet() {
     let peer = Netns::new("set-p");
     veth(&host, "h0", "10.63.0.1", &peer, "p0", "10.63.0.2");
     host.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
+    host.sh("ip addr add fd00:63::1/64 dev h0 nodad");
     let before = sysctls(&host);
     let host_mac = host.mac("h0");
     let peer_mac = peer.mac("p0");
@@ -105,13 +106,25 @@ fn ingress_table_hides_cluster_frames_from_the_kernel_but_not_from_af_packet() {
     host.run(|| {
         let _setup = HostSetup::apply(config(&state, false)).expect("setup without table");
         let ping = icmp_echo_frame(CLUSTER_MAC, peer_mac, PEER, VIP, 1);
-        assert_eq!(peer_io.transmit(&[&ping]).unwrap(), 1);
+        // IPv6: the NIC answers NS for its own address, never for the VIP
+        // (which lives only on the TAP), even without the table.
+        let ns_nic = neighbour_solicitation(peer_mac, PEER6, NIC6);
+        let ns_vip = neighbour_solicitation(peer_mac, PEER6, VIP6);
+        assert_eq!(peer_io.transmit(&[&ping, &ns_nic, &ns_vip]).unwrap(), 3);
         let seen = collect(&mut peer_io, Duration::from_secs(3), |s| {
-            s.iter().any(|f| echo_reply(f, 1))
+            s.iter().any(|f| echo_reply(f, 1)) && s.iter().any(|f| is_neighbour_advert(f, NIC6))
         });
         assert!(
             seen.iter().any(|f| echo_reply(f, 1)),
             "kernel should answer without the table"
+        );
+        assert!(
+            seen.iter().any(|f| is_neighbour_advert(f, NIC6)),
+            "no NA for the NIC's own address"
+        );
+        assert!(
+            !seen.iter().any(|f| is_neighbour_advert(f, VIP6)),
+            "NIC answered NS for the VIP"
         );
     });
     no_leftovers(&host);
@@ -135,17 +148,18 @@ fn ingress_table_hides_cluster_frames_from_the_kernel_but_not_from_af_packet() {
         );
         let arp_vip = arp_request(peer_mac, PEER, VIP);
         let arp_nic = arp_request(peer_mac, PEER, NIC_IP);
-        assert_eq!(
-            peer_io
-                .transmit(&[&ping, &heartbeat, &arp_vip, &arp_nic])
-                .unwrap(),
-            4
-        );
+        let ns_vip = neighbour_solicitation(peer_mac, PEER6, VIP6);
+        let batch: [&[u8]; 5] = [&ping, &heartbeat, &arp_vip, &arp_nic, &ns_vip];
+        assert_eq!(peer_io.transmit(&batch).unwrap(), 5);
 
         // AF_PACKET runs before netdev ingress: the engine sees them all.
         let got = collect(&mut engine, Duration::from_secs(3), |s| {
-            s.iter().any(|f| echo_request(f, 2)) && s.contains(&heartbeat) && s.contains(&arp_vip)
+            s.iter().any(|f| echo_request(f, 2))
+                && s.contains(&heartbeat)
+                && s.contains(&arp_vip)
+                && s.contains(&ns_vip)
         });
+        assert!(got.contains(&ns_vip), "engine missed the NS for the VIP");
         assert!(
             got.iter().any(|f| echo_request(f, 2)),
             "engine missed the ping"

@@ -309,3 +309,56 @@ pub fn ipv4_of(frame: &[u8]) -> Option<Ipv4Fields<'_>> {
     let dst = frame[30..34].try_into().ok()?;
     Some((frame[23], src, dst, frame.get(14 + ihl..)?))
 }
+
+/// An IPv6 neighbour solicitation from `src`/`sip` for `target`, sent to the
+/// target's solicited-node multicast group, with a source link-layer option.
+pub fn neighbour_solicitation(
+    src: [u8; 6],
+    sip: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+) -> Vec<u8> {
+    let t = target.octets();
+    let group = std::net::Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&src);
+    let mut pseudo = 0u32;
+    let mut add = |bytes: &[u8]| {
+        for c in bytes.chunks(2) {
+            pseudo += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+    };
+    add(&sip.octets());
+    add(&group.octets());
+    add(&(icmp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    let c = checksum(&icmp, pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[58, 255]);
+    ip.extend_from_slice(&sip.octets());
+    ip.extend_from_slice(&group.octets());
+    ip.extend_from_slice(&icmp);
+    let g = group.octets();
+    ether([0x33, 0x33, g[12], g[13], g[14], g[15]], src, 0x86dd, &ip)
+}
+
+/// Whether `frame` is a neighbour advertisement for `target`.
+pub fn is_neighbour_advert(frame: &[u8], target: std::net::Ipv6Addr) -> bool {
+    frame.len() >= 14 + 40 + 24
+        && frame[12..14] == [0x86, 0xdd]
+        && frame[20] == 58
+        && frame[54] == 136
+        && frame[62..78] == target.octets()
+}
