@@ -339,10 +339,12 @@ impl XdpAttachment {
     }
 
     /// Stops directing `queue`'s frames to a socket (they reach the kernel
-    /// stack instead). Closing the socket does this too.
-    pub fn unregister(&self, queue: u32) -> Result<bool, AfXdpError> {
+    /// stack instead). Closing the socket does this too. (An XSKMAP does not
+    /// report whether the slot was occupied.)
+    pub fn unregister(&self, queue: u32) -> Result<(), AfXdpError> {
         self.check_queue(queue)?;
-        Ok(self.bpf.map_delete(&self.xskmap, &queue.to_ne_bytes())?)
+        self.bpf.map_delete(&self.xskmap, &queue.to_ne_bytes())?;
+        Ok(())
     }
 }
 
@@ -555,6 +557,14 @@ impl AfXdp {
             ),
         };
         let fd = b.user.as_raw_fd();
+        // xdpilone opens the socket without SOCK_CLOEXEC; a child the engine
+        // spawns must not keep the queue (and its UMEM) busy.
+        bpf::set_cloexec(fd).map_err(|source| AfXdpError::Socket {
+            step: "fcntl(FD_CLOEXEC)",
+            ifname: config.ifname.clone(),
+            queue: config.queue,
+            source,
+        })?;
         attachment.register(config.queue, fd)?;
 
         let ring = config.ring_size as usize;
@@ -709,7 +719,8 @@ impl AfXdp {
 
     /// Takes transmitted frames back from the completion ring.
     fn reclaim(&mut self) {
-        let outstanding = (self.rx_end / self.frame_size) as usize - self.tx_free.len();
+        let tx_frames = (self.rx_end / self.frame_size) as usize;
+        let outstanding = tx_frames.saturating_sub(self.tx_free.len());
         if outstanding == 0 {
             return;
         }
@@ -718,7 +729,10 @@ impl AfXdp {
             .complete(u32::try_from(outstanding).unwrap_or(u32::MAX));
         while let Some(addr) = reader.read() {
             let base = addr - addr % self.frame_size;
-            if base >= self.rx_end && base < self.area.len() as u64 {
+            if base >= self.rx_end
+                && base < self.area.len() as u64
+                && self.tx_free.len() < tx_frames
+            {
                 self.tx_free.push(base);
             }
         }
@@ -840,7 +854,8 @@ impl FrameIo for AfXdp {
         }
         self.stats.tx_frames += sent as u64;
         self.stats.tx_oversize += oversize;
-        self.stats.tx_no_room += (frames.len() - sent) as u64 - oversize;
+        self.stats.tx_no_room +=
+            (frames.len().saturating_sub(sent) as u64).saturating_sub(oversize);
         if sent > 0 {
             self.kick(sent);
         }
@@ -1038,7 +1053,8 @@ mod tests {
             })
         ));
         assert!(a.register(0, -1).is_err());
-        assert!(a.unregister(3).unwrap());
+        a.unregister(3).unwrap();
+        assert!(a.unregister(4).is_err());
     }
 
     #[test]

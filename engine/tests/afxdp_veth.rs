@@ -537,3 +537,78 @@ fn many_frames_cycle_through_every_ring_exactly_once() {
     assert_eq!(rx_stats.rx_bad_descs, 0);
     assert_eq!(rx_stats.kernel_rx_dropped, 0);
 }
+
+#[test]
+fn one_attachment_serves_every_queue_of_a_multi_queue_veth() {
+    if !privileged("one_attachment_serves_every_queue_of_a_multi_queue_veth") {
+        return;
+    }
+    use shoal_engine::sys::bpf::{Bpf, KernelBpf};
+    let a = Netns::new("mq-a");
+    let b = Netns::new("mq-b");
+    ip(&[
+        "link",
+        "add",
+        "mqa",
+        "numrxqueues",
+        "4",
+        "numtxqueues",
+        "4",
+        "netns",
+        &a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mqb",
+        "numrxqueues",
+        "4",
+        "numtxqueues",
+        "4",
+        "netns",
+        &b.name,
+    ]);
+    a.ip(&["link", "set", "mqa", "up"]);
+    b.ip(&["link", "set", "mqb", "up"]);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            a.enter();
+            // Counted in this thread's namespace (ethtool), not from /sys.
+            assert_eq!(KernelBpf.rx_queue_count("mqa").unwrap(), 4);
+            let attachment = XdpAttachment::attach("mqa", &params(), XdpMode::Auto).unwrap();
+            assert_eq!(attachment.queue_count(), 4);
+            let sockets: Vec<AfXdp> = (0..4)
+                .map(|q| {
+                    let io = AfXdp::open(
+                        &AfXdpConfig {
+                            ring_size: RING,
+                            ..AfXdpConfig::new("mqa", q)
+                        },
+                        &attachment,
+                    )
+                    .unwrap();
+                    assert_eq!(io.queue(), q);
+                    io
+                })
+                .collect();
+            let e = AfXdp::open(&AfXdpConfig::new("mqa", 4), &attachment).unwrap_err();
+            assert!(e.to_string().contains("out of range"), "{e}");
+            // A queue cannot take a second socket while the first lives...
+            assert!(AfXdp::open(&AfXdpConfig::new("mqa", 2), &attachment).is_err());
+            drop(sockets);
+            // ...and is free again once it is closed.
+            let again = AfXdp::open(
+                &AfXdpConfig {
+                    ring_size: RING,
+                    ..AfXdpConfig::new("mqa", 2)
+                },
+                &attachment,
+            )
+            .unwrap();
+            assert_eq!(again.queue(), 2);
+            attachment.unregister(2).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+}

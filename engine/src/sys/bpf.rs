@@ -749,6 +749,23 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(ret > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
+/// Sets `FD_CLOEXEC` on `fd` so that spawned programs do not inherit it.
+///
+/// Takes a raw fd because `fcntl(F_SETFD)` reads no memory; callers pass an
+/// fd they own.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What a transmit kick achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
@@ -993,6 +1010,16 @@ mod tests {
             real.map_lookup(&map, &[0; 4], &mut small),
             Err(BpfError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn cloexec_is_set() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        set_cloexec(f.as_raw_fd()).unwrap();
+        // SAFETY: F_GETFD only reads the flags of an fd we own.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        assert!(set_cloexec(-1).is_err());
     }
 
     #[test]
