@@ -31,7 +31,7 @@ use crate::wire::ip_proto;
 use crate::wire::ipv6::{self, walk_extension_headers};
 use crate::wire::{
     ethertype, ArpPacket, EspPacket, GrePacket, Icmpv4Packet, Icmpv6Packet, IgmpPacket, Ipv4Packet,
-    Ipv6Packet, TcpSegment, UdpDatagram,
+    Ipv6ExtensionHeader, Ipv6Packet, TcpSegment, UdpDatagram,
 };
 
 pub use crate::wire::Malformed;
@@ -92,9 +92,10 @@ pub struct IpInfo {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// Upper-layer protocol: the IPv4 protocol field, or for IPv6 the
-    /// header after the extension chain (59 for no next header). For a
-    /// later IPv6 fragment, the first header of the fragment's data.
+    /// Upper-layer protocol: the IPv4 protocol field (or the header after
+    /// an AH header), or for IPv6 the header after the extension chain (59
+    /// for no next header). For a later fragment, the first header of the
+    /// fragment's data (never stepped over).
     pub proto: u8,
     /// Where this datagram sits among its fragments.
     pub fragment: Fragment,
@@ -269,17 +270,33 @@ fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<IpInfo, Malformed> {
         (0, true) => Fragment::First { id, more: true },
         (offset, more) => Fragment::Later { id, offset, more },
     };
-    let proto = ip.protocol();
+    let payload = ip.payload();
+    // AH (RFC 4302) sits between IPv4 and the transport in clear; step over
+    // it so AH-protected flows are owned by port like any other. A later
+    // fragment's data is not headers.
+    let (proto, l4_start) = match (ip.protocol(), fragment) {
+        (_, Fragment::Later { .. }) => (ip.protocol(), 0),
+        (ip_proto::AH, _) => {
+            let ah = Ipv6ExtensionHeader::new_checked(payload, ip_proto::AH)?;
+            (ah.next_header(), ah.header_len())
+        }
+        (proto, _) => (proto, 0),
+    };
     let l4 = match fragment {
         Fragment::Later { .. } => L4::Unparsed,
-        _ => parse_l4(proto, ip.payload(), fragment == Fragment::Whole, false)?,
+        _ => parse_l4(
+            proto,
+            &payload[l4_start..],
+            fragment == Fragment::Whole,
+            false,
+        )?,
     };
     Ok(IpInfo {
         src: IpAddr::V4(ip.src()),
         dst: IpAddr::V4(ip.dst()),
         proto,
         fragment,
-        l4_offset: l3_offset + ip.header_len(),
+        l4_offset: l3_offset + ip.header_len() + l4_start,
         l4,
     })
 }
@@ -872,6 +889,27 @@ mod tests {
             (ip.proto, ip.l4, ip.l4_offset),
             (ip_proto::NO_NEXT_HEADER, L4::Unparsed, 54)
         );
+    }
+
+    #[test]
+    fn ipv4_ah_is_stepped_over() {
+        // AH with a 12-byte ICV (length field 4: 24 bytes), then TCP.
+        let mut payload = hex("06 04 0000 00000100 00000001");
+        payload.extend_from_slice(&[0xee; 12]);
+        payload.extend_from_slice(&tcp(1234, 80, flags::ACK));
+        let ip =
+            ip_info(&parse_frame(&eth(ethertype::IPV4, &ipv4(ip_proto::AH, &payload))).unwrap());
+        assert_eq!((ip.proto, ip.l4_offset), (ip_proto::TCP, 14 + 20 + 24));
+        assert_eq!(
+            ip.l4,
+            L4::Tcp {
+                src_port: 1234,
+                dst_port: 80,
+                flags: flags::ACK
+            }
+        );
+        let cut = eth(ethertype::IPV4, &ipv4(ip_proto::AH, &payload[..20]));
+        assert_eq!(parse_frame(&cut), Err(Malformed::TruncatedExtensionHeader));
     }
 
     #[test]

@@ -869,3 +869,35 @@ mod tests {
         assert_eq!(with(9, i64::MAX).timestamp_ns(1), u64::MAX);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Arbitrary bytes behind each magic never panic, and an error is
+        /// always the last item.
+        #[test]
+        fn never_panics(
+            magic in proptest::sample::select(vec![
+                vec![0xd4, 0xc3, 0xb2, 0xa1],
+                vec![0xa1, 0xb2, 0x3c, 0x4d],
+                vec![0x0a, 0x0d, 0x0d, 0x0a],
+            ]),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let mut file = magic;
+            file.extend_from_slice(&rest);
+            if file.len() >= 12 && file[0] == 0x0a {
+                file[8..12].copy_from_slice(&BYTE_ORDER_MAGIC.to_le_bytes());
+            }
+            if let Ok(iter) = frames(&file) {
+                let mut saw_error = false;
+                for item in iter {
+                    proptest::prop_assert!(!saw_error);
+                    saw_error = item.is_err();
+                }
+            }
+        }
+    }
+}

@@ -174,8 +174,8 @@ pub enum Malformed {
     /// More IPv6 extension headers than [`ipv6::MAX_EXTENSION_HEADERS`].
     #[error("IPv6 extension header chain too long")]
     ExtensionChainTooLong,
-    /// An IPv6 extension header cut short.
-    #[error("IPv6 extension header cut short")]
+    /// An IPv6 extension header (or an AH header after IPv4) cut short.
+    #[error("IPv6 extension header or AH header cut short")]
     TruncatedExtensionHeader,
     /// An IPv6 extension header out of place (hop-by-hop not first).
     #[error("IPv6 extension header out of place")]
