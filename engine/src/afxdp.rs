@@ -565,9 +565,7 @@ impl AfXdp {
             queue: config.queue,
             source,
         })?;
-        attachment.register(config.queue, fd)?;
 
-        let ring = config.ring_size as usize;
         let frame_size = u64::from(config.frame_size);
         let rx_end = u64::from(config.ring_size) * frame_size;
         let mut this = Self {
@@ -592,8 +590,9 @@ impl AfXdp {
             ifname: config.ifname.clone(),
             queue: config.queue,
         };
-        this.stash.reserve(ring.saturating_sub(this.stash.len()));
+        // Fill first, then let the program send frames here.
         this.refill();
+        attachment.register(config.queue, fd)?;
         tracing::info!(
             ifname = %this.ifname,
             queue = this.queue,
