@@ -110,17 +110,16 @@ pub struct IpInfo {
 /// 16 bits, widened; IPv6 fragment header identifications are 32 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fragment {
-    /// Not fragmented.
+    /// Not fragmented. This includes IPv6 atomic fragments (a fragment
+    /// header with offset 0 and M clear, RFC 6946 §4): the whole packet is
+    /// here, and it must be owned exactly like the same flow's unfragmented
+    /// packets.
     Whole,
-    /// Offset zero: the transport header is here and parsed. `more` is
-    /// true for a real first fragment; it is false only for an IPv6 atomic
-    /// fragment (a fragment header with offset 0 and M clear, RFC 6946),
-    /// which is a whole packet and may be treated as one.
+    /// Offset zero with more fragments to follow: the transport header is
+    /// here and parsed.
     First {
         /// Identification shared by all fragments of the datagram.
         id: u32,
-        /// More fragments follow.
-        more: bool,
     },
     /// Offset above zero: no transport header ([`L4::Unparsed`]).
     Later {
@@ -267,7 +266,7 @@ fn parse_ipv4(l3: &[u8], l3_offset: usize) -> Result<IpInfo, Malformed> {
     let id = u32::from(ip.ident());
     let fragment = match (ip.frag_offset(), ip.more_frags()) {
         (0, false) => Fragment::Whole,
-        (0, true) => Fragment::First { id, more: true },
+        (0, true) => Fragment::First { id },
         (offset, more) => Fragment::Later { id, offset, more },
     };
     let payload = ip.payload();
@@ -311,11 +310,10 @@ fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<IpInfo, Malformed> {
             if !fragment.is_possible(payload.len().saturating_sub(fragment.data_offset)) {
                 return Err(Malformed::BadFragment);
             }
-            if fragment.offset == 0 {
-                Fragment::First {
-                    id: fragment.ident,
-                    more: fragment.more,
-                }
+            if fragment.is_atomic() {
+                Fragment::Whole
+            } else if fragment.offset == 0 {
+                Fragment::First { id: fragment.ident }
             } else {
                 Fragment::Later {
                     id: fragment.ident,
@@ -328,7 +326,7 @@ fn parse_ipv6(l3: &[u8], l3_offset: usize) -> Result<IpInfo, Malformed> {
     let upper = payload.get(walk.upper_layer_offset..).unwrap_or(&[]);
     let l4 = match fragment {
         Fragment::Later { .. } => L4::Unparsed,
-        Fragment::First { more, .. } => parse_l4(walk.upper_layer, upper, !more, true)?,
+        Fragment::First { .. } => parse_l4(walk.upper_layer, upper, false, true)?,
         Fragment::Whole => parse_l4(walk.upper_layer, upper, true, true)?,
     };
     Ok(IpInfo {
@@ -718,13 +716,7 @@ mod tests {
         );
         let info = parse_frame(&eth(ethertype::IPV4, &first)).unwrap();
         let ip = ip_info(&info);
-        assert_eq!(
-            ip.fragment,
-            Fragment::First {
-                id: 0xbeef,
-                more: true
-            }
-        );
+        assert_eq!(ip.fragment, Fragment::First { id: 0xbeef });
         assert_eq!(
             ip.l4,
             L4::Udp {
@@ -813,13 +805,7 @@ mod tests {
             (IpAddr::V6(client6()), IpAddr::V6(vip6()))
         );
         assert_eq!(ip.proto, ip_proto::TCP);
-        assert_eq!(
-            ip.fragment,
-            Fragment::First {
-                id: 0x0102_0304,
-                more: true
-            }
-        );
+        assert_eq!(ip.fragment, Fragment::First { id: 0x0102_0304 });
         assert_eq!(ip.l4_offset, 14 + 40 + 16);
         assert_eq!(
             ip.l4,
@@ -854,13 +840,7 @@ mod tests {
             &hbh_frag(0, false, ip_proto::UDP, &udp(1, 2, 8, &[])),
         );
         let ip = ip_info(&parse_frame(&atomic).unwrap());
-        assert_eq!(
-            ip.fragment,
-            Fragment::First {
-                id: 0x0102_0304,
-                more: false
-            }
-        );
+        assert_eq!(ip.fragment, Fragment::Whole);
         assert_eq!(
             ip.l4,
             L4::Udp {
