@@ -66,7 +66,7 @@ pub const fn group_of(bucket: u32) -> u32 {
 
 /// Per-host salts, so each host's draws are independent of every other's.
 fn host_salt(host: HostId) -> u64 {
-    mix64(0x73686f_616c_0000 ^ host.get() as u64)
+    mix64(0x0073_686f_616c_0000 ^ host.get() as u64)
 }
 
 fn bucket_salt(bucket: u32) -> u64 {

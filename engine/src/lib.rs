@@ -5,7 +5,10 @@
 pub mod afpacket;
 pub mod afxdp;
 pub mod io;
+pub mod runtime;
 pub mod setup;
 pub mod sys;
 pub mod tap;
+pub mod tools;
+pub mod wiring;
 pub mod xdp;

@@ -37,7 +37,7 @@
 //! past failures and reports the first one.
 //!
 //! Crash safety: before each change the undo record is written to
-//! `<state_dir>/<nic>.state` (default `/run/shoal`). The next `apply` on the
+//! `<state_dir>/<nic>-netns<inode>.state` (default `/run/shoal`). The next `apply` on the
 //! same NIC replays a leftover record (restores sysctls, deletes the nft
 //! table and the TAP) before doing anything else, and also removes a table
 //! named `shoal_<nic>` and a TAP with the configured name if either is still
@@ -113,8 +113,16 @@ impl HostSetupConfig {
         format!("shoal_{clean}")
     }
 
-    fn state_file(&self) -> PathBuf {
-        self.state_dir.join(format!("{}.state", self.interface))
+    /// The crash-recovery record for this interface in this network
+    /// namespace: several namespaces on one machine (the lab) may each have
+    /// an `eth0`, and `/run` is shared between them.
+    pub fn state_file(&self) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let netns = std::fs::metadata("/proc/self/ns/net")
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        self.state_dir
+            .join(format!("{}-netns{netns}.state", self.interface))
     }
 }
 
@@ -936,7 +944,7 @@ mod tests {
             log.contains("ip addr add fd00::100/128 dev shoal0 nodad noprefixroute"),
             "{log}"
         );
-        let state = value(&fake, PathBuf::from("/state/eth0.state"));
+        let state = value(&fake, config().state_file());
         assert!(
             state.contains("sysctl /proc/sys/net/ipv4/conf/eth0/arp_ignore 0"),
             "{state}"
@@ -998,7 +1006,7 @@ mod tests {
         assert!(err.to_string().contains("scripted failure"), "{err}");
         let w = fake.0.lock();
         assert!(!w.links.contains_key("shoal0"), "TAP removed");
-        assert!(!w.files.contains_key(Path::new("/state/eth0.state")));
+        assert!(!w.files.contains_key(&config().state_file()));
         assert_eq!(w.files[&sysctl_v4("eth0", "arp_ignore")], "0");
     }
 

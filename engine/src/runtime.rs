@@ -1,0 +1,525 @@
+//! `shoal run`: wires configuration, host setup, backends, pinned poll
+//! loops, the exception path and the control thread together.
+//!
+//! # Threads and what they share
+//!
+//! * One poll loop per `[host.cores].poll` entry, pinned to its core. Each
+//!   owns its backend sockets (one per rx queue it polls), its TAP queue and
+//!   its own [`Dataplane`] (descriptor table included): flows stay on one rx
+//!   queue, so no descriptor is shared. Per batch it reads the clock once,
+//!   checks the published map's epoch (one atomic load; the lock is taken
+//!   only when the epoch moved), judges the batch, writes kept frames to the
+//!   TAP in one go and hands control frames to the control thread.
+//! * The control thread (the main thread, pinned to `cores.control`)
+//!   answers ARP and ND for the VIPs when this host is the default host,
+//!   publishes maps, and writes the counters file. With the control plane
+//!   (heartbeats, convergence) it also runs the membership machine; until
+//!   then `--static-view` takes every configured host as live.
+//! * Shutdown: SIGINT or SIGTERM set a flag every loop checks per batch;
+//!   everything shoal set up is undone on the way out.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use parking_lot::Mutex;
+use shoal_config::{Backend, Config, IdlePolicy};
+use shoal_dataplane::descriptor::DescriptorConfig;
+use shoal_dataplane::mac::{igmp_mac, masked_source_mac, multicast_mac, unicast_mac, Mac};
+use shoal_dataplane::map::{ClusterMap, View};
+use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdict};
+use shoal_dataplane::reply;
+use shoal_dataplane::{ClusterMode, HostId};
+
+use crate::io::{Delivery, FrameIo, MAX_BATCH};
+
+/// `shoal run` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Cluster configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which [[host]] this is (needed when the file describes several).
+    #[arg(long)]
+    pub host: Option<u8>,
+    /// Take every configured host as live and converged (no heartbeats).
+    #[arg(long)]
+    pub static_view: bool,
+    /// Write counters as JSON to this file every second.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Override `[io].backend` (af_xdp, af_packet, auto).
+    #[arg(long)]
+    pub backend: Option<String>,
+}
+
+/// The map every poll loop reads once per batch.
+#[derive(Debug)]
+pub struct MapCell {
+    epoch: AtomicU64,
+    map: Mutex<Arc<ClusterMap>>,
+}
+
+impl MapCell {
+    /// A cell holding `map`.
+    pub fn new(map: Arc<ClusterMap>) -> Self {
+        Self {
+            epoch: AtomicU64::new(map.epoch),
+            map: Mutex::new(map),
+        }
+    }
+
+    /// Publishes `map` (its epoch must increase).
+    pub fn publish(&self, map: Arc<ClusterMap>) {
+        let epoch = map.epoch;
+        *self.map.lock() = map;
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The newest map if its epoch differs from `seen`.
+    #[inline]
+    pub fn newer_than(&self, seen: u64) -> Option<Arc<ClusterMap>> {
+        if self.epoch.load(Ordering::Acquire) == seen {
+            None
+        } else {
+            Some(self.map.lock().clone())
+        }
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_signal` is an `extern "C"` function that only stores to
+        // an atomic, which is async-signal-safe; `signal` has no other
+        // preconditions.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Counters a poll loop shares with the control thread.
+#[derive(Debug, Default, Clone)]
+pub struct LoopStats {
+    /// Dataplane counters.
+    pub dataplane: Counters,
+    /// Frames handed to the TAP.
+    pub delivered: u64,
+    /// Kept frames the TAP did not take.
+    pub delivery_errors: u64,
+    /// Control frames the control thread's queue had no room for.
+    pub control_overflow: u64,
+    /// Batches received, and frames in them (for the mean batch fill).
+    pub batches: u64,
+    /// Frames transmitted for the control thread.
+    pub transmitted: u64,
+    /// Live descriptors.
+    pub descriptors: u64,
+}
+
+struct PollLoop {
+    core: Option<usize>,
+    backends: Vec<Box<dyn FrameIo>>,
+    delivery: Box<dyn Delivery>,
+    dataplane: Dataplane,
+    cell: Arc<MapCell>,
+    control_tx: SyncSender<Vec<u8>>,
+    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    stats: Arc<Mutex<LoopStats>>,
+    batch: usize,
+    idle: IdlePolicy,
+    start: Instant,
+}
+
+impl PollLoop {
+    fn run(mut self) {
+        if let Some(core) = self.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(core, "could not pin poll loop");
+            }
+        }
+        let mut verdicts = [Verdict::Pass; MAX_BATCH];
+        let mut local = LoopStats::default();
+        let mut idle_rounds = 0u32;
+        let mut last_publish = Instant::now();
+        while !STOP.load(Ordering::Relaxed) {
+            let now = self.start.elapsed().as_nanos() as u64;
+            if let Some(map) = self.cell.newer_than(self.dataplane.map().epoch) {
+                self.dataplane.set_map(map);
+            }
+            let mut got = 0;
+            for io in &mut self.backends {
+                let dp = &mut self.dataplane;
+                let delivery = &mut self.delivery;
+                let control_tx = &self.control_tx;
+                let local = &mut local;
+                let res = io.receive(self.batch, &mut |frames| {
+                    if frames.is_empty() {
+                        return;
+                    }
+                    local.batches += 1;
+                    dp.judge_batch(frames, now, &mut verdicts[..frames.len()]);
+                    let mut kept: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+                    let mut n = 0;
+                    for (f, v) in frames.iter().zip(&verdicts) {
+                        match v {
+                            Verdict::Keep => {
+                                kept[n] = f;
+                                n += 1;
+                            }
+                            Verdict::Control(_) => {
+                                if let Err(TrySendError::Full(_)) = control_tx.try_send(f.to_vec())
+                                {
+                                    local.control_overflow += 1;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if n > 0 {
+                        match delivery.deliver(&kept[..n]) {
+                            Ok(d) => {
+                                local.delivered += d as u64;
+                                local.delivery_errors += (n - d) as u64;
+                            }
+                            Err(e) => {
+                                local.delivery_errors += n as u64;
+                                tracing::debug!(error = %e, "delivery failed");
+                            }
+                        }
+                    }
+                });
+                match res {
+                    Ok(n) => got += n,
+                    Err(e) => tracing::debug!(error = %e, "receive failed"),
+                }
+            }
+            // Frames the control thread wants on the wire leave through the
+            // first backend.
+            let pending: Vec<Vec<u8>> = std::mem::take(&mut *self.outbound.lock());
+            if !pending.is_empty() {
+                let refs: Vec<&[u8]> = pending.iter().map(|f| f.as_slice()).collect();
+                if let Some(io) = self.backends.first_mut() {
+                    if let Ok(n) = io.transmit(&refs) {
+                        local.transmitted += n as u64;
+                    }
+                }
+            }
+            self.dataplane.tick(now, 256);
+            if last_publish.elapsed() >= Duration::from_millis(200) {
+                local.dataplane = self.dataplane.counters().clone();
+                local.descriptors = self.dataplane.table().len() as u64;
+                *self.stats.lock() = local.clone();
+                last_publish = Instant::now();
+            }
+            if got == 0 {
+                idle_rounds = idle_rounds.saturating_add(1);
+                match self.idle {
+                    IdlePolicy::Busy => std::hint::spin_loop(),
+                    IdlePolicy::Backoff => {
+                        if idle_rounds > 64 {
+                            if let Some(io) = self.backends.first_mut() {
+                                let _ = io.wait(1);
+                            }
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            } else {
+                idle_rounds = 0;
+            }
+        }
+        local.dataplane = self.dataplane.counters().clone();
+        local.descriptors = self.dataplane.table().len() as u64;
+        *self.stats.lock() = local;
+    }
+}
+
+/// The cluster MAC frames for this cluster arrive on, by mode.
+pub fn cluster_mac(config: &Config) -> Mac {
+    let vip = config.primary_vip();
+    match config.cluster.mode {
+        ClusterMode::Unicast => unicast_mac(vip),
+        ClusterMode::Multicast => multicast_mac(vip),
+        ClusterMode::Igmp => igmp_mac(vip),
+    }
+}
+
+fn descriptor_config(config: &Config) -> DescriptorConfig {
+    const S: u64 = 1_000_000_000;
+    let d = &config.descriptors;
+    DescriptorConfig {
+        capacity: d.capacity as usize,
+        half_open_ns: d.tcp_half_open_timeout_s as u64 * S,
+        established_ns: d.tcp_idle_timeout_s as u64 * S,
+        closing_ns: d.tcp_closing_timeout_s as u64 * S,
+        link_ns: d.gre_timeout_s as u64 * S,
+        affinity_ns: d.udp_timeout_s as u64 * S,
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        let t = Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+        return t.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    u64::from_ne_bytes(buf)
+}
+
+/// Answers control frames the poll loops handed over.
+struct ControlThread {
+    local: HostId,
+    cluster_mac: Mac,
+    source_mac: Mac,
+    cell: Arc<MapCell>,
+    rx: Receiver<Vec<u8>>,
+    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    answered: u64,
+}
+
+impl ControlThread {
+    fn handle(&mut self, frame: &[u8]) {
+        let map = self.cell.map.lock().clone();
+        if map.default_host != Some(self.local) {
+            return;
+        }
+        let mut buf = [0u8; reply::MAX_REPLY];
+        let n = reply::arp_reply(
+            frame,
+            &map.vips,
+            self.cluster_mac,
+            self.source_mac,
+            &mut buf,
+        )
+        .or_else(|| {
+            reply::neighbor_advert(
+                frame,
+                &map.vips,
+                self.cluster_mac,
+                self.source_mac,
+                &mut buf,
+            )
+        });
+        if let Some(n) = n {
+            self.outbound.lock().push(buf[..n].to_vec());
+            self.answered += 1;
+        }
+    }
+
+    fn announce(&mut self, map: &ClusterMap) {
+        if map.default_host != Some(self.local) {
+            return;
+        }
+        for vip in &map.vips {
+            if let IpAddr::V4(v) = vip {
+                let mut buf = [0u8; reply::MAX_REPLY];
+                let n = reply::gratuitous_arp(*v, self.cluster_mac, self.source_mac, &mut buf);
+                self.outbound.lock().push(buf[..n].to_vec());
+            }
+        }
+    }
+}
+
+fn counters_json(
+    host: HostId,
+    backend: &str,
+    stats: &[LoopStats],
+    answered: u64,
+) -> serde_json::Value {
+    let mut total = Counters::default();
+    let mut delivered = 0;
+    let mut delivery_errors = 0;
+    let mut control_overflow = 0;
+    let mut batches = 0;
+    let mut descriptors = 0;
+    for s in stats {
+        total.merge(&s.dataplane);
+        delivered += s.delivered;
+        delivery_errors += s.delivery_errors;
+        control_overflow += s.control_overflow;
+        batches += s.batches;
+        descriptors += s.descriptors;
+    }
+    let dropped: serde_json::Map<String, serde_json::Value> = DropReason::POLICY
+        .iter()
+        .zip(total.dropped)
+        .map(|(r, n)| (r.name().to_string(), n.into()))
+        .collect();
+    let control: serde_json::Map<String, serde_json::Value> = Control::ALL
+        .iter()
+        .zip(total.control)
+        .map(|(c, n)| (c.name().to_string(), n.into()))
+        .collect();
+    let malformed: serde_json::Map<String, serde_json::Value> =
+        shoal_dataplane::packet::Malformed::ALL
+            .iter()
+            .zip(total.malformed.iter().copied().chain(std::iter::repeat(0)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(m, n)| (m.name().to_string(), n.into()))
+            .collect();
+    let per_core: Vec<serde_json::Value> = stats
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "received": s.dataplane.frames,
+                "kept": s.dataplane.kept,
+                "batches": s.batches,
+                "batch_fill": if s.batches == 0 { 0.0 } else { s.dataplane.frames as f64 / s.batches as f64 },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "host": host.get(),
+        "backend": backend,
+        "received": total.frames,
+        "for_cluster": total.for_cluster,
+        "kept": total.kept,
+        "passed": total.passed,
+        "dropped": dropped,
+        "control": control,
+        "malformed": malformed,
+        "delivered": delivered,
+        "delivery_errors": delivery_errors,
+        "control_overflow": control_overflow,
+        "arp_nd_answered": answered,
+        "batches": batches,
+        "descriptors": descriptors,
+        "untracked": total.untracked,
+        "per_core": per_core,
+    })
+}
+
+/// Runs the engine until SIGINT or SIGTERM.
+pub fn run(config: Config, args: RunArgs) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let host = config
+        .select_host(args.host)
+        .map_err(|e| anyhow!("{e}"))?
+        .clone();
+    let local = host.id;
+    if !args.static_view {
+        bail!(
+            "this build has no control plane yet: run with --static-view \
+             (every configured host is taken as live)"
+        );
+    }
+    install_signal_handlers();
+    let spec = config.spec();
+    let view = View::converged(&spec, config.host_ids());
+    let map = Arc::new(ClusterMap::build(&spec, &view, local, 1));
+    let cell = Arc::new(MapCell::new(map.clone()));
+    let cluster_mac = cluster_mac(&config);
+    let backend_choice = match args.backend.as_deref() {
+        None => config.io.backend,
+        Some("af_xdp") => Backend::AfXdp,
+        Some("af_packet") => Backend::AfPacket,
+        Some("auto") => Backend::Auto,
+        Some(other) => bail!("--backend {other:?}: expected af_xdp, af_packet or auto"),
+    };
+
+    let polls = crate::wiring::poll_plan(&host);
+    let mut wiring =
+        crate::wiring::Wiring::bring_up(&config, &host, cluster_mac, backend_choice, &polls)
+            .context("setting up the host")?;
+    let backend_name = wiring.backend_name.clone();
+    tracing::info!(host = local.get(), backend = %backend_name, vips = ?config.cluster.vips, cluster_mac = %cluster_mac, "shoal running");
+
+    let (control_tx, control_rx) = sync_channel::<Vec<u8>>(4096);
+    let outbound = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let dcfg = descriptor_config(&config);
+    let mut stats = Vec::new();
+    let mut threads = Vec::new();
+    for (i, plan) in polls.iter().enumerate() {
+        let backends = std::mem::take(&mut wiring.backends[i]);
+        let delivery = wiring.deliveries.remove(0);
+        let s = Arc::new(Mutex::new(LoopStats::default()));
+        stats.push(s.clone());
+        let pl = PollLoop {
+            core: plan.core,
+            backends,
+            delivery,
+            dataplane: Dataplane::new(map.clone(), dcfg, random_seed()),
+            cell: cell.clone(),
+            control_tx: control_tx.clone(),
+            outbound: outbound.clone(),
+            stats: s,
+            batch: (config.io.batch_size as usize).clamp(1, MAX_BATCH),
+            idle: config.io.idle,
+            start,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("shoal-poll-{i}"))
+                .spawn(move || pl.run())
+                .context("spawning a poll loop")?,
+        );
+    }
+    drop(control_tx);
+    let _ = core_affinity::set_for_current(core_affinity::CoreId {
+        id: host.cores.control,
+    });
+
+    let mut control = ControlThread {
+        local,
+        cluster_mac,
+        source_mac: masked_source_mac(local, config.primary_vip()),
+        cell: cell.clone(),
+        rx: control_rx,
+        outbound: outbound.clone(),
+        answered: 0,
+    };
+    control.announce(&map);
+    let mut last_stats = Instant::now() - Duration::from_secs(2);
+    while !STOP.load(Ordering::Relaxed) {
+        match control.rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(frame) => control.handle(&frame),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            if let Some(path) = &args.stats {
+                let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
+                let json = counters_json(local, &backend_name, &snapshot, control.answered);
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+        }
+    }
+    STOP.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
+    let json = counters_json(local, &backend_name, &snapshot, control.answered);
+    if let Some(path) = &args.stats {
+        let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
+    }
+    tracing::info!(counters = %json, "shoal stopping");
+    wiring.tear_down();
+    Ok(())
+}

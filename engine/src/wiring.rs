@@ -1,0 +1,262 @@
+//! Brings a host up for `shoal run` and takes it down again: host setup
+//! (TAP with the VIPs, ARP/ND suppression, memberships, the nftables
+//! ingress drop for AF_PACKET), the XDP attachment, and one backend socket
+//! per rx queue, grouped by poll loop.
+//!
+//! `backend = "auto"` tries AF_XDP and falls back to AF_PACKET with the
+//! reason logged; the backend in use is named in the logs and the counters.
+
+use std::net::IpAddr;
+
+use anyhow::{anyhow, Context, Result};
+use shoal_config::{Backend, Config, HostSection, XdpMode as ConfigXdpMode};
+use shoal_dataplane::mac::Mac;
+use shoal_dataplane::ClusterMode;
+
+use crate::afpacket::{AfPacket, AfPacketConfig, Membership};
+use crate::afxdp::{AfXdp, AfXdpConfig, XdpAttachment, XdpMode};
+use crate::io::{Delivery, FrameIo};
+use crate::setup::{HostSetup, HostSetupConfig};
+use crate::tap::TapConfig;
+use crate::xdp::program::XdpParams;
+
+/// One poll loop: the core it is pinned to and the rx queues it polls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollPlan {
+    /// Core to pin to (`None`: unpinned).
+    pub core: Option<usize>,
+    /// Rx queues of the interface.
+    pub queues: Vec<u32>,
+}
+
+/// The poll loops a host's core map asks for.
+pub fn poll_plan(host: &HostSection) -> Vec<PollPlan> {
+    let available = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
+    host.cores
+        .poll
+        .iter()
+        .map(|p| PollPlan {
+            core: if p.core < available {
+                Some(p.core)
+            } else {
+                tracing::warn!(
+                    core = p.core,
+                    available,
+                    "core map names a core this machine lacks; poll loop left unpinned"
+                );
+                None
+            },
+            queues: p.queues.clone(),
+        })
+        .collect()
+}
+
+/// Everything brought up for one run.
+pub struct Wiring {
+    /// Per poll loop, its backends (one per rx queue).
+    pub backends: Vec<Vec<Box<dyn FrameIo>>>,
+    /// Per poll loop, its TAP queue.
+    pub deliveries: Vec<Box<dyn Delivery>>,
+    /// e.g. `af_xdp native copy` or `af_packet (af_xdp unavailable: …)`.
+    pub backend_name: String,
+    setup: Option<HostSetup>,
+    attachment: Option<XdpAttachment>,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring")
+            .field("backend", &self.backend_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn memberships(mode: ClusterMode, mac: Mac) -> Vec<Membership> {
+    match mode {
+        // Unicast: the NIC must accept frames for a MAC that is not its own.
+        ClusterMode::Unicast => vec![Membership::Promiscuous],
+        ClusterMode::Multicast | ClusterMode::Igmp => vec![Membership::Multicast(mac.0)],
+    }
+}
+
+/// Per poll loop, its backend sockets.
+type LoopBackends = Vec<Vec<Box<dyn FrameIo>>>;
+
+fn open_af_xdp(
+    config: &Config,
+    host: &HostSection,
+    cluster_mac: Mac,
+    polls: &[PollPlan],
+) -> Result<(XdpAttachment, LoopBackends, String)> {
+    let vips_v4 = config
+        .cluster
+        .vips
+        .iter()
+        .filter_map(|v| {
+            if let IpAddr::V4(a) = v {
+                Some(*a)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let vips_v6 = config
+        .cluster
+        .vips
+        .iter()
+        .filter_map(|v| {
+            if let IpAddr::V6(a) = v {
+                Some(*a)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let params = XdpParams {
+        cluster_macs: vec![cluster_mac.0],
+        vips_v4,
+        vips_v6,
+        ..XdpParams::default()
+    };
+    let mode = match config.io.xdp_mode {
+        ConfigXdpMode::Native => XdpMode::Native,
+        ConfigXdpMode::Generic => XdpMode::Generic,
+        ConfigXdpMode::Auto => XdpMode::Auto,
+    };
+    let attachment = XdpAttachment::attach(&host.interface, &params, mode)
+        .with_context(|| format!("attaching XDP to {}", host.interface))?;
+    let mut per_loop: Vec<Vec<Box<dyn FrameIo>>> = Vec::new();
+    for plan in polls {
+        let mut socks: Vec<Box<dyn FrameIo>> = Vec::new();
+        for &q in &plan.queues {
+            let mut c = AfXdpConfig::new(host.interface.clone(), q);
+            c.ring_size = config.io.ring_size;
+            let sock = AfXdp::open(&c, &attachment)
+                .with_context(|| format!("AF_XDP socket on queue {q}"))?;
+            socks.push(Box::new(sock));
+        }
+        per_loop.push(socks);
+    }
+    let name = format!("af_xdp {} copy", attachment.mode());
+    Ok((attachment, per_loop, name))
+}
+
+fn open_af_packet(
+    config: &Config,
+    host: &HostSection,
+    cluster_mac: Mac,
+    polls: &[PollPlan],
+) -> Result<Vec<Vec<Box<dyn FrameIo>>>> {
+    // One socket per poll loop, all in one hash fanout group, so a flow
+    // stays on one loop.
+    let group = (std::process::id() & 0xffff) as u16;
+    let mut per_loop: Vec<Vec<Box<dyn FrameIo>>> = Vec::new();
+    for _ in polls {
+        let c = AfPacketConfig {
+            fanout_group: if polls.len() > 1 { Some(group) } else { None },
+            memberships: memberships(config.cluster.mode, cluster_mac),
+            ..AfPacketConfig::default()
+        };
+        let sock = AfPacket::open(&host.interface, &c)
+            .with_context(|| format!("AF_PACKET socket on {}", host.interface))?;
+        per_loop.push(vec![Box::new(sock) as Box<dyn FrameIo>]);
+    }
+    Ok(per_loop)
+}
+
+impl Wiring {
+    /// Sets the host up and opens the backends.
+    pub fn bring_up(
+        config: &Config,
+        host: &HostSection,
+        cluster_mac: Mac,
+        backend: Backend,
+        polls: &[PollPlan],
+    ) -> Result<Self> {
+        if polls.is_empty() {
+            return Err(anyhow!("host {} has no poll loop in its core map", host.id));
+        }
+        let mut attachment = None;
+        let mut backends = None;
+        let mut name = String::new();
+        if matches!(backend, Backend::AfXdp | Backend::Auto) {
+            match open_af_xdp(config, host, cluster_mac, polls) {
+                Ok((a, b, n)) => {
+                    attachment = Some(a);
+                    backends = Some(b);
+                    name = n;
+                }
+                Err(e) if backend == Backend::Auto => {
+                    tracing::warn!(error = %format!("{e:#}"), "AF_XDP unavailable, falling back to AF_PACKET");
+                    name = format!("af_packet (af_xdp unavailable: {e:#})");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let af_packet = backends.is_none();
+        let mut setup_cfg = HostSetupConfig::new(&host.interface, config.cluster.vips.clone());
+        setup_cfg.tap = TapConfig {
+            queues: polls.len(),
+            ..TapConfig::default()
+        };
+        setup_cfg.cluster_macs = vec![cluster_mac.0];
+        setup_cfg.ingress_filter = af_packet;
+        setup_cfg.memberships = if af_packet {
+            Vec::new()
+        } else {
+            memberships(config.cluster.mode, cluster_mac)
+        };
+        let mut setup = HostSetup::apply(setup_cfg).context("host setup")?;
+        let backends = match backends {
+            Some(b) => b,
+            None => {
+                if name.is_empty() {
+                    name = "af_packet".to_string();
+                }
+                open_af_packet(config, host, cluster_mac, polls)?
+            }
+        };
+        let deliveries = setup
+            .take_taps()
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn Delivery>)
+            .collect::<Vec<_>>();
+        if deliveries.len() < polls.len() {
+            return Err(anyhow!(
+                "host setup made {} TAP queues for {} poll loops",
+                deliveries.len(),
+                polls.len()
+            ));
+        }
+        for (plan, socks) in polls.iter().zip(&backends) {
+            for s in socks {
+                tracing::info!(core = ?plan.core, backend = %s.describe(), "poll loop socket");
+            }
+        }
+        Ok(Self {
+            backends,
+            deliveries,
+            backend_name: name,
+            setup: Some(setup),
+            attachment,
+        })
+    }
+
+    /// Undoes everything, in reverse order: sockets, XDP program, host setup.
+    pub fn tear_down(&mut self) {
+        self.backends.clear();
+        self.deliveries.clear();
+        self.attachment = None;
+        if let Some(mut s) = self.setup.take() {
+            if let Err(e) = s.teardown() {
+                tracing::warn!(error = %e, "teardown incomplete");
+            }
+        }
+    }
+}
+
+impl Drop for Wiring {
+    fn drop(&mut self) {
+        self.tear_down();
+    }
+}
