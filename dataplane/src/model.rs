@@ -219,7 +219,12 @@ pub struct PortRule {
 
 impl PortRule {
     /// A rule covering `ports` of `vip` (or every VIP) with default weights.
-    pub fn new(vip: Option<IpAddr>, ports: (u16, u16), protocol: Protocol, mode: FilterMode) -> Self {
+    pub fn new(
+        vip: Option<IpAddr>,
+        ports: (u16, u16),
+        protocol: Protocol,
+        mode: FilterMode,
+    ) -> Self {
         Self {
             vip,
             port_start: ports.0,
