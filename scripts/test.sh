@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# shoal's one test command (README: "Run the tests"). CI runs exactly this.
+#
+#   scripts/test.sh            everything: install, fmt, clippy, unit and
+#                              property tests, privileged backend tests,
+#                              fuzz smoke, and the namespace lab's e2e suite
+#   SHOAL_TEST_QUICK=1 ...     skip the lab e2e suite and the fuzz smoke
+#
+# Needs root (network namespaces, AF_XDP, TAP, nftables). Under CI every
+# layer runs and a missing kernel feature is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "install what the tests need"
+need=()
+for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
+            curl:curl python3:python3 pkill:procps killall:psmisc; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (namespaces, AF_XDP, TAP)" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, property, corpus replay, privileged backend tests)"
+cargo test --workspace
+
+if [ "${SHOAL_TEST_QUICK:-0}" = 1 ]; then
+    echo "SHOAL_TEST_QUICK=1: lab e2e suite skipped"
+    exit 0
+fi
+
+step "build the release binary for the lab"
+cargo build --release -p shoal-engine
+
+step "lab e2e suite (scripts/lab-test)"
+SHOAL_BIN="$PWD/target/release/shoal" scripts/lab-test
