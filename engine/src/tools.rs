@@ -226,89 +226,118 @@ pub fn classify(
     capture: &[u8],
     rewrite_vip: bool,
 ) -> Result<ClassifyReport> {
-    if members.is_empty() {
-        bail!("--members: the view is empty");
+    Classifier::new(config, members)?.replay(capture, rewrite_vip)
+}
+
+/// Simulated members that replay captures (state carries over between
+/// replays, as on a live segment).
+#[derive(Debug)]
+pub struct Classifier {
+    sim: SimCluster,
+    members: HostSet,
+    vip4: Option<Ipv4Addr>,
+    vip6: Option<std::net::Ipv6Addr>,
+}
+
+impl Classifier {
+    /// Members of `config` in a converged view.
+    pub fn new(config: &Config, members: HostSet) -> Result<Self> {
+        if members.is_empty() {
+            bail!("--members: the view is empty");
+        }
+        let spec = config.spec();
+        let vip4 = spec.vips.iter().find_map(|v| match v {
+            IpAddr::V4(a) => Some(*a),
+            _ => None,
+        });
+        let vip6 = spec.vips.iter().find_map(|v| match v {
+            IpAddr::V6(a) => Some(*a),
+            _ => None,
+        });
+        let sim = SimCluster::new(spec, members, DescriptorConfig::default());
+        Ok(Self {
+            sim,
+            members,
+            vip4,
+            vip6,
+        })
     }
-    let spec = config.spec();
-    let vip4 = spec.vips.iter().find_map(|v| match v {
-        IpAddr::V4(a) => Some(*a),
-        _ => None,
-    });
-    let vip6 = spec.vips.iter().find_map(|v| match v {
-        IpAddr::V6(a) => Some(*a),
-        _ => None,
-    });
-    let mut sim = SimCluster::new(spec, members, DescriptorConfig::default());
-    let mut report = ClassifyReport::default();
-    for h in members.iter() {
-        report.kept_by_host.insert(h.to_string(), 0);
+
+    /// Replays one capture; with `rewrite_vip`, every IP destination is
+    /// rewritten to the cluster's VIP of its family first.
+    pub fn replay(&mut self, capture: &[u8], rewrite_vip: bool) -> Result<ClassifyReport> {
+        let sim = &mut self.sim;
+        let mut report = ClassifyReport::default();
+        for h in self.members.iter() {
+            report.kept_by_host.insert(h.to_string(), 0);
+        }
+        let mut buf = Vec::with_capacity(65536);
+        for record in shoal_dataplane::pcap::frames(capture).context("reading the capture")? {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("warning: capture ends early: {e}");
+                    break;
+                }
+            };
+            if record.link_type != 1 {
+                report.skipped_link_type += 1;
+                continue;
+            }
+            report.frames += 1;
+            buf.clear();
+            buf.extend_from_slice(record.data);
+            if rewrite_vip {
+                rewrite_to_vip(&mut buf, self.vip4, self.vip6);
+            }
+            let now = record.timestamp_ns;
+            let before = sim.members()[0].1.counters().for_cluster;
+            let verdicts = sim.judge(&buf, now);
+            if sim.members()[0].1.counters().for_cluster > before {
+                report.for_cluster += 1;
+            }
+            let keepers: Vec<HostId> = verdicts
+                .iter()
+                .filter(|(_, v)| *v == Verdict::Keep)
+                .map(|(h, _)| *h)
+                .collect();
+            if keepers.len() > 1 {
+                report.duplicates += 1;
+            }
+            if let Some(h) = keepers.first() {
+                *report.kept_by_host.entry(h.to_string()).or_default() += 1;
+                report.covered += 1;
+                continue;
+            }
+            match verdicts[0].1 {
+                Verdict::Control(c) => {
+                    *report.control.entry(control_name(c).into()).or_default() += 1
+                }
+                Verdict::Pass => report.pass += 1,
+                Verdict::Drop(DropReason::Malformed(m)) => {
+                    *report.malformed.entry(m.name().into()).or_default() += 1
+                }
+                Verdict::Drop(_) => {
+                    // Nobody kept it: report the reason that is not merely
+                    // "another host has it".
+                    let reason = verdicts
+                        .iter()
+                        .filter_map(|(_, v)| match v {
+                            Verdict::Drop(r) if *r != DropReason::NotOwner => Some(*r),
+                            _ => None,
+                        })
+                        .next()
+                        .unwrap_or(DropReason::NotOwner);
+                    *report
+                        .dropped_by_reason
+                        .entry(reason.name().into())
+                        .or_default() += 1;
+                }
+                Verdict::Keep => {}
+            }
+        }
+        Ok(report)
     }
-    let mut buf = Vec::with_capacity(65536);
-    for record in shoal_dataplane::pcap::frames(capture).context("reading the capture")? {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("warning: capture ends early: {e}");
-                break;
-            }
-        };
-        if record.link_type != 1 {
-            report.skipped_link_type += 1;
-            continue;
-        }
-        report.frames += 1;
-        buf.clear();
-        buf.extend_from_slice(record.data);
-        if rewrite_vip {
-            rewrite_to_vip(&mut buf, vip4, vip6);
-        }
-        let now = record.timestamp_ns;
-        let before = sim.members()[0].1.counters().for_cluster;
-        let verdicts = sim.judge(&buf, now);
-        let for_cluster = sim.members()[0].1.counters().for_cluster > before;
-        if for_cluster {
-            report.for_cluster += 1;
-        }
-        let keepers: Vec<HostId> = verdicts
-            .iter()
-            .filter(|(_, v)| *v == Verdict::Keep)
-            .map(|(h, _)| *h)
-            .collect();
-        if keepers.len() > 1 {
-            report.duplicates += 1;
-        }
-        if let Some(h) = keepers.first() {
-            *report.kept_by_host.entry(h.to_string()).or_default() += 1;
-            report.covered += 1;
-            continue;
-        }
-        let first = verdicts[0].1;
-        match first {
-            Verdict::Control(c) => *report.control.entry(control_name(c).into()).or_default() += 1,
-            Verdict::Pass => report.pass += 1,
-            Verdict::Drop(DropReason::Malformed(m)) => {
-                *report.malformed.entry(m.name().into()).or_default() += 1
-            }
-            Verdict::Drop(_) => {
-                // Nobody kept it: report the reason that is not merely
-                // "another host has it".
-                let reason = verdicts
-                    .iter()
-                    .filter_map(|(_, v)| match v {
-                        Verdict::Drop(r) if *r != DropReason::NotOwner => Some(*r),
-                        _ => None,
-                    })
-                    .next()
-                    .unwrap_or(DropReason::NotOwner);
-                *report
-                    .dropped_by_reason
-                    .entry(reason.name().into())
-                    .or_default() += 1;
-            }
-            Verdict::Keep => {}
-        }
-    }
-    Ok(report)
 }
 
 fn control_name(c: Control) -> &'static str {

@@ -1,0 +1,270 @@
+//! The offline operator tools, through the real `shoal` binary and through
+//! the library: `ip2mac`, `config check`, `owner`, `map`, and `classify`
+//! replaying every capture of the shared tcpdump corpus through three
+//! simulated members.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shoal_engine::tools;
+
+fn shoal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/examples")
+        .join(name)
+}
+
+fn corpus() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/tcpdump");
+    assert!(
+        dir.is_dir(),
+        "the frame corpus is missing at {} (shared/ must sit beside the checkout)",
+        dir.display()
+    );
+    dir
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn ip2mac_prints_the_three_nlb_macs() {
+    let out = shoal().args(["ip2mac", "10.0.0.100"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out),
+        "unicast 02-bf-0a-00-00-64\nmulticast 03-bf-0a-00-00-64\nigmp 01-00-5e-7f-00-64 group 239.255.0.100\n"
+    );
+}
+
+#[test]
+fn config_check_normalizes_or_exits_2_naming_file_line_key() {
+    let out = shoal()
+        .args(["config", "check"])
+        .arg(example("lab-3host.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("period_ms = 1000"));
+    let dir = std::env::temp_dir().join(format!("shoal-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"k\"\n\n[heartbeat]\nperiod_ms = 5\n\n[[host]]\nid = 65\ninterface = \"eth0\"\n",
+    )
+    .unwrap();
+    let out = shoal()
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:6: heartbeat.period_ms", bad.display())),
+        "{err}"
+    );
+    assert!(err.contains(":9: host[1].id"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn owner_and_map_agree() {
+    let cfg = example("lab-3host.toml");
+    let out = shoal()
+        .args(["owner", "--config"])
+        .arg(&cfg)
+        .args([
+            "--members",
+            "1,2,3",
+            "tcp",
+            "10.0.1.5:40000",
+            "10.0.0.100:80",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout(&out);
+    assert!(line.starts_with("host "), "{line}");
+    // Single affinity: the client's port does not matter.
+    let again = shoal()
+        .args(["owner", "--config"])
+        .arg(&cfg)
+        .args(["tcp", "10.0.1.5:1", "10.0.0.100:80"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&again).split(' ').nth(1), line.split(' ').nth(1));
+    let out = shoal()
+        .args(["owner", "--config"])
+        .arg(&cfg)
+        .args(["udp", "10.0.1.5", "192.0.2.1:53"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).starts_with("none"), "{}", stdout(&out));
+
+    let out = shoal()
+        .args(["map", "--config"])
+        .arg(example("lab-3host-weighted.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    // Host 3 has weight 100 against 50/50: half of the buckets.
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("3 "))
+        .expect("host 3 row");
+    let share: f64 = row
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!((share - 50.0).abs() < 1.0, "{text}");
+}
+
+#[test]
+fn classify_replays_the_whole_corpus_without_duplicates() {
+    // A cluster with an IPv4 and an IPv6 VIP, so that rewriting makes both
+    // families cluster traffic.
+    let text = r#"
+[cluster]
+vips = ["10.0.0.100", "fd00:100::100"]
+key_file = "cluster.key"
+
+[[host]]
+id = 1
+interface = "eth0"
+[[host]]
+id = 2
+interface = "eth0"
+[[host]]
+id = 3
+interface = "eth0"
+
+[[rule]]
+protocol = "tcp"
+affinity = "none"
+[[rule]]
+protocol = "udp"
+affinity = "single"
+"#;
+    let config = shoal_config::parse(text, &example("corpus.toml")).unwrap();
+    let members = tools::members(&config, None).unwrap();
+    let mut classifier = tools::Classifier::new(&config, members).unwrap();
+    let mut files = 0;
+    let mut totals = tools::ClassifyReport::default();
+    let mut entries: Vec<_> = std::fs::read_dir(corpus())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let bytes = std::fs::read(&path).unwrap();
+        for rewrite in [false, true] {
+            let r = match classifier.replay(&bytes, rewrite) {
+                Ok(r) => r,
+                // A file that is not a capture at all is an error, not a panic.
+                Err(_) => continue,
+            };
+            assert_eq!(r.duplicates, 0, "{}: a frame kept twice", path.display());
+            let kept: u64 = r.kept_by_host.values().sum();
+            assert_eq!(kept, r.covered, "{}", path.display());
+            let dropped: u64 = r.dropped_by_reason.values().sum();
+            assert_eq!(
+                kept + dropped,
+                r.for_cluster,
+                "{}: cluster frames unaccounted",
+                path.display()
+            );
+            let malformed: u64 = r.malformed.values().sum();
+            let control: u64 = r.control.values().sum();
+            assert_eq!(
+                r.frames,
+                kept + dropped + malformed + control + r.pass,
+                "{}: every frame is judged exactly once",
+                path.display()
+            );
+            if rewrite {
+                totals.frames += r.frames;
+                totals.for_cluster += r.for_cluster;
+                totals.covered += kept;
+                for (h, n) in r.kept_by_host {
+                    *totals.kept_by_host.entry(h).or_default() += n;
+                }
+                for (k, n) in r.malformed {
+                    *totals.malformed.entry(k).or_default() += n;
+                }
+            }
+        }
+        files += 1;
+    }
+    assert!(files > 300, "only {files} captures read");
+    eprintln!("corpus: {totals:?}");
+    // The corpus holds about 2,700 IPv4 and 460 IPv6 frames.
+    assert!(
+        totals.for_cluster > 2_500,
+        "rewriting to the VIP should make the IP frames cluster traffic"
+    );
+    assert!(
+        totals.malformed.values().sum::<u64>() > 50,
+        "the corpus holds many malformed frames"
+    );
+    for h in members.iter() {
+        let kept = totals
+            .kept_by_host
+            .get(&h.to_string())
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            kept > 200,
+            "host {h} kept too little: {:?}",
+            totals.kept_by_host
+        );
+    }
+}
+
+#[test]
+fn classify_json_has_the_documented_keys() {
+    let pcap = corpus().join("IGMP_V2.pcap");
+    let out = shoal()
+        .args(["classify", "--config"])
+        .arg(example("lab-3host.toml"))
+        .args(["--members", "1,2,3", "--json", "--rewrite-vip", "--pcap"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "frames",
+        "for_cluster",
+        "kept_by_host",
+        "dropped_by_reason",
+        "control",
+        "pass",
+        "malformed",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key}: {v}");
+    }
+    assert!(v["frames"].as_u64().unwrap() > 0);
+}
