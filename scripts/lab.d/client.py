@@ -381,6 +381,7 @@ def cmd_probe(args):
         time.sleep(args.pause)
     if last is not None:
         last.pop("by_client", None)
+        last["error_samples"] = last["error_samples"][:3]
     dump({"ready": False, "rounds": rounds, "last": last})
     return 1
 
