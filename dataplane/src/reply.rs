@@ -80,6 +80,42 @@ pub fn gratuitous_arp(
     60
 }
 
+/// Writes an IGMPv2 membership report for `group` from `source_ip` (the
+/// host's dedicated address) into `buf` and returns its length (60). Sent
+/// periodically in igmp mode so that snooping switches forward the cluster
+/// group to this port (RFC 2236; TTL 1, router alert option).
+pub fn igmp_report(
+    group: Ipv4Addr,
+    source_mac: Mac,
+    source_ip: Ipv4Addr,
+    buf: &mut [u8; MAX_REPLY],
+) -> usize {
+    buf.fill(0);
+    let g = group.octets();
+    eth(
+        buf,
+        Mac([0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]]),
+        source_mac,
+        0x0800,
+    );
+    let ip = &mut buf[14..38];
+    ip[0] = 0x46; // IHL 6: 4 bytes of options
+    ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+    ip[8] = 1; // TTL
+    ip[9] = 2; // IGMP
+    ip[12..16].copy_from_slice(&source_ip.octets());
+    ip[16..20].copy_from_slice(&g);
+    ip[20..24].copy_from_slice(&[0x94, 0x04, 0x00, 0x00]); // router alert
+    let c = crate::wire::ipv4_checksum(&buf[14..38]);
+    buf[24..26].copy_from_slice(&c.to_be_bytes());
+    let igmp = &mut buf[38..46];
+    igmp[0] = 0x16; // v2 membership report
+    igmp[4..8].copy_from_slice(&g);
+    let c = crate::wire::ipv4_checksum(&buf[38..46]);
+    buf[40..42].copy_from_slice(&c.to_be_bytes());
+    60
+}
+
 fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, body: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
@@ -219,6 +255,40 @@ mod tests {
             panic!("not ARP")
         };
         assert_eq!((a.op, a.sender_ip, a.target_ip), (1, VIP, VIP));
+    }
+
+    #[test]
+    fn igmp_report_joins_the_cluster_group() {
+        let mut buf = [0u8; MAX_REPLY];
+        let group = Ipv4Addr::new(239, 255, 0, 100);
+        let n = igmp_report(
+            group,
+            Mac([2, 1, 10, 0, 0, 100]),
+            Ipv4Addr::new(10, 0, 0, 11),
+            &mut buf,
+        );
+        let info = parse_frame(&buf[..n]).unwrap();
+        assert_eq!(info.dst_mac, [0x01, 0x00, 0x5e, 0x7f, 0x00, 0x64]);
+        let FrameKind::Ipv4(ip) = info.kind else {
+            panic!("not IPv4")
+        };
+        assert_eq!(
+            ip.l4,
+            L4::Igmp {
+                igmp_type: 0x16,
+                group
+            }
+        );
+        assert_eq!(
+            crate::wire::ipv4_checksum(&buf[14..38]),
+            0,
+            "IP checksum verifies"
+        );
+        assert_eq!(
+            crate::wire::ipv4_checksum(&buf[38..46]),
+            0,
+            "IGMP checksum verifies"
+        );
     }
 
     #[test]

@@ -290,10 +290,42 @@ struct ControlThread {
     rx: Receiver<Vec<u8>>,
     outbound: Arc<Mutex<Vec<Vec<u8>>>>,
     answered: u64,
+    /// In igmp mode: the cluster group and the address reports come from.
+    igmp: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    igmp_reports: u64,
 }
 
+/// How often a host repeats its IGMP membership report (the default query
+/// interval of RFC 2236 is 125 s; reporting more often keeps a snooping
+/// switch's membership fresh across querier restarts).
+const IGMP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 impl ControlThread {
+    /// Sends an IGMPv2 membership report for the cluster group (igmp mode).
+    fn report_membership(&mut self) {
+        if let Some((group, source)) = self.igmp {
+            let mut buf = [0u8; reply::MAX_REPLY];
+            let n = reply::igmp_report(group, self.source_mac, source, &mut buf);
+            self.outbound.lock().push(buf[..n].to_vec());
+            self.igmp_reports += 1;
+        }
+    }
+
     fn handle(&mut self, frame: &[u8]) {
+        if self.igmp.is_some() {
+            if let Ok(info) = shoal_dataplane::packet::parse_frame(frame) {
+                if let shoal_dataplane::packet::FrameKind::Ipv4(ip) = info.kind {
+                    if let shoal_dataplane::packet::L4::Igmp {
+                        igmp_type: 0x11, ..
+                    } = ip.l4
+                    {
+                        // A membership query: answer it.
+                        self.report_membership();
+                        return;
+                    }
+                }
+            }
+        }
         let map = self.cell.map.lock().clone();
         if map.default_host != Some(self.local) {
             return;
@@ -339,8 +371,9 @@ fn counters_json(
     host: HostId,
     backend: &str,
     stats: &[LoopStats],
-    answered: u64,
+    thread: &ControlThread,
 ) -> serde_json::Value {
+    let answered = thread.answered;
     let mut total = Counters::default();
     let mut delivered = 0;
     let mut delivery_errors = 0;
@@ -397,6 +430,7 @@ fn counters_json(
         "delivery_errors": delivery_errors,
         "control_overflow": control_overflow,
         "arp_nd_answered": answered,
+        "igmp_reports": thread.igmp_reports,
         "batches": batches,
         "descriptors": descriptors,
         "untracked": total.untracked,
@@ -489,8 +523,25 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         rx: control_rx,
         outbound: outbound.clone(),
         answered: 0,
+        igmp: (config.cluster.mode == ClusterMode::Igmp).then(|| {
+            let source = host
+                .dedicated
+                .iter()
+                .find_map(|c| match c.addr() {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            (
+                shoal_dataplane::mac::igmp_group(config.primary_vip()),
+                source,
+            )
+        }),
+        igmp_reports: 0,
     };
     control.announce(&map);
+    control.report_membership();
+    let mut last_report = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(2);
     while !STOP.load(Ordering::Relaxed) {
         match control.rx.recv_timeout(Duration::from_millis(100)) {
@@ -498,11 +549,15 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
+            last_report = Instant::now();
+            control.report_membership();
+        }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             if let Some(path) = &args.stats {
                 let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-                let json = counters_json(local, &backend_name, &snapshot, control.answered);
+                let json = counters_json(local, &backend_name, &snapshot, &control);
                 let tmp = path.with_extension("tmp");
                 if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
                     let _ = std::fs::rename(&tmp, path);
@@ -515,7 +570,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         let _ = t.join();
     }
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-    let json = counters_json(local, &backend_name, &snapshot, control.answered);
+    let json = counters_json(local, &backend_name, &snapshot, &control);
     if let Some(path) = &args.stats {
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
     }
