@@ -45,4 +45,4 @@ cargo build --release -p shoal-engine
 
 step "lab e2e suite (scripts/lab-test)"
 # Until the control plane lands, hosts run with --static-view.
-SHOAL_LAB_STATIC_VIEW=1 SHOAL_BIN="$PWD/target/release/shoal" scripts/lab-test
+SHOAL_LAB_STATIC_VIEW=1 SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test
