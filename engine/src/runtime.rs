@@ -411,6 +411,12 @@ fn counters_json(
             serde_json::json!({
                 "received": s.dataplane.frames,
                 "kept": s.dataplane.kept,
+                "passed": s.dataplane.passed,
+                "control": s.dataplane.control.iter().sum::<u64>(),
+                "dropped": s.dataplane.dropped.iter().sum::<u64>(),
+                "malformed": s.dataplane.malformed_total(),
+                "delivery_errors": s.delivery_errors,
+                "descriptors": s.descriptors,
                 "batches": s.batches,
                 "batch_fill": if s.batches == 0 { 0.0 } else { s.dataplane.frames as f64 / s.batches as f64 },
             })
