@@ -5,6 +5,7 @@
 pub mod afpacket;
 pub mod afxdp;
 pub mod io;
+pub mod replay;
 pub mod runtime;
 pub mod setup;
 pub mod sys;

@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,40 +164,15 @@ impl PollLoop {
                 let control_tx = &self.control_tx;
                 let local = &mut local;
                 let res = io.receive(self.batch, &mut |frames| {
-                    if frames.is_empty() {
-                        return;
-                    }
-                    local.batches += 1;
-                    dp.judge_batch(frames, now, &mut verdicts[..frames.len()]);
-                    let mut kept: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
-                    let mut n = 0;
-                    for (f, v) in frames.iter().zip(&verdicts) {
-                        match v {
-                            Verdict::Keep => {
-                                kept[n] = f;
-                                n += 1;
-                            }
-                            Verdict::Control(_) => {
-                                if let Err(TrySendError::Full(_)) = control_tx.try_send(f.to_vec())
-                                {
-                                    local.control_overflow += 1;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    if n > 0 {
-                        match delivery.deliver(&kept[..n]) {
-                            Ok(d) => {
-                                local.delivered += d as u64;
-                                local.delivery_errors += (n - d) as u64;
-                            }
-                            Err(e) => {
-                                local.delivery_errors += n as u64;
-                                tracing::debug!(error = %e, "delivery failed");
-                            }
-                        }
-                    }
+                    judge_and_deliver(
+                        dp,
+                        frames,
+                        now,
+                        &mut verdicts,
+                        &mut **delivery,
+                        &mut |f| control_tx.try_send(f.to_vec()).is_ok(),
+                        local,
+                    );
                 });
                 match res {
                     Ok(n) => got += n,
@@ -244,6 +219,85 @@ impl PollLoop {
         local.descriptors = self.dataplane.table().len() as u64;
         *self.stats.lock() = local;
     }
+}
+
+/// The work of one batch, shared by the poll loops and [`drain`]: judge the
+/// frames, hand kept ones to `delivery` in one call, and control frames to
+/// `control` (which returns false when it had no room).
+pub fn judge_and_deliver(
+    dp: &mut Dataplane,
+    frames: &[&[u8]],
+    now: u64,
+    verdicts: &mut [Verdict; MAX_BATCH],
+    delivery: &mut dyn Delivery,
+    control: &mut dyn FnMut(&[u8]) -> bool,
+    stats: &mut LoopStats,
+) {
+    if frames.is_empty() {
+        return;
+    }
+    let frames = &frames[..frames.len().min(MAX_BATCH)];
+    stats.batches += 1;
+    dp.judge_batch(frames, now, &mut verdicts[..frames.len()]);
+    let mut kept: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+    let mut n = 0;
+    for (f, v) in frames.iter().zip(verdicts.iter()) {
+        match v {
+            Verdict::Keep => {
+                kept[n] = f;
+                n += 1;
+            }
+            Verdict::Control(_) if !control(f) => stats.control_overflow += 1,
+            _ => {}
+        }
+    }
+    if n > 0 {
+        match delivery.deliver(&kept[..n]) {
+            Ok(d) => {
+                stats.delivered += d as u64;
+                stats.delivery_errors += (n - d) as u64;
+            }
+            Err(e) => {
+                stats.delivery_errors += n as u64;
+                tracing::debug!(error = %e, "delivery failed");
+            }
+        }
+    }
+}
+
+/// Runs one backend dry through `dp` on the calling thread (a replay, a
+/// test, a benchmark): batches of `batch` frames until `io` hands out no
+/// more. Control frames are counted and dropped. `now` is read once per
+/// batch from `clock`.
+pub fn drain(
+    io: &mut dyn FrameIo,
+    dp: &mut Dataplane,
+    delivery: &mut dyn Delivery,
+    batch: usize,
+    clock: &mut dyn FnMut() -> u64,
+) -> std::io::Result<LoopStats> {
+    let mut verdicts = [Verdict::Pass; MAX_BATCH];
+    let mut stats = LoopStats::default();
+    loop {
+        let now = clock();
+        let got = io.receive(batch, &mut |frames| {
+            judge_and_deliver(
+                dp,
+                frames,
+                now,
+                &mut verdicts,
+                delivery,
+                &mut |_| true,
+                &mut stats,
+            );
+        })?;
+        if got == 0 {
+            break;
+        }
+    }
+    stats.dataplane = dp.counters().clone();
+    stats.descriptors = dp.table().len() as u64;
+    Ok(stats)
 }
 
 /// The cluster MAC frames for this cluster arrive on, by mode.
