@@ -1,0 +1,577 @@
+//! Membership: who is alive, who may take part, and who is refused.
+//!
+//! # What this module owns
+//!
+//! Per-peer records built from authenticated heartbeats: liveness, the last
+//! heartbeat accepted from each host, the run length of its proposal, its
+//! assembled dirty groups, and the exclusion verdicts with their counters.
+//! It decides nothing about views; [`crate::convergence`] reads it.
+//!
+//! # Guarantees
+//!
+//! * **Liveness.** A peer is live while its last accepted heartbeat is at
+//!   most `tolerance × period` old, with the longer of the local and the
+//!   peer's base period (never the halved one, so a peer that slows down
+//!   after converging is not lost).
+//! * **Nobody joins by forging or replaying.** Only heartbeats whose tag
+//!   verifies under the cluster key and whose `(boot, seq)` is newer than
+//!   everything heard from that host reach a record ([`ReplayGuard`]).
+//!   Bad tags and replays are counted by reason and reported as
+//!   [`Notice::Rejected`], at most once per reason per period so a flood
+//!   cannot flood the event queue.
+//! * **Duplicate host IDs are refused and reported.** Two live hosts with
+//!   one ID show up as two boot ids alternating (the older boot sending
+//!   sequence numbers it never sent before, more than one period after the
+//!   newer boot appeared, which a restart never does). A heartbeat carrying
+//!   the local host's own ID and another boot id is the same fault seen from
+//!   the inside. Either way the ID is excluded for `tolerance × period`
+//!   after the last evidence, and [`Notice::DuplicateId`] is raised.
+//! * **Mismatched rules are refused and reported.** Peers are grouped by
+//!   rule fingerprint; the group with the most participating hosts wins
+//!   (ties: the group holding the lowest host ID), so a rolling `reload`
+//!   moves the cluster over once half of it has the new rules. Hosts outside
+//!   the winning group are excluded with [`Notice::RuleMismatch`]; if the
+//!   local host is outside it, it takes no new connections
+//!   ([`Standing::Outvoted`]).
+//! * Bounded: 64 records, no growth with traffic.
+
+use shoal_dataplane::bucket::GROUPS;
+use shoal_dataplane::map::GroupBits;
+use shoal_dataplane::{HostId, HostSet, MAX_HOSTS, MAX_RULES};
+
+use crate::heartbeat::{
+    ClusterAuth, DirtyPage, Freshness, Heartbeat, HeartbeatError, HostState, ReplayGuard,
+};
+
+/// Counters of accepted and refused heartbeats (for `query` and `display`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MembershipCounters {
+    /// Heartbeats accepted.
+    pub accepted: u64,
+    /// Our own heartbeats seen looped back (ignored).
+    pub own: u64,
+    /// Shorter than their headers.
+    pub truncated: u64,
+    /// Larger than a 1500-byte payload.
+    pub oversized: u64,
+    /// Not the heartbeat EtherType.
+    pub not_heartbeat: u64,
+    /// Bad magic.
+    pub bad_magic: u64,
+    /// Unknown version.
+    pub bad_version: u64,
+    /// Another cluster's.
+    pub wrong_cluster: u64,
+    /// Failed authentication (wrong key or forged).
+    pub bad_mac: u64,
+    /// Authenticated but malformed.
+    pub malformed: u64,
+    /// Replayed or stale.
+    pub replayed: u64,
+    /// Heartbeats showing a second host with a live host's ID.
+    pub duplicate_id: u64,
+    /// Heartbeats from hosts whose rule fingerprint lost the vote.
+    pub rule_mismatch: u64,
+}
+
+impl MembershipCounters {
+    fn count(&mut self, e: HeartbeatError) {
+        let c = match e {
+            HeartbeatError::Truncated => &mut self.truncated,
+            HeartbeatError::Oversized => &mut self.oversized,
+            HeartbeatError::NotHeartbeat => &mut self.not_heartbeat,
+            HeartbeatError::BadMagic => &mut self.bad_magic,
+            HeartbeatError::BadVersion(_) => &mut self.bad_version,
+            HeartbeatError::WrongCluster => &mut self.wrong_cluster,
+            HeartbeatError::BadMac => &mut self.bad_mac,
+            HeartbeatError::Malformed(_) | HeartbeatError::BufferTooSmall => &mut self.malformed,
+            HeartbeatError::Replayed => &mut self.replayed,
+        };
+        *c += 1;
+    }
+}
+
+/// Something membership wants reported (turned into [`crate::Event`]s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A peer became live.
+    Up(HostId),
+    /// A peer stopped being heard.
+    Down(HostId),
+    /// A peer restarted (new boot id).
+    Restarted(HostId),
+    /// A heartbeat was refused.
+    Rejected(HeartbeatError),
+    /// Two hosts use this ID (possibly the local one).
+    DuplicateId(HostId),
+    /// A host's rule fingerprint differs from the winning one.
+    RuleMismatch {
+        /// The host.
+        host: HostId,
+        /// Its fingerprint.
+        fingerprint: u64,
+    },
+}
+
+/// How the local host stands in the fingerprint vote and the ID check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// It may take part.
+    Member,
+    /// Its rules lost the vote: it takes no new connections.
+    Outvoted,
+    /// Another host uses its ID: it takes no new connections.
+    DuplicateId,
+}
+
+/// One peer's assembled dirty groups.
+#[derive(Clone, Debug, Default)]
+struct DirtyAssembly {
+    complete: Option<(u16, Vec<GroupBits>)>,
+    assembling: Option<Assembling>,
+}
+
+#[derive(Clone, Debug)]
+struct Assembling {
+    generation: u16,
+    pages: u8,
+    received: Vec<bool>,
+    rules: u32,
+    subset: bool,
+    groups: Vec<GroupBits>,
+}
+
+impl DirtyAssembly {
+    fn add(&mut self, page: &DirtyPage) {
+        let fresh = match &self.assembling {
+            Some(a) => a.generation != page.generation || a.pages != page.pages,
+            None => true,
+        };
+        let already = self
+            .complete
+            .as_ref()
+            .is_some_and(|(g, _)| *g == page.generation);
+        if already {
+            return;
+        }
+        if fresh {
+            self.assembling = Some(Assembling {
+                generation: page.generation,
+                pages: page.pages,
+                received: vec![false; page.pages as usize],
+                rules: page.rules,
+                subset: page.subset_of_previous,
+                groups: vec![GroupBits::default(); MAX_RULES],
+            });
+        }
+        let Some(a) = self.assembling.as_mut() else {
+            return;
+        };
+        if let Some(seen) = a.received.get_mut(page.page as usize) {
+            if !*seen {
+                *seen = true;
+                for (rule, s) in &page.sections {
+                    if let Some(g) = a.groups.get_mut(*rule as usize) {
+                        s.add_to(g);
+                    }
+                }
+            }
+        }
+        if a.received.iter().all(|&r| r) {
+            let done = self.assembling.take();
+            if let Some(a) = done {
+                self.complete = Some((a.generation, a.groups));
+            }
+        }
+    }
+
+    /// Adds this peer's dirty groups of `rule` to `into`.
+    fn add_rule_to(&self, rule: usize, into: &mut GroupBits) {
+        if let Some(a) = &self.assembling {
+            let usable_previous = a.subset
+                && self
+                    .complete
+                    .as_ref()
+                    .is_some_and(|(g, _)| *g == a.generation.wrapping_sub(1));
+            if !usable_previous {
+                if a.rules & (1 << (rule % 32)) != 0 {
+                    // Incomplete: the rule is dirty everywhere until every
+                    // page of the generation has arrived.
+                    fill(into);
+                }
+                return;
+            }
+        }
+        if let Some((_, groups)) = &self.complete {
+            if let Some(g) = groups.get(rule) {
+                for x in g.iter() {
+                    into.insert(x);
+                }
+            }
+        }
+    }
+
+    fn any_dirty(&self) -> bool {
+        self.assembling.as_ref().is_some_and(|a| a.rules != 0)
+            || self
+                .complete
+                .as_ref()
+                .is_some_and(|(_, g)| g.iter().any(|x| !x.is_empty()))
+    }
+}
+
+/// Sets every group.
+pub fn fill(into: &mut GroupBits) {
+    for g in 0..GROUPS as u32 {
+        into.insert(g);
+    }
+}
+
+/// What is known of one peer.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Its last accepted heartbeat (dirty sections dropped).
+    pub latest: Heartbeat,
+    /// When it was accepted.
+    pub last_heard: u64,
+    /// When its current boot was first heard.
+    pub boot_seen_at: u64,
+    /// Consecutive heartbeats with its current proposal digest.
+    pub run: u32,
+    /// Until when its ID counts as duplicated.
+    pub duplicate_until: u64,
+    live: bool,
+    dirty: DirtyAssembly,
+}
+
+/// Liveness and exclusion records for every peer.
+#[derive(Debug)]
+pub struct Membership {
+    local: HostId,
+    local_boot: u64,
+    tolerance: u64,
+    base_period_ns: u64,
+    guard: ReplayGuard,
+    peers: Vec<Option<Peer>>,
+    counters: MembershipCounters,
+    self_duplicate_until: u64,
+    rejected_reported: [u64; 10],
+    notices: Vec<Notice>,
+}
+
+fn error_index(e: HeartbeatError) -> usize {
+    match e {
+        HeartbeatError::Truncated => 0,
+        HeartbeatError::Oversized => 1,
+        HeartbeatError::NotHeartbeat => 2,
+        HeartbeatError::BadMagic => 3,
+        HeartbeatError::BadVersion(_) => 4,
+        HeartbeatError::WrongCluster => 5,
+        HeartbeatError::BadMac => 6,
+        HeartbeatError::Malformed(_) => 7,
+        HeartbeatError::Replayed => 8,
+        HeartbeatError::BufferTooSmall => 9,
+    }
+}
+
+impl Membership {
+    /// Records for `local` (booted at `local_boot`), declaring peers dead
+    /// after `tolerance` missed periods of `base_period_ns`.
+    pub fn new(local: HostId, local_boot: u64, tolerance: u32, base_period_ns: u64) -> Self {
+        Self {
+            local,
+            local_boot,
+            tolerance: tolerance.max(1) as u64,
+            base_period_ns: base_period_ns.max(1),
+            guard: ReplayGuard::new(),
+            peers: vec![None; MAX_HOSTS],
+            counters: MembershipCounters::default(),
+            self_duplicate_until: 0,
+            rejected_reported: [0; 10],
+            notices: Vec::new(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &MembershipCounters {
+        &self.counters
+    }
+
+    /// Takes the notices raised since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn timeout_of(&self, p: &Peer) -> u64 {
+        let theirs = p.latest.base_period_us as u64 * 1000;
+        self.tolerance * self.base_period_ns.max(theirs)
+    }
+
+    fn window(&self) -> u64 {
+        self.tolerance * self.base_period_ns
+    }
+
+    /// Decodes, authenticates and replay-checks `frame`; on success updates
+    /// the sender's record and returns its host ID.
+    ///
+    /// # Errors
+    /// The reason the frame was refused (also counted). Our own looped-back
+    /// heartbeats are `Ok(None)`.
+    pub fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        auth: &ClusterAuth,
+        now: u64,
+    ) -> Result<Option<HostId>, HeartbeatError> {
+        let hb = match Heartbeat::decode(frame, auth) {
+            Ok(hb) => hb,
+            Err(e) => return Err(self.reject(e, now)),
+        };
+        if hb.host == self.local {
+            if hb.boot == self.local_boot {
+                self.counters.own += 1;
+                return Ok(None);
+            }
+            // Someone else claims our ID with the cluster key.
+            if self.guard.check(hb.host, hb.boot, hb.seq).is_err() {
+                return Err(self.reject(HeartbeatError::Replayed, now));
+            }
+            self.counters.duplicate_id += 1;
+            if self.self_duplicate_until < now {
+                self.notices.push(Notice::DuplicateId(self.local));
+            }
+            self.self_duplicate_until = now + self.window();
+            return Ok(None);
+        }
+        let fresh = match self.guard.check(hb.host, hb.boot, hb.seq) {
+            Ok(f) => f,
+            Err(e) => return Err(self.reject(e, now)),
+        };
+        let window = self.window();
+        let idx = hb.host.index();
+        match (fresh, self.peers[idx].as_mut()) {
+            (Freshness::OlderBoot, Some(p)) => {
+                // Old-boot frames still in flight right after a restart are
+                // not evidence; a second host keeps sending them.
+                if now.saturating_sub(p.boot_seen_at) > self.base_period_ns {
+                    self.counters.duplicate_id += 1;
+                    if p.duplicate_until < now {
+                        self.notices.push(Notice::DuplicateId(hb.host));
+                    }
+                    p.duplicate_until = now + window;
+                }
+                return Ok(None);
+            }
+            (Freshness::OlderBoot, None) => return Ok(None),
+            _ => {}
+        }
+        self.counters.accepted += 1;
+        let host = hb.host;
+        let mut page = DirtyPage::default();
+        let mut hb = hb;
+        std::mem::swap(&mut page, &mut hb.dirty);
+        let slot = &mut self.peers[idx];
+        match slot {
+            Some(p) if fresh == Freshness::Newer => {
+                p.run = if p.latest.proposal_digest == hb.proposal_digest {
+                    p.run.saturating_add(1)
+                } else {
+                    1
+                };
+                p.latest = hb;
+                p.last_heard = now;
+                p.dirty.add(&page);
+                if !p.live {
+                    p.live = true;
+                    self.notices.push(Notice::Up(host));
+                }
+            }
+            _ => {
+                let restarted = slot.is_some();
+                let duplicate_until = slot.as_ref().map_or(0, |p| p.duplicate_until);
+                let mut dirty = DirtyAssembly::default();
+                dirty.add(&page);
+                let was_live = slot.as_ref().is_some_and(|p| p.live);
+                *slot = Some(Peer {
+                    latest: hb,
+                    last_heard: now,
+                    boot_seen_at: now,
+                    run: 1,
+                    duplicate_until,
+                    live: true,
+                    dirty,
+                });
+                if restarted {
+                    self.notices.push(Notice::Restarted(host));
+                }
+                if !was_live {
+                    self.notices.push(Notice::Up(host));
+                }
+            }
+        }
+        Ok(Some(host))
+    }
+
+    fn reject(&mut self, e: HeartbeatError, now: u64) -> HeartbeatError {
+        self.counters.count(e);
+        let i = error_index(e);
+        if e != HeartbeatError::NotHeartbeat && now >= self.rejected_reported[i] {
+            self.rejected_reported[i] = now + self.base_period_ns;
+            self.notices.push(Notice::Rejected(e));
+        }
+        e
+    }
+
+    /// Expires peers not heard within their timeout; returns the next
+    /// deadline at which one would expire.
+    pub fn expire(&mut self, now: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for i in 0..MAX_HOSTS {
+            let Some(p) = self.peers[i].as_ref() else {
+                continue;
+            };
+            if !p.live {
+                continue;
+            }
+            let deadline = p.last_heard + self.timeout_of(p);
+            if now > deadline {
+                if let Some(p) = self.peers[i].as_mut() {
+                    p.live = false;
+                    let host = p.latest.host;
+                    self.notices.push(Notice::Down(host));
+                }
+            } else {
+                next = Some(next.map_or(deadline + 1, |n| n.min(deadline + 1)));
+            }
+        }
+        next
+    }
+
+    /// A live peer's record.
+    pub fn live_peer(&self, host: HostId) -> Option<&Peer> {
+        self.peers[host.index()].as_ref().filter(|p| p.live)
+    }
+
+    /// Live peers in ascending ID order.
+    pub fn live_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().flatten().filter(|p| p.live)
+    }
+
+    /// Live hosts, the local one included.
+    pub fn hears(&self) -> HostSet {
+        let mut s: HostSet = self.live_peers().map(|p| p.latest.host).collect();
+        s.insert(self.local);
+        s
+    }
+
+    /// Whether `host`'s ID is currently shown duplicated.
+    pub fn is_duplicate(&self, host: HostId, now: u64) -> bool {
+        if host == self.local {
+            return now < self.self_duplicate_until;
+        }
+        self.peers[host.index()]
+            .as_ref()
+            .is_some_and(|p| now < p.duplicate_until)
+    }
+
+    /// Decides who may take part: live, participating, not duplicated, and
+    /// in the winning fingerprint group. Returns the eligible peers (local
+    /// host included when it stands as a member), the local standing, and
+    /// the peers excluded for their rules.
+    pub fn eligible(
+        &mut self,
+        local_fingerprint: u64,
+        local_participates: bool,
+        now: u64,
+    ) -> (HostSet, Standing, HostSet) {
+        // Votes per fingerprint: (count, lowest host ID).
+        let mut votes: Vec<(u64, usize, u8)> = Vec::new();
+        let mut vote = |fp: u64, id: u8| match votes.iter_mut().find(|v| v.0 == fp) {
+            Some(v) => {
+                v.1 += 1;
+                v.2 = v.2.min(id);
+            }
+            None => votes.push((fp, 1, id)),
+        };
+        if local_participates && !self.is_duplicate(self.local, now) {
+            vote(local_fingerprint, self.local.get());
+        }
+        for p in self.peers.iter().flatten() {
+            if p.live && p.latest.state.participates() && now >= p.duplicate_until {
+                vote(p.latest.fingerprint, p.latest.host.get());
+            }
+        }
+        let winner = votes
+            .iter()
+            .max_by_key(|v| (v.1, std::cmp::Reverse(v.2)))
+            .map(|v| v.0)
+            .unwrap_or(local_fingerprint);
+        let mut members = HostSet::EMPTY;
+        let mut mismatched = HostSet::EMPTY;
+        for p in self.peers.iter_mut().flatten() {
+            if !p.live || !p.latest.state.participates() || now < p.duplicate_until {
+                continue;
+            }
+            if p.latest.fingerprint == winner {
+                members.insert(p.latest.host);
+            } else {
+                mismatched.insert(p.latest.host);
+            }
+        }
+        let standing = if self.is_duplicate(self.local, now) {
+            Standing::DuplicateId
+        } else if local_fingerprint != winner {
+            Standing::Outvoted
+        } else {
+            if local_participates {
+                members.insert(self.local);
+            }
+            Standing::Member
+        };
+        (members, standing, mismatched)
+    }
+
+    /// Counts a heartbeat refused for its rules and reports it once per
+    /// mismatch episode.
+    pub fn note_mismatch(&mut self, host: HostId, fingerprint: u64, first: bool) {
+        self.counters.rule_mismatch += 1;
+        if first {
+            self.notices
+                .push(Notice::RuleMismatch { host, fingerprint });
+        }
+    }
+
+    /// The union of `rule`'s dirty groups over live peers in `from`; peers
+    /// whose fingerprint differs from `fingerprint` count as dirty
+    /// everywhere when they report anything dirty (their rule numbering
+    /// is not ours).
+    pub fn dirty_union(&self, rule: usize, from: HostSet, fingerprint: u64) -> GroupBits {
+        let mut g = GroupBits::default();
+        for p in self.live_peers() {
+            if !from.contains(p.latest.host) {
+                continue;
+            }
+            if p.latest.fingerprint != fingerprint {
+                if p.dirty.any_dirty() {
+                    fill(&mut g);
+                    return g;
+                }
+                continue;
+            }
+            p.dirty.add_rule_to(rule, &mut g);
+        }
+        g
+    }
+
+    /// Forgets everything heard (not the replay guard).
+    pub fn forget_peers(&mut self) {
+        for p in self.peers.iter_mut() {
+            *p = None;
+        }
+    }
+
+    /// The state of a live peer.
+    pub fn state_of(&self, host: HostId) -> Option<HostState> {
+        self.live_peer(host).map(|p| p.latest.state)
+    }
+}

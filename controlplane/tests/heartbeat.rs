@@ -1,0 +1,333 @@
+//! Heartbeat codec: round trips, size budget, authentication, replay,
+//! malformed input.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use proptest::prelude::*;
+use shoal_controlplane::heartbeat::*;
+use shoal_dataplane::map::GroupBits;
+use shoal_dataplane::{
+    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_RULES,
+};
+
+const KEY: [u8; 32] = [7; 32];
+
+fn spec(rules: usize) -> ClusterSpec {
+    ClusterSpec {
+        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
+        mode: ClusterMode::Unicast,
+        ipv6_network_prefix: 64,
+        rules: (0..rules)
+            .map(|i| {
+                PortRule::new(
+                    None,
+                    (i as u16 * 10, i as u16 * 10 + 5),
+                    Protocol::Tcp,
+                    FilterMode::Multiple {
+                        affinity: Affinity::Single,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn auth() -> ClusterAuth {
+    ClusterAuth::new(KEY, &spec(2))
+}
+
+fn sample() -> Heartbeat {
+    let mut weights = [0u8; MAX_RULES];
+    for (i, w) in weights.iter_mut().enumerate() {
+        *w = i as u8 * 3;
+    }
+    Heartbeat {
+        host: HostId::new(64).unwrap(),
+        state: HostState::Draining,
+        phase: Phase::Releasing,
+        rule_count: 32,
+        boot: 1_700_000_000_000_000_000,
+        seq: 42,
+        base_period_us: 100_000,
+        period_us: 50_000,
+        hears: HostSet::from_bits(u64::MAX),
+        proposed: HostSet::from_bits(0xdead_beef_0000_0001),
+        proposal_digest: 0x1111,
+        adopted: HostSet::from_bits(0x8000_0000_0000_0001),
+        adopted_epoch: 9,
+        adopted_digest: 0x2222,
+        bound: 0x3333,
+        fingerprint: 0x4444,
+        weights,
+        disabled: 0x8000_0001,
+        draining: 0x0000_0102,
+        dirty: DirtyPage {
+            generation: 7,
+            page: 1,
+            pages: 3,
+            rules: 0b101,
+            subset_of_previous: true,
+            sections: vec![
+                (0, DirtySection::List(vec![0, 1, 4095])),
+                (2, {
+                    let mut b = Box::new([0u8; BITMAP_BYTES]);
+                    b[0] = 0x81;
+                    b[511] = 0x80;
+                    DirtySection::Bitmap(b)
+                }),
+            ],
+        },
+    }
+}
+
+#[test]
+fn round_trip_every_field() {
+    let hb = sample();
+    let mut buf = [0u8; MAX_FRAME];
+    let n = hb.encode(&auth(), &mut buf).unwrap();
+    assert_eq!(n, hb.frame_len());
+    assert_eq!(&buf[..6], &[0xff; 6]);
+    assert_eq!(&buf[6..12], &[0x02, 64, 10, 0, 0, 100]);
+    assert_eq!(&buf[12..14], &[0x88, 0x6f]);
+    let back = Heartbeat::decode(&buf[..n], &auth()).unwrap();
+    assert_eq!(back, hb);
+    let mut g = GroupBits::default();
+    back.dirty.sections[1].1.add_to(&mut g);
+    assert_eq!(g.iter().collect::<Vec<_>>(), vec![0, 7, 4095]);
+}
+
+#[test]
+fn vlan_tagged_decodes() {
+    let hb = sample();
+    let mut buf = [0u8; MAX_FRAME];
+    let n = hb.encode(&auth(), &mut buf).unwrap();
+    let mut tagged = buf[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    tagged.extend_from_slice(&buf[12..n]);
+    assert_eq!(Heartbeat::decode(&tagged, &auth()).unwrap(), hb);
+}
+
+#[test]
+fn full_heartbeat_for_64_hosts_and_32_rules_fits_1500() {
+    let mut hb = sample();
+    // Fill a page as far as the pager allows: every rule dirty and dense.
+    let all: Vec<GroupBits> = (0..MAX_RULES)
+        .map(|r| {
+            let mut g = GroupBits::default();
+            for x in (r as u32..4096).step_by(3) {
+                g.insert(x);
+            }
+            g
+        })
+        .collect();
+    let mut pager = DirtyPager::new();
+    let first = pager.next(&all);
+    assert!(first.pages > 1, "32 dense rules need paging");
+    let mut union = vec![GroupBits::default(); MAX_RULES];
+    let mut pages = vec![first];
+    for _ in 1..pages[0].pages {
+        pages.push(pager.next(&all));
+    }
+    for p in &pages {
+        assert_eq!(p.generation, pages[0].generation);
+        hb.dirty = p.clone();
+        assert!(hb.payload_len() <= MAX_PAYLOAD, "{}", hb.payload_len());
+        let mut buf = [0u8; MAX_FRAME];
+        let n = hb.encode(&auth(), &mut buf).unwrap();
+        assert!(n <= 1514);
+        let back = Heartbeat::decode(&buf[..n], &auth()).unwrap();
+        for (r, s) in &back.dirty.sections {
+            s.add_to(&mut union[*r as usize]);
+        }
+    }
+    assert_eq!(union, all, "pages reassemble to the full set");
+    // The fixed part alone is small and independent of host count.
+    assert_eq!(FIXED_PAYLOAD, 174);
+    assert_eq!(DIRTY_BUDGET, 1326);
+}
+
+#[test]
+fn long_sparse_list_pages_and_reassembles() {
+    let mut g = GroupBits::default();
+    for x in 0..250u32 {
+        g.insert(x * 16);
+    }
+    let sets = vec![g.clone(); 8];
+    let mut pager = DirtyPager::new();
+    let p = pager.next(&sets);
+    assert!(p.pages >= 2);
+    let mut union = vec![GroupBits::default(); 8];
+    let mut page = p;
+    for i in 0..page.pages {
+        if i > 0 {
+            page = pager.next(&sets);
+        }
+        assert_eq!(page.page, i);
+        for (r, s) in &page.sections {
+            s.add_to(&mut union[*r as usize]);
+        }
+    }
+    assert_eq!(union, sets);
+    // A shrink is flagged as a subset; growth is not.
+    let mut smaller = sets.clone();
+    smaller[0] = GroupBits::default();
+    let s = pager.next(&smaller);
+    assert!(s.subset_of_previous);
+    assert_ne!(s.generation, page.generation);
+    let mut bigger = smaller.clone();
+    bigger[0].insert(1);
+    let b = pager.next(&bigger);
+    assert!(!b.subset_of_previous);
+    assert_ne!(b.generation, s.generation);
+}
+
+fn encoded() -> Vec<u8> {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = sample().encode(&auth(), &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn forged_and_wrong_key_rejected() {
+    let mut f = encoded();
+    // Flip a weight byte: the tag no longer verifies.
+    f[14 + 108 + 3] ^= 1;
+    assert_eq!(Heartbeat::decode(&f, &auth()), Err(HeartbeatError::BadMac));
+    let other = ClusterAuth::new([8; 32], &spec(2));
+    assert_eq!(
+        Heartbeat::decode(&encoded(), &other),
+        Err(HeartbeatError::BadMac)
+    );
+    // A tag of zeros.
+    let mut f = encoded();
+    let n = f.len();
+    f[n - 16..].fill(0);
+    assert_eq!(Heartbeat::decode(&f, &auth()), Err(HeartbeatError::BadMac));
+}
+
+#[test]
+fn header_checks() {
+    let mut f = encoded();
+    f[14] = 0;
+    assert_eq!(
+        Heartbeat::decode(&f, &auth()),
+        Err(HeartbeatError::BadMagic)
+    );
+    let mut f = encoded();
+    f[16] = 2;
+    assert_eq!(
+        Heartbeat::decode(&f, &auth()),
+        Err(HeartbeatError::BadVersion(2))
+    );
+    let mut f = encoded();
+    f[12] = 0x08;
+    f[13] = 0x00;
+    assert_eq!(
+        Heartbeat::decode(&f, &auth()),
+        Err(HeartbeatError::NotHeartbeat)
+    );
+    let mut other = spec(2);
+    other.vips = vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 101))];
+    assert_eq!(
+        Heartbeat::decode(&encoded(), &ClusterAuth::new(KEY, &other)),
+        Err(HeartbeatError::WrongCluster)
+    );
+}
+
+#[test]
+fn truncated_and_oversized_rejected() {
+    let f = encoded();
+    for cut in [0, 5, 13, 14, 20, 30, f.len() - 1] {
+        let e = Heartbeat::decode(&f[..cut], &auth()).unwrap_err();
+        assert!(
+            matches!(e, HeartbeatError::Truncated),
+            "cut at {cut}: {e:?}"
+        );
+    }
+    let mut big = f.clone();
+    big.resize(1515, 0);
+    assert_eq!(
+        Heartbeat::decode(&big, &auth()),
+        Err(HeartbeatError::Oversized)
+    );
+    // Trailing non-zero bytes after the tag.
+    let mut trail = f.clone();
+    trail.push(1);
+    assert!(matches!(
+        Heartbeat::decode(&trail, &auth()),
+        Err(HeartbeatError::Malformed(_))
+    ));
+    // Zero padding (Ethernet minimum size) is fine.
+    let mut pad = f;
+    pad.push(0);
+    assert!(Heartbeat::decode(&pad, &auth()).is_ok());
+    // Encoding refuses an oversized page and a short buffer.
+    let mut hb = sample();
+    hb.dirty.sections = vec![(0, DirtySection::List(vec![1; 700]))];
+    let mut buf = [0u8; MAX_FRAME];
+    assert_eq!(hb.encode(&auth(), &mut buf), Err(HeartbeatError::Oversized));
+    assert_eq!(
+        sample().encode(&auth(), &mut buf[..100]),
+        Err(HeartbeatError::BufferTooSmall)
+    );
+}
+
+#[test]
+fn replay_guard() {
+    let h = HostId::new(3).unwrap();
+    let mut g = ReplayGuard::new();
+    assert_eq!(g.check(h, 100, 1), Ok(Freshness::NewBoot));
+    assert_eq!(g.check(h, 100, 2), Ok(Freshness::Newer));
+    assert_eq!(g.check(h, 100, 2), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 1), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 99, 50), Err(HeartbeatError::Replayed));
+    // Restart: higher boot id.
+    assert_eq!(g.check(h, 200, 1), Ok(Freshness::NewBoot));
+    // Replays of the old boot stay refused…
+    assert_eq!(g.check(h, 100, 2), Err(HeartbeatError::Replayed));
+    // …but fresh sequence numbers from it mean a second live host.
+    assert_eq!(g.check(h, 100, 3), Ok(Freshness::OlderBoot));
+    assert_eq!(g.check(h, 100, 3), Err(HeartbeatError::Replayed));
+    // Other hosts are independent.
+    assert_eq!(
+        g.check(HostId::new(4).unwrap(), 1, 1),
+        Ok(Freshness::NewBoot)
+    );
+}
+
+#[test]
+fn fingerprint_ignores_weights_but_not_rules() {
+    let a = spec(3);
+    let mut b = a.clone();
+    b.rules[1].weights[5] = 99;
+    assert_eq!(rule_fingerprint(&a), rule_fingerprint(&b));
+    b.rules[1].port_end += 1;
+    assert_ne!(rule_fingerprint(&a), rule_fingerprint(&b));
+    let mut c = a.clone();
+    c.vips.reverse();
+    assert_eq!(cluster_id(&a.vips), cluster_id(&c.vips));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        let _ = Heartbeat::decode(&bytes, &auth());
+    }
+
+    #[test]
+    fn decode_never_panics_on_mutations(
+        flips in proptest::collection::vec((0usize..600, any::<u8>()), 1..8),
+        cut in 0usize..700,
+    ) {
+        let mut f = encoded();
+        for (i, x) in flips {
+            if let Some(b) = f.get_mut(i) { *b ^= x; }
+        }
+        f.truncate(cut.max(1));
+        let r = Heartbeat::decode(&f, &auth());
+        // Any change to authenticated bytes must be refused.
+        prop_assert!(r.is_err() || r == Ok(sample()));
+    }
+}
