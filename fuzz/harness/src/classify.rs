@@ -16,7 +16,12 @@
 //!    `Drop` may differ between members;
 //! 3. the verdict contradicts the parse: a frame [`parse_frame`] rejects
 //!    must be dropped as malformed for that same reason, and a frame it
-//!    accepts must not be.
+//!    accepts must not be;
+//! 4. no member keeps a frame and every member drops it as another's
+//!    (`NotOwner` or `DirtyElsewhere`): the view is converged and never
+//!    changes, so nobody has dirty groups and the map places every frame
+//!    it does not drop by policy (disabled rule, no owner, GRE or ESP
+//!    without its control session) on exactly one member.
 //!
 //! # Design decisions
 //!
@@ -147,11 +152,11 @@ impl Segment {
     }
 
     /// Judges `frame` on every member and checks the module's invariants.
-    /// Returns the members that kept it.
+    /// Returns every member's verdict, in member order.
     ///
     /// # Panics
     /// When an invariant breaks (that is the fuzzing crash).
-    pub fn check(&mut self, frame: &[u8]) -> Vec<HostId> {
+    pub fn check(&mut self, frame: &[u8]) -> Vec<(HostId, Verdict)> {
         self.now += STEP_NS;
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -160,14 +165,11 @@ impl Segment {
 
         let parsed = parse_frame(frame);
         let verdicts = self.cluster.judge(frame, self.now);
-        let keepers: Vec<HostId> = verdicts
-            .iter()
-            .filter(|(_, v)| *v == Verdict::Keep)
-            .map(|(h, _)| *h)
-            .collect();
-
+        let keepers = keepers(&verdicts);
         let broken = if keepers.len() > 1 {
             Some("kept by more than one member".to_owned())
+        } else if !verdicts.is_empty() && verdicts.iter().all(|(_, v)| is_someone_elses(*v)) {
+            Some("every member left it to another: the converged map lost it".to_owned())
         } else if let Some(first) = verdicts.first() {
             let shared = host_independent(first.1);
             if verdicts.iter().any(|(_, v)| host_independent(*v) != shared) {
@@ -192,7 +194,7 @@ impl Segment {
                 self.replay_recipe()
             );
         }
-        keepers
+        verdicts
     }
 
     fn replay_recipe(&self) -> String {
@@ -219,6 +221,23 @@ fn host_independent(v: Verdict) -> Option<Verdict> {
         // the control session that one member tracks).
         Verdict::Keep | Verdict::Drop(_) => None,
     }
+}
+
+/// The members whose verdict is `Keep`.
+pub fn keepers(verdicts: &[(HostId, Verdict)]) -> Vec<HostId> {
+    verdicts
+        .iter()
+        .filter(|(_, v)| *v == Verdict::Keep)
+        .map(|(h, _)| *h)
+        .collect()
+}
+
+/// A drop that says another member keeps the frame.
+fn is_someone_elses(v: Verdict) -> bool {
+    matches!(
+        v,
+        Verdict::Drop(DropReason::NotOwner | DropReason::DirtyElsewhere)
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -263,14 +282,13 @@ mod tests {
         let mut kept_by = [0usize; MEMBERS.len()];
         let mut syns = 0;
         for frame in seeds::cluster_frames() {
-            let keepers = segment.check(&frame);
-            for h in keepers {
+            for h in keepers(&segment.check(&frame)) {
                 kept_by[usize::from(h.get()) - 1] += 1;
             }
         }
         for n in 0..200u32 {
             let client = Ipv4Addr::from(0x0a01_0000 + n * 7);
-            let keepers = segment.check(&seeds::tcp4(client, 40000, 80, seeds::SYN));
+            let keepers = keepers(&segment.check(&seeds::tcp4(client, 40000, 80, seeds::SYN)));
             assert_eq!(keepers.len(), 1, "SYN from {client} kept by {keepers:?}");
             syns += 1;
         }
@@ -284,12 +302,12 @@ mod tests {
     #[test]
     fn disabled_rule_frames_are_kept_by_nobody() {
         let mut segment = Segment::new();
-        let keepers = segment.check(&seeds::tcp4(
+        let keepers = keepers(&segment.check(&seeds::tcp4(
             Ipv4Addr::new(10, 9, 9, 9),
             5555,
             23,
             seeds::SYN,
-        ));
+        )));
         assert!(keepers.is_empty(), "telnet kept by {keepers:?}");
     }
 

@@ -3,13 +3,15 @@
 //! Owns: one `check` function per fuzz target (each module below), which
 //! feeds one input to the code under test and panics, with a message that
 //! says what broke, when an invariant does not hold; and the builders of the
-//! seed corpora ([`seeds`]).
+//! seed corpora ([`seeds`]). Two binaries: `seeds` writes the corpora
+//! `scripts/fuzz` starts from; `replay TARGET PATH...` runs inputs through a
+//! check without libFuzzer (a crash reproduced on plain stable, or a tally
+//! of the verdicts a `classify` corpus reaches).
 //!
 //! Why a library beside the targets: the targets in `fuzz/fuzz_targets/`
 //! only build with libFuzzer's instrumentation (`cargo fuzz`), while this
 //! crate builds and tests on plain stable, so the checks and the seed
-//! builder are compiled, linted and unit tested like every other crate, and
-//! a crash input can be replayed under a debugger without libFuzzer.
+//! builder are compiled, linted and unit tested like every other crate.
 //!
 //! Adding a target (the heartbeat decoder is next): a module here with a
 //! `check(input)`, a three-line file in `fuzz/fuzz_targets/` calling it, a
