@@ -72,6 +72,8 @@ enum Command {
     },
     /// Run the engine on this host.
     Run(runtime::RunArgs),
+    /// Benchmarks: pipeline, wire, scaling, disruption (see README).
+    Bench(shoal_perf::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +178,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             runtime::run(config, args)?;
         }
+        Command::Bench(args) => shoal_perf::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

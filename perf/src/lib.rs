@@ -1,2 +1,189 @@
-//! Benchmarks (issue 5).
-#![forbid(unsafe_code)]
+//! shoal's benchmarks (issue 5): `shoal bench pipeline|wire|scaling|disruption|all`.
+//!
+//! # What this crate owns
+//!
+//! * [`pipeline`]: the dataplane alone, frames/s per core and instructions
+//!   per frame (callgrind), with a 1,000,000-entry descriptor table.
+//! * [`wire`]: a veth flood in namespaces of its own (`shoal-b-gen`,
+//!   `shoal-b-rx`), shoal's AF_XDP and AF_PACKET backends side by side with
+//!   the kernel's trivial drops (the ceiling) and its cluster filters, in
+//!   interleaved rounds, with the receive work on its own core and sharing
+//!   the generator's.
+//! * [`scaling`]: one against two pinned poll loops on a two-queue veth.
+//! * [`disruption`]: buckets moved on join, leave and weight change.
+//! * [`report`]: the markdown table and SVG plots under `perf/results/`,
+//!   stamped with the [`machine`].
+//!
+//! Benchmarks, not tests: a bench fails only when something is broken
+//! (a namespace cannot be made, a receiver will not start), never on a
+//! number. `--smoke` runs each for a second or two so CI keeps them alive.
+//!
+//! # Extension point: failover
+//!
+//! Issue 5's `failover` bench (time from SIGKILL of a host to its share
+//! being served again, at 1000/100/50 ms heartbeat periods, and resets on
+//! surviving connections) needs the control plane. When it lands, add a
+//! `failover` module returning a serializable report, a [`Bench`] variant
+//! that runs it, and fill [`report::Results::failover`]; the report
+//! already renders that slot when it is present. No command exists for it
+//! until then.
+//!
+//! Not needed at run time: the `shoal` binary only dispatches
+//! `shoal bench` here.
+
+#![deny(unsafe_code)]
+
+pub mod disruption;
+pub mod frames;
+pub mod machine;
+pub mod pipeline;
+pub mod report;
+pub mod rig;
+pub mod scaling;
+pub mod stats;
+pub mod wire;
+mod xdp_drop;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+/// `shoal bench` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Which bench.
+    #[command(subcommand)]
+    pub bench: Bench,
+}
+
+/// The benches.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Bench {
+    /// The dataplane alone: frames/s per core, ns and instructions per frame.
+    Pipeline(Common),
+    /// A veth flood: shoal's backends against the kernel's drops and cluster filters.
+    Wire(Common),
+    /// One against two pinned poll loops on a two-queue veth.
+    Scaling(Common),
+    /// Buckets moved on join, leave and weight change, 2 to 64 hosts.
+    Disruption(Common),
+    /// Every bench in turn (what scripts/bench runs).
+    All(Common),
+    /// Internal: the fixture run under callgrind by `pipeline`.
+    #[command(hide = true)]
+    CallgrindWorker {
+        /// Descriptors to pre-fill.
+        #[arg(long)]
+        entries: usize,
+        /// Frames judged per mix.
+        #[arg(long)]
+        frames: usize,
+    },
+}
+
+/// Options every bench takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Common {
+    /// Print the report as JSON (keys in README's Benchmarks section).
+    #[arg(long)]
+    pub json: bool,
+    /// Measured seconds per case and round (defaults: pipeline 1, wire and
+    /// scaling 5).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Interleaved rounds (default 3; 1 with --smoke).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// A short run of everything (about a second per case), for CI.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Also write the JSON, the markdown table and the SVG plots here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl Common {
+    fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.smoke { 1 } else { 3 }).max(1)
+    }
+
+    fn seconds(&self, full: f64, smoke: f64) -> f64 {
+        self.seconds
+            .unwrap_or(if self.smoke { smoke } else { full })
+            .max(0.05)
+    }
+}
+
+/// Runs `shoal bench`.
+///
+/// # Errors
+/// When a bench is broken (cannot set up, a tool is missing, a receiver
+/// fails to start); never because of a figure.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (common, which): (&Common, &[&str]) = match &args.bench {
+        Bench::Pipeline(c) => (c, &["pipeline"]),
+        Bench::Wire(c) => (c, &["wire"]),
+        Bench::Scaling(c) => (c, &["scaling"]),
+        Bench::Disruption(c) => (c, &["disruption"]),
+        Bench::All(c) => (c, &["disruption", "pipeline", "wire", "scaling"]),
+        Bench::CallgrindWorker { entries, frames } => {
+            return pipeline::callgrind_worker(*entries, *frames);
+        }
+    };
+    let mut results = match &common.out {
+        Some(dir) => report::Results::load(dir),
+        None => report::Results::default(),
+    };
+    results.machine = Some(machine::Machine::describe());
+    for bench in which {
+        match *bench {
+            "pipeline" => {
+                let r = pipeline::run(&pipeline::PipelineOptions {
+                    seconds: common.seconds(1.0, 0.1),
+                    rounds: common.rounds(),
+                    smoke: common.smoke,
+                    callgrind: true,
+                })?;
+                emit(common, &r, pipeline::text(&r))?;
+                results.pipeline = Some(r);
+            }
+            "disruption" => {
+                let r = disruption::run(&disruption::sizes(common.smoke))?;
+                emit(common, &r, disruption::text(&r))?;
+                results.disruption = Some(r);
+            }
+            "wire" => {
+                let r = wire::run(&wire::WireOptions {
+                    seconds: common.seconds(5.0, 1.0),
+                    rounds: common.rounds(),
+                    smoke: common.smoke,
+                })?;
+                emit(common, &r, wire::text(&r))?;
+                results.wire = Some(r);
+            }
+            "scaling" => {
+                let r = scaling::run(&scaling::ScalingOptions {
+                    seconds: common.seconds(5.0, 1.0),
+                    rounds: common.rounds(),
+                })?;
+                emit(common, &r, scaling::text(&r))?;
+                results.scaling = Some(r);
+            }
+            _ => {}
+        }
+        if let Some(dir) = &common.out {
+            results.write(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn emit<T: serde::Serialize>(common: &Common, report: &T, text: String) -> Result<()> {
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{text}");
+        println!();
+    }
+    Ok(())
+}
