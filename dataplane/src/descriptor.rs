@@ -163,6 +163,8 @@ pub struct DescriptorTable {
     sweep_cursor: usize,
     /// Foreign entries per rule and group.
     foreign: Box<[[u32; GROUPS]]>,
+    /// Live entries per rule (entries with no rule are not counted).
+    by_rule: [u32; MAX_RULES],
     counters: TableCounters,
 }
 
@@ -190,6 +192,7 @@ impl DescriptorTable {
             live: 0,
             sweep_cursor: 0,
             foreign: vec![[0u32; GROUPS]; MAX_RULES].into_boxed_slice(),
+            by_rule: [0; MAX_RULES],
             counters: TableCounters::default(),
         }
     }
@@ -277,6 +280,9 @@ impl DescriptorTable {
                 [group_of(e.bucket) as usize % GROUPS];
             *c = c.saturating_sub(1);
         }
+        if let Some(c) = self.by_rule.get_mut(e.rule as usize) {
+            *c = c.saturating_sub(1);
+        }
         self.tags[i] = 0;
         self.live -= 1;
     }
@@ -362,6 +368,9 @@ impl DescriptorTable {
             foreign: false,
             ..entry
         };
+        if let Some(c) = self.by_rule.get_mut(entry.rule as usize) {
+            *c += 1;
+        }
         self.live += 1;
         self.counters.inserted += 1;
         Some(Slot(i))
@@ -398,6 +407,11 @@ impl DescriptorTable {
                 self.foreign[rule % MAX_RULES][group_of(e.bucket) as usize % GROUPS] += 1;
             }
         }
+    }
+
+    /// Live entries under each rule (what a drain waits for). O(1).
+    pub fn live_by_rule(&self) -> &[u32; MAX_RULES] {
+        &self.by_rule
     }
 
     /// Groups of `rule` in which this host tracks entries it no longer owns:
@@ -450,6 +464,7 @@ mod tests {
         );
         assert_eq!(t.capacity(), 64);
         let s = t.insert(entry(1, State::HalfOpen), 0).unwrap();
+        assert_eq!(t.live_by_rule()[0], 1);
         assert_eq!(t.lookup(&key(1), 1), Some(s));
         assert_eq!(t.lookup(&key(2), 1), None);
         t.remove(s);
