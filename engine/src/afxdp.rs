@@ -61,12 +61,14 @@ use std::time::Duration;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
+use crate::fastpath::{FastPathError, FastPathMaps};
 use crate::io::{FrameIo, MAX_BATCH};
 use crate::sys::bpf::{
     self, AttachMode, Bpf, BpfError, BpfMap, KernelBpf, Kick, MapKind, MapSpec, UmemArea,
 };
+use crate::xdp::fast::FastPathLayout;
 use crate::xdp::program::ProgramError;
-use crate::xdp::{XdpParams, XdpProgram};
+use crate::xdp::{XdpAction, XdpParams, XdpProgram};
 
 /// Ring size the lab notes recommend (smaller rings lose frames to an empty
 /// fill ring when the consumer is briefly preempted on 2 vCPUs).
@@ -192,6 +194,9 @@ pub struct XdpAttachment {
     link: OwnedFd,
     program: OwnedFd,
     xskmap: BpfMap,
+    /// The XDP fast path's maps, when the program judges cluster frames in
+    /// the kernel (see [`crate::fastpath`]).
+    fast_path: Option<Arc<FastPathMaps>>,
     bpf: Arc<dyn Bpf>,
     ifname: String,
     ifindex: u32,
@@ -213,6 +218,20 @@ impl XdpAttachment {
         params: &XdpParams,
         mode: XdpMode,
     ) -> Result<Self, AfXdpError> {
+        Self::attach_with_fast_path(bpf, ifname, params, None, mode)
+    }
+
+    /// As [`XdpAttachment::attach_with`]; with `fast_path`, the attachment
+    /// also creates and owns the fast path's maps and the program drops, in
+    /// the kernel, what they say this host does not keep (nothing until a
+    /// [`crate::fastpath::FastPath`] writes them).
+    pub fn attach_with_fast_path(
+        bpf: Arc<dyn Bpf>,
+        ifname: &str,
+        params: &XdpParams,
+        fast_path: Option<FastPathLayout>,
+        mode: XdpMode,
+    ) -> Result<Self, AfXdpError> {
         let ifindex = bpf.ifindex(ifname)?;
         let queues = bpf.rx_queue_count(ifname)?.max(1);
         let xskmap = bpf
@@ -230,7 +249,20 @@ impl XdpAttachment {
                     AfXdpError::Bpf(e)
                 }
             })?;
-        let program = XdpProgram::build(params, xskmap.fd())?;
+        let fast_path = match fast_path {
+            Some(layout) => Some(Arc::new(FastPathMaps::create(&*bpf, layout).map_err(
+                |e| match e {
+                    FastPathError::Bpf(b) => AfXdpError::Bpf(b),
+                },
+            )?)),
+            None => None,
+        };
+        let program = XdpProgram::build_with_maps(
+            params,
+            xskmap.fd(),
+            fast_path.as_deref().map(|m| (m.layout(), m.fds())),
+            XdpAction::Pass,
+        )?;
         let program = bpf
             .prog_load_xdp("shoal_xdp", &program.encode())
             .map_err(AfXdpError::Load)?;
@@ -258,6 +290,7 @@ impl XdpAttachment {
                         link,
                         program,
                         xskmap,
+                        fast_path,
                         bpf,
                         ifname: ifname.to_owned(),
                         ifindex,
@@ -310,6 +343,11 @@ impl XdpAttachment {
     /// The XSKMAP.
     pub fn xskmap(&self) -> &BpfMap {
         &self.xskmap
+    }
+
+    /// The fast path's maps, when the program has the fast path.
+    pub fn fast_path(&self) -> Option<&Arc<FastPathMaps>> {
+        self.fast_path.as_ref()
     }
 
     /// The kernel seam this attachment uses.
@@ -921,6 +959,43 @@ mod tests {
             links(&fake),
             vec!["link_create 7 Driver", "link_create 7 Skb"]
         );
+    }
+
+    #[test]
+    fn the_fast_path_maps_are_created_with_the_program() {
+        let fake = Arc::new(FakeBpf::new(Script::default()));
+        let layout = FastPathLayout {
+            seed: 7,
+            rules: vec![crate::xdp::fast::FastRule {
+                rule: 0,
+                vip: None,
+                port_start: 0,
+                port_end: 65535,
+                tcp: true,
+                udp: true,
+                affinity: Some(shoal_dataplane::Affinity::Single),
+            }],
+        };
+        let a = XdpAttachment::attach_with_fast_path(
+            fake.clone(),
+            "veth0",
+            &params(),
+            Some(layout.clone()),
+            XdpMode::Auto,
+        )
+        .unwrap();
+        assert_eq!(a.fast_path().unwrap().layout(), &layout);
+        let creates: Vec<String> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("map_create"))
+            .collect();
+        assert_eq!(creates.len(), 4, "{creates:?}");
+        assert!(attach(Script::default(), XdpMode::Auto)
+            .1
+            .unwrap()
+            .fast_path()
+            .is_none());
     }
 
     #[test]

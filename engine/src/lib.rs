@@ -4,6 +4,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod fastpath;
 pub mod io;
 pub mod replay;
 pub mod runtime;

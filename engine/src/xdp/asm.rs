@@ -1,6 +1,7 @@
 //! A tiny eBPF instruction encoder: just the instructions shoal's XDP program
-//! needs (register moves and adds, packet and context loads, the map-fd
-//! 64-bit immediate, conditional jumps to labels, helper calls, exit).
+//! needs (register moves, 64-bit arithmetic and logic, byte swaps, packet,
+//! context and map-value loads, stack stores, 64-bit immediates and map fds,
+//! conditional jumps to labels, helper calls, exit).
 //!
 //! # Contract
 //!
@@ -20,6 +21,12 @@
 const CLASS_LD: u8 = 0x00;
 /// `BPF_LDX`.
 const CLASS_LDX: u8 = 0x01;
+/// `BPF_ST`.
+const CLASS_ST: u8 = 0x02;
+/// `BPF_STX`.
+const CLASS_STX: u8 = 0x03;
+/// `BPF_ALU` (32-bit; only the byte-swap instruction uses it here).
+const CLASS_ALU: u8 = 0x04;
 /// `BPF_JMP`.
 const CLASS_JMP: u8 = 0x05;
 /// `BPF_JMP32`.
@@ -40,6 +47,10 @@ const SRC_X: u8 = 0x08;
 const ALU_ADD: u8 = 0x00;
 /// `BPF_MOV`.
 const ALU_MOV: u8 = 0xb0;
+/// `BPF_END`: byte swap.
+const ALU_END: u8 = 0xd0;
+/// `BPF_TO_BE`: the source bit of `BPF_END` selecting big-endian.
+const END_TO_BE: u8 = 0x08;
 
 /// `BPF_JA`.
 const JMP_JA: u8 = 0x00;
@@ -103,6 +114,39 @@ impl Size {
     }
 }
 
+/// A 64-bit arithmetic or logic operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alu {
+    /// `+`, `BPF_ADD`.
+    Add,
+    /// `*` (wrapping), `BPF_MUL`.
+    Mul,
+    /// `|`, `BPF_OR`.
+    Or,
+    /// `&`, `BPF_AND`.
+    And,
+    /// `<<`, `BPF_LSH`.
+    Lsh,
+    /// logical `>>`, `BPF_RSH`.
+    Rsh,
+    /// `^`, `BPF_XOR`.
+    Xor,
+}
+
+impl Alu {
+    fn op(self) -> u8 {
+        match self {
+            Self::Add => 0x00,
+            Self::Mul => 0x20,
+            Self::Or => 0x40,
+            Self::And => 0x50,
+            Self::Lsh => 0x60,
+            Self::Rsh => 0x70,
+            Self::Xor => 0xa0,
+        }
+    }
+}
+
 /// A jump condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cond {
@@ -114,6 +158,10 @@ pub enum Cond {
     Gt,
     /// unsigned `>=`, `BPF_JGE`.
     Ge,
+    /// unsigned `<`, `BPF_JLT`.
+    Lt,
+    /// unsigned `<=`, `BPF_JLE`.
+    Le,
 }
 
 impl Cond {
@@ -123,6 +171,8 @@ impl Cond {
             Self::Gt => 0x20,
             Self::Ge => 0x30,
             Self::Ne => 0x50,
+            Self::Lt => 0xa0,
+            Self::Le => 0xb0,
         }
     }
 }
@@ -251,6 +301,52 @@ impl Asm {
         self.push(CLASS_ALU64 | ALU_ADD | SRC_K, dst, 0, 0, imm);
     }
 
+    /// `dst <op>= imm` (64-bit; `imm` is sign-extended, shifts take 0..=63).
+    pub fn alu64_imm(&mut self, op: Alu, dst: Reg, imm: i32) {
+        self.push(CLASS_ALU64 | op.op() | SRC_K, dst, 0, 0, imm);
+    }
+
+    /// `dst <op>= src` (64-bit; shifts use `src & 63`).
+    pub fn alu64_reg(&mut self, op: Alu, dst: Reg, src: Reg) {
+        self.push(CLASS_ALU64 | op.op() | SRC_X, dst, src as u8, 0, 0);
+    }
+
+    /// `dst = imm` for a full 64-bit constant (`BPF_LD | BPF_IMM | BPF_DW`
+    /// without a pseudo source, two slots).
+    pub fn ld_imm64(&mut self, dst: Reg, imm: u64) {
+        self.push(
+            CLASS_LD | MODE_IMM | Size::Dw.bits(),
+            dst,
+            0,
+            0,
+            imm as u32 as i32,
+        );
+        self.insns.push(Insn {
+            code: 0,
+            dst: 0,
+            src: 0,
+            off: 0,
+            imm: (imm >> 32) as u32 as i32,
+        });
+    }
+
+    /// `dst = htobe<bits>(dst)`, zero-extended: on a little-endian machine a
+    /// byte swap of the low `bits` (16, 32 or 64) bits, so that a field
+    /// loaded from the wire reads as the number it carries.
+    pub fn to_be(&mut self, dst: Reg, bits: i32) {
+        self.push(CLASS_ALU | ALU_END | END_TO_BE, dst, 0, 0, bits);
+    }
+
+    /// `*(size *)(dst + off) = src`.
+    pub fn stx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
+        self.push(CLASS_STX | MODE_MEM | size.bits(), dst, src as u8, off, 0);
+    }
+
+    /// `*(size *)(dst + off) = imm`.
+    pub fn st_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) {
+        self.push(CLASS_ST | MODE_MEM | size.bits(), dst, 0, off, imm);
+    }
+
     /// `dst = *(size *)(src + off)`, zero-extended.
     pub fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
         self.push(CLASS_LDX | MODE_MEM | size.bits(), dst, src as u8, off, 0);
@@ -285,6 +381,12 @@ impl Asm {
     /// immediates with the top bit set compare as written).
     pub fn jmp32_imm(&mut self, cond: Cond, dst: Reg, imm: u32, target: Label) {
         self.jump(CLASS_JMP32 | cond.op() | SRC_K, dst, 0, imm as i32, target);
+    }
+
+    /// `if dst <cond> imm goto target` (64-bit compare against the
+    /// sign-extended immediate, as pointer null checks need).
+    pub fn jmp_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: Label) {
+        self.jump(CLASS_JMP | cond.op() | SRC_K, dst, 0, imm, target);
     }
 
     /// `goto target`.
@@ -374,6 +476,37 @@ mod tests {
         assert_eq!(bytes[5], [0x56, 0x05, 1, 0, 0xfe, 0xff, 0xff, 0xff]);
         assert_eq!(bytes[6], [0x05, 0x00, 0, 0, 0, 0, 0, 0]);
         assert_eq!(bytes[7], [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn encodes_alu_stores_swaps_and_wide_constants() {
+        let mut a = Asm::new();
+        let end = a.label();
+        a.alu64_imm(Alu::Rsh, Reg::R0, 33); // 0
+        a.alu64_reg(Alu::Xor, Reg::R0, Reg::R1); // 1
+        a.alu64_reg(Alu::Mul, Reg::R1, Reg::R7); // 2
+        a.alu64_imm(Alu::And, Reg::R7, -256); // 3
+        a.ld_imm64(Reg::R1, 0x9e37_79b9_7f4a_7c15); // 4, 5
+        a.to_be(Reg::R8, 16); // 6
+        a.stx(Size::W, Reg::R10, Reg::R9, -4); // 7
+        a.st_imm(Size::W, Reg::R10, -4, 0); // 8
+        a.jmp_imm(Cond::Eq, Reg::R0, 0, end); // 9 -> 11: off 1
+        a.jmp32_imm(Cond::Lt, Reg::R5, 20, end); // 10 -> 11: off 0
+        a.bind(end);
+        a.exit();
+        let bytes: Vec<[u8; 8]> = a.finish().unwrap().iter().map(Insn::encode).collect();
+        assert_eq!(bytes[0], [0x77, 0x00, 0, 0, 33, 0, 0, 0]);
+        assert_eq!(bytes[1], [0xaf, 0x10, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[2], [0x2f, 0x71, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[3], [0x57, 0x07, 0, 0, 0x00, 0xff, 0xff, 0xff]);
+        assert_eq!(bytes[4], [0x18, 0x01, 0, 0, 0x15, 0x7c, 0x4a, 0x7f]);
+        assert_eq!(bytes[5], [0, 0, 0, 0, 0xb9, 0x79, 0x37, 0x9e]);
+        assert_eq!(bytes[6], [0xdc, 0x08, 0, 0, 16, 0, 0, 0]);
+        assert_eq!(bytes[7], [0x63, 0x9a, 0xfc, 0xff, 0, 0, 0, 0]);
+        assert_eq!(bytes[8], [0x62, 0x0a, 0xfc, 0xff, 0, 0, 0, 0]);
+        assert_eq!(bytes[9], [0x15, 0x00, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[10], [0xa6, 0x05, 0, 0, 20, 0, 0, 0]);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! shoal's own XDP program: a minimal eBPF encoder ([`asm`]) and the
-//! pre-classifier built from cluster parameters ([`program`]). Loading and
+//! pre-classifier built from cluster parameters ([`program`]), with its
+//! optional in-kernel drop of other hosts' buckets ([`fast`]). Loading and
 //! attaching live in [`crate::afxdp`] through the [`crate::sys::bpf`] seam.
 
 #![forbid(unsafe_code)]
 
 pub mod asm;
+pub mod fast;
 pub mod program;
 
 pub use program::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};

@@ -12,6 +12,11 @@
 //!    ICMPv6 immediately follows the IPv6 header (as RFC 4861 packets do);
 //! 5. anything else: `XDP_PASS`.
 //!
+//! With the fast path ([`XdpProgram::build_with_maps`], see [`super::fast`]),
+//! frames of case 2 are first judged in the kernel: IPv4 TCP/UDP frames of
+//! buckets this host neither owns nor tracks connections in are dropped
+//! there; every other one is redirected as above.
+//!
 //! "Redirect" is `bpf_redirect_map(&xskmap, ctx->rx_queue_index, XDP_PASS)`:
 //! a queue without a socket in the map falls back to the kernel, so a frame
 //! is never lost because the engine has not opened that queue yet.
@@ -34,7 +39,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use shoal_dataplane::MAX_RULES;
+
 use super::asm::{Asm, AsmError, Cond, Insn, Label, Reg, Size};
+use super::fast::{FastPathFds, FastPathLayout};
 
 /// The ethertype of shoal's heartbeats (NLB's own).
 pub const HEARTBEAT_ETHERTYPE: u16 = 0x886F;
@@ -176,6 +184,12 @@ impl Builder<'_> {
     /// Redirects when the bytes at `off` equal `bytes` (even length), loading
     /// 16 bits at a time; falls through otherwise.
     fn match_bytes(&mut self, off: i16, bytes: &[u8]) {
+        self.match_bytes_to(off, bytes, self.redirect);
+    }
+
+    /// Jumps to `hit` when the bytes at `off` equal `bytes` (even length);
+    /// falls through otherwise.
+    fn match_bytes_to(&mut self, off: i16, bytes: &[u8], hit: Label) {
         let miss = self.asm.label();
         let halves: Vec<u32> = bytes.chunks_exact(2).map(|c| half([c[0], c[1]])).collect();
         let last = halves.len().saturating_sub(1);
@@ -184,7 +198,7 @@ impl Builder<'_> {
             let at = off + 2 * i as i16;
             self.asm.ldx(Size::H, Reg::R7, Reg::R2, at);
             if i == last {
-                self.asm.jmp32_imm(Cond::Eq, Reg::R7, *h, self.redirect);
+                self.asm.jmp32_imm(Cond::Eq, Reg::R7, *h, hit);
             } else {
                 self.asm.jmp32_imm(Cond::Ne, Reg::R7, *h, miss);
             }
@@ -264,6 +278,18 @@ impl XdpProgram {
         xskmap: BorrowedFd<'_>,
         fallback: XdpAction,
     ) -> Result<Self, ProgramError> {
+        Self::build_with_maps(params, xskmap, None, fallback)
+    }
+
+    /// As [`XdpProgram::build_with_fallback`], with the fast path (see
+    /// [`super::fast`]) judging frames to the cluster MACs before they are
+    /// redirected, when `fast` gives its layout and maps.
+    pub fn build_with_maps(
+        params: &XdpParams,
+        xskmap: BorrowedFd<'_>,
+        fast: Option<(&FastPathLayout, FastPathFds<'_>)>,
+        fallback: XdpAction,
+    ) -> Result<Self, ProgramError> {
         check_len("cluster MACs", params.cluster_macs.len(), MAX_CLUSTER_MACS)?;
         check_len("IPv4 VIPs", params.vips_v4.len(), MAX_VIPS_V4)?;
         check_len("IPv6 VIPs", params.vips_v6.len(), MAX_VIPS_V6)?;
@@ -290,8 +316,12 @@ impl XdpProgram {
         b.asm.ldx(Size::W, Reg::R3, Reg::R1, 4);
         b.bounds(ETH_HLEN);
 
+        let cluster = match fast {
+            Some(_) => b.asm.label(),
+            None => redirect,
+        };
         for mac in &params.cluster_macs {
-            b.match_bytes(0, mac);
+            b.match_bytes_to(0, mac, cluster);
         }
 
         // Untagged, then up to two VLAN tags.
@@ -317,6 +347,11 @@ impl XdpProgram {
         b.asm.bind(pass);
         b.asm.mov64_imm(Reg::R0, XdpAction::Pass as i32);
         b.asm.exit();
+
+        if let Some((layout, fds)) = fast {
+            check_len("fast path rules", layout.rules.len(), MAX_RULES)?;
+            super::fast::emit(&mut b.asm, layout, fds, &params.vips_v4, cluster, redirect);
+        }
 
         b.asm.bind(redirect);
         b.asm.ldx(Size::W, Reg::R2, Reg::R6, XDP_MD_RX_QUEUE_INDEX);

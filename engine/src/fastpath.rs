@@ -1,0 +1,794 @@
+//! The userspace side of the XDP fast path: keeps the kernel's keep bitmaps
+//! and rule actions ([`crate::xdp::fast`]) a superset of what userspace keeps,
+//! so the kernel drops other hosts' frames before any copy while the
+//! dataplane stays the only judge of what is kept.
+//!
+//! # What it owns
+//!
+//! - [`FastPathMaps`]: the three BPF maps (actions, keep bitmaps, per-CPU
+//!   stats) and the layout the program was compiled for. The XDP attachment
+//!   creates them and holds them for as long as the program lives.
+//! - [`FastPath`]: the writer. It is told about every map before it is
+//!   published ([`FastPath::prepare`]), hears from every poll loop which
+//!   bucket groups it still tracks foreign connections in ([`LoopReport`]),
+//!   and shrinks the kernel's keep set once every loop has moved on
+//!   ([`FastPath::settle`]).
+//!
+//! # The argument: the kernel drops only what userspace would drop
+//!
+//! For one rule slot and one map `M` a poll loop may be judging with, call
+//! `K(M)` the buckets whose bit is set (or all buckets for a redirect action,
+//! none for a drop action). The writer keeps, at every instant,
+//!
+//! ```text
+//! K ⊇ ⋃ over maps M in flight of  ∅                          if the rule is disabled in M (or here)
+//!                                  owned(M) ∪ ownerless(M) ∪ dirty   otherwise
+//! ```
+//!
+//! where `dirty` is the union, over poll loops, of the bucket groups in which
+//! the loop's descriptor table holds *foreign* entries (entries whose bucket
+//! the local host does not own under the loop's map;
+//! `DescriptorTable::dirty_groups`). Take an IPv4 TCP or UDP frame the
+//! program judges, of rule `r` (the same rule `ClusterMap::rule_for` finds:
+//! the layout is the map's lookup order) and bucket `b` (the same bucket: the
+//! program computes `affinity_hash` bit for bit; tests check it), with bit
+//! `b` clear. Then, for whichever in-flight map the loop uses:
+//!
+//! 1. rule disabled (cluster-wide or here): the pipeline drops
+//!    (`RuleDisabled`) before it looks at descriptors;
+//! 2. otherwise `b` is neither owned by this host nor ownerless, so the
+//!    new-connection verdict is `NotOwner`; and no descriptor of the frame's
+//!    flow exists: a TCP or affinity entry of this rule and flow lives in
+//!    bucket `b`, and an entry in a bucket this host does not own is foreign
+//!    and so lies in a dirty group — which would have set the bit;
+//! 3. so the pipeline returns `Drop`. "Dirty elsewhere" and SYN retirement
+//!    only ever turn a keep into a drop, never the reverse; they cannot break
+//!    this. Frames in a bucket whose bit is set may still be dropped by
+//!    userspace: the kernel only pre-filters.
+//!
+//! Why the invariant holds over time:
+//!
+//! - Entries are only inserted in owned buckets (new connections, adoption,
+//!   affinity), so between two maps the foreign set only shrinks; a loop
+//!   reports its dirty groups right after adopting a map (`set_map` re-marks
+//!   foreign entries) and again every 200 ms. Any report is thus a superset
+//!   of its loop's foreign entries until the loop's next map.
+//! - A new map is prepared *before* it is published: the kernel's keep set
+//!   grows to include it first (new bits set before old ones clear). Only
+//!   when every loop has reported under the newest epoch are older maps
+//!   forgotten and their bits cleared.
+//! - Writes are ordered per slot: a bitmap is written before the action that
+//!   makes the program read it. Concurrent readers see each bit either old or
+//!   new; both are supersets.
+//! - The layout (rules, seed) is compiled into the program. A map whose
+//!   layout differs (a rule or VIP change) turns the fast path off for good
+//!   (every action redirects) and says so: stale descriptors could then sit
+//!   in buckets the program no longer computes.
+//! - Any failed map write turns the fast path off the same way.
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use shoal_dataplane::bucket::{BUCKETS, GROUPS, GROUP_SHIFT};
+use shoal_dataplane::map::{ClusterMap, GroupBits, RuleOwner};
+use shoal_dataplane::pipeline::Dataplane;
+
+use crate::sys::bpf::{Bpf, BpfError, BpfMap, MapKind, MapSpec};
+use crate::xdp::fast::{
+    FastPathFds, FastPathLayout, ACTION_BITMAP, ACTION_DROP, ACTION_REDIRECT, KEEP_BITMAP_BYTES,
+    STATS_SLOT_BYTES, STAT_DROPPED_BUCKET, STAT_DROPPED_RULE, STAT_JUDGED, STAT_LAST_BUCKET,
+    STAT_LAST_SLOT,
+};
+
+/// 64-bit words in one keep bitmap.
+const WORDS: usize = BUCKETS / 64;
+/// 64-bit words per bucket group.
+const WORDS_PER_GROUP: usize = (1 << GROUP_SHIFT) / 64;
+
+/// Why the fast path could not be set up or kept current.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    /// A BPF map could not be created, read or written.
+    #[error("XDP fast path map: {0}")]
+    Bpf(#[from] BpfError),
+}
+
+/// The fast path's BPF maps and the layout its program was compiled for.
+#[derive(Debug)]
+pub struct FastPathMaps {
+    actions: BpfMap,
+    keep: BpfMap,
+    stats: BpfMap,
+    layout: FastPathLayout,
+    cpus: u32,
+}
+
+/// How many CPU ids the kernel may hand out (`/sys/devices/system/cpu/
+/// possible`, else the configured processor count).
+fn possible_cpus() -> u32 {
+    let parsed = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|part| part.rsplit('-').next()?.parse::<u32>().ok())
+                .max()
+        })
+        .map(|max| max + 1);
+    parsed
+        .unwrap_or_else(|| u32::try_from(num_cpus_configured()).unwrap_or(1))
+        .clamp(1, 8192)
+}
+
+fn num_cpus_configured() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Counters of the fast path, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastPathCounters {
+    /// Frames the program judged (IPv4 TCP/UDP to a VIP under a rule).
+    pub judged: u64,
+    /// Dropped: bucket bit clear.
+    pub dropped_bucket: u64,
+    /// Dropped: the rule's action is drop (disabled, or single-host elsewhere).
+    pub dropped_rule: u64,
+}
+
+impl FastPathCounters {
+    /// Every frame the program dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_bucket + self.dropped_rule
+    }
+}
+
+/// What one CPU's stats slot says about the last frame judged there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastJudged {
+    /// Frames judged on that CPU so far.
+    pub judged: u64,
+    /// The bucket of the last one.
+    pub bucket: u32,
+    /// Its rule slot.
+    pub slot: u32,
+}
+
+impl FastPathMaps {
+    /// Creates the maps for `layout` (every action starts as "redirect":
+    /// nothing is dropped until a writer says so).
+    pub fn create(bpf: &dyn Bpf, layout: FastPathLayout) -> Result<Self, FastPathError> {
+        let slots = layout.slots();
+        let cpus = possible_cpus();
+        let actions = bpf.map_create(&MapSpec {
+            kind: MapKind::Array,
+            key_size: 4,
+            value_size: 4,
+            max_entries: slots,
+            name: "shoal_fp_act".into(),
+        })?;
+        let keep = bpf.map_create(&MapSpec {
+            kind: MapKind::Array,
+            key_size: 4,
+            value_size: KEEP_BITMAP_BYTES,
+            max_entries: slots,
+            name: "shoal_fp_keep".into(),
+        })?;
+        let stats = bpf.map_create(&MapSpec {
+            kind: MapKind::Array,
+            key_size: 4,
+            value_size: STATS_SLOT_BYTES,
+            max_entries: cpus,
+            name: "shoal_fp_stats".into(),
+        })?;
+        Ok(Self {
+            actions,
+            keep,
+            stats,
+            layout,
+            cpus,
+        })
+    }
+
+    /// The maps' fds, for building the program.
+    pub fn fds(&self) -> FastPathFds<'_> {
+        FastPathFds {
+            actions: self.actions.fd(),
+            keep: self.keep.fd(),
+            stats: self.stats.fd(),
+        }
+    }
+
+    /// The actions map (slot → action).
+    pub fn actions_fd(&self) -> BorrowedFd<'_> {
+        self.actions.fd()
+    }
+
+    /// The layout the program was compiled for.
+    pub fn layout(&self) -> &FastPathLayout {
+        &self.layout
+    }
+
+    fn stats_slot(&self, bpf: &dyn Bpf, cpu: u32) -> Result<[u64; 8], FastPathError> {
+        let mut raw = [0u8; STATS_SLOT_BYTES as usize];
+        let mut words = [0u64; 8];
+        if bpf.map_lookup(&self.stats, &cpu.to_ne_bytes(), &mut raw)? {
+            for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *w = u64::from_ne_bytes(b);
+            }
+        }
+        Ok(words)
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self, bpf: &dyn Bpf) -> Result<FastPathCounters, FastPathError> {
+        let mut c = FastPathCounters::default();
+        for cpu in 0..self.cpus {
+            let w = self.stats_slot(bpf, cpu)?;
+            c.judged += w[STAT_JUDGED];
+            c.dropped_bucket += w[STAT_DROPPED_BUCKET];
+            c.dropped_rule += w[STAT_DROPPED_RULE];
+        }
+        Ok(c)
+    }
+
+    /// Per CPU, what its stats slot records (tests compare the program's
+    /// bucket with the dataplane's through this).
+    pub fn last_judged(&self, bpf: &dyn Bpf) -> Result<Vec<LastJudged>, FastPathError> {
+        (0..self.cpus)
+            .map(|cpu| {
+                let w = self.stats_slot(bpf, cpu)?;
+                Ok(LastJudged {
+                    judged: w[STAT_JUDGED],
+                    bucket: w[STAT_LAST_BUCKET] as u32,
+                    slot: w[STAT_LAST_SLOT] as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes one slot's action.
+    pub fn write_action(&self, bpf: &dyn Bpf, slot: u32, action: u32) -> Result<(), FastPathError> {
+        bpf.map_update(&self.actions, &slot.to_ne_bytes(), &action.to_ne_bytes())?;
+        Ok(())
+    }
+
+    /// Writes one slot's keep bitmap (`BUCKETS / 64` words, bit `b % 64` of
+    /// word `b / 64` for bucket `b`).
+    pub fn write_bitmap(
+        &self,
+        bpf: &dyn Bpf,
+        slot: u32,
+        words: &[u64],
+    ) -> Result<(), FastPathError> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        bpf.map_update(&self.keep, &slot.to_ne_bytes(), &bytes)?;
+        Ok(())
+    }
+}
+
+/// A keep set for one slot.
+#[derive(Clone, PartialEq, Eq)]
+struct Keep {
+    words: Box<[u64]>,
+}
+
+impl fmt::Debug for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keep({} buckets)", self.count())
+    }
+}
+
+impl Keep {
+    fn none() -> Self {
+        Self {
+            words: vec![0u64; WORDS].into_boxed_slice(),
+        }
+    }
+
+    fn fill(&mut self) {
+        self.words.fill(u64::MAX);
+    }
+
+    fn set(&mut self, bucket: usize) {
+        self.words[bucket / 64] |= 1 << (bucket % 64);
+    }
+
+    fn set_group(&mut self, group: u32) {
+        let start = group as usize % GROUPS * WORDS_PER_GROUP;
+        self.words[start..start + WORDS_PER_GROUP].fill(u64::MAX);
+    }
+
+    fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn action(&self) -> u32 {
+        if self.words.iter().all(|&w| w == 0) {
+            ACTION_DROP
+        } else if self.words.iter().all(|&w| w == u64::MAX) {
+            ACTION_REDIRECT
+        } else {
+            ACTION_BITMAP
+        }
+    }
+}
+
+/// What one poll loop last reported: the epoch of its map and, per slot,
+/// the bucket groups in which it holds foreign entries.
+#[derive(Debug, Clone)]
+struct Report {
+    epoch: u64,
+    dirty: Vec<GroupBits>,
+}
+
+/// A poll loop's line to the writer. The loop calls [`LoopReport::record`]
+/// after every `set_map` and periodically.
+#[derive(Debug)]
+pub struct LoopReport {
+    rules: Vec<usize>,
+    last: Mutex<Option<Report>>,
+}
+
+impl LoopReport {
+    /// Records the groups in which `dataplane`'s table holds foreign entries,
+    /// under the map it uses now. Bounded work: `GROUPS` counters per slot.
+    pub fn record(&self, dataplane: &Dataplane) {
+        let table = dataplane.table();
+        let report = Report {
+            epoch: dataplane.map().epoch,
+            dirty: self.rules.iter().map(|&r| table.dirty_groups(r)).collect(),
+        };
+        *self.last.lock() = Some(report);
+    }
+
+    /// Records an explicit report (tests and simulations): `dirty[slot]`.
+    pub fn record_groups(&self, epoch: u64, dirty: Vec<GroupBits>) {
+        *self.last.lock() = Some(Report { epoch, dirty });
+    }
+}
+
+#[derive(Debug)]
+struct Sync {
+    /// Maps a poll loop may be judging with, oldest first.
+    in_flight: Vec<Arc<ClusterMap>>,
+    /// What the kernel holds, per slot: action and (when it is or was a
+    /// bitmap) the bitmap.
+    written: Vec<(u32, Option<Keep>)>,
+    /// Set once the fast path is off for good.
+    off: Option<String>,
+}
+
+/// Keeps the fast path's maps current. Shared by the thread that publishes
+/// maps and the control thread; every method serialises on one lock.
+pub struct FastPath {
+    bpf: Arc<dyn Bpf>,
+    maps: Arc<FastPathMaps>,
+    reports: Mutex<Vec<Arc<LoopReport>>>,
+    sync: Mutex<Sync>,
+}
+
+impl fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastPath")
+            .field("slots", &self.maps.layout.rules.len())
+            .field("off", &self.sync.lock().off)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the fast path is wanted: on unless `SHOAL_XDP_FAST_PATH` is `0`,
+/// `false`, `off` or `no`.
+pub fn enabled_by_env() -> bool {
+    match std::env::var("SHOAL_XDP_FAST_PATH") {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "off" | "no"
+        ),
+        Err(_) => true,
+    }
+}
+
+impl FastPath {
+    /// A writer for `maps` through `bpf`. Nothing is written until the first
+    /// [`FastPath::prepare`].
+    pub fn new(bpf: Arc<dyn Bpf>, maps: Arc<FastPathMaps>) -> Self {
+        let slots = maps.layout.rules.len();
+        Self {
+            bpf,
+            maps,
+            reports: Mutex::new(Vec::new()),
+            sync: Mutex::new(Sync {
+                in_flight: Vec::new(),
+                written: vec![(ACTION_REDIRECT, None); slots],
+                off: None,
+            }),
+        }
+    }
+
+    /// The maps.
+    pub fn maps(&self) -> &Arc<FastPathMaps> {
+        &self.maps
+    }
+
+    /// A new poll loop's report line. Register every loop before its first
+    /// frame: until a loop has reported under the newest epoch, older maps
+    /// stay in the keep set.
+    pub fn loop_report(&self) -> Arc<LoopReport> {
+        let r = Arc::new(LoopReport {
+            rules: self.maps.layout.rules.iter().map(|r| r.rule).collect(),
+            last: Mutex::new(None),
+        });
+        self.reports.lock().push(r.clone());
+        r
+    }
+
+    /// Why the fast path is off, if it is.
+    pub fn off_reason(&self) -> Option<String> {
+        self.sync.lock().off.clone()
+    }
+
+    /// The program's counters (zero when they cannot be read).
+    pub fn counters(&self) -> FastPathCounters {
+        self.maps.counters(&*self.bpf).unwrap_or_default()
+    }
+
+    /// Call before publishing `next` to the poll loops: grows the kernel's
+    /// keep set to cover `next` as well as every map still in flight.
+    pub fn prepare(&self, next: &Arc<ClusterMap>) {
+        let mut sync = self.sync.lock();
+        if sync.off.is_some() {
+            return;
+        }
+        if FastPathLayout::of(next) != self.maps.layout {
+            self.turn_off(
+                &mut sync,
+                format!(
+                    "map epoch {} has other rules or VIPs than the XDP program was built for",
+                    next.epoch
+                ),
+            );
+            return;
+        }
+        sync.in_flight.push(next.clone());
+        self.write(&mut sync);
+    }
+
+    /// Call periodically (about once a second): forgets maps every poll loop
+    /// has moved past and shrinks the keep set to the newest map plus the
+    /// groups loops still track foreign connections in.
+    pub fn settle(&self) {
+        let mut sync = self.sync.lock();
+        if sync.off.is_some() {
+            return;
+        }
+        let Some(newest) = sync.in_flight.last().map(|m| m.epoch) else {
+            return;
+        };
+        let all_moved = self.reports.lock().iter().all(|r| {
+            r.last
+                .lock()
+                .as_ref()
+                .is_some_and(|rep| rep.epoch == newest)
+        });
+        if all_moved && sync.in_flight.len() > 1 {
+            let keep_from = sync.in_flight.len() - 1;
+            sync.in_flight.drain(..keep_from);
+        }
+        self.write(&mut sync);
+    }
+
+    /// The keep set of every slot for the maps in flight and the latest
+    /// reports.
+    fn target(&self, sync: &Sync) -> Vec<Keep> {
+        let reports: Vec<Report> = self
+            .reports
+            .lock()
+            .iter()
+            .filter_map(|r| r.last.lock().clone())
+            .collect();
+        self.maps
+            .layout
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(slot, fr)| {
+                let mut dirty = GroupBits::default();
+                let mut any_dirty = false;
+                for rep in &reports {
+                    if let Some(g) = rep.dirty.get(slot) {
+                        for group in g.iter() {
+                            dirty.insert(group);
+                            any_dirty = true;
+                        }
+                    }
+                }
+                let mut keep = Keep::none();
+                for map in &sync.in_flight {
+                    keep_under(map, fr.rule, &dirty, any_dirty, &mut keep);
+                }
+                keep
+            })
+            .collect()
+    }
+
+    fn write(&self, sync: &mut Sync) {
+        let target = self.target(sync);
+        if let Err(e) = self.apply(sync, target) {
+            self.turn_off(sync, format!("writing the XDP fast path maps failed: {e}"));
+        }
+    }
+
+    /// Writes `target`: per slot, the bitmap before the action that reads it.
+    fn apply(&self, sync: &mut Sync, target: Vec<Keep>) -> Result<(), FastPathError> {
+        let bpf = &*self.bpf;
+        for (slot, keep) in target.into_iter().enumerate() {
+            let action = keep.action();
+            let (old_action, old_bits) = &sync.written[slot];
+            let slot32 = slot as u32;
+            if action == ACTION_BITMAP && old_bits.as_ref() != Some(&keep) {
+                self.maps.write_bitmap(bpf, slot32, &keep.words)?;
+            }
+            if action != *old_action {
+                self.maps.write_action(bpf, slot32, action)?;
+            }
+            let bits = if action == ACTION_BITMAP {
+                Some(keep)
+            } else {
+                sync.written[slot].1.take()
+            };
+            sync.written[slot] = (action, bits);
+        }
+        Ok(())
+    }
+
+    fn turn_off(&self, sync: &mut Sync, reason: String) {
+        tracing::warn!(%reason, "XDP fast path off: every cluster frame goes to userspace");
+        for slot in 0..sync.written.len() {
+            if let Err(e) = self
+                .maps
+                .write_action(&*self.bpf, slot as u32, ACTION_REDIRECT)
+            {
+                tracing::error!(slot, error = %e, "could not turn an XDP fast path rule off");
+            }
+            sync.written[slot].0 = ACTION_REDIRECT;
+        }
+        sync.in_flight.clear();
+        sync.off = Some(reason);
+    }
+}
+
+/// Adds to `keep` the buckets of rule `rule` that a poll loop judging with
+/// `map` might keep (see the module docs).
+fn keep_under(map: &ClusterMap, rule: usize, dirty: &GroupBits, any_dirty: bool, keep: &mut Keep) {
+    let Some(compiled) = map.rules.get(rule) else {
+        keep.fill();
+        return;
+    };
+    if compiled.disabled_here {
+        return;
+    }
+    let local = map.local.get();
+    match &compiled.owner {
+        RuleOwner::Disabled => {}
+        RuleOwner::Single(owner) => {
+            if owner.is_none_or(|h| h.get() == local) || any_dirty {
+                keep.fill();
+            }
+        }
+        RuleOwner::Buckets(buckets) => {
+            for (b, &o) in buckets.owners().iter().enumerate() {
+                if o == local || o == 0 {
+                    keep.set(b);
+                }
+            }
+            for g in dirty.iter() {
+                keep.set_group(g);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::bpf::fake::FakeBpf;
+    use shoal_dataplane::bucket::group_of;
+    use shoal_dataplane::map::View;
+    use shoal_dataplane::{
+        Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
+    };
+    use std::net::IpAddr;
+
+    fn spec() -> ClusterSpec {
+        let vip: IpAddr = "10.0.0.1".parse().unwrap();
+        ClusterSpec {
+            vips: vec![vip],
+            mode: ClusterMode::Unicast,
+            ipv6_network_prefix: 64,
+            rules: vec![
+                PortRule::new(
+                    None,
+                    (0, 65535),
+                    Protocol::Both,
+                    FilterMode::Multiple {
+                        affinity: Affinity::Single,
+                    },
+                ),
+                PortRule::new(Some(vip), (22, 22), Protocol::Tcp, FilterMode::Single),
+                PortRule::new(Some(vip), (23, 23), Protocol::Tcp, FilterMode::Disabled),
+            ],
+        }
+    }
+
+    fn hosts(ids: &[u8]) -> HostSet {
+        ids.iter().map(|&i| HostId::new(i).unwrap()).collect()
+    }
+
+    fn map(members: &[u8], local: u8, epoch: u64) -> Arc<ClusterMap> {
+        let spec = spec();
+        Arc::new(ClusterMap::build(
+            &spec,
+            &View::converged(&spec, hosts(members)),
+            HostId::new(local).unwrap(),
+            epoch,
+        ))
+    }
+
+    fn fast() -> (Arc<FakeBpf>, FastPath) {
+        let fake = Arc::new(FakeBpf::default());
+        let layout = FastPathLayout::of(&map(&[1], 1, 0));
+        let maps = Arc::new(FastPathMaps::create(&*fake, layout).unwrap());
+        (fake.clone(), FastPath::new(fake, maps))
+    }
+
+    fn slot_of(f: &FastPath, rule: usize) -> usize {
+        f.maps
+            .layout
+            .rules
+            .iter()
+            .position(|r| r.rule == rule)
+            .unwrap()
+    }
+
+    fn keep_of(f: &FastPath, rule: usize) -> (u32, Option<Keep>) {
+        f.sync.lock().written[slot_of(f, rule)].clone()
+    }
+
+    fn has(k: &Keep, b: u32) -> bool {
+        k.words[b as usize / 64] & (1 << (b % 64)) != 0
+    }
+
+    #[test]
+    fn actions_follow_the_owners() {
+        let (_, f) = fast();
+        f.prepare(&map(&[1, 2], 2, 1));
+        // Host 1 has the better priority for the single-host rule, so host
+        // 2 drops its frames; the disabled rule drops everywhere.
+        assert_eq!(keep_of(&f, 1).0, ACTION_DROP);
+        assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
+        let (action, bits) = keep_of(&f, 0);
+        assert_eq!(action, ACTION_BITMAP);
+        let m = map(&[1, 2], 2, 1);
+        let RuleOwner::Buckets(b) = &m.rules[0].owner else {
+            panic!()
+        };
+        let bits = bits.unwrap();
+        for bucket in (0..BUCKETS as u32).step_by(997) {
+            assert_eq!(has(&bits, bucket), b.owner(bucket) == HostId::new(2));
+        }
+        // Alone, host 1 keeps everything of rule 0 and the single rule.
+        let (_, f) = fast();
+        f.prepare(&map(&[1], 1, 1));
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+        assert_eq!(keep_of(&f, 1).0, ACTION_REDIRECT);
+        assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
+    }
+
+    #[test]
+    fn new_bits_are_set_before_old_ones_clear() {
+        let (_, f) = fast();
+        let report = f.loop_report();
+        let old = map(&[1], 1, 1);
+        f.prepare(&old);
+        report.record_groups(1, vec![GroupBits::default(); 3]);
+        f.settle();
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+        // Host 2 joins: until the loop has adopted epoch 2, host 1 still
+        // keeps every bucket (the old map says it owns them all).
+        let new = map(&[1, 2], 1, 2);
+        f.prepare(&new);
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+        f.settle();
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT, "loop still on epoch 1");
+        // The loop adopts epoch 2 and reports a foreign connection in one
+        // group of rule 0 and one under the single-host rule.
+        let RuleOwner::Buckets(b) = &new.rules[0].owner else {
+            panic!()
+        };
+        let foreign = (0..BUCKETS as u32)
+            .find(|&x| b.owner(x) == HostId::new(2))
+            .unwrap();
+        let mut dirty = vec![GroupBits::default(); 3];
+        dirty[slot_of(&f, 0)].insert(group_of(foreign));
+        report.record_groups(2, dirty);
+        f.settle();
+        let (action, bits) = keep_of(&f, 0);
+        assert_eq!(action, ACTION_BITMAP);
+        let bits = bits.unwrap();
+        assert!(has(&bits, foreign), "a foreign connection's bucket is kept");
+        let other = (0..BUCKETS as u32)
+            .find(|&x| b.owner(x) == HostId::new(2) && group_of(x) != group_of(foreign))
+            .unwrap();
+        assert!(!has(&bits, other));
+        // The connection ends: the next report clears its group.
+        report.record_groups(2, vec![GroupBits::default(); 3]);
+        f.settle();
+        assert!(!has(keep_of(&f, 0).1.as_ref().unwrap(), foreign));
+    }
+
+    #[test]
+    fn single_host_rules_keep_everything_while_tracking_foreign_entries() {
+        let (_, f) = fast();
+        let report = f.loop_report();
+        f.prepare(&map(&[1, 2], 2, 1));
+        assert_eq!(keep_of(&f, 1).0, ACTION_DROP);
+        let mut dirty = vec![GroupBits::default(); 3];
+        dirty[slot_of(&f, 1)].insert(0);
+        report.record_groups(1, dirty);
+        f.settle();
+        assert_eq!(keep_of(&f, 1).0, ACTION_REDIRECT);
+        // A disabled rule drops whatever is tracked.
+        let mut dirty = vec![GroupBits::default(); 3];
+        dirty[slot_of(&f, 2)].insert(0);
+        report.record_groups(1, dirty);
+        f.settle();
+        assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
+    }
+
+    #[test]
+    fn an_other_layout_turns_the_fast_path_off() {
+        let (fake, f) = fast();
+        f.prepare(&map(&[1, 2], 2, 1));
+        let mut other = spec();
+        other.rules[1].port_end = 23;
+        other.rules.remove(2);
+        let m = Arc::new(ClusterMap::build(
+            &other,
+            &View::converged(&other, hosts(&[1, 2])),
+            HostId::new(2).unwrap(),
+            2,
+        ));
+        let before = fake.calls().len();
+        f.prepare(&m);
+        assert!(f.off_reason().unwrap().contains("epoch 2"));
+        for slot in 0..3 {
+            assert_eq!(f.sync.lock().written[slot].0, ACTION_REDIRECT);
+        }
+        assert!(fake.calls().len() > before);
+        // And stays off.
+        f.prepare(&map(&[1, 2], 2, 3));
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+    }
+
+    #[test]
+    fn a_failed_write_turns_the_fast_path_off() {
+        use crate::sys::bpf::fake::Script;
+        let fake = Arc::new(FakeBpf::new(Script {
+            map_update: Some(libc::ENOMEM),
+            ..Script::default()
+        }));
+        let layout = FastPathLayout::of(&map(&[1], 1, 0));
+        let maps = Arc::new(FastPathMaps::create(&*fake, layout).unwrap());
+        let f = FastPath::new(fake, maps);
+        f.prepare(&map(&[1, 2], 2, 1));
+        assert!(
+            f.off_reason().unwrap().contains("failed"),
+            "{:?}",
+            f.off_reason()
+        );
+    }
+}

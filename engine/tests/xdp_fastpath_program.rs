@@ -1,0 +1,576 @@
+//! The XDP fast path run by the kernel itself (`BPF_PROG_TEST_RUN`) against
+//! the dataplane: for thousands of random IPv4 TCP/UDP frames under several
+//! rules (None/Single/Network affinity, single-host, disabled, no rule), the
+//! program drops a frame only when userspace would drop it, computes the
+//! same bucket as `affinity_hash`, and never drops what it does not handle.
+//! Needs root; no namespaces.
+//!
+//! The program is built with `XDP_ABORTED` (0) as the redirect fallback: with
+//! an empty XSKMAP a redirected frame returns 0, a dropped one `XDP_DROP`
+//! (1), a passed one `XDP_PASS` (2).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use shoal_dataplane::bucket::{bucket_of, group_of};
+use shoal_dataplane::descriptor::DescriptorConfig;
+use shoal_dataplane::hash::affinity_hash;
+use shoal_dataplane::mac::unicast_mac;
+use shoal_dataplane::map::{ClusterMap, View};
+use shoal_dataplane::pipeline::{Dataplane, Verdict};
+use shoal_dataplane::{
+    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
+};
+use shoal_engine::fastpath::{FastPath, FastPathMaps};
+use shoal_engine::sys::bpf::{Bpf, KernelBpf, MapKind, MapSpec};
+use shoal_engine::xdp::fast::FastPathLayout;
+use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
+
+const REDIRECTED: u32 = XdpAction::Aborted as u32;
+const DROPPED: u32 = XdpAction::Drop as u32;
+
+const VIP1: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 2);
+const NOT_VIP: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 3);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+
+fn privileged(test: &str) -> bool {
+    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("SKIP {test}: SHOAL_SKIP_PRIVILEGED=1 (needs root and bpf())");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} needs root (CAP_BPF); set SHOAL_SKIP_PRIVILEGED=1 to skip it"
+    );
+    true
+}
+
+/// SplitMix64: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn spec() -> ClusterSpec {
+    let v1 = Some(IpAddr::V4(VIP1));
+    let v2 = Some(IpAddr::V4(VIP2));
+    let multiple = |affinity| FilterMode::Multiple { affinity };
+    // Host 2 is the single host of port 22 (host 1's priority is worse), so
+    // host 1 drops that rule's frames.
+    let mut single = PortRule::new(v2, (22, 22), Protocol::Tcp, FilterMode::Single);
+    single.priorities[0] = 5;
+    ClusterSpec {
+        vips: vec![
+            IpAddr::V4(VIP1),
+            IpAddr::V4(VIP2),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1)),
+        ],
+        mode: ClusterMode::Unicast,
+        ipv6_network_prefix: 64,
+        rules: vec![
+            PortRule::new(
+                None,
+                (2000, 65535),
+                Protocol::Both,
+                multiple(Affinity::Single),
+            ),
+            PortRule::new(v1, (80, 89), Protocol::Tcp, multiple(Affinity::None)),
+            PortRule::new(v1, (53, 53), Protocol::Udp, multiple(Affinity::Network)),
+            single,
+            PortRule::new(v2, (23, 23), Protocol::Both, FilterMode::Disabled),
+            PortRule::new(None, (1000, 1999), Protocol::Udp, multiple(Affinity::None)),
+            PortRule::new(
+                Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1))),
+                (80, 80),
+                Protocol::Tcp,
+                multiple(Affinity::Single),
+            ),
+        ],
+    }
+}
+
+fn map(members: &[u8], local: u8, epoch: u64) -> Arc<ClusterMap> {
+    let spec = spec();
+    let set: HostSet = members.iter().map(|&i| HostId::new(i).unwrap()).collect();
+    Arc::new(ClusterMap::build(
+        &spec,
+        &View::converged(&spec, set),
+        HostId::new(local).unwrap(),
+        epoch,
+    ))
+}
+
+// ---- frame builders ----
+
+fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn vlan(frame: &[u8], tpid: u16, id: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+struct Ip {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: usize,
+    frag: u16,
+}
+
+fn ipv4(ip: &Ip, l4: &[u8]) -> Vec<u8> {
+    let hlen = 20 + ip.options;
+    let total = (hlen + l4.len()) as u16;
+    let mut h = vec![0u8; hlen];
+    h[0] = 0x40 | (hlen / 4) as u8;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    h[6..8].copy_from_slice(&ip.frag.to_be_bytes());
+    h[8] = 64;
+    h[9] = ip.proto;
+    h[12..16].copy_from_slice(&ip.src.octets());
+    h[16..20].copy_from_slice(&ip.dst.octets());
+    for b in &mut h[20..] {
+        *b = 1; // NOP options
+    }
+    h.extend_from_slice(l4);
+    h
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t
+}
+
+fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&12u16.to_be_bytes());
+    u.extend_from_slice(b"ping");
+    u
+}
+
+struct Setup {
+    bpf: Arc<KernelBpf>,
+    fast: FastPath,
+    program: std::os::fd::OwnedFd,
+    _xskmap: shoal_engine::sys::bpf::BpfMap,
+    cluster_mac: [u8; 6],
+}
+
+fn setup(first: &Arc<ClusterMap>) -> Setup {
+    let bpf = Arc::new(KernelBpf);
+    let xskmap = bpf
+        .map_create(&MapSpec {
+            kind: MapKind::XskMap,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            name: "shoal_fp_t".into(),
+        })
+        .expect("XSKMAP");
+    let layout = FastPathLayout::of(first);
+    let maps = Arc::new(FastPathMaps::create(&*bpf, layout).expect("fast path maps"));
+    let cluster_mac = unicast_mac(VIP1).0;
+    let params = XdpParams {
+        cluster_macs: vec![cluster_mac],
+        vips_v4: vec![VIP1, VIP2],
+        vips_v6: vec![Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1)],
+        ..XdpParams::default()
+    };
+    let prog = XdpProgram::build_with_maps(
+        &params,
+        xskmap.fd(),
+        Some((maps.layout(), maps.fds())),
+        XdpAction::Aborted,
+    )
+    .expect("build");
+    let program = bpf
+        .prog_load_xdp("shoal_fp_test", &prog.encode())
+        .unwrap_or_else(|e| panic!("the verifier refused the fast path: {e}"));
+    let fast = FastPath::new(bpf.clone(), maps);
+    Setup {
+        bpf,
+        fast,
+        program,
+        _xskmap: xskmap,
+        cluster_mac,
+    }
+}
+
+impl Setup {
+    fn run(&self, frame: &[u8]) -> u32 {
+        use std::os::fd::AsFd;
+        self.bpf
+            .prog_test_run(self.program.as_fd(), frame)
+            .expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Runs `frame` and returns the verdict and, if the fast path judged
+    /// it, the (bucket, slot) it recorded.
+    fn judge(&self, frame: &[u8]) -> (u32, Option<(u32, u32)>) {
+        let before = self.fast.maps().last_judged(&*self.bpf).unwrap();
+        let v = self.run(frame);
+        let after = self.fast.maps().last_judged(&*self.bpf).unwrap();
+        let judged = before
+            .iter()
+            .zip(&after)
+            .find(|(b, a)| a.judged != b.judged)
+            .map(|(_, a)| (a.bucket, a.slot));
+        (v, judged)
+    }
+}
+
+#[test]
+fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
+    if !privileged("the_kernel_drops_only_what_userspace_drops_and_hashes_alike") {
+        return;
+    }
+    let alone = map(&[1], 1, 1);
+    let three = map(&[1, 2, 3], 1, 2);
+    let s = setup(&alone);
+    let layout = s.fast.maps().layout().clone();
+    let report = s.fast.loop_report();
+
+    // Host 1 alone: it tracks 300 TCP connections to port 80 and 8080 from
+    // random clients, then hosts 2 and 3 join; most of those connections are
+    // in buckets host 1 no longer owns.
+    let mut dp = Dataplane::new(alone.clone(), DescriptorConfig::default(), 7);
+    s.fast.prepare(&alone);
+    report.record(&dp);
+    let mut rng = Rng(0x5eed);
+    let mut tracked = Vec::new();
+    for _ in 0..300 {
+        let client = Ipv4Addr::from(0x0a00_0000 | rng.below(1 << 24) as u32);
+        let cport = 1024 + rng.below(60000) as u16;
+        let port = if rng.below(2) == 0 { 80 } else { 8080 };
+        let syn = ethernet(
+            s.cluster_mac,
+            0x0800,
+            &ipv4(
+                &Ip {
+                    src: client,
+                    dst: VIP1,
+                    proto: 6,
+                    options: 0,
+                    frag: 0,
+                },
+                &tcp(cport, port, 0x02),
+            ),
+        );
+        assert_eq!(dp.judge(&syn, 0), Verdict::Keep);
+        tracked.push((client, cport, port));
+    }
+    assert_eq!(
+        s.judge(&ethernet(s.cluster_mac, 0x0800, &[0; 40])).0,
+        REDIRECTED
+    );
+
+    // The new map is prepared before the loop adopts it: nothing host 1
+    // keeps under the old map may be dropped yet.
+    s.fast.prepare(&three);
+    for &(client, cport, port) in tracked.iter().take(50) {
+        let f = ethernet(
+            s.cluster_mac,
+            0x0800,
+            &ipv4(
+                &Ip {
+                    src: client,
+                    dst: VIP1,
+                    proto: 6,
+                    options: 0,
+                    frag: 0,
+                },
+                &tcp(cport, port, 0x10),
+            ),
+        );
+        assert_eq!(s.judge(&f).0, REDIRECTED, "dropped before the loop moved");
+    }
+    dp.set_map(three.clone());
+    report.record(&dp);
+    s.fast.settle();
+
+    let local = HostId::new(1).unwrap();
+    let mut dropped = 0usize;
+    let mut judged = 0usize;
+    let mut total = 0usize;
+    let mut tracked_kept = 0usize;
+    for i in 0..4000 {
+        // A tracked connection's next segment, or a random frame.
+        let (client, cport, vip, proto, port, flags) = if i % 8 == 0 {
+            let (c, cp, p) = tracked[i / 8 % tracked.len()];
+            (c, cp, VIP1, 6u8, p, 0x10u8)
+        } else {
+            let vip = match rng.below(10) {
+                0 => NOT_VIP,
+                1..=4 => VIP1,
+                _ => VIP2,
+            };
+            let proto = if rng.below(2) == 0 { 6 } else { 17 };
+            let port = match rng.below(8) {
+                0 => 80 + rng.below(12) as u16,
+                1 => 53,
+                2 => 22,
+                3 => 23,
+                4 => 1000 + rng.below(1200) as u16,
+                5 => rng.below(2000) as u16,
+                _ => 2000 + rng.below(63536) as u16,
+            };
+            let flags = if rng.below(4) == 0 { 0x02 } else { 0x10 };
+            let client = Ipv4Addr::from(rng.next() as u32);
+            (client, rng.next() as u16, vip, proto, port, flags)
+        };
+        let l4 = if proto == 6 {
+            tcp(cport, port, flags)
+        } else {
+            udp(cport, port)
+        };
+        let options = if rng.below(5) == 0 {
+            4 * (1 + rng.below(10) as usize)
+        } else {
+            0
+        };
+        let mut frame = ethernet(
+            s.cluster_mac,
+            0x0800,
+            &ipv4(
+                &Ip {
+                    src: client,
+                    dst: vip,
+                    proto,
+                    options,
+                    frag: if rng.below(2) == 0 { 0x4000 } else { 0 }, // DF or nothing
+                },
+                &l4,
+            ),
+        );
+        if rng.below(4) == 0 {
+            frame = vlan(&frame, if rng.below(2) == 0 { 0x8100 } else { 0x88a8 }, 5);
+        }
+        let (verdict, recorded) = s.judge(&frame);
+        let owner = Dataplane::owner_of(&three, proto, client.into(), cport, vip.into(), port);
+        let userspace = dp.judge(&frame, 1);
+        total += 1;
+
+        assert!(
+            verdict == REDIRECTED || verdict == DROPPED,
+            "frame {i}: unexpected action {verdict}"
+        );
+        if verdict == DROPPED {
+            dropped += 1;
+            assert!(
+                matches!(userspace, Verdict::Drop(_)),
+                "frame {i}: the kernel dropped what userspace judges {userspace:?} \
+                 ({client}:{cport} → {vip}:{port}/{proto})"
+            );
+            assert_ne!(owner.host, Some(local), "frame {i}: dropped our own");
+        }
+        if i % 8 == 0 {
+            assert_eq!(
+                verdict, REDIRECTED,
+                "frame {i}: a tracked connection was dropped"
+            );
+            tracked_kept += 1;
+        }
+        // Which frames the fast path judges, and with which bucket.
+        match (owner.rule, vip != NOT_VIP) {
+            (Some(rule), true) => {
+                judged += 1;
+                let (bucket, slot) = recorded.unwrap_or_else(|| panic!("frame {i} not judged"));
+                let want_slot = layout.rules.iter().position(|r| r.rule == rule).unwrap();
+                assert_eq!(slot as usize, want_slot, "frame {i}: rule slot");
+                assert_eq!(bucket, owner.bucket.unwrap_or(0), "frame {i}: bucket");
+                if let Some(b) = owner.bucket {
+                    let FilterMode::Multiple { affinity } = three.rules[rule].rule.mode else {
+                        panic!()
+                    };
+                    let h = affinity_hash(three.seed, affinity, client.into(), cport, 64);
+                    assert_eq!(b, bucket_of(h));
+                }
+                // Exactly when it drops: the rule is disabled, or another host
+                // owns the flow and no tracked connection sits in its group.
+                let dirty = dp.table().dirty_groups(rule);
+                let expect_drop = match three.rules[rule].rule.mode {
+                    FilterMode::Disabled => true,
+                    FilterMode::Single => owner.host != Some(local) && dirty.is_empty(),
+                    FilterMode::Multiple { .. } => {
+                        owner.host != Some(local)
+                            && owner.host.is_some()
+                            && !dirty.contains(group_of(owner.bucket.unwrap()))
+                    }
+                };
+                assert_eq!(verdict == DROPPED, expect_drop, "frame {i}: rule {rule}");
+            }
+            _ => {
+                assert_eq!(verdict, REDIRECTED, "frame {i}: no rule or not a VIP");
+                assert!(recorded.is_none(), "frame {i}: judged without a rule");
+            }
+        }
+    }
+    eprintln!(
+        "{total} frames: {judged} judged in the kernel, {dropped} dropped, \
+         {tracked_kept} of tracked connections all redirected"
+    );
+    // Host 1 owns about a third: the kernel must drop a real share of what
+    // it judges.
+    assert!(dropped > judged / 2, "only {dropped} of {judged} dropped");
+    let c = s.fast.counters();
+    assert_eq!(c.dropped() as usize, dropped);
+    assert!(c.dropped_rule > 0 && c.dropped_bucket > 0, "{c:?}");
+}
+
+#[test]
+fn frames_the_fast_path_does_not_handle_are_never_dropped() {
+    if !privileged("frames_the_fast_path_does_not_handle_are_never_dropped") {
+        return;
+    }
+    // Host 1 of three; every frame below is for a flow of host 2's (or a
+    // disabled rule), so a careless program would drop it.
+    let three = map(&[1, 2, 3], 1, 1);
+    let s = setup(&three);
+    s.fast.prepare(&three);
+    let mut rng = Rng(99);
+    let foreign = loop {
+        let c = Ipv4Addr::from(rng.next() as u32);
+        let o = Dataplane::owner_of(&three, 6, c.into(), 40000, VIP1.into(), 8080);
+        if o.host == HostId::new(2) {
+            break c;
+        }
+    };
+    let ip = |proto: u8, options: usize, frag: u16| Ip {
+        src: foreign,
+        dst: VIP1,
+        proto,
+        options,
+        frag,
+    };
+    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, 0x0800, payload);
+    // Sanity: the plain frame is dropped.
+    let plain = to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, 0x10)));
+    assert_eq!(s.run(&plain), DROPPED);
+    assert_eq!(
+        s.run(&to_us(&ipv4(&ip(6, 8, 0), &tcp(40000, 8080, 0x10)))),
+        DROPPED,
+        "IPv4 options are stepped over"
+    );
+    assert_eq!(
+        s.run(&to_us(&ipv4(
+            &Ip {
+                dst: VIP2,
+                ..ip(17, 0, 0)
+            },
+            &udp(1, 23)
+        ))),
+        DROPPED,
+        "the disabled rule drops"
+    );
+
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "first fragment",
+            to_us(&ipv4(&ip(6, 0, 0x2000), &tcp(40000, 8080, 0x10))),
+        ),
+        (
+            "later fragment",
+            to_us(&ipv4(&ip(6, 0, 0x0010), &tcp(40000, 8080, 0x10))),
+        ),
+        ("GRE", to_us(&ipv4(&ip(47, 0, 0), &[0; 8]))),
+        ("ESP", to_us(&ipv4(&ip(50, 0, 0), &[0; 16]))),
+        (
+            "AH",
+            to_us(&ipv4(
+                &ip(51, 0, 0),
+                &[6, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            )),
+        ),
+        (
+            "ICMP",
+            to_us(&ipv4(&ip(1, 0, 0), &[3, 3, 0, 0, 0, 0, 0, 0])),
+        ),
+        ("truncated TCP", {
+            let mut f = plain.clone();
+            f.truncate(14 + 20 + 2);
+            f
+        }),
+        ("IHL below 5", {
+            let mut f = plain.clone();
+            f[14] = 0x44;
+            f
+        }),
+        ("IP version 6 in an IPv4 frame", {
+            let mut f = plain.clone();
+            f[14] = 0x65;
+            f
+        }),
+        ("two VLAN tags", vlan(&vlan(&plain, 0x8100, 3), 0x88a8, 4)),
+        ("legacy QinQ tag", vlan(&plain, 0x9100, 3)),
+        (
+            "not a VIP",
+            to_us(&ipv4(
+                &Ip {
+                    dst: NOT_VIP,
+                    ..ip(6, 0, 0)
+                },
+                &tcp(40000, 8080, 0x10),
+            )),
+        ),
+        (
+            "no rule (TCP below 2000)",
+            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 1500, 0x10))),
+        ),
+        ("IPv6 TCP to the IPv6 VIP", {
+            let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+            p.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).octets());
+            p.extend_from_slice(&Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1).octets());
+            p.extend_from_slice(&tcp(40000, 80, 0x10));
+            ethernet(s.cluster_mac, 0x86dd, &p)
+        }),
+        ("ARP", ethernet(s.cluster_mac, 0x0806, &[0; 28])),
+        ("heartbeat", ethernet(s.cluster_mac, 0x886f, &[0; 46])),
+        (
+            "runt",
+            s.cluster_mac
+                .iter()
+                .chain(&CLIENT_MAC)
+                .chain(&[8, 0])
+                .copied()
+                .collect(),
+        ),
+    ];
+    cases.push(("IPv4 header cut short", plain[..14 + 12].to_vec()));
+    for (what, frame) in &cases {
+        assert_eq!(s.run(frame), REDIRECTED, "{what} was not redirected");
+    }
+    // And not to the cluster MAC: the kernel's, as before.
+    let mut other = plain.clone();
+    other[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+    assert_eq!(s.run(&other), XdpAction::Pass as u32);
+}
