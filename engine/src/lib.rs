@@ -4,6 +4,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod control;
 pub mod fastpath;
 pub mod io;
 pub mod replay;

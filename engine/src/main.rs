@@ -72,8 +72,114 @@ enum Command {
     },
     /// Run the engine on this host.
     Run(runtime::RunArgs),
+    /// Host state and cluster membership (NLB `query`).
+    Query(AdminOpts),
+    /// The rules covering VIP[:PORT], PORT or all (NLB `queryport`).
+    Queryport(ScopedOpts),
+    /// Start cluster operations on this host.
+    Start(AdminOpts),
+    /// Stop cluster operations on this host (connections are dropped).
+    Stop(AdminOpts),
+    /// Drain every rule, then stop.
+    Drainstop(AdminOpts),
+    /// Stop and ignore control verbs until `resume`.
+    Suspend(AdminOpts),
+    /// Accept control verbs again.
+    Resume(AdminOpts),
+    /// Enable rules on this host: VIP[:PORT], PORT or all.
+    Enable(ScopedOpts),
+    /// Disable rules on this host (their traffic, tracked or not, moves away).
+    Disable(ScopedOpts),
+    /// Drain rules on this host: no new connections, existing ones served.
+    Drain(ScopedOpts),
+    /// Configuration, state and peers.
+    Display(AdminOpts),
+    /// Timing parameters in force.
+    Params(AdminOpts),
+    /// Re-read the configuration file and converge on it.
+    Reload(AdminOpts),
     /// Benchmarks: pipeline, wire, scaling, disruption (see README).
     Bench(shoal_perf::BenchArgs),
+}
+
+/// How to reach a running shoal.
+#[derive(clap::Args, Debug)]
+struct AdminOpts {
+    /// Print the engine's JSON answer.
+    #[arg(long)]
+    json: bool,
+    /// Which host's engine (its admin socket is /run/shoal/host<ID>.sock).
+    #[arg(long)]
+    host: Option<u8>,
+    /// The admin socket, if not the default.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// An admin verb that acts on rules.
+#[derive(clap::Args, Debug)]
+struct ScopedOpts {
+    /// VIP[:PORT], [V6]:PORT, PORT or all.
+    scope: String,
+    #[command(flatten)]
+    opts: AdminOpts,
+}
+
+/// Exit code when the engine answered with a return code other than
+/// WLBS_OK or WLBS_ALREADY.
+const EXIT_REFUSED: u8 = 3;
+
+fn admin(verb: &str, scope: Option<&str>, opts: &AdminOpts) -> Result<ExitCode> {
+    let mut words = vec![verb];
+    if let Some(s) = scope {
+        words.push(s);
+    }
+    let req = match shoal_controlplane::Request::from_args(&words) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal {verb}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let socket = match (&opts.socket, opts.host) {
+        (Some(p), _) => p.clone(),
+        (None, Some(h)) => shoal_engine::control::default_socket(h),
+        (None, None) => match only_socket() {
+            Some(p) => p,
+            None => {
+                eprintln!("shoal {verb}: no running shoal found in /run/shoal (or several: choose with --host ID)");
+                return Ok(ExitCode::from(1));
+            }
+        },
+    };
+    let resp = shoal_engine::control::call(&socket, &req)
+        .with_context(|| format!("talking to shoal at {}", socket.display()))?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        println!("{} ({}): {}", resp.status, resp.code.code(), resp.message);
+        if !matches!(resp.body, shoal_controlplane::admin::Body::None) {
+            println!("{}", serde_json::to_string_pretty(&resp.body)?);
+        }
+    }
+    Ok(if shoal_controlplane::admin::succeeded(resp.code) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_REFUSED)
+    })
+}
+
+/// The admin socket when exactly one shoal runs on this machine.
+fn only_socket() -> Option<PathBuf> {
+    let entries: Vec<PathBuf> = std::fs::read_dir("/run/shoal")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    match entries.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +285,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             runtime::run(config, args)?;
         }
         Command::Bench(args) => shoal_perf::run(args)?,
+        Command::Query(o) => return admin("query", None, &o),
+        Command::Queryport(o) => return admin("queryport", Some(&o.scope), &o.opts),
+        Command::Start(o) => return admin("start", None, &o),
+        Command::Stop(o) => return admin("stop", None, &o),
+        Command::Drainstop(o) => return admin("drainstop", None, &o),
+        Command::Suspend(o) => return admin("suspend", None, &o),
+        Command::Resume(o) => return admin("resume", None, &o),
+        Command::Enable(o) => return admin("enable", Some(&o.scope), &o.opts),
+        Command::Disable(o) => return admin("disable", Some(&o.scope), &o.opts),
+        Command::Drain(o) => return admin("drain", Some(&o.scope), &o.opts),
+        Command::Display(o) => return admin("display", None, &o),
+        Command::Params(o) => return admin("params", None, &o),
+        Command::Reload(o) => return admin("reload", None, &o),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use shoal_dataplane::mac::{igmp_mac, masked_source_mac, multicast_mac, unicast_m
 use shoal_dataplane::map::{ClusterMap, View};
 use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdict};
 use shoal_dataplane::reply;
-use shoal_dataplane::{ClusterMode, HostId};
+use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
 
@@ -55,38 +55,52 @@ pub struct RunArgs {
     /// Override `[io].backend` (af_xdp, af_packet, auto).
     #[arg(long)]
     pub backend: Option<String>,
+    /// The admin socket (default /run/shoal/host<ID>.sock).
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// The map every poll loop reads once per batch.
+///
+/// `publish` bumps a sequence number; a loop compares it with the one it
+/// last saw (one atomic load per batch) and takes the lock only when it
+/// moved. The sequence, not the map's epoch, is compared, so a map
+/// republished with the same epoch (new dirty groups) is picked up too.
 #[derive(Debug)]
 pub struct MapCell {
-    epoch: AtomicU64,
+    seq: AtomicU64,
     map: Mutex<Arc<ClusterMap>>,
 }
 
 impl MapCell {
-    /// A cell holding `map`.
+    /// A cell holding `map`, at sequence 1.
     pub fn new(map: Arc<ClusterMap>) -> Self {
         Self {
-            epoch: AtomicU64::new(map.epoch),
+            seq: AtomicU64::new(1),
             map: Mutex::new(map),
         }
     }
 
-    /// Publishes `map` (its epoch must increase).
+    /// Publishes `map`.
     pub fn publish(&self, map: Arc<ClusterMap>) {
-        let epoch = map.epoch;
-        *self.map.lock() = map;
-        self.epoch.store(epoch, Ordering::Release);
+        let mut guard = self.map.lock();
+        *guard = map;
+        self.seq.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The newest map if its epoch differs from `seen`.
+    /// The map in force.
+    pub fn current(&self) -> Arc<ClusterMap> {
+        self.map.lock().clone()
+    }
+
+    /// The newest map and its sequence if the sequence differs from `seen`.
     #[inline]
-    pub fn newer_than(&self, seen: u64) -> Option<Arc<ClusterMap>> {
-        if self.epoch.load(Ordering::Acquire) == seen {
+    pub fn newer_than(&self, seen: u64) -> Option<(u64, Arc<ClusterMap>)> {
+        if self.seq.load(Ordering::Acquire) == seen {
             None
         } else {
-            Some(self.map.lock().clone())
+            let guard = self.map.lock();
+            Some((self.seq.load(Ordering::Acquire), guard.clone()))
         }
     }
 }
@@ -125,6 +139,25 @@ pub struct LoopStats {
     pub transmitted: u64,
     /// Live descriptors.
     pub descriptors: u64,
+    /// Epoch of the map this loop runs.
+    pub epoch: u64,
+    /// Per rule, the groups where this loop tracks entries it no longer owns.
+    pub dirty: Vec<shoal_dataplane::map::GroupBits>,
+    /// Live descriptors per rule.
+    pub by_rule: [u32; shoal_dataplane::MAX_RULES],
+}
+
+impl LoopStats {
+    /// Copies what the control thread needs from `dp`.
+    pub fn snapshot(&mut self, dp: &Dataplane) {
+        self.dataplane = dp.counters().clone();
+        self.descriptors = dp.table().len() as u64;
+        self.epoch = dp.map().epoch;
+        self.dirty = (0..dp.map().rules.len())
+            .map(|r| dp.table().dirty_groups(r))
+            .collect();
+        self.by_rule = *dp.table().live_by_rule();
+    }
 }
 
 struct PollLoop {
@@ -152,10 +185,15 @@ impl PollLoop {
         let mut local = LoopStats::default();
         let mut idle_rounds = 0u32;
         let mut last_publish = Instant::now();
+        let mut seen_seq = 0u64;
         while !STOP.load(Ordering::Relaxed) {
             let now = self.start.elapsed().as_nanos() as u64;
-            if let Some(map) = self.cell.newer_than(self.dataplane.map().epoch) {
+            if let Some((seq, map)) = self.cell.newer_than(seen_seq) {
+                seen_seq = seq;
                 self.dataplane.set_map(map);
+                // Acknowledge at once: the control thread waits for it.
+                local.snapshot(&self.dataplane);
+                *self.stats.lock() = local.clone();
             }
             let mut got = 0;
             for io in &mut self.backends {
@@ -192,8 +230,7 @@ impl PollLoop {
             }
             self.dataplane.tick(now, 256);
             if last_publish.elapsed() >= Duration::from_millis(200) {
-                local.dataplane = self.dataplane.counters().clone();
-                local.descriptors = self.dataplane.table().len() as u64;
+                local.snapshot(&self.dataplane);
                 *self.stats.lock() = local.clone();
                 last_publish = Instant::now();
             }
@@ -215,8 +252,7 @@ impl PollLoop {
                 idle_rounds = 0;
             }
         }
-        local.dataplane = self.dataplane.counters().clone();
-        local.descriptors = self.dataplane.table().len() as u64;
+        local.snapshot(&self.dataplane);
         *self.stats.lock() = local;
     }
 }
@@ -341,7 +377,6 @@ struct ControlThread {
     cluster_mac: Mac,
     source_mac: Mac,
     cell: Arc<MapCell>,
-    rx: Receiver<Vec<u8>>,
     outbound: Arc<Mutex<Vec<Vec<u8>>>>,
     answered: u64,
     /// In igmp mode: the cluster group and the address reports come from.
@@ -380,7 +415,7 @@ impl ControlThread {
                 }
             }
         }
-        let map = self.cell.map.lock().clone();
+        let map = self.cell.current();
         if map.default_host != Some(self.local) {
             return;
         }
@@ -498,6 +533,28 @@ fn counters_json(
     })
 }
 
+/// Adds the control plane's state to the counters JSON: `cluster` with
+/// `state`, `epoch`, `members`, `heartbeats_sent`, `heartbeats_refused` (by
+/// reason) and `arp_nd_answered`.
+fn with_cluster(
+    mut json: serde_json::Value,
+    c: Option<&crate::control::Clustered>,
+) -> serde_json::Value {
+    if let Some(c) = c {
+        let (view, epoch) = c.machine.effective_view();
+        json["arp_nd_answered"] = c.answered.into();
+        json["cluster"] = serde_json::json!({
+            "state": format!("{:?}", c.machine.state()).to_lowercase(),
+            "phase": format!("{:?}", c.machine.phase()).to_lowercase(),
+            "epoch": epoch,
+            "members": view.members.iter().map(|h| h.get()).collect::<Vec<_>>(),
+            "heartbeats_sent": c.sent,
+            "heartbeats_refused": c.refused,
+        });
+    }
+    json
+}
+
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -512,16 +569,22 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?
         .clone();
     let local = host.id;
-    if !args.static_view {
-        bail!(
-            "this build has no control plane yet: run with --static-view \
-             (every configured host is taken as live)"
-        );
-    }
     install_signal_handlers();
     let spec = config.spec();
-    let view = View::converged(&spec, config.host_ids());
-    let map = Arc::new(ClusterMap::build(&spec, &view, local, 1));
+    // A static view takes every configured host as live at once; with the
+    // control plane, nobody owns anything until the cluster converges.
+    let members = if args.static_view {
+        config.host_ids()
+    } else {
+        HostSet::EMPTY
+    };
+    let view = View::converged(&spec, members);
+    let map = Arc::new(ClusterMap::build(
+        &spec,
+        &view,
+        local,
+        if args.static_view { 1 } else { 0 },
+    ));
     let cell = Arc::new(MapCell::new(map.clone()));
     let cluster_mac = cluster_mac(&config);
     let backend_choice = match args.backend.as_deref() {
@@ -580,7 +643,6 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         cluster_mac,
         source_mac: masked_source_mac(local, config.primary_vip()),
         cell: cell.clone(),
-        rx: control_rx,
         outbound: outbound.clone(),
         answered: 0,
         igmp: (config.cluster.mode == ClusterMode::Igmp).then(|| {
@@ -599,38 +661,100 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         }),
         igmp_reports: 0,
     };
-    control.announce(&map);
     control.report_membership();
     let mut last_report = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(2);
-    while !STOP.load(Ordering::Relaxed) {
-        match control.rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(frame) => control.handle(&frame),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
-            last_report = Instant::now();
-            control.report_membership();
-        }
-        if last_stats.elapsed() >= Duration::from_secs(1) {
-            last_stats = Instant::now();
+    let write_stats =
+        |control: &ControlThread, clustered: Option<&crate::control::Clustered>| -> Result<()> {
             if let Some(path) = &args.stats {
                 let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-                let json = counters_json(local, &backend_name, &snapshot, &control);
+                let json = with_cluster(
+                    counters_json(local, &backend_name, &snapshot, control),
+                    clustered,
+                );
                 let tmp = path.with_extension("tmp");
                 if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
                     let _ = std::fs::rename(&tmp, path);
                 }
             }
+            Ok(())
+        };
+    let mut clustered = None;
+    if args.static_view {
+        control.announce(&map);
+        while !STOP.load(Ordering::Relaxed) {
+            match control_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(frame) => control.handle(&frame),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
+                last_report = Instant::now();
+                control.report_membership();
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                write_stats(&control, None)?;
+            }
         }
+    } else {
+        let key_path = config.key_path();
+        let key_text = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading the cluster key {}", key_path.display()))?;
+        let key = shoal_config::parse_cluster_key(&key_text)
+            .map_err(|e| anyhow!("cluster key {}: {e}", key_path.display()))?;
+        let boot_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let mut ccfg = shoal_controlplane::Config::new(local, *key.as_bytes(), boot_id);
+        ccfg.period_ns = config.heartbeat.period_ms as u64 * 1_000_000;
+        ccfg.tolerance = config.heartbeat.tolerance;
+        ccfg.converge_periods = config.heartbeat.converge_periods;
+        let machine = shoal_controlplane::Machine::new(ccfg, spec.clone(), 0);
+        let (admin_tx, admin_rx) = sync_channel(16);
+        let admin_stop = Arc::new(AtomicBool::new(false));
+        let socket = args
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| crate::control::default_socket(local.get()));
+        let admin_thread = crate::control::serve_admin(&socket, admin_tx, admin_stop.clone())
+            .with_context(|| format!("admin socket {}", socket.display()))?;
+        tracing::info!(socket = %socket.display(), period_ms = config.heartbeat.period_ms, tolerance = config.heartbeat.tolerance, "control plane running");
+        let mut c = crate::control::Clustered::new(
+            machine,
+            cell.clone(),
+            stats.clone(),
+            outbound.clone(),
+            cluster_mac,
+            masked_source_mac(local, config.primary_vip()),
+            config.source.clone(),
+        );
+        c.run(&control_rx, &admin_rx, &STOP, |c| {
+            if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
+                last_report = Instant::now();
+                control.report_membership();
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                if let Err(e) = write_stats(&control, Some(c)) {
+                    tracing::debug!(error = %e, "writing stats");
+                }
+            }
+        });
+        admin_stop.store(true, Ordering::SeqCst);
+        let _ = admin_thread.join();
+        clustered = Some(c);
     }
     STOP.store(true, Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
     }
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-    let json = counters_json(local, &backend_name, &snapshot, &control);
+    let json = with_cluster(
+        counters_json(local, &backend_name, &snapshot, &control),
+        clustered.as_ref(),
+    );
     if let Some(path) = &args.stats {
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
     }

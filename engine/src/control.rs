@@ -1,0 +1,436 @@
+//! The control thread with a control plane: drives the sans-IO
+//! [`shoal_controlplane::Machine`] with heartbeats from the poll loops, admin
+//! requests from the local socket and the clock; installs the maps it asks
+//! for in every poll loop; sends its heartbeats; answers ARP/ND for the VIPs
+//! when this host is the default host of the map in force.
+//!
+//! # The ordering that keeps frames on at most one host
+//!
+//! On `EffectiveViewChanged { view, epoch }` the map is compiled, published,
+//! and this thread waits until every poll loop reports running it (each loop
+//! acknowledges the epoch it installed, at most a batch or an idle wait
+//! later). Only then are the loops' dirty groups for that epoch handed to the
+//! machine with `handle_dirty`, and only after that can the next heartbeat
+//! leave: the machine never advertises a promise the dataplane does not yet
+//! keep. A loop that does not acknowledge within [`INSTALL_TIMEOUT`] delays
+//! convergence (logged), never safety.
+//!
+//! # The admin socket
+//!
+//! A root-only (0600) Unix stream socket, one JSON request line in, one JSON
+//! response line out (`shoal_controlplane::admin`). Its default path is
+//! `/run/shoal/host<ID>.sock`; `shoal run --admin-socket` and the verbs'
+//! `--socket` change it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use shoal_controlplane::admin::{decode_request, encode_response, Body};
+use shoal_controlplane::{Event, Machine, Request, Response, ReturnCode};
+use shoal_dataplane::mac::Mac;
+use shoal_dataplane::map::{ClusterMap, GroupBits};
+use shoal_dataplane::packet::{parse_frame, FrameKind};
+use shoal_dataplane::{HostId, MAX_RULES};
+
+use crate::runtime::{LoopStats, MapCell};
+
+/// Longest the control thread waits for every poll loop to run a new map.
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default admin socket of host `id`.
+pub fn default_socket(id: u8) -> PathBuf {
+    PathBuf::from(format!("/run/shoal/host{id}.sock"))
+}
+
+/// One admin request and where its answer goes.
+pub type AdminCall = (Request, SyncSender<Response>);
+
+/// Serves the admin socket on its own thread until `stop` is set: each
+/// connection carries one request line and gets one response line.
+pub fn serve_admin(
+    path: &Path,
+    calls: SyncSender<AdminCall>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A stale socket of a dead process is in the way of bind.
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("shoal-admin".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = answer(stream, &calls);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })
+}
+
+fn answer(stream: UnixStream, calls: &SyncSender<AdminCall>) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?)
+        .take(64 * 1024)
+        .read_line(&mut line)?;
+    let response = match decode_request(&line) {
+        Ok(req) => {
+            let (tx, rx) = sync_channel(1);
+            if calls.send((req, tx)).is_err() {
+                Response::new(ReturnCode::Stopped, "shoal is shutting down", Body::None)
+            } else {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| {
+                        Response::new(
+                            ReturnCode::Converging,
+                            "the control thread did not answer in time",
+                            Body::None,
+                        )
+                    })
+            }
+        }
+        Err(e) => Response::new(
+            ReturnCode::BadParams,
+            format!("bad request: {e}"),
+            Body::None,
+        ),
+    };
+    let mut stream = stream;
+    stream.write_all(encode_response(&response).as_bytes())
+}
+
+/// Sends one request to a running shoal and reads its answer.
+pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.write_all(shoal_controlplane::admin::encode_request(req).as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    shoal_controlplane::admin::decode_response(&line)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// The control thread's state with a control plane.
+pub struct Clustered {
+    /// The membership and convergence machine.
+    pub machine: Machine,
+    local: HostId,
+    cell: Arc<MapCell>,
+    loops: Vec<Arc<Mutex<LoopStats>>>,
+    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    cluster_mac: Mac,
+    source_mac: Mac,
+    start: Instant,
+    /// Epoch of the map in force.
+    epoch: u64,
+    /// ARP and ND requests answered.
+    pub answered: u64,
+    /// Heartbeats sent.
+    pub sent: u64,
+    /// Heartbeats refused, by reason name.
+    pub refused: std::collections::BTreeMap<String, u64>,
+    last_period: Instant,
+    config_path: PathBuf,
+}
+
+impl std::fmt::Debug for Clustered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clustered")
+            .field("local", &self.local)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clustered {
+    /// A control thread for `machine`, publishing into `cell`, reading the
+    /// poll loops' shared `loops` stats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        machine: Machine,
+        cell: Arc<MapCell>,
+        loops: Vec<Arc<Mutex<LoopStats>>>,
+        outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+        cluster_mac: Mac,
+        source_mac: Mac,
+        config_path: PathBuf,
+    ) -> Self {
+        let local = machine.host();
+        Self {
+            machine,
+            local,
+            cell,
+            loops,
+            outbound,
+            cluster_mac,
+            source_mac,
+            start: Instant::now(),
+            epoch: 0,
+            answered: 0,
+            sent: 0,
+            refused: Default::default(),
+            last_period: Instant::now(),
+            config_path,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// How long to wait for input before the machine's next deadline.
+    pub fn wait(&self) -> Duration {
+        let now = self.now();
+        let deadline = self.machine.poll_timeout();
+        Duration::from_nanos(deadline.saturating_sub(now))
+            .clamp(Duration::from_millis(1), Duration::from_millis(50))
+    }
+
+    /// A control frame from a poll loop.
+    pub fn handle_frame(&mut self, frame: &[u8]) {
+        let now = self.now();
+        let Ok(info) = parse_frame(frame) else { return };
+        match info.kind {
+            FrameKind::Heartbeat => {
+                if let Err(e) = self.machine.handle_heartbeat(frame, now) {
+                    *self.refused.entry(format!("{e}")).or_default() += 1;
+                }
+            }
+            _ => self.answer_neighbour(frame),
+        }
+    }
+
+    fn answer_neighbour(&mut self, frame: &[u8]) {
+        let map = self.cell.current();
+        if map.default_host != Some(self.local) {
+            return;
+        }
+        let mut buf = [0u8; shoal_dataplane::reply::MAX_REPLY];
+        let n = shoal_dataplane::reply::arp_reply(
+            frame,
+            &map.vips,
+            self.cluster_mac,
+            self.source_mac,
+            &mut buf,
+        )
+        .or_else(|| {
+            shoal_dataplane::reply::neighbor_advert(
+                frame,
+                &map.vips,
+                self.cluster_mac,
+                self.source_mac,
+                &mut buf,
+            )
+        });
+        if let Some(n) = n {
+            self.outbound.lock().push(buf[..n].to_vec());
+            self.answered += 1;
+        }
+    }
+
+    /// An admin request.
+    pub fn handle_admin(&mut self, req: &Request) -> Response {
+        let now = self.now();
+        if *req == Request::Reload {
+            return match shoal_config::load(&self.config_path) {
+                Ok(config) => {
+                    self.machine.handle_reload(config.spec(), now);
+                    Response::new(
+                        ReturnCode::Ok,
+                        format!("reloaded {}", self.config_path.display()),
+                        Body::None,
+                    )
+                }
+                Err(errors) => Response::new(ReturnCode::BadParams, errors.to_string(), Body::None),
+            };
+        }
+        self.machine.handle_admin(req, now)
+    }
+
+    /// Timers, events, map installs, dirty and load reports, heartbeats.
+    pub fn step(&mut self, stop: &AtomicBool) {
+        let now = self.now();
+        self.machine.handle_timeout(now);
+        self.drain_events(stop);
+        let period = Duration::from_nanos(self.machine.period_in_use().max(1_000_000));
+        if self.last_period.elapsed() >= period {
+            self.last_period = Instant::now();
+            self.report_dataplane();
+            self.drain_events(stop);
+        }
+        let mut buf = [0u8; 1536];
+        while let Some(n) = self.machine.poll_transmit(self.now(), &mut buf) {
+            self.outbound.lock().push(buf[..n].to_vec());
+            self.sent += 1;
+        }
+    }
+
+    fn drain_events(&mut self, stop: &AtomicBool) {
+        while let Some(ev) = self.machine.poll_event() {
+            match ev {
+                Event::EffectiveViewChanged { view, epoch, .. } => self.install(view, epoch, stop),
+                Event::DirtyElsewhereChanged => self.refresh_dirty_elsewhere(),
+                Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
+                Event::DuplicateId(h) => tracing::warn!(
+                    host = h.get(),
+                    "two hosts use this ID: kept out of the view"
+                ),
+                other => tracing::info!(event = ?other, "control plane"),
+            }
+        }
+    }
+
+    fn compile(&mut self, view: &shoal_dataplane::map::View, epoch: u64) -> ClusterMap {
+        let mut map = ClusterMap::build(self.machine.spec(), view, self.local, epoch);
+        for r in 0..map.rules.len() {
+            map.set_dirty_elsewhere(r, self.machine.dirty_elsewhere(r));
+        }
+        map
+    }
+
+    fn install(&mut self, view: shoal_dataplane::map::View, epoch: u64, stop: &AtomicBool) {
+        let started = Instant::now();
+        let map = self.compile(&view, epoch);
+        self.cell.publish(Arc::new(map));
+        self.epoch = epoch;
+        // Wait until every poll loop runs it.
+        loop {
+            if self.loops.iter().all(|l| l.lock().epoch >= epoch) {
+                break;
+            }
+            if started.elapsed() > INSTALL_TIMEOUT || stop.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    epoch,
+                    "a poll loop did not install the new map in time; convergence waits"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let dirty = self.dirty_union();
+        self.machine.handle_dirty(epoch, &dirty, self.now());
+        tracing::info!(epoch, members = ?view.members, took_us = started.elapsed().as_micros() as u64, "map installed");
+        // The default host tells the segment where the VIPs are (after a
+        // failover the new default host's gratuitous ARP refreshes caches).
+        let map = self.cell.current();
+        if map.default_host == Some(self.local) {
+            for vip in &map.vips {
+                if let IpAddr::V4(v) = vip {
+                    let mut buf = [0u8; shoal_dataplane::reply::MAX_REPLY];
+                    let n = shoal_dataplane::reply::gratuitous_arp(
+                        *v,
+                        self.cluster_mac,
+                        self.source_mac,
+                        &mut buf,
+                    );
+                    self.outbound.lock().push(buf[..n].to_vec());
+                }
+            }
+        }
+    }
+
+    fn refresh_dirty_elsewhere(&mut self) {
+        let current = self.cell.current();
+        let mut map = (*current).clone();
+        for r in 0..map.rules.len() {
+            map.set_dirty_elsewhere(r, self.machine.dirty_elsewhere(r));
+        }
+        self.cell.publish(Arc::new(map));
+    }
+
+    fn dirty_union(&self) -> Vec<GroupBits> {
+        let rules = self.machine.spec().rules.len();
+        let mut union = vec![GroupBits::default(); rules];
+        for l in &self.loops {
+            let l = l.lock();
+            for (r, bits) in l.dirty.iter().enumerate().take(rules) {
+                for g in bits.iter() {
+                    union[r].insert(g);
+                }
+            }
+        }
+        union
+    }
+
+    /// Once per period: the loops' dirty groups and live descriptors per rule.
+    fn report_dataplane(&mut self) {
+        let now = self.now();
+        if self.epoch > 0 && self.loops.iter().all(|l| l.lock().epoch >= self.epoch) {
+            let dirty = self.dirty_union();
+            self.machine.handle_dirty(self.epoch, &dirty, now);
+        }
+        let mut by_rule = [0u64; MAX_RULES];
+        for l in &self.loops {
+            for (a, b) in by_rule.iter_mut().zip(l.lock().by_rule.iter()) {
+                *a += *b as u64;
+            }
+        }
+        for (rule, n) in by_rule
+            .iter()
+            .enumerate()
+            .take(self.machine.spec().rules.len())
+        {
+            self.machine.handle_load(rule, *n, now);
+        }
+    }
+
+    /// Runs until `stop`: control frames from `frames`, admin calls from `admin`.
+    pub fn run(
+        &mut self,
+        frames: &Receiver<Vec<u8>>,
+        admin: &Receiver<AdminCall>,
+        stop: &AtomicBool,
+        mut tick: impl FnMut(&mut Self),
+    ) {
+        while !stop.load(Ordering::Relaxed) {
+            match frames.recv_timeout(self.wait()) {
+                Ok(frame) => {
+                    self.handle_frame(&frame);
+                    // Take whatever else is queued without waiting.
+                    while let Ok(frame) = frames.try_recv() {
+                        self.handle_frame(&frame);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok((req, reply)) = admin.try_recv() {
+                let resp = self.handle_admin(&req);
+                let _ = reply.send(resp);
+            }
+            self.step(stop);
+            tick(self);
+        }
+    }
+
+    /// The VIPs of the map in force.
+    pub fn vips(&self) -> Vec<IpAddr> {
+        self.cell.current().vips.clone()
+    }
+}
