@@ -351,10 +351,31 @@ impl LoopReport {
     }
 }
 
+/// What one map lets a poll loop keep under one rule, before dirty groups.
+#[derive(Debug)]
+enum Share {
+    /// Nothing, whatever is tracked (the rule is disabled, or disabled here).
+    Nothing,
+    /// Everything (a single-host rule this host serves, or nobody does).
+    Everything,
+    /// A single-host rule another host serves: only what is tracked.
+    Tracked,
+    /// A multiple-host rule: the buckets this host owns or nobody owns, and
+    /// what is tracked.
+    Buckets(Keep),
+}
+
+/// A map in flight and its shares, per slot, computed once.
+#[derive(Debug)]
+struct InFlight {
+    map: Arc<ClusterMap>,
+    shares: Vec<Share>,
+}
+
 #[derive(Debug)]
 struct Sync {
     /// Maps a poll loop may be judging with, oldest first.
-    in_flight: Vec<Arc<ClusterMap>>,
+    in_flight: Vec<InFlight>,
     /// What the kernel holds, per slot: action and (when it is or was a
     /// bitmap) the bitmap.
     written: Vec<(u32, Option<Keep>)>,
@@ -453,7 +474,26 @@ impl FastPath {
             );
             return;
         }
-        sync.in_flight.push(next.clone());
+        let shares = self
+            .maps
+            .layout
+            .rules
+            .iter()
+            .map(|r| share_under(next, r.rule))
+            .collect();
+        // A republished map of the same view (new dirty groups elsewhere)
+        // shares the same keeps: replace rather than pile up.
+        if sync
+            .in_flight
+            .last()
+            .is_some_and(|f| f.map.view == next.view && f.map.local == next.local)
+        {
+            sync.in_flight.pop();
+        }
+        sync.in_flight.push(InFlight {
+            map: next.clone(),
+            shares,
+        });
         self.write(&mut sync);
     }
 
@@ -465,7 +505,7 @@ impl FastPath {
         if sync.off.is_some() {
             return;
         }
-        let Some(newest) = sync.in_flight.last().map(|m| m.epoch) else {
+        let Some(newest) = sync.in_flight.last().map(|f| f.map.epoch) else {
             return;
         };
         let all_moved = self.reports.lock().iter().all(|r| {
@@ -479,6 +519,24 @@ impl FastPath {
             sync.in_flight.drain(..keep_from);
         }
         self.write(&mut sync);
+    }
+
+    /// Starts a thread that calls [`FastPath::settle`] every `period` for as
+    /// long as another handle to `this` lives.
+    pub fn spawn_settler(
+        this: &Arc<Self>,
+        period: std::time::Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = Arc::downgrade(this);
+        std::thread::Builder::new()
+            .name("shoal-xdp-fast".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                match weak.upgrade() {
+                    Some(f) => f.settle(),
+                    None => return,
+                }
+            })
     }
 
     /// The keep set of every slot for the maps in flight and the latest
@@ -495,7 +553,7 @@ impl FastPath {
             .rules
             .iter()
             .enumerate()
-            .map(|(slot, fr)| {
+            .map(|(slot, _)| {
                 let mut dirty = GroupBits::default();
                 let mut any_dirty = false;
                 for rep in &reports {
@@ -507,8 +565,24 @@ impl FastPath {
                     }
                 }
                 let mut keep = Keep::none();
-                for map in &sync.in_flight {
-                    keep_under(map, fr.rule, &dirty, any_dirty, &mut keep);
+                for f in &sync.in_flight {
+                    match &f.shares[slot] {
+                        Share::Nothing => {}
+                        Share::Everything => keep.fill(),
+                        Share::Tracked => {
+                            if any_dirty {
+                                keep.fill();
+                            }
+                        }
+                        Share::Buckets(owned) => {
+                            for (w, o) in keep.words.iter_mut().zip(owned.words.iter()) {
+                                *w |= o;
+                            }
+                            for g in dirty.iter() {
+                                keep.set_group(g);
+                            }
+                        }
+                    }
                 }
                 keep
             })
@@ -561,33 +635,33 @@ impl FastPath {
     }
 }
 
-/// Adds to `keep` the buckets of rule `rule` that a poll loop judging with
-/// `map` might keep (see the module docs).
-fn keep_under(map: &ClusterMap, rule: usize, dirty: &GroupBits, any_dirty: bool, keep: &mut Keep) {
+/// What a poll loop judging with `map` may keep under rule `rule`, before
+/// tracked connections (see the module docs).
+fn share_under(map: &ClusterMap, rule: usize) -> Share {
     let Some(compiled) = map.rules.get(rule) else {
-        keep.fill();
-        return;
+        return Share::Everything;
     };
     if compiled.disabled_here {
-        return;
+        return Share::Nothing;
     }
     let local = map.local.get();
     match &compiled.owner {
-        RuleOwner::Disabled => {}
+        RuleOwner::Disabled => Share::Nothing,
         RuleOwner::Single(owner) => {
-            if owner.is_none_or(|h| h.get() == local) || any_dirty {
-                keep.fill();
+            if owner.is_none_or(|h| h.get() == local) {
+                Share::Everything
+            } else {
+                Share::Tracked
             }
         }
         RuleOwner::Buckets(buckets) => {
+            let mut keep = Keep::none();
             for (b, &o) in buckets.owners().iter().enumerate() {
                 if o == local || o == 0 {
                     keep.set(b);
                 }
             }
-            for g in dirty.iter() {
-                keep.set_group(g);
-            }
+            Share::Buckets(keep)
         }
     }
 }
@@ -747,6 +821,28 @@ mod tests {
         report.record_groups(1, dirty);
         f.settle();
         assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
+    }
+
+    #[test]
+    fn republished_views_do_not_pile_up_and_the_settler_settles() {
+        let (_, f) = fast();
+        let f = Arc::new(f);
+        let report = f.loop_report();
+        f.prepare(&map(&[1], 1, 1));
+        f.prepare(&map(&[1], 1, 1));
+        assert_eq!(f.sync.lock().in_flight.len(), 1);
+        f.prepare(&map(&[1, 2], 1, 2));
+        assert_eq!(f.sync.lock().in_flight.len(), 2);
+        report.record_groups(2, vec![GroupBits::default(); 3]);
+        let t = FastPath::spawn_settler(&f, std::time::Duration::from_millis(5)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while f.sync.lock().in_flight.len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(f.sync.lock().in_flight.len(), 1);
+        assert_eq!(keep_of(&f, 0).0, ACTION_BITMAP);
+        drop(f);
+        t.join().unwrap();
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct RunArgs {
 pub struct MapCell {
     seq: AtomicU64,
     map: Mutex<Arc<ClusterMap>>,
+    /// The XDP fast path, told about every map before it is published.
+    fast_path: std::sync::OnceLock<Arc<crate::fastpath::FastPath>>,
 }
 
 impl MapCell {
@@ -78,11 +80,27 @@ impl MapCell {
         Self {
             seq: AtomicU64::new(1),
             map: Mutex::new(map),
+            fast_path: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps the XDP fast path's maps ahead of every map published here
+    /// (call once, before the poll loops start).
+    pub fn attach_fast_path(&self, fast: Arc<crate::fastpath::FastPath>) {
+        fast.prepare(&self.map.lock());
+        let _ = self.fast_path.set(fast);
+    }
+
+    /// Frames the XDP fast path dropped in the kernel.
+    pub fn xdp_dropped(&self) -> u64 {
+        self.fast_path.get().map_or(0, |f| f.counters().dropped())
     }
 
     /// Publishes `map`.
     pub fn publish(&self, map: Arc<ClusterMap>) {
+        if let Some(f) = self.fast_path.get() {
+            f.prepare(&map);
+        }
         let mut guard = self.map.lock();
         *guard = map;
         self.seq.fetch_add(1, Ordering::AcqRel);
@@ -172,6 +190,8 @@ struct PollLoop {
     batch: usize,
     idle: IdlePolicy,
     start: Instant,
+    /// This loop's line to the XDP fast path.
+    fast_path: Option<Arc<crate::fastpath::LoopReport>>,
 }
 
 impl PollLoop {
@@ -191,6 +211,9 @@ impl PollLoop {
             if let Some((seq, map)) = self.cell.newer_than(seen_seq) {
                 seen_seq = seq;
                 self.dataplane.set_map(map);
+                if let Some(f) = &self.fast_path {
+                    f.record(&self.dataplane);
+                }
                 // Acknowledge at once: the control thread waits for it.
                 local.snapshot(&self.dataplane);
                 *self.stats.lock() = local.clone();
@@ -230,6 +253,9 @@ impl PollLoop {
             }
             self.dataplane.tick(now, 256);
             if last_publish.elapsed() >= Duration::from_millis(200) {
+                if let Some(f) = &self.fast_path {
+                    f.record(&self.dataplane);
+                }
                 local.snapshot(&self.dataplane);
                 *self.stats.lock() = local.clone();
                 last_publish = Instant::now();
@@ -529,6 +555,7 @@ fn counters_json(
         "batches": batches,
         "descriptors": descriptors,
         "untracked": total.untracked,
+        "xdp_dropped": thread.cell.xdp_dropped(),
         "per_core": per_core,
     })
 }
@@ -600,6 +627,12 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         crate::wiring::Wiring::bring_up(&config, &host, cluster_mac, backend_choice, &polls)
             .context("setting up the host")?;
     let backend_name = wiring.backend_name.clone();
+    let fast_path = wiring.fast_path();
+    if let Some(f) = &fast_path {
+        cell.attach_fast_path(f.clone());
+        crate::fastpath::FastPath::spawn_settler(f, Duration::from_millis(250))
+            .context("spawning the XDP fast path settler")?;
+    }
     tracing::info!(host = local.get(), backend = %backend_name, vips = ?config.cluster.vips, cluster_mac = %cluster_mac, "shoal running");
 
     let (control_tx, control_rx) = sync_channel::<Vec<u8>>(4096);
@@ -625,6 +658,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             batch: (config.io.batch_size as usize).clamp(1, MAX_BATCH),
             idle: config.io.idle,
             start,
+            fast_path: fast_path.as_ref().map(|f| f.loop_report()),
         };
         threads.push(
             std::thread::Builder::new()

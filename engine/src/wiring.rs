@@ -5,6 +5,8 @@
 //!
 //! `backend = "auto"` tries AF_XDP and falls back to AF_PACKET with the
 //! reason logged; the backend in use is named in the logs and the counters.
+//! AF_XDP comes with the XDP fast path (other hosts' buckets dropped in the
+//! kernel, see [`crate::fastpath`]) unless `SHOAL_XDP_FAST_PATH=0`.
 
 use std::net::IpAddr;
 
@@ -17,7 +19,9 @@ use crate::afpacket::{AfPacket, AfPacketConfig, Membership};
 use crate::afxdp::{AfXdp, AfXdpConfig, XdpAttachment, XdpMode};
 use crate::io::{Delivery, FrameIo};
 use crate::setup::{HostSetup, HostSetupConfig};
+use crate::sys::bpf::KernelBpf;
 use crate::tap::TapConfig;
+use crate::xdp::fast::FastPathLayout;
 use crate::xdp::program::XdpParams;
 
 /// One poll loop: the core it is pinned to and the rx queues it polls.
@@ -123,8 +127,23 @@ fn open_af_xdp(
         ConfigXdpMode::Generic => XdpMode::Generic,
         ConfigXdpMode::Auto => XdpMode::Auto,
     };
-    let attachment = XdpAttachment::attach(&host.interface, &params, mode)
-        .with_context(|| format!("attaching XDP to {}", host.interface))?;
+    // The XDP fast path (see crate::fastpath) is compiled for the rules and
+    // VIPs; the view does not matter here, so an empty one keeps this cheap.
+    let fast_path = crate::fastpath::enabled_by_env().then(|| {
+        let spec = config.spec();
+        let view = shoal_dataplane::map::View::converged(&spec, shoal_dataplane::HostSet::EMPTY);
+        FastPathLayout::of(&shoal_dataplane::map::ClusterMap::build(
+            &spec, &view, host.id, 0,
+        ))
+    });
+    let attachment = XdpAttachment::attach_with_fast_path(
+        std::sync::Arc::new(KernelBpf),
+        &host.interface,
+        &params,
+        fast_path,
+        mode,
+    )
+    .with_context(|| format!("attaching XDP to {}", host.interface))?;
     let mut per_loop: Vec<Vec<Box<dyn FrameIo>>> = Vec::new();
     for plan in polls {
         let mut socks: Vec<Box<dyn FrameIo>> = Vec::new();
@@ -137,7 +156,15 @@ fn open_af_xdp(
         }
         per_loop.push(socks);
     }
-    let name = format!("af_xdp {} copy", attachment.mode());
+    let name = format!(
+        "af_xdp {} copy{}",
+        attachment.mode(),
+        if attachment.fast_path().is_some() {
+            " +xdp fast path"
+        } else {
+            ""
+        }
+    );
     Ok((attachment, per_loop, name))
 }
 
@@ -240,6 +267,18 @@ impl Wiring {
             setup: Some(setup),
             attachment,
         })
+    }
+
+    /// A writer for the XDP fast path's maps, when the program has the fast
+    /// path (AF_XDP backend, not turned off with `SHOAL_XDP_FAST_PATH=0`).
+    /// Make one per run: it is the maps' only writer.
+    pub fn fast_path(&self) -> Option<std::sync::Arc<crate::fastpath::FastPath>> {
+        let a = self.attachment.as_ref()?;
+        let maps = a.fast_path()?.clone();
+        Some(std::sync::Arc::new(crate::fastpath::FastPath::new(
+            a.bpf().clone(),
+            maps,
+        )))
     }
 
     /// Undoes everything, in reverse order: sockets, XDP program, host setup.
