@@ -135,6 +135,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => report::Results::default(),
     };
     results.machine = Some(machine::Machine::describe());
+    // `all --json` prints one object at the end instead of one per bench.
+    let combined = matches!(args.bench, Bench::All(_));
+    let quiet = combined && common.json;
     for bench in which {
         match *bench {
             "pipeline" => {
@@ -144,12 +147,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     smoke: common.smoke,
                     callgrind: true,
                 })?;
-                emit(common, &r, pipeline::text(&r))?;
+                emit(common, quiet, &r, pipeline::text(&r))?;
                 results.pipeline = Some(r);
             }
             "disruption" => {
                 let r = disruption::run(&disruption::sizes(common.smoke))?;
-                emit(common, &r, disruption::text(&r))?;
+                emit(common, quiet, &r, disruption::text(&r))?;
                 results.disruption = Some(r);
             }
             "wire" => {
@@ -158,7 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     rounds: common.rounds(),
                     smoke: common.smoke,
                 })?;
-                emit(common, &r, wire::text(&r))?;
+                emit(common, quiet, &r, wire::text(&r))?;
                 results.wire = Some(r);
             }
             "scaling" => {
@@ -166,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     seconds: common.seconds(5.0, 1.0),
                     rounds: common.rounds(),
                 })?;
-                emit(common, &r, scaling::text(&r))?;
+                emit(common, quiet, &r, scaling::text(&r))?;
                 results.scaling = Some(r);
             }
             _ => {}
@@ -175,10 +178,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             results.write(dir)?;
         }
     }
+    if quiet {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
     Ok(())
 }
 
-fn emit<T: serde::Serialize>(common: &Common, report: &T, text: String) -> Result<()> {
+fn emit<T: serde::Serialize>(common: &Common, quiet: bool, report: &T, text: String) -> Result<()> {
+    if quiet {
+        return Ok(());
+    }
     if common.json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {

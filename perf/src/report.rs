@@ -20,8 +20,9 @@ use crate::pipeline::PipelineReport;
 use crate::scaling::ScalingReport;
 use crate::wire::WireReport;
 
-/// Everything a results directory holds.
-#[derive(Clone, Debug, Default)]
+/// Everything a results directory holds (also what `shoal bench all
+/// --json` prints).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Results {
     /// The machine of the latest run.
     pub machine: Option<Machine>,
@@ -328,19 +329,17 @@ fn wire_md(w: &WireReport) -> String {
             c.fps / 1e6
         );
     }
-    s += "\n| placement | receiver | Mpps received | × ceiling | receive CPU ns/frame | offered Mpps | kept | counted by |\n|---|---|---:|---:|---:|---:|---:|---|\n";
+    s += "\n| placement | receiver | Mpps received | × ceiling | receive CPU ns/frame | offered Mpps | to UDP | counted by |\n|---|---|---:|---:|---:|---:|---:|---|\n";
     for c in &w.cases {
         s += &format!(
-            "| {} | {} | {:.3} | {:.2} | {:.0} | {:.3} | {} | {} |\n",
+            "| {} | {} | {:.3} | {:.2} | {:.0} | {:.3} | {:.0}% | {} |\n",
             c.placement.name(),
             c.receiver,
             c.fps / 1e6,
             c.ratio_to_ceiling,
             c.cpu_ns_per_frame,
             c.offered_fps / 1e6,
-            c.kept_share
-                .map(|k| format!("{:.0}%", k * 100.0))
-                .unwrap_or_else(|| "–".into()),
+            c.stack_share * 100.0,
             c.counted_by
         );
     }

@@ -189,6 +189,42 @@ impl Drop for Proc {
     }
 }
 
+/// Running trafgen instances; killed (SIGKILL, by process group) on
+/// [`Flood::kill`] or drop.
+#[derive(Debug)]
+pub struct Flood {
+    procs: Vec<Proc>,
+}
+
+impl Flood {
+    /// Stops every instance.
+    pub fn kill(self) {
+        for p in self.procs {
+            p.kill();
+        }
+    }
+}
+
+/// PIDs of the processes in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    // state ppid pgrp
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
 /// Interface counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkCounters {
@@ -398,12 +434,13 @@ impl Rig {
         Ok(())
     }
 
-    /// Steers the receive work: RPS and threaded NAPI to CPU 1 for
-    /// [`Placement::Separate`], both off for [`Placement::Shared`].
+    /// Steers the receive work of the non-NAPI path (veth without XDP
+    /// hands frames to the backlog): RPS to CPU 1 for
+    /// [`Placement::Separate`], off for [`Placement::Shared`].
     pub fn place(&self, placement: Placement) -> Result<()> {
-        let (rps, threaded) = match placement {
-            Placement::Separate => ("2", "1"),
-            Placement::Shared => ("0", "0"),
+        let rps = match placement {
+            Placement::Separate => "2",
+            Placement::Shared => "0",
         };
         for q in 0..self.queues {
             write_in_ns(
@@ -412,16 +449,31 @@ impl Rig {
                 rps,
             )?;
         }
-        write_in_ns(
-            RX_NS,
-            &format!("/sys/class/net/{RX_DEV}/threaded"),
-            threaded,
-        )?;
         Ok(())
     }
 
-    /// Pins the receiver's NAPI kthreads (they exist once XDP is attached)
-    /// to `cpu`.
+    /// Steers the NAPI path (veth has NAPI instances only while an XDP
+    /// program is attached, so call this once the receiver runs): threaded
+    /// NAPI with its kthreads pinned to CPU 1 for [`Placement::Separate`],
+    /// NAPI in softirq on the sender's CPU for [`Placement::Shared`].
+    /// Best effort: without NAPI instances the kernel refuses the switch,
+    /// and there is nothing to steer.
+    pub fn place_napi(&self, placement: Placement) {
+        let threaded = match placement {
+            Placement::Separate => "1",
+            Placement::Shared => "0",
+        };
+        let _ = write_in_ns(
+            RX_NS,
+            &format!("/sys/class/net/{RX_DEV}/threaded"),
+            threaded,
+        );
+        if placement == Placement::Separate {
+            self.pin_napi(placement.rx_cpu());
+        }
+    }
+
+    /// Pins the receiver's NAPI kthreads to `cpu`.
     pub fn pin_napi(&self, cpu: usize) {
         for pid in napi_threads() {
             let _ = Command::new("taskset")
@@ -432,25 +484,37 @@ impl Rig {
         }
     }
 
-    /// Starts trafgen with `workers` workers (worker i runs on CPU i).
-    pub fn flood(&self, workers: usize) -> Result<Proc> {
-        let mut cmd = in_ns(GEN_NS, "trafgen");
-        cmd.args(["--dev", GEN_DEV, "--conf"])
-            .arg(self.dir.join("flood.trafgen"))
-            .args([
-                "--cpus",
-                &workers.to_string(),
-                "--gap",
-                "0",
-                "--no-cpu-stats",
-            ]);
-        let log = self.dir.join("trafgen.log");
-        let mut p = Proc::start("trafgen", cmd, &log)?;
-        std::thread::sleep(Duration::from_millis(300));
-        if !p.alive() {
-            bail!("trafgen exited at start: {}", p.log_tail());
+    /// Starts one trafgen per entry of `cpus`, its worker on that CPU.
+    ///
+    /// trafgen runs a single worker when given a gap (`--gap 0`, needed
+    /// against a slow receiver), and that worker pins itself to CPU 0
+    /// whatever the caller's affinity: so each instance is started, then
+    /// its processes are re-pinned to their CPU. veth picks the tx queue
+    /// from the sending CPU, so instance i fills rx queue i.
+    pub fn flood(&self, cpus: &[usize]) -> Result<Flood> {
+        let mut procs = Vec::new();
+        for i in 0..cpus.len() {
+            let mut cmd = in_ns(GEN_NS, "trafgen");
+            cmd.args(["--dev", GEN_DEV, "--conf"])
+                .arg(self.dir.join("flood.trafgen"))
+                .args(["--cpus", "1", "--gap", "0", "--no-cpu-stats"]);
+            let log = self.dir.join(format!("trafgen{i}.log"));
+            procs.push(Proc::start("trafgen", cmd, &log)?);
         }
-        Ok(p)
+        std::thread::sleep(Duration::from_millis(300));
+        for (p, &cpu) in procs.iter_mut().zip(cpus) {
+            if !p.alive() {
+                bail!("trafgen exited at start: {}", p.log_tail());
+            }
+            for pid in group_members(p.pid()) {
+                let _ = Command::new("taskset")
+                    .args(["-p", "-c", &cpu.to_string(), &pid.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        Ok(Flood { procs })
     }
 
     /// A three-host multicast cluster config for `shoal run` as host 1,

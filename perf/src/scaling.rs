@@ -100,7 +100,7 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
     let name = format!("scaling{loops}");
     let (proc, stats) = start_shoal(rig, &name, "af_xdp", 0, &polls)?;
     let result: Result<(f64, Vec<f64>)> = (|| {
-        let flood = rig.flood(2)?;
+        let flood = rig.flood(&[0, 1])?;
         std::thread::sleep(Duration::from_secs(1));
         let a = next(&stats)?;
         std::thread::sleep(Duration::from_secs_f64(seconds));

@@ -140,6 +140,7 @@ struct Sample {
     at: SystemTime,
     ticks: u64,
     offered: u64,
+    noports: u64,
 }
 
 fn nft(script: &str) -> Result<()> {
@@ -300,26 +301,35 @@ impl Running {
     /// Reads the counters. For shoal, waits for the next write of its
     /// counters file and takes the file's time as the reading's time.
     fn sample(&self) -> Result<Sample> {
-        let offered = link_counters(crate::rig::GEN_NS, crate::rig::GEN_DEV)?.tx_packets;
+        let gen = || -> Result<u64> {
+            Ok(link_counters(crate::rig::GEN_NS, crate::rig::GEN_DEV)?.tx_packets)
+        };
         match self {
             Running::Shoal { stats, .. } => {
+                // Everything else is read right after the counters file
+                // was written, so the windows line up.
                 let (frames, kept, at) = next_stats(stats)?;
+                let ticks = receive_ticks(&self.pids());
                 Ok(Sample {
                     frames,
                     kept,
                     at,
-                    ticks: receive_ticks(&self.pids()),
-                    offered,
+                    ticks,
+                    offered: gen()?,
+                    noports: udp_noports()?,
                 })
             }
             _ => {
+                let ticks = receive_ticks(&[]);
                 let c = link_counters(RX_NS, RX_DEV)?;
+                let at = SystemTime::now();
                 Ok(Sample {
                     frames: c.rx_packets,
                     kept: 0,
-                    at: SystemTime::now(),
-                    ticks: receive_ticks(&[]),
-                    offered,
+                    at,
+                    ticks,
+                    offered: gen()?,
+                    noports: udp_noports()?,
                 })
             }
         }
@@ -346,6 +356,23 @@ impl Running {
             }
         }
     }
+}
+
+/// The receiver namespace's `Udp: NoPorts` counter: kept frames end at
+/// the VIP's UDP port where nothing listens, so this counts what every
+/// receiver let through to the stack.
+fn udp_noports() -> Result<u64> {
+    let snmp = sh(in_ns(RX_NS, "cat").arg("/proc/net/snmp"))?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "NoPorts")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
 }
 
 fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
@@ -380,8 +407,10 @@ pub struct Window {
     pub offered: f64,
     /// Receive-side CPU, ns per frame received.
     pub cpu_ns: f64,
-    /// Share kept (shoal only).
+    /// Share of received frames shoal's counters say it kept (shoal only).
     pub kept_share: Option<f64>,
+    /// Share of received frames that reached the kernel's UDP layer.
+    pub stack_share: f64,
 }
 
 fn window(a: Sample, b: Sample, shoal: bool) -> Window {
@@ -401,6 +430,7 @@ fn window(a: Sample, b: Sample, shoal: bool) -> Window {
             0.0
         },
         kept_share: shoal.then(|| b.kept.saturating_sub(a.kept) as f64 / frames.max(1) as f64),
+        stack_share: b.noports.saturating_sub(a.noports) as f64 / frames.max(1) as f64,
     }
 }
 
@@ -416,10 +446,9 @@ pub fn measure(
     let running = Running::start(rig, r, placement)
         .with_context(|| format!("starting {} ({})", r.name(), placement.name()))?;
     let result: Result<Window> = (|| {
-        let flood = rig.flood(1)?;
-        if placement == Placement::Separate {
-            rig.pin_napi(placement.rx_cpu());
-        }
+        rig.place_napi(placement);
+        let flood = rig.flood(&[0])?;
+        rig.place_napi(placement);
         std::thread::sleep(Duration::from_secs_f64(warmup));
         let a = running.sample()?;
         std::thread::sleep(Duration::from_secs_f64(seconds));
@@ -464,8 +493,12 @@ pub struct WireCase {
     pub cpu_ns_per_frame: f64,
     /// Median over rounds of frames/s divided by that round's ceiling.
     pub ratio_to_ceiling: f64,
-    /// Share kept (shoal only; ~1/3 expected).
+    /// Median share shoal's counters say it kept (shoal only; ~1/3 expected).
     pub kept_share: Option<f64>,
+    /// Median share of received frames that reached the kernel's UDP layer
+    /// (`Udp: NoPorts` of the receiver namespace): ~1/3 for the cluster
+    /// filters and shoal, 0 for the drops.
+    pub stack_share: f64,
     /// A trivial drop the ceiling may come from.
     pub ceiling_candidate: bool,
 }
@@ -581,6 +614,7 @@ fn summarize(
                 cpu_ns_per_frame: median(&ws.iter().map(|w| w.cpu_ns).collect::<Vec<_>>()),
                 ratio_to_ceiling: median(&ratios),
                 kept_share: (!kept.is_empty()).then(|| median(&kept)),
+                stack_share: median(&ws.iter().map(|w| w.stack_share).collect::<Vec<_>>()),
                 ceiling_candidate: r.ceiling_candidate(),
             });
         }
@@ -617,20 +651,18 @@ pub fn text(r: &WireReport) -> String {
     }
     s += &format!(
         "{:<9} {:<17} {:>8} {:>9} {:>9} {:>8} {:>6}  {}\n",
-        "placement", "receiver", "Mpps", "x ceiling", "ns/frame", "offered", "kept", "counted by"
+        "placement", "receiver", "Mpps", "x ceiling", "ns/frame", "offered", "to UDP", "counted by"
     );
     for c in &r.cases {
         s += &format!(
-            "{:<9} {:<17} {:>8.3} {:>8.2}x {:>9.0} {:>8.3} {:>6}  {}\n",
+            "{:<9} {:<17} {:>8.3} {:>8.2}x {:>9.0} {:>8.3} {:>5.0}%  {}\n",
             c.placement.name(),
             c.receiver,
             c.fps / 1e6,
             c.ratio_to_ceiling,
             c.cpu_ns_per_frame,
             c.offered_fps / 1e6,
-            c.kept_share
-                .map(|k| format!("{:.0}%", k * 100.0))
-                .unwrap_or_else(|| "-".into()),
+            c.stack_share * 100.0,
             c.counted_by
         );
     }
@@ -651,6 +683,7 @@ mod tests {
             offered: 1e6,
             cpu_ns: 100.0,
             kept_share: None,
+            stack_share: 0.0,
         }
     }
 
