@@ -574,3 +574,84 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
     other[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
     assert_eq!(s.run(&other), XdpAction::Pass as u32);
 }
+
+#[test]
+fn every_layout_shape_passes_the_verifier() {
+    if !privileged("every_layout_shape_passes_the_verifier") {
+        return;
+    }
+    let v1 = Some(IpAddr::V4(VIP1));
+    let multiple = FilterMode::Multiple {
+        affinity: Affinity::Single,
+    };
+    let shapes: Vec<(&str, Vec<PortRule>)> = vec![
+        ("no rules", vec![]),
+        (
+            "one catch-all multiple-host rule (the default)",
+            vec![PortRule::new(None, (0, 65535), Protocol::Both, multiple)],
+        ),
+        (
+            "one catch-all single-host rule",
+            vec![PortRule::new(
+                None,
+                (0, 65535),
+                Protocol::Both,
+                FilterMode::Single,
+            )],
+        ),
+        (
+            "only single-host and disabled rules",
+            vec![
+                PortRule::new(v1, (22, 22), Protocol::Tcp, FilterMode::Single),
+                PortRule::new(None, (23, 23), Protocol::Udp, FilterMode::Disabled),
+            ],
+        ),
+        (
+            "a catch-all after specific rules",
+            vec![
+                PortRule::new(None, (0, 65535), Protocol::Both, multiple),
+                PortRule::new(v1, (80, 80), Protocol::Tcp, FilterMode::Single),
+            ],
+        ),
+    ];
+    for (what, rules) in shapes {
+        let spec = ClusterSpec {
+            vips: vec![IpAddr::V4(VIP1)],
+            mode: ClusterMode::Unicast,
+            ipv6_network_prefix: 64,
+            rules,
+        };
+        let m = Arc::new(ClusterMap::build(
+            &spec,
+            &View::converged(&spec, HostSet::EMPTY),
+            HostId::new(1).unwrap(),
+            0,
+        ));
+        let bpf = KernelBpf;
+        let xskmap = bpf
+            .map_create(&MapSpec {
+                kind: MapKind::XskMap,
+                key_size: 4,
+                value_size: 4,
+                max_entries: 1,
+                name: "shoal_fp_t".into(),
+            })
+            .expect("XSKMAP");
+        let maps = FastPathMaps::create(&bpf, FastPathLayout::of(&m)).expect("maps");
+        let params = XdpParams {
+            cluster_macs: vec![unicast_mac(VIP1).0],
+            vips_v4: vec![VIP1],
+            ..XdpParams::default()
+        };
+        let prog = XdpProgram::build_with_maps(
+            &params,
+            xskmap.fd(),
+            Some((maps.layout(), maps.fds())),
+            XdpAction::Pass,
+        )
+        .expect("build");
+        if let Err(e) = bpf.prog_load_xdp("shoal_fp_shape", &prog.encode()) {
+            panic!("{what}: the verifier refused the program: {e}");
+        }
+    }
+}

@@ -330,11 +330,21 @@ pub fn emit(
     asm.mov64_reg(Reg::R7, Reg::R0);
 
     // The rule: first match in lookup order. On a match r9 = slot and
-    // (r7, r8) = the hash inputs the rule's affinity selects.
+    // (r7, r8) = the hash inputs the rule's affinity selects. The verifier
+    // refuses unreachable code, so nothing is emitted after a rule that
+    // matches every frame, and the hash only when some rule jumps to it.
+    let mut falls_through = true;
+    let mut hashed = false;
     for (slot, rule) in layout.rules.iter().enumerate() {
         if !rule.tcp && !rule.udp {
             continue;
         }
+        let catch_all = rule.vip.is_none()
+            && rule.tcp
+            && rule.udp
+            && rule.port_start == 0
+            && rule.port_end == u16::MAX;
+        hashed |= rule.affinity.is_some();
         let next = asm.label();
         if let Some(vip) = rule.vip {
             asm.jmp32_imm(Cond::Ne, Reg::R1, raw32(vip.octets()), next);
@@ -370,20 +380,28 @@ pub fn emit(
             }
         }
         asm.bind(next);
+        if catch_all {
+            falls_through = false;
+            break;
+        }
     }
-    asm.ja(redirect);
+    if falls_through {
+        asm.ja(redirect);
+    }
 
     // r7 = bucket_of(fold(fold(seed ^ 4, client), port)).
     asm.bind(hash);
-    asm.ld_imm64(Reg::R0, layout.seed ^ 4);
-    fold(asm, Reg::R0, Reg::R7, Reg::R1);
-    fold(asm, Reg::R0, Reg::R8, Reg::R1);
-    asm.alu64_imm(
-        Alu::Rsh,
-        Reg::R0,
-        64 - shoal_dataplane::bucket::BUCKET_BITS as i32,
-    );
-    asm.mov64_reg(Reg::R7, Reg::R0);
+    if hashed {
+        asm.ld_imm64(Reg::R0, layout.seed ^ 4);
+        fold(asm, Reg::R0, Reg::R7, Reg::R1);
+        fold(asm, Reg::R0, Reg::R8, Reg::R1);
+        asm.alu64_imm(
+            Alu::Rsh,
+            Reg::R0,
+            64 - shoal_dataplane::bucket::BUCKET_BITS as i32,
+        );
+        asm.mov64_reg(Reg::R7, Reg::R0);
+    }
 
     // The slot's action, then (for a bitmap) the bucket's bit.
     asm.bind(judge);
