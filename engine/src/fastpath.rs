@@ -55,8 +55,9 @@
 //!   of its loop's foreign entries until the loop's next map.
 //! - A new map is prepared *before* it is published: the kernel's keep set
 //!   grows to include it first (new bits set before old ones clear). Only
-//!   when every loop has reported under the newest epoch are older maps
-//!   forgotten and their bits cleared.
+//!   when every loop has reported under the newest map (the very `Arc`
+//!   published, not merely its epoch, since a view can be republished) are
+//!   older maps forgotten and their bits cleared.
 //! - Writes are ordered per slot: a bitmap is written before the action that
 //!   makes the program read it. Concurrent readers see each bit either old or
 //!   new; both are supersets.
@@ -317,11 +318,11 @@ impl Keep {
     }
 }
 
-/// What one poll loop last reported: the epoch of its map and, per slot,
+/// What one poll loop last reported: the map it judges with and, per slot,
 /// the bucket groups in which it holds foreign entries.
 #[derive(Debug, Clone)]
 struct Report {
-    epoch: u64,
+    map: Arc<ClusterMap>,
     dirty: Vec<GroupBits>,
 }
 
@@ -339,15 +340,18 @@ impl LoopReport {
     pub fn record(&self, dataplane: &Dataplane) {
         let table = dataplane.table();
         let report = Report {
-            epoch: dataplane.map().epoch,
+            map: dataplane.map().clone(),
             dirty: self.rules.iter().map(|&r| table.dirty_groups(r)).collect(),
         };
         *self.last.lock() = Some(report);
     }
 
     /// Records an explicit report (tests and simulations): `dirty[slot]`.
-    pub fn record_groups(&self, epoch: u64, dirty: Vec<GroupBits>) {
-        *self.last.lock() = Some(Report { epoch, dirty });
+    pub fn record_groups(&self, map: &Arc<ClusterMap>, dirty: Vec<GroupBits>) {
+        *self.last.lock() = Some(Report {
+            map: map.clone(),
+            dirty,
+        });
     }
 }
 
@@ -436,7 +440,7 @@ impl FastPath {
     }
 
     /// A new poll loop's report line. Register every loop before its first
-    /// frame: until a loop has reported under the newest epoch, older maps
+    /// frame: until a loop has reported under the newest map, older maps
     /// stay in the keep set.
     pub fn loop_report(&self) -> Arc<LoopReport> {
         let r = Arc::new(LoopReport {
@@ -505,14 +509,14 @@ impl FastPath {
         if sync.off.is_some() {
             return;
         }
-        let Some(newest) = sync.in_flight.last().map(|f| f.map.epoch) else {
+        let Some(newest) = sync.in_flight.last().map(|f| f.map.clone()) else {
             return;
         };
         let all_moved = self.reports.lock().iter().all(|r| {
             r.last
                 .lock()
                 .as_ref()
-                .is_some_and(|rep| rep.epoch == newest)
+                .is_some_and(|rep| Arc::ptr_eq(&rep.map, &newest))
         });
         if all_moved && sync.in_flight.len() > 1 {
             let keep_from = sync.in_flight.len() - 1;
@@ -768,7 +772,7 @@ mod tests {
         let report = f.loop_report();
         let old = map(&[1], 1, 1);
         f.prepare(&old);
-        report.record_groups(1, vec![GroupBits::default(); 3]);
+        report.record_groups(&old, vec![GroupBits::default(); 3]);
         f.settle();
         assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
         // Host 2 joins: until the loop has adopted epoch 2, host 1 still
@@ -788,7 +792,11 @@ mod tests {
             .unwrap();
         let mut dirty = vec![GroupBits::default(); 3];
         dirty[slot_of(&f, 0)].insert(group_of(foreign));
-        report.record_groups(2, dirty);
+        // A map of the same epoch but not the one published does not count.
+        report.record_groups(&map(&[1, 2], 1, 2), dirty.clone());
+        f.settle();
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT, "not the published map");
+        report.record_groups(&new, dirty);
         f.settle();
         let (action, bits) = keep_of(&f, 0);
         assert_eq!(action, ACTION_BITMAP);
@@ -799,7 +807,7 @@ mod tests {
             .unwrap();
         assert!(!has(&bits, other));
         // The connection ends: the next report clears its group.
-        report.record_groups(2, vec![GroupBits::default(); 3]);
+        report.record_groups(&new, vec![GroupBits::default(); 3]);
         f.settle();
         assert!(!has(keep_of(&f, 0).1.as_ref().unwrap(), foreign));
     }
@@ -808,17 +816,18 @@ mod tests {
     fn single_host_rules_keep_everything_while_tracking_foreign_entries() {
         let (_, f) = fast();
         let report = f.loop_report();
-        f.prepare(&map(&[1, 2], 2, 1));
+        let m = map(&[1, 2], 2, 1);
+        f.prepare(&m);
         assert_eq!(keep_of(&f, 1).0, ACTION_DROP);
         let mut dirty = vec![GroupBits::default(); 3];
         dirty[slot_of(&f, 1)].insert(0);
-        report.record_groups(1, dirty);
+        report.record_groups(&m, dirty);
         f.settle();
         assert_eq!(keep_of(&f, 1).0, ACTION_REDIRECT);
         // A disabled rule drops whatever is tracked.
         let mut dirty = vec![GroupBits::default(); 3];
         dirty[slot_of(&f, 2)].insert(0);
-        report.record_groups(1, dirty);
+        report.record_groups(&m, dirty);
         f.settle();
         assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
     }
@@ -831,9 +840,10 @@ mod tests {
         f.prepare(&map(&[1], 1, 1));
         f.prepare(&map(&[1], 1, 1));
         assert_eq!(f.sync.lock().in_flight.len(), 1);
-        f.prepare(&map(&[1, 2], 1, 2));
+        let two = map(&[1, 2], 1, 2);
+        f.prepare(&two);
         assert_eq!(f.sync.lock().in_flight.len(), 2);
-        report.record_groups(2, vec![GroupBits::default(); 3]);
+        report.record_groups(&two, vec![GroupBits::default(); 3]);
         let t = FastPath::spawn_settler(&f, std::time::Duration::from_millis(5)).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while f.sync.lock().in_flight.len() > 1 && std::time::Instant::now() < deadline {
