@@ -8,7 +8,9 @@
 //! two CPUs the generator, the kernel's receive work and the poll loops
 //! all share them: the ratio says whether a second poll loop helps on
 //! this machine, not what it gives on a many-core server with a real NIC.
-//! Frames are counted by shoal's own `received`.
+//! Frames are counted by shoal's own counters: `received` (what the poll
+//! loops judged; the per-loop split is of these) plus `xdp_dropped` (what
+//! its XDP fast path dropped in the kernel).
 
 #![forbid(unsafe_code)]
 
@@ -63,6 +65,7 @@ pub struct ScalingReport {
 
 struct Reading {
     per_loop: Vec<u64>,
+    xdp_dropped: u64,
     at: SystemTime,
 }
 
@@ -74,7 +77,12 @@ fn read(path: &std::path::Path) -> Option<Reading> {
         .iter()
         .map(|c| c["received"].as_u64().unwrap_or(0))
         .collect();
-    Some(Reading { per_loop, at })
+    let xdp_dropped = v["xdp_dropped"].as_u64().unwrap_or(0);
+    Some(Reading {
+        per_loop,
+        xdp_dropped,
+        at,
+    })
 }
 
 fn next(path: &std::path::Path) -> Result<Reading> {
@@ -98,7 +106,7 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
         vec![(0, vec![0]), (1, vec![1])]
     };
     let name = format!("scaling{loops}");
-    let (proc, stats) = start_shoal(rig, &name, "af_xdp", 0, &polls)?;
+    let (proc, stats) = start_shoal(rig, &name, "af_xdp", true, 0, &polls)?;
     let result: Result<(f64, Vec<f64>)> = (|| {
         let flood = rig.flood(&[0, 1])?;
         std::thread::sleep(Duration::from_secs(1));
@@ -117,12 +125,13 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
             .zip(a.per_loop.iter().chain(std::iter::repeat(&0)))
             .map(|(x, y)| x.saturating_sub(*y))
             .collect();
-        let total: u64 = per.iter().sum();
+        let in_loops: u64 = per.iter().sum();
         let shares = per
             .iter()
-            .map(|&n| n as f64 / total.max(1) as f64)
+            .map(|&n| n as f64 / in_loops.max(1) as f64)
             .collect();
-        Ok((total as f64 / secs, shares))
+        let seen = in_loops + b.xdp_dropped.saturating_sub(a.xdp_dropped);
+        Ok((seen as f64 / secs, shares))
     })();
     let stopped = proc.stop(Duration::from_secs(10));
     let r = result?;

@@ -4,7 +4,8 @@
 //!
 //! | receiver | what it is | frames received = |
 //! |---|---|---|
-//! | `shoal_af_xdp` | `shoal run --static-view --backend af_xdp`, host 1 of 3, keeps ~1/3 | shoal's `received` (frames its poll loops judged) |
+//! | `shoal_af_xdp` | `shoal run --static-view --backend af_xdp`, host 1 of 3, keeps ~1/3; its XDP fast path drops other hosts' buckets in the kernel | shoal's `received + xdp_dropped` (frames its poll loops judged, plus frames its XDP program dropped) |
+//! | `shoal_af_xdp_copy_all` | the same with the XDP fast path off (`SHOAL_XDP_FAST_PATH=0`): every cluster frame copied to userspace | shoal's `received` |
 //! | `shoal_af_packet` | the same with `--backend af_packet` | shoal's `received` |
 //! | `xdp_drop_native` | a two-instruction XDP_DROP, driver mode | `sbrx0` rx_packets (veth counts every frame its XDP path ran on) |
 //! | `xdp_drop_generic` | the same, skb mode | `sbrx0` rx_packets |
@@ -61,8 +62,12 @@ pub const TARGET_RATIO: f64 = 0.9;
 /// A receiver under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Receiver {
-    /// shoal, AF_XDP backend.
+    /// shoal, AF_XDP backend (its XDP fast path drops other hosts'
+    /// buckets in the kernel).
     ShoalAfXdp,
+    /// shoal, AF_XDP backend with the fast path off
+    /// (`SHOAL_XDP_FAST_PATH=0`): every cluster frame copied to userspace.
+    ShoalAfXdpCopyAll,
     /// shoal, AF_PACKET backend.
     ShoalAfPacket,
     /// XDP_DROP, native mode.
@@ -79,8 +84,9 @@ pub enum Receiver {
 
 impl Receiver {
     /// Every receiver, in the order each round runs them.
-    pub const ALL: [Receiver; 7] = [
+    pub const ALL: [Receiver; 8] = [
         Receiver::ShoalAfXdp,
+        Receiver::ShoalAfXdpCopyAll,
         Receiver::XdpDropNative,
         Receiver::NftJhash,
         Receiver::ShoalAfPacket,
@@ -93,6 +99,7 @@ impl Receiver {
     pub fn name(self) -> &'static str {
         match self {
             Receiver::ShoalAfXdp => "shoal_af_xdp",
+            Receiver::ShoalAfXdpCopyAll => "shoal_af_xdp_copy_all",
             Receiver::ShoalAfPacket => "shoal_af_packet",
             Receiver::XdpDropNative => "xdp_drop_native",
             Receiver::XdpDropGeneric => "xdp_drop_generic",
@@ -113,13 +120,18 @@ impl Receiver {
     /// How its frames are counted.
     pub fn counted_by(self) -> &'static str {
         match self {
-            Receiver::ShoalAfXdp | Receiver::ShoalAfPacket => "shoal --stats received",
+            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket => {
+                "shoal --stats received + xdp_dropped"
+            }
             _ => "sbrx0 rx_packets",
         }
     }
 
     fn is_shoal(self) -> bool {
-        matches!(self, Receiver::ShoalAfXdp | Receiver::ShoalAfPacket)
+        matches!(
+            self,
+            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket
+        )
     }
 }
 
@@ -189,6 +201,7 @@ pub fn start_shoal(
     rig: &Rig,
     name: &str,
     backend: &str,
+    fast_path: bool,
     control: usize,
     polls: &[(usize, Vec<u32>)],
 ) -> Result<(Proc, PathBuf)> {
@@ -214,7 +227,8 @@ pub fn start_shoal(
                 "--stats",
             ])
             .arg(&stats)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .env("SHOAL_XDP_FAST_PATH", if fast_path { "1" } else { "0" });
         let log = rig.dir.join(format!("{name}.log"));
         let mut p = Proc::start("shoal", cmd, &log)?;
         let until = Instant::now() + Duration::from_secs(15);
@@ -237,13 +251,15 @@ impl Running {
     fn start(rig: &Rig, r: Receiver, placement: Placement) -> Result<Self> {
         let cpu = placement.rx_cpu();
         Ok(match r {
-            Receiver::ShoalAfXdp | Receiver::ShoalAfPacket => {
-                let backend = if r == Receiver::ShoalAfXdp {
-                    "af_xdp"
-                } else {
+            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket => {
+                let backend = if r == Receiver::ShoalAfPacket {
                     "af_packet"
+                } else {
+                    "af_xdp"
                 };
-                let (proc, stats) = start_shoal(rig, r.name(), backend, cpu, &[(cpu, vec![0])])?;
+                let fast_path = r != Receiver::ShoalAfXdpCopyAll;
+                let (proc, stats) =
+                    start_shoal(rig, r.name(), backend, fast_path, cpu, &[(cpu, vec![0])])?;
                 Running::Shoal { proc, stats }
             }
             Receiver::XdpDropNative => Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, Mode::Native)?),
@@ -379,7 +395,10 @@ fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
     let at = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
     let text = std::fs::read(path).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    Some((v["received"].as_u64()?, v["kept"].as_u64().unwrap_or(0), at))
+    // Frames seen: those the poll loops judged plus those the XDP fast
+    // path dropped in the kernel.
+    let seen = v["received"].as_u64()? + v["xdp_dropped"].as_u64().unwrap_or(0);
+    Some((seen, v["kept"].as_u64().unwrap_or(0), at))
 }
 
 /// Waits (up to 3 s) for shoal to rewrite its counters file; returns
@@ -694,11 +713,12 @@ mod tests {
             rounds: 2,
             smoke: true,
         };
-        // Receiver order: shoal_af_xdp, xdp native, jhash, shoal af_packet,
-        // xdp generic, xt_cluster, nft drop-all.
+        // Receiver order: shoal_af_xdp, shoal copy-all, xdp native, jhash,
+        // shoal af_packet, xdp generic, xt_cluster, nft drop-all.
         let round = |shoal: f64, native: f64, nft: f64| {
             vec![
                 vec![w(shoal)],
+                vec![w(0.2)],
                 vec![w(native)],
                 vec![w(0.5)],
                 vec![w(0.4)],
