@@ -44,5 +44,4 @@ step "build the release binary for the lab"
 cargo build --release -p shoal-engine
 
 step "lab e2e suite (scripts/lab-test)"
-# Until the control plane lands, hosts run with --static-view.
-SHOAL_LAB_STATIC_VIEW=1 SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test
+SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test

@@ -10,7 +10,9 @@ answers on the VIP (which shoal puts on its TAP) and on the dedicated address:
   ``ID CLIENT_IP:PORT LOCAL_IP UNIX_TIME`` *before* the answer is sent, so
   a test that has its answer can also find it in the log.
 * TCP line echo on port 7000: each line is answered with ``I <line>``
-  (long-lived connections for failover and drain tests).
+  (long-lived connections for failover and drain tests). Port 1723 runs
+  the same echo: it stands in for a PPTP control connection, whose GRE
+  stream the cluster must keep on the same host.
 * UDP echo on port 7001: each datagram is answered with ``I <payload>``;
   the first token of every datagram is logged to ``<log-dir>/udp-hI.log``.
 
@@ -244,7 +246,10 @@ class Service:
         self.requests = LogFile(os.path.join(args.log_dir, "requests-h%d.log" % args.host_id))
         self.udp = LogFile(os.path.join(args.log_dir, "udp-h%d.log" % args.host_id))
         self.running = True
-        for port, kind in ((args.http_port, HttpConnection), (args.line_port, LineConnection)):
+        listeners = [(args.http_port, HttpConnection), (args.line_port, LineConnection)]
+        if args.pptp_port:
+            listeners.append((args.pptp_port, LineConnection))
+        for port, kind in listeners:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((args.bind, port))
@@ -304,6 +309,7 @@ def main():
     parser.add_argument("--http-port", type=int, default=80)
     parser.add_argument("--line-port", type=int, default=7000)
     parser.add_argument("--udp-port", type=int, default=7001)
+    parser.add_argument("--pptp-port", type=int, default=1723, help="a second line echo (0: none)")
     parser.add_argument("--log-dir", default="/tmp/shoal-lab")
     parser.add_argument("--pid-file")
     args = parser.parse_args()
@@ -330,7 +336,9 @@ def main():
     if args.pid_file:
         with open(args.pid_file, "w") as f:
             f.write("%d\n" % os.getpid())
-    service.log("listening (http %d, line %d, udp %d)" % (args.http_port, args.line_port, args.udp_port))
+    service.log(
+        "listening (http %d, line %d and %d, udp %d)" % (args.http_port, args.line_port, args.pptp_port, args.udp_port)
+    )
     service.run()
     service.log("stopped after %d http requests" % service.served)
     return 0
