@@ -17,7 +17,9 @@ Subcommands (results are JSON on stdout; diagnostics on stderr):
   replies each id got (0 = missing, 2+ = duplicated), by host.
 * ``hold``   M long-lived TCP connections to the line echo, each pinged every
   interval; reports which host holds each connection and every failure
-  (reset, close, reply timeout) with its time.
+  (reset, close, reply timeout) with its time. SIGTERM or SIGINT ends it
+  early, with the same report (connections still open are then closed by
+  the client, which is not a failure).
 * ``stream`` a steady rate of new HTTP connections; one JSON line per
   connection (start time, result, host, latency) then a summary line.
 * ``probe``  rounds of one request per client address until the answers are
@@ -36,6 +38,7 @@ import json
 import os
 import resource
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -644,9 +647,16 @@ def cmd_hold(args):
     end = now + args.seconds
     conns = []
     next_open = now
+    stopping = []
+
+    def stop(_signum, _frame):
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     while True:
         now = time.monotonic()
-        if now >= end:
+        if now >= end or stopping:
             break
         while len(conns) < args.connections and next_open <= now:
             conns.append(Held(sel, len(conns), sources[len(conns) % len(sources)], args, now))
@@ -691,6 +701,8 @@ def cmd_hold(args):
             "failure_events": failures[: args.max_events],
             "connection_hosts": {str(c.index): c.host for c in conns} if args.per_connection else None,
             "seconds": args.seconds,
+            "held_s": round(time.monotonic() - args.t0, 3),
+            "stopped_early": bool(stopping),
         }
     )
     return 0
