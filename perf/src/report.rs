@@ -317,8 +317,9 @@ fn wire_md(w: &WireReport) -> String {
     let mut s = format!(
         "## Wire\n\nA 64-byte UDP flood (one trafgen worker on CPU 0, 65,536 clients) over a \
          veth pair into `shoal-b-rx`; every receiver in each round, {} round(s) × {} s each; \
-         medians. `separate`: receive work (RPS, threaded NAPI, shoal's poll loop) on CPU 1; \
-         `shared`: everything on CPU 0. The ceiling is the fastest trivial drop of the round.\n\n",
+         medians. `separate`: receive work (veth's threaded NAPI kthread, shoal's threads) on \
+         CPU 1; `shared`: everything on CPU 0. Receive CPU = NAPI kthread + shoal process time \
+         per frame received. The ceiling is the fastest trivial drop of the round.\n\n",
         w.rounds, w.seconds
     );
     for c in &w.ceilings {

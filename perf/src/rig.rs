@@ -47,10 +47,10 @@ pub const TRAFGEN_PROFILE: &str = include_str!("../../scripts/trafgen/cluster-ud
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Placement {
-    /// Generator on CPU 0, every receive-side thing (RPS, threaded NAPI,
-    /// shoal's poll loop) on CPU 1.
+    /// Generator on CPU 0; the receive side (the veth's threaded NAPI
+    /// kthread, shoal's poll loop and control thread) on CPU 1.
     Separate,
-    /// Everything on CPU 0: veth does the receive work on the sender's CPU.
+    /// Everything on CPU 0.
     Shared,
 }
 
@@ -255,25 +255,18 @@ pub fn link_counters(ns: &str, dev: &str) -> Result<LinkCounters> {
     })
 }
 
-/// CPU time, in clock ticks, that counts as receive work: every CPU's
-/// softirq and irq time (veth receives in NET_RX softirq), plus the
-/// threaded-NAPI kthreads of `sbrx0`, plus the given processes (shoal).
+/// CPU time, in clock ticks, that counts as receive work: the threaded-NAPI
+/// kthreads of `sbrx0` (with GRO on, veth runs its whole receive path in
+/// NAPI, and threaded NAPI puts that in kthreads of its own, so none of it
+/// hides in the machine-wide softirq time other work also adds to), plus
+/// the given processes (shoal, all threads; its TAP writes run the
+/// kernel's receive path for kept frames in its own context).
 pub fn receive_ticks(pids: &[u32]) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let mut total = 0;
-    if let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) {
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq ...
-        total += f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0);
-    }
-    for pid in napi_threads().into_iter().chain(pids.iter().copied()) {
-        total += process_ticks(pid);
-    }
-    total
+    napi_threads()
+        .into_iter()
+        .chain(pids.iter().copied())
+        .map(process_ticks)
+        .sum()
 }
 
 /// utime + stime of a process (all its threads), in clock ticks.
@@ -421,10 +414,16 @@ impl Rig {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
-            // No offloads: every frame is a real 64-byte frame, as on a wire.
-            let _ = sh(in_ns(ns, "ethtool").args([
-                "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx", "off",
-            ]));
+            // No segmentation offloads: every frame is a real 64-byte
+            // frame, as on a wire. GRO stays on at the receiver (as on a
+            // real NIC): it makes veth receive through NAPI for every
+            // receiver, not only XDP ones, so threaded NAPI can carry all
+            // of the receive work (64-byte UDP frames never coalesce).
+            let _ =
+                sh(in_ns(ns, "ethtool").args(["-K", dev, "gso", "off", "tso", "off", "tx", "off"]));
+            if ns == RX_NS {
+                sh(in_ns(ns, "ethtool").args(["-K", dev, "gro", "on"]))?;
+            }
         }
         std::fs::write(self.dir.join("flood.trafgen"), TRAFGEN_PROFILE)?;
         std::fs::write(
@@ -434,43 +433,25 @@ impl Rig {
         Ok(())
     }
 
-    /// Steers the receive work of the non-NAPI path (veth without XDP
-    /// hands frames to the backlog): RPS to CPU 1 for
-    /// [`Placement::Separate`], off for [`Placement::Shared`].
-    pub fn place(&self, placement: Placement) -> Result<()> {
-        let rps = match placement {
-            Placement::Separate => "2",
-            Placement::Shared => "0",
-        };
-        for q in 0..self.queues {
-            write_in_ns(
-                RX_NS,
-                &format!("/sys/class/net/{RX_DEV}/queues/rx-{q}/rps_cpus"),
-                rps,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Steers the NAPI path (veth has NAPI instances only while an XDP
-    /// program is attached, so call this once the receiver runs): threaded
-    /// NAPI with its kthreads pinned to CPU 1 for [`Placement::Separate`],
-    /// NAPI in softirq on the sender's CPU for [`Placement::Shared`].
-    /// Best effort: without NAPI instances the kernel refuses the switch,
-    /// and there is nothing to steer.
-    pub fn place_napi(&self, placement: Placement) {
-        let threaded = match placement {
-            Placement::Separate => "1",
-            Placement::Shared => "0",
-        };
-        let _ = write_in_ns(
+    /// Steers the receive work: `Some(p)` runs veth's NAPI in threaded
+    /// mode with its kthreads pinned to `p`'s receive CPU; `None` runs it
+    /// in softirq on the sending CPU (rx queue i on CPU i when sender i
+    /// sends from CPU i). Call again once a receiver runs: attaching XDP
+    /// may make new NAPI instances.
+    ///
+    /// # Errors
+    /// When the kernel refuses threaded NAPI.
+    pub fn place(&self, placement: Option<Placement>) -> Result<()> {
+        let threaded = if placement.is_some() { "1" } else { "0" };
+        write_in_ns(
             RX_NS,
             &format!("/sys/class/net/{RX_DEV}/threaded"),
             threaded,
-        );
-        if placement == Placement::Separate {
-            self.pin_napi(placement.rx_cpu());
+        )?;
+        if let Some(p) = placement {
+            self.pin_napi(p.rx_cpu());
         }
+        Ok(())
     }
 
     /// Pins the receiver's NAPI kthreads to `cpu`.

@@ -4,7 +4,7 @@
 //!
 //! The flood is two trafgen workers (worker i on CPU i sends on tx queue
 //! i, which veth maps to rx queue i), so both queues get traffic. veth
-//! runs each queue's receive work in softirq on its sender's CPU, so with
+//! runs each queue's NAPI in softirq on its sender's CPU, so with
 //! two CPUs the generator, the kernel's receive work and the poll loops
 //! all share them: the ratio says whether a second poll loop helps on
 //! this machine, not what it gives on a many-core server with a real NIC.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::rig::{Placement, Rig};
+use crate::rig::Rig;
 use crate::stats::median;
 use crate::wire::start_shoal;
 
@@ -146,7 +146,7 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
 /// When the rig cannot be built or shoal fails to start or stop.
 pub fn run(opts: &ScalingOptions) -> Result<ScalingReport> {
     let rig = Rig::up(2)?;
-    rig.place(Placement::Shared)?;
+    rig.place(None)?;
     let mut fps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut shares: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
     for round in 0..opts.rounds {

@@ -17,8 +17,8 @@
 //! interface and still be lost before shoal judges them (a full AF_XDP or
 //! TPACKET ring); the kernel's filters run inline on every frame the
 //! interface accepts, so the interface counter is exactly what they
-//! judged (veth counts a frame as received only once it is queued for the
-//! receive path; frames it could not queue are the sender's tx drops).
+//! judged (veth counts a frame as received once its NAPI poll takes it
+//! from the ring; frames it could not queue are the sender's tx drops).
 //! The fastest of the three trivial drops, per round and placement, is
 //! "the ceiling"; every ratio is to the ceiling of its own round.
 //!
@@ -28,18 +28,20 @@
 //!
 //! # Receive-side CPU per frame
 //!
-//! Over the measured window: every CPU's softirq and irq time from
-//! /proc/stat (veth runs its receive path in NET_RX softirq, on the
-//! sender's CPU unless RPS or threaded NAPI moves it), plus the receiver's
-//! threaded-NAPI kthreads, plus shoal's process time; divided by frames
-//! received. The machine is shared with other work, whose softirq time
-//! lands in the same counters: compare within a round, and read the
-//! medians.
+//! GRO is on at `sbrx0`, so veth receives through NAPI for every receiver
+//! (64-byte UDP frames never coalesce), and threaded NAPI runs all of it —
+//! XDP, the netdev ingress hook, the IP stack, conntrack, iptables, the
+//! UDP layer for kept frames — in kthreads of its own. Receive CPU is
+//! those kthreads' CPU time plus shoal's process time (its TAP writes run
+//! the kernel's receive path for the frames it keeps), over the measured
+//! window, divided by frames received. Per-thread accounting keeps other
+//! work on the machine out of the figure; what other work still does is
+//! slow everything down, so compare within a round and read the medians.
 //!
 //! # Placements
 //!
-//! `separate`: trafgen on CPU 0, RPS and threaded NAPI on CPU 1, shoal's
-//! poll loop and control thread on CPU 1. `shared`: everything on CPU 0.
+//! `separate`: trafgen on CPU 0; the NAPI kthread, shoal's poll loop and
+//! control thread on CPU 1. `shared`: all of them on CPU 0.
 
 #![forbid(unsafe_code)]
 
@@ -465,9 +467,9 @@ pub fn measure(
     let running = Running::start(rig, r, placement)
         .with_context(|| format!("starting {} ({})", r.name(), placement.name()))?;
     let result: Result<Window> = (|| {
-        rig.place_napi(placement);
+        rig.place(Some(placement))?;
         let flood = rig.flood(&[0])?;
-        rig.place_napi(placement);
+        rig.place(Some(placement))?;
         std::thread::sleep(Duration::from_secs_f64(warmup));
         let a = running.sample()?;
         std::thread::sleep(Duration::from_secs_f64(seconds));
@@ -570,11 +572,11 @@ pub fn run(opts: &WireOptions) -> Result<WireReport> {
         vec![vec![Vec::new(); Receiver::ALL.len()]; placements.len()];
     for round in 0..opts.rounds {
         for (pi, &placement) in placements.iter().enumerate() {
-            rig.place(placement)?;
+            rig.place(Some(placement))?;
             for (ri, &r) in Receiver::ALL.iter().enumerate() {
                 let w = measure(&rig, r, placement, opts.seconds, warmup)?;
                 eprintln!(
-                    "wire: round {} {:<8} {:<17} {:>6.3} Mpps  {:>6.0} ns/frame  offered {:.3} Mpps",
+                    "wire: round {} {:<8} {:<21} {:>6.3} Mpps  {:>6.0} ns/frame  offered {:.3} Mpps",
                     round + 1,
                     placement.name(),
                     r.name(),
@@ -669,12 +671,12 @@ pub fn text(r: &WireReport) -> String {
         );
     }
     s += &format!(
-        "{:<9} {:<17} {:>8} {:>9} {:>9} {:>8} {:>6}  {}\n",
+        "{:<9} {:<21} {:>8} {:>9} {:>9} {:>8} {:>6}  {}\n",
         "placement", "receiver", "Mpps", "x ceiling", "ns/frame", "offered", "to UDP", "counted by"
     );
     for c in &r.cases {
         s += &format!(
-            "{:<9} {:<17} {:>8.3} {:>8.2}x {:>9.0} {:>8.3} {:>5.0}%  {}\n",
+            "{:<9} {:<21} {:>8.3} {:>8.2}x {:>9.0} {:>8.3} {:>5.0}%  {}\n",
             c.placement.name(),
             c.receiver,
             c.fps / 1e6,
