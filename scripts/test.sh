@@ -4,7 +4,7 @@
 #   scripts/test.sh            everything: install, fmt, clippy, unit and
 #                              property tests, privileged backend tests,
 #                              fuzz smoke, and the namespace lab's e2e suite
-#   SHOAL_TEST_QUICK=1 ...     skip the lab e2e suite and the fuzz smoke
+#   SHOAL_TEST_QUICK=1 ...     skip the fuzz smoke and the lab e2e suite
 #
 # Needs root (network namespaces, AF_XDP, TAP, nftables). Under CI every
 # layer runs and a missing kernel feature is a failure.
@@ -39,6 +39,9 @@ if [ "${SHOAL_TEST_QUICK:-0}" = 1 ]; then
     echo "SHOAL_TEST_QUICK=1: lab e2e suite skipped"
     exit 0
 fi
+
+step "fuzz smoke (scripts/fuzz --seconds 15: every target, stable toolchain)"
+scripts/fuzz --seconds 15
 
 step "build the release binary for the lab"
 cargo build --release -p shoal-engine
