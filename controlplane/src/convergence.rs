@@ -279,6 +279,7 @@ pub struct Machine {
     dirty_stale: bool,
     events: VecDeque<Event>,
     pub(crate) last_convergence_ns: Option<u64>,
+    listened: bool,
 }
 
 fn rules_mask(n: usize) -> u32 {
@@ -376,7 +377,7 @@ impl Machine {
         }
         let auth = ClusterAuth::new(cfg.key, &spec);
         let fingerprint = rule_fingerprint(&spec);
-        let membership = Membership::new(cfg.host, cfg.boot_id, cfg.tolerance, cfg.period_ns);
+        let membership = Membership::new(cfg.host, cfg.boot_id, cfg.tolerance, cfg.period_ns, now);
         let empty = empty_view(rules);
         let proposal_digest = view_digest(fingerprint, &empty);
         Self {
@@ -418,6 +419,7 @@ impl Machine {
             dirty_stale: false,
             events: VecDeque::new(),
             last_convergence_ns: None,
+            listened: false,
         }
     }
 
@@ -490,6 +492,9 @@ impl Machine {
     /// The union of the dirty groups of `rule` reported by the other live
     /// hosts: set it on the installed map's rule.
     pub fn dirty_elsewhere(&mut self, rule: usize) -> GroupBits {
+        if self.membership.take_dirty_changed() {
+            self.dirty_stale = true;
+        }
         self.refresh_dirty();
         self.dirty_elsewhere.get(rule).cloned().unwrap_or_default()
     }
@@ -520,9 +525,6 @@ impl Machine {
     /// the view.
     pub fn handle_heartbeat(&mut self, frame: &[u8], now: u64) -> Result<(), HeartbeatError> {
         let r = self.membership.handle_frame(frame, &self.auth, now);
-        if matches!(r, Ok(Some(_))) {
-            self.dirty_stale = true;
-        }
         self.update(now);
         r.map(|_| ())
     }
@@ -596,9 +598,8 @@ impl Machine {
     /// When [`Machine::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> u64 {
         let mut t = self.next_tx;
-        let listen = self.listen_until();
-        if listen > self.last_tx.unwrap_or(0) {
-            t = t.min(listen);
+        if !self.listened {
+            t = t.min(self.listen_until());
         }
         for d in self.settings.draining.iter().flatten() {
             t = t.min(d + self.cfg.drain_timeout_ns);
@@ -663,6 +664,16 @@ impl Machine {
             draining: self.draining_mask(),
             dirty,
         }
+    }
+
+    /// Hosts this host hears (itself included).
+    pub fn hears(&self) -> HostSet {
+        self.membership.hears()
+    }
+
+    /// Rules draining on this host (all of them during a `drainstop`).
+    pub fn draining_rules(&self) -> u32 {
+        self.draining_mask()
     }
 
     pub(crate) fn draining_mask(&self) -> u32 {
@@ -802,6 +813,7 @@ impl Machine {
         let me = self.cfg.host;
         let rules = self.rules();
         self.membership.expire(now);
+        self.listened |= now >= self.listen_until();
         self.finish_drains(now);
 
         // Who may take part.
@@ -872,6 +884,9 @@ impl Machine {
 
         self.update_state(now);
         self.push_notices();
+        if self.membership.take_dirty_changed() {
+            self.dirty_stale = true;
+        }
         if self.dirty_stale {
             self.refresh_dirty();
         }
@@ -904,10 +919,10 @@ impl Machine {
         let Some((view, digest)) = self.target.clone() else {
             return;
         };
-        let all_bound = self.membership.live_peers().all(|p| {
-            let dup = self.membership.is_duplicate(p.latest.host, now);
-            p.latest.bound == 0 || (!dup && p.latest.bound == digest)
-        });
+        let all_bound = self
+            .membership
+            .live_peers()
+            .all(|p| p.latest.bound == 0 || p.latest.bound == digest);
         if !(listened && all_bound) {
             return;
         }
@@ -949,6 +964,9 @@ impl Machine {
 
     fn update_state(&mut self, now: u64) {
         let state = match self.settings.admin {
+            // Another host with our ID was there first: we do not take
+            // part, and say so, so nobody counts us as a member.
+            _ if self.standing == Standing::DuplicateId => HostState::Stopped,
             Admin::Stopped => HostState::Stopped,
             Admin::Suspended => HostState::Suspended,
             Admin::Started => {

@@ -819,34 +819,40 @@ fn payload_of(frame: &[u8]) -> Result<&[u8], HeartbeatError> {
 
 /// Per-host replay protection: the last `(boot, seq)` accepted from each host.
 ///
-/// A heartbeat is fresh when its boot id is higher than the last one seen
-/// from that host (a restart), or equal with a higher sequence number.
-/// Everything else is [`HeartbeatError::Replayed`]. The guard also remembers
-/// the highest sequence of the *previous* boot, so that a second live host
-/// with the same ID (whose boot id is now the older one) is told apart from a
-/// replay of old frames: see [`Freshness::OlderBoot`].
+/// Each host ID has a *current* boot and at most one *rival* boot (a second
+/// boot id heard while the current one was alive, or the previous boot
+/// after a restart). A heartbeat is fresh when its sequence number is higher
+/// than the last one seen from its boot; a boot id never seen is fresh only
+/// when it is higher than the current one (a restarted host uses its
+/// wall-clock start time, which compares higher) or, when older, when it is
+/// plausible (a second live host that was there first). Everything else is
+/// [`HeartbeatError::Replayed`]. Whether a rival replaces the current boot
+/// (a restart) or is a second host with the same ID is
+/// [`crate::membership`]'s call: see [`ReplayGuard::promote`].
 #[derive(Clone, Debug, Default)]
 pub struct ReplayGuard {
-    last: Vec<Option<BootSeq>>,
+    last: Vec<Option<Boots>>,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct BootSeq {
-    boot: u64,
-    seq: u64,
-    previous: Option<(u64, u64)>,
+struct Boots {
+    current: (u64, u64),
+    rival: Option<(u64, u64)>,
 }
 
-/// How a heartbeat relates to what was heard from its host before.
+/// How a heartbeat relates to what was heard from its host ID before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freshness {
-    /// The same boot, newer sequence.
+    /// The first heartbeat ever heard from this ID.
+    First,
+    /// The current boot, newer sequence.
     Newer,
-    /// A higher boot id than before: the host restarted (or is new).
-    NewBoot,
-    /// The boot id heard before the current one, with a sequence newer than
-    /// any seen from it: two live hosts share this ID.
-    OlderBoot,
+    /// Fresh from a boot other than the current one; `newer` when its boot
+    /// id is higher than the current boot's.
+    Rival {
+        /// Whether the rival boot id is higher than the current one.
+        newer: bool,
+    },
 }
 
 impl ReplayGuard {
@@ -860,50 +866,71 @@ impl ReplayGuard {
     /// Checks `(boot, seq)` from `host` and records it when fresh.
     ///
     /// # Errors
-    /// [`HeartbeatError::Replayed`] when it is not newer.
+    /// [`HeartbeatError::Replayed`] when it is not newer than what that boot
+    /// sent before, or comes from an unknown boot older than the current.
+    ///
+    /// `plausible` says whether the sender's clock claim (boot id plus
+    /// sequence × period) reaches the receiver's present (see
+    /// [`crate::membership`]); a boot id never heard before is accepted only
+    /// when it is.
     pub fn check(
         &mut self,
         host: HostId,
         boot: u64,
         seq: u64,
+        plausible: bool,
     ) -> Result<Freshness, HeartbeatError> {
         if self.last.len() < shoal_dataplane::MAX_HOSTS {
             self.last.resize(shoal_dataplane::MAX_HOSTS, None);
         }
         let slot = &mut self.last[host.index()];
-        match slot {
-            None => {
-                *slot = Some(BootSeq {
-                    boot,
-                    seq,
-                    previous: None,
-                });
-                Ok(Freshness::NewBoot)
+        let Some(b) = slot else {
+            if !plausible {
+                return Err(HeartbeatError::Replayed);
             }
-            Some(b) if boot == b.boot => {
-                if seq > b.seq {
-                    b.seq = seq;
-                    Ok(Freshness::Newer)
+            *slot = Some(Boots {
+                current: (boot, seq),
+                rival: None,
+            });
+            return Ok(Freshness::First);
+        };
+        if boot == b.current.0 {
+            if seq > b.current.1 {
+                b.current.1 = seq;
+                return Ok(Freshness::Newer);
+            }
+            return Err(HeartbeatError::Replayed);
+        }
+        let newer = boot > b.current.0;
+        match &mut b.rival {
+            Some(r) if r.0 == boot => {
+                if seq > r.1 {
+                    r.1 = seq;
+                    Ok(Freshness::Rival { newer })
                 } else {
                     Err(HeartbeatError::Replayed)
                 }
             }
-            Some(b) if boot > b.boot => {
-                let prev = Some((b.boot, b.seq));
-                *b = BootSeq {
-                    boot,
-                    seq,
-                    previous: prev,
-                };
-                Ok(Freshness::NewBoot)
+            Some(r) if plausible && (!newer || boot > r.0) => {
+                *r = (boot, seq);
+                Ok(Freshness::Rival { newer })
             }
-            Some(b) => match &mut b.previous {
-                Some((pb, ps)) if *pb == boot && seq > *ps => {
-                    *ps = seq;
-                    Ok(Freshness::OlderBoot)
-                }
-                _ => Err(HeartbeatError::Replayed),
-            },
+            None if plausible => {
+                b.rival = Some((boot, seq));
+                Ok(Freshness::Rival { newer })
+            }
+            _ => Err(HeartbeatError::Replayed),
+        }
+    }
+
+    /// Makes `host`'s rival boot the current one (a restart); the old
+    /// current boot becomes the rival, so its old frames stay refused.
+    pub fn promote(&mut self, host: HostId) {
+        if let Some(Some(b)) = self.last.get_mut(host.index()) {
+            if let Some(r) = b.rival {
+                b.rival = Some(b.current);
+                b.current = r;
+            }
         }
     }
 }

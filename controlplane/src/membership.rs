@@ -19,13 +19,21 @@
 //!   Bad tags and replays are counted by reason and reported as
 //!   [`Notice::Rejected`], at most once per reason per period so a flood
 //!   cannot flood the event queue.
-//! * **Duplicate host IDs are refused and reported.** Two live hosts with
-//!   one ID show up as two boot ids alternating (the older boot sending
-//!   sequence numbers it never sent before, more than one period after the
-//!   newer boot appeared, which a restart never does). A heartbeat carrying
-//!   the local host's own ID and another boot id is the same fault seen from
-//!   the inside. Either way the ID is excluded for `tolerance × period`
-//!   after the last evidence, and [`Notice::DuplicateId`] is raised.
+//! * **Old incarnations cannot be replayed to a fresh receiver.** A boot id
+//!   never heard before is accepted only when `boot + seq × period` (the
+//!   sender's clock claim: it sends at least once per period) comes within
+//!   [`MAX_CLOCK_SKEW_NS`] plus the tolerance window of the receiver's
+//!   wall clock (its own boot id plus its uptime).
+//! * **Duplicate host IDs are refused and reported, and change no view.**
+//!   A heartbeat from a second boot id of a host whose current boot is still
+//!   live is a second host with that ID: the incumbent (the boot heard
+//!   first) keeps its place, the other's heartbeats are refused, counted and
+//!   reported ([`Notice::DuplicateId`]). The newcomer sees the incumbent's
+//!   heartbeats carrying its own ID and an older boot id, and steps back
+//!   ([`Standing::DuplicateId`]: it takes no new connections). A new boot id
+//!   replaces the current one only once the current boot has been silent
+//!   for `tolerance × period` (a restart: the restarted host listens that
+//!   long anyway before it may adopt a view).
 //! * **Mismatched rules are refused and reported.** Peers are grouped by
 //!   rule fingerprint; the group with the most participating hosts wins
 //!   (ties: the group holding the lowest host ID), so a rolling `reload`
@@ -142,7 +150,8 @@ struct Assembling {
 }
 
 impl DirtyAssembly {
-    fn add(&mut self, page: &DirtyPage) {
+    /// Adds a page; returns whether the assembled view changed.
+    fn add(&mut self, page: &DirtyPage) -> bool {
         let fresh = match &self.assembling {
             Some(a) => a.generation != page.generation || a.pages != page.pages,
             None => true,
@@ -152,7 +161,7 @@ impl DirtyAssembly {
             .as_ref()
             .is_some_and(|(g, _)| *g == page.generation);
         if already {
-            return;
+            return false;
         }
         if fresh {
             self.assembling = Some(Assembling {
@@ -165,11 +174,13 @@ impl DirtyAssembly {
             });
         }
         let Some(a) = self.assembling.as_mut() else {
-            return;
+            return fresh;
         };
+        let mut changed = fresh;
         if let Some(seen) = a.received.get_mut(page.page as usize) {
             if !*seen {
                 *seen = true;
+                changed = true;
                 for (rule, s) in &page.sections {
                     if let Some(g) = a.groups.get_mut(*rule as usize) {
                         s.add_to(g);
@@ -183,6 +194,7 @@ impl DirtyAssembly {
                 self.complete = Some((a.generation, a.groups));
             }
         }
+        changed
     }
 
     /// Adds this peer's dirty groups of `rule` to `into`.
@@ -240,6 +252,8 @@ pub struct Peer {
     pub run: u32,
     /// Until when its ID counts as duplicated.
     pub duplicate_until: u64,
+    /// An older boot heard beside the current one: (boot, first heard, count).
+    older_rival: Option<(u64, u64, u32)>,
     live: bool,
     dirty: DirtyAssembly,
 }
@@ -249,12 +263,15 @@ pub struct Peer {
 pub struct Membership {
     local: HostId,
     local_boot: u64,
+    started_at: u64,
     tolerance: u64,
     base_period_ns: u64,
     guard: ReplayGuard,
     peers: Vec<Option<Peer>>,
     counters: MembershipCounters,
     self_duplicate_until: u64,
+    self_rival_until: u64,
+    dirty_changed: bool,
     rejected_reported: [u64; 10],
     notices: Vec<Notice>,
 }
@@ -274,11 +291,23 @@ fn error_index(e: HeartbeatError) -> usize {
     }
 }
 
+/// How far (ns) a sender's clock may lag the receiver's before a heartbeat
+/// from a boot never heard before counts as a replay.
+pub const MAX_CLOCK_SKEW_NS: u64 = 30_000_000_000;
+
 impl Membership {
-    /// Records for `local` (booted at `local_boot`), declaring peers dead
-    /// after `tolerance` missed periods of `base_period_ns`.
-    pub fn new(local: HostId, local_boot: u64, tolerance: u32, base_period_ns: u64) -> Self {
+    /// Records for `local` (booted at wall-clock `local_boot`, monotonic
+    /// `now`), declaring peers dead after `tolerance` missed periods of
+    /// `base_period_ns`.
+    pub fn new(
+        local: HostId,
+        local_boot: u64,
+        tolerance: u32,
+        base_period_ns: u64,
+        now: u64,
+    ) -> Self {
         Self {
+            started_at: now,
             local,
             local_boot,
             tolerance: tolerance.max(1) as u64,
@@ -287,6 +316,8 @@ impl Membership {
             peers: vec![None; MAX_HOSTS],
             counters: MembershipCounters::default(),
             self_duplicate_until: 0,
+            self_rival_until: 0,
+            dirty_changed: false,
             rejected_reported: [0; 10],
             notices: Vec::new(),
         }
@@ -327,34 +358,85 @@ impl Membership {
             Ok(hb) => hb,
             Err(e) => return Err(self.reject(e, now)),
         };
+        // A live sender sends at least once per base period since its boot,
+        // so boot + seq × period reaches its present; a replay of an old
+        // incarnation falls short of ours.
+        let claimed = hb
+            .boot
+            .saturating_add(hb.seq.saturating_mul(hb.base_period_us as u64 * 1000));
+        let wall_now = self.local_boot + now.saturating_sub(self.started_at);
+        let plausible = claimed.saturating_add(MAX_CLOCK_SKEW_NS + self.window()) >= wall_now;
         if hb.host == self.local {
             if hb.boot == self.local_boot {
                 self.counters.own += 1;
                 return Ok(None);
             }
-            // Someone else claims our ID with the cluster key.
-            if self.guard.check(hb.host, hb.boot, hb.seq).is_err() {
-                return Err(self.reject(HeartbeatError::Replayed, now));
+            // Another host claims our ID with the cluster key.
+            if let Err(e) = self.guard.check(hb.host, hb.boot, hb.seq, plausible) {
+                return Err(self.reject(e, now));
             }
             self.counters.duplicate_id += 1;
-            if self.self_duplicate_until < now {
+            if self.self_duplicate_until < now && self.self_rival_until < now {
                 self.notices.push(Notice::DuplicateId(self.local));
             }
-            self.self_duplicate_until = now + self.window();
+            if hb.boot < self.local_boot {
+                // It was there first: we are the newcomer and step back.
+                self.self_duplicate_until = now + self.window();
+            } else {
+                self.self_rival_until = now + self.window();
+            }
             return Ok(None);
         }
-        let fresh = match self.guard.check(hb.host, hb.boot, hb.seq) {
+        let fresh = match self.guard.check(hb.host, hb.boot, hb.seq, plausible) {
             Ok(f) => f,
             Err(e) => return Err(self.reject(e, now)),
         };
         let window = self.window();
         let idx = hb.host.index();
-        match (fresh, self.peers[idx].as_mut()) {
-            (Freshness::OlderBoot, Some(p)) => {
-                // Old-boot frames still in flight right after a restart are
-                // not evidence; a second host keeps sending them.
-                if now.saturating_sub(p.boot_seen_at) > self.base_period_ns {
+        if let Freshness::Rival { newer } = fresh {
+            let current_alive = self.peers[idx]
+                .as_ref()
+                .is_some_and(|p| p.live && now.saturating_sub(p.last_heard) <= self.timeout_of(p));
+            // An older boot displaces a live current one only after it has
+            // shown itself alive for a period (a single replayed frame of an
+            // old incarnation must not swap the record).
+            let older_proven = !newer
+                && current_alive
+                && self.peers[idx]
+                    .as_mut()
+                    .is_some_and(|p| match &mut p.older_rival {
+                        Some((b, since, n)) if *b == hb.boot => {
+                            *n += 1;
+                            *n >= 3 && now.saturating_sub(*since) >= self.base_period_ns
+                        }
+                        slot => {
+                            *slot = Some((hb.boot, now, 1));
+                            false
+                        }
+                    });
+            if !current_alive || older_proven {
+                // Either the current boot fell silent (a restart), or both
+                // are alive and this one is older: the older boot was there
+                // first and is the incumbent (the newer steps back by
+                // itself), whichever a fresh receiver happened to hear first.
+                if current_alive {
                     self.counters.duplicate_id += 1;
+                    let until = self.peers[idx].as_ref().map_or(0, |p| p.duplicate_until);
+                    if until < now {
+                        self.notices.push(Notice::DuplicateId(hb.host));
+                    }
+                }
+                self.guard.promote(hb.host);
+                if current_alive {
+                    if let Some(p) = self.peers[idx].as_mut() {
+                        p.duplicate_until = now + window;
+                    }
+                }
+            } else {
+                // Two live boots for one ID: the incumbent keeps its place,
+                // the other is refused (and steps back by itself).
+                self.counters.duplicate_id += 1;
+                if let Some(p) = self.peers[idx].as_mut() {
                     if p.duplicate_until < now {
                         self.notices.push(Notice::DuplicateId(hb.host));
                     }
@@ -362,8 +444,6 @@ impl Membership {
                 }
                 return Ok(None);
             }
-            (Freshness::OlderBoot, None) => return Ok(None),
-            _ => {}
         }
         self.counters.accepted += 1;
         let host = hb.host;
@@ -372,32 +452,40 @@ impl Membership {
         std::mem::swap(&mut page, &mut hb.dirty);
         let slot = &mut self.peers[idx];
         match slot {
-            Some(p) if fresh == Freshness::Newer => {
+            Some(p) if fresh == Freshness::Newer || fresh == Freshness::First => {
                 p.run = if p.latest.proposal_digest == hb.proposal_digest {
                     p.run.saturating_add(1)
                 } else {
                     1
                 };
+                if p.latest.state != hb.state || p.latest.fingerprint != hb.fingerprint {
+                    self.dirty_changed = true;
+                }
                 p.latest = hb;
                 p.last_heard = now;
-                p.dirty.add(&page);
+                if p.dirty.add(&page) {
+                    self.dirty_changed = true;
+                }
                 if !p.live {
+                    self.dirty_changed = true;
                     p.live = true;
                     self.notices.push(Notice::Up(host));
                 }
             }
             _ => {
-                let restarted = slot.is_some();
+                let restarted = slot.as_ref().is_some_and(|p| p.latest.boot < hb.boot);
                 let duplicate_until = slot.as_ref().map_or(0, |p| p.duplicate_until);
                 let mut dirty = DirtyAssembly::default();
                 dirty.add(&page);
                 let was_live = slot.as_ref().is_some_and(|p| p.live);
+                self.dirty_changed = true;
                 *slot = Some(Peer {
                     latest: hb,
                     last_heard: now,
                     boot_seen_at: now,
                     run: 1,
                     duplicate_until,
+                    older_rival: None,
                     live: true,
                     dirty,
                 });
@@ -437,6 +525,7 @@ impl Membership {
             if now > deadline {
                 if let Some(p) = self.peers[i].as_mut() {
                     p.live = false;
+                    self.dirty_changed = true;
                     let host = p.latest.host;
                     self.notices.push(Notice::Down(host));
                 }
@@ -467,7 +556,7 @@ impl Membership {
     /// Whether `host`'s ID is currently shown duplicated.
     pub fn is_duplicate(&self, host: HostId, now: u64) -> bool {
         if host == self.local {
-            return now < self.self_duplicate_until;
+            return now < self.self_duplicate_until || now < self.self_rival_until;
         }
         self.peers[host.index()]
             .as_ref()
@@ -493,11 +582,11 @@ impl Membership {
             }
             None => votes.push((fp, 1, id)),
         };
-        if local_participates && !self.is_duplicate(self.local, now) {
+        if local_participates && now >= self.self_duplicate_until {
             vote(local_fingerprint, self.local.get());
         }
         for p in self.peers.iter().flatten() {
-            if p.live && p.latest.state.participates() && now >= p.duplicate_until {
+            if p.live && p.latest.state.participates() {
                 vote(p.latest.fingerprint, p.latest.host.get());
             }
         }
@@ -509,7 +598,7 @@ impl Membership {
         let mut members = HostSet::EMPTY;
         let mut mismatched = HostSet::EMPTY;
         for p in self.peers.iter_mut().flatten() {
-            if !p.live || !p.latest.state.participates() || now < p.duplicate_until {
+            if !p.live || !p.latest.state.participates() {
                 continue;
             }
             if p.latest.fingerprint == winner {
@@ -518,7 +607,7 @@ impl Membership {
                 mismatched.insert(p.latest.host);
             }
         }
-        let standing = if self.is_duplicate(self.local, now) {
+        let standing = if now < self.self_duplicate_until {
             Standing::DuplicateId
         } else if local_fingerprint != winner {
             Standing::Outvoted
@@ -561,6 +650,12 @@ impl Membership {
             p.dirty.add_rule_to(rule, &mut g);
         }
         g
+    }
+
+    /// Whether any peer's dirty groups or liveness changed since the last
+    /// call (clears the flag).
+    pub fn take_dirty_changed(&mut self) -> bool {
+        std::mem::take(&mut self.dirty_changed)
     }
 
     /// Forgets everything heard (not the replay guard).

@@ -276,22 +276,40 @@ fn truncated_and_oversized_rejected() {
 fn replay_guard() {
     let h = HostId::new(3).unwrap();
     let mut g = ReplayGuard::new();
-    assert_eq!(g.check(h, 100, 1), Ok(Freshness::NewBoot));
-    assert_eq!(g.check(h, 100, 2), Ok(Freshness::Newer));
-    assert_eq!(g.check(h, 100, 2), Err(HeartbeatError::Replayed));
-    assert_eq!(g.check(h, 100, 1), Err(HeartbeatError::Replayed));
-    assert_eq!(g.check(h, 99, 50), Err(HeartbeatError::Replayed));
-    // Restart: higher boot id.
-    assert_eq!(g.check(h, 200, 1), Ok(Freshness::NewBoot));
+    assert_eq!(g.check(h, 100, 1, true), Ok(Freshness::First));
+    assert_eq!(g.check(h, 100, 2, true), Ok(Freshness::Newer));
+    assert_eq!(g.check(h, 100, 2, true), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 1, true), Err(HeartbeatError::Replayed));
+    // An unknown boot whose clock claim is implausible is a replay.
+    assert_eq!(g.check(h, 99, 50, false), Err(HeartbeatError::Replayed));
+    assert_eq!(
+        g.check(HostId::new(9).unwrap(), 1, 1, false),
+        Err(HeartbeatError::Replayed)
+    );
+    // A higher boot id is a rival until membership promotes it.
+    assert_eq!(
+        g.check(h, 200, 1, true),
+        Ok(Freshness::Rival { newer: true })
+    );
+    assert_eq!(g.check(h, 200, 1, true), Err(HeartbeatError::Replayed));
+    assert_eq!(
+        g.check(h, 200, 2, true),
+        Ok(Freshness::Rival { newer: true })
+    );
+    g.promote(h);
+    assert_eq!(g.check(h, 200, 3, true), Ok(Freshness::Newer));
     // Replays of the old boot stay refused…
-    assert_eq!(g.check(h, 100, 2), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 2, true), Err(HeartbeatError::Replayed));
     // …but fresh sequence numbers from it mean a second live host.
-    assert_eq!(g.check(h, 100, 3), Ok(Freshness::OlderBoot));
-    assert_eq!(g.check(h, 100, 3), Err(HeartbeatError::Replayed));
+    assert_eq!(
+        g.check(h, 100, 3, true),
+        Ok(Freshness::Rival { newer: false })
+    );
+    assert_eq!(g.check(h, 100, 3, true), Err(HeartbeatError::Replayed));
     // Other hosts are independent.
     assert_eq!(
-        g.check(HostId::new(4).unwrap(), 1, 1),
-        Ok(Freshness::NewBoot)
+        g.check(HostId::new(4).unwrap(), 1, 1, true),
+        Ok(Freshness::First)
     );
 }
 

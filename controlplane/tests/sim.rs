@@ -1,0 +1,1144 @@
+//! A simulated cluster in virtual time: N control planes, each driving a
+//! real dataplane, on a broadcast segment with loss, delay, reordering,
+//! partitions and churn. After every step in which any map changed, a few
+//! hundred probe frames (SYNs of new flows, data of tracked flows) are
+//! judged by every host on the segment: at most one may keep each, and once
+//! the cluster has converged exactly one must.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use shoal_controlplane::admin::{Request, Scope};
+use shoal_controlplane::heartbeat::{ClusterAuth, Heartbeat, HeartbeatError, MAX_FRAME};
+use shoal_controlplane::{Config, Event, HostState, Machine};
+use shoal_dataplane::bucket::BucketMap;
+use shoal_dataplane::descriptor::DescriptorConfig;
+use shoal_dataplane::mac::unicast_mac;
+use shoal_dataplane::map::{ClusterMap, GroupBits, RuleOwner, View};
+use shoal_dataplane::pipeline::{Dataplane, Verdict};
+use shoal_dataplane::wire::ipv4_checksum;
+use shoal_dataplane::{
+    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_HOSTS,
+};
+
+const MS: u64 = 1_000_000;
+const KEY: [u8; 32] = [0x5a; 32];
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const PORTS: [u16; 3] = [80, 443, 22];
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// xorshift64*: a tiny seeded generator.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+fn host(n: u8) -> HostId {
+    HostId::new(n).unwrap()
+}
+
+fn spec() -> ClusterSpec {
+    let r = |p: u16, mode| PortRule::new(None, (p, p), Protocol::Tcp, mode);
+    ClusterSpec {
+        vips: vec![IpAddr::V4(VIP)],
+        mode: ClusterMode::Unicast,
+        ipv6_network_prefix: 64,
+        rules: vec![
+            r(
+                80,
+                FilterMode::Multiple {
+                    affinity: Affinity::None,
+                },
+            ),
+            r(
+                443,
+                FilterMode::Multiple {
+                    affinity: Affinity::Single,
+                },
+            ),
+            r(22, FilterMode::Single),
+        ],
+    }
+}
+
+fn tcp(client: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&unicast_mac(VIP).0);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&40u16.to_be_bytes());
+    h[6] = 0x40;
+    h[8] = 64;
+    h[9] = 6;
+    h[12..16].copy_from_slice(&client.octets());
+    h[16..20].copy_from_slice(&VIP.octets());
+    let c = ipv4_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    f.extend_from_slice(&t);
+    f
+}
+
+/// Builds cluster maps with the dataplane's own code, sharing bucket maps
+/// (the costly part: 2^20 buckets) between views and hosts.
+#[derive(Default)]
+struct Maps {
+    buckets: HashMap<(u64, [u8; MAX_HOSTS]), (u64, Arc<BucketMap>)>,
+    tick: u64,
+    computed: u64,
+}
+
+impl Maps {
+    /// `ClusterMap::build`, except that multiple-host rules take their
+    /// bucket map from the cache. The rest (single-host owners, default
+    /// host, per-host disable) is the dataplane's. `exact_build_matches`
+    /// checks the two agree.
+    fn build(&mut self, spec: &ClusterSpec, view: &View, local: HostId, epoch: u64) -> ClusterMap {
+        let mut cheap = spec.clone();
+        for r in cheap.rules.iter_mut() {
+            if matches!(r.mode, FilterMode::Multiple { .. }) {
+                r.mode = FilterMode::Disabled;
+            }
+        }
+        let mut map = ClusterMap::build(&cheap, view, local, epoch);
+        for (i, rule) in spec.rules.iter().enumerate() {
+            if !matches!(rule.mode, FilterMode::Multiple { .. }) {
+                continue;
+            }
+            let disabled = view.disabled.get(i).copied().unwrap_or_default();
+            let eligible = HostSet::from_bits(view.members.bits() & !disabled.bits());
+            let weights = view.weights.get(i).copied().unwrap_or(rule.weights);
+            let mut w = [0u8; MAX_HOSTS];
+            for h in eligible.iter() {
+                w[h.index()] = weights[h.index()];
+            }
+            self.tick += 1;
+            let key = (eligible.bits(), w);
+            let b = match self.buckets.get_mut(&key) {
+                Some(e) => {
+                    e.0 = self.tick;
+                    e.1.clone()
+                }
+                None => {
+                    if self.buckets.len() >= 128 {
+                        // Evict the least recently used.
+                        if let Some(old) = self.buckets.iter().min_by_key(|e| e.1 .0).map(|e| *e.0)
+                        {
+                            self.buckets.remove(&old);
+                        }
+                    }
+                    self.computed += 1;
+                    let b = Arc::new(BucketMap::compute(eligible, &w));
+                    self.buckets.insert(key, (self.tick, b.clone()));
+                    b
+                }
+            };
+            map.rules[i].rule = rule.clone();
+            map.rules[i].owner = RuleOwner::Buckets(b);
+        }
+        map
+    }
+}
+
+struct Node {
+    id: HostId,
+    m: Machine,
+    dp: Dataplane,
+    spec: ClusterSpec,
+    alive: bool,
+    side: u8,
+    epoch: u64,
+    /// A rogue: duplicate ID or mismatched rules (never a member).
+    rogue: bool,
+    adopted_count: u64,
+    last_adopted: Option<View>,
+}
+
+struct Flow {
+    client: Ipv4Addr,
+    sport: u16,
+    port: u16,
+    keeper: HostId,
+}
+
+#[derive(Default, Debug)]
+struct Stats {
+    events: u64,
+    convergences: Vec<u64>,
+    probes: u64,
+    checks: u64,
+    duplicates_exempt: u64,
+    rejected: HashMap<&'static str, u64>,
+    flaps: u64,
+    zero_keeper_syn: u64,
+    readopted: u64,
+    drains_finished: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    period: u64,
+    tolerance: u32,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>>,
+    qseq: u64,
+    loss: u64,
+    delay: u64,
+    jitter: u64,
+    maps: Maps,
+    flows: Vec<Flow>,
+    next_client: u32,
+    captured: Vec<(u64, Vec<u8>)>,
+    exempt_until: u64,
+    healing: bool,
+    last_real_event: u64,
+    stats: Stats,
+    map_changed: bool,
+    wall: u64,
+    cfg: DescriptorConfig,
+}
+
+impl Sim {
+    fn new(seed: u64, period: u64, tolerance: u32, n: u8) -> Self {
+        let mut s = Sim {
+            rng: Rng::new(seed),
+            now: 1_000 * MS,
+            period,
+            tolerance,
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            qseq: 0,
+            loss: 0,
+            delay: MS / 2,
+            jitter: MS,
+            maps: Maps::default(),
+            flows: Vec::new(),
+            next_client: 1,
+            captured: Vec::new(),
+            exempt_until: 0,
+            healing: false,
+            last_real_event: 0,
+            stats: Stats::default(),
+            map_changed: false,
+            wall: 1_700_000_000_000_000_000,
+            cfg: DescriptorConfig {
+                capacity: 16384,
+                half_open_ns: 30_000 * MS,
+                // Probe flows that leave the probe list expire; listed ones
+                // are refreshed by every probe.
+                established_ns: 40 * period,
+                closing_ns: 1_000 * MS,
+                link_ns: 60_000 * MS,
+                affinity_ns: 60_000 * MS,
+            },
+        };
+        for id in 1..=n {
+            s.spawn(host(id), spec(), false);
+        }
+        s
+    }
+
+    fn config(&mut self, id: HostId) -> Config {
+        self.wall += 1_000_000 + self.rng.below(1_000_000);
+        let mut c = Config::new(id, KEY, self.wall + self.now);
+        c.period_ns = self.period;
+        c.tolerance = self.tolerance;
+        c.converge_periods = 3;
+        c.drain_timeout_ns = 6 * self.period;
+        c
+    }
+
+    fn spawn(&mut self, id: HostId, spec: ClusterSpec, rogue: bool) {
+        let cfg = self.config(id);
+        let m = Machine::new(cfg, spec.clone(), self.now);
+        let (view, epoch) = m.effective_view();
+        let map = self.maps.build(&spec, view, id, epoch);
+        let dp = Dataplane::new(Arc::new(map), self.cfg, 0x5eed ^ id.get() as u64);
+        let node = Node {
+            id,
+            m,
+            dp,
+            spec,
+            alive: true,
+            side: 0,
+            epoch,
+            rogue,
+            adopted_count: 0,
+            last_adopted: None,
+        };
+        if let Some(i) = self
+            .nodes
+            .iter()
+            .position(|n| n.id == id && !n.rogue && !rogue)
+        {
+            self.nodes[i] = node;
+        } else {
+            self.nodes.push(node);
+        }
+    }
+
+    fn live_ids(&self) -> Vec<HostId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive && !n.rogue)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn node_index(&self, id: HostId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id && !n.rogue)
+    }
+
+    // ---- the network -------------------------------------------------------
+
+    fn broadcast(&mut self, from: usize, frame: Vec<u8>) {
+        if self.captured.len() >= 64 {
+            let i = self.rng.below(64) as usize;
+            self.captured[i] = (self.now, frame.clone());
+        } else {
+            self.captured.push((self.now, frame.clone()));
+        }
+        for to in 0..self.nodes.len() {
+            if to == from || !self.nodes[to].alive || self.nodes[to].side != self.nodes[from].side {
+                continue;
+            }
+            if self.rng.chance(self.loss) {
+                continue;
+            }
+            let at = self.now + self.delay + self.rng.below(self.jitter + 1);
+            self.qseq += 1;
+            self.queue.push(Reverse((at, self.qseq, to, frame.clone())));
+        }
+    }
+
+    /// Installs maps, reports dirty groups and load, sends heartbeats.
+    fn drive(&mut self, i: usize) {
+        for _ in 0..16 {
+            let mut progressed = false;
+            while let Some(ev) = self.nodes[i].m.poll_event() {
+                progressed = true;
+                match ev {
+                    Event::EffectiveViewChanged { view, epoch, .. } => {
+                        let n = &mut self.nodes[i];
+                        let mut map = self.maps.build(&n.spec, &view, n.id, epoch);
+                        for r in 0..n.spec.rules.len() {
+                            map.set_dirty_elsewhere(r, n.m.dirty_elsewhere(r));
+                        }
+                        n.dp.set_map(Arc::new(map));
+                        n.epoch = epoch;
+                        self.map_changed = true;
+                        self.report_dirty(i);
+                    }
+                    Event::DirtyElsewhereChanged => {
+                        let n = &mut self.nodes[i];
+                        let mut map = (**n.dp.map()).clone();
+                        for r in 0..n.spec.rules.len() {
+                            map.set_dirty_elsewhere(r, n.m.dirty_elsewhere(r));
+                        }
+                        n.dp.set_map(Arc::new(map));
+                        self.map_changed = true;
+                    }
+                    Event::ViewAdopted { view, .. } => {
+                        if self.nodes[i].last_adopted.as_ref() == Some(&view) {
+                            // Back to the same view after stepping back.
+                            self.stats.readopted += 1;
+                            continue;
+                        }
+                        if std::env::var("SIM_TRACE").is_ok() {
+                            eprintln!(
+                                "  {} ms: {:?} adopts {:?} w {:?} dis {:?}",
+                                self.now / MS,
+                                self.nodes[i].id,
+                                view.members,
+                                view.weights
+                                    .iter()
+                                    .map(|w| w[..6].to_vec())
+                                    .collect::<Vec<_>>(),
+                                view.disabled
+                            );
+                        }
+                        self.nodes[i].last_adopted = Some(view);
+                        self.nodes[i].adopted_count += 1;
+                        if !self.nodes[i].rogue
+                            && self.now
+                                > self.last_real_event + (self.tolerance as u64 + 4) * self.period
+                        {
+                            self.stats.flaps += 1;
+                        }
+                    }
+                    Event::StateChanged(HostState::Stopped | HostState::Suspended) => {
+                        // `stop` drops every connection: a fresh table.
+                        let n = &mut self.nodes[i];
+                        let map = n.dp.map().clone();
+                        n.dp = Dataplane::new(map, self.cfg, 0x5eed ^ n.id.get() as u64);
+                        self.map_changed = true;
+                    }
+                    Event::DrainFinished { .. } => {
+                        self.stats.drains_finished += 1;
+                        self.last_real_event = self.now;
+                    }
+                    Event::Rejected(e) => {
+                        *self.stats.rejected.entry(e.name()).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            let mut buf = [0u8; MAX_FRAME];
+            let now = self.now;
+            while let Some(len) = self.nodes[i].m.poll_transmit(now, &mut buf) {
+                progressed = true;
+                self.broadcast(i, buf[..len].to_vec());
+                self.report_dirty(i);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn report_dirty(&mut self, i: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        n.dp.tick(now, 256);
+        let rules = n.spec.rules.len();
+        let dirty: Vec<GroupBits> = (0..rules).map(|r| n.dp.table().dirty_groups(r)).collect();
+        let epoch = n.epoch;
+        n.m.handle_dirty(epoch, &dirty, now);
+        for (r, d) in dirty.iter().enumerate() {
+            n.m.handle_load(r, d.count() as u64, now);
+        }
+    }
+
+    fn step_to(&mut self, t_end: u64) {
+        loop {
+            let mut next = t_end;
+            if let Some(Reverse((at, ..))) = self.queue.peek() {
+                next = next.min(*at);
+            }
+            for n in &self.nodes {
+                if n.alive {
+                    next = next.min(n.m.poll_timeout());
+                }
+            }
+            if next > t_end {
+                break;
+            }
+            self.now = self.now.max(next);
+            while let Some(Reverse((at, ..))) = self.queue.peek() {
+                if *at > self.now {
+                    break;
+                }
+                let Some(Reverse((_, _, to, frame))) = self.queue.pop() else {
+                    break;
+                };
+                if self.nodes[to].alive {
+                    let now = self.now;
+                    match self.nodes[to].m.handle_heartbeat(&frame, now) {
+                        // Overtaken by a newer heartbeat of the same host.
+                        Ok(()) | Err(HeartbeatError::Replayed) => {}
+                        Err(e) => panic!("honest heartbeat refused: {e}"),
+                    }
+                    self.drive(to);
+                }
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].alive && self.nodes[i].m.poll_timeout() <= self.now {
+                    let now = self.now;
+                    self.nodes[i].m.handle_timeout(now);
+                    self.drive(i);
+                }
+            }
+            if self.map_changed {
+                self.map_changed = false;
+                self.probe(8);
+            }
+            if self.now >= t_end {
+                break;
+            }
+        }
+        self.now = self.now.max(t_end);
+    }
+
+    // ---- checks ------------------------------------------------------------
+
+    /// Members the cluster should converge to: live, on the main side,
+    /// started, honest.
+    fn expected(&self) -> HostSet {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.alive
+                    && !n.rogue
+                    && n.side == 0
+                    && !matches!(n.m.state(), HostState::Stopped | HostState::Suspended)
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn converged(&self) -> bool {
+        let expected = self.expected();
+        let mut view: Option<&View> = None;
+        for n in &self.nodes {
+            if !expected.contains(n.id) || n.rogue {
+                continue;
+            }
+            if !matches!(n.m.state(), HostState::Converged | HostState::Draining) {
+                return false;
+            }
+            let Some((v, _)) = n.m.adopted_view() else {
+                return false;
+            };
+            if v.members != expected {
+                return false;
+            }
+            if view.is_some_and(|w| w != v) || n.m.proposal() != v {
+                return false;
+            }
+            view = Some(v);
+        }
+        true
+    }
+
+    fn keepers(&mut self, frame: &[u8]) -> Vec<HostId> {
+        let now = self.now;
+        let mut k = Vec::new();
+        for n in self.nodes.iter_mut() {
+            if n.alive && n.side == 0 && n.dp.judge(frame, now) == Verdict::Keep {
+                k.push(n.id);
+            }
+        }
+        k
+    }
+
+    /// After a partition heals, the two sides each own their view until
+    /// they hear each other: no protocol can avoid duplicates then.
+    fn healing(&mut self) -> bool {
+        if !self.healing {
+            return false;
+        }
+        let live: HostSet = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive && !n.rogue)
+            .map(|n| n.id)
+            .collect();
+        let all_hear = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive && !n.rogue)
+            .all(|n| n.m.hears().bits() & live.bits() == live.bits());
+        if all_hear && self.now >= self.exempt_until {
+            self.healing = false;
+        }
+        self.healing
+    }
+
+    fn probe(&mut self, syns: usize) {
+        self.stats.checks += 1;
+        let exempt = self.healing();
+        let converged = self.converged();
+        // SYNs of new flows.
+        for _ in 0..syns {
+            let c = self.next_client;
+            self.next_client = self.next_client.wrapping_add(1);
+            let client = Ipv4Addr::from(0x0b00_0000 | (c & 0x00ff_ffff));
+            let sport = 1024 + (self.rng.below(60000) as u16);
+            let port = PORTS[self.rng.below(3) as usize];
+            let syn = tcp(client, sport, port, SYN);
+            let k = self.keepers(&syn);
+            self.stats.probes += 1;
+            if k.len() > 1 {
+                if exempt {
+                    self.stats.duplicates_exempt += 1;
+                    continue;
+                }
+                panic!("SYN kept by {k:?} at {} ms", self.now / MS);
+            }
+            if converged {
+                let expect = self.syn_owner(client, sport, port);
+                assert_eq!(
+                    k.first().copied(),
+                    expect,
+                    "converged SYN keeper at {} ms",
+                    self.now / MS
+                );
+            }
+            if k.is_empty() {
+                self.stats.zero_keeper_syn += 1;
+            }
+            if let Some(&h) = k.first() {
+                let ack = tcp(client, sport, port, ACK);
+                let k2 = self.keepers(&ack);
+                assert!(k2.len() <= 1, "ACK kept by {k2:?}");
+                if self.flows.len() < 64 {
+                    self.flows.push(Flow {
+                        client,
+                        sport,
+                        port,
+                        keeper: h,
+                    });
+                } else {
+                    let i = self.rng.below(64) as usize;
+                    self.flows[i] = Flow {
+                        client,
+                        sport,
+                        port,
+                        keeper: h,
+                    };
+                }
+            }
+        }
+        // Data of tracked flows.
+        let mut damaged = Vec::new();
+        for i in 0..self.flows.len() {
+            let (frame, keeper, fport) = {
+                let f = &self.flows[i];
+                (tcp(f.client, f.sport, f.port, ACK), f.keeper, f.port)
+            };
+            let k = self.keepers(&frame);
+            self.stats.probes += 1;
+            if k.len() > 1 {
+                if exempt {
+                    // Both sides serve it: the client sees a reset.
+                    self.stats.duplicates_exempt += 1;
+                    damaged.push(i);
+                    continue;
+                }
+                panic!(
+                    "data kept by {k:?} (tracked on {keeper:?}) at {} ms",
+                    self.now / MS
+                );
+            }
+            let serving = self.node_index(keeper).is_some_and(|j| {
+                let n = &self.nodes[j];
+                n.alive && n.side == 0 && n.m.state() != HostState::Stopped
+            });
+            if serving && !self.rule_enabled_on(keeper, fport) {
+                // Disabling a rule drops its connections on that host: this
+                // one is over (NLB's semantics).
+                damaged.push(i);
+                continue;
+            }
+            if converged && serving {
+                assert_eq!(
+                    k,
+                    vec![keeper],
+                    "tracked flow moved at {} ms",
+                    self.now / MS
+                );
+            }
+            if let Some(&h) = k.first() {
+                self.flows[i].keeper = h;
+            }
+        }
+        for i in damaged.into_iter().rev() {
+            self.flows.swap_remove(i);
+        }
+    }
+
+    fn rule_enabled_on(&self, id: HostId, port: u16) -> bool {
+        let Some(j) = self.node_index(id) else {
+            return false;
+        };
+        let r = PORTS.iter().position(|p| *p == port).unwrap_or(0);
+        !self.nodes[j].dp.map().rules[r].disabled_here
+    }
+
+    /// Who should keep a new flow under the converged view.
+    fn syn_owner(&self, client: Ipv4Addr, sport: u16, port: u16) -> Option<HostId> {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.alive && !n.rogue && n.side == 0 && self.expected().contains(n.id))?;
+        let map = n.dp.map();
+        let o = Dataplane::owner_of(map, 6, IpAddr::V4(client), sport, IpAddr::V4(VIP), port);
+        let r = o.rule?;
+        let h = o.host?;
+        // Disabled on the owner: nobody.
+        let j = self.node_index(h)?;
+        if self.nodes[j].dp.map().rules[r].disabled_here {
+            return None;
+        }
+        Some(h)
+    }
+
+    /// Runs until converged; returns the time it took from `since`.
+    fn converge(&mut self, since: u64, limit: u64, what: &str) -> u64 {
+        let deadline = since + limit;
+        while !self.converged() {
+            assert!(
+                self.now < deadline,
+                "{what}: not converged within {} periods (now {} ms); states {:?}",
+                limit / self.period,
+                self.now / MS,
+                self.nodes
+                    .iter()
+                    .filter(|n| n.alive)
+                    .map(|n| (
+                        n.id,
+                        n.rogue,
+                        n.m.state(),
+                        n.m.phase(),
+                        n.m.proposal().members,
+                        n.m.hears(),
+                        n.m.adopted_view().map(|v| v.0.members),
+                        n.m.standing()
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            let t = (self.now + self.period / 8).min(deadline);
+            self.step_to(t);
+        }
+        self.now - since
+    }
+
+    fn adopted_total(&self) -> u64 {
+        self.nodes.iter().map(|n| n.adopted_count).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Kill,
+    Restart,
+    Join,
+    Weight,
+    Drain,
+    Enable,
+    Disable,
+    StopStart,
+    Drainstop,
+    Forge,
+    Replay,
+    DuplicateId,
+    Mismatch,
+    Partition,
+    Loss,
+    Jitter,
+}
+
+const ACTIONS: [(Action, u64); 16] = [
+    (Action::Kill, 8),
+    (Action::Restart, 8),
+    (Action::Join, 4),
+    (Action::Weight, 10),
+    (Action::Drain, 6),
+    (Action::Enable, 8),
+    (Action::Disable, 4),
+    (Action::StopStart, 6),
+    (Action::Drainstop, 3),
+    (Action::Forge, 8),
+    (Action::Replay, 8),
+    (Action::DuplicateId, 4),
+    (Action::Mismatch, 4),
+    (Action::Partition, 4),
+    (Action::Loss, 8),
+    (Action::Jitter, 5),
+];
+
+fn pick(rng: &mut Rng) -> Action {
+    let total: u64 = ACTIONS.iter().map(|a| a.1).sum();
+    let mut x = rng.below(total);
+    for (a, w) in ACTIONS {
+        if x < w {
+            return a;
+        }
+        x -= w;
+    }
+    Action::Loss
+}
+
+/// One random event; returns whether the view should stay as it is.
+fn apply(sim: &mut Sim, action: Action) -> bool {
+    let live = sim.live_ids();
+    let pick_live = |sim: &mut Sim| -> Option<usize> {
+        let c: Vec<usize> = (0..sim.nodes.len())
+            .filter(|&i| sim.nodes[i].alive && !sim.nodes[i].rogue && sim.nodes[i].side == 0)
+            .collect();
+        if c.is_empty() {
+            None
+        } else {
+            Some(c[sim.rng.below(c.len() as u64) as usize])
+        }
+    };
+    let now = sim.now;
+    match action {
+        Action::Kill => {
+            if live.len() <= 2 {
+                return true;
+            }
+            if let Some(i) = pick_live(sim) {
+                sim.nodes[i].alive = false;
+                let id = sim.nodes[i].id;
+                sim.flows.retain(|f| f.keeper != id);
+                // A duplicate of it would legitimately take the free ID
+                // over; that is not what this event tests.
+                for n in sim.nodes.iter_mut() {
+                    if n.rogue && n.id == id {
+                        n.alive = false;
+                    }
+                }
+            }
+            false
+        }
+        Action::Restart | Action::Join => {
+            let dead: Vec<HostId> = sim
+                .nodes
+                .iter()
+                .filter(|n| !n.alive && !n.rogue)
+                .map(|n| n.id)
+                .collect();
+            let id = if matches!(action, Action::Restart) && !dead.is_empty() {
+                dead[sim.rng.below(dead.len() as u64) as usize]
+            } else {
+                let used: Vec<u8> = sim.nodes.iter().map(|n| n.id.get()).collect();
+                match (1..=5u8).find(|i| !used.contains(i)) {
+                    Some(i) => host(i),
+                    None => return true,
+                }
+            };
+            if sim.nodes.iter().filter(|n| n.alive && !n.rogue).count() >= 5 {
+                return true;
+            }
+            // A restarted host's old incarnation must have been declared
+            // dead first (the restart is a new event).
+            sim.spawn(id, spec(), false);
+            false
+        }
+        Action::Weight => {
+            let Some(i) = pick_live(sim) else { return true };
+            let id = sim.nodes[i].id;
+            let mut s = sim.nodes[i].spec.clone();
+            let w = [20u8, 50, 90][sim.rng.below(3) as usize];
+            for r in s.rules.iter_mut() {
+                r.weights[id.index()] = w;
+            }
+            sim.nodes[i].spec = s.clone();
+            sim.nodes[i].m.handle_reload(s, now);
+            false
+        }
+        Action::Drain | Action::Enable | Action::Disable => {
+            let Some(i) = pick_live(sim) else { return true };
+            let port = PORTS[sim.rng.below(3) as usize];
+            let scope = Scope::Rule {
+                vip: Some(IpAddr::V4(VIP)),
+                port: Some(port),
+            };
+            let req = match action {
+                Action::Drain => Request::Drain { scope },
+                Action::Enable => Request::Enable { scope },
+                _ => Request::Disable { scope },
+            };
+            sim.nodes[i].m.handle_admin(&req, now);
+            false
+        }
+        Action::StopStart => {
+            let Some(i) = pick_live(sim) else { return true };
+            let stopped = matches!(
+                sim.nodes[i].m.state(),
+                HostState::Stopped | HostState::Suspended
+            );
+            if stopped {
+                sim.nodes[i].m.handle_admin(&Request::Resume, now);
+                sim.nodes[i].m.handle_admin(&Request::Start, now);
+            } else if sim.expected().len() > 1 {
+                sim.nodes[i].m.handle_admin(&Request::Stop, now);
+            }
+            false
+        }
+        Action::Drainstop => {
+            let Some(i) = pick_live(sim) else { return true };
+            if sim.expected().len() > 1 {
+                sim.nodes[i].m.handle_admin(&Request::Drainstop, now);
+            }
+            false
+        }
+        Action::Forge => {
+            // A heartbeat under the wrong key claiming a free ID, and one
+            // with a live ID and a flipped byte.
+            let rogue_auth = ClusterAuth::new([0x13; 32], &spec());
+            let mut buf = [0u8; MAX_FRAME];
+            let Some((_, frame)) = sim.captured.last().cloned() else {
+                return true;
+            };
+            let Ok(mut hb) = Heartbeat::decode(&frame, &ClusterAuth::new(KEY, &spec())) else {
+                return true;
+            };
+            hb.host = host(40);
+            hb.seq += 1_000_000;
+            let n = hb.encode(&rogue_auth, &mut buf).unwrap();
+            let mut tampered = frame.clone();
+            let at = 14 + 20 + sim.rng.below(100) as usize;
+            tampered[at] ^= 0x40;
+            for i in 0..sim.nodes.len() {
+                if !sim.nodes[i].alive {
+                    continue;
+                }
+                let r1 = sim.nodes[i].m.handle_heartbeat(&buf[..n], now);
+                assert_eq!(r1, Err(HeartbeatError::BadMac));
+                let r2 = sim.nodes[i].m.handle_heartbeat(&tampered, now);
+                assert_eq!(r2, Err(HeartbeatError::BadMac));
+                sim.drive(i);
+            }
+            true
+        }
+        Action::Replay => {
+            let old: Vec<Vec<u8>> = sim
+                .captured
+                .iter()
+                .filter(|(t, _)| *t + 3 * sim.period < now)
+                .map(|(_, f)| f.clone())
+                .collect();
+            let Some(frame) = old.first().cloned() else {
+                return true;
+            };
+            for i in 0..sim.nodes.len() {
+                if !sim.nodes[i].alive {
+                    continue;
+                }
+                let r = sim.nodes[i].m.handle_heartbeat(&frame, now);
+                // A frame this receiver lost and never got a newer one of
+                // is news, not a replay; everything else must be refused.
+                if let Err(e) = r {
+                    assert_eq!(e, HeartbeatError::Replayed);
+                }
+                sim.drive(i);
+            }
+            true
+        }
+        Action::DuplicateId => {
+            let Some(i) = pick_live(sim) else { return true };
+            if sim.nodes.iter().any(|n| n.rogue && n.alive) {
+                return true;
+            }
+            let id = sim.nodes[i].id;
+            sim.spawn(id, spec(), true);
+            true
+        }
+        Action::Mismatch => {
+            if sim.nodes.iter().any(|n| n.rogue && n.alive) {
+                return true;
+            }
+            let mut s = spec();
+            s.rules.push(PortRule::new(
+                None,
+                (8080, 8080),
+                Protocol::Tcp,
+                FilterMode::Single,
+            ));
+            sim.spawn(host(50), s, true);
+            true
+        }
+        Action::Partition => {
+            if sim.nodes.iter().any(|n| n.side != 0) {
+                // Heal.
+                for n in sim.nodes.iter_mut() {
+                    n.side = 0;
+                }
+                sim.exempt_until = now + sim.delay + sim.jitter + 1;
+                sim.healing = true;
+                return false;
+            }
+            if live.len() <= 2 {
+                return true;
+            }
+            if let Some(i) = pick_live(sim) {
+                sim.nodes[i].side = 1;
+                let id = sim.nodes[i].id;
+                sim.flows.retain(|f| f.keeper != id);
+            }
+            false
+        }
+        Action::Loss => {
+            sim.loss = [0, 20, 50, 100][sim.rng.below(4) as usize];
+            true
+        }
+        Action::Jitter => {
+            // Up to half a period of jitter: heartbeats overtake each other.
+            sim.jitter = [MS, sim.period / 4, sim.period / 2][sim.rng.below(3) as usize];
+            true
+        }
+    }
+}
+
+fn run_seed(seed: u64, events: usize, period: u64, tolerance: u32) -> Stats {
+    let events = std::env::var("SIM_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(events);
+    let started = std::time::Instant::now();
+    let mut sim = Sim::new(seed, period, tolerance, 3 + (seed % 2) as u8);
+    let bound = (tolerance as u64 + 3) * period;
+    let t0 = sim.now;
+    let took = sim.converge(t0, bound + 2 * period, "cold start");
+    assert!(took <= (2 * tolerance as u64 + 3) * period);
+    for _ in 0..events {
+        // Rogues leave after a while.
+        for n in sim.nodes.iter_mut() {
+            if n.rogue && n.alive && sim.rng.chance(300) {
+                n.alive = false;
+            }
+        }
+
+        let action = pick(&mut sim.rng);
+        let before = (sim.adopted_total(), sim.stats.drains_finished);
+        sim.last_real_event = sim.now;
+        let t = sim.now;
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!("  {} ms: start {action:?}", sim.now / MS);
+        }
+        let steady = apply(&mut sim, action);
+        sim.stats.events += 1;
+        let mut limit = bound + period / 2;
+        if matches!(action, Action::Drain | Action::Drainstop) {
+            // Time for the drain to end (idle or timeout).
+            limit += 6 * period + bound;
+        }
+        sim.step_to(t + period / 4);
+        let mut took = sim.converge(t, limit, &format!("{action:?}"));
+        if matches!(action, Action::Drain | Action::Drainstop) {
+            // The drain ends (connections gone or timeout), then the
+            // cluster converges again: measure that from the end.
+            while sim
+                .nodes
+                .iter()
+                .any(|n| n.alive && n.m.draining_rules() != 0)
+            {
+                assert!(sim.now < t + limit, "drain never finished");
+                let to = sim.now + period / 8;
+                sim.step_to(to);
+            }
+            let end = sim.now;
+            took = took.max(sim.converge(end, bound + period / 2, "drain end"));
+        }
+        if steady && sim.stats.drains_finished == before.1 {
+            assert_eq!(
+                sim.adopted_total(),
+                before.0,
+                "{action:?} changed the view (seed {seed})"
+            );
+        } else {
+            sim.stats.convergences.push(took);
+        }
+        // Quiet: nothing may change without an event (counted as flaps).
+        let until = sim.now + period * (1 + sim.rng.below(3));
+        sim.step_to(until);
+        sim.probe(24);
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!(
+                "{:?} at {} ms: {action:?} took {} ms, wall {:?}, maps {}",
+                sim.stats.events,
+                sim.now / MS,
+                took / MS,
+                started.elapsed(),
+                sim.maps.computed
+            );
+        }
+    }
+    eprintln!(
+        "seed {seed}: {} events in {:?}",
+        sim.stats.events,
+        started.elapsed()
+    );
+    sim.stats
+}
+
+fn summary(name: &str, all: &[Stats], period: u64) {
+    let mut conv: Vec<u64> = all.iter().flat_map(|s| s.convergences.clone()).collect();
+    conv.sort_unstable();
+    let p = |q: f64| conv[((conv.len() as f64 - 1.0) * q) as usize] as f64 / period as f64;
+    let events: u64 = all.iter().map(|s| s.events).sum();
+    let probes: u64 = all.iter().map(|s| s.probes).sum();
+    let exempt: u64 = all.iter().map(|s| s.duplicates_exempt).sum();
+    let flaps: u64 = all.iter().map(|s| s.flaps).sum();
+    let readopted: u64 = all.iter().map(|s| s.readopted).sum();
+    let syns: u64 = all.iter().map(|s| s.zero_keeper_syn).sum();
+    println!(
+        "{name}: {events} events, {} convergences, periods p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}; {probes} probes, {exempt} duplicates inside partition-heal windows, {flaps} flaps, {readopted} same-view re-adoptions, {syns} SYNs nobody kept (mid-convergence)",
+        conv.len(),
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(1.0)
+    );
+}
+
+#[test]
+fn exact_build_matches() {
+    // The cached builder is the dataplane's build with shared bucket maps.
+    let s = spec();
+    let mut maps = Maps::default();
+    let mut v = View::converged(&s, [1u8, 2, 4].into_iter().map(host).collect());
+    v.weights[0][1] = 0;
+    v.disabled[1].insert(host(4));
+    for local in [1u8, 2, 4] {
+        let a = maps.build(&s, &v, host(local), 3);
+        let b = ClusterMap::build(&s, &v, host(local), 3);
+        assert_eq!(a.default_host, b.default_host);
+        for r in 0..s.rules.len() {
+            assert_eq!(a.rules[r].disabled_here, b.rules[r].disabled_here);
+            for bucket in (0..1u32 << 20).step_by(997) {
+                assert_eq!(a.owner(r, bucket), b.owner(r, bucket), "rule {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn random_events_fast_period() {
+    // 100 ms period, tolerance 3: sub-second failover.
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(v) => vec![v.parse().unwrap()],
+        Err(_) => (1..=8).collect(),
+    };
+    let all: Vec<Stats> = seeds
+        .iter()
+        .map(|&s| run_seed(s, 700, 100 * MS, 3))
+        .collect();
+    summary("100ms/tol3", &all, 100 * MS);
+    let events: u64 = all.iter().map(|s| s.events).sum();
+    assert!(events >= 5600);
+    assert_eq!(all.iter().map(|s| s.flaps).sum::<u64>(), 0, "flapping");
+}
+
+#[test]
+fn random_events_nlb_defaults() {
+    // NLB's 1 s period and tolerance 5.
+    let all: Vec<Stats> = (11..=16).map(|s| run_seed(s, 750, 1000 * MS, 5)).collect();
+    summary("1000ms/tol5", &all, 1000 * MS);
+    assert_eq!(all.iter().map(|s| s.flaps).sum::<u64>(), 0, "flapping");
+}
