@@ -717,6 +717,9 @@ impl Machine {
         if view == self.effective {
             return;
         }
+        if view.members != self.effective.members {
+            self.dirty_stale = true;
+        }
         self.effective = view;
         self.map_epoch += 1;
         self.events.push_back(Event::EffectiveViewChanged {
@@ -1073,12 +1076,26 @@ impl Machine {
             return;
         }
         self.dirty_stale = false;
-        let from: HostSet = self
+        // Live participating peers, and every member of the view our map is
+        // built from even if it fell silent: until a view without it is
+        // adopted it may be alive and serving (a false suspicion), and its
+        // connections must stay its own.
+        let mut from: HostSet = self
             .membership
             .live_peers()
             .filter(|p| p.latest.state.participates())
             .map(|p| p.latest.host)
             .collect();
+        for h in self.effective.members.iter() {
+            if h != self.cfg.host
+                && self
+                    .membership
+                    .peer(h)
+                    .is_some_and(|p| p.latest.state.participates())
+            {
+                from.insert(h);
+            }
+        }
         let mut changed = false;
         for r in 0..self.rules() {
             let g = self.membership.dirty_union(r, from, self.fingerprint);

@@ -130,6 +130,10 @@ pub enum Standing {
     Outvoted,
     /// Another host uses its ID: it takes no new connections.
     DuplicateId,
+    /// A heartbeat with its ID and an older boot was heard and is not yet
+    /// shown to come from a live host: it takes no new connections until
+    /// that is settled either way.
+    Contested,
 }
 
 /// One peer's assembled dirty groups.
@@ -271,6 +275,8 @@ pub struct Membership {
     counters: MembershipCounters,
     self_duplicate_until: u64,
     self_rival_until: u64,
+    self_older_rival: Option<(u64, u64, u32)>,
+    self_suspect_until: u64,
     dirty_changed: bool,
     rejected_reported: [u64; 10],
     notices: Vec<Notice>,
@@ -317,6 +323,8 @@ impl Membership {
             counters: MembershipCounters::default(),
             self_duplicate_until: 0,
             self_rival_until: 0,
+            self_older_rival: None,
+            self_suspect_until: 0,
             dirty_changed: false,
             rejected_reported: [0; 10],
             notices: Vec::new(),
@@ -380,8 +388,23 @@ impl Membership {
                 self.notices.push(Notice::DuplicateId(self.local));
             }
             if hb.boot < self.local_boot {
-                // It was there first: we are the newcomer and step back.
-                self.self_duplicate_until = now + self.window();
+                // It was there first: we are the newcomer and step back,
+                // once it has shown itself alive for a period (one replayed
+                // frame of our own previous incarnation must not do it).
+                self.self_suspect_until = now + self.window();
+                let proven = match &mut self.self_older_rival {
+                    Some((b, since, n)) if *b == hb.boot => {
+                        *n += 1;
+                        *n >= 3 && now.saturating_sub(*since) >= self.base_period_ns
+                    }
+                    slot => {
+                        *slot = Some((hb.boot, now, 1));
+                        false
+                    }
+                };
+                if proven {
+                    self.self_duplicate_until = now + self.window();
+                }
             } else {
                 self.self_rival_until = now + self.window();
             }
@@ -536,6 +559,11 @@ impl Membership {
         next
     }
 
+    /// A peer's record, live or not.
+    pub fn peer(&self, host: HostId) -> Option<&Peer> {
+        self.peers[host.index()].as_ref()
+    }
+
     /// A live peer's record.
     pub fn live_peer(&self, host: HostId) -> Option<&Peer> {
         self.peers[host.index()].as_ref().filter(|p| p.live)
@@ -609,6 +637,8 @@ impl Membership {
         }
         let standing = if now < self.self_duplicate_until {
             Standing::DuplicateId
+        } else if now < self.self_suspect_until {
+            Standing::Contested
         } else if local_fingerprint != winner {
             Standing::Outvoted
         } else {
@@ -630,13 +660,14 @@ impl Membership {
         }
     }
 
-    /// The union of `rule`'s dirty groups over live peers in `from`; peers
+    /// The union of `rule`'s dirty groups over the peers in `from` (live or
+    /// not: a peer suspected dead may still serve); peers
     /// whose fingerprint differs from `fingerprint` count as dirty
     /// everywhere when they report anything dirty (their rule numbering
     /// is not ours).
     pub fn dirty_union(&self, rule: usize, from: HostSet, fingerprint: u64) -> GroupBits {
         let mut g = GroupBits::default();
-        for p in self.live_peers() {
+        for p in self.peers.iter().flatten() {
             if !from.contains(p.latest.host) {
                 continue;
             }
