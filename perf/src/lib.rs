@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rig;
 pub mod scaling;
+mod signals;
 pub mod stats;
 pub mod wire;
 mod xdp_drop;
@@ -156,6 +157,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 results.disruption = Some(r);
             }
             "wire" => {
+                signals::catch_interrupts();
                 let r = wire::run(&wire::WireOptions {
                     seconds: common.seconds(5.0, 1.0),
                     rounds: common.rounds(),
@@ -165,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 results.wire = Some(r);
             }
             "scaling" => {
+                signals::catch_interrupts();
                 let r = scaling::run(&scaling::ScalingOptions {
                     seconds: common.seconds(5.0, 1.0),
                     rounds: common.rounds(),

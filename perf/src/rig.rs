@@ -337,15 +337,32 @@ fn have(tool: &str) -> bool {
     .any(|d| Path::new(d).join(tool).exists())
 }
 
-/// Removes namespaces a killed run left behind (by their exact names).
+/// Removes what a killed run left behind, found by the rig's exact
+/// namespace names: processes still running inside them (by PID, as `ip
+/// netns pids` lists them), then the namespaces.
 pub fn remove_leftovers() {
     for ns in [GEN_NS, RX_NS] {
-        if Path::new("/run/netns").join(ns).exists() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        if !Path::new("/run/netns").join(ns).exists() {
+            continue;
         }
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .stderr(Stdio::null())
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if pid.parse::<u32>().is_ok() {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", pid])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

@@ -20,6 +20,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::rig::Rig;
+use crate::signals::pause;
 use crate::stats::median;
 use crate::wire::start_shoal;
 
@@ -109,9 +110,9 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
     let (proc, stats) = start_shoal(rig, &name, "af_xdp", true, 0, &polls)?;
     let result: Result<(f64, Vec<f64>)> = (|| {
         let flood = rig.flood(&[0, 1])?;
-        std::thread::sleep(Duration::from_secs(1));
+        pause(1.0)?;
         let a = next(&stats)?;
-        std::thread::sleep(Duration::from_secs_f64(seconds));
+        pause(seconds)?;
         let b = next(&stats)?;
         flood.kill();
         let secs =

@@ -55,6 +55,7 @@ use crate::rig::{
     in_ns, link_counters, receive_ticks, sh, ticks_per_second, Placement, Proc, Rig, RX_DEV, RX_NS,
     VIP,
 };
+use crate::signals::pause;
 use crate::stats::median;
 use crate::xdp_drop::{Mode, XdpDrop};
 
@@ -470,9 +471,9 @@ pub fn measure(
         rig.place(Some(placement))?;
         let flood = rig.flood(&[0])?;
         rig.place(Some(placement))?;
-        std::thread::sleep(Duration::from_secs_f64(warmup));
+        pause(warmup)?;
         let a = running.sample()?;
-        std::thread::sleep(Duration::from_secs_f64(seconds));
+        pause(seconds)?;
         let b = running.sample()?;
         flood.kill();
         Ok(window(a, b, r.is_shoal()))
