@@ -409,6 +409,79 @@ impl DescriptorTable {
         }
     }
 
+    /// Forgets every entry (cluster operations stopped: NLB's `stop` drops
+    /// every connection). O(capacity).
+    pub fn clear(&mut self) {
+        self.tags.fill(0);
+        self.live = 0;
+        for f in self.foreign.iter_mut() {
+            f.fill(0);
+        }
+        self.by_rule = [0; MAX_RULES];
+    }
+
+    /// Re-resolves every entry's rule and bucket under `map`, after the
+    /// port rules changed (a reload): rule indexes of the old rules mean
+    /// nothing in the new ones. Affinity entries, whose key names their old
+    /// rule, are dropped. O(capacity); follow with [`Self::remap`].
+    pub fn rebind_rules(&mut self, map: &ClusterMap) {
+        self.by_rule = [0; MAX_RULES];
+        for i in 0..self.tags.len() {
+            if self.tags[i] == 0 {
+                continue;
+            }
+            let e = self.entries[i];
+            let server = std::net::Ipv6Addr::from(e.key.server);
+            let vip = if e.key.v4 {
+                std::net::IpAddr::V4(
+                    server
+                        .to_ipv4_mapped()
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                )
+            } else {
+                std::net::IpAddr::V6(server)
+            };
+            let client6 = std::net::Ipv6Addr::from(e.key.client);
+            let client = if e.key.v4 {
+                std::net::IpAddr::V4(
+                    client6
+                        .to_ipv4_mapped()
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                )
+            } else {
+                std::net::IpAddr::V6(client6)
+            };
+            let found = match e.key.kind {
+                k if k == Kind::Tcp as u8 => map.rule_for(vip, e.key.server_port, 6),
+                k if k == Kind::GreLink as u8 => map.rule_for(vip, 1723, 6),
+                k if k == Kind::EspLink as u8 => map.rule_for(vip, 500, 17),
+                _ => None,
+            };
+            let Some(rule) = found.filter(|_| e.key.kind != Kind::Affinity as u8) else {
+                self.tags[i] = 0;
+                self.live -= 1;
+                continue;
+            };
+            let bucket = match map.rules[rule].rule.mode {
+                crate::model::FilterMode::Multiple { affinity } => {
+                    crate::bucket::bucket_of(crate::hash::affinity_hash(
+                        map.seed,
+                        affinity,
+                        client,
+                        e.key.client_port,
+                        map.ipv6_network_prefix,
+                    ))
+                }
+                _ => 0,
+            };
+            let entry = &mut self.entries[i];
+            entry.rule = rule as u8;
+            entry.bucket = bucket;
+            entry.foreign = false;
+            self.by_rule[rule % MAX_RULES] += 1;
+        }
+    }
+
     /// Live entries under each rule (what a drain waits for). O(1).
     pub fn live_by_rule(&self) -> &[u32; MAX_RULES] {
         &self.by_rule

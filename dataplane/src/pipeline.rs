@@ -287,8 +287,25 @@ impl Dataplane {
     /// Adopts a new map (call between batches). Re-marks tracked entries
     /// whose buckets moved away as foreign: O(table capacity).
     pub fn set_map(&mut self, map: Arc<ClusterMap>) {
+        let same_rules = self.map.rules.len() == map.rules.len()
+            && self.map.rules.iter().zip(&map.rules).all(|(a, b)| {
+                // Weights and priorities change at run time without moving
+                // anything between rules; these fields name the rule.
+                let (a, b) = (&a.rule, &b.rule);
+                (a.vip, a.port_start, a.port_end, a.protocol, a.mode)
+                    == (b.vip, b.port_start, b.port_end, b.protocol, b.mode)
+            });
+        if !same_rules {
+            self.table.rebind_rules(&map);
+        }
         self.table.remap(&map);
         self.map = map;
+    }
+
+    /// Forgets every tracked connection (the host stopped cluster
+    /// operations: NLB's `stop` drops them all).
+    pub fn reset_descriptors(&mut self) {
+        self.table.clear();
     }
 
     /// Counters so far.

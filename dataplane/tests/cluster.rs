@@ -392,3 +392,91 @@ fn single_host_rule_and_disabled_rule() {
     c.apply_view(View::converged(&spec, hosts(&[1, 2])));
     assert_eq!(c.keepers(&tcp(client(1), 5556, 80, SYN), 0), vec![host(2)]);
 }
+
+/// A reload that inserts a rule in front shifts every rule index: tracked
+/// connections are re-bound to their new rule and keep reaching their host.
+#[test]
+fn connections_survive_a_reload_that_renumbers_rules() {
+    let web = PortRule::new(
+        None,
+        (80, 80),
+        Protocol::Tcp,
+        FilterMode::Multiple {
+            affinity: Affinity::None,
+        },
+    );
+    let rest = PortRule::new(
+        None,
+        (81, 65535),
+        Protocol::Both,
+        FilterMode::Multiple {
+            affinity: Affinity::Single,
+        },
+    );
+    let before = cluster(vec![web, rest.clone()], &[1, 2, 3]);
+    // The new spec: a low-port rule first, then port 80 with Single
+    // affinity (its buckets move), then the rest.
+    let low = PortRule::new(
+        None,
+        (0, 79),
+        Protocol::Both,
+        FilterMode::Multiple {
+            affinity: Affinity::Single,
+        },
+    );
+    let web2 = PortRule::new(
+        None,
+        (80, 80),
+        Protocol::Tcp,
+        FilterMode::Multiple {
+            affinity: Affinity::Single,
+        },
+    );
+    let after = cluster(vec![low, web2, rest], &[1, 2, 3]);
+    let mut dp = shoal_dataplane::pipeline::Dataplane::new(
+        before.members()[0].1.map().clone(),
+        small_table(),
+        9,
+    );
+    let tracked: Vec<u32> = (0..300u32)
+        .filter(|&i| dp.judge(&tcp(client(i), 30_000 + i as u16, 80, SYN), 1) == Verdict::Keep)
+        .collect();
+    assert!(tracked.len() > 50);
+    assert_eq!(dp.table().live_by_rule()[0] as usize, tracked.len());
+    dp.set_map(after.members()[0].1.map().clone());
+    assert_eq!(
+        dp.table().len(),
+        tracked.len(),
+        "TCP entries survive the rebind"
+    );
+    assert_eq!(
+        dp.table().live_by_rule()[1] as usize,
+        tracked.len(),
+        "entries now under the new rule index"
+    );
+    let mut moved = 0;
+    for &i in &tracked {
+        let o = shoal_dataplane::pipeline::Dataplane::owner_of(
+            dp.map(),
+            6,
+            IpAddr::V4(client(i)),
+            30_000 + i as u16,
+            IpAddr::V4(VIP),
+            80,
+        );
+        if o.host != Some(host(1)) {
+            moved += 1;
+        }
+        assert_eq!(
+            dp.judge(&tcp(client(i), 30_000 + i as u16, 80, ACK), 3),
+            Verdict::Keep,
+            "connection {i} lost after the reload"
+        );
+    }
+    assert!(
+        moved > 0,
+        "the reload moved no tracked connection's bucket: the test proves nothing"
+    );
+    // And the host reports the moved ones as dirty under the new rule.
+    assert!(!dp.table().dirty_groups(1).is_empty());
+}

@@ -157,6 +157,13 @@ pub struct Clustered {
     pub refused: std::collections::BTreeMap<String, u64>,
     last_period: Instant,
     config_path: PathBuf,
+    /// When a heartbeat for this cluster last failed authentication.
+    last_bad_mac: Option<Instant>,
+    /// A view this host would serve alone, held back while unauthenticated
+    /// heartbeats for this cluster are heard (see [`Clustered::install`]).
+    pub blocked: Option<(shoal_dataplane::map::View, u64)>,
+    /// How long bad-MAC heartbeats keep a lone host from serving.
+    suspicion: Duration,
 }
 
 impl std::fmt::Debug for Clustered {
@@ -197,7 +204,21 @@ impl Clustered {
             refused: Default::default(),
             last_period: Instant::now(),
             config_path,
+            last_bad_mac: None,
+            blocked: None,
+            suspicion: Duration::from_secs(3),
         }
+    }
+
+    /// Sets how long heartbeats that fail authentication keep a lone host
+    /// from serving (the engine uses tolerance × period, at least 1 s).
+    pub fn set_suspicion(&mut self, d: Duration) {
+        self.suspicion = d;
+    }
+
+    fn bad_mac_recent(&self) -> bool {
+        self.last_bad_mac
+            .is_some_and(|t| t.elapsed() < self.suspicion)
     }
 
     fn now(&self) -> u64 {
@@ -219,7 +240,10 @@ impl Clustered {
         match info.kind {
             FrameKind::Heartbeat => {
                 if let Err(e) = self.machine.handle_heartbeat(frame, now) {
-                    *self.refused.entry(format!("{e}")).or_default() += 1;
+                    *self.refused.entry(e.name().to_string()).or_default() += 1;
+                    if e == shoal_controlplane::HeartbeatError::BadMac {
+                        self.last_bad_mac = Some(Instant::now());
+                    }
                 }
             }
             _ => self.answer_neighbour(frame),
@@ -278,6 +302,12 @@ impl Clustered {
         let now = self.now();
         self.machine.handle_timeout(now);
         self.drain_events(stop);
+        if self.blocked.is_some() && !self.bad_mac_recent() {
+            if let Some((view, epoch)) = self.blocked.take() {
+                tracing::info!("no more unauthenticated heartbeats: serving alone");
+                self.install(view, epoch, stop);
+            }
+        }
         let period = Duration::from_nanos(self.machine.period_in_use().max(1_000_000));
         if self.last_period.elapsed() >= period {
             self.last_period = Instant::now();
@@ -314,8 +344,35 @@ impl Clustered {
         map
     }
 
+    /// Installs the effective view's map in every poll loop.
+    ///
+    /// A host that would serve alone while it hears heartbeats for its
+    /// cluster that fail authentication installs an empty map instead: the
+    /// segment carries a cluster it cannot verify (a wrong key on one side),
+    /// and serving alone would keep frames that cluster keeps too. It serves
+    /// once those heartbeats have stopped for the suspicion window, and says
+    /// so in the logs and in `cluster.blocked` of the counters. (A forger can
+    /// thus keep a lone host idle; it cannot make any host keep frames
+    /// another keeps.)
     fn install(&mut self, view: shoal_dataplane::map::View, epoch: u64, stop: &AtomicBool) {
         let started = Instant::now();
+        let alone =
+            view.members.iter().all(|h| h == self.local) && view.members.contains(self.local);
+        let view = if alone && self.bad_mac_recent() {
+            if self.blocked.is_none() {
+                tracing::warn!(
+                    "heartbeats for this cluster fail authentication (another key on the segment?): \
+                     not serving alone until they stop"
+                );
+            }
+            self.blocked = Some((view.clone(), epoch));
+            let mut empty = view.clone();
+            empty.members = shoal_dataplane::HostSet::EMPTY;
+            empty
+        } else {
+            self.blocked = None;
+            view
+        };
         let map = self.compile(&view, epoch);
         self.cell.publish(Arc::new(map));
         self.epoch = epoch;

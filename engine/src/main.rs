@@ -192,6 +192,13 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`shoal query | head`) like other Unix
+    // tools, instead of panicking in println!.
+    // SAFETY: setting SIGPIPE's disposition to the default has no
+    // preconditions; no other thread exists yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,

@@ -577,6 +577,7 @@ fn with_cluster(
             "members": view.members.iter().map(|h| h.get()).collect::<Vec<_>>(),
             "heartbeats_sent": c.sent,
             "heartbeats_refused": c.refused,
+            "blocked": c.blocked.as_ref().map(|_| "alone while heartbeats fail authentication"),
         });
     }
     json
@@ -764,6 +765,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             masked_source_mac(local, config.primary_vip()),
             config.source.clone(),
         );
+        c.set_suspicion(Duration::from_millis(
+            (config.heartbeat.period_ms as u64 * config.heartbeat.tolerance as u64).max(1000),
+        ));
         c.run(&control_rx, &admin_rx, &STOP, |c| {
             if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
