@@ -46,5 +46,8 @@ scripts/fuzz --seconds 15
 step "build the release binary for the lab"
 cargo build --release -p shoal-engine
 
+step "benchmark smoke (scripts/bench --smoke: every bench runs; numbers are never judged)"
+scripts/bench --smoke
+
 step "lab e2e suite (scripts/lab-test)"
 SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test
