@@ -150,15 +150,24 @@ fn open_af_xdp(
         for &q in &plan.queues {
             let mut c = AfXdpConfig::new(host.interface.clone(), q);
             c.ring_size = config.io.ring_size;
+            // On NICs whose driver supports it, SHOAL_XDP_ZERO_COPY=1 tries a
+            // zero-copy bind first (the socket falls back to copy mode, and
+            // says so in its description, where the driver has none).
+            c.zero_copy = std::env::var_os("SHOAL_XDP_ZERO_COPY").is_some_and(|v| v == "1");
             let sock = AfXdp::open(&c, &attachment)
                 .with_context(|| format!("AF_XDP socket on queue {q}"))?;
             socks.push(Box::new(sock));
         }
         per_loop.push(socks);
     }
+    let zero_copy = per_loop
+        .iter()
+        .flatten()
+        .any(|s| s.describe().contains("zero-copy"));
     let name = format!(
-        "af_xdp {} copy{}",
+        "af_xdp {} {}{}",
         attachment.mode(),
+        if zero_copy { "zero-copy" } else { "copy" },
         if attachment.fast_path().is_some() {
             " +xdp fast path"
         } else {
