@@ -23,7 +23,7 @@
 //! `--socket` change it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,8 @@ use shoal_controlplane::admin::{decode_request, encode_response, Body};
 use shoal_controlplane::{Event, Machine, Request, Response, ReturnCode};
 use shoal_dataplane::mac::Mac;
 use shoal_dataplane::map::{ClusterMap, GroupBits};
-use shoal_dataplane::packet::{parse_frame, FrameKind};
+use shoal_dataplane::packet::{parse_frame, FrameKind, L4};
+use shoal_dataplane::reply;
 use shoal_dataplane::{HostId, MAX_RULES};
 
 use crate::runtime::{LoopStats, MapCell};
@@ -136,6 +137,128 @@ pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
+/// How often a host repeats its IGMP membership report (the default query
+/// interval of RFC 2236 is 125 s; reporting more often keeps a snooping
+/// switch's membership fresh across querier restarts).
+pub const IGMP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The control thread's neighbour duties, the same with or without a control
+/// plane: the default host of the map in force answers ARP and ND for the
+/// VIPs and announces them with gratuitous ARP; in igmp mode every host
+/// reports its membership of the cluster group, and answers queries.
+#[derive(Debug)]
+pub struct Responder {
+    local: HostId,
+    cluster_mac: Mac,
+    source_mac: Mac,
+    pub(crate) cell: Arc<MapCell>,
+    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// ARP and ND requests answered.
+    pub answered: u64,
+    /// In igmp mode: the cluster group and the address reports come from.
+    igmp: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// IGMP membership reports sent.
+    pub igmp_reports: u64,
+}
+
+impl Responder {
+    /// A responder for `local`, reading the map in force from `cell` and
+    /// sending through `outbound`; `igmp` is (group, source) in igmp mode.
+    pub fn new(
+        local: HostId,
+        cluster_mac: Mac,
+        source_mac: Mac,
+        cell: Arc<MapCell>,
+        outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+        igmp: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Self {
+        Self {
+            local,
+            cluster_mac,
+            source_mac,
+            cell,
+            outbound,
+            answered: 0,
+            igmp,
+            igmp_reports: 0,
+        }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.outbound.lock().push(frame.to_vec());
+    }
+
+    /// Sends an IGMPv2 membership report for the cluster group (igmp mode).
+    pub fn report_membership(&mut self) {
+        if let Some((group, source)) = self.igmp {
+            let mut buf = [0u8; reply::MAX_REPLY];
+            let n = reply::igmp_report(group, self.source_mac, source, &mut buf);
+            self.send(&buf[..n]);
+            self.igmp_reports += 1;
+        }
+    }
+
+    /// A control frame that is not a heartbeat: an IGMP query (igmp mode),
+    /// or an ARP request or neighbour solicitation for a VIP.
+    pub fn handle(&mut self, frame: &[u8]) {
+        let Ok(info) = parse_frame(frame) else { return };
+        if let FrameKind::Ipv4(ip) = info.kind {
+            if matches!(
+                ip.l4,
+                L4::Igmp {
+                    igmp_type: 0x11,
+                    ..
+                }
+            ) {
+                if self.igmp.is_some() {
+                    self.report_membership();
+                }
+                return;
+            }
+        }
+        let map = self.cell.current();
+        if map.default_host != Some(self.local) {
+            return;
+        }
+        let mut buf = [0u8; reply::MAX_REPLY];
+        let n = reply::arp_reply(
+            frame,
+            &map.vips,
+            self.cluster_mac,
+            self.source_mac,
+            &mut buf,
+        )
+        .or_else(|| {
+            reply::neighbor_advert(
+                frame,
+                &map.vips,
+                self.cluster_mac,
+                self.source_mac,
+                &mut buf,
+            )
+        });
+        if let Some(n) = n {
+            self.send(&buf[..n]);
+            self.answered += 1;
+        }
+    }
+
+    /// Gratuitous ARP for every IPv4 VIP, when `map` makes this host the
+    /// default host.
+    pub fn announce(&self, map: &ClusterMap) {
+        if map.default_host != Some(self.local) {
+            return;
+        }
+        for vip in &map.vips {
+            if let IpAddr::V4(v) = vip {
+                let mut buf = [0u8; reply::MAX_REPLY];
+                let n = reply::gratuitous_arp(*v, self.cluster_mac, self.source_mac, &mut buf);
+                self.send(&buf[..n]);
+            }
+        }
+    }
+}
+
 /// The control thread's state with a control plane.
 pub struct Clustered {
     /// The membership and convergence machine.
@@ -144,13 +267,11 @@ pub struct Clustered {
     cell: Arc<MapCell>,
     loops: Vec<Arc<Mutex<LoopStats>>>,
     outbound: Arc<Mutex<Vec<Vec<u8>>>>,
-    cluster_mac: Mac,
-    source_mac: Mac,
+    /// ARP/ND answers, gratuitous ARP and IGMP reports.
+    pub responder: Responder,
     start: Instant,
     /// Epoch of the map in force.
     epoch: u64,
-    /// ARP and ND requests answered.
-    pub answered: u64,
     /// Heartbeats sent.
     pub sent: u64,
     /// Heartbeats refused, by reason name.
@@ -177,15 +298,13 @@ impl std::fmt::Debug for Clustered {
 
 impl Clustered {
     /// A control thread for `machine`, publishing into `cell`, reading the
-    /// poll loops' shared `loops` stats.
-    #[allow(clippy::too_many_arguments)]
+    /// poll loops' shared `loops` stats, sending through `outbound`.
     pub fn new(
         machine: Machine,
         cell: Arc<MapCell>,
         loops: Vec<Arc<Mutex<LoopStats>>>,
         outbound: Arc<Mutex<Vec<Vec<u8>>>>,
-        cluster_mac: Mac,
-        source_mac: Mac,
+        responder: Responder,
         config_path: PathBuf,
     ) -> Self {
         let local = machine.host();
@@ -195,11 +314,9 @@ impl Clustered {
             cell,
             loops,
             outbound,
-            cluster_mac,
-            source_mac,
+            responder,
             start: Instant::now(),
             epoch: 0,
-            answered: 0,
             sent: 0,
             refused: Default::default(),
             last_period: Instant::now(),
@@ -246,35 +363,7 @@ impl Clustered {
                     }
                 }
             }
-            _ => self.answer_neighbour(frame),
-        }
-    }
-
-    fn answer_neighbour(&mut self, frame: &[u8]) {
-        let map = self.cell.current();
-        if map.default_host != Some(self.local) {
-            return;
-        }
-        let mut buf = [0u8; shoal_dataplane::reply::MAX_REPLY];
-        let n = shoal_dataplane::reply::arp_reply(
-            frame,
-            &map.vips,
-            self.cluster_mac,
-            self.source_mac,
-            &mut buf,
-        )
-        .or_else(|| {
-            shoal_dataplane::reply::neighbor_advert(
-                frame,
-                &map.vips,
-                self.cluster_mac,
-                self.source_mac,
-                &mut buf,
-            )
-        });
-        if let Some(n) = n {
-            self.outbound.lock().push(buf[..n].to_vec());
-            self.answered += 1;
+            _ => self.responder.handle(frame),
         }
     }
 
@@ -395,21 +484,7 @@ impl Clustered {
         tracing::info!(epoch, members = ?view.members, took_us = started.elapsed().as_micros() as u64, "map installed");
         // The default host tells the segment where the VIPs are (after a
         // failover the new default host's gratuitous ARP refreshes caches).
-        let map = self.cell.current();
-        if map.default_host == Some(self.local) {
-            for vip in &map.vips {
-                if let IpAddr::V4(v) = vip {
-                    let mut buf = [0u8; shoal_dataplane::reply::MAX_REPLY];
-                    let n = shoal_dataplane::reply::gratuitous_arp(
-                        *v,
-                        self.cluster_mac,
-                        self.source_mac,
-                        &mut buf,
-                    );
-                    self.outbound.lock().push(buf[..n].to_vec());
-                }
-            }
-        }
+        self.responder.announce(&self.cell.current());
     }
 
     fn refresh_dirty_elsewhere(&mut self) {

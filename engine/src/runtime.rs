@@ -32,7 +32,7 @@ use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::mac::{igmp_mac, masked_source_mac, multicast_mac, unicast_mac, Mac};
 use shoal_dataplane::map::{ClusterMap, View};
 use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdict};
-use shoal_dataplane::reply;
+
 use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
@@ -397,96 +397,11 @@ fn random_seed() -> u64 {
     u64::from_ne_bytes(buf)
 }
 
-/// Answers control frames the poll loops handed over.
-struct ControlThread {
-    local: HostId,
-    cluster_mac: Mac,
-    source_mac: Mac,
-    cell: Arc<MapCell>,
-    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
-    answered: u64,
-    /// In igmp mode: the cluster group and the address reports come from.
-    igmp: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
-    igmp_reports: u64,
-}
-
-/// How often a host repeats its IGMP membership report (the default query
-/// interval of RFC 2236 is 125 s; reporting more often keeps a snooping
-/// switch's membership fresh across querier restarts).
-const IGMP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
-
-impl ControlThread {
-    /// Sends an IGMPv2 membership report for the cluster group (igmp mode).
-    fn report_membership(&mut self) {
-        if let Some((group, source)) = self.igmp {
-            let mut buf = [0u8; reply::MAX_REPLY];
-            let n = reply::igmp_report(group, self.source_mac, source, &mut buf);
-            self.outbound.lock().push(buf[..n].to_vec());
-            self.igmp_reports += 1;
-        }
-    }
-
-    fn handle(&mut self, frame: &[u8]) {
-        if self.igmp.is_some() {
-            if let Ok(info) = shoal_dataplane::packet::parse_frame(frame) {
-                if let shoal_dataplane::packet::FrameKind::Ipv4(ip) = info.kind {
-                    if let shoal_dataplane::packet::L4::Igmp {
-                        igmp_type: 0x11, ..
-                    } = ip.l4
-                    {
-                        // A membership query: answer it.
-                        self.report_membership();
-                        return;
-                    }
-                }
-            }
-        }
-        let map = self.cell.current();
-        if map.default_host != Some(self.local) {
-            return;
-        }
-        let mut buf = [0u8; reply::MAX_REPLY];
-        let n = reply::arp_reply(
-            frame,
-            &map.vips,
-            self.cluster_mac,
-            self.source_mac,
-            &mut buf,
-        )
-        .or_else(|| {
-            reply::neighbor_advert(
-                frame,
-                &map.vips,
-                self.cluster_mac,
-                self.source_mac,
-                &mut buf,
-            )
-        });
-        if let Some(n) = n {
-            self.outbound.lock().push(buf[..n].to_vec());
-            self.answered += 1;
-        }
-    }
-
-    fn announce(&mut self, map: &ClusterMap) {
-        if map.default_host != Some(self.local) {
-            return;
-        }
-        for vip in &map.vips {
-            if let IpAddr::V4(v) = vip {
-                let mut buf = [0u8; reply::MAX_REPLY];
-                let n = reply::gratuitous_arp(*v, self.cluster_mac, self.source_mac, &mut buf);
-                self.outbound.lock().push(buf[..n].to_vec());
-            }
-        }
-    }
-}
-
 fn counters_json(
     host: HostId,
     backend: &str,
     stats: &[LoopStats],
-    thread: &ControlThread,
+    thread: &crate::control::Responder,
 ) -> serde_json::Value {
     let answered = thread.answered;
     let mut total = Counters::default();
@@ -569,7 +484,6 @@ fn with_cluster(
 ) -> serde_json::Value {
     if let Some(c) = c {
         let (view, epoch) = c.machine.effective_view();
-        json["arp_nd_answered"] = c.answered.into();
         json["cluster"] = serde_json::json!({
             "state": format!("{:?}", c.machine.state()).to_lowercase(),
             "phase": format!("{:?}", c.machine.phase()).to_lowercase(),
@@ -673,14 +587,13 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         id: host.cores.control,
     });
 
-    let mut control = ControlThread {
+    let mut control = crate::control::Responder::new(
         local,
         cluster_mac,
-        source_mac: masked_source_mac(local, config.primary_vip()),
-        cell: cell.clone(),
-        outbound: outbound.clone(),
-        answered: 0,
-        igmp: (config.cluster.mode == ClusterMode::Igmp).then(|| {
+        masked_source_mac(local, config.primary_vip()),
+        cell.clone(),
+        outbound.clone(),
+        (config.cluster.mode == ClusterMode::Igmp).then(|| {
             let source = host
                 .dedicated
                 .iter()
@@ -694,27 +607,28 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 source,
             )
         }),
-        igmp_reports: 0,
-    };
+    );
     control.report_membership();
     let mut last_report = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(2);
-    let write_stats =
-        |control: &ControlThread, clustered: Option<&crate::control::Clustered>| -> Result<()> {
-            if let Some(path) = &args.stats {
-                let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-                let json = with_cluster(
-                    counters_json(local, &backend_name, &snapshot, control),
-                    clustered,
-                );
-                let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
-                    let _ = std::fs::rename(&tmp, path);
-                }
+    let write_stats = |control: &crate::control::Responder,
+                       clustered: Option<&crate::control::Clustered>|
+     -> Result<()> {
+        if let Some(path) = &args.stats {
+            let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
+            let json = with_cluster(
+                counters_json(local, &backend_name, &snapshot, control),
+                clustered,
+            );
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
             }
-            Ok(())
-        };
+        }
+        Ok(())
+    };
     let mut clustered = None;
+    let mut static_responder = None;
     if args.static_view {
         control.announce(&map);
         while !STOP.load(Ordering::Relaxed) {
@@ -723,7 +637,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
+            if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
                 control.report_membership();
             }
@@ -732,6 +646,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 write_stats(&control, None)?;
             }
         }
+        static_responder = Some(control);
     } else {
         let key_path = config.key_path();
         let key_text = std::fs::read_to_string(&key_path)
@@ -761,21 +676,20 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             cell.clone(),
             stats.clone(),
             outbound.clone(),
-            cluster_mac,
-            masked_source_mac(local, config.primary_vip()),
+            control,
             config.source.clone(),
         );
         c.set_suspicion(Duration::from_millis(
             (config.heartbeat.period_ms as u64 * config.heartbeat.tolerance as u64).max(1000),
         ));
         c.run(&control_rx, &admin_rx, &STOP, |c| {
-            if last_report.elapsed() >= IGMP_REPORT_INTERVAL {
+            if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
-                control.report_membership();
+                c.responder.report_membership();
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 last_stats = Instant::now();
-                if let Err(e) = write_stats(&control, Some(c)) {
+                if let Err(e) = write_stats(&c.responder, Some(c)) {
                     tracing::debug!(error = %e, "writing stats");
                 }
             }
@@ -789,10 +703,14 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         let _ = t.join();
     }
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-    let json = with_cluster(
-        counters_json(local, &backend_name, &snapshot, &control),
-        clustered.as_ref(),
-    );
+    let json = match (&clustered, &static_responder) {
+        (Some(c), _) => with_cluster(
+            counters_json(local, &backend_name, &snapshot, &c.responder),
+            Some(c),
+        ),
+        (None, Some(r)) => counters_json(local, &backend_name, &snapshot, r),
+        (None, None) => serde_json::Value::Null,
+    };
     if let Some(path) = &args.stats {
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
     }

@@ -12,7 +12,7 @@ use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::mac::{igmp_group, igmp_mac, multicast_mac, unicast_mac};
 use shoal_dataplane::map::{ClusterMap, RuleOwner, View};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
-use shoal_dataplane::pipeline::{Control, Dataplane, DropReason, Verdict};
+use shoal_dataplane::pipeline::{Dataplane, DropReason, Verdict};
 use shoal_dataplane::sim::SimCluster;
 use shoal_dataplane::{FilterMode, HostId, HostSet};
 
@@ -310,9 +310,7 @@ impl Classifier {
                 continue;
             }
             match verdicts[0].1 {
-                Verdict::Control(c) => {
-                    *report.control.entry(control_name(c).into()).or_default() += 1
-                }
+                Verdict::Control(c) => *report.control.entry(c.name().into()).or_default() += 1,
                 Verdict::Pass => report.pass += 1,
                 Verdict::Drop(DropReason::Malformed(m)) => {
                     *report.malformed.entry(m.name().into()).or_default() += 1
@@ -338,10 +336,6 @@ impl Classifier {
         }
         Ok(report)
     }
-}
-
-fn control_name(c: Control) -> &'static str {
-    c.name()
 }
 
 /// Renders a classify report for people.
