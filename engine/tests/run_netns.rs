@@ -5,125 +5,12 @@
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod netns_run;
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root && std::env::var_os("SHOAL_SKIP_PRIVILEGED").is_some() {
-        eprintln!("SKIP (loud): run_netns needs root");
-        return false;
-    }
-    assert!(
-        root,
-        "run_netns needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
-    );
-    true
-}
+use std::process::Command;
+use std::time::Duration;
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-struct Lab {
-    host: String,
-    client: String,
-    dir: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Self {
-        let p = std::process::id();
-        let lab = Lab {
-            host: format!("shoal-t-run-{p}-{tag}-h"),
-            client: format!("shoal-t-run-{p}-{tag}-c"),
-            dir: std::env::temp_dir().join(format!("shoal-t-run-{p}-{tag}")),
-        };
-        std::fs::create_dir_all(&lab.dir).unwrap();
-        let (h, c) = (&lab.host, &lab.client);
-        for cmd in [
-            format!("ip netns add {h}"),
-            format!("ip netns add {c}"),
-            format!("ip -n {h} link add eth0 type veth peer name eth0 netns {c}"),
-            format!("ip -n {h} link set lo up"),
-            format!("ip -n {h} link set eth0 up"),
-            format!("ip -n {c} link set eth0 up"),
-            format!("ip -n {h} addr add 10.0.0.11/16 dev eth0"),
-            format!("ip -n {c} addr add 10.0.0.200/16 dev eth0"),
-            // Complete checksums on the wire, as a real NIC would deliver.
-            format!("ip netns exec {c} ethtool -K eth0 tx off"),
-        ] {
-            let out = sh(&cmd);
-            assert!(!out.contains("rror"), "{cmd}: {out}");
-        }
-        for i in 1..=40 {
-            sh(&format!("ip -n {c} addr add 10.0.5.{i}/16 dev eth0"));
-        }
-        lab
-    }
-
-    fn config(&self) -> PathBuf {
-        let key = self.dir.join("cluster.key");
-        std::fs::write(
-            &key,
-            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-        )
-        .unwrap();
-        let cfg = self.dir.join("cluster.toml");
-        // Two hosts in a static view; only host 1 runs, so host 2's share
-        // must be dropped, not served.
-        std::fs::write(
-            &cfg,
-            "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"cluster.key\"\n\n\
-             [[host]]\nid = 1\ninterface = \"eth0\"\ndedicated = [\"10.0.0.11/16\"]\n\n\
-             [[host]]\nid = 2\ninterface = \"eth0\"\ndedicated = [\"10.0.0.12/16\"]\n",
-        )
-        .unwrap();
-        cfg
-    }
-
-    fn run(&self, backend: &str) -> Child {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.host,
-                env!("CARGO_BIN_EXE_shoal"),
-                "run",
-                "--static-view",
-                "--host",
-                "1",
-            ])
-            .arg("--config")
-            .arg(self.config())
-            .arg("--stats")
-            .arg(self.dir.join("stats.json"))
-            .args(["--backend", backend])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("shoal.log")).unwrap())
-            .spawn()
-            .expect("spawn shoal")
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.dir.join("stats.json")).unwrap_or_default();
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        sh(&format!("ip netns pids {} | xargs -r kill -9", self.host));
-        sh(&format!(
-            "ip netns del {}; ip netns del {}",
-            self.host, self.client
-        ));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use netns_run::{privileged, sh, stop, Lab};
 
 const SERVER: &str = "import socket\n\
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
@@ -136,10 +23,22 @@ for i in range(1, 41):\n    s = socket.socket(); s.settimeout(0.5); s.bind(('10.
 print(ok)\n";
 
 fn end_to_end(backend: &str) {
-    if !privileged() {
+    if !privileged("run_netns") {
         return;
     }
-    let lab = Lab::new(backend);
+    let lab = Lab::new(&format!("shoal-t-run-{}-{backend}", std::process::id()));
+    // Complete checksums on the wire, as a real NIC would deliver, and 40
+    // client addresses.
+    sh(&format!(
+        "ip netns exec {} ethtool -K eth0 tx off",
+        lab.client
+    ));
+    for i in 1..=40 {
+        sh(&format!(
+            "ip -n {} addr add 10.0.5.{i}/16 dev eth0",
+            lab.client
+        ));
+    }
     let mut server = Command::new("ip")
         .args(["netns", "exec", &lab.host, "python3", "-c", SERVER])
         .spawn()
@@ -148,13 +47,10 @@ fn end_to_end(backend: &str) {
         "ip netns exec {} sysctl -n net.ipv4.conf.eth0.arp_ignore",
         lab.host
     ));
-    let mut shoal = lab.run(backend);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.stats().is_null() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = || std::fs::read_to_string(lab.dir.join("shoal.log")).unwrap_or_default();
-    assert!(!lab.stats().is_null(), "shoal did not start: {}", log());
+    // Two hosts in a static view; only host 1 runs, so host 2's share must
+    // be dropped, not served.
+    let mut shoal = lab.start(&lab.config("10.0.0.100", &[1, 2]), backend, &[]);
+    let log = || lab.log();
 
     let served: u32 = sh(&format!(
         "ip netns exec {} python3 -c \"{}\"",
@@ -190,16 +86,7 @@ fn end_to_end(backend: &str) {
     );
 
     // SIGTERM: everything undone.
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(shoal.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = shoal.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "shoal ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop(&mut shoal);
     assert!(status.success(), "exit {status}: {}", log());
     let links = sh(&format!("ip -n {} link show", lab.host));
     assert!(!links.contains("shoal0"), "TAP left behind: {links}");

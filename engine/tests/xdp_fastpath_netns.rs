@@ -5,12 +5,14 @@
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
+mod netns_run;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netns_run::{privileged, sh, stop, Lab};
 use shoal_dataplane::map::{ClusterMap, View};
 use shoal_dataplane::pipeline::Dataplane;
 use shoal_dataplane::HostId;
@@ -21,116 +23,13 @@ const CLIENTS: u8 = 120;
 const PER_CLIENT: usize = 10;
 const PORT: u16 = 8080;
 
-fn privileged() -> bool {
-    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP xdp_fastpath_netns: SHOAL_SKIP_PRIVILEGED=1 (needs root)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "xdp_fastpath_netns needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
-    );
-    true
+/// What this test adds to the shared lab: a raw UDP flood and settling.
+trait Flood {
+    fn send(&self);
+    fn settled_stats(&self, key: &str, want: u64) -> serde_json::Value;
 }
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// Two namespaces joined by a veth pair; removed (with anything still
-/// running in them) on drop.
-struct Lab {
-    host: String,
-    client: String,
-    dir: PathBuf,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let p = std::process::id();
-        let lab = Lab {
-            host: format!("shoal-t-fp-{p}-h"),
-            client: format!("shoal-t-fp-{p}-c"),
-            dir: std::env::temp_dir().join(format!("shoal-t-fp-{p}")),
-        };
-        std::fs::create_dir_all(&lab.dir).unwrap();
-        let (h, c) = (&lab.host, &lab.client);
-        for cmd in [
-            format!("ip netns add {h}"),
-            format!("ip netns add {c}"),
-            format!("ip -n {h} link add eth0 type veth peer name eth0 netns {c}"),
-            format!("ip -n {h} link set lo up"),
-            format!("ip -n {h} link set eth0 up"),
-            format!("ip -n {c} link set eth0 up"),
-            format!("ip -n {h} addr add 10.0.0.11/16 dev eth0"),
-            format!("ip -n {c} addr add 10.0.0.200/16 dev eth0"),
-        ] {
-            let out = sh(&cmd);
-            assert!(!out.contains("rror"), "{cmd}: {out}");
-        }
-        lab
-    }
-
-    /// Writes a config naming hosts `hosts` and returns its path.
-    fn config(&self, hosts: &[u8]) -> PathBuf {
-        std::fs::write(
-            self.dir.join("cluster.key"),
-            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-        )
-        .unwrap();
-        let mut text = format!("[cluster]\nvips = [\"{VIP}\"]\nkey_file = \"cluster.key\"\n");
-        for id in hosts {
-            text += &format!(
-                "\n[[host]]\nid = {id}\ninterface = \"eth0\"\ndedicated = [\"10.0.0.{}/16\"]\n",
-                10 + id
-            );
-        }
-        let path = self.dir.join(format!("cluster-{}.toml", hosts.len()));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn stats_path(&self) -> PathBuf {
-        self.dir.join("stats.json")
-    }
-
-    fn run(&self, config: &Path) -> Child {
-        let _ = std::fs::remove_file(self.stats_path());
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.host,
-                env!("CARGO_BIN_EXE_shoal"),
-                "run",
-                "--static-view",
-                "--host",
-                "1",
-                "--backend",
-                "af_xdp",
-            ])
-            .arg("--config")
-            .arg(config)
-            .arg("--stats")
-            .arg(self.stats_path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("shoal.log")).unwrap())
-            .spawn()
-            .expect("spawn shoal")
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.stats_path()).unwrap_or_default();
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("shoal.log")).unwrap_or_default()
-    }
-
+impl Flood for Lab {
     /// Sends `PER_CLIENT` UDP datagrams from each client to the VIP's
     /// cluster MAC, from a raw socket in the client namespace.
     fn send(&self) {
@@ -156,17 +55,6 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        sh(&format!("ip netns pids {} | xargs -r kill -9", self.host));
-        sh(&format!(
-            "ip netns del {}; ip netns del {}",
-            self.host, self.client
-        ));
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -201,41 +89,18 @@ fn expected_own(config: &Path) -> (u64, u64) {
     (own, other)
 }
 
-fn stop(child: &mut Child) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "shoal ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start(lab: &Lab, config: &Path) -> Child {
-    let mut shoal = lab.run(config);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.stats().is_null() && Instant::now() < deadline {
-        if let Some(status) = shoal.try_wait().unwrap() {
-            panic!("shoal exited at start ({status}): {}", lab.log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(!lab.stats().is_null(), "shoal did not start: {}", lab.log());
-    shoal
-}
-
 #[test]
 fn other_hosts_share_is_dropped_in_the_kernel_and_ours_is_kept() {
-    if !privileged() {
+    if !privileged("xdp_fastpath_netns") {
         return;
     }
-    let lab = Lab::new();
+    let lab = Lab::new(&format!("shoal-t-fp-{}", std::process::id()));
 
     // Two hosts, host 1 runs: host 2's datagrams die in XDP.
-    let two = lab.config(&[1, 2]);
+    let two = lab.config(&VIP.to_string(), &[1, 2]);
     let (own, other) = expected_own(&two);
     assert!(own > 0 && other > 0, "own {own} other {other}");
-    let mut shoal = start(&lab, &two);
+    let mut shoal = lab.start(&two, "af_xdp", &[]);
     assert!(
         lab.stats()["backend"]
             .as_str()
@@ -260,10 +125,10 @@ fn other_hosts_share_is_dropped_in_the_kernel_and_ours_is_kept() {
     stop(&mut shoal);
 
     // Host 1 alone: everything is its own, the kernel drops nothing.
-    let one = lab.config(&[1]);
+    let one = lab.config(&VIP.to_string(), &[1]);
     let (own, other) = expected_own(&one);
     assert_eq!(other, 0);
-    let mut shoal = start(&lab, &one);
+    let mut shoal = lab.start(&one, "af_xdp", &[]);
     lab.send();
     let s = lab.settled_stats("kept", own);
     eprintln!(
@@ -275,26 +140,7 @@ fn other_hosts_share_is_dropped_in_the_kernel_and_ours_is_kept() {
     stop(&mut shoal);
 
     // The same, with the fast path turned off: userspace drops host 2's.
-    let mut shoal = {
-        let _ = std::fs::remove_file(lab.stats_path());
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.host, "env", "SHOAL_XDP_FAST_PATH=0"])
-            .arg(env!("CARGO_BIN_EXE_shoal"))
-            .args(["run", "--static-view", "--host", "1", "--backend", "af_xdp"])
-            .arg("--config")
-            .arg(&two)
-            .arg("--stats")
-            .arg(lab.stats_path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.dir.join("shoal.log")).unwrap())
-            .spawn()
-            .expect("spawn shoal");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while lab.stats().is_null() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child
-    };
+    let mut shoal = lab.start(&two, "af_xdp", &["SHOAL_XDP_FAST_PATH=0"]);
     let (own, other) = expected_own(&two);
     lab.send();
     let s = lab.settled_stats("kept", own);
