@@ -41,7 +41,7 @@ use shoal_dataplane::packet::{parse_frame, FrameKind, L4};
 use shoal_dataplane::reply;
 use shoal_dataplane::{HostId, MAX_RULES};
 
-use crate::runtime::{LoopStats, MapCell};
+use crate::runtime::{LoopStats, MapCell, Outbound};
 
 /// Longest the control thread waits for every poll loop to run a new map.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -152,7 +152,7 @@ pub struct Responder {
     cluster_mac: Mac,
     source_mac: Mac,
     pub(crate) cell: Arc<MapCell>,
-    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    outbound: Arc<Outbound>,
     /// ARP and ND requests answered.
     pub answered: u64,
     /// In igmp mode: the cluster group and the address reports come from.
@@ -169,7 +169,7 @@ impl Responder {
         cluster_mac: Mac,
         source_mac: Mac,
         cell: Arc<MapCell>,
-        outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+        outbound: Arc<Outbound>,
         igmp: Option<(Ipv4Addr, Ipv4Addr)>,
     ) -> Self {
         Self {
@@ -185,7 +185,7 @@ impl Responder {
     }
 
     fn send(&self, frame: &[u8]) {
-        self.outbound.lock().push(frame.to_vec());
+        self.outbound.push(frame);
     }
 
     /// Sends an IGMPv2 membership report for the cluster group (igmp mode).
@@ -266,7 +266,7 @@ pub struct Clustered {
     local: HostId,
     cell: Arc<MapCell>,
     loops: Vec<Arc<Mutex<LoopStats>>>,
-    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    outbound: Arc<Outbound>,
     /// ARP/ND answers, gratuitous ARP and IGMP reports.
     pub responder: Responder,
     start: Instant,
@@ -303,7 +303,7 @@ impl Clustered {
         machine: Machine,
         cell: Arc<MapCell>,
         loops: Vec<Arc<Mutex<LoopStats>>>,
-        outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+        outbound: Arc<Outbound>,
         responder: Responder,
         config_path: PathBuf,
     ) -> Self {
@@ -405,7 +405,7 @@ impl Clustered {
         }
         let mut buf = [0u8; 1536];
         while let Some(n) = self.machine.poll_transmit(self.now(), &mut buf) {
-            self.outbound.lock().push(buf[..n].to_vec());
+            self.outbound.push(&buf[..n]);
             self.sent += 1;
         }
     }

@@ -140,6 +140,34 @@ fn install_signal_handlers() {
     }
 }
 
+/// Frames the control thread wants on the wire (heartbeats, ARP/ND
+/// answers, IGMP reports), taken by whichever poll loop comes next. The
+/// loops check one atomic flag per iteration and take the lock only when
+/// something is queued, so the frame path never contends on it.
+#[derive(Debug, Default)]
+pub struct Outbound {
+    pending: AtomicBool,
+    frames: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Outbound {
+    /// Queues `frame`.
+    pub fn push(&self, frame: &[u8]) {
+        self.frames.lock().push(frame.to_vec());
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Everything queued, or `None` (without locking) when nothing is.
+    #[inline]
+    pub fn take(&self) -> Option<Vec<Vec<u8>>> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let frames = std::mem::take(&mut *self.frames.lock());
+        (!frames.is_empty()).then_some(frames)
+    }
+}
+
 /// Counters a poll loop shares with the control thread.
 #[derive(Debug, Default, Clone)]
 pub struct LoopStats {
@@ -185,7 +213,7 @@ struct PollLoop {
     dataplane: Dataplane,
     cell: Arc<MapCell>,
     control_tx: SyncSender<Vec<u8>>,
-    outbound: Arc<Mutex<Vec<Vec<u8>>>>,
+    outbound: Arc<Outbound>,
     stats: Arc<Mutex<LoopStats>>,
     batch: usize,
     idle: IdlePolicy,
@@ -242,8 +270,7 @@ impl PollLoop {
             }
             // Frames the control thread wants on the wire leave through the
             // first backend.
-            let pending: Vec<Vec<u8>> = std::mem::take(&mut *self.outbound.lock());
-            if !pending.is_empty() {
+            if let Some(pending) = self.outbound.take() {
                 let refs: Vec<&[u8]> = pending.iter().map(|f| f.as_slice()).collect();
                 if let Some(io) = self.backends.first_mut() {
                     if let Ok(n) = io.transmit(&refs) {
@@ -551,7 +578,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     tracing::info!(host = local.get(), backend = %backend_name, vips = ?config.cluster.vips, cluster_mac = %cluster_mac, "shoal running");
 
     let (control_tx, control_rx) = sync_channel::<Vec<u8>>(4096);
-    let outbound = Arc::new(Mutex::new(Vec::new()));
+    let outbound = Arc::new(Outbound::default());
     let start = Instant::now();
     let dcfg = descriptor_config(&config);
     let mut stats = Vec::new();
