@@ -507,7 +507,6 @@ impl Dataplane {
         {
             return Verdict::Drop(DropReason::RuleDisabled);
         }
-        let b = self.bucket(r, flow.client, flow.client_port);
         let key = flow_key(
             Kind::Tcp,
             flow.client,
@@ -516,12 +515,16 @@ impl Dataplane {
             flow.server_port,
         );
         let is_syn = flags & (SYN | ACK) == SYN;
-        let owner_verdict = self.new_owner_verdict(r, b);
+        // A tracked connection needs neither its bucket nor its owner (the
+        // common case of established traffic): look it up first.
         if let Some(slot) = self.table.lookup(&key, now) {
-            if is_syn && owner_verdict != Verdict::Keep && self.table.entry(slot).foreign {
-                // A new connection reusing the 5-tuple: it follows the map.
-                self.table.remove(slot);
-                return owner_verdict;
+            if is_syn && self.table.entry(slot).foreign {
+                let owner_verdict = self.new_owner_verdict(r, self.table.entry(slot).bucket);
+                if owner_verdict != Verdict::Keep {
+                    // A new connection reusing the 5-tuple: it follows the map.
+                    self.table.remove(slot);
+                    return owner_verdict;
+                }
             }
             let e = self.table.entry_mut(slot);
             e.last_seen = now;
@@ -533,6 +536,8 @@ impl Dataplane {
             self.note_link(flow, now);
             return Verdict::Keep;
         }
+        let b = self.bucket(r, flow.client, flow.client_port);
+        let owner_verdict = self.new_owner_verdict(r, b);
         if owner_verdict != Verdict::Keep {
             return owner_verdict;
         }
