@@ -44,6 +44,17 @@
 //! there. An existing interface with that name that is not a TAP is never
 //! touched: it is reported as an error.
 //!
+//! The record's first line is the namespace's cookie
+//! ([`crate::sys::netns::cookie`]). Inode numbers are reused once a
+//! namespace is deleted, so a record whose cookie is not the current
+//! namespace's belongs to a dead namespace that happened to have the same
+//! inode: it is discarded, never replayed (replaying it would "restore"
+//! sysctls to another namespace's values). Each `apply` also deletes the
+//! records of namespaces that no longer exist (no process in them and no
+//! bind mount under `/run/netns`): everything such a record describes died
+//! with its namespace. A namespace kept alive only by an open descriptor
+//! elsewhere loses its record; its leftovers are then found by name.
+//!
 //! Design decision: addresses, links and nftables go through the `ip` and
 //! `nft` programs (`nft -f -` with the table as text, replaced atomically in
 //! one transaction); sysctls through `/proc/sys`. These are rare,
@@ -53,6 +64,7 @@
 //! namespace.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::IpAddr;
@@ -117,12 +129,11 @@ impl HostSetupConfig {
     /// namespace: several namespaces on one machine (the lab) may each have
     /// an `eth0`, and `/run` is shared between them.
     pub fn state_file(&self) -> PathBuf {
-        use std::os::unix::fs::MetadataExt;
-        let netns = std::fs::metadata("/proc/self/ns/net")
-            .map(|m| m.ino())
-            .unwrap_or(0);
-        self.state_dir
-            .join(format!("{}-netns{netns}.state", self.interface))
+        self.state_dir.join(format!(
+            "{}-netns{}.state",
+            self.interface,
+            own_netns_inode()
+        ))
     }
 }
 
@@ -215,6 +226,13 @@ pub trait HostOps: Send {
         interface: &str,
         memberships: &[Membership],
     ) -> Result<MembershipHold, AfPacketError>;
+    /// The calling thread's network-namespace cookie, if the kernel has one.
+    fn netns_cookie(&mut self) -> Option<u64>;
+    /// The files in `dir`.
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// The inodes of every network namespace that still exists: those of
+    /// running processes and those bind-mounted under `/run/netns`.
+    fn live_netns(&mut self) -> io::Result<BTreeSet<u64>>;
 }
 
 /// The real host.
@@ -281,6 +299,42 @@ impl HostOps for System {
     ) -> Result<MembershipHold, AfPacketError> {
         MembershipHold::join(interface, memberships)
     }
+
+    fn netns_cookie(&mut self) -> Option<u64> {
+        crate::sys::netns::cookie().ok()
+    }
+
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect()
+    }
+
+    fn live_netns(&mut self) -> io::Result<BTreeSet<u64>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut live = BTreeSet::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let path = entry?.path();
+            let is_pid = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+            if is_pid {
+                // A process may exit between the listing and the stat.
+                if let Ok(meta) = std::fs::metadata(path.join("ns/net")) {
+                    live.insert(meta.ino());
+                }
+            }
+        }
+        if let Ok(mounts) = std::fs::read_dir("/run/netns") {
+            for entry in mounts.flatten() {
+                if let Ok(meta) = std::fs::metadata(entry.path()) {
+                    live.insert(meta.ino());
+                }
+            }
+        }
+        Ok(live)
+    }
 }
 
 /// One recorded change and how to undo it.
@@ -340,6 +394,22 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
         && name != "."
         && name != ".."
+}
+
+/// The inode of the calling thread's network namespace (0 if unreadable).
+fn own_netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// The namespace inode in a state file's name `<nic>-netns<inode>.state`.
+fn record_netns(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".state")?;
+    let (_, inode) = stem.rsplit_once("-netns")?;
+    inode.parse().ok()
 }
 
 fn sysctl_v4(interface: &str, key: &str) -> PathBuf {
@@ -580,24 +650,31 @@ impl HostSetup {
         }
     }
 
-    /// Replays a leftover record and removes leftovers by name.
+    /// Replays a leftover record of this namespace, forgets the records of
+    /// dead ones, and removes leftovers by name.
     fn clean_stale(&mut self) -> Result<(), SetupError> {
         let path = self.config.state_file();
         if let Ok(text) = self.ops.read(&path) {
-            tracing::warn!(state = %path.display(), "undoing the leftovers of a previous run");
-            for line in text.lines().rev() {
-                let mut parts = line.splitn(3, ' ');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some("sysctl"), Some(p), Some(v)) => self.restore_sysctl(Path::new(p), v)?,
-                    (Some("tap"), Some(name), None) => self.delete_tap(name)?,
-                    (Some("nft"), Some(name), None) => self.delete_table(name)?,
-                    _ => tracing::warn!(line, "ignoring unknown state record"),
+            let cookie = self.ops.netns_cookie();
+            let recorded = text
+                .lines()
+                .find_map(|line| line.strip_prefix("netns "))
+                .and_then(|c| c.trim().parse::<u64>().ok());
+            match (recorded, cookie) {
+                (Some(recorded), Some(cookie)) if recorded != cookie => tracing::warn!(
+                    state = %path.display(),
+                    "discarding the record of a deleted namespace that had this one's inode"
+                ),
+                _ => {
+                    tracing::warn!(state = %path.display(), "undoing the leftovers of a previous run");
+                    self.replay(&text)?;
                 }
             }
             self.ops
                 .remove(&path)
                 .map_err(|source| SetupError::File { path, source })?;
         }
+        self.forget_dead_namespaces();
         let tap = self.config.tap.name.clone();
         self.delete_tap(&tap)?;
         if self.config.ingress_filter {
@@ -605,6 +682,58 @@ impl HostSetup {
             self.delete_table(&table)?;
         }
         Ok(())
+    }
+
+    /// Undoes the steps of a leftover record, last first.
+    fn replay(&mut self, text: &str) -> Result<(), SetupError> {
+        for line in text.lines().rev() {
+            let mut parts = line.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("sysctl"), Some(p), Some(v)) => self.restore_sysctl(Path::new(p), v)?,
+                (Some("tap"), Some(name), None) => self.delete_tap(name)?,
+                (Some("nft"), Some(name), None) => self.delete_table(name)?,
+                (Some("netns"), Some(_), None) => {}
+                _ => tracing::warn!(line, "ignoring unknown state record"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the records of namespaces that no longer exist. Best effort:
+    /// a failure here is logged and never stops setup.
+    fn forget_dead_namespaces(&mut self) {
+        let dir = self.config.state_dir.clone();
+        let Ok(files) = self.ops.list(&dir) else {
+            return;
+        };
+        let records: Vec<(PathBuf, u64)> = files
+            .into_iter()
+            .filter_map(|path| record_netns(&path).map(|inode| (path, inode)))
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let live = match self.ops.live_netns() {
+            Ok(live) if !live.is_empty() => live,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot list live namespaces; records kept");
+                return;
+            }
+        };
+        for (path, inode) in records {
+            if live.contains(&inode) {
+                continue;
+            }
+            match self.ops.remove(&path) {
+                Ok(()) => {
+                    tracing::info!(state = %path.display(), "forgot the record of a deleted namespace")
+                }
+                Err(err) => {
+                    tracing::warn!(state = %path.display(), error = %err, "cannot remove a dead namespace's record")
+                }
+            }
+        }
     }
 
     fn push(&mut self, step: Step) -> Result<(), SetupError> {
@@ -618,7 +747,14 @@ impl HostSetup {
         let result = if lines.is_empty() {
             self.ops.remove(&path)
         } else {
-            self.ops.write(&path, &(lines.join("\n") + "\n"))
+            let mut text = String::new();
+            if let Some(cookie) = self.ops.netns_cookie() {
+                let _ = writeln!(text, "netns {cookie}");
+            }
+            for line in &lines {
+                let _ = writeln!(text, "{line}");
+            }
+            self.ops.write(&path, &text)
         };
         result.map_err(|source| SetupError::File { path, source })
     }
@@ -797,6 +933,8 @@ mod tests {
         log: Vec<String>,
         missing: Vec<&'static str>,
         fail_command: Option<&'static str>,
+        cookie: Option<u64>,
+        live: BTreeSet<u64>,
     }
 
     #[derive(Clone, Default)]
@@ -891,12 +1029,28 @@ mod tests {
         ) -> Result<MembershipHold, AfPacketError> {
             Err(AfPacketError::Config("no sockets in the fake"))
         }
+        fn netns_cookie(&mut self) -> Option<u64> {
+            self.0.lock().cookie
+        }
+        fn list(&mut self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+            let w = self.0.lock();
+            Ok(w.files
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .cloned()
+                .collect())
+        }
+        fn live_netns(&mut self) -> io::Result<BTreeSet<u64>> {
+            Ok(self.0.lock().live.clone())
+        }
     }
 
     fn world() -> Fake {
         let fake = Fake::default();
         {
             let mut w = fake.0.lock();
+            w.cookie = Some(4096);
+            w.live.insert(own_netns_inode());
             w.links.insert("eth0".into(), "veth");
             for (k, v) in [
                 ("arp_ignore", "0"),
@@ -979,6 +1133,65 @@ mod tests {
         );
         assert_eq!(value(&fake, sysctl_v4("all", "rp_filter")), "1");
         assert!(fake.0.lock().tables.is_empty());
+    }
+
+    #[test]
+    fn a_record_left_by_a_deleted_namespace_with_our_inode_is_not_replayed() {
+        let fake = world();
+        // A dead namespace with this inode once changed arp_ignore from 7.
+        fake.0.lock().files.insert(
+            config().state_file(),
+            format!(
+                "netns 1\nsysctl {} 7\n",
+                sysctl_v4("eth0", "arp_ignore").display()
+            ),
+        );
+        let mut setup = HostSetup::apply_with(Box::new(fake.clone()), config()).unwrap();
+        let record = value(&fake, config().state_file());
+        assert!(record.starts_with("netns 4096\n"), "{record}");
+        setup.teardown().unwrap();
+        assert_eq!(
+            value(&fake, sysctl_v4("eth0", "arp_ignore")),
+            "0",
+            "this namespace's own value, not the dead one's 7"
+        );
+    }
+
+    #[test]
+    fn records_of_deleted_namespaces_are_forgotten() {
+        let fake = world();
+        let live_other = own_netns_inode() + 1;
+        let dead = own_netns_inode() + 2;
+        fake.0.lock().live.insert(live_other);
+        let keep = PathBuf::from(format!("/state/eth0-netns{live_other}.state"));
+        let gone = PathBuf::from(format!("/state/eth0-netns{dead}.state"));
+        let unrelated = PathBuf::from("/state/notes.txt");
+        for path in [&keep, &gone, &unrelated] {
+            fake.0
+                .lock()
+                .files
+                .insert(path.clone(), "tap shoal9\n".into());
+        }
+        let mut setup = HostSetup::apply_with(Box::new(fake.clone()), config()).unwrap();
+        setup.teardown().unwrap();
+        let w = fake.0.lock();
+        assert!(
+            w.files.contains_key(&keep),
+            "a live namespace's record stays"
+        );
+        assert!(
+            w.files.contains_key(&unrelated),
+            "other files are not touched"
+        );
+        assert!(
+            !w.files.contains_key(&gone),
+            "a dead namespace's record goes"
+        );
+        assert!(
+            !w.log.iter().any(|l| l.contains("shoal9")),
+            "a dead namespace's record is deleted, never replayed: {:?}",
+            w.log
+        );
     }
 
     #[test]

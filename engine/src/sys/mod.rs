@@ -2,5 +2,6 @@
 //! module, behind traits that tests can fake.
 
 pub mod bpf;
+pub mod netns;
 pub mod packet;
 pub mod tap;
