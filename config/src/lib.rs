@@ -50,6 +50,8 @@
 //! idle = "backoff"                         # busy | backoff
 //! xdp_mode = "auto"                        # native | generic | auto
 //! delivery = "tap"                         # tap | veth
+//! xdp_fast_path = true                     # af_xdp: drop other hosts' buckets in the kernel
+//! xdp_zero_copy = false                    # af_xdp: try a zero-copy bind first
 //!
 //! [[host]]
 //! id = 1                                   # required, 1..=64, unique; also the host priority

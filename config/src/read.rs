@@ -61,6 +61,8 @@ const IO_KEYS: &[&str] = &[
     "idle",
     "xdp_mode",
     "delivery",
+    "xdp_fast_path",
+    "xdp_zero_copy",
 ];
 const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores"];
 const CORES_KEYS: &[&str] = &["control", "poll"];
@@ -291,6 +293,25 @@ impl Reader<'_, '_> {
                     format!("expected a string, found {}", other.kind()),
                 );
                 None
+            }
+        }
+    }
+
+    /// Optional boolean `key` of `table`; `default` when absent or wrong
+    /// (wrong is reported).
+    fn boolean(&mut self, table: &Table<'_>, key: &str, default: bool) -> bool {
+        let Some(entry) = table.entry(key) else {
+            return default;
+        };
+        match &entry.item.node {
+            Node::Bool(v) => *v,
+            other => {
+                self.diag.at(
+                    entry.item.span.start,
+                    table.key_path(key),
+                    format!("expected true or false, found {}", other.kind()),
+                );
+                default
             }
         }
     }
@@ -533,6 +554,8 @@ impl Reader<'_, '_> {
             idle: self.choice(&t, "idle", names::IDLE_POLICIES, d.idle),
             xdp_mode: self.choice(&t, "xdp_mode", names::XDP_MODES, d.xdp_mode),
             delivery: self.choice(&t, "delivery", names::DELIVERIES, d.delivery),
+            xdp_fast_path: self.boolean(&t, "xdp_fast_path", d.xdp_fast_path),
+            xdp_zero_copy: self.boolean(&t, "xdp_zero_copy", d.xdp_zero_copy),
         }
     }
 

@@ -100,6 +100,8 @@ pub(crate) fn render(c: &Config) -> String {
         "delivery = \"{}\"",
         names::name_of(names::DELIVERIES, io.delivery)
     );
+    let _ = writeln!(out, "xdp_fast_path = {}", io.xdp_fast_path);
+    let _ = writeln!(out, "xdp_zero_copy = {}", io.xdp_zero_copy);
 
     for host in &c.hosts {
         let _ = writeln!(out, "\n[[host]]");

@@ -183,6 +183,14 @@ pub struct IoSection {
     pub xdp_mode: XdpMode,
     /// Exception path into the local stack.
     pub delivery: Delivery,
+    /// AF_XDP: the XDP program drops, in the kernel, frames of buckets this
+    /// host neither owns nor holds connections in (the engine stays
+    /// authoritative for everything it passes up). Off: every cluster frame
+    /// is copied to userspace and judged there.
+    pub xdp_fast_path: bool,
+    /// AF_XDP: try a zero-copy bind first on drivers that support it (the
+    /// socket falls back to copy mode, and says so, where they do not).
+    pub xdp_zero_copy: bool,
 }
 
 impl Default for IoSection {
@@ -196,6 +204,8 @@ impl Default for IoSection {
             idle: IdlePolicy::Backoff,
             xdp_mode: XdpMode::Auto,
             delivery: Delivery::Tap,
+            xdp_fast_path: true,
+            xdp_zero_copy: false,
         }
     }
 }

@@ -149,6 +149,8 @@ fn defaults_are_nlbs() {
             idle: IdlePolicy::Backoff,
             xdp_mode: XdpMode::Auto,
             delivery: Delivery::Tap,
+            xdp_fast_path: true,
+            xdp_zero_copy: false,
         }
     );
     let host = c.host(id(4)).expect("host 4 is configured");
@@ -311,6 +313,8 @@ batch_size = 256
 idle = "busy"
 xdp_mode = "generic"
 delivery = "veth"
+xdp_fast_path = false
+xdp_zero_copy = true
 [[host]]
 id = 64
 interface = "enp1s0f1"
@@ -339,6 +343,8 @@ mode = "disabled"
     assert_eq!(c.key_path(), PathBuf::from("dir/keys\\cluster \"a\".key"));
     assert_eq!(c.rules[0].weights.get(&id(64)), Some(&10));
     assert_eq!(c.rules[0].weights.get(&id(1)), Some(&100));
+    assert!(!c.io.xdp_fast_path);
+    assert!(c.io.xdp_zero_copy);
     assert_round_trip(&c);
 }
 

@@ -6,7 +6,10 @@
 //! `backend = "auto"` tries AF_XDP and falls back to AF_PACKET with the
 //! reason logged; the backend in use is named in the logs and the counters.
 //! AF_XDP comes with the XDP fast path (other hosts' buckets dropped in the
-//! kernel, see [`crate::fastpath`]) unless `SHOAL_XDP_FAST_PATH=0`.
+//! kernel, see [`crate::fastpath`]) unless `io.xdp_fast_path = false` or
+//! `SHOAL_XDP_FAST_PATH=0` (the environment switch is for benchmarks that
+//! compare both on one config). `io.xdp_zero_copy = true` or
+//! `SHOAL_XDP_ZERO_COPY=1` tries a zero-copy bind first.
 
 use std::net::IpAddr;
 
@@ -129,7 +132,7 @@ fn open_af_xdp(
     };
     // The XDP fast path (see crate::fastpath) is compiled for the rules and
     // VIPs; the view does not matter here, so an empty one keeps this cheap.
-    let fast_path = crate::fastpath::enabled_by_env().then(|| {
+    let fast_path = (config.io.xdp_fast_path && crate::fastpath::enabled_by_env()).then(|| {
         let spec = config.spec();
         let view = shoal_dataplane::map::View::converged(&spec, shoal_dataplane::HostSet::EMPTY);
         FastPathLayout::of(&shoal_dataplane::map::ClusterMap::build(
@@ -150,10 +153,11 @@ fn open_af_xdp(
         for &q in &plan.queues {
             let mut c = AfXdpConfig::new(host.interface.clone(), q);
             c.ring_size = config.io.ring_size;
-            // On NICs whose driver supports it, SHOAL_XDP_ZERO_COPY=1 tries a
-            // zero-copy bind first (the socket falls back to copy mode, and
-            // says so in its description, where the driver has none).
-            c.zero_copy = std::env::var_os("SHOAL_XDP_ZERO_COPY").is_some_and(|v| v == "1");
+            // On NICs whose driver supports it, zero copy is tried first (the
+            // socket falls back to copy mode, and says so in its description,
+            // where the driver has none).
+            c.zero_copy = config.io.xdp_zero_copy
+                || std::env::var_os("SHOAL_XDP_ZERO_COPY").is_some_and(|v| v == "1");
             let sock = AfXdp::open(&c, &attachment)
                 .with_context(|| format!("AF_XDP socket on queue {q}"))?;
             socks.push(Box::new(sock));
@@ -279,7 +283,7 @@ impl Wiring {
     }
 
     /// A writer for the XDP fast path's maps, when the program has the fast
-    /// path (AF_XDP backend, not turned off with `SHOAL_XDP_FAST_PATH=0`).
+    /// path (AF_XDP backend, not turned off by `io.xdp_fast_path` or the environment).
     /// Make one per run: it is the maps' only writer.
     pub fn fast_path(&self) -> Option<std::sync::Arc<crate::fastpath::FastPath>> {
         let a = self.attachment.as_ref()?;
