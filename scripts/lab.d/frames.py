@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Raw Ethernet frames: checking the lab's "switch", watching a port, and an
-emulated PPTP client (TCP control connection plus GRE frames).
+"""Raw Ethernet frames: checking the lab's "switch", watching a port, an
+emulated PPTP client (TCP control connection plus GRE frames), hostile
+frames for the cluster, and captured heartbeats replayed, forged and cut.
 
 * ``send --dst-mac M [--count N]`` (in shoal-client): sends N UDP/IPv4
   frames from eth0 to MAC M, addressed to the VIP port 9 (discard), each
@@ -21,6 +22,25 @@ emulated PPTP client (TCP control connection plus GRE frames).
   RFC 2637: IP protocol 47, GRE protocol 0x880B, version 1, key and
   sequence present, from S to the VIP, sent raw on eth0 to the VIP's MAC
   from the neighbour table), ``quit``.
+
+* ``hostile --dst-mac M --src S --rounds N --seconds T --run-id R`` (in
+  a bystander namespace): N rounds, spread over T seconds, of one frame of
+  every class in ``HOSTILE_CLASSES`` (truncated and inconsistent IPv4/TCP/
+  UDP headers, IPv4 options, IPv6 extension-header chains, tiny, impossible
+  and overlapping fragments, GRE without PPTP, a foreign destination behind
+  the cluster MAC, a non-IP EtherType), all from S to the cluster MAC M.
+  UDP classes carry ids ``R-CLASS-i`` for the lab's UDP echo log. Prints
+  JSON: frames sent per class and the ids per UDP class.
+* ``hb-capture --host H --out FILE [--seconds S]``: waits for a heartbeat
+  from host H (EtherType 0x886F, host ID at payload offset 16) and writes
+  the whole frame to FILE; prints JSON with its length.
+* ``hb-inject --frame FILE --kind K --count N``: sends N variants of the
+  captured heartbeat: ``replay`` (the frame as captured), ``forged`` (one
+  payload byte after the cluster id flipped, tag left), ``truncated`` (cut
+  to payload lengths 1, 10, 100 and declared-1, round robin),
+  ``declared_oversized`` (the payload length field says 1600) and
+  ``padded`` (non-zero bytes after the declared payload, up to 1500).
+  Prints JSON with the frames sent.
 
 A packet socket sees every frame the veth delivers, whatever its
 destination MAC, so a count is what the bridge forwarded to that port.
@@ -237,6 +257,249 @@ def cmd_join(args):
     return 0
 
 
+# ---------------------------------------------------------------- hostile frames
+#
+# Every class is one frame per round, built so that exactly one check of the
+# dataplane's parser (or one policy) refuses it; lab-test's hostile_frames
+# holds the reasons and how many hosts see each class. Checksums are left 0
+# where no kernel ever reads the frame; the UDP classes that a host keeps
+# carry a correct IPv4 header checksum and UDP checksum 0 (none).
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_GRE = 47
+IPV6_DST_OPTS = 60
+IPV6_HOP_BY_HOP = 0
+FOREIGN_V4 = "10.0.0.99"
+FOREIGN_V6 = "2001:db8::64"
+ECHO_PORT = 7001
+
+
+def eth(dst_mac, src_mac, ethertype):
+    return dst_mac + src_mac + struct.pack("!H", ethertype)
+
+
+def ipv4(src, dst, proto, payload, ihl=5, options=b"", total=None, frag=0x4000, ident=0, version=4):
+    """An IPv4 header (declared IHL and total length may lie) plus payload."""
+    if total is None:
+        total = 20 + len(options) + len(payload)
+    head = struct.pack("!BBHHHBBH4s4s", (version << 4) | ihl, 0, total & 0xFFFF, ident & 0xFFFF, frag, 64,
+                       proto, 0, socket.inet_aton(src), socket.inet_aton(dst)) + options
+    head = head[:10] + struct.pack("!H", checksum(head)) + head[12:]
+    return head + payload
+
+
+def tcp(sport, dport, flags=0x02, offset=5):
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, offset << 4, flags, 64240, 0, 0)
+
+
+def udp(sport, dport, payload, length=None):
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload) if length is None else length, 0) + payload
+
+
+def ipv6(src, dst, next_header, payload):
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64,
+                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + payload
+
+
+def ext_chain(kinds, upper):
+    """IPv6 extension headers of 8 bytes each (PadN filled), types KINDS in
+    order, the last one pointing at UPPER."""
+    out = b""
+    for i, _kind in enumerate(kinds):
+        nxt = kinds[i + 1] if i + 1 < len(kinds) else upper
+        out += struct.pack("!BB", nxt, 0) + b"\x01\x04\x00\x00\x00\x00"
+    return out
+
+
+def fragments(src, dst, ident, datagram, cuts):
+    """IPv4 fragments of DATAGRAM (an IP payload) at byte ranges CUTS
+    [(start, end), ...]; MF on every one but the last."""
+    out = []
+    for n, (start, end) in enumerate(cuts):
+        more = 0x2000 if n + 1 < len(cuts) else 0
+        out.append(ipv4(src, dst, PROTO_UDP, datagram[start:end], frag=more | (start // 8), ident=ident,
+                        total=20 + end - start))
+    return out
+
+
+# class -> builder(src, vip, ident, udp_payload) -> [IP-level frames as
+# (ethertype, bytes)]. The order is the send order within a round.
+def hostile_classes():
+    def v4(frame):
+        return [(ETH_IPV4, frame)]
+
+    def v6(frame):
+        return [(ETH_IPV6, frame)]
+
+    syn = tcp(40001, 80)
+    classes = {
+        # Truncated and inconsistent IPv4 headers.
+        "ipv4_empty": lambda s, d, i, p: v4(b""),
+        "ipv4_cut": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn)[:12]),
+        "ipv4_bad_version": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn, version=6)),
+        "ipv4_bad_ihl": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn, ihl=3)),
+        "ipv4_total_short": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn, total=12)),
+        "ipv4_total_long": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn, total=1000)),
+        "ipv4_bad_options": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn, ihl=6, options=b"\x44\x28\x05\x00")),
+        # Truncated and inconsistent transport headers.
+        "tcp_cut": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn[:10])),
+        "tcp_ports_cut": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn[:2])),
+        "tcp_bad_offset": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, tcp(40001, 80, offset=3))),
+        "udp_bad_length": lambda s, d, i, p: v4(ipv4(s, d, PROTO_UDP, udp(40001, ECHO_PORT, b"x" * 8, length=4))),
+        # Well-formed IPv4 options (four NOPs): served like any datagram.
+        "ipv4_options_ok": lambda s, d, i, p: v4(ipv4(s, d, PROTO_UDP, udp(40002, ECHO_PORT, p), ihl=6,
+                                                      options=b"\x01\x01\x01\x01")),
+        # IPv6 extension-header chains (the cluster has no IPv6 VIP).
+        "ipv6_chain": lambda s, d, i, p: v6(ipv6("fd00::60", FOREIGN_V6, IPV6_DST_OPTS,
+                                                 ext_chain([IPV6_DST_OPTS] * 3, PROTO_TCP) + syn)),
+        "ipv6_long_chain": lambda s, d, i, p: v6(ipv6("fd00::60", FOREIGN_V6, IPV6_DST_OPTS,
+                                                      ext_chain([IPV6_DST_OPTS] * 9, PROTO_TCP) + syn)),
+        "ipv6_longer_chain": lambda s, d, i, p: v6(ipv6("fd00::60", FOREIGN_V6, IPV6_DST_OPTS,
+                                                        ext_chain([IPV6_DST_OPTS] * 100, PROTO_TCP) + syn)),
+        "ipv6_hbh_late": lambda s, d, i, p: v6(ipv6("fd00::60", FOREIGN_V6, IPV6_DST_OPTS,
+                                                    ext_chain([IPV6_DST_OPTS, IPV6_HOP_BY_HOP], PROTO_TCP) + syn)),
+        "ipv6_ext_cut": lambda s, d, i, p: v6(ipv6("fd00::60", FOREIGN_V6, IPV6_DST_OPTS,
+                                                   struct.pack("!BB", PROTO_TCP, 5) + b"\x01\x04\x00\x00\x00\x00")),
+        # Fragments: a tiny first fragment (8 bytes of TCP), an impossible one
+        # (non-final, not a multiple of 8), a datagram in two overlapping
+        # fragments, and the same datagram in two clean ones.
+        "frag_tiny": lambda s, d, i, p: v4(ipv4(s, d, PROTO_TCP, syn[:8], frag=0x2000, ident=i)),
+        "frag_bad": lambda s, d, i, p: v4(ipv4(s, d, PROTO_UDP, udp(40003, ECHO_PORT, b"x" * 4), frag=0x2000,
+                                               ident=i)),
+        "frag_overlap": lambda s, d, i, p: [(ETH_IPV4, f) for f in fragments(
+            s, d, i, udp(40004, ECHO_PORT, p.ljust(40, b" ")), [(0, 24), (16, 48)])],
+        "frag_ok": lambda s, d, i, p: [(ETH_IPV4, f) for f in fragments(
+            s, d, i, udp(40005, ECHO_PORT, p.ljust(40, b" ")), [(0, 24), (24, 48)])],
+        # GRE that no PPTP control connection announced: plain GRE (version
+        # 0, carrying IPv4), enhanced GRE (PPTP's format), and version 2.
+        "gre_plain": lambda s, d, i, p: v4(ipv4(s, d, PROTO_GRE, struct.pack("!HH", 0, ETH_IPV4) + syn)),
+        "gre_pptp": lambda s, d, i, p: v4(ipv4(s, d, PROTO_GRE, struct.pack("!HHHHI", 0x3001, GRE_PPP, 4, 7, i)
+                                               + b"ppp!")),
+        "gre_bad_version": lambda s, d, i, p: v4(ipv4(s, d, PROTO_GRE, struct.pack("!HH", 2, ETH_IPV4) + syn)),
+        # Behind the cluster MAC, not for a VIP; and not IP at all.
+        "foreign_vip": lambda s, d, i, p: v4(ipv4(s, FOREIGN_V4, PROTO_TCP, syn)),
+        "not_ip": lambda s, d, i, p: [(0x88B5, b"shoal-lab not ip".ljust(46, b"\0"))],
+    }
+    return classes
+
+
+UDP_ID_CLASSES = ("ipv4_options_ok", "frag_overlap", "frag_ok")
+
+
+def cmd_hostile(args):
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((args.interface, 0))
+    src_mac = sock.getsockname()[4]
+    dst_mac = mac_bytes(args.dst_mac)
+    classes = hostile_classes()
+    wanted = [c for c in (args.classes.split(",") if args.classes else classes) if c]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise SystemExit("unknown classes %s" % unknown)
+    sent = {c: 0 for c in wanted}
+    ids = {c: [] for c in wanted if c in UDP_ID_CLASSES}
+    errors = {}
+    gap = args.seconds / max(1, args.rounds)
+    start = time.monotonic()
+    if args.rounds > 1024:
+        raise SystemExit("--rounds must be at most 1024 (IPv4 ids are class * 1024 + round)")
+    order = list(classes)
+    for n in range(args.rounds):
+        for c in wanted:
+            ident = "%s-%s-%d" % (args.run_id, c, n)
+            # A distinct IPv4 id per class and round: the owner's kernel
+            # reassembles by (source, destination, protocol, id).
+            ip_id = order.index(c) * 1024 + n
+            for ethertype, body in classes[c](args.src, args.vip, ip_id, ident.encode() + b" "):
+                try:
+                    sock.send(eth(dst_mac, src_mac, ethertype) + body)
+                    sent[c] += 1
+                except OSError as err:
+                    errors[c] = errors.get(c, 0) + 1
+                    errors[c + ":last"] = str(err)
+            if c in ids:
+                ids[c].append(ident)
+        pause = start + (n + 1) * gap - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    print(json.dumps({"sent": sent, "ids": ids, "errors": errors, "rounds": args.rounds,
+                      "seconds": round(time.monotonic() - start, 3)}, sort_keys=True))
+    return 0 if not errors else 1
+
+
+# ---------------------------------------------------------------- heartbeats
+
+HB_HOST_OFFSET = 16
+HB_LENGTH_OFFSET = 4
+HB_FORGE_OFFSET = 44  # the "hears" bitmap: past the cluster id, under the tag
+HB_MAX_PAYLOAD = 1500
+
+
+def cmd_hb_capture(args):
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE_HEARTBEAT))
+    sock.bind((args.interface, 0))
+    sock.settimeout(0.1)
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        try:
+            frame, addr = sock.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING or len(frame) < 14 + HB_HOST_OFFSET + 1:
+            continue
+        if struct.unpack("!H", frame[12:14])[0] != ETHERTYPE_HEARTBEAT or frame[14 + HB_HOST_OFFSET] != args.host:
+            continue
+        with open(args.out, "wb") as f:
+            f.write(frame)
+        print(json.dumps({"captured": True, "host": args.host, "length": len(frame),
+                          "declared": struct.unpack("!H", frame[14 + HB_LENGTH_OFFSET:16 + HB_LENGTH_OFFSET])[0]}))
+        return 0
+    print(json.dumps({"captured": False, "host": args.host}))
+    return 1
+
+
+def hb_variants(frame, kind):
+    """The frames of one injection kind (one or several, sent round robin)."""
+    head, payload = frame[:14], frame[14:]
+    declared = struct.unpack("!H", payload[HB_LENGTH_OFFSET:HB_LENGTH_OFFSET + 2])[0]
+    if kind == "replay":
+        return [frame]
+    if kind == "forged":
+        p = bytearray(payload)
+        p[HB_FORGE_OFFSET] ^= 0x01
+        return [head + bytes(p)]
+    if kind == "truncated":
+        return [head + payload[:n] for n in (1, 10, 100, declared - 1)]
+    if kind == "declared_oversized":
+        return [head + payload[:HB_LENGTH_OFFSET] + struct.pack("!H", 1600) + payload[HB_LENGTH_OFFSET + 2:]]
+    if kind == "padded":
+        return [head + payload[:declared] + b"\xa5" * (HB_MAX_PAYLOAD - declared)]
+    raise SystemExit("unknown heartbeat kind %r" % kind)
+
+
+def cmd_hb_inject(args):
+    with open(args.frame, "rb") as f:
+        frame = f.read()
+    variants = hb_variants(frame, args.kind)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((args.interface, 0))
+    sent = 0
+    errors = []
+    for n in range(args.count):
+        try:
+            sock.send(variants[n % len(variants)])
+            sent += 1
+        except OSError as err:
+            errors.append(str(err))
+        time.sleep(args.gap)
+    print(json.dumps({"kind": args.kind, "sent": sent, "lengths": sorted({len(v) for v in variants}),
+                      "errors": errors[:3]}))
+    return 0 if not errors else 1
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +539,30 @@ def main():
     p.add_argument("--interface", default="eth0")
     p.add_argument("--seconds", type=float, default=5.0)
     p.set_defaults(func=cmd_join)
+    p = sub.add_parser("hostile")
+    p.add_argument("--dst-mac", required=True)
+    p.add_argument("--src", required=True)
+    p.add_argument("--vip", default="10.0.0.100")
+    p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--run-id", default="hostile")
+    p.add_argument("--classes", help="comma-separated subset (default: every class)")
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_hostile)
+    p = sub.add_parser("hb-capture")
+    p.add_argument("--host", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_hb_capture)
+    p = sub.add_parser("hb-inject")
+    p.add_argument("--frame", required=True)
+    p.add_argument("--kind", required=True,
+                   choices=["replay", "forged", "truncated", "declared_oversized", "padded"])
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--gap", type=float, default=0.01)
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_hb_inject)
     args = parser.parse_args()
     return args.func(args)
 
