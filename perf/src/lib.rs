@@ -18,15 +18,10 @@
 //! (a namespace cannot be made, a receiver will not start), never on a
 //! number. `--smoke` runs each for a second or two so CI keeps them alive.
 //!
-//! # Extension point: failover
-//!
-//! Issue 5's `failover` bench (time from SIGKILL of a host to its share
-//! being served again, at 1000/100/50 ms heartbeat periods, and resets on
-//! surviving connections) needs the control plane. When it lands, add a
-//! `failover` module returning a serializable report, a [`Bench`] variant
-//! that runs it, and fill [`report::Results::failover`]; the report
-//! already renders that slot when it is present. No command exists for it
-//! until then.
+//! * [`failover`]: SIGKILL of a host in the namespace lab (`scripts/lab`,
+//!   under the lab lock `/tmp/shoal-lab.lock`) at 1000, 100 and 50 ms
+//!   heartbeat periods: time until its clients are served again, until the
+//!   survivors converge, and resets on surviving connections.
 //!
 //! Not needed at run time: the `shoal` binary only dispatches
 //! `shoal bench` here.
@@ -34,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod disruption;
+pub mod failover;
 pub mod frames;
 pub mod machine;
 pub mod pipeline;
@@ -68,6 +64,9 @@ pub enum Bench {
     Scaling(Common),
     /// Buckets moved on join, leave and weight change, 2 to 64 hosts.
     Disruption(Common),
+    /// SIGKILL of a host in the namespace lab at 1000/100/50 ms periods
+    /// (`--rounds`: repetitions per period, default 3).
+    Failover(Common),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -126,7 +125,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Wire(c) => (c, &["wire"]),
         Bench::Scaling(c) => (c, &["scaling"]),
         Bench::Disruption(c) => (c, &["disruption"]),
-        Bench::All(c) => (c, &["disruption", "pipeline", "wire", "scaling"]),
+        Bench::Failover(c) => (c, &["failover"]),
+        Bench::All(c) => (
+            c,
+            &["disruption", "pipeline", "wire", "scaling", "failover"],
+        ),
         Bench::CallgrindWorker { entries, frames } => {
             return pipeline::callgrind_worker(*entries, *frames);
         }
@@ -174,6 +177,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 })?;
                 emit(common, quiet, &r, scaling::text(&r))?;
                 results.scaling = Some(r);
+            }
+            "failover" => {
+                signals::catch_interrupts();
+                let r = failover::run(&failover::FailoverOptions::new(
+                    common.smoke,
+                    common.rounds(),
+                ))?;
+                emit(common, quiet, &r, failover::text(&r))?;
+                results.failover = Some(r);
             }
             _ => {}
         }

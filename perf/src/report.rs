@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::disruption::DisruptionReport;
+use crate::failover::FailoverReport;
 use crate::machine::Machine;
 use crate::pipeline::PipelineReport;
 use crate::scaling::ScalingReport;
@@ -34,9 +35,8 @@ pub struct Results {
     pub scaling: Option<ScalingReport>,
     /// `disruption.json`.
     pub disruption: Option<DisruptionReport>,
-    /// `failover.json`: the slot for the failover bench (see the crate
-    /// docs); rendered as given when present.
-    pub failover: Option<serde_json::Value>,
+    /// `failover.json`.
+    pub failover: Option<FailoverReport>,
 }
 
 fn load<T: DeserializeOwned>(dir: &Path, name: &str) -> Option<T> {
@@ -174,6 +174,30 @@ impl Results {
                 "x",
             )?;
         }
+        if let Some(f) = &self.failover {
+            let mut rows = Vec::new();
+            for p in &f.periods {
+                for (what, v, group) in [
+                    ("served again", p.first_served_median_s, 0),
+                    ("converged", p.converged_median_s, 1),
+                    ("bound", Some(p.bound_s), 2),
+                ] {
+                    rows.push(Bar {
+                        label: format!("{} ms: {what}", p.period_ms),
+                        value: v.unwrap_or(0.0),
+                        group,
+                    });
+                }
+            }
+            hbar(
+                &dir.join("failover.svg"),
+                "failover: seconds after SIGKILL (medians), and the lab's bound",
+                &stamp,
+                &rows,
+                None,
+                "s",
+            )?;
+        }
         let md = self.markdown();
         let path = dir.join("results.md");
         std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -233,9 +257,7 @@ impl Results {
             );
         }
         if let Some(f) = &self.failover {
-            s += "## Failover\n\n```json\n";
-            s += &serde_json::to_string_pretty(f).unwrap_or_default();
-            s += "\n```\n\n";
+            s += &crate::failover::markdown(f);
         }
         s
     }
