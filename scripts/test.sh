@@ -51,3 +51,4 @@ scripts/bench --smoke
 
 step "lab e2e suite (scripts/lab-test)"
 SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test
+step "churn soak (scripts/soak --minutes 1): duplicates, resets on surviving hosts, failures outside convergence, memory" && SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/soak --minutes 1 --seed 1 --out "${CARGO_TARGET_DIR:-$PWD/target}/soak-ci.json"
