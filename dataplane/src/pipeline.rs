@@ -227,6 +227,127 @@ pub struct Dataplane {
     map: Arc<ClusterMap>,
     table: DescriptorTable,
     counters: Counters,
+    /// The map's IPv4 VIPs as integers, for [`Dataplane::judge_common`].
+    vips_v4: Vec<u32>,
+    /// The map's rules that can cover IPv4, in lookup order.
+    rules_v4: Vec<RuleV4>,
+}
+
+/// A rule as [`Dataplane::rule_v4`] matches it: [`ClusterMap::rule_for`]
+/// for an IPv4 VIP, without `IpAddr` comparisons.
+#[derive(Clone, Copy, Debug)]
+struct RuleV4 {
+    /// `None`: every VIP.
+    vip: Option<u32>,
+    tcp: bool,
+    udp: bool,
+    port_start: u16,
+    port_end: u16,
+    index: usize,
+}
+
+/// The rules that can cover an IPv4 VIP, in the map's lookup order (rules
+/// for an IPv6 VIP never do).
+fn rules_v4(map: &ClusterMap) -> Vec<RuleV4> {
+    map.order
+        .iter()
+        .filter_map(|&index| {
+            let r = &map.rules.get(index)?.rule;
+            let vip = match r.vip {
+                None => None,
+                Some(IpAddr::V4(a)) => Some(u32::from(a)),
+                Some(IpAddr::V6(_)) => return None,
+            };
+            Some(RuleV4 {
+                vip,
+                tcp: r.protocol.covers(6),
+                udp: r.protocol.covers(17),
+                port_start: r.port_start,
+                port_end: r.port_end,
+                index,
+            })
+        })
+        .collect()
+}
+
+/// The fields the verdict needs from the common frame (see [`common_v4`]).
+#[derive(Clone, Copy, Debug)]
+struct CommonV4 {
+    src: u32,
+    dst: u32,
+    proto: u8,
+    src_port: u16,
+    dst_port: u16,
+    flags: u8,
+}
+
+/// Reads the common frame — untagged Ethernet II, IPv4 without options,
+/// a whole datagram, TCP or UDP — at fixed offsets, with the very checks
+/// [`parse_frame`] makes on such a frame, so that whenever this returns
+/// `Some`, `parse_frame` would have returned `Ok` with these fields. Any
+/// other frame (options, VLAN tags, fragments, other protocols, anything
+/// malformed) returns `None` and takes the full parser, which names the
+/// reason.
+#[inline(always)]
+fn common_v4(frame: &[u8]) -> Option<CommonV4> {
+    const ETH: usize = 14;
+    const IP: usize = 20;
+    // Ethernet, the option-less IPv4 header and the first 8 bytes of the
+    // transport header (all of UDP's, TCP's ports).
+    let h: &[u8; ETH + IP + 8] = frame.get(..ETH + IP + 8)?.try_into().ok()?;
+    // EtherType IPv4, version 4, IHL 5.
+    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    // A whole datagram: MF clear, offset 0 (the reserved and DF bits do not
+    // matter to the parser).
+    if total < IP || frame.len() - ETH < total || h[20] & 0x3f != 0 || h[21] != 0 {
+        return None;
+    }
+    let payload = total - IP;
+    let l4 = ETH + IP;
+    let proto = h[23];
+    let flags = match proto {
+        17 => {
+            let udp_len = usize::from(u16::from_be_bytes([h[l4 + 4], h[l4 + 5]]));
+            if payload < 8 || udp_len < 8 || udp_len > payload {
+                return None;
+            }
+            0
+        }
+        6 => {
+            // payload >= 20 and total <= frame.len() - 14 put the whole
+            // fixed TCP header inside the frame.
+            if payload < 20 {
+                return None;
+            }
+            let offset = usize::from(*frame.get(l4 + 12)? >> 4) * 4;
+            if offset < 20 || offset > payload {
+                return None;
+            }
+            *frame.get(l4 + 13)?
+        }
+        _ => return None,
+    };
+    Some(CommonV4 {
+        src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+        dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+        proto,
+        src_port: u16::from_be_bytes([h[l4], h[l4 + 1]]),
+        dst_port: u16::from_be_bytes([h[l4 + 2], h[l4 + 3]]),
+        flags,
+    })
+}
+
+fn vips_v4(map: &ClusterMap) -> Vec<u32> {
+    map.vips
+        .iter()
+        .filter_map(|v| match v {
+            IpAddr::V4(a) => Some(u32::from(*a)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// A flow as the rules see it: client side, server (VIP) side.
@@ -270,6 +391,8 @@ impl Dataplane {
     /// `cfg` and keyed by the secret `seed`.
     pub fn new(map: Arc<ClusterMap>, cfg: DescriptorConfig, seed: u64) -> Self {
         Self {
+            vips_v4: vips_v4(&map),
+            rules_v4: rules_v4(&map),
             map,
             table: DescriptorTable::new(cfg, seed),
             counters: Counters {
@@ -299,6 +422,8 @@ impl Dataplane {
             self.table.rebind_rules(&map);
         }
         self.table.remap(&map);
+        self.vips_v4 = vips_v4(&map);
+        self.rules_v4 = rules_v4(&map);
         self.map = map;
     }
 
@@ -337,12 +462,95 @@ impl Dataplane {
     /// Judges one frame and counts the verdict.
     #[inline]
     pub fn judge(&mut self, frame: &[u8], now: u64) -> Verdict {
+        // The common frame to a VIP skips the general parser; everything
+        // else, and every malformed frame, takes it.
+        if let Some(c) = common_v4(frame) {
+            if self.vips_v4.contains(&c.dst) {
+                let v = self.judge_common(c, now);
+                self.counters.count(v);
+                return v;
+            }
+        }
         let v = match parse_frame(frame) {
             Ok(info) => self.judge_parsed(&info, now),
             Err(m) => Verdict::Drop(DropReason::Malformed(m)),
         };
         self.counters.count(v);
         v
+    }
+
+    /// [`Self::judge_ip`] for a common frame to a VIP (see [`common_v4`]):
+    /// the same steps, without building a [`FrameInfo`].
+    #[inline]
+    fn judge_common(&mut self, c: CommonV4, now: u64) -> Verdict {
+        self.counters.for_cluster += 1;
+        let flow = Flow {
+            client: IpAddr::V4(c.src.into()),
+            vip: IpAddr::V4(c.dst.into()),
+            client_port: c.src_port,
+            server_port: c.dst_port,
+            proto: c.proto,
+        };
+        let Some(r) = self.rule_v4(c.dst, c.dst_port, c.proto) else {
+            return self.default_host_verdict();
+        };
+        if c.proto == 6 {
+            return self.judge_tcp_rule(r, flow, c.flags, now);
+        }
+        // `judge_udp_rule` without extended affinity, inlined: the owner's
+        // verdict, and the IKE link note when kept here.
+        let rule = &self.map.rules[r];
+        if rule.rule.extended_affinity_timeout_s != 0
+            || rule.disabled_here
+            || matches!(rule.owner, RuleOwner::Disabled)
+        {
+            return self.judge_udp_rule(r, flow, now);
+        }
+        let b = self.bucket(r, flow.client, flow.client_port);
+        let verdict = self.new_owner_verdict(r, b);
+        if verdict == Verdict::Keep {
+            self.note_link(flow, now);
+        }
+        verdict
+    }
+
+    /// [`ClusterMap::rule_for`] for an IPv4 VIP and TCP (6) or UDP (17).
+    #[inline]
+    fn rule_v4(&self, vip: u32, port: u16, proto: u8) -> Option<usize> {
+        let udp = proto == 17;
+        self.rules_v4
+            .iter()
+            .find(|r| {
+                r.vip.is_none_or(|v| v == vip)
+                    && if udp { r.udp } else { r.tcp }
+                    && r.port_start <= port
+                    && port <= r.port_end
+            })
+            .map(|r| r.index)
+    }
+
+    /// [`Self::judge`] through the general parser only, without the
+    /// common-frame shortcut: the same verdict, state and counters, more
+    /// work. The reference the shortcut is tested against, and the
+    /// "before" column of `shoal bench pipeline`.
+    pub fn judge_general(&mut self, frame: &[u8], now: u64) -> Verdict {
+        let v = match parse_frame(frame) {
+            Ok(info) => self.judge_parsed(&info, now),
+            Err(m) => Verdict::Drop(DropReason::Malformed(m)),
+        };
+        self.counters.count(v);
+        v
+    }
+
+    /// [`Self::judge_batch`] through [`Self::judge_general`].
+    ///
+    /// # Panics
+    /// If `out` is shorter than `frames`.
+    pub fn judge_batch_general(&mut self, frames: &[&[u8]], now: u64, out: &mut [Verdict]) {
+        assert!(out.len() >= frames.len(), "verdict slice too short");
+        for (f, v) in frames.iter().zip(out.iter_mut()) {
+            *v = self.judge_general(f, now);
+        }
     }
 
     fn is_cluster_mac(&self, mac: [u8; 6]) -> bool {
@@ -503,6 +711,12 @@ impl Dataplane {
         let Some(r) = self.map.rule_for(flow.vip, flow.server_port, 6) else {
             return self.default_host_verdict();
         };
+        self.judge_tcp_rule(r, flow, flags, now)
+    }
+
+    /// A TCP segment of a flow under rule `r`.
+    #[inline]
+    fn judge_tcp_rule(&mut self, r: usize, flow: Flow, flags: u8, now: u64) -> Verdict {
         if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled)
         {
             return Verdict::Drop(DropReason::RuleDisabled);
@@ -570,6 +784,12 @@ impl Dataplane {
         let Some(r) = self.map.rule_for(flow.vip, flow.server_port, 17) else {
             return self.default_host_verdict();
         };
+        self.judge_udp_rule(r, flow, now)
+    }
+
+    /// A UDP datagram of a flow under rule `r`.
+    #[inline]
+    fn judge_udp_rule(&mut self, r: usize, flow: Flow, now: u64) -> Verdict {
         if self.map.rules[r].disabled_here || matches!(self.map.rules[r].owner, RuleOwner::Disabled)
         {
             return Verdict::Drop(DropReason::RuleDisabled);
@@ -767,4 +987,209 @@ pub struct Owner {
     pub rule: Option<usize>,
     /// Its bucket under a multiple-host rule.
     pub bucket: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::DescriptorConfig;
+    use crate::map::View;
+    use crate::model::{ClusterSpec, HostSet, PortRule, Protocol};
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    const VIP: [u8; 4] = [10, 0, 0, 100];
+
+    /// A well-formed frame: Ethernet, IPv4 (no options), TCP or UDP.
+    fn frame(tcp: bool, src: [u8; 4], sport: u16, dport: u16, flags: u8, pad: usize) -> Vec<u8> {
+        let l4_len = if tcp { 20 } else { 8 } + pad;
+        let total = 20 + l4_len;
+        let mut f = vec![0x03, 0xbf, 10, 0, 0, 100, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64]);
+        f.push(if tcp { 6 } else { 17 });
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&VIP);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        if tcp {
+            f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&((8 + pad) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+        }
+        f.resize(14 + total, 0xab);
+        f
+    }
+
+    /// A valid frame, then up to four byte changes in the headers and a
+    /// length change: mostly frames near the edges of the checks.
+    fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            prop_oneof![Just(80u16), Just(1723), Just(500), any::<u16>()],
+            any::<u8>(),
+            0usize..40,
+            prop::collection::vec((0usize..60, any::<u8>()), 0..4),
+            -30i32..30,
+        )
+            .prop_map(|(tcp, src, sport, dport, flags, pad, edits, resize)| {
+                let mut f = frame(tcp, src, sport, dport, flags, pad);
+                for (at, b) in edits {
+                    if at < f.len() {
+                        f[at] = b;
+                    }
+                }
+                let len = (f.len() as i32 + resize).max(0) as usize;
+                f.resize(len, 0);
+                f
+            })
+    }
+
+    fn dataplane() -> Dataplane {
+        static MAP: std::sync::OnceLock<Arc<ClusterMap>> = std::sync::OnceLock::new();
+        let map = MAP.get_or_init(|| Arc::new(build_map(rules()))).clone();
+        let cfg = DescriptorConfig {
+            capacity: 1 << 12,
+            ..DescriptorConfig::default()
+        };
+        Dataplane::new(map, cfg, 7)
+    }
+
+    fn build_map(rules: Vec<PortRule>) -> ClusterMap {
+        let spec = ClusterSpec {
+            vips: vec![IpAddr::V4(Ipv4Addr::from(VIP))],
+            mode: ClusterMode::Multicast,
+            ipv6_network_prefix: 64,
+            rules,
+        };
+        let members: HostSet = [1, 2, 3].iter().filter_map(|&i| HostId::new(i)).collect();
+        let local = HostId::new(2).expect("host id");
+        ClusterMap::build(&spec, &View::converged(&spec, members), local, 1)
+    }
+
+    fn rules() -> Vec<PortRule> {
+        let mut udp = PortRule::new(
+            Some(IpAddr::V4(Ipv4Addr::from(VIP))),
+            (400, 5000),
+            Protocol::Udp,
+            FilterMode::Multiple {
+                affinity: Affinity::Single,
+            },
+        );
+        udp.extended_affinity_timeout_s = 30;
+        vec![
+            PortRule::new(
+                None,
+                (0, 65535),
+                Protocol::Both,
+                FilterMode::Multiple {
+                    affinity: Affinity::None,
+                },
+            ),
+            udp,
+            PortRule::new(
+                Some(IpAddr::V4(Ipv4Addr::from(VIP))),
+                (8000, 8100),
+                Protocol::Tcp,
+                FilterMode::Single,
+            ),
+        ]
+    }
+
+    proptest! {
+        /// Whenever the shortcut reads a frame, the general parser accepts
+        /// it and reads the same fields.
+        #[test]
+        fn common_frames_read_as_the_parser_reads_them(f in arb_frame()) {
+            if let Some(c) = common_v4(&f) {
+                let info = parse_frame(&f);
+                prop_assert!(info.is_ok(), "shortcut read a frame the parser rejects: {info:?}");
+                let Ok(info) = info else { unreachable!() };
+                let FrameKind::Ipv4(ip) = info.kind else {
+                    return Err(TestCaseError::fail(format!("not IPv4: {info:?}")));
+                };
+                prop_assert_eq!(ip.src, IpAddr::V4(c.src.into()));
+                prop_assert_eq!(ip.dst, IpAddr::V4(c.dst.into()));
+                prop_assert_eq!(ip.fragment, Fragment::Whole);
+                match ip.l4 {
+                    L4::Tcp { src_port, dst_port, flags } => {
+                        prop_assert_eq!((c.proto, c.src_port, c.dst_port, c.flags), (6, src_port, dst_port, flags));
+                    }
+                    L4::Udp { src_port, dst_port } => {
+                        prop_assert_eq!((c.proto, c.src_port, c.dst_port), (17, src_port, dst_port));
+                    }
+                    other => return Err(TestCaseError::fail(format!("l4 {other:?}"))),
+                }
+            }
+        }
+
+        /// The same frames, in the same order, give the same verdicts and
+        /// counters with and without the shortcut (descriptors included:
+        /// SYNs create entries later frames hit).
+        #[test]
+        fn the_shortcut_changes_no_verdict(frames in prop::collection::vec(arb_frame(), 1..64)) {
+            let mut fast = dataplane();
+            let mut general = dataplane();
+            for (i, f) in frames.iter().enumerate() {
+                let now = i as u64 * 1_000_000;
+                prop_assert_eq!(fast.judge(f, now), general.judge_general(f, now), "frame {:02x?}", f);
+            }
+            prop_assert_eq!(fast.counters(), general.counters());
+            prop_assert_eq!(fast.table().len(), general.table().len());
+        }
+    }
+
+    proptest! {
+        /// The IPv4 rule table finds the rule `rule_for` finds.
+        #[test]
+        fn rule_v4_finds_what_rule_for_finds(
+            spans in prop::collection::vec((0u16..3, 0u16..100, 0u16..100, 0u8..3), 0..6),
+            probes in prop::collection::vec((0u16..3, 0u16..120, any::<bool>()), 32),
+        ) {
+            let vip = |k: u16| match k {
+                0 => None,
+                1 => Some(IpAddr::V4(Ipv4Addr::from(VIP))),
+                _ => Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 101))),
+            };
+            let rules: Vec<PortRule> = spans
+                .iter()
+                .map(|&(k, a, b, p)| {
+                    let proto = [Protocol::Tcp, Protocol::Udp, Protocol::Both][usize::from(p)];
+                    PortRule::new(vip(k), (a.min(b), a.max(b)), proto, FilterMode::Single)
+                })
+                .collect();
+            let mut spec_map = build_map(rules);
+            spec_map.vips.push(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 101)));
+            let dp = Dataplane::new(Arc::new(spec_map), DescriptorConfig { capacity: 16, ..DescriptorConfig::default() }, 1);
+            for (k, port, tcp) in probes {
+                let dst = vip(k.max(1)).unwrap_or(IpAddr::V4(Ipv4Addr::from(VIP)));
+                let IpAddr::V4(d) = dst else { unreachable!() };
+                let proto = if tcp { 6 } else { 17 };
+                prop_assert_eq!(dp.rule_v4(u32::from(d), port, proto), dp.map.rule_for(dst, port, proto));
+            }
+        }
+    }
+
+    #[test]
+    fn unmodified_frames_take_the_shortcut() {
+        for tcp in [false, true] {
+            let f = frame(tcp, [192, 0, 2, 1], 1234, 80, SYN, 0);
+            let c = common_v4(&f).expect("common frame");
+            assert_eq!((c.src_port, c.dst_port), (1234, 80));
+            assert_eq!(c.dst, u32::from_be_bytes(VIP));
+        }
+        // A VLAN tag, a fragment, IP options: the general parser's.
+        let mut tagged = frame(false, [192, 0, 2, 1], 1, 2, 0, 0);
+        tagged.splice(12..12, [0x81, 0x00, 0, 5]);
+        assert!(common_v4(&tagged).is_none());
+        let mut frag = frame(false, [192, 0, 2, 1], 1, 2, 0, 0);
+        frag[20] |= 0x20;
+        assert!(common_v4(&frag).is_none());
+        let mut opts = frame(false, [192, 0, 2, 1], 1, 2, 0, 0);
+        opts[14] = 0x46;
+        assert!(common_v4(&opts).is_none());
+    }
 }

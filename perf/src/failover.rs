@@ -160,8 +160,11 @@ pub struct FailoverPeriod {
     pub survivor_resets: u64,
     /// Sum of `survivor_failures`.
     pub survivor_failures: u64,
-    /// Every repetition.
+    /// Every repetition that completed.
     pub runs: Vec<FailoverRun>,
+    /// Why the period stopped early (the lab would not converge, a client
+    /// failed); the runs before it stand.
+    pub error: Option<String>,
 }
 
 /// The failover bench's report.
@@ -558,7 +561,7 @@ fn opt_max(xs: &[Option<f64>]) -> Option<f64> {
     xs.iter().flatten().copied().reduce(f64::max)
 }
 
-fn summarize(t: Timing, runs: Vec<FailoverRun>) -> FailoverPeriod {
+fn summarize(t: Timing, runs: Vec<FailoverRun>, error: Option<String>) -> FailoverPeriod {
     let served: Vec<Option<f64>> = runs.iter().map(|r| r.first_served_s).collect();
     let conv: Vec<Option<f64>> = runs.iter().map(|r| r.converged_s).collect();
     FailoverPeriod {
@@ -572,11 +575,16 @@ fn summarize(t: Timing, runs: Vec<FailoverRun>) -> FailoverPeriod {
         survivor_resets: runs.iter().map(|r| r.survivor_resets).sum(),
         survivor_failures: runs.iter().map(|r| r.survivor_failures).sum(),
         runs,
+        error,
     }
 }
 
+/// One period: lab up, `repetitions` kills, lab down, all under the lab
+/// lock. A failure inside the lab (it will not converge, a client fails)
+/// ends the period with its error recorded, keeping the runs before it.
 fn period(t: Timing, repetitions: usize) -> Result<FailoverPeriod> {
     let _lock = LabLock::take("failover")?;
+    let mut runs = Vec::new();
     let result = (|| {
         eprintln!(
             "failover: lab up, 3 hosts, period {} ms, tolerance {}",
@@ -593,7 +601,6 @@ fn period(t: Timing, repetitions: usize) -> Result<FailoverPeriod> {
             "--tolerance",
             &t.tolerance.to_string(),
         ])?;
-        let mut runs = Vec::new();
         for k in 0..repetitions {
             if k > 0 {
                 lab_run(&["start-host", &VICTIM.to_string()])?;
@@ -612,10 +619,21 @@ fn period(t: Timing, repetitions: usize) -> Result<FailoverPeriod> {
             );
             runs.push(r);
         }
-        Ok(summarize(t, runs))
+        Ok::<(), anyhow::Error>(())
     })();
     let _ = lab_run(&["down"]);
-    result
+    let error = match result {
+        Ok(()) => None,
+        Err(e) => {
+            // An interrupted bench stops; a lab that misbehaves is a finding.
+            if e.to_string() == "interrupted" {
+                return Err(e);
+            }
+            eprintln!("failover: {} ms: stopped early: {e:#}", t.period_ms);
+            Some(format!("{e:#}"))
+        }
+    };
+    Ok(summarize(t, runs, error))
 }
 
 fn secs(x: Option<f64>) -> String {
@@ -672,6 +690,9 @@ pub fn text(r: &FailoverReport) -> String {
             ),
             format!("{} ({} failed)", p.survivor_resets, p.survivor_failures)
         );
+        if let Some(e) = &p.error {
+            s += &format!("          stopped early: {e}\n");
+        }
     }
     s
 }
@@ -689,7 +710,16 @@ pub fn markdown(r: &FailoverReport) -> String {
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         r.victim, r.held_connections, r.repetitions, r.victim, r.victim
     );
+    let mut notes = String::new();
     for p in &r.periods {
+        if let Some(e) = &p.error {
+            notes += &format!(
+                "- {} ms: stopped after {} repetition(s): {}\n",
+                p.period_ms,
+                p.runs.len(),
+                e.chars().take(400).collect::<String>().replace('|', "/")
+            );
+        }
         s += &format!(
             "| {} ms | {} | {:.2} s | {} | {} | {} | {} | {} | {} |\n",
             p.period_ms,
@@ -702,6 +732,10 @@ pub fn markdown(r: &FailoverReport) -> String {
             p.survivor_resets,
             p.survivor_failures
         );
+    }
+    if !notes.is_empty() {
+        s += "\n";
+        s += &notes;
     }
     s += &format!(
         "\nTarget: {} resets on surviving connections.\n\n![failover](failover.svg)\n\n",
@@ -779,12 +813,17 @@ mod tests {
         let p = summarize(
             TIMINGS[1],
             vec![run(Some(0.3), 0), run(Some(0.5), 1), run(Some(0.4), 0)],
+            None,
         );
         assert_eq!(p.first_served_median_s, Some(0.4));
         assert_eq!(p.first_served_max_s, Some(0.5));
         assert_eq!(p.survivor_resets, 1);
         assert!((p.bound_s - 0.6).abs() < 1e-9);
-        let q = summarize(TIMINGS[1], vec![run(None, 0), run(Some(0.5), 0)]);
+        let q = summarize(
+            TIMINGS[1],
+            vec![run(None, 0), run(Some(0.5), 0)],
+            Some("lab".into()),
+        );
         assert_eq!(q.first_served_max_s, None);
         assert_eq!(q.first_served_median_s, Some(0.5));
     }

@@ -22,6 +22,14 @@
 //!   toggled on only inside [`measured_pass`] and dumped after each mix, so
 //!   the totals hold the judging loop and nothing else (no fixture setup).
 //!
+//! * Side by side: every mix is judged twice per round, through
+//!   [`Dataplane::judge_batch`] (the common-frame shortcut for untagged
+//!   option-less IPv4 TCP/UDP to a VIP) and through
+//!   [`Dataplane::judge_batch_general`] (the general parser for every frame,
+//!   the path every frame took before the shortcut), in the same process on
+//!   the same table, and both are counted under callgrind: the `general_*`
+//!   figures are the "before" of the same build.
+//!
 //! The targets (issue 5) are reported beside the figures, met or not.
 
 #![forbid(unsafe_code)]
@@ -376,9 +384,14 @@ impl Fixture {
 
     /// Judges the whole pool once; returns frames kept.
     pub fn pass(&mut self, pool: &Pool) -> u64 {
+        self.pass_on(pool, JudgePath::Shortcut)
+    }
+
+    /// Judges the whole pool once on `path`; returns frames kept.
+    pub fn pass_on(&mut self, pool: &Pool, path: JudgePath) -> u64 {
         self.now += 1_000_000;
         let before = self.dp.counters().kept;
-        measured_pass(&mut self.dp, pool, self.now);
+        measured_pass(&mut self.dp, pool, self.now, path);
         self.dp.counters().kept - before
     }
 }
@@ -386,10 +399,20 @@ impl Fixture {
 /// The demangled name of [`measured_pass`], as callgrind sees it.
 const MEASURED_FN: &str = "shoal_perf::pipeline::measured_pass";
 
+/// Which entry point of the dataplane a pass goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JudgePath {
+    /// [`Dataplane::judge_batch`]: what the engine calls.
+    Shortcut,
+    /// [`Dataplane::judge_batch_general`]: the general parser for every
+    /// frame (the "before").
+    General,
+}
+
 /// The judged loop, kept out of line so callgrind can toggle collection on
 /// exactly this function.
 #[inline(never)]
-pub fn measured_pass(dp: &mut Dataplane, pool: &Pool, now: u64) {
+pub fn measured_pass(dp: &mut Dataplane, pool: &Pool, now: u64, path: JudgePath) {
     let mut verdicts = [Verdict::Pass; BATCH];
     let mut start = 0;
     while start < pool.len() {
@@ -398,7 +421,12 @@ pub fn measured_pass(dp: &mut Dataplane, pool: &Pool, now: u64) {
         for (j, r) in refs[..n].iter_mut().enumerate() {
             *r = pool.frame(start + j);
         }
-        dp.judge_batch(black_box(&refs[..n]), now, &mut verdicts[..n]);
+        match path {
+            JudgePath::Shortcut => dp.judge_batch(black_box(&refs[..n]), now, &mut verdicts[..n]),
+            JudgePath::General => {
+                dp.judge_batch_general(black_box(&refs[..n]), now, &mut verdicts[..n])
+            }
+        }
         black_box(&verdicts);
         start += n;
     }
@@ -436,6 +464,15 @@ pub struct MixResult {
     pub rounds_mpps: Vec<f64>,
     /// Instructions per frame under callgrind, when it ran.
     pub instructions_per_frame: Option<f64>,
+    /// The same through the general parser only (the "before"), Mpps.
+    #[serde(default)]
+    pub general_mpps: f64,
+    /// Its ns per frame.
+    #[serde(default)]
+    pub general_ns_per_frame: f64,
+    /// Its instructions per frame.
+    #[serde(default)]
+    pub general_instructions_per_frame: Option<f64>,
 }
 
 /// How the callgrind figures were taken.
@@ -488,6 +525,7 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
     let table_entries = fx.entries();
     let mut pools: Vec<(Mix, Pool)> = Mix::ALL.iter().map(|&m| (m, fx.pool(m, POOL))).collect();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); pools.len()];
+    let mut general_rates: Vec<Vec<f64>> = vec![Vec::new(); pools.len()];
     let mut kept = vec![(0u64, 0u64); pools.len()];
     let budget = Duration::from_secs_f64(opts.seconds.max(0.05));
     let mut pass_no = 0u64;
@@ -499,19 +537,27 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
     }
     for _ in 0..opts.rounds.max(1) {
         for (i, (mix, pool)) in pools.iter_mut().enumerate() {
-            let mut timed = Duration::ZERO;
-            let mut frames = 0u64;
-            while timed < budget {
-                fx.refresh(*mix, pool, pass_no);
-                pass_no += 1;
-                let t = Instant::now();
-                let k = fx.pass(pool);
-                timed += t.elapsed();
-                frames += pool.len() as u64;
-                kept[i].0 += k;
-                kept[i].1 += pool.len() as u64;
+            for path in [JudgePath::Shortcut, JudgePath::General] {
+                let mut timed = Duration::ZERO;
+                let mut frames = 0u64;
+                while timed < budget {
+                    fx.refresh(*mix, pool, pass_no);
+                    pass_no += 1;
+                    let t = Instant::now();
+                    let k = fx.pass_on(pool, path);
+                    timed += t.elapsed();
+                    frames += pool.len() as u64;
+                    if path == JudgePath::Shortcut {
+                        kept[i].0 += k;
+                        kept[i].1 += pool.len() as u64;
+                    }
+                }
+                let rate = frames as f64 / timed.as_secs_f64() / 1e6;
+                match path {
+                    JudgePath::Shortcut => rates[i].push(rate),
+                    JudgePath::General => general_rates[i].push(rate),
+                }
             }
-            rates[i].push(frames as f64 / timed.as_secs_f64() / 1e6);
         }
     }
     let callgrind = if opts.callgrind {
@@ -524,6 +570,13 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
         .enumerate()
         .map(|(i, (mix, _))| {
             let mpps = median(&rates[i]);
+            let general_mpps = median(&general_rates[i]);
+            let instructions = |name: &str| {
+                callgrind
+                    .as_ref()
+                    .and_then(|c| c.1.iter().find(|(n, _)| n == name))
+                    .map(|(_, ipf)| *ipf)
+            };
             MixResult {
                 name: mix.name().to_string(),
                 description: mix.description().to_string(),
@@ -532,10 +585,14 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
                 ns_per_frame: if mpps > 0.0 { 1e3 / mpps } else { 0.0 },
                 mpps,
                 rounds_mpps: rates[i].clone(),
-                instructions_per_frame: callgrind
-                    .as_ref()
-                    .and_then(|c| c.1.iter().find(|(n, _)| n == mix.name()))
-                    .map(|(_, ipf)| *ipf),
+                instructions_per_frame: instructions(mix.name()),
+                general_mpps,
+                general_ns_per_frame: if general_mpps > 0.0 {
+                    1e3 / general_mpps
+                } else {
+                    0.0
+                },
+                general_instructions_per_frame: instructions(&general_name(*mix)),
             }
         })
         .collect();
@@ -648,9 +705,14 @@ pub fn dump_total(text: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The callgrind plan's name of a mix judged on [`JudgePath::General`].
+fn general_name(mix: Mix) -> String {
+    format!("{}/general", mix.name())
+}
+
 /// The hidden worker run under callgrind: builds the fixture and judges
-/// `frames` frames of every mix, one [`measured_pass`] call per mix.
-/// Prints `[[mix, frames], …]` as JSON.
+/// `frames` frames of every mix, one [`measured_pass`] call per mix and
+/// path (shortcut, then general). Prints `[[name, frames], …]` as JSON.
 ///
 /// # Errors
 /// When the fixture cannot be built.
@@ -660,9 +722,13 @@ pub fn callgrind_worker(entries: usize, frames: usize) -> Result<()> {
     let mut plan = Vec::new();
     for (k, mix) in Mix::ALL.into_iter().enumerate() {
         let mut pool = fx.pool(mix, frames);
-        fx.refresh(mix, &mut pool, k as u64 + 1);
-        fx.pass(&pool);
+        fx.refresh(mix, &mut pool, 2 * k as u64 + 1);
+        fx.pass_on(&pool, JudgePath::Shortcut);
         plan.push((mix.name().to_string(), frames));
+        // A never-repeating mix gets fresh frames for the second path too.
+        fx.refresh(mix, &mut pool, 2 * k as u64 + 2);
+        fx.pass_on(&pool, JudgePath::General);
+        plan.push((general_name(mix), frames));
     }
     println!("{}", serde_json::to_string(&plan)?);
     Ok(())
@@ -675,19 +741,29 @@ pub fn text(r: &PipelineReport) -> String {
         r.local_host, r.hosts, r.table_entries, r.table_capacity, r.frame_len, r.batch, r.rounds
     );
     s += &format!(
-        "{:<18} {:>9} {:>9} {:>8} {:>10}  {}\n",
-        "mix", "Mpps/core", "ns/frame", "kept", "instr/fr", "what"
+        "{:<18} {:>9} {:>9} {:>8} {:>10}   {:>9} {:>10} {:>8}  {}\n",
+        "mix",
+        "Mpps/core",
+        "ns/frame",
+        "kept",
+        "instr/fr",
+        "general:",
+        "instr/fr",
+        "speedup",
+        "what"
     );
+    let ipf = |x: Option<f64>| x.map(|i| format!("{i:.0}")).unwrap_or_else(|| "-".into());
     for m in &r.mixes {
         s += &format!(
-            "{:<18} {:>9.2} {:>9.1} {:>7.1}% {:>10}  {}\n",
+            "{:<18} {:>9.2} {:>9.1} {:>7.1}% {:>10}   {:>9.2} {:>10} {:>7.2}x  {}\n",
             m.name,
             m.mpps,
             m.ns_per_frame,
             m.kept_share * 100.0,
-            m.instructions_per_frame
-                .map(|i| format!("{i:.0}"))
-                .unwrap_or_else(|| "-".into()),
+            ipf(m.instructions_per_frame),
+            m.general_mpps,
+            ipf(m.general_instructions_per_frame),
+            m.mpps / m.general_mpps.max(1e-9),
             m.description
         );
     }
