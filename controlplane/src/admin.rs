@@ -324,8 +324,13 @@ pub struct QueryReport {
     pub excluded_duplicate_id: Vec<u8>,
     /// Whether this host's own rules lost the vote.
     pub outvoted: bool,
-    /// Whether another host uses this host's ID.
+    /// Whether a second host using one ID (this host's or a peer's) has
+    /// been heard within the last `tolerance × period`; while it is,
+    /// `counters.duplicate_id` (the heartbeats refused for it) grows.
     pub duplicate_id: bool,
+    /// Whether this host is the newcomer of a duplicated ID and has
+    /// stepped back (takes no traffic).
+    pub stepped_back_duplicate_id: bool,
     /// Duration of the last convergence, ns.
     pub last_convergence_ns: Option<u64>,
     /// Heartbeat counters.
@@ -512,7 +517,8 @@ impl Machine {
             excluded_rule_mismatch: ids(self.mismatched()),
             excluded_duplicate_id: ids(dups),
             outvoted: self.standing() == Standing::Outvoted,
-            duplicate_id: self.standing() == Standing::DuplicateId,
+            duplicate_id: self.membership.sees_duplicate(now),
+            stepped_back_duplicate_id: self.standing() == Standing::DuplicateId,
             last_convergence_ns: self.last_convergence_ns,
             counters: self.counters().clone(),
         }

@@ -280,6 +280,8 @@ pub struct Machine {
     events: VecDeque<Event>,
     pub(crate) last_convergence_ns: Option<u64>,
     listened: bool,
+    /// The latest `now` the machine has seen.
+    last_update: u64,
 }
 
 fn rules_mask(n: usize) -> u32 {
@@ -420,6 +422,7 @@ impl Machine {
             events: VecDeque::new(),
             last_convergence_ns: None,
             listened: false,
+            last_update: now,
         }
     }
 
@@ -601,6 +604,11 @@ impl Machine {
         if !self.listened {
             t = t.min(self.listen_until());
         }
+        if let Some(d) = self.membership.next_deadline(self.last_update) {
+            // A peer turning late (send early) or expiring (detect it on
+            // time, not at the next heartbeat that happens to arrive).
+            t = t.min(d);
+        }
         for d in self.settings.draining.iter().flatten() {
             t = t.min(d + self.cfg.drain_timeout_ns);
         }
@@ -618,7 +626,7 @@ impl Machine {
         }
         self.seq += 1;
         self.own_run = self.own_run.saturating_add(1);
-        let hb = self.heartbeat();
+        let hb = self.heartbeat(now);
         let len = hb.encode(&self.auth, buf).ok()?;
         self.last_tx = Some(now);
         self.next_tx = now + self.period_in_use();
@@ -627,7 +635,7 @@ impl Machine {
         Some(len)
     }
 
-    fn heartbeat(&mut self) -> Heartbeat {
+    fn heartbeat(&mut self, now: u64) -> Heartbeat {
         let rules = self.rules();
         let mut weights = [0u8; MAX_RULES];
         for (r, w) in weights.iter_mut().enumerate().take(rules) {
@@ -648,7 +656,7 @@ impl Machine {
             seq: self.seq,
             base_period_us: (self.cfg.period_ns / 1000).clamp(1, u32::MAX as u64) as u32,
             period_us: (self.period_in_use() / 1000).clamp(1, u32::MAX as u64) as u32,
-            hears: self.membership.hears(),
+            hears: self.membership.fresh(now),
             proposed: self.proposal.members,
             proposal_digest: self.proposal_digest,
             adopted: self
@@ -704,6 +712,19 @@ impl Machine {
     }
 
     // ---- the machine -----------------------------------------------------
+
+    /// Whether heartbeats go every quarter of the base period rather than
+    /// every period in use: while a view change is in flight for a member
+    /// (agreement is counted in heartbeats, so this shortens it and makes
+    /// a lost heartbeat cost a quarter period), and while losses are
+    /// eating heartbeats between this host and a live peer
+    /// ([`Membership::urgent`]).
+    fn hurried(&self, now: u64) -> bool {
+        let in_flight = self.state == HostState::Converging
+            && self.participates()
+            && self.standing == Standing::Member;
+        in_flight || self.membership.urgent(now)
+    }
 
     fn trigger(&mut self, now: u64) {
         let earliest = self
@@ -815,6 +836,7 @@ impl Machine {
     fn update(&mut self, now: u64) {
         let me = self.cfg.host;
         let rules = self.rules();
+        self.last_update = self.last_update.max(now);
         self.membership.expire(now);
         self.listened |= now >= self.listen_until();
         self.finish_drains(now);
@@ -886,6 +908,13 @@ impl Machine {
         }
 
         self.update_state(now);
+        if self.hurried(now) {
+            let t = self
+                .last_tx
+                .map_or(now, |t| t + self.cfg.period_ns / 4)
+                .max(now);
+            self.next_tx = self.next_tx.min(t);
+        }
         self.push_notices();
         if self.membership.take_dirty_changed() {
             self.dirty_stale = true;
@@ -980,6 +1009,7 @@ impl Machine {
                             || self.membership.live_peer(h).is_some_and(|p| {
                                 p.latest.proposal_digest == self.proposal_digest
                                     && p.latest.bound == self.proposal_digest
+                                    && p.latest.adopted_digest == self.proposal_digest
                             })
                     });
                 if !quiet {

@@ -13,6 +13,20 @@
 //!   most `tolerance × period` old, with the longer of the local and the
 //!   peer's base period (never the halved one, so a peer that slows down
 //!   after converging is not lost).
+//! * **Losses do not look like deaths.** With independent losses `p` and
+//!   one heartbeat per period, `tolerance` losses in a row happen with
+//!   probability `p^tolerance` per period and per pair of hosts: at 10 %
+//!   loss and tolerance 3 that is 10⁻³, several false deaths an hour for a
+//!   small cluster at 100 ms. So a miss is made loud and answered: a peer
+//!   not heard for 1.5 periods is *late*; heartbeats carry as `hears` only
+//!   the hosts heard within that window ([`Membership::fresh`]); and a host
+//!   that has a late peer, or sees itself missing from a live peer's
+//!   `hears`, sends every quarter period ([`Membership::urgent`]) until
+//!   both directions are heard again. Before a live host is declared dead,
+//!   its peer has then missed about eight of its heartbeats instead of
+//!   three (probability ~10⁻⁸ per period and pair at 10 % loss), while a
+//!   dead host is still declared dead `tolerance × period` after its last
+//!   heartbeat. The extra heartbeats only flow while losses are happening.
 //! * **Nobody joins by forging or replaying.** Only heartbeats whose tag
 //!   verifies under the cluster key and whose `(boot, seq)` is newer than
 //!   everything heard from that host reach a record ([`ReplayGuard`]).
@@ -76,7 +90,10 @@ pub struct MembershipCounters {
     pub malformed: u64,
     /// Replayed or stale.
     pub replayed: u64,
-    /// Heartbeats showing a second host with a live host's ID.
+    /// Heartbeats refused because a second host uses their sender's ID
+    /// (this host's or a live peer's): the newcomer's when this host is
+    /// the incumbent or a third party, the incumbent's when this host is
+    /// the newcomer.
     pub duplicate_id: u64,
     /// Heartbeats from hosts whose rule fingerprint lost the vote.
     pub rule_mismatch: u64,
@@ -277,6 +294,8 @@ pub struct Membership {
     self_rival_until: u64,
     self_older_rival: Option<(u64, u64, u32)>,
     self_suspect_until: u64,
+    /// When a heartbeat showing a duplicated ID was last heard.
+    duplicate_seen_at: Option<u64>,
     dirty_changed: bool,
     rejected_reported: [u64; 10],
     notices: Vec<Notice>,
@@ -325,6 +344,7 @@ impl Membership {
             self_rival_until: 0,
             self_older_rival: None,
             self_suspect_until: 0,
+            duplicate_seen_at: None,
             dirty_changed: false,
             rejected_reported: [0; 10],
             notices: Vec::new(),
@@ -348,6 +368,53 @@ impl Membership {
 
     fn window(&self) -> u64 {
         self.tolerance * self.base_period_ns
+    }
+
+    /// How long after its last heartbeat a peer counts as late: one and a
+    /// half of the longer base period (one heartbeat missed, with half a
+    /// period of slack for delay and jitter).
+    fn late_after(&self, p: &Peer) -> u64 {
+        let period = self
+            .base_period_ns
+            .max(p.latest.base_period_us as u64 * 1000);
+        period + period / 2
+    }
+
+    /// Hosts heard within their lateness window (the local one included):
+    /// what heartbeats carry as `hears`, so that a peer missing from it
+    /// learns that its heartbeats are not getting through.
+    pub fn fresh(&self, now: u64) -> HostSet {
+        let mut s: HostSet = self
+            .live_peers()
+            .filter(|p| now.saturating_sub(p.last_heard) <= self.late_after(p))
+            .map(|p| p.latest.host)
+            .collect();
+        s.insert(self.local);
+        s
+    }
+
+    /// Whether a heartbeat should go out early: a live peer is late here,
+    /// or a live peer's latest heartbeat says it has not heard this host
+    /// lately. Either way, losses are eating the heartbeats between two
+    /// live hosts, and sending more often keeps a run of losses from
+    /// looking like a death (see the module docs).
+    pub fn urgent(&self, now: u64) -> bool {
+        self.live_peers().any(|p| {
+            now.saturating_sub(p.last_heard) > self.late_after(p)
+                || !p.latest.hears.contains(self.local)
+        })
+    }
+
+    /// The next instant at which a live peer turns late or expires.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        self.live_peers()
+            .flat_map(|p| {
+                let late = p.last_heard + self.late_after(p) + 1;
+                let expiry = p.last_heard + self.timeout_of(p) + 1;
+                [late, expiry]
+            })
+            .filter(|&t| t > now)
+            .min()
     }
 
     /// Decodes, authenticates and replay-checks `frame`; on success updates
@@ -383,7 +450,7 @@ impl Membership {
             if let Err(e) = self.guard.check(hb.host, hb.boot, hb.seq, plausible) {
                 return Err(self.reject(e, now));
             }
-            self.counters.duplicate_id += 1;
+            self.count_duplicate(now);
             if self.self_duplicate_until < now && self.self_rival_until < now {
                 self.notices.push(Notice::DuplicateId(self.local));
             }
@@ -443,7 +510,10 @@ impl Membership {
                 // first and is the incumbent (the newer steps back by
                 // itself), whichever a fresh receiver happened to hear first.
                 if current_alive {
-                    self.counters.duplicate_id += 1;
+                    // This heartbeat is accepted (the older boot is the
+                    // incumbent); the newer boot's are refused, and counted,
+                    // from now on. A duplicate is being seen all the same.
+                    self.duplicate_seen_at = Some(now);
                     let until = self.peers[idx].as_ref().map_or(0, |p| p.duplicate_until);
                     if until < now {
                         self.notices.push(Notice::DuplicateId(hb.host));
@@ -458,7 +528,7 @@ impl Membership {
             } else {
                 // Two live boots for one ID: the incumbent keeps its place,
                 // the other is refused (and steps back by itself).
-                self.counters.duplicate_id += 1;
+                self.count_duplicate(now);
                 if let Some(p) = self.peers[idx].as_mut() {
                     if p.duplicate_until < now {
                         self.notices.push(Notice::DuplicateId(hb.host));
@@ -476,7 +546,11 @@ impl Membership {
         let slot = &mut self.peers[idx];
         match slot {
             Some(p) if fresh == Freshness::Newer || fresh == Freshness::First => {
-                p.run = if p.latest.proposal_digest == hb.proposal_digest {
+                // A run is of consecutive heartbeats while live: one that
+                // arrives after the peer expired (a partition healing, or a
+                // heartbeat delayed past the tolerance) starts a new run,
+                // so agreement needs fresh heartbeats, not a stale one.
+                p.run = if p.live && p.latest.proposal_digest == hb.proposal_digest {
                     p.run.saturating_add(1)
                 } else {
                     1
@@ -521,6 +595,21 @@ impl Membership {
             }
         }
         Ok(Some(host))
+    }
+
+    /// Counts a heartbeat refused because another host uses its ID.
+    fn count_duplicate(&mut self, now: u64) {
+        self.counters.duplicate_id += 1;
+        self.duplicate_seen_at = Some(now);
+    }
+
+    /// Whether a second host using an ID (the local one's or a peer's) has
+    /// been heard within the last `tolerance × period`: the `query` flag
+    /// that goes with [`MembershipCounters::duplicate_id`], which counts the
+    /// heartbeats refused for it.
+    pub fn sees_duplicate(&self, now: u64) -> bool {
+        self.duplicate_seen_at
+            .is_some_and(|t| now.saturating_sub(t) < self.window())
     }
 
     fn reject(&mut self, e: HeartbeatError, now: u64) -> HeartbeatError {
