@@ -482,6 +482,20 @@ impl DescriptorTable {
         }
     }
 
+    /// Whether the last [`Self::remap`] counted, and no removal has since
+    /// uncounted, a foreign entry of `rule` in `bucket`'s group. O(1).
+    ///
+    /// The pipeline inserts entries only in buckets the local host owns
+    /// under the map in force, and every new map is followed by a remap, so
+    /// an entry whose bucket the local host does not own is always counted
+    /// here (counts only over-estimate: rules beyond [`MAX_RULES`] share
+    /// counters). `false` for a bucket the local host does not own thus
+    /// means no entry of that rule and bucket exists.
+    #[inline]
+    pub fn tracks_foreign(&self, rule: usize, bucket: u32) -> bool {
+        self.foreign[rule % MAX_RULES][group_of(bucket) as usize % GROUPS] != 0
+    }
+
     /// Live entries under each rule (what a drain waits for). O(1).
     pub fn live_by_rule(&self) -> &[u32; MAX_RULES] {
         &self.by_rule

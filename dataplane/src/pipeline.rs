@@ -231,6 +231,11 @@ pub struct Dataplane {
     vips_v4: Vec<u32>,
     /// The map's rules that can cover IPv4, in lookup order.
     rules_v4: Vec<RuleV4>,
+    /// The (seed, IPv6 network prefix) every tracked entry's bucket was
+    /// computed under: while it is the map's, a TCP segment of a bucket
+    /// this host does not own, in a group where it tracks nothing foreign,
+    /// skips the table probe (see [`DescriptorTable::tracks_foreign`]).
+    buckets_under: (u64, u8),
 }
 
 /// A rule as [`Dataplane::rule_v4`] matches it: [`ClusterMap::rule_for`]
@@ -393,6 +398,7 @@ impl Dataplane {
         Self {
             vips_v4: vips_v4(&map),
             rules_v4: rules_v4(&map),
+            buckets_under: (map.seed, map.ipv6_network_prefix),
             map,
             table: DescriptorTable::new(cfg, seed),
             counters: Counters {
@@ -418,8 +424,12 @@ impl Dataplane {
                 (a.vip, a.port_start, a.port_end, a.protocol, a.mode)
                     == (b.vip, b.port_start, b.port_end, b.protocol, b.mode)
             });
-        if !same_rules {
-            self.table.rebind_rules(&map);
+        if !same_rules || self.table.is_empty() {
+            // Rebinding recomputes every bucket under the new map.
+            if !same_rules {
+                self.table.rebind_rules(&map);
+            }
+            self.buckets_under = (map.seed, map.ipv6_network_prefix);
         }
         self.table.remap(&map);
         self.vips_v4 = vips_v4(&map);
@@ -431,6 +441,7 @@ impl Dataplane {
     /// operations: NLB's `stop` drops them all).
     pub fn reset_descriptors(&mut self) {
         self.table.clear();
+        self.buckets_under = (self.map.seed, self.map.ipv6_network_prefix);
     }
 
     /// Counters so far.
@@ -729,8 +740,16 @@ impl Dataplane {
             flow.server_port,
         );
         let is_syn = flags & (SYN | ACK) == SYN;
-        // A tracked connection needs neither its bucket nor its owner (the
-        // common case of established traffic): look it up first.
+        let b = self.bucket(r, flow.client, flow.client_port);
+        // Another host's bucket, in a group where this host tracks nothing
+        // foreign: no entry of this rule and bucket exists, so the probe
+        // would miss and the owner's verdict below would stand.
+        if self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix)
+            && self.map.owner(r, b) != Some(self.map.local)
+            && !self.table.tracks_foreign(r, b)
+        {
+            return self.new_owner_verdict(r, b);
+        }
         if let Some(slot) = self.table.lookup(&key, now) {
             if is_syn && self.table.entry(slot).foreign {
                 let owner_verdict = self.new_owner_verdict(r, self.table.entry(slot).bucket);
@@ -750,7 +769,6 @@ impl Dataplane {
             self.note_link(flow, now);
             return Verdict::Keep;
         }
-        let b = self.bucket(r, flow.client, flow.client_port);
         let owner_verdict = self.new_owner_verdict(r, b);
         if owner_verdict != Verdict::Keep {
             return owner_verdict;
@@ -1170,6 +1188,100 @@ mod tests {
                 let proto = if tcp { 6 } else { 17 };
                 prop_assert_eq!(dp.rule_v4(u32::from(d), port, proto), dp.map.rule_for(dst, port, proto));
             }
+        }
+    }
+
+    /// A frame or a new view (members of hosts 1-3; local host 2).
+    #[derive(Clone, Debug)]
+    enum Op {
+        Frame(Vec<u8>),
+        View(Vec<u8>),
+    }
+
+    fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+        let flows = (
+            0u8..6,
+            0u16..4,
+            prop_oneof![
+                Just(SYN),
+                Just(ACK),
+                Just(ACK | FIN),
+                Just(RST),
+                Just(SYN | ACK)
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(c, p, flags, tcp)| {
+                Op::Frame(frame(tcp, [192, 0, 2, c], 1000 + p, 80, flags, 0))
+            });
+        let views = prop::sample::subsequence(vec![1u8, 2, 3], 1..=3).prop_map(Op::View);
+        prop::collection::vec(prop_oneof![8 => flows, 1 => views], 1..120)
+    }
+
+    /// The map of a view, built once per member set (building is slow in
+    /// debug builds).
+    fn view_map(members: &[u8]) -> Arc<ClusterMap> {
+        type Cache = std::sync::Mutex<Vec<(Vec<u8>, Arc<ClusterMap>)>>;
+        static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = cache.iter().find(|(k, _)| k == members) {
+            return m.clone();
+        }
+        let m = build_view_map(members);
+        cache.push((members.to_vec(), m.clone()));
+        m
+    }
+
+    fn build_view_map(members: &[u8]) -> Arc<ClusterMap> {
+        let rules = vec![PortRule::new(
+            None,
+            (0, 65535),
+            Protocol::Both,
+            FilterMode::Multiple {
+                affinity: Affinity::None,
+            },
+        )];
+        let spec = ClusterSpec {
+            vips: vec![IpAddr::V4(Ipv4Addr::from(VIP))],
+            mode: ClusterMode::Multicast,
+            ipv6_network_prefix: 64,
+            rules,
+        };
+        let set: HostSet = members.iter().filter_map(|&i| HostId::new(i)).collect();
+        let local = HostId::new(2).expect("host id");
+        Arc::new(ClusterMap::build(
+            &spec,
+            &View::converged(&spec, set),
+            local,
+            1,
+        ))
+    }
+
+    proptest! {
+        /// Skipping the table probe for other hosts' buckets changes no
+        /// verdict, entry or counter, across views that move buckets away
+        /// from connections this host tracks.
+        #[test]
+        fn skipping_the_probe_changes_nothing(ops in arb_ops()) {
+            let cfg = DescriptorConfig { capacity: 1 << 10, ..DescriptorConfig::default() };
+            let mut skip = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
+            let mut probe = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
+            probe.buckets_under = (!probe.map.seed, 0);
+            for (i, op) in ops.iter().enumerate() {
+                let now = i as u64 * 1_000_000;
+                match op {
+                    Op::Frame(f) => prop_assert_eq!(skip.judge(f, now), probe.judge(f, now), "op {}", i),
+                    Op::View(m) => {
+                        skip.set_map(view_map(m));
+                        probe.set_map(view_map(m));
+                        probe.buckets_under = (!probe.map.seed, 0);
+                    }
+                }
+            }
+            prop_assert_eq!(skip.counters(), probe.counters());
+            prop_assert_eq!(skip.table().len(), probe.table().len());
+            prop_assert_eq!(skip.table().counters(), probe.table().counters());
         }
     }
 

@@ -174,6 +174,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let r = scaling::run(&scaling::ScalingOptions {
                     seconds: common.seconds(5.0, 1.0),
                     rounds: common.rounds(),
+                    pipeline_seconds: common.seconds(2.0, 0.3),
+                    pipeline_entries: if common.smoke {
+                        1 << 16
+                    } else {
+                        scaling::PIPELINE_ENTRIES
+                    },
                 })?;
                 emit(common, quiet, &r, scaling::text(&r))?;
                 results.scaling = Some(r);

@@ -1,4 +1,22 @@
-//! `shoal bench scaling`: shoal AF_XDP with one pinned poll loop polling
+//! `shoal bench scaling`: one poll core against two, measured two ways in
+//! the same run.
+//!
+//! # Pipeline form (the fair one on this machine)
+//!
+//! Pre-generated frames (the `udp_one_in_3` mix of [`crate::pipeline`]: 64-byte
+//! UDP frames from random clients, one in three kept, against a descriptor
+//! table of [`PIPELINE_ENTRIES`] connections) replayed through
+//! [`shoal_dataplane::pipeline::Dataplane::judge_batch`] by one thread pinned
+//! to CPU 0, then by two threads pinned to CPUs 0 and 1 at once, each with
+//! its own dataplane and table as the engine's poll loops have: no
+//! generator, no kernel, so the only things the two threads share are the
+//! caches, the memory bus and whatever else runs on the machine. Interleaved
+//! rounds; the ratio is the median over rounds of (two threads' summed
+//! frames/s) / (one thread's).
+//!
+//! # Wire form
+//!
+//! shoal AF_XDP with one pinned poll loop polling
 //! both rx queues of a two-queue veth, against two pinned poll loops of
 //! one queue each, under the same flood, in interleaved rounds.
 //!
@@ -19,6 +37,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::frames::Pool;
+use crate::pipeline::{Fixture, Mix, POOL};
 use crate::rig::Rig;
 use crate::signals::pause;
 use crate::stats::median;
@@ -26,6 +46,8 @@ use crate::wire::start_shoal;
 
 /// Issue 5's target for two poll cores against one.
 pub const TARGET_RATIO: f64 = 1.8;
+/// Connections pre-filled into each pipeline thread's descriptor table.
+pub const PIPELINE_ENTRIES: usize = 1_000_000;
 
 /// Options of the scaling bench.
 #[derive(Clone, Debug)]
@@ -34,6 +56,10 @@ pub struct ScalingOptions {
     pub seconds: f64,
     /// Rounds.
     pub rounds: usize,
+    /// Seconds per pipeline case and round.
+    pub pipeline_seconds: f64,
+    /// Descriptors per pipeline thread.
+    pub pipeline_entries: usize,
 }
 
 /// One configuration's figures.
@@ -58,10 +84,119 @@ pub struct ScalingReport {
     pub rounds: usize,
     /// One and two poll cores.
     pub cases: Vec<ScalingCase>,
-    /// Median over rounds of (two cores / one core).
+    /// Median over rounds of (two cores / one core), wire form.
     pub ratio: f64,
     /// Issue 5's target.
     pub target_ratio: f64,
+    /// The pipeline form (absent in results written before it existed).
+    #[serde(default)]
+    pub pipeline: Option<PipelineScaling>,
+}
+
+/// The pipeline form: pre-generated frames through one and two pinned
+/// threads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineScaling {
+    /// The mix replayed.
+    pub mix: String,
+    /// Descriptors in each thread's table.
+    pub table_entries: usize,
+    /// Median Mpps of one thread on CPU 0.
+    pub one_thread_mpps: f64,
+    /// Median summed Mpps of two threads on CPUs 0 and 1.
+    pub two_threads_mpps: f64,
+    /// Median Mpps of each of the two threads.
+    pub per_thread_mpps: Vec<f64>,
+    /// Every round's (one, two).
+    pub rounds_mpps: Vec<(f64, f64)>,
+    /// Median over rounds of two / one.
+    pub ratio: f64,
+}
+
+/// Judges `pool` over and over for `seconds` on the calling thread, pinned
+/// to `cpu`; returns Mpps.
+fn replay(fx: &mut Fixture, pool: &Pool, cpu: usize, seconds: f64) -> f64 {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        eprintln!("scaling: could not pin a pipeline thread to CPU {cpu}");
+    }
+    let budget = Duration::from_secs_f64(seconds);
+    let t = Instant::now();
+    let mut frames = 0u64;
+    while t.elapsed() < budget {
+        fx.pass(pool);
+        frames += pool.len() as u64;
+    }
+    frames as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// The pipeline form over `rounds` interleaved rounds.
+///
+/// # Errors
+/// When a fixture cannot be built.
+pub fn pipeline_scaling(seconds: f64, rounds: usize, entries: usize) -> Result<PipelineScaling> {
+    let mix = Mix::UdpOneInThree;
+    let capacity = (entries * 2).next_power_of_two().max(1 << 10);
+    let mut fixtures = [
+        Fixture::new(entries, capacity)?,
+        Fixture::new(entries, capacity)?,
+    ];
+    let pools: Vec<Pool> = fixtures.iter().map(|f| f.pool(mix, POOL)).collect();
+    // Warm both tables and pools once.
+    for (fx, pool) in fixtures.iter_mut().zip(&pools) {
+        fx.pass(pool);
+    }
+    let mut rounds_mpps = Vec::new();
+    let mut per_thread: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds.max(1) {
+        pause(0.0)?;
+        let one = std::thread::scope(|s| {
+            let fx = &mut fixtures[0];
+            let pool = &pools[0];
+            s.spawn(move || replay(fx, pool, 0, seconds))
+                .join()
+                .unwrap_or(0.0)
+        });
+        let two: Vec<f64> = std::thread::scope(|s| {
+            let handles: Vec<_> = fixtures
+                .iter_mut()
+                .zip(&pools)
+                .enumerate()
+                .map(|(cpu, (fx, pool))| s.spawn(move || replay(fx, pool, cpu, seconds)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0.0))
+                .collect()
+        });
+        let sum: f64 = two.iter().sum();
+        eprintln!(
+            "scaling: round {} pipeline 1 thread {:.2} Mpps, 2 threads {:.2} Mpps ({})",
+            round + 1,
+            one,
+            sum,
+            two.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        );
+        for (k, x) in two.iter().enumerate().take(2) {
+            per_thread[k].push(*x);
+        }
+        rounds_mpps.push((one, sum));
+    }
+    let ratios: Vec<f64> = rounds_mpps
+        .iter()
+        .map(|(one, two)| if *one > 0.0 { two / one } else { 0.0 })
+        .collect();
+    Ok(PipelineScaling {
+        mix: mix.name().to_string(),
+        table_entries: entries,
+        one_thread_mpps: median(&rounds_mpps.iter().map(|r| r.0).collect::<Vec<_>>()),
+        two_threads_mpps: median(&rounds_mpps.iter().map(|r| r.1).collect::<Vec<_>>()),
+        per_thread_mpps: per_thread.iter().map(|v| median(v)).collect(),
+        rounds_mpps,
+        ratio: median(&ratios),
+    })
 }
 
 struct Reading {
@@ -146,6 +281,7 @@ fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {
 /// # Errors
 /// When the rig cannot be built or shoal fails to start or stop.
 pub fn run(opts: &ScalingOptions) -> Result<ScalingReport> {
+    let pipeline = pipeline_scaling(opts.pipeline_seconds, opts.rounds, opts.pipeline_entries)?;
     let rig = Rig::up(2)?;
     rig.place(None)?;
     let mut fps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -197,13 +333,31 @@ pub fn run(opts: &ScalingOptions) -> Result<ScalingReport> {
         cases,
         ratio: median(&ratios),
         target_ratio: TARGET_RATIO,
+        pipeline: Some(pipeline),
     })
 }
 
 /// Text table of a report.
 pub fn text(r: &ScalingReport) -> String {
-    let mut s = format!(
-        "scaling: shoal AF_XDP on a two-queue veth, two trafgen workers, {} round(s) x {} s, medians\n",
+    let mut s = String::new();
+    if let Some(p) = &r.pipeline {
+        s += &format!(
+            "scaling, pipeline: {} replayed, {} descriptors per thread: 1 thread {:.2} Mpps, 2 threads {:.2} Mpps ({}), ratio {:.2}x (target >= {}x)\n",
+            p.mix,
+            p.table_entries,
+            p.one_thread_mpps,
+            p.two_threads_mpps,
+            p.per_thread_mpps
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            p.ratio,
+            r.target_ratio
+        );
+    }
+    s += &format!(
+        "scaling, wire: shoal AF_XDP on a two-queue veth, two trafgen workers, {} round(s) x {} s, medians\n",
         r.rounds, r.seconds
     );
     for c in &r.cases {
