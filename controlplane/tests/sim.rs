@@ -172,8 +172,8 @@ impl Maps {
     }
 }
 
-/// (deliver at, sequence, receiver index, frame).
-type Delivery = (u64, u64, usize, Vec<u8>);
+/// (deliver at, sequence, receiver index, sender index, sent at, frame).
+type Delivery = (u64, u64, usize, usize, u64, Vec<u8>);
 
 struct Node {
     id: HostId,
@@ -187,6 +187,8 @@ struct Node {
     rogue: bool,
     adopted_count: u64,
     last_adopted: Option<View>,
+    /// Hosts heard from in heartbeats sent after the last partition heal.
+    heard_since_heal: HostSet,
 }
 
 struct Flow {
@@ -229,6 +231,7 @@ struct Sim {
     captured: Vec<(u64, Vec<u8>)>,
     exempt_until: u64,
     healing: bool,
+    heal_at: u64,
     last_real_event: u64,
     stats: Stats,
     map_changed: bool,
@@ -257,6 +260,7 @@ impl Sim {
             captured: Vec::new(),
             exempt_until: 0,
             healing: false,
+            heal_at: 0,
             last_real_event: 0,
             stats: Stats::default(),
             map_changed: false,
@@ -308,6 +312,7 @@ impl Sim {
             rogue,
             adopted_count: 0,
             last_adopted: None,
+            heard_since_heal: HostSet::EMPTY,
         };
         if let Some(i) = self
             .nodes
@@ -358,7 +363,8 @@ impl Sim {
             }
             let at = self.now + self.delay + self.rng.below(self.jitter + 1);
             self.qseq += 1;
-            self.queue.push(Reverse((at, self.qseq, to, frame.clone())));
+            self.queue
+                .push(Reverse((at, self.qseq, to, from, self.now, frame.clone())));
         }
     }
 
@@ -517,14 +523,20 @@ impl Sim {
                 if *at > self.now {
                     break;
                 }
-                let Some(Reverse((_, _, to, frame))) = self.queue.pop() else {
+                let Some(Reverse((_, _, to, from, sent, frame))) = self.queue.pop() else {
                     break;
                 };
                 if self.nodes[to].alive {
                     let now = self.now;
                     match self.nodes[to].m.handle_heartbeat(&frame, now) {
+                        Ok(()) => {
+                            if self.healing && sent >= self.heal_at && !self.nodes[from].rogue {
+                                let id = self.nodes[from].id;
+                                self.nodes[to].heard_since_heal.insert(id);
+                            }
+                        }
                         // Overtaken by a newer heartbeat of the same host.
-                        Ok(()) | Err(HeartbeatError::Replayed) => {}
+                        Err(HeartbeatError::Replayed) => {}
                         Err(e) => panic!("honest heartbeat refused: {e}"),
                     }
                     self.drive(to);
@@ -613,11 +625,12 @@ impl Sim {
             .filter(|n| n.alive && !n.rogue)
             .map(|n| n.id)
             .collect();
-        let all_hear = self
-            .nodes
-            .iter()
-            .filter(|n| n.alive && !n.rogue)
-            .all(|n| n.m.hears().bits() & live.bits() == live.bits());
+        // Each has heard each other since the heal (not merely a replayed
+        // or delayed heartbeat from before it, whose dirty groups are old).
+        let all_hear = self.nodes.iter().filter(|n| n.alive && !n.rogue).all(|n| {
+            let others = live.bits() & !HostSet::from_iter([n.id]).bits();
+            n.heard_since_heal.bits() & others == others
+        });
         if all_hear && self.now >= self.exempt_until {
             self.healing = false;
         }
@@ -1116,6 +1129,10 @@ fn apply(sim: &mut Sim, action: Action) -> bool {
                 }
                 sim.exempt_until = now + sim.delay + sim.jitter + 1;
                 sim.healing = true;
+                sim.heal_at = now;
+                for n in sim.nodes.iter_mut() {
+                    n.heard_since_heal = HostSet::EMPTY;
+                }
                 return false;
             }
             if live.len() <= 2 {

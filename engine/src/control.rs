@@ -414,6 +414,16 @@ impl Clustered {
         while let Some(ev) = self.machine.poll_event() {
             match ev {
                 Event::EffectiveViewChanged { view, epoch, .. } => self.install(view, epoch, stop),
+                Event::StateChanged(
+                    state @ (shoal_controlplane::HostState::Stopped
+                    | shoal_controlplane::HostState::Suspended),
+                ) => {
+                    tracing::info!(
+                        ?state,
+                        "cluster operations stopped: dropping tracked connections"
+                    );
+                    self.reset_descriptors(stop);
+                }
                 Event::DirtyElsewhereChanged => self.refresh_dirty_elsewhere(),
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
                 Event::DuplicateId(h) => tracing::warn!(
@@ -485,6 +495,26 @@ impl Clustered {
         // The default host tells the segment where the VIPs are (after a
         // failover the new default host's gratuitous ARP refreshes caches).
         self.responder.announce(&self.cell.current());
+    }
+
+    /// Gives every poll loop a fresh descriptor table and waits until each
+    /// has one (as for a map install), so that no heartbeat saying this
+    /// host stopped leaves while a loop still serves connections it
+    /// tracked: the other hosts take those buckets over as soon as they
+    /// hear it.
+    pub fn reset_descriptors(&mut self, stop: &AtomicBool) -> bool {
+        let started = Instant::now();
+        let wanted = self.cell.request_reset();
+        loop {
+            if self.loops.iter().all(|l| l.lock().resets >= wanted) {
+                return true;
+            }
+            if started.elapsed() > INSTALL_TIMEOUT || stop.load(Ordering::Relaxed) {
+                tracing::warn!("a poll loop did not drop its tracked connections in time");
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     fn refresh_dirty_elsewhere(&mut self) {
@@ -564,5 +594,144 @@ impl Clustered {
     /// The VIPs of the map in force.
     pub fn vips(&self) -> Vec<IpAddr> {
         self.cell.current().vips.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_controlplane::{Config, HostState};
+    use shoal_dataplane::descriptor::DescriptorConfig;
+    use shoal_dataplane::mac::unicast_mac;
+    use shoal_dataplane::map::View;
+    use shoal_dataplane::pipeline::{Dataplane, Verdict};
+    use shoal_dataplane::wire::ipv4_checksum;
+    use shoal_dataplane::{
+        Affinity, ClusterMode, ClusterSpec, FilterMode, HostSet, PortRule, Protocol,
+    };
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+    fn syn(client: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(54);
+        f.extend_from_slice(&unicast_mac(VIP).0);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&40u16.to_be_bytes());
+        h[8] = 64;
+        h[9] = 6;
+        h[12..16].copy_from_slice(&client.octets());
+        h[16..20].copy_from_slice(&VIP.octets());
+        let c = ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&h);
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x02;
+        t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+        f.extend_from_slice(&t);
+        f
+    }
+
+    /// `stop` (and `suspend`) leave every poll loop with an empty
+    /// descriptor table before the control thread moves on.
+    #[test]
+    fn stop_and_suspend_give_the_loops_a_fresh_table() {
+        let spec = ClusterSpec {
+            vips: vec![IpAddr::V4(VIP)],
+            mode: ClusterMode::Unicast,
+            ipv6_network_prefix: 64,
+            rules: vec![PortRule::new(
+                None,
+                (80, 80),
+                Protocol::Tcp,
+                FilterMode::Multiple {
+                    affinity: Affinity::None,
+                },
+            )],
+        };
+        let local = HostId::new(1).unwrap();
+        let view = View::converged(&spec, HostSet::from_iter([local]));
+        let map = Arc::new(ClusterMap::build(&spec, &view, local, 1));
+        let cell = Arc::new(MapCell::new(map.clone()));
+        let outbound = Arc::new(Outbound::default());
+        let stats = Arc::new(Mutex::new(LoopStats::default()));
+        let done = Arc::new(AtomicBool::new(false));
+
+        // A poll loop: tracks 100 connections, then honours installs and
+        // resets the way the real loops do, reporting its table size.
+        let mut dp = Dataplane::new(map, DescriptorConfig::default(), 7);
+        for i in 0..100u16 {
+            let v = dp.judge(&syn(Ipv4Addr::new(11, 0, 0, 1), 1024 + i), 0);
+            assert_eq!(v, Verdict::Keep);
+        }
+        assert_eq!(dp.table().len(), 100);
+        let loop_thread = {
+            let (cell, stats, done) = (cell.clone(), stats.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut local = LoopStats::default();
+                let mut seen = 0;
+                local.snapshot(&dp);
+                *stats.lock() = local.clone();
+                while !done.load(Ordering::Relaxed) {
+                    let mut changed = crate::runtime::apply_reset(&cell, &mut dp, &mut local);
+                    if let Some((seq, m)) = cell.newer_than(seen) {
+                        seen = seq;
+                        dp.set_map(m);
+                        changed = true;
+                    }
+                    if changed {
+                        local.snapshot(&dp);
+                        *stats.lock() = local.clone();
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+        };
+
+        let machine = Machine::new(Config::new(local, [9; 32], 1), spec, 0);
+        let responder = Responder::new(
+            local,
+            unicast_mac(VIP),
+            Mac([2, 0, 0, 0, 0, 1]),
+            cell.clone(),
+            outbound.clone(),
+            None,
+        );
+        let mut c = Clustered::new(
+            machine,
+            cell.clone(),
+            vec![stats.clone()],
+            outbound,
+            responder,
+            PathBuf::from("/nonexistent"),
+        );
+        let stop = AtomicBool::new(false);
+        c.step(&stop);
+        assert_eq!(stats.lock().descriptors, 100, "nothing dropped before stop");
+
+        for verb in [Request::Stop, Request::Start, Request::Suspend] {
+            let _ = c.handle_admin(&verb);
+            c.step(&stop);
+            let s = stats.lock().clone();
+            if verb == Request::Start {
+                // Starting again keeps the (empty) table; refill it a bit.
+                assert_eq!(s.descriptors, 0);
+                continue;
+            }
+            let state = c.machine.state();
+            assert!(
+                matches!(state, HostState::Stopped | HostState::Suspended),
+                "{state:?}"
+            );
+            assert_eq!(s.descriptors, 0, "{verb:?}: tracked connections dropped");
+            assert_eq!(s.resets, cell.resets(), "{verb:?}: the loop acknowledged");
+        }
+        done.store(true, Ordering::Relaxed);
+        loop_thread.join().unwrap();
     }
 }

@@ -69,6 +69,8 @@ pub struct RunArgs {
 #[derive(Debug)]
 pub struct MapCell {
     seq: AtomicU64,
+    /// Bumped when every poll loop must forget its tracked connections.
+    resets: AtomicU64,
     map: Mutex<Arc<ClusterMap>>,
     /// The XDP fast path, told about every map before it is published.
     fast_path: std::sync::OnceLock<Arc<crate::fastpath::FastPath>>,
@@ -79,6 +81,7 @@ impl MapCell {
     pub fn new(map: Arc<ClusterMap>) -> Self {
         Self {
             seq: AtomicU64::new(1),
+            resets: AtomicU64::new(0),
             map: Mutex::new(map),
             fast_path: std::sync::OnceLock::new(),
         }
@@ -104,6 +107,20 @@ impl MapCell {
         let mut guard = self.map.lock();
         *guard = map;
         self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Asks every poll loop to forget its tracked connections (the host
+    /// stopped or suspended: NLB's `stop` drops them all). Returns the
+    /// request's number; a loop has done it when its
+    /// [`LoopStats::resets`] reaches that number.
+    pub fn request_reset(&self) -> u64 {
+        self.resets.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The latest reset request (one atomic load: checked once per batch).
+    #[inline]
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
     }
 
     /// The map in force.
@@ -191,6 +208,8 @@ pub struct LoopStats {
     pub dirty: Vec<shoal_dataplane::map::GroupBits>,
     /// Live descriptors per rule.
     pub by_rule: [u32; shoal_dataplane::MAX_RULES],
+    /// The last reset request ([`MapCell::request_reset`]) this loop carried out.
+    pub resets: u64,
 }
 
 impl LoopStats {
@@ -236,6 +255,14 @@ impl PollLoop {
         let mut seen_seq = 0u64;
         while !STOP.load(Ordering::Relaxed) {
             let now = self.start.elapsed().as_nanos() as u64;
+            if apply_reset(&self.cell, &mut self.dataplane, &mut local) {
+                if let Some(f) = &self.fast_path {
+                    f.record(&self.dataplane);
+                }
+                // Acknowledge at once: the control thread waits for it.
+                local.snapshot(&self.dataplane);
+                *self.stats.lock() = local.clone();
+            }
             if let Some((seq, map)) = self.cell.newer_than(seen_seq) {
                 seen_seq = seq;
                 self.dataplane.set_map(map);
@@ -308,6 +335,20 @@ impl PollLoop {
         local.snapshot(&self.dataplane);
         *self.stats.lock() = local;
     }
+}
+
+/// Carries out a pending reset request of `cell` on `dp` (a fresh
+/// descriptor table) and records it in `stats`; returns whether it did.
+/// One atomic load when nothing is pending.
+#[inline]
+pub fn apply_reset(cell: &MapCell, dp: &mut Dataplane, stats: &mut LoopStats) -> bool {
+    let wanted = cell.resets();
+    if wanted == stats.resets {
+        return false;
+    }
+    dp.reset_descriptors();
+    stats.resets = wanted;
+    true
 }
 
 /// The work of one batch, shared by the poll loops and [`drain`]: judge the
