@@ -397,15 +397,16 @@ fn wire_md(w: &WireReport) -> String {
             c.fps / 1e6
         );
     }
-    s += "\n| placement | receiver | Mpps received | × ceiling | receive CPU ns/frame | offered Mpps | to UDP | counted by |\n|---|---|---:|---:|---:|---:|---:|---|\n";
+    s += "\n| placement | receiver | Mpps received | × ceiling | receive CPU ns/frame | of which NAPI | offered Mpps | to UDP | counted by |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n";
     for c in &w.cases {
         s += &format!(
-            "| {} | {} | {:.3} | {:.2} | {:.0} | {:.3} | {:.0}% | {} |\n",
+            "| {} | {} | {:.3} | {:.2} | {:.0} | {:.0} | {:.3} | {:.0}% | {} |\n",
             c.placement.name(),
             c.receiver,
             c.fps / 1e6,
             c.ratio_to_ceiling,
             c.cpu_ns_per_frame,
+            c.napi_cpu_ns_per_frame,
             c.offered_fps / 1e6,
             c.stack_share * 100.0,
             c.counted_by

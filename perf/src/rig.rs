@@ -517,11 +517,13 @@ impl Rig {
 
     /// A three-host multicast cluster config for `shoal run` as host 1,
     /// one poll loop per entry of `polls` (core, queues).
+    /// `xdp_mode`: `native` or `generic`.
     pub fn shoal_config(
         &self,
         name: &str,
         control: usize,
         polls: &[(usize, Vec<u32>)],
+        xdp_mode: &str,
     ) -> Result<PathBuf> {
         let poll = polls
             .iter()
@@ -539,7 +541,7 @@ impl Rig {
         let mut text = format!(
             "# shoal bench: three-host multicast cluster, this rig is host 1.\n\
              [cluster]\nvips = [\"{VIP}\"]\nmode = \"multicast\"\nkey_file = \"cluster.key\"\n\n\
-             [io]\nring_size = 16384\nbatch_size = 64\nxdp_mode = \"native\"\n\n\
+             [io]\nring_size = 16384\nbatch_size = 64\nxdp_mode = \"{xdp_mode}\"\n\n\
              [[host]]\nid = 1\ninterface = \"{RX_DEV}\"\ndedicated = [\"10.0.0.11/16\"]\n\
              [host.cores]\ncontrol = {control}\npoll = [{poll}]\n"
         );

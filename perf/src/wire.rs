@@ -5,6 +5,7 @@
 //! | receiver | what it is | frames received = |
 //! |---|---|---|
 //! | `shoal_af_xdp` | `shoal run --static-view --backend af_xdp`, host 1 of 3, keeps ~1/3; its XDP fast path drops other hosts' buckets in the kernel | shoal's `received + xdp_dropped` (frames its poll loops judged, plus frames its XDP program dropped) |
+//! | `shoal_af_xdp_generic` | the same with the XDP program attached in generic (skb) mode | as `shoal_af_xdp` |
 //! | `shoal_af_xdp_copy_all` | the same with the XDP fast path off (`SHOAL_XDP_FAST_PATH=0`): every cluster frame copied to userspace | shoal's `received` |
 //! | `shoal_af_packet` | the same with `--backend af_packet` | shoal's `received` |
 //! | `xdp_drop_native` | a two-instruction XDP_DROP, driver mode | `sbrx0` rx_packets (veth counts every frame its XDP path ran on) |
@@ -68,6 +69,10 @@ pub enum Receiver {
     /// shoal, AF_XDP backend (its XDP fast path drops other hosts'
     /// buckets in the kernel).
     ShoalAfXdp,
+    /// shoal, AF_XDP backend, fast path on, XDP attached in generic (skb)
+    /// mode: on veth, cheaper per frame than native mode, which copies
+    /// every skb into an `xdp_buff` first.
+    ShoalAfXdpGeneric,
     /// shoal, AF_XDP backend with the fast path off
     /// (`SHOAL_XDP_FAST_PATH=0`): every cluster frame copied to userspace.
     ShoalAfXdpCopyAll,
@@ -87,8 +92,9 @@ pub enum Receiver {
 
 impl Receiver {
     /// Every receiver, in the order each round runs them.
-    pub const ALL: [Receiver; 8] = [
+    pub const ALL: [Receiver; 9] = [
         Receiver::ShoalAfXdp,
+        Receiver::ShoalAfXdpGeneric,
         Receiver::ShoalAfXdpCopyAll,
         Receiver::XdpDropNative,
         Receiver::NftJhash,
@@ -102,6 +108,7 @@ impl Receiver {
     pub fn name(self) -> &'static str {
         match self {
             Receiver::ShoalAfXdp => "shoal_af_xdp",
+            Receiver::ShoalAfXdpGeneric => "shoal_af_xdp_generic",
             Receiver::ShoalAfXdpCopyAll => "shoal_af_xdp_copy_all",
             Receiver::ShoalAfPacket => "shoal_af_packet",
             Receiver::XdpDropNative => "xdp_drop_native",
@@ -123,9 +130,10 @@ impl Receiver {
     /// How its frames are counted.
     pub fn counted_by(self) -> &'static str {
         match self {
-            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket => {
-                "shoal --stats received + xdp_dropped"
-            }
+            Receiver::ShoalAfXdp
+            | Receiver::ShoalAfXdpGeneric
+            | Receiver::ShoalAfXdpCopyAll
+            | Receiver::ShoalAfPacket => "shoal --stats received + xdp_dropped",
             _ => "sbrx0 rx_packets",
         }
     }
@@ -133,7 +141,10 @@ impl Receiver {
     fn is_shoal(self) -> bool {
         matches!(
             self,
-            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket
+            Receiver::ShoalAfXdp
+                | Receiver::ShoalAfXdpGeneric
+                | Receiver::ShoalAfXdpCopyAll
+                | Receiver::ShoalAfPacket
         )
     }
 }
@@ -154,6 +165,8 @@ struct Sample {
     kept: u64,
     at: SystemTime,
     ticks: u64,
+    /// The NAPI kthreads' share of `ticks`.
+    napi_ticks: u64,
     offered: u64,
     noports: u64,
 }
@@ -205,11 +218,12 @@ pub fn start_shoal(
     name: &str,
     backend: &str,
     fast_path: bool,
+    xdp_mode: &str,
     control: usize,
     polls: &[(usize, Vec<u32>)],
 ) -> Result<(Proc, PathBuf)> {
     let exe = std::env::current_exe().context("locating the shoal binary")?;
-    let config = rig.shoal_config(name, control, polls)?;
+    let config = rig.shoal_config(name, control, polls, xdp_mode)?;
     let stats = rig.dir.join(format!("{name}.stats.json"));
     let _ = std::fs::remove_file(&stats);
     let mut last_err = None;
@@ -254,15 +268,30 @@ impl Running {
     fn start(rig: &Rig, r: Receiver, placement: Placement) -> Result<Self> {
         let cpu = placement.rx_cpu();
         Ok(match r {
-            Receiver::ShoalAfXdp | Receiver::ShoalAfXdpCopyAll | Receiver::ShoalAfPacket => {
+            Receiver::ShoalAfXdp
+            | Receiver::ShoalAfXdpGeneric
+            | Receiver::ShoalAfXdpCopyAll
+            | Receiver::ShoalAfPacket => {
                 let backend = if r == Receiver::ShoalAfPacket {
                     "af_packet"
                 } else {
                     "af_xdp"
                 };
                 let fast_path = r != Receiver::ShoalAfXdpCopyAll;
-                let (proc, stats) =
-                    start_shoal(rig, r.name(), backend, fast_path, cpu, &[(cpu, vec![0])])?;
+                let mode = if r == Receiver::ShoalAfXdpGeneric {
+                    "generic"
+                } else {
+                    "native"
+                };
+                let (proc, stats) = start_shoal(
+                    rig,
+                    r.name(),
+                    backend,
+                    fast_path,
+                    mode,
+                    cpu,
+                    &[(cpu, vec![0])],
+                )?;
                 Running::Shoal { proc, stats }
             }
             Receiver::XdpDropNative => Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, Mode::Native)?),
@@ -334,6 +363,7 @@ impl Running {
                     kept,
                     at,
                     ticks,
+                    napi_ticks: receive_ticks(&[]),
                     offered: gen()?,
                     noports: udp_noports()?,
                 })
@@ -347,6 +377,7 @@ impl Running {
                     kept: 0,
                     at,
                     ticks,
+                    napi_ticks: ticks,
                     offered: gen()?,
                     noports: udp_noports()?,
                 })
@@ -429,6 +460,9 @@ pub struct Window {
     pub offered: f64,
     /// Receive-side CPU, ns per frame received.
     pub cpu_ns: f64,
+    /// The NAPI kthreads' part of it (XDP, redirect copies, the stack for
+    /// what the kernel keeps); the rest is the receiving process's.
+    pub napi_cpu_ns: f64,
     /// Share of received frames shoal's counters say it kept (shoal only).
     pub kept_share: Option<f64>,
     /// Share of received frames that reached the kernel's UDP layer.
@@ -443,11 +477,17 @@ fn window(a: Sample, b: Sample, shoal: bool) -> Window {
             .max(1e-3);
     let frames = b.frames.saturating_sub(a.frames);
     let cpu_s = b.ticks.saturating_sub(a.ticks) as f64 / ticks_per_second();
+    let napi_s = b.napi_ticks.saturating_sub(a.napi_ticks) as f64 / ticks_per_second();
     Window {
         fps: frames as f64 / secs,
         offered: b.offered.saturating_sub(a.offered) as f64 / secs,
         cpu_ns: if frames > 0 {
             cpu_s * 1e9 / frames as f64
+        } else {
+            0.0
+        },
+        napi_cpu_ns: if frames > 0 {
+            napi_s * 1e9 / frames as f64
         } else {
             0.0
         },
@@ -513,6 +553,11 @@ pub struct WireCase {
     pub offered_fps: f64,
     /// Median receive-side CPU, ns per frame.
     pub cpu_ns_per_frame: f64,
+    /// Median of its NAPI-kthread part, ns per frame (the rest is the
+    /// receiving process: shoal's poll loop, its TAP writes, its idle
+    /// polling).
+    #[serde(default)]
+    pub napi_cpu_ns_per_frame: f64,
     /// Median over rounds of frames/s divided by that round's ceiling.
     pub ratio_to_ceiling: f64,
     /// Median share shoal's counters say it kept (shoal only; ~1/3 expected).
@@ -577,13 +622,17 @@ pub fn run(opts: &WireOptions) -> Result<WireReport> {
             for (ri, &r) in Receiver::ALL.iter().enumerate() {
                 let w = measure(&rig, r, placement, opts.seconds, warmup)?;
                 eprintln!(
-                    "wire: round {} {:<8} {:<21} {:>6.3} Mpps  {:>6.0} ns/frame  offered {:.3} Mpps",
+                    "wire: round {} {:<8} {:<21} {:>6.3} Mpps  {:>6.0} ns/frame ({:.0} NAPI)  offered {:.3} Mpps  kept {}",
                     round + 1,
                     placement.name(),
                     r.name(),
                     w.fps / 1e6,
                     w.cpu_ns,
-                    w.offered / 1e6
+                    w.napi_cpu_ns,
+                    w.offered / 1e6,
+                    w.kept_share
+                        .map(|k| format!("{:.0}%", k * 100.0))
+                        .unwrap_or_else(|| "-".into())
                 );
                 windows[pi][ri].push(w);
             }
@@ -634,6 +683,9 @@ fn summarize(
                 rounds_fps: fps,
                 offered_fps: median(&ws.iter().map(|w| w.offered).collect::<Vec<_>>()),
                 cpu_ns_per_frame: median(&ws.iter().map(|w| w.cpu_ns).collect::<Vec<_>>()),
+                napi_cpu_ns_per_frame: median(
+                    &ws.iter().map(|w| w.napi_cpu_ns).collect::<Vec<_>>(),
+                ),
                 ratio_to_ceiling: median(&ratios),
                 kept_share: (!kept.is_empty()).then(|| median(&kept)),
                 stack_share: median(&ws.iter().map(|w| w.stack_share).collect::<Vec<_>>()),
@@ -672,17 +724,26 @@ pub fn text(r: &WireReport) -> String {
         );
     }
     s += &format!(
-        "{:<9} {:<21} {:>8} {:>9} {:>9} {:>8} {:>6}  {}\n",
-        "placement", "receiver", "Mpps", "x ceiling", "ns/frame", "offered", "to UDP", "counted by"
+        "{:<9} {:<21} {:>8} {:>9} {:>9} {:>6} {:>8} {:>6}  {}\n",
+        "placement",
+        "receiver",
+        "Mpps",
+        "x ceiling",
+        "ns/frame",
+        "NAPI",
+        "offered",
+        "to UDP",
+        "counted by"
     );
     for c in &r.cases {
         s += &format!(
-            "{:<9} {:<21} {:>8.3} {:>8.2}x {:>9.0} {:>8.3} {:>5.0}%  {}\n",
+            "{:<9} {:<21} {:>8.3} {:>8.2}x {:>9.0} {:>6.0} {:>8.3} {:>5.0}%  {}\n",
             c.placement.name(),
             c.receiver,
             c.fps / 1e6,
             c.ratio_to_ceiling,
             c.cpu_ns_per_frame,
+            c.napi_cpu_ns_per_frame,
             c.offered_fps / 1e6,
             c.stack_share * 100.0,
             c.counted_by
@@ -704,6 +765,7 @@ mod tests {
             fps,
             offered: 1e6,
             cpu_ns: 100.0,
+            napi_cpu_ns: 50.0,
             kept_share: None,
             stack_share: 0.0,
         }
@@ -716,11 +778,13 @@ mod tests {
             rounds: 2,
             smoke: true,
         };
-        // Receiver order: shoal_af_xdp, shoal copy-all, xdp native, jhash,
-        // shoal af_packet, xdp generic, xt_cluster, nft drop-all.
+        // Receiver order: shoal_af_xdp, shoal generic, shoal copy-all, xdp
+        // native, jhash, shoal af_packet, xdp generic, xt_cluster, nft
+        // drop-all.
         let round = |shoal: f64, native: f64, nft: f64| {
             vec![
                 vec![w(shoal)],
+                vec![w(0.3)],
                 vec![w(0.2)],
                 vec![w(native)],
                 vec![w(0.5)],
