@@ -87,10 +87,10 @@
 //!
 //! `drain` of a rule or `drainstop` of the host sets the weight to 0 for new
 //! connections at once; tracked connections keep being served. When the
-//! descriptors of the drained scope reach 0 (`handle_load`) after the
-//! cluster has adopted the drain, or the drain timeout (default 20 min)
-//! expires, a drained rule becomes disabled on this host and a drained host
-//! stops.
+//! open connections of the drained scope reach 0 (`handle_load`: half-open
+//! or established, closing ones do not count) after the cluster has adopted
+//! the drain, or the drain timeout (default 20 min) expires, a drained rule
+//! becomes disabled on this host and a drained host stops.
 
 use std::collections::VecDeque;
 
@@ -551,7 +551,11 @@ impl Machine {
         self.update(now);
     }
 
-    /// The local dataplane's descriptor count under `rule` (for drains).
+    /// The local dataplane's open connections under `rule` (for drains):
+    /// half-open or established TCP connections, not closing ones (FIN or
+    /// RST seen), which only linger for retransmissions and must not hold
+    /// a drain up. A drain of the rule ends when this is 0 and the cluster
+    /// has adopted the drain.
     pub fn handle_load(&mut self, rule: usize, descriptors: u64, now: u64) {
         if let Some(l) = self.load.get_mut(rule) {
             *l = Some(descriptors);
