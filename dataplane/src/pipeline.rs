@@ -732,6 +732,20 @@ impl Dataplane {
         {
             return Verdict::Drop(DropReason::RuleDisabled);
         }
+        let b = self.bucket(r, flow.client, flow.client_port);
+        // Another host's bucket, in a group where this host tracks nothing
+        // foreign: no entry of this rule and bucket exists, so the probe
+        // would miss and the owner's verdict (`new_owner_verdict` past the
+        // disabled checks above) would stand.
+        if self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix) {
+            let owner = self.map.owner(r, b);
+            if owner != Some(self.map.local) && !self.table.tracks_foreign(r, b) {
+                return Verdict::Drop(match owner {
+                    Some(_) => DropReason::NotOwner,
+                    None => DropReason::NoOwner,
+                });
+            }
+        }
         let key = flow_key(
             Kind::Tcp,
             flow.client,
@@ -740,16 +754,6 @@ impl Dataplane {
             flow.server_port,
         );
         let is_syn = flags & (SYN | ACK) == SYN;
-        let b = self.bucket(r, flow.client, flow.client_port);
-        // Another host's bucket, in a group where this host tracks nothing
-        // foreign: no entry of this rule and bucket exists, so the probe
-        // would miss and the owner's verdict below would stand.
-        if self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix)
-            && self.map.owner(r, b) != Some(self.map.local)
-            && !self.table.tracks_foreign(r, b)
-        {
-            return self.new_owner_verdict(r, b);
-        }
         if let Some(slot) = self.table.lookup(&key, now) {
             if is_syn && self.table.entry(slot).foreign {
                 let owner_verdict = self.new_owner_verdict(r, self.table.entry(slot).bucket);

@@ -84,7 +84,7 @@ impl Results {
             .map(|m| m.line())
             .unwrap_or_else(|| "unknown machine".into());
         if let Some(p) = &self.pipeline {
-            let mut rows: Vec<Bar> = p
+            let rows: Vec<Bar> = p
                 .mixes
                 .iter()
                 .flat_map(|m| {
@@ -102,7 +102,6 @@ impl Results {
                     ]
                 })
                 .collect();
-            rows.sort_by(|a, b| b.value.total_cmp(&a.value));
             hbar(
                 &dir.join("pipeline.svg"),
                 "pipeline: Mpps per core through judge_batch",
