@@ -641,8 +641,9 @@ impl Sim {
         self.stats.checks += 1;
         let exempt = self.healing();
         // With no honest participant on the segment, a rogue with other
-        // rules legitimately wins the vote: nothing exact to check.
-        let converged = self.converged() && !self.expected().is_empty();
+        // rules legitimately wins the vote: nothing exact to check. While a
+        // partition heals, each side still serves its own view.
+        let converged = !exempt && self.converged() && !self.expected().is_empty();
         // SYNs of new flows.
         for _ in 0..syns {
             let c = self.next_client;
@@ -873,8 +874,15 @@ impl Sim {
         self.now - since
     }
 
+    /// Views adopted by honest hosts (a rogue with other rules may rightly
+    /// adopt a view of its own when no honest participant is left on its
+    /// side; that is not the cluster's view changing).
     fn adopted_total(&self) -> u64 {
-        self.nodes.iter().map(|n| n.adopted_count).sum()
+        self.nodes
+            .iter()
+            .filter(|n| !n.rogue)
+            .map(|n| n.adopted_count)
+            .sum()
     }
 }
 
