@@ -64,7 +64,7 @@ fn machine(id: u8) -> Option<Machine> {
 /// records of hosts 2 and 3's heartbeats, with `verb` applied to host 2 at
 /// step `at`.
 fn cluster(steps: u32, verb: Option<(u32, Request)>) -> Option<Vec<u8>> {
-    let mut hosts = vec![machine(1)?, machine(2)?, machine(3)?];
+    let mut hosts = [machine(1)?, machine(2)?, machine(3)?];
     let mut out = Vec::new();
     let mut buf = vec![0u8; MAX_FRAME];
     let mut now = START;
