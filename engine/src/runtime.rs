@@ -210,6 +210,11 @@ pub struct LoopStats {
     pub by_rule: [u32; shoal_dataplane::MAX_RULES],
     /// The last reset request ([`MapCell::request_reset`]) this loop carried out.
     pub resets: u64,
+    /// The descriptor table's bound (entries) and its insert, expiry and
+    /// eviction counters.
+    pub table_capacity: u64,
+    /// See `table_capacity`.
+    pub table: shoal_dataplane::descriptor::TableCounters,
 }
 
 impl LoopStats {
@@ -222,6 +227,8 @@ impl LoopStats {
             .map(|r| dp.table().dirty_groups(r))
             .collect();
         self.by_rule = *dp.table().live_by_rule();
+        self.table_capacity = dp.table().capacity() as u64;
+        self.table = *dp.table().counters();
     }
 }
 
@@ -478,7 +485,16 @@ fn counters_json(
     let mut control_overflow = 0;
     let mut batches = 0;
     let mut descriptors = 0;
+    let mut capacity = 0;
+    let mut table = shoal_dataplane::descriptor::TableCounters::default();
     for s in stats {
+        capacity += s.table_capacity;
+        table.inserted += s.table.inserted;
+        table.expired += s.table.expired;
+        table.insert_failed += s.table.insert_failed;
+        for (a, b) in table.evicted.iter_mut().zip(s.table.evicted) {
+            *a += b;
+        }
         total.merge(&s.dataplane);
         delivered += s.delivered;
         delivery_errors += s.delivery_errors;
@@ -537,6 +553,18 @@ fn counters_json(
         "igmp_reports": thread.igmp_reports,
         "batches": batches,
         "descriptors": descriptors,
+        "descriptor_table": {
+            "capacity": capacity,
+            "inserted": table.inserted,
+            "expired": table.expired,
+            "insert_failed": table.insert_failed,
+            "evicted": {
+                "half_open": table.evicted[0],
+                "closing": table.evicted[1],
+                "soft": table.evicted[2],
+                "established": table.evicted[3],
+            },
+        },
         "untracked": total.untracked,
         "xdp_dropped": thread.cell.xdp_dropped(),
         "per_core": per_core,
