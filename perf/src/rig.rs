@@ -271,7 +271,18 @@ pub fn receive_ticks(pids: &[u32]) -> u64 {
 
 /// utime + stime of a process (all its threads), in clock ticks.
 pub fn process_ticks(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of the calling thread, in clock ticks.
+pub fn thread_ticks() -> u64 {
+    stat_ticks("/proc/thread-self/stat")
+}
+
+/// utime + stime from a `stat` file of procfs, in clock ticks (0 when
+/// unreadable).
+fn stat_ticks(path: &str) -> u64 {
+    let Ok(s) = std::fs::read_to_string(path) else {
         return 0;
     };
     // The command name may hold spaces: fields start after the last ')'.
@@ -577,6 +588,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(process_ticks(std::process::id()) > 0);
+        assert!(thread_ticks() > 0);
         assert_eq!(process_ticks(u32::MAX), 0);
     }
 

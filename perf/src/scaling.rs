@@ -12,7 +12,12 @@
 //! generator, no kernel, so the only things the two threads share are the
 //! caches, the memory bus and whatever else runs on the machine. Interleaved
 //! rounds; the ratio is the median over rounds of (two threads' summed
-//! frames/s) / (one thread's).
+//! frames/s) / (one thread's). On a machine other jobs share, the threads
+//! also share the CPUs with them, so each thread's own CPU time is read
+//! too (procfs, per thread): `cpu_ratio` is the median of (two threads'
+//! summed frames per CPU-second of each) / (one thread's frames per
+//! CPU-second): what two cores give when each thread has its core to
+//! itself, with the cache and memory interference left in.
 //!
 //! # Wire form
 //!
@@ -39,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frames::Pool;
 use crate::pipeline::{Fixture, Mix, POOL};
-use crate::rig::Rig;
+use crate::rig::{thread_ticks, ticks_per_second, Rig};
 use crate::signals::pause;
 use crate::stats::median;
 use crate::wire::start_shoal;
@@ -111,22 +116,51 @@ pub struct PipelineScaling {
     pub rounds_mpps: Vec<(f64, f64)>,
     /// Median over rounds of two / one.
     pub ratio: f64,
+    /// Median of one thread's Mpps per CPU-second it got.
+    #[serde(default)]
+    pub one_thread_mpps_per_cpu: f64,
+    /// Median of the two threads' summed Mpps per CPU-second each got.
+    #[serde(default)]
+    pub two_threads_mpps_per_cpu: f64,
+    /// Median over rounds of the per-CPU-second ratio (see the module
+    /// docs).
+    #[serde(default)]
+    pub cpu_ratio: f64,
+}
+
+/// One replaying thread's result.
+#[derive(Clone, Copy, Debug, Default)]
+struct Replay {
+    /// Mpps over wall time.
+    mpps: f64,
+    /// Mpps over the CPU time the thread got.
+    mpps_per_cpu: f64,
 }
 
 /// Judges `pool` over and over for `seconds` on the calling thread, pinned
-/// to `cpu`; returns Mpps.
-fn replay(fx: &mut Fixture, pool: &Pool, cpu: usize, seconds: f64) -> f64 {
+/// to `cpu`.
+fn replay(fx: &mut Fixture, pool: &Pool, cpu: usize, seconds: f64) -> Replay {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         eprintln!("scaling: could not pin a pipeline thread to CPU {cpu}");
     }
     let budget = Duration::from_secs_f64(seconds);
+    let ticks = thread_ticks();
     let t = Instant::now();
     let mut frames = 0u64;
     while t.elapsed() < budget {
         fx.pass(pool);
         frames += pool.len() as u64;
     }
-    frames as f64 / t.elapsed().as_secs_f64() / 1e6
+    let wall = t.elapsed().as_secs_f64();
+    let cpu_s = thread_ticks().saturating_sub(ticks) as f64 / ticks_per_second();
+    Replay {
+        mpps: frames as f64 / wall / 1e6,
+        mpps_per_cpu: if cpu_s > 0.0 {
+            frames as f64 / cpu_s / 1e6
+        } else {
+            0.0
+        },
+    }
 }
 
 /// The pipeline form over `rounds` interleaved rounds.
@@ -146,6 +180,7 @@ pub fn pipeline_scaling(seconds: f64, rounds: usize, entries: usize) -> Result<P
         fx.pass(pool);
     }
     let mut rounds_mpps = Vec::new();
+    let mut rounds_per_cpu = Vec::new();
     let mut per_thread: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds.max(1) {
         pause(0.0)?;
@@ -154,9 +189,9 @@ pub fn pipeline_scaling(seconds: f64, rounds: usize, entries: usize) -> Result<P
             let pool = &pools[0];
             s.spawn(move || replay(fx, pool, 0, seconds))
                 .join()
-                .unwrap_or(0.0)
+                .unwrap_or_default()
         });
-        let two: Vec<f64> = std::thread::scope(|s| {
+        let two: Vec<Replay> = std::thread::scope(|s| {
             let handles: Vec<_> = fixtures
                 .iter_mut()
                 .zip(&pools)
@@ -165,24 +200,28 @@ pub fn pipeline_scaling(seconds: f64, rounds: usize, entries: usize) -> Result<P
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(0.0))
+                .map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        let sum: f64 = two.iter().sum();
+        let sum: f64 = two.iter().map(|r| r.mpps).sum();
+        let sum_per_cpu: f64 = two.iter().map(|r| r.mpps_per_cpu).sum();
         eprintln!(
-            "scaling: round {} pipeline 1 thread {:.2} Mpps, 2 threads {:.2} Mpps ({})",
+            "scaling: round {} pipeline 1 thread {:.2} Mpps ({:.2} per CPU-s), 2 threads {:.2} Mpps ({}; {:.2} per CPU-s)",
             round + 1,
-            one,
+            one.mpps,
+            one.mpps_per_cpu,
             sum,
             two.iter()
-                .map(|x| format!("{x:.2}"))
+                .map(|x| format!("{:.2}", x.mpps))
                 .collect::<Vec<_>>()
-                .join(" + ")
+                .join(" + "),
+            sum_per_cpu
         );
         for (k, x) in two.iter().enumerate().take(2) {
-            per_thread[k].push(*x);
+            per_thread[k].push(x.mpps);
         }
-        rounds_mpps.push((one, sum));
+        rounds_mpps.push((one.mpps, sum));
+        rounds_per_cpu.push((one.mpps_per_cpu, sum_per_cpu));
     }
     let ratios: Vec<f64> = rounds_mpps
         .iter()
@@ -196,6 +235,14 @@ pub fn pipeline_scaling(seconds: f64, rounds: usize, entries: usize) -> Result<P
         per_thread_mpps: per_thread.iter().map(|v| median(v)).collect(),
         rounds_mpps,
         ratio: median(&ratios),
+        one_thread_mpps_per_cpu: median(&rounds_per_cpu.iter().map(|r| r.0).collect::<Vec<_>>()),
+        two_threads_mpps_per_cpu: median(&rounds_per_cpu.iter().map(|r| r.1).collect::<Vec<_>>()),
+        cpu_ratio: median(
+            &rounds_per_cpu
+                .iter()
+                .map(|(one, two)| if *one > 0.0 { two / one } else { 0.0 })
+                .collect::<Vec<_>>(),
+        ),
     })
 }
 
@@ -342,7 +389,7 @@ pub fn text(r: &ScalingReport) -> String {
     let mut s = String::new();
     if let Some(p) = &r.pipeline {
         s += &format!(
-            "scaling, pipeline: {} replayed, {} descriptors per thread: 1 thread {:.2} Mpps, 2 threads {:.2} Mpps ({}), ratio {:.2}x (target >= {}x)\n",
+            "scaling, pipeline: {} replayed, {} descriptors per thread: 1 thread {:.2} Mpps, 2 threads {:.2} Mpps ({}), ratio {:.2}x (target >= {}x); per CPU-second each thread got: {:.2} vs {:.2}, ratio {:.2}x\n",
             p.mix,
             p.table_entries,
             p.one_thread_mpps,
@@ -353,7 +400,10 @@ pub fn text(r: &ScalingReport) -> String {
                 .collect::<Vec<_>>()
                 .join(" + "),
             p.ratio,
-            r.target_ratio
+            r.target_ratio,
+            p.one_thread_mpps_per_cpu,
+            p.two_threads_mpps_per_cpu,
+            p.cpu_ratio
         );
     }
     s += &format!(
