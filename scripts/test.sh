@@ -17,7 +17,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "install what the tests need"
 need=()
 for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
-            curl:curl python3:python3 pkill:procps killall:psmisc; do
+            curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -49,6 +49,14 @@ cargo build --release -p shoal-engine
 step "benchmark smoke (scripts/bench --smoke: every bench runs; numbers are never judged)"
 scripts/bench --smoke
 
+# The namespace lab is one shared resource (namespaces shoal-*): every user
+# of it takes /tmp/shoal-lab.lock, as `scripts/bench` does for its failover
+# bench, so a developer's run here never collides with another lab run.
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal"
+
 step "lab e2e suite (scripts/lab-test)"
-SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/lab-test
-step "churn soak (scripts/soak --minutes 1): duplicates, resets on surviving hosts, failures outside convergence, memory" && SHOAL_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/shoal" scripts/soak --minutes 1 --seed 1 --out "${CARGO_TARGET_DIR:-$PWD/target}/soak-ci.json"
+SHOAL_BIN="$bin" flock /tmp/shoal-lab.lock scripts/lab-test
+
+step "churn soak (scripts/soak --minutes 1): duplicates, resets on surviving hosts, failures outside convergence, memory"
+SHOAL_BIN="$bin" flock /tmp/shoal-lab.lock \
+    scripts/soak --minutes 1 --seed 1 --out "${CARGO_TARGET_DIR:-$PWD/target}/soak-ci.json"
