@@ -306,6 +306,8 @@ pub struct Clustered {
     compiler: Compiler,
     /// The newest view asked for and not yet running in every loop.
     pending: Option<Pending>,
+    /// `stop` / `suspend`: drop tracked connections when `pending` completes.
+    reset_on_install: bool,
 }
 
 /// An install in progress.
@@ -398,6 +400,7 @@ impl Clustered {
             suspicion: Duration::from_secs(3),
             compiler: Compiler::spawn(),
             pending: None,
+            reset_on_install: false,
         }
     }
 
@@ -461,10 +464,10 @@ impl Clustered {
     }
 
     /// Timers, events, map installs, dirty and load reports, heartbeats.
-    pub fn step(&mut self, stop: &AtomicBool) {
+    pub fn step(&mut self) {
         let now = self.now();
         self.machine.handle_timeout(now);
-        self.drain_events(stop);
+        self.drain_events();
         if self.blocked.is_some() && !self.bad_mac_recent() {
             if let Some((view, epoch)) = self.blocked.take() {
                 tracing::info!("no more unauthenticated heartbeats: serving alone");
@@ -476,7 +479,7 @@ impl Clustered {
         if self.last_period.elapsed() >= period {
             self.last_period = Instant::now();
             self.report_dataplane();
-            self.drain_events(stop);
+            self.drain_events();
         }
         let mut buf = [0u8; 1536];
         while let Some(n) = self.machine.poll_transmit(self.now(), &mut buf) {
@@ -485,7 +488,7 @@ impl Clustered {
         }
     }
 
-    fn drain_events(&mut self, stop: &AtomicBool) {
+    fn drain_events(&mut self) {
         while let Some(ev) = self.machine.poll_event() {
             match ev {
                 Event::EffectiveViewChanged { view, epoch, .. } => self.install(view, epoch),
@@ -497,7 +500,15 @@ impl Clustered {
                         ?state,
                         "cluster operations stopped: dropping tracked connections"
                     );
-                    self.reset_descriptors(stop);
+                    // With the map that takes nothing on its way, drop the
+                    // connections once it runs (before its dirty groups
+                    // reach the machine, so before the bound it realises is
+                    // advertised); otherwise at once.
+                    if self.pending.is_some() {
+                        self.reset_on_install = true;
+                    } else {
+                        self.reset_descriptors();
+                    }
                 }
                 Event::DirtyElsewhereChanged => self.refresh_dirty_elsewhere(),
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
@@ -613,6 +624,9 @@ impl Clustered {
         let took_us = pending.since.elapsed().as_micros() as u64;
         let members = pending.members;
         self.pending = None;
+        if std::mem::take(&mut self.reset_on_install) {
+            self.reset_descriptors();
+        }
         let dirty = self.dirty_union();
         self.machine.handle_dirty(epoch, &dirty, self.now());
         tracing::info!(epoch, members = ?members, took_us, "map installed");
@@ -622,18 +636,20 @@ impl Clustered {
     }
 
     /// Gives every poll loop a fresh descriptor table and waits until each
-    /// has one (as for a map install), so that no heartbeat saying this
-    /// host stopped leaves while a loop still serves connections it
-    /// tracked: the other hosts take those buckets over as soon as they
-    /// hear it.
-    pub fn reset_descriptors(&mut self, stop: &AtomicBool) -> bool {
+    /// has one (each loop checks once per iteration, so this takes about a
+    /// batch; at most [`INSTALL_TIMEOUT`]). Called on `stop` / `suspend`
+    /// once the map that takes nothing runs, before its dirty groups go to
+    /// the machine: the other hosts adopt a view without this host only
+    /// after it advertises that bound, and by then no loop serves a
+    /// connection it tracked.
+    pub fn reset_descriptors(&mut self) -> bool {
         let started = Instant::now();
         let wanted = self.cell.request_reset();
         loop {
             if self.loops.iter().all(|l| l.lock().resets >= wanted) {
                 return true;
             }
-            if started.elapsed() > INSTALL_TIMEOUT || stop.load(Ordering::Relaxed) {
+            if started.elapsed() > INSTALL_TIMEOUT {
                 tracing::warn!("a poll loop did not drop its tracked connections in time");
                 return false;
             }
@@ -708,7 +724,7 @@ impl Clustered {
                 let resp = self.handle_admin(&req);
                 let _ = reply.send(resp);
             }
-            self.step(stop);
+            self.step();
             tick(self);
         }
     }
@@ -832,8 +848,7 @@ mod tests {
             responder,
             PathBuf::from("/nonexistent"),
         );
-        let stop = AtomicBool::new(false);
-        c.step(&stop);
+        c.step();
         // The loop reports its table once it runs; give it the time.
         let started = Instant::now();
         while stats.lock().descriptors != 100 && started.elapsed() < Duration::from_secs(5) {
@@ -843,10 +858,17 @@ mod tests {
 
         for verb in [Request::Stop, Request::Start, Request::Suspend] {
             let _ = c.handle_admin(&verb);
-            c.step(&stop);
+            // Installs complete asynchronously: step until nothing is
+            // pending (bounded).
+            let t = Instant::now();
+            c.step();
+            while c.pending.is_some() && t.elapsed() < INSTALL_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(1));
+                c.step();
+            }
             let s = stats.lock().clone();
             if verb == Request::Start {
-                // Starting again keeps the (empty) table; refill it a bit.
+                // Starting again keeps the (empty) table.
                 assert_eq!(s.descriptors, 0);
                 continue;
             }
@@ -909,7 +931,6 @@ mod tests {
             responder,
             PathBuf::from("/nonexistent"),
         );
-        let stop = AtomicBool::new(false);
         c.install(view.clone(), 7);
         let started = Instant::now();
         let mut sent_while_pending = 0;
@@ -918,13 +939,13 @@ mod tests {
                 started.elapsed() < Duration::from_secs(10),
                 "compile never finished"
             );
-            c.step(&stop);
+            c.step();
             sent_while_pending += outbound.take().map_or(0, |f| f.len());
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(cell.current().epoch, 7, "the compiled map is published");
         for _ in 0..20 {
-            c.step(&stop);
+            c.step();
             sent_while_pending += outbound.take().map_or(0, |f| f.len());
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -934,7 +955,7 @@ mod tests {
             "heartbeats leave while the loop has not picked the map up"
         );
         stats.lock().epoch = 7;
-        c.step(&stop);
+        c.step();
         assert!(c.pending.is_none(), "installed once every loop runs it");
 
         // A newer view replaces a pending one; the older compile is dropped.
@@ -948,7 +969,7 @@ mod tests {
                 started.elapsed() < Duration::from_secs(10),
                 "compile never finished"
             );
-            c.step(&stop);
+            c.step();
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(cell.current().epoch, 9);
