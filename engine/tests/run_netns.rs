@@ -83,7 +83,10 @@ fn end_to_end(backend: &str) {
     // Every connection served was tracked: inserted into a bounded table.
     let table = &stats["descriptor_table"];
     assert!(table["capacity"].as_u64().unwrap_or(0) > 0, "{stats}");
-    assert!(table["inserted"].as_u64().unwrap_or(0) >= served as u64, "{stats}");
+    assert!(
+        table["inserted"].as_u64().unwrap_or(0) >= served as u64,
+        "{stats}"
+    );
     assert_eq!(table["evicted"]["established"].as_u64(), Some(0), "{stats}");
     assert!(
         stats["backend"].as_str().unwrap_or("").starts_with(backend),
