@@ -165,7 +165,14 @@ pub struct DescriptorTable {
     foreign: Box<[[u32; GROUPS]]>,
     /// Live entries per rule (entries with no rule are not counted).
     by_rule: [u32; MAX_RULES],
+    /// Open TCP connections (half-open or established) per rule.
+    open: [u32; MAX_RULES],
     counters: TableCounters,
+}
+
+/// Whether `e` is an open TCP connection (what a drain waits for).
+fn is_open(e: &Entry) -> bool {
+    e.key.kind == Kind::Tcp as u8 && matches!(e.state(), State::HalfOpen | State::Established)
 }
 
 /// Where an entry lives, returned by lookups so callers can update it.
@@ -193,6 +200,7 @@ impl DescriptorTable {
             sweep_cursor: 0,
             foreign: vec![[0u32; GROUPS]; MAX_RULES].into_boxed_slice(),
             by_rule: [0; MAX_RULES],
+            open: [0; MAX_RULES],
             counters: TableCounters::default(),
         }
     }
@@ -283,6 +291,11 @@ impl DescriptorTable {
         if let Some(c) = self.by_rule.get_mut(e.rule as usize) {
             *c = c.saturating_sub(1);
         }
+        if is_open(e) {
+            if let Some(c) = self.open.get_mut(e.rule as usize) {
+                *c = c.saturating_sub(1);
+            }
+        }
         self.tags[i] = 0;
         self.live -= 1;
     }
@@ -314,6 +327,23 @@ impl DescriptorTable {
     /// The entry at `slot`, to update its state or `last_seen`.
     pub fn entry_mut(&mut self, slot: Slot) -> &mut Entry {
         &mut self.entries[slot.0]
+    }
+
+    /// Moves the entry at `slot` to `state`, keeping the count of open
+    /// connections ([`Self::open_by_rule`]) right. State changes go through
+    /// here, not through [`Self::entry_mut`].
+    pub fn set_state(&mut self, slot: Slot, state: State) {
+        let e = &mut self.entries[slot.0];
+        let was = is_open(e);
+        e.state = state as u8;
+        let now_open = is_open(e);
+        if let Some(c) = self.open.get_mut(e.rule as usize) {
+            match (was, now_open) {
+                (true, false) => *c = c.saturating_sub(1),
+                (false, true) => *c += 1,
+                _ => {}
+            }
+        }
     }
 
     /// Removes the entry at `slot`.
@@ -371,6 +401,11 @@ impl DescriptorTable {
         if let Some(c) = self.by_rule.get_mut(entry.rule as usize) {
             *c += 1;
         }
+        if is_open(&entry) {
+            if let Some(c) = self.open.get_mut(entry.rule as usize) {
+                *c += 1;
+            }
+        }
         self.live += 1;
         self.counters.inserted += 1;
         Some(Slot(i))
@@ -418,6 +453,7 @@ impl DescriptorTable {
             f.fill(0);
         }
         self.by_rule = [0; MAX_RULES];
+        self.open = [0; MAX_RULES];
     }
 
     /// Re-resolves every entry's rule and bucket under `map`, after the
@@ -426,6 +462,7 @@ impl DescriptorTable {
     /// rule, are dropped. O(capacity); follow with [`Self::remap`].
     pub fn rebind_rules(&mut self, map: &ClusterMap) {
         self.by_rule = [0; MAX_RULES];
+        self.open = [0; MAX_RULES];
         for i in 0..self.tags.len() {
             if self.tags[i] == 0 {
                 continue;
@@ -479,6 +516,9 @@ impl DescriptorTable {
             entry.bucket = bucket;
             entry.foreign = false;
             self.by_rule[rule % MAX_RULES] += 1;
+            if is_open(entry) {
+                self.open[rule % MAX_RULES] += 1;
+            }
         }
     }
 
@@ -496,9 +536,18 @@ impl DescriptorTable {
         self.foreign[rule % MAX_RULES][group_of(bucket) as usize % GROUPS] != 0
     }
 
-    /// Live entries under each rule (what a drain waits for). O(1).
+    /// Live entries under each rule (every kind and state). O(1).
     pub fn live_by_rule(&self) -> &[u32; MAX_RULES] {
         &self.by_rule
+    }
+
+    /// Open TCP connections (half-open or established, not closing) under
+    /// each rule: what a drain waits for. Closing entries, which only
+    /// linger for retransmissions, and affinity and GRE/ESP link entries
+    /// are not counted. An expired entry counts until it is swept or looked
+    /// up. O(1).
+    pub fn open_by_rule(&self) -> &[u32; MAX_RULES] {
+        &self.open
     }
 
     /// Groups of `rule` in which this host tracks entries it no longer owns:
@@ -557,6 +606,28 @@ mod tests {
         t.remove(s);
         assert_eq!(t.lookup(&key(1), 1), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn open_connections_exclude_closing_and_soft_entries() {
+        let mut t = DescriptorTable::new(DescriptorConfig::default(), 1);
+        let a = t.insert(entry(1, State::HalfOpen), 0).unwrap();
+        let b = t.insert(entry(2, State::Established), 0).unwrap();
+        let mut soft = entry(3, State::Soft);
+        soft.key.kind = Kind::Affinity as u8;
+        t.insert(soft, 0).unwrap();
+        assert_eq!((t.open_by_rule()[0], t.live_by_rule()[0]), (2, 3));
+        t.set_state(a, State::Established);
+        assert_eq!(t.open_by_rule()[0], 2);
+        t.set_state(b, State::Closing);
+        t.set_state(a, State::Closing);
+        assert_eq!((t.open_by_rule()[0], t.live_by_rule()[0]), (0, 3));
+        t.set_state(a, State::Established);
+        assert_eq!(t.open_by_rule()[0], 1);
+        t.remove(a);
+        assert_eq!(t.open_by_rule()[0], 0);
+        t.clear();
+        assert_eq!((t.open_by_rule()[0], t.live_by_rule()[0]), (0, 0));
     }
 
     #[test]

@@ -765,10 +765,11 @@ impl Dataplane {
             }
             let e = self.table.entry_mut(slot);
             e.last_seen = now;
+            let state = e.state();
             if flags & RST != 0 || flags & FIN != 0 {
-                e.state = State::Closing as u8;
-            } else if e.state() == State::HalfOpen && flags & ACK != 0 {
-                e.state = State::Established as u8;
+                self.table.set_state(slot, State::Closing);
+            } else if state == State::HalfOpen && flags & ACK != 0 {
+                self.table.set_state(slot, State::Established);
             }
             self.note_link(flow, now);
             return Verdict::Keep;

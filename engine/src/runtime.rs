@@ -206,7 +206,8 @@ pub struct LoopStats {
     pub epoch: u64,
     /// Per rule, the groups where this loop tracks entries it no longer owns.
     pub dirty: Vec<shoal_dataplane::map::GroupBits>,
-    /// Live descriptors per rule.
+    /// Open TCP connections (half-open or established) per rule: what a
+    /// drain waits for.
     pub by_rule: [u32; shoal_dataplane::MAX_RULES],
     /// The last reset request ([`MapCell::request_reset`]) this loop carried out.
     pub resets: u64,
@@ -226,7 +227,7 @@ impl LoopStats {
         self.dirty = (0..dp.map().rules.len())
             .map(|r| dp.table().dirty_groups(r))
             .collect();
-        self.by_rule = *dp.table().live_by_rule();
+        self.by_rule = *dp.table().open_by_rule();
         self.table_capacity = dp.table().capacity() as u64;
         self.table = *dp.table().counters();
     }
