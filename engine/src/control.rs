@@ -775,11 +775,9 @@ mod tests {
         f
     }
 
-    /// `stop` (and `suspend`) leave every poll loop with an empty
-    /// descriptor table before the control thread moves on.
-    #[test]
-    fn stop_and_suspend_give_the_loops_a_fresh_table() {
-        let spec = ClusterSpec {
+    /// One VIP, one TCP port-80 rule.
+    fn web_spec() -> ClusterSpec {
+        ClusterSpec {
             vips: vec![IpAddr::V4(VIP)],
             mode: ClusterMode::Unicast,
             ipv6_network_prefix: 64,
@@ -791,7 +789,39 @@ mod tests {
                     affinity: Affinity::None,
                 },
             )],
-        };
+        }
+    }
+
+    /// A control thread for `machine` over one poll loop's `stats`.
+    fn clustered(
+        machine: Machine,
+        cell: &Arc<MapCell>,
+        stats: &Arc<Mutex<LoopStats>>,
+        outbound: &Arc<Outbound>,
+    ) -> Clustered {
+        let responder = Responder::new(
+            machine.host(),
+            unicast_mac(VIP),
+            Mac([2, 0, 0, 0, 0, 1]),
+            cell.clone(),
+            outbound.clone(),
+            None,
+        );
+        Clustered::new(
+            machine,
+            cell.clone(),
+            vec![stats.clone()],
+            outbound.clone(),
+            responder,
+            PathBuf::from("/nonexistent"),
+        )
+    }
+
+    /// `stop` (and `suspend`) leave every poll loop with an empty
+    /// descriptor table before the control thread moves on.
+    #[test]
+    fn stop_and_suspend_give_the_loops_a_fresh_table() {
+        let spec = web_spec();
         let local = HostId::new(1).unwrap();
         let view = View::converged(&spec, HostSet::from_iter([local]));
         let map = Arc::new(ClusterMap::build(&spec, &view, local, 1));
@@ -832,22 +862,7 @@ mod tests {
         };
 
         let machine = Machine::new(Config::new(local, [9; 32], 1), spec, 0);
-        let responder = Responder::new(
-            local,
-            unicast_mac(VIP),
-            Mac([2, 0, 0, 0, 0, 1]),
-            cell.clone(),
-            outbound.clone(),
-            None,
-        );
-        let mut c = Clustered::new(
-            machine,
-            cell.clone(),
-            vec![stats.clone()],
-            outbound,
-            responder,
-            PathBuf::from("/nonexistent"),
-        );
+        let mut c = clustered(machine, &cell, &stats, &outbound);
         c.step();
         // The loop reports its table once it runs; give it the time.
         let started = Instant::now();
@@ -889,19 +904,7 @@ mod tests {
     /// hears of the new map's dirty groups only once every loop runs it.
     #[test]
     fn an_install_does_not_hold_heartbeats_back() {
-        let spec = ClusterSpec {
-            vips: vec![IpAddr::V4(VIP)],
-            mode: ClusterMode::Unicast,
-            ipv6_network_prefix: 64,
-            rules: vec![PortRule::new(
-                None,
-                (80, 80),
-                Protocol::Tcp,
-                FilterMode::Multiple {
-                    affinity: Affinity::None,
-                },
-            )],
-        };
+        let spec = web_spec();
         let local = HostId::new(1).unwrap();
         let view = View::converged(&spec, HostSet::from_iter([local]));
         let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
@@ -915,22 +918,7 @@ mod tests {
         let mut cfg = Config::new(local, [9; 32], 1);
         cfg.period_ns = 1_000_000;
         let machine = Machine::new(cfg, spec.clone(), 0);
-        let responder = Responder::new(
-            local,
-            unicast_mac(VIP),
-            Mac([2, 0, 0, 0, 0, 1]),
-            cell.clone(),
-            outbound.clone(),
-            None,
-        );
-        let mut c = Clustered::new(
-            machine,
-            cell.clone(),
-            vec![stats.clone()],
-            outbound.clone(),
-            responder,
-            PathBuf::from("/nonexistent"),
-        );
+        let mut c = clustered(machine, &cell, &stats, &outbound);
         c.install(view.clone(), 7);
         let started = Instant::now();
         let mut sent_while_pending = 0;
