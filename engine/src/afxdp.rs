@@ -64,7 +64,7 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 use crate::fastpath::{FastPathError, FastPathMaps};
 use crate::io::{FrameIo, MAX_BATCH};
 use crate::sys::bpf::{
-    self, AttachMode, Bpf, BpfError, BpfMap, KernelBpf, Kick, MapKind, MapSpec, UmemArea,
+    self, AttachMode, Bpf, BpfError, BpfMap, KernelBpf, Kick, MapSpec, UmemArea,
 };
 use crate::xdp::fast::FastPathLayout;
 use crate::xdp::program::ProgramError;
@@ -235,13 +235,7 @@ impl XdpAttachment {
         let ifindex = bpf.ifindex(ifname)?;
         let queues = bpf.rx_queue_count(ifname)?.max(1);
         let xskmap = bpf
-            .map_create(&MapSpec {
-                kind: MapKind::XskMap,
-                key_size: 4,
-                value_size: 4,
-                max_entries: queues,
-                name: "shoal_xsks".into(),
-            })
+            .map_create(&MapSpec::xsk_map("shoal_xsks", queues))
             .map_err(|e| {
                 if is_unsupported_errno(e.errno()) {
                     AfXdpError::Unsupported(e.to_string())

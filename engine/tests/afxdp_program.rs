@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
 use afxdp_common::*;
-use shoal_engine::sys::bpf::{Bpf, BpfError, KernelBpf, MapKind, MapSpec};
+use shoal_engine::sys::bpf::{Bpf, BpfError, KernelBpf, MapSpec};
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
 
 const REDIRECTED: u32 = XdpAction::Drop as u32;
@@ -33,14 +33,8 @@ fn params(n: usize) -> XdpParams {
 }
 
 fn xskmap(bpf: &KernelBpf) -> shoal_engine::sys::bpf::BpfMap {
-    bpf.map_create(&MapSpec {
-        kind: MapKind::XskMap,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 4,
-        name: "shoal_test".into(),
-    })
-    .expect("XSKMAP creation (the kernel needs CONFIG_XDP_SOCKETS)")
+    bpf.map_create(&MapSpec::xsk_map("shoal_test", 4))
+        .expect("XSKMAP creation (the kernel needs CONFIG_XDP_SOCKETS)")
 }
 
 struct Case {

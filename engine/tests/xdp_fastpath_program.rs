@@ -12,6 +12,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+mod afxdp_common;
+
+use afxdp_common::privileged;
 use shoal_dataplane::bucket::{bucket_of, group_of};
 use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::hash::affinity_hash;
@@ -22,7 +25,7 @@ use shoal_dataplane::{
     Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
 };
 use shoal_engine::fastpath::{FastPath, FastPathMaps};
-use shoal_engine::sys::bpf::{Bpf, KernelBpf, MapKind, MapSpec};
+use shoal_engine::sys::bpf::{Bpf, KernelBpf, MapSpec};
 use shoal_engine::xdp::fast::FastPathLayout;
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
 
@@ -33,20 +36,6 @@ const VIP1: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 2);
 const NOT_VIP: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 3);
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
-
-fn privileged(test: &str) -> bool {
-    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP {test}: SHOAL_SKIP_PRIVILEGED=1 (needs root and bpf())");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (CAP_BPF); set SHOAL_SKIP_PRIVILEGED=1 to skip it"
-    );
-    true
-}
 
 /// SplitMix64: deterministic, no dependency.
 struct Rng(u64);
@@ -189,13 +178,7 @@ struct Setup {
 fn setup(first: &Arc<ClusterMap>) -> Setup {
     let bpf = Arc::new(KernelBpf);
     let xskmap = bpf
-        .map_create(&MapSpec {
-            kind: MapKind::XskMap,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-            name: "shoal_fp_t".into(),
-        })
+        .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
         .expect("XSKMAP");
     let layout = FastPathLayout::of(first);
     let maps = Arc::new(FastPathMaps::create(&*bpf, layout).expect("fast path maps"));
@@ -629,13 +612,7 @@ fn every_layout_shape_passes_the_verifier() {
         ));
         let bpf = KernelBpf;
         let xskmap = bpf
-            .map_create(&MapSpec {
-                kind: MapKind::XskMap,
-                key_size: 4,
-                value_size: 4,
-                max_entries: 1,
-                name: "shoal_fp_t".into(),
-            })
+            .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
             .expect("XSKMAP");
         let maps = FastPathMaps::create(&bpf, FastPathLayout::of(&m)).expect("maps");
         let params = XdpParams {

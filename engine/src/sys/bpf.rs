@@ -141,6 +141,20 @@ pub struct MapSpec {
     pub name: String,
 }
 
+impl MapSpec {
+    /// An `XSKMAP` of `queues` slots: rx queue index to AF_XDP socket, the
+    /// 4-byte key and value the kernel requires.
+    pub fn xsk_map(name: &str, queues: u32) -> Self {
+        Self {
+            kind: MapKind::XskMap,
+            key_size: 4,
+            value_size: 4,
+            max_entries: queues,
+            name: name.into(),
+        }
+    }
+}
+
 /// A BPF map: its fd and the sizes it was created with, so that every access
 /// can be checked against them before the kernel reads or writes our buffers.
 #[derive(Debug)]
@@ -989,15 +1003,7 @@ mod tests {
     #[test]
     fn map_access_checks_sizes_before_the_kernel() {
         let fake = fake::FakeBpf::default();
-        let map = fake
-            .map_create(&MapSpec {
-                kind: MapKind::XskMap,
-                key_size: 4,
-                value_size: 4,
-                max_entries: 1,
-                name: "t".into(),
-            })
-            .unwrap();
+        let map = fake.map_create(&MapSpec::xsk_map("t", 1)).unwrap();
         // The real implementation checks sizes first, too: a short key would
         // let the kernel read past our buffer.
         let real = KernelBpf;
