@@ -150,6 +150,18 @@ pub struct TableCounters {
     pub insert_failed: u64,
 }
 
+impl TableCounters {
+    /// Adds `other` (another poll loop's table) to these.
+    pub fn merge(&mut self, other: &TableCounters) {
+        self.inserted += other.inserted;
+        self.expired += other.expired;
+        self.insert_failed += other.insert_failed;
+        for (a, b) in self.evicted.iter_mut().zip(other.evicted) {
+            *a += b;
+        }
+    }
+}
+
 /// A bounded, set-associative descriptor table. See the module docs.
 #[derive(Debug)]
 pub struct DescriptorTable {

@@ -490,12 +490,7 @@ fn counters_json(
     let mut table = shoal_dataplane::descriptor::TableCounters::default();
     for s in stats {
         capacity += s.table_capacity;
-        table.inserted += s.table.inserted;
-        table.expired += s.table.expired;
-        table.insert_failed += s.table.insert_failed;
-        for (a, b) in table.evicted.iter_mut().zip(s.table.evicted) {
-            *a += b;
-        }
+        table.merge(&s.table);
         total.merge(&s.dataplane);
         delivered += s.delivered;
         delivery_errors += s.delivery_errors;
