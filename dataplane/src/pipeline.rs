@@ -169,6 +169,13 @@ pub struct Counters {
     pub malformed: Vec<u64>,
     /// SYNs kept without a descriptor because the table had no room.
     pub untracked: u64,
+    /// TCP segments other than a SYN that opened a descriptor: connections
+    /// this owner took over mid-stream because no host reported them (their
+    /// old host left, or tracked them nowhere). Each such connection is
+    /// reset by this host's kernel unless it already holds the socket, so a
+    /// count that grows while every host is up points at a host whose
+    /// connections went unreported.
+    pub adopted: u64,
 }
 
 impl Counters {
@@ -206,6 +213,7 @@ impl Counters {
         self.kept += other.kept;
         self.passed += other.passed;
         self.untracked += other.untracked;
+        self.adopted += other.adopted;
         for (a, b) in self.control.iter_mut().zip(other.control) {
             *a += b;
         }
@@ -789,6 +797,9 @@ impl Dataplane {
         } else {
             State::Established
         };
+        if !is_syn {
+            self.counters.adopted += 1;
+        }
         let entry = Entry {
             key,
             state: state as u8,

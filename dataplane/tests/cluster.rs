@@ -259,12 +259,32 @@ fn connections_survive_every_kind_of_convergence() {
 
     c.add_member(host(4), small_table());
     let mut next_port = 40_000u16;
+    let adopted = |c: &shoal_dataplane::sim::SimCluster| -> u64 {
+        c.members().iter().map(|(_, d)| d.counters().adopted).sum()
+    };
     for (name, view) in events {
-        if !view.members.contains(host(2)) {
+        let gone = c.member(host(2)).is_some() && !view.members.contains(host(2));
+        if gone {
             c.remove_member(host(2));
-            conns.retain(|(_, _, h)| *h != host(2));
         }
         c.apply_view(view.clone());
+        if gone {
+            // Host 2's connections, with nobody reporting them: their new
+            // owners take them over mid-stream, and count it.
+            let before = adopted(&c);
+            // (Those in a group another host reports dirty stay dropped.)
+            let mut kept = 0u64;
+            for &(cl, port, _) in conns.iter().filter(|(_, _, h)| *h == host(2)) {
+                let v = c.judge(&tcp(client(cl), port, 80, ACK), now);
+                let n = v.iter().filter(|(_, v)| *v == Verdict::Keep).count() as u64;
+                assert!(n <= 1, "{name}: an orphan kept twice: {v:?}");
+                kept += n;
+            }
+            assert!(kept > 0, "{name}: no orphan taken over");
+            assert_eq!(adopted(&c) - before, kept, "{name}");
+            conns.retain(|(_, _, h)| *h != host(2));
+        }
+        let before = adopted(&c);
         for &(cl, port, owner) in &conns {
             let v = c.judge(&tcp(client(cl), port, 80, ACK | 0x08), now);
             assert_eq!(
@@ -302,6 +322,11 @@ fn connections_survive_every_kind_of_convergence() {
             );
             conns.push((cl, port, k));
         }
+        assert_eq!(
+            adopted(&c),
+            before,
+            "{name}: a tracked connection was taken over mid-stream"
+        );
         now += 1_000_000;
     }
     // Connections that end free their bucket: after FIN the drained host

@@ -562,6 +562,7 @@ fn counters_json(
             },
         },
         "untracked": total.untracked,
+        "adopted": total.adopted,
         "xdp_dropped": thread.cell.xdp_dropped(),
         "per_core": per_core,
     })
