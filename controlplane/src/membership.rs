@@ -48,6 +48,17 @@
 //!   replaces the current one only once the current boot has been silent
 //!   for `tolerance × period` (a restart: the restarted host listens that
 //!   long anyway before it may adopt a view).
+//!   The refused boot may still serve connections it tracks (it only
+//!   stepped back from new ones), and which boot a receiver hears first is
+//!   an accident (a healed partition can reverse it), so the dirty groups a
+//!   refused boot reports are kept beside the incumbent's (`Shadow`) and
+//!   honoured in [`Membership::dirty_union`] until it has been silent for
+//!   `tolerance × period`. Its heartbeats are authenticated, and dirty
+//!   groups only ever stop a host taking a connection over mid-stream, so
+//!   this never makes a host keep more. (Without it, the simulator found a
+//!   frame kept twice: a partition healed onto the other boot, and the
+//!   connections of the boot now refused were taken over while it still
+//!   served them.)
 //! * **Mismatched rules are refused and reported.** Peers are grouped by
 //!   rule fingerprint; the group with the most participating hosts wins
 //!   (ties: the group holding the lowest host ID), so a rolling `reload`
@@ -277,6 +288,51 @@ pub struct Peer {
     older_rival: Option<(u64, u64, u32)>,
     live: bool,
     dirty: DirtyAssembly,
+    /// A second live boot using this ID whose heartbeats are refused (see
+    /// [`Shadow`]).
+    shadow: Option<Shadow>,
+}
+
+/// The dirty groups of a refused boot of a duplicated ID.
+///
+/// Two hosts holding the cluster key can share an ID (a misconfiguration,
+/// or a host that came back beside its stand-in). One is the incumbent and
+/// is heard; the other's heartbeats are refused, yet it may still track
+/// connections (it stepped back from new ones only). Its heartbeats are
+/// authenticated, so the groups it reports dirty are honoured like any
+/// peer's: they only ever stop this host taking a connection over
+/// mid-stream, never make it keep more. Without them a host that heals
+/// onto the wrong boot of a duplicated ID would take over the other boot's
+/// connections while that boot still serves them.
+#[derive(Clone, Debug)]
+struct Shadow {
+    boot: u64,
+    state: crate::heartbeat::HostState,
+    fingerprint: u64,
+    last_heard: u64,
+    dirty: DirtyAssembly,
+}
+
+impl Peer {
+    /// Records a refused heartbeat of a second live boot of this ID (its
+    /// dirty page); returns whether its dirty groups changed.
+    fn shadow_heard(&mut self, hb: &Heartbeat, now: u64) -> bool {
+        let sh = match &mut self.shadow {
+            Some(sh) if sh.boot == hb.boot => sh,
+            slot => slot.insert(Shadow {
+                boot: hb.boot,
+                state: hb.state,
+                fingerprint: hb.fingerprint,
+                last_heard: now,
+                dirty: DirtyAssembly::default(),
+            }),
+        };
+        let moved = sh.state != hb.state || sh.fingerprint != hb.fingerprint;
+        sh.state = hb.state;
+        sh.fingerprint = hb.fingerprint;
+        sh.last_heard = now;
+        sh.dirty.add(&hb.dirty) || moved
+    }
 }
 
 /// Liveness and exclusion records for every peer.
@@ -527,13 +583,17 @@ impl Membership {
                 }
             } else {
                 // Two live boots for one ID: the incumbent keeps its place,
-                // the other is refused (and steps back by itself).
+                // the other is refused (and steps back by itself); what it
+                // still tracks is honoured.
                 self.count_duplicate(now);
                 if let Some(p) = self.peers[idx].as_mut() {
                     if p.duplicate_until < now {
                         self.notices.push(Notice::DuplicateId(hb.host));
                     }
                     p.duplicate_until = now + window;
+                    if p.shadow_heard(&hb, now) {
+                        self.dirty_changed = true;
+                    }
                 }
                 return Ok(None);
             }
@@ -572,6 +632,18 @@ impl Membership {
             _ => {
                 let restarted = slot.as_ref().is_some_and(|p| p.latest.boot < hb.boot);
                 let duplicate_until = slot.as_ref().map_or(0, |p| p.duplicate_until);
+                // An incumbent displaced while alive (an older boot proved
+                // itself) is refused from now on: its groups stay honoured.
+                let shadow = slot.as_mut().and_then(|p| {
+                    let alive = p.live && duplicate_until > now;
+                    alive.then(|| Shadow {
+                        boot: p.latest.boot,
+                        state: p.latest.state,
+                        fingerprint: p.latest.fingerprint,
+                        last_heard: p.last_heard,
+                        dirty: std::mem::take(&mut p.dirty),
+                    })
+                });
                 let mut dirty = DirtyAssembly::default();
                 dirty.add(&page);
                 let was_live = slot.as_ref().is_some_and(|p| p.live);
@@ -585,6 +657,7 @@ impl Membership {
                     older_rival: None,
                     live: true,
                     dirty,
+                    shadow,
                 });
                 if restarted {
                     self.notices.push(Notice::Restarted(host));
@@ -626,7 +699,21 @@ impl Membership {
     /// deadline at which one would expire.
     pub fn expire(&mut self, now: u64) -> Option<u64> {
         let mut next: Option<u64> = None;
+        let window = self.window();
         for i in 0..MAX_HOSTS {
+            // A refused second boot counts until it falls silent for the
+            // suspicion window.
+            if let Some(p) = self.peers[i].as_mut() {
+                if let Some(sh) = &p.shadow {
+                    let deadline = sh.last_heard + window;
+                    if now > deadline {
+                        p.shadow = None;
+                        self.dirty_changed = true;
+                    } else {
+                        next = Some(next.map_or(deadline + 1, |n| n.min(deadline + 1)));
+                    }
+                }
+            }
             let Some(p) = self.peers[i].as_ref() else {
                 continue;
             };
@@ -757,6 +844,18 @@ impl Membership {
     pub fn dirty_union(&self, rule: usize, from: HostSet, fingerprint: u64) -> GroupBits {
         let mut g = GroupBits::default();
         for p in self.peers.iter().flatten() {
+            if let Some(sh) = &p.shadow {
+                if sh.state.participates() {
+                    if sh.fingerprint != fingerprint {
+                        if sh.dirty.any_dirty() {
+                            fill(&mut g);
+                            return g;
+                        }
+                    } else {
+                        sh.dirty.add_rule_to(rule, &mut g);
+                    }
+                }
+            }
             if !from.contains(p.latest.host) {
                 continue;
             }
@@ -788,5 +887,112 @@ impl Membership {
     /// The state of a live peer.
     pub fn state_of(&self, host: HostId) -> Option<HostState> {
         self.live_peer(host).map(|p| p.latest.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heartbeat::{DirtySection, HostState, Phase, MAX_FRAME};
+    use shoal_dataplane::{
+        Affinity, ClusterMode, ClusterSpec, FilterMode, PortRule, Protocol, MAX_RULES,
+    };
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const PERIOD: u64 = 100_000_000;
+    const BOOT: u64 = 1_700_000_000_000_000_000;
+
+    fn auth() -> ClusterAuth {
+        let spec = ClusterSpec {
+            vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
+            mode: ClusterMode::Unicast,
+            ipv6_network_prefix: 64,
+            rules: vec![PortRule::new(
+                None,
+                (80, 80),
+                Protocol::Tcp,
+                FilterMode::Multiple {
+                    affinity: Affinity::None,
+                },
+            )],
+        };
+        ClusterAuth::new([9; 32], &spec)
+    }
+
+    fn frame(boot: u64, seq: u64, dirty_group: Option<u16>) -> Vec<u8> {
+        let hb = Heartbeat {
+            host: HostId::new(2).unwrap(),
+            state: HostState::Converged,
+            phase: Phase::Stable,
+            rule_count: 1,
+            boot,
+            seq,
+            base_period_us: (PERIOD / 1000) as u32,
+            period_us: (PERIOD / 1000) as u32,
+            hears: HostSet::EMPTY,
+            proposed: HostSet::EMPTY,
+            proposal_digest: 1,
+            adopted: HostSet::EMPTY,
+            adopted_epoch: 1,
+            adopted_digest: 1,
+            bound: 1,
+            fingerprint: 5,
+            weights: [50; MAX_RULES],
+            disabled: 0,
+            draining: 0,
+            dirty: DirtyPage {
+                generation: 1,
+                page: 0,
+                pages: 1,
+                rules: dirty_group.map_or(0, |_| 1),
+                subset_of_previous: false,
+                sections: dirty_group
+                    .map(|g| vec![(0, DirtySection::List(vec![g]))])
+                    .unwrap_or_default(),
+            },
+        };
+        let mut buf = [0u8; MAX_FRAME];
+        let n = hb.encode(&auth(), &mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    /// Two live boots share ID 2: the older is heard, the newer refused;
+    /// the groups the refused one reports dirty are honoured until it falls
+    /// silent for the suspicion window.
+    #[test]
+    fn refused_duplicate_boot_keeps_its_dirty_groups_honoured() {
+        let auth = auth();
+        let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 3, PERIOD, 0);
+        let (incumbent, rival) = (BOOT - 10 * PERIOD, BOOT - 5 * PERIOD);
+        let from = HostSet::from_bits(0b10);
+        let mut now = 0;
+        for seq in 10..13 {
+            assert!(m
+                .handle_frame(&frame(incumbent, seq, None), &auth, now)
+                .is_ok());
+            now += PERIOD / 2;
+            assert_eq!(
+                m.handle_frame(&frame(rival, seq, Some(77)), &auth, now),
+                Ok(None),
+                "the newer boot of a live ID is refused"
+            );
+            now += PERIOD / 2;
+        }
+        assert!(m.counters().duplicate_id >= 3);
+        assert!(
+            m.dirty_union(0, from, 5).contains(77),
+            "refused boot's group honoured"
+        );
+        // Only the incumbent keeps talking: the shadow expires.
+        for seq in 13..20 {
+            now += PERIOD;
+            m.handle_frame(&frame(incumbent, seq, None), &auth, now)
+                .unwrap();
+            m.expire(now);
+        }
+        assert!(
+            !m.dirty_union(0, from, 5).contains(77),
+            "a silent shadow is forgotten"
+        );
     }
 }
