@@ -76,8 +76,9 @@ fn bucket_salt(bucket: u32) -> u64 {
 /// Which host owns each bucket of a multiple-host rule.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BucketMap {
-    /// Owner host ID per bucket, 0 for none.
-    owners: Box<[u8]>,
+    /// Owner host ID per bucket, 0 for none. A fixed-size array, so an
+    /// index masked to `BUCKETS - 1` needs no bounds check.
+    owners: Box<[u8; BUCKETS]>,
 }
 
 impl std::fmt::Debug for BucketMap {
@@ -99,7 +100,10 @@ impl BucketMap {
             .filter(|h| weights[h.index()] > 0)
             .map(|h| (h.get(), host_salt(h), 1.0 / weights[h.index()] as f64))
             .collect();
-        let mut owners = vec![0u8; BUCKETS].into_boxed_slice();
+        let mut owners: Box<[u8; BUCKETS]> = vec![0u8; BUCKETS]
+            .into_boxed_slice()
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("a vector of BUCKETS bytes"));
         if hosts.is_empty() {
             return Self { owners };
         }
@@ -126,12 +130,19 @@ impl BucketMap {
     /// The owner of `bucket`, if any host is eligible.
     #[inline(always)]
     pub fn owner(&self, bucket: u32) -> Option<HostId> {
-        HostId::new(self.owners[bucket as usize & (BUCKETS - 1)])
+        HostId::new(self.owner_id(bucket))
+    }
+
+    /// The raw owner byte of `bucket` (a host ID, 0 for none), for the
+    /// frame path's compare against the local host ID.
+    #[inline(always)]
+    pub fn owner_id(&self, bucket: u32) -> u8 {
+        self.owners[bucket as usize & (BUCKETS - 1)]
     }
 
     /// Raw owner bytes (host ID, 0 for none), one per bucket.
     pub fn owners(&self) -> &[u8] {
-        &self.owners
+        &self.owners[..]
     }
 
     /// Buckets owned per host index.

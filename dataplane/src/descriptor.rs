@@ -167,6 +167,10 @@ impl TableCounters {
 pub struct DescriptorTable {
     cfg: DescriptorConfig,
     seed: u64,
+    /// `mix64(seed)`: the first round of [`Self::hash`] for every key whose
+    /// client's first (native-endian) half is zero, which is every IPv4
+    /// key on a little-endian host.
+    seed_zero: u64,
     set_mask: usize,
     /// Per slot: 0 when empty, else a 32-bit tag of the key hash (never 0).
     tags: Box<[u32]>,
@@ -202,9 +206,11 @@ impl DescriptorTable {
             sets.next_power_of_two() / 2
         };
         let slots = sets * WAYS;
+        let seed = mix64(seed ^ 0x6465_7363);
         Self {
             cfg,
-            seed: mix64(seed ^ 0x6465_7363),
+            seed,
+            seed_zero: mix64(seed),
             set_mask: sets - 1,
             tags: vec![0u32; slots].into_boxed_slice(),
             entries: vec![Entry::default(); slots].into_boxed_slice(),
@@ -257,7 +263,11 @@ impl DescriptorTable {
     fn hash(&self, key: &FlowKey) -> u64 {
         let c = u128::from_ne_bytes(key.client);
         let s = u128::from_ne_bytes(key.server);
-        let mut h = mix64(self.seed ^ c as u64);
+        let mut h = if c as u64 == 0 {
+            self.seed_zero
+        } else {
+            mix64(self.seed ^ c as u64)
+        };
         h = mix64(h ^ (c >> 64) as u64);
         h = mix64(h ^ s as u64 ^ ((s >> 64) as u64).rotate_left(17));
         mix64(
@@ -312,14 +322,30 @@ impl DescriptorTable {
         self.live -= 1;
     }
 
+    /// The ways of the set at `base` whose tag is `tag`, as a bit mask
+    /// (bit `k`: slot `base + k`), in one pass the compiler vectorises.
+    #[inline(always)]
+    fn matching_ways(&self, base: usize, tag: u32) -> u32 {
+        let Some(set) = self.tags.get(base..base + WAYS) else {
+            return 0;
+        };
+        set.iter()
+            .enumerate()
+            .fold(0, |m, (k, &t)| m | (u32::from(t == tag) << k))
+    }
+
     /// Finds `key`; an expired entry is removed and not found.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<Slot> {
         let h = self.hash(key);
         let tag = (h >> 32) as u32 | 1;
         let base = (h as usize & self.set_mask) * WAYS;
-        for i in base..base + WAYS {
-            if self.tags[i] == tag && self.entries[i].key == *key {
+        // Ways in ascending order, as a linear scan would visit them.
+        let mut ways = self.matching_ways(base, tag);
+        while ways != 0 {
+            let i = base + ways.trailing_zeros() as usize;
+            ways &= ways - 1;
+            if self.entries[i].key == *key {
                 if self.expired(&self.entries[i], now) {
                     self.free_slot(i);
                     self.counters.expired += 1;

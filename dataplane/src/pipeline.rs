@@ -32,12 +32,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::bucket::{bucket_of, group_of};
-use crate::descriptor::{DescriptorConfig, DescriptorTable, Entry, FlowKey, Kind, State};
-use crate::hash::affinity_hash;
+use crate::bucket::{bucket_of, group_of, BucketMap};
+use crate::descriptor::{DescriptorConfig, DescriptorTable, Entry, FlowKey, Kind, Slot, State};
+use crate::hash::{affinity_hash, affinity_masks_v4, masked_hash_v4};
 use crate::map::{ClusterMap, RuleOwner};
 use crate::model::{Affinity, ClusterMode, FilterMode, HostId};
 use crate::packet::{parse_frame, Fragment, FrameInfo, FrameKind, IpInfo, Malformed, L4};
+use crate::wire::{esp, ip_proto, GrePacket};
 
 /// TCP flag bits.
 const FIN: u8 = 0x01;
@@ -103,8 +104,21 @@ impl DropReason {
         }
     }
 
+    /// Its index in [`Self::POLICY`] (a match, not a search: counted once
+    /// per dropped frame). Tested against the table.
+    #[inline(always)]
     fn policy_index(self) -> Option<usize> {
-        Self::POLICY.iter().position(|r| *r == self)
+        Some(match self {
+            DropReason::NotOwner => 0,
+            DropReason::DirtyElsewhere => 1,
+            DropReason::RuleDisabled => 2,
+            DropReason::NoOwner => 3,
+            DropReason::ForeignDestination => 4,
+            DropReason::NotIp => 5,
+            DropReason::GreWithoutPptp => 6,
+            DropReason::EspWithoutIke => 7,
+            DropReason::Malformed(_) => return None,
+        })
     }
 }
 
@@ -150,6 +164,9 @@ pub enum Verdict {
     Pass,
 }
 
+/// Number of [`Malformed`] reasons (the length of [`Counters::malformed`]).
+pub const MALFORMED_REASONS: usize = Malformed::ALL.len();
+
 /// Per-dataplane counters (one per poll loop; summed for reports).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -166,7 +183,7 @@ pub struct Counters {
     /// Policy drops, by [`DropReason::POLICY`] index.
     pub dropped: [u64; 8],
     /// Malformed frames, by [`Malformed::ALL`] index.
-    pub malformed: Vec<u64>,
+    pub malformed: [u64; MALFORMED_REASONS],
     /// SYNs kept without a descriptor because the table had no room.
     pub untracked: u64,
     /// TCP segments other than a SYN that opened a descriptor: connections
@@ -180,7 +197,7 @@ pub struct Counters {
 
 impl Counters {
     /// Adds a verdict.
-    #[inline]
+    #[inline(always)]
     pub fn count(&mut self, v: Verdict) {
         self.frames += 1;
         match v {
@@ -188,10 +205,9 @@ impl Counters {
             Verdict::Pass => self.passed += 1,
             Verdict::Control(c) => self.control[c as usize] += 1,
             Verdict::Drop(DropReason::Malformed(m)) => {
-                if self.malformed.len() < Malformed::ALL.len() {
-                    self.malformed.resize(Malformed::ALL.len(), 0);
+                if let Some(n) = self.malformed.get_mut(m as usize) {
+                    *n += 1;
                 }
-                self.malformed[m as usize] += 1;
             }
             Verdict::Drop(r) => {
                 if let Some(i) = r.policy_index() {
@@ -220,9 +236,6 @@ impl Counters {
         for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
             *a += b;
         }
-        if self.malformed.len() < other.malformed.len() {
-            self.malformed.resize(other.malformed.len(), 0);
-        }
         for (a, b) in self.malformed.iter_mut().zip(&other.malformed) {
             *a += b;
         }
@@ -235,10 +248,8 @@ pub struct Dataplane {
     map: Arc<ClusterMap>,
     table: DescriptorTable,
     counters: Counters,
-    /// The map's IPv4 VIPs as integers, for [`Dataplane::judge_common`].
-    vips_v4: Vec<u32>,
-    /// The map's rules that can cover IPv4, in lookup order.
-    rules_v4: Vec<RuleV4>,
+    /// The map compiled for the common IPv4 frame.
+    fast: FastV4,
     /// The (seed, IPv6 network prefix) every tracked entry's bucket was
     /// computed under: while it is the map's, a TCP segment of a bucket
     /// this host does not own, in a group where it tracks nothing foreign,
@@ -246,8 +257,8 @@ pub struct Dataplane {
     buckets_under: (u64, u8),
 }
 
-/// A rule as [`Dataplane::rule_v4`] matches it: [`ClusterMap::rule_for`]
-/// for an IPv4 VIP, without `IpAddr` comparisons.
+/// A rule as [`segments`] resolves it: [`ClusterMap::rule_for`] for an
+/// IPv4 VIP, without `IpAddr` comparisons.
 #[derive(Clone, Copy, Debug)]
 struct RuleV4 {
     /// `None`: every VIP.
@@ -289,57 +300,101 @@ struct CommonV4 {
     src: u32,
     dst: u32,
     proto: u8,
+    /// TCP and UDP only (0 for GRE and ESP).
     src_port: u16,
     dst_port: u16,
+    /// TCP only.
     flags: u8,
 }
 
+impl CommonV4 {
+    /// A GRE or ESP datagram: addresses only.
+    #[inline(always)]
+    fn link(h: &[u8; COMMON_LEN], proto: u8) -> Self {
+        Self {
+            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+            proto,
+            src_port: 0,
+            dst_port: 0,
+            flags: 0,
+        }
+    }
+
+    /// The flow as the general path sees it.
+    fn flow(&self) -> Flow {
+        Flow {
+            client: IpAddr::V4(self.src.into()),
+            vip: IpAddr::V4(self.dst.into()),
+            client_port: self.src_port,
+            server_port: self.dst_port,
+            proto: self.proto,
+        }
+    }
+}
+
+/// Bytes [`common_v4`] reads at fixed offsets: Ethernet, the option-less
+/// IPv4 header and the fixed TCP header (every Ethernet frame has them: the
+/// minimum is 60 bytes).
+const COMMON_LEN: usize = 14 + 20 + 20;
+
 /// Reads the common frame — untagged Ethernet II, IPv4 without options,
-/// a whole datagram, TCP or UDP — at fixed offsets, with the very checks
-/// [`parse_frame`] makes on such a frame, so that whenever this returns
-/// `Some`, `parse_frame` would have returned `Ok` with these fields. Any
-/// other frame (options, VLAN tags, fragments, other protocols, anything
-/// malformed) returns `None` and takes the full parser, which names the
-/// reason.
+/// a whole datagram, TCP, UDP, GRE or ESP, at least [`COMMON_LEN`] bytes —
+/// at fixed offsets, with the very checks [`parse_frame`] makes on such a
+/// frame, so that whenever this returns `Some`, `parse_frame` would have
+/// returned `Ok` with these fields. Any other frame (options, VLAN tags,
+/// fragments, other protocols, anything malformed) returns `None` and
+/// takes the full parser, which names the reason.
 #[inline(always)]
 fn common_v4(frame: &[u8]) -> Option<CommonV4> {
     const ETH: usize = 14;
     const IP: usize = 20;
-    // Ethernet, the option-less IPv4 header and the first 8 bytes of the
-    // transport header (all of UDP's, TCP's ports).
-    let h: &[u8; ETH + IP + 8] = frame.get(..ETH + IP + 8)?.try_into().ok()?;
-    // EtherType IPv4, version 4, IHL 5.
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 {
+    const L4: usize = ETH + IP;
+    // One length check; the fixed offsets below then need none.
+    let h: &[u8; COMMON_LEN] = frame.get(..COMMON_LEN)?.try_into().ok()?;
+    let be16 = |i: usize| usize::from(u16::from_be_bytes([h[i], h[i + 1]]));
+    // EtherType IPv4 (0x0800), version 4 and IHL 5 (0x45): one load.
+    if u32::from_le_bytes([h[12], h[13], h[14], h[15]]) & 0x00ff_ffff
+        != u32::from_le_bytes([0x08, 0x00, 0x45, 0])
+    {
         return None;
     }
-    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
     // A whole datagram: MF clear, offset 0 (the reserved and DF bits do not
-    // matter to the parser).
-    if total < IP || frame.len() - ETH < total || h[20] & 0x3f != 0 || h[21] != 0 {
+    // matter to the parser), of at least a header, inside the frame
+    // (`total - IP` wraps above any frame length when `total < IP`).
+    let payload = be16(16).wrapping_sub(IP);
+    if be16(20) & 0x3fff != 0 || payload > frame.len() - L4 {
         return None;
     }
-    let payload = total - IP;
-    let l4 = ETH + IP;
+    let total = payload + IP;
     let proto = h[23];
     let flags = match proto {
-        17 => {
-            let udp_len = usize::from(u16::from_be_bytes([h[l4 + 4], h[l4 + 5]]));
-            if payload < 8 || udp_len < 8 || udp_len > payload {
+        ip_proto::UDP => {
+            // 8 <= length <= payload (so payload >= 8 too).
+            let udp_len = be16(L4 + 4);
+            if udp_len < 8 || udp_len > payload {
                 return None;
             }
             0
         }
-        6 => {
-            // payload >= 20 and total <= frame.len() - 14 put the whole
-            // fixed TCP header inside the frame.
-            if payload < 20 {
-                return None;
-            }
-            let offset = usize::from(*frame.get(l4 + 12)? >> 4) * 4;
+        ip_proto::TCP => {
+            let offset = usize::from(h[L4 + 12] >> 4) * 4;
+            // payload >= offset >= 20: the fixed header is in the datagram.
             if offset < 20 || offset > payload {
                 return None;
             }
-            *frame.get(l4 + 13)?
+            h[L4 + 13]
+        }
+        ip_proto::GRE => {
+            // The checks `parse_l4` makes, on the datagram's payload.
+            GrePacket::new_checked(frame.get(L4..ETH + total)?).ok()?;
+            return Some(CommonV4::link(h, proto));
+        }
+        ip_proto::ESP => {
+            if payload < esp::HEADER_LEN {
+                return None;
+            }
+            return Some(CommonV4::link(h, proto));
         }
         _ => return None,
     };
@@ -347,20 +402,256 @@ fn common_v4(frame: &[u8]) -> Option<CommonV4> {
         src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
         dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
         proto,
-        src_port: u16::from_be_bytes([h[l4], h[l4 + 1]]),
-        dst_port: u16::from_be_bytes([h[l4 + 2], h[l4 + 3]]),
+        src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         flags,
     })
 }
 
-fn vips_v4(map: &ClusterMap) -> Vec<u32> {
-    map.vips
-        .iter()
-        .filter_map(|v| match v {
-            IpAddr::V4(a) => Some(u32::from(*a)),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
+/// "No rule covers this port": the default host's traffic.
+const NO_RULE: u32 = u32::MAX;
+
+/// How a common frame under a port segment is judged.
+#[derive(Clone, Debug)]
+enum Path {
+    /// A multiple-host rule: the bucket is the hash of the client address
+    /// and port masked by its affinity's masks, owned per `owners`.
+    Hashed {
+        addr_mask: u32,
+        port_mask: u16,
+        owners: Arc<BucketMap>,
+    },
+    /// A single-host rule: bucket 0, owned by this host ID (0: none).
+    Fixed(u8),
+    /// No rule covers the port: the default host's traffic.
+    NoRule,
+    /// The rule is disabled cluster-wide or on this host.
+    Disabled,
+    /// Through the general functions by rule index: UDP under extended
+    /// affinity, or a rule whose mode and owner disagree.
+    General,
+}
+
+/// A run of ports, ending at `end` (inclusive), that one rule covers (or
+/// none, [`NO_RULE`]), with everything the common frame's verdict reads of
+/// that rule.
+#[derive(Clone, Debug)]
+struct Segment {
+    end: u16,
+    rule: u32,
+    path: Path,
+}
+
+/// The rule lookup of one IPv4 VIP.
+#[derive(Clone, Debug)]
+struct VipV4 {
+    addr: u32,
+    /// Per protocol (TCP, then UDP): segments in ascending port order that
+    /// together cover 0..=65535, adjacent ones naming different rules.
+    segments: [Vec<Segment>; 2],
+    /// Per protocol, the first segment, held inline: with the usual single
+    /// all-ports rule, the lookup is one compare.
+    first: [Segment; 2],
+}
+
+impl VipV4 {
+    fn new(map: &ClusterMap, rules: &[RuleV4], addr: u32) -> Self {
+        let segments = [
+            segments(map, rules, addr, false),
+            segments(map, rules, addr, true),
+        ];
+        let none = Segment {
+            end: u16::MAX,
+            rule: NO_RULE,
+            path: Path::NoRule,
+        };
+        Self {
+            addr,
+            first: [
+                segments[0].first().cloned().unwrap_or(none.clone()),
+                segments[1].first().cloned().unwrap_or(none),
+            ],
+            segments,
+        }
+    }
+
+    /// The segment covering `port` (TCP, or UDP when `udp`).
+    #[inline(always)]
+    fn segment(&self, port: u16, udp: bool) -> &Segment {
+        let first = &self.first[usize::from(udp)];
+        if port <= first.end {
+            return first;
+        }
+        // The last segment ends at 65535: the search always succeeds.
+        self.segments[usize::from(udp)]
+            .iter()
+            .find(|s| port <= s.end)
+            .unwrap_or(first)
+    }
+
+    /// The rule index covering `port`, or [`NO_RULE`].
+    #[cfg(test)]
+    fn rule(&self, port: u16, udp: bool) -> u32 {
+        self.segment(port, udp).rule
+    }
+}
+
+/// The ports of `vip` and TCP (or UDP when `udp`) split where the rules
+/// that apply start or end; within a piece the covering rule cannot
+/// change, so the rule at its first port is the rule at every port.
+fn segments(map: &ClusterMap, rules: &[RuleV4], vip: u32, udp: bool) -> Vec<Segment> {
+    let mut cuts = vec![0u32];
+    for r in rules {
+        if r.vip.is_none_or(|v| v == vip) && if udp { r.udp } else { r.tcp } {
+            cuts.push(u32::from(r.port_start));
+            cuts.push(u32::from(r.port_end) + 1);
+        }
+    }
+    cuts.retain(|&c| c <= u32::from(u16::MAX));
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out: Vec<Segment> = Vec::with_capacity(cuts.len());
+    for (i, &start) in cuts.iter().enumerate() {
+        let end = cuts.get(i + 1).map_or(u16::MAX, |&n| (n - 1) as u16);
+        let port = start as u16;
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r.vip.is_none_or(|v| v == vip)
+                    && if udp { r.udp } else { r.tcp }
+                    && r.port_start <= port
+                    && port <= r.port_end
+            })
+            .map_or(NO_RULE, |r| r.index as u32);
+        match out.last_mut() {
+            Some(last) if last.rule == rule => last.end = end,
+            _ => out.push(Segment {
+                end,
+                rule,
+                path: path(map, rule, udp),
+            }),
+        }
+    }
+    out
+}
+
+/// How frames under rule index `rule` (or [`NO_RULE`]) are judged; `udp`:
+/// for UDP, else TCP.
+fn path(map: &ClusterMap, rule: u32, udp: bool) -> Path {
+    let Some(r) = map.rules.get(rule as usize) else {
+        return Path::NoRule;
+    };
+    if r.disabled_here || matches!(r.owner, RuleOwner::Disabled) {
+        return Path::Disabled;
+    }
+    if udp && r.rule.extended_affinity_timeout_s != 0 {
+        return Path::General;
+    }
+    match (r.rule.mode, &r.owner) {
+        (FilterMode::Multiple { affinity }, RuleOwner::Buckets(owners)) => {
+            let (addr_mask, port_mask) = affinity_masks_v4(affinity);
+            Path::Hashed {
+                addr_mask,
+                port_mask,
+                owners: owners.clone(),
+            }
+        }
+        (FilterMode::Single, RuleOwner::Single(h)) => Path::Fixed(h.map_or(0, HostId::get)),
+        _ => Path::General,
+    }
+}
+
+/// The map compiled for [`Dataplane::judge`]'s common IPv4 frame: VIPs as
+/// integers with their port rules resolved into segments that carry each
+/// rule's owners as host ID bytes, so the verdict builds no `IpAddr` and
+/// walks no rule list. A pure function of the map, rebuilt with it; its
+/// answers are the map's (`rule_for`, `owner`, and the bucket arithmetic
+/// of [`affinity_hash`]), which the tests check.
+#[derive(Clone, Debug)]
+struct FastV4 {
+    vips: Vec<VipV4>,
+    local: u8,
+    seed: u64,
+}
+
+impl FastV4 {
+    fn new(map: &ClusterMap) -> Self {
+        let rules_v4 = rules_v4(map);
+        let vips = map
+            .vips
+            .iter()
+            .filter_map(|v| match v {
+                IpAddr::V4(a) => Some(u32::from(*a)),
+                IpAddr::V6(_) => None,
+            })
+            .map(|addr| VipV4::new(map, &rules_v4, addr))
+            .collect();
+        Self {
+            vips,
+            local: map.local.get(),
+            seed: map.seed,
+        }
+    }
+
+    /// The lookup of IPv4 VIP `addr`, if it is one.
+    #[inline(always)]
+    fn vip(&self, addr: u32) -> Option<&VipV4> {
+        match self.vips.split_first() {
+            Some((first, _)) if first.addr == addr => Some(first),
+            Some((_, rest)) => rest.iter().find(|v| v.addr == addr),
+            None => None,
+        }
+    }
+}
+
+/// The bucket of an IPv4 flow under a hashed rule and that bucket's owner
+/// (host ID, 0 for none): [`Dataplane::bucket`] and [`ClusterMap::owner`].
+#[inline(always)]
+fn hashed_owner(
+    seed: u64,
+    (addr_mask, port_mask, owners): (u32, u16, &BucketMap),
+    client: u32,
+    client_port: u16,
+) -> (u32, u8) {
+    let b = bucket_of(masked_hash_v4(
+        seed,
+        client & addr_mask,
+        client_port & port_mask,
+    ));
+    (b, owners.owner_id(b))
+}
+
+/// The verdict for a new flow whose bucket owner is host ID `owner` (0:
+/// none), on host `local`: [`Dataplane::new_owner_verdict`] past its
+/// disabled checks.
+#[inline(always)]
+fn owner_verdict(owner: u8, local: u8) -> Verdict {
+    if owner == local {
+        Verdict::Keep
+    } else if HostId::new(owner).is_some() {
+        Verdict::Drop(DropReason::NotOwner)
+    } else {
+        Verdict::Drop(DropReason::NoOwner)
+    }
+}
+
+/// An IPv4 address as the descriptor table stores it (IPv4-mapped IPv6).
+#[inline(always)]
+fn mapped_v4(a: u32) -> [u8; 16] {
+    ((0xffff_u128 << 32) | u128::from(a)).to_be_bytes()
+}
+
+/// [`flow_key`] of IPv4 addresses given as integers.
+#[inline(always)]
+fn flow_key_v4(kind: Kind, client: u32, vip: u32, client_port: u16, server_port: u16) -> FlowKey {
+    FlowKey {
+        client: mapped_v4(client),
+        server: mapped_v4(vip),
+        client_port,
+        server_port,
+        kind: kind as u8,
+        v4: true,
+    }
 }
 
 /// A flow as the rules see it: client side, server (VIP) side.
@@ -404,15 +695,11 @@ impl Dataplane {
     /// `cfg` and keyed by the secret `seed`.
     pub fn new(map: Arc<ClusterMap>, cfg: DescriptorConfig, seed: u64) -> Self {
         Self {
-            vips_v4: vips_v4(&map),
-            rules_v4: rules_v4(&map),
+            fast: FastV4::new(&map),
             buckets_under: (map.seed, map.ipv6_network_prefix),
             map,
             table: DescriptorTable::new(cfg, seed),
-            counters: Counters {
-                malformed: vec![0; Malformed::ALL.len()],
-                ..Counters::default()
-            },
+            counters: Counters::default(),
         }
     }
 
@@ -440,8 +727,7 @@ impl Dataplane {
             self.buckets_under = (map.seed, map.ipv6_network_prefix);
         }
         self.table.remap(&map);
-        self.vips_v4 = vips_v4(&map);
-        self.rules_v4 = rules_v4(&map);
+        self.fast = FastV4::new(&map);
         self.map = map;
     }
 
@@ -484,9 +770,13 @@ impl Dataplane {
         // The common frame to a VIP skips the general parser; everything
         // else, and every malformed frame, takes it.
         if let Some(c) = common_v4(frame) {
-            if self.vips_v4.contains(&c.dst) {
-                let v = self.judge_common(c, now);
-                self.counters.count(v);
+            // One copy of the verdict code per protocol.
+            let v = match c.proto {
+                ip_proto::UDP => self.judge_common(c, true, now),
+                ip_proto::TCP => self.judge_common(c, false, now),
+                _ => self.judge_common_link(c, now),
+            };
+            if let Some(v) = v {
                 return v;
             }
         }
@@ -498,54 +788,140 @@ impl Dataplane {
         v
     }
 
-    /// [`Self::judge_ip`] for a common frame to a VIP (see [`common_v4`]):
-    /// the same steps, without building a [`FrameInfo`].
-    #[inline]
-    fn judge_common(&mut self, c: CommonV4, now: u64) -> Verdict {
+    /// [`Self::judge_ip`] for a common GRE or ESP frame, if it is to a VIP;
+    /// counted.
+    #[inline(always)]
+    fn judge_common_link(&mut self, c: CommonV4, now: u64) -> Option<Verdict> {
+        self.fast.vip(c.dst)?;
         self.counters.for_cluster += 1;
-        let flow = Flow {
-            client: IpAddr::V4(c.src.into()),
-            vip: IpAddr::V4(c.dst.into()),
-            client_port: c.src_port,
-            server_port: c.dst_port,
-            proto: c.proto,
+        let kind = if c.proto == ip_proto::GRE {
+            Kind::GreLink
+        } else {
+            Kind::EspLink
         };
-        let Some(r) = self.rule_v4(c.dst, c.dst_port, c.proto) else {
-            return self.default_host_verdict();
-        };
-        if c.proto == 6 {
-            return self.judge_tcp_rule(r, flow, c.flags, now);
-        }
-        // `judge_udp_rule` without extended affinity, inlined: the owner's
-        // verdict, and the IKE link note when kept here.
-        let rule = &self.map.rules[r];
-        if rule.rule.extended_affinity_timeout_s != 0
-            || rule.disabled_here
-            || matches!(rule.owner, RuleOwner::Disabled)
-        {
-            return self.judge_udp_rule(r, flow, now);
-        }
-        let b = self.bucket(r, flow.client, flow.client_port);
-        let verdict = self.new_owner_verdict(r, b);
-        if verdict == Verdict::Keep {
-            self.note_link(flow, now);
-        }
-        verdict
+        Some(self.judge_link_v4(kind, c, now))
     }
 
-    /// [`ClusterMap::rule_for`] for an IPv4 VIP and TCP (6) or UDP (17).
-    #[inline]
+    /// [`Self::judge_ip`] for a common TCP (or, when `udp`, UDP) frame (see
+    /// [`common_v4`]), if it is to a VIP: the same steps on integers,
+    /// without building a [`FrameInfo`], an `IpAddr` or a [`Flow`]. The
+    /// verdict comes back counted (where it is known, counting folds to
+    /// one increment).
+    #[inline(always)]
+    fn judge_common(&mut self, c: CommonV4, udp: bool, now: u64) -> Option<Verdict> {
+        let seg = self.fast.vip(c.dst)?.segment(c.dst_port, udp);
+        let r = seg.rule as usize;
+        self.counters.for_cluster += 1;
+        // The bucket and its owner, or a verdict without one.
+        let (b, owner) = if let Path::Hashed {
+            addr_mask,
+            port_mask,
+            owners,
+        } = &seg.path
+        {
+            hashed_owner(
+                self.fast.seed,
+                (*addr_mask, *port_mask, owners),
+                c.src,
+                c.src_port,
+            )
+        } else {
+            match seg.path {
+                Path::Fixed(h) => (0, h),
+                Path::Disabled => {
+                    return Some(self.counted(Verdict::Drop(DropReason::RuleDisabled)));
+                }
+                Path::General if udp => {
+                    let v = self.judge_udp_rule(r, c.flow(), now);
+                    return Some(self.counted(v));
+                }
+                Path::General => {
+                    let v = self.judge_tcp_rule(r, c.flow(), c.flags, now);
+                    return Some(self.counted(v));
+                }
+                Path::NoRule | Path::Hashed { .. } => {
+                    let v = self.default_host_verdict();
+                    return Some(self.counted(v));
+                }
+            }
+        };
+        Some(if udp {
+            self.judge_udp_v4(owner, c, now)
+        } else {
+            self.judge_tcp_v4(r, b, owner, c, now)
+        })
+    }
+
+    /// Counts `v` and returns it.
+    #[inline(always)]
+    fn counted(&mut self, v: Verdict) -> Verdict {
+        self.counters.count(v);
+        v
+    }
+
+    /// [`owner_verdict`] for an owner other than the local host, counted.
+    #[inline(always)]
+    fn counted_elsewhere(&mut self, owner: u8) -> Verdict {
+        if HostId::new(owner).is_some() {
+            self.counted(Verdict::Drop(DropReason::NotOwner))
+        } else {
+            self.counted(Verdict::Drop(DropReason::NoOwner))
+        }
+    }
+
+    /// [`Self::judge_udp_rule`] for a common frame under an enabled rule
+    /// without extended affinity, whose bucket's owner is `owner`; counted.
+    #[inline(always)]
+    fn judge_udp_v4(&mut self, owner: u8, c: CommonV4, now: u64) -> Verdict {
+        if owner != self.fast.local {
+            return self.counted_elsewhere(owner);
+        }
+        // `note_link` notes IKE only.
+        if IKE_PORTS.contains(&c.dst_port) {
+            self.note_link(c.flow(), now);
+        }
+        self.counted(Verdict::Keep)
+    }
+
+    /// [`Self::judge_tcp_rule`] for a common frame under enabled rule `r`,
+    /// in bucket `b` whose owner is `owner`; counted.
+    #[inline(always)]
+    fn judge_tcp_v4(&mut self, r: usize, b: u32, owner: u8, c: CommonV4, now: u64) -> Verdict {
+        if owner != self.fast.local && self.skips_probe() && !self.table.tracks_foreign(r, b) {
+            return self.counted_elsewhere(owner);
+        }
+        let key = flow_key_v4(Kind::Tcp, c.src, c.dst, c.src_port, c.dst_port);
+        let verdict = self.judge_tcp_keyed(r, b, owner, key, c.flags, now);
+        // `note_link` notes PPTP only.
+        if verdict == Verdict::Keep && c.dst_port == PPTP_PORT {
+            self.note_link(c.flow(), now);
+        }
+        self.counted(verdict)
+    }
+
+    /// [`Self::judge_link`] for a common frame; counted.
+    #[inline(always)]
+    fn judge_link_v4(&mut self, kind: Kind, c: CommonV4, now: u64) -> Verdict {
+        let key = flow_key_v4(kind, c.src, c.dst, 0, 0);
+        let v = self.link_verdict(kind, &key, now);
+        self.counted(v)
+    }
+
+    /// Whether a TCP segment of a bucket this host does not own, in a
+    /// group where it tracks nothing foreign, may skip the table probe:
+    /// while every entry's bucket was computed under this map's seed and
+    /// prefix (see `buckets_under`).
+    #[inline(always)]
+    fn skips_probe(&self) -> bool {
+        self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix)
+    }
+
+    /// [`ClusterMap::rule_for`] for an IPv4 VIP of the map and TCP (6) or
+    /// UDP (17), through the segments the common frame uses.
+    #[cfg(test)]
     fn rule_v4(&self, vip: u32, port: u16, proto: u8) -> Option<usize> {
-        let udp = proto == 17;
-        self.rules_v4
-            .iter()
-            .find(|r| {
-                r.vip.is_none_or(|v| v == vip)
-                    && if udp { r.udp } else { r.tcp }
-                    && r.port_start <= port
-                    && port <= r.port_end
-            })
-            .map(|r| r.index)
+        let r = self.fast.vip(vip)?.rule(port, proto == 17);
+        (r != NO_RULE).then_some(r as usize)
     }
 
     /// [`Self::judge`] through the general parser only, without the
@@ -741,18 +1117,14 @@ impl Dataplane {
             return Verdict::Drop(DropReason::RuleDisabled);
         }
         let b = self.bucket(r, flow.client, flow.client_port);
+        let owner = self.map.owner(r, b).map_or(0, HostId::get);
+        let local = self.map.local.get();
         // Another host's bucket, in a group where this host tracks nothing
         // foreign: no entry of this rule and bucket exists, so the probe
         // would miss and the owner's verdict (`new_owner_verdict` past the
         // disabled checks above) would stand.
-        if self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix) {
-            let owner = self.map.owner(r, b);
-            if owner != Some(self.map.local) && !self.table.tracks_foreign(r, b) {
-                return Verdict::Drop(match owner {
-                    Some(_) => DropReason::NotOwner,
-                    None => DropReason::NoOwner,
-                });
-            }
+        if owner != local && self.skips_probe() && !self.table.tracks_foreign(r, b) {
+            return owner_verdict(owner, local);
         }
         let key = flow_key(
             Kind::Tcp,
@@ -761,28 +1133,33 @@ impl Dataplane {
             flow.client_port,
             flow.server_port,
         );
+        let verdict = self.judge_tcp_keyed(r, b, owner, key, flags, now);
+        if verdict == Verdict::Keep {
+            self.note_link(flow, now);
+        }
+        verdict
+    }
+
+    /// The descriptor steps of a TCP segment under enabled rule `r`, in
+    /// bucket `b` whose owner is host ID `owner` (0: none), with table key
+    /// `key`. Every `Keep` is to be followed by [`Self::note_link`] (the
+    /// callers do it: it needs the flow, which the common path builds only
+    /// for PPTP).
+    #[inline(always)]
+    fn judge_tcp_keyed(
+        &mut self,
+        r: usize,
+        b: u32,
+        owner: u8,
+        key: FlowKey,
+        flags: u8,
+        now: u64,
+    ) -> Verdict {
         let is_syn = flags & (SYN | ACK) == SYN;
         if let Some(slot) = self.table.lookup(&key, now) {
-            if is_syn && self.table.entry(slot).foreign {
-                let owner_verdict = self.new_owner_verdict(r, self.table.entry(slot).bucket);
-                if owner_verdict != Verdict::Keep {
-                    // A new connection reusing the 5-tuple: it follows the map.
-                    self.table.remove(slot);
-                    return owner_verdict;
-                }
-            }
-            let e = self.table.entry_mut(slot);
-            e.last_seen = now;
-            let state = e.state();
-            if flags & RST != 0 || flags & FIN != 0 {
-                self.table.set_state(slot, State::Closing);
-            } else if state == State::HalfOpen && flags & ACK != 0 {
-                self.table.set_state(slot, State::Established);
-            }
-            self.note_link(flow, now);
-            return Verdict::Keep;
+            return self.judge_tracked(r, slot, is_syn, flags, now);
         }
-        let owner_verdict = self.new_owner_verdict(r, b);
+        let owner_verdict = owner_verdict(owner, self.map.local.get());
         if owner_verdict != Verdict::Keep {
             return owner_verdict;
         }
@@ -810,7 +1187,35 @@ impl Dataplane {
         if self.table.insert(entry, now).is_none() {
             self.counters.untracked += 1;
         }
-        self.note_link(flow, now);
+        Verdict::Keep
+    }
+
+    /// A TCP segment of a connection tracked at `slot`.
+    #[inline(always)]
+    fn judge_tracked(
+        &mut self,
+        r: usize,
+        slot: Slot,
+        is_syn: bool,
+        flags: u8,
+        now: u64,
+    ) -> Verdict {
+        if is_syn && self.table.entry(slot).foreign {
+            let owner_verdict = self.new_owner_verdict(r, self.table.entry(slot).bucket);
+            if owner_verdict != Verdict::Keep {
+                // A new connection reusing the 5-tuple: it follows the map.
+                self.table.remove(slot);
+                return owner_verdict;
+            }
+        }
+        let e = self.table.entry_mut(slot);
+        e.last_seen = now;
+        let state = e.state();
+        if flags & RST != 0 || flags & FIN != 0 {
+            self.table.set_state(slot, State::Closing);
+        } else if state == State::HalfOpen && flags & ACK != 0 {
+            self.table.set_state(slot, State::Established);
+        }
         Verdict::Keep
     }
 
@@ -927,7 +1332,13 @@ impl Dataplane {
 
     fn judge_link(&mut self, kind: Kind, ip: &IpInfo, now: u64) -> Verdict {
         let key = flow_key(kind, ip.src, ip.dst, 0, 0);
-        if let Some(slot) = self.table.lookup(&key, now) {
+        self.link_verdict(kind, &key, now)
+    }
+
+    /// GRE or ESP: kept where the link entry `key` lives.
+    #[inline(always)]
+    fn link_verdict(&mut self, kind: Kind, key: &FlowKey, now: u64) -> Verdict {
+        if let Some(slot) = self.table.lookup(key, now) {
             self.table.entry_mut(slot).last_seen = now;
             return Verdict::Keep;
         }
@@ -1036,21 +1447,50 @@ mod tests {
 
     /// A well-formed frame: Ethernet, IPv4 (no options), TCP or UDP.
     fn frame(tcp: bool, src: [u8; 4], sport: u16, dport: u16, flags: u8, pad: usize) -> Vec<u8> {
-        let l4_len = if tcp { 20 } else { 8 } + pad;
-        let total = 20 + l4_len;
+        frame_of(if tcp { 6 } else { 17 }, src, sport, dport, flags, pad)
+    }
+
+    /// A well-formed frame: Ethernet, IPv4 (no options), then TCP (6), UDP
+    /// (17), PPTP's GRE (47: ports and flags unused) or ESP (50: the SPI
+    /// made of the ports).
+    fn frame_of(proto: u8, src: [u8; 4], sport: u16, dport: u16, flags: u8, pad: usize) -> Vec<u8> {
+        let header = match proto {
+            6 => 20,
+            47 => 12,
+            _ => 8,
+        };
+        let total = 20 + header + pad;
         let mut f = vec![0x03, 0xbf, 10, 0, 0, 100, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
         f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64]);
-        f.push(if tcp { 6 } else { 17 });
+        f.push(proto);
         f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(&src);
         f.extend_from_slice(&VIP);
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        if tcp {
-            f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        } else {
-            f.extend_from_slice(&((8 + pad) as u16).to_be_bytes());
-            f.extend_from_slice(&[0, 0]);
+        match proto {
+            6 => {
+                f.extend_from_slice(&sport.to_be_bytes());
+                f.extend_from_slice(&dport.to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            }
+            17 => {
+                f.extend_from_slice(&sport.to_be_bytes());
+                f.extend_from_slice(&dport.to_be_bytes());
+                f.extend_from_slice(&((8 + pad) as u16).to_be_bytes());
+                f.extend_from_slice(&[0, 0]);
+            }
+            47 => {
+                // Version 1, key and sequence present, PPP; payload length,
+                // call ID, sequence number.
+                f.extend_from_slice(&[0x30, 0x01, 0x88, 0x0b]);
+                f.extend_from_slice(&(pad as u16).to_be_bytes());
+                f.extend_from_slice(&sport.to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 1]);
+            }
+            _ => {
+                f.extend_from_slice(&sport.to_be_bytes());
+                f.extend_from_slice(&dport.to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 1]);
+            }
         }
         f.resize(14 + total, 0xab);
         f
@@ -1060,17 +1500,25 @@ mod tests {
     /// length change: mostly frames near the edges of the checks.
     fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
         (
-            any::<bool>(),
-            any::<[u8; 4]>(),
+            prop_oneof![4 => Just(6u8), 4 => Just(17), 1 => Just(47), 1 => Just(50)],
+            // A few clients recur, so PPTP and IKE entries meet their GRE
+            // and ESP, and connections their later segments.
+            prop_oneof![
+                Just([192, 0, 2, 1]),
+                Just([192, 0, 2, 2]),
+                Just([198, 51, 100, 7]),
+                any::<[u8; 4]>()
+            ],
             any::<u16>(),
             prop_oneof![Just(80u16), Just(1723), Just(500), any::<u16>()],
             any::<u8>(),
-            0usize..40,
+            // Mostly frames of Ethernet's 60 bytes or more.
+            6usize..60,
             prop::collection::vec((0usize..60, any::<u8>()), 0..4),
             -30i32..30,
         )
-            .prop_map(|(tcp, src, sport, dport, flags, pad, edits, resize)| {
-                let mut f = frame(tcp, src, sport, dport, flags, pad);
+            .prop_map(|(proto, src, sport, dport, flags, pad, edits, resize)| {
+                let mut f = frame_of(proto, src, sport, dport, flags, pad);
                 for (at, b) in edits {
                     if at < f.len() {
                         f[at] = b;
@@ -1134,6 +1582,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
         /// Whenever the shortcut reads a frame, the general parser accepts
         /// it and reads the same fields.
         #[test]
@@ -1155,6 +1604,8 @@ mod tests {
                     L4::Udp { src_port, dst_port } => {
                         prop_assert_eq!((c.proto, c.src_port, c.dst_port), (17, src_port, dst_port));
                     }
+                    L4::Gre { .. } => prop_assert_eq!((c.proto, ip.proto), (47, 47)),
+                    L4::Esp { .. } => prop_assert_eq!((c.proto, ip.proto), (50, 50)),
                     other => return Err(TestCaseError::fail(format!("l4 {other:?}"))),
                 }
             }
@@ -1301,10 +1752,125 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The common frame's keys, buckets and owners are the general
+        /// path's, for every rule of the test map.
+        #[test]
+        fn integer_forms_equal_the_general_forms(
+            client: u32,
+            vip: u32,
+            client_port: u16,
+            server_port: u16,
+            kind in 1u8..=4,
+        ) {
+            let kind = [Kind::Tcp, Kind::Affinity, Kind::GreLink, Kind::EspLink][usize::from(kind - 1)];
+            let (c, v) = (IpAddr::V4(client.into()), IpAddr::V4(vip.into()));
+            prop_assert_eq!(
+                flow_key_v4(kind, client, vip, client_port, server_port),
+                flow_key(kind, c, v, client_port, server_port)
+            );
+            let dp = dataplane();
+            for r in 0..dp.map.rules.len() {
+                let b = dp.bucket(r, c, client_port);
+                let owner = dp.map.owner(r, b).map_or(0, HostId::get);
+                for udp in [false, true] {
+                    match path(&dp.map, r as u32, udp) {
+                        Path::Hashed { addr_mask, port_mask, owners } => prop_assert_eq!(
+                            hashed_owner(dp.fast.seed, (addr_mask, port_mask, &owners), client, client_port),
+                            (b, owner)
+                        ),
+                        Path::Fixed(h) => prop_assert_eq!((0, h), (b, owner)),
+                        Path::General => prop_assert!(udp && dp.map.rules[r].rule.extended_affinity_timeout_s != 0),
+                        other => return Err(TestCaseError::fail(format!("rule {r}: {other:?}"))),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn policy_indexes_follow_the_table() {
+        for (i, r) in DropReason::POLICY.iter().enumerate() {
+            assert_eq!(r.policy_index(), Some(i), "{r:?}");
+        }
+        let m = DropReason::Malformed(Malformed::BadGre);
+        assert_eq!(m.policy_index(), None);
+        let mut c = Counters::default();
+        c.count(Verdict::Drop(m));
+        assert_eq!(c.malformed[Malformed::BadGre as usize], 1);
+        assert_eq!(c.malformed_total(), 1);
+    }
+
+    #[test]
+    fn segments_split_rules_by_port_and_precedence() {
+        let vip = Some(IpAddr::V4(Ipv4Addr::from(VIP)));
+        let rule = |vip, ports, proto| PortRule::new(vip, ports, proto, FilterMode::Single);
+        let dp = Dataplane::new(
+            Arc::new(build_map(vec![
+                rule(None, (0, 65535), Protocol::Both),
+                rule(vip, (80, 80), Protocol::Tcp),
+                rule(vip, (100, 199), Protocol::Udp),
+            ])),
+            DescriptorConfig::default(),
+            1,
+        );
+        let v = dp.fast.vip(u32::from_be_bytes(VIP)).expect("the VIP");
+        let ends = |v: &VipV4, udp: bool| -> Vec<(u16, u32)> {
+            v.segments[usize::from(udp)]
+                .iter()
+                .map(|s| (s.end, s.rule))
+                .collect()
+        };
+        assert_eq!(ends(v, false), [(79, 0), (80, 1), (65535, 0)]);
+        assert_eq!(ends(v, true), [(99, 0), (199, 2), (65535, 0)]);
+        let single = dp.map.owner(0, 0).map(HostId::get);
+        assert!(matches!(v.first[0].path, Path::Fixed(h) if Some(h) == single));
+        assert!(dp.fast.vip(u32::from_be_bytes([10, 0, 0, 101])).is_none());
+        // No rule for UDP at all: one segment naming none.
+        let dp = Dataplane::new(
+            Arc::new(build_map(vec![rule(vip, (1, 65535), Protocol::Tcp)])),
+            DescriptorConfig::default(),
+            1,
+        );
+        let v = dp.fast.vip(u32::from_be_bytes(VIP)).expect("the VIP");
+        assert_eq!(ends(v, false), [(0, NO_RULE), (65535, 0)]);
+        assert_eq!(ends(v, true), [(65535, NO_RULE)]);
+        assert!(matches!(v.first[1].path, Path::NoRule));
+    }
+
+    /// GRE follows a PPTP connection kept here, on both paths, and ESP
+    /// without an IKE session is dropped by name.
+    #[test]
+    fn gre_follows_pptp_on_the_shortcut() {
+        let (mut fast, mut general) = (dataplane(), dataplane());
+        let client = (1..=255u8)
+            .map(|d| [198, 51, 100, d])
+            .find(|&src| {
+                let syn = frame(true, src, 40_000, PPTP_PORT, SYN, 0);
+                let v = fast.judge(&syn, 1);
+                assert_eq!(v, general.judge_general(&syn, 1));
+                v == Verdict::Keep
+            })
+            .expect("some client's PPTP connection is this host's");
+        let gre = frame_of(47, client, 0, 0, 0, 16);
+        assert_eq!(fast.judge(&gre, 2), Verdict::Keep);
+        assert_eq!(general.judge_general(&gre, 2), Verdict::Keep);
+        let stranger = frame_of(47, [203, 0, 113, 9], 0, 0, 0, 16);
+        let want = Verdict::Drop(DropReason::GreWithoutPptp);
+        assert_eq!(fast.judge(&stranger, 3), want);
+        assert_eq!(general.judge_general(&stranger, 3), want);
+        let esp = frame_of(50, client, 1, 2, 0, 16);
+        let want = Verdict::Drop(DropReason::EspWithoutIke);
+        assert_eq!(fast.judge(&esp, 4), want);
+        assert_eq!(general.judge_general(&esp, 4), want);
+        assert_eq!(fast.counters(), general.counters());
+    }
+
     #[test]
     fn unmodified_frames_take_the_shortcut() {
         for tcp in [false, true] {
-            let f = frame(tcp, [192, 0, 2, 1], 1234, 80, SYN, 0);
+            // Padded to Ethernet's minimum of 60 bytes.
+            let f = frame(tcp, [192, 0, 2, 1], 1234, 80, SYN, 18);
             let c = common_v4(&f).expect("common frame");
             assert_eq!((c.src_port, c.dst_port), (1234, 80));
             assert_eq!(c.dst, u32::from_be_bytes(VIP));
@@ -1319,5 +1885,16 @@ mod tests {
         let mut opts = frame(false, [192, 0, 2, 1], 1, 2, 0, 0);
         opts[14] = 0x46;
         assert!(common_v4(&opts).is_none());
+        // Shorter than any Ethernet frame: the general parser's.
+        assert!(common_v4(&frame(false, [192, 0, 2, 1], 1, 2, 0, 11)).is_none());
+        // GRE and ESP take it too, with their addresses.
+        for proto in [47, 50] {
+            let f = frame_of(proto, [192, 0, 2, 1], 1, 2, 0, 14);
+            let c = common_v4(&f).expect("common frame");
+            assert_eq!(
+                (c.proto, c.src),
+                (proto, u32::from_be_bytes([192, 0, 2, 1]))
+            );
+        }
     }
 }
