@@ -449,6 +449,19 @@ impl Machine {
         (&self.effective, self.map_epoch)
     }
 
+    /// Each live peer's advertised bound (the digest of the view it
+    /// promises to stay within; 0: it takes nothing new), and the bound this
+    /// host advertises, for the logs.
+    pub fn bounds(&self) -> (u64, Vec<(HostId, u64)>) {
+        (
+            self.advertised_bound,
+            self.membership
+                .live_peers()
+                .map(|p| (p.latest.host, p.latest.bound))
+                .collect(),
+        )
+    }
+
     /// The adopted view and its cluster epoch, if any.
     pub fn adopted_view(&self) -> Option<(&View, u64)> {
         self.adopted.as_ref().map(|a| (&a.view, a.epoch))
@@ -579,7 +592,6 @@ impl Machine {
             self.fingerprint = fingerprint;
             self.adopted = None;
             self.target = None;
-            self.bound = 0;
             self.settings.disabled &= rules_mask(rules);
             for d in self.settings.draining.iter_mut().skip(rules) {
                 *d = None;
@@ -589,6 +601,9 @@ impl Machine {
             self.dirty_elsewhere = vec![GroupBits::default(); rules];
             self.spec = spec;
             self.set_effective(empty_view(rules));
+            // After the map change: "0" waits for the dirty groups of every
+            // tracked connection under the map that takes nothing.
+            self.set_bound(0);
         } else {
             self.spec = spec;
         }
@@ -888,14 +903,21 @@ impl Machine {
             if !participates {
                 self.target = None;
             }
+            // The map that takes nothing first, then the bound: `set_bound`
+            // ties the bound to the map epoch in force, and "0" may only be
+            // advertised once the dataplane has reported, under that map,
+            // the dirty groups of everything it tracks. (Set the other way
+            // round, 0 went out at once with the old map's dirty groups; a
+            // joining host that heard 0 from everyone adopted and took over
+            // the connections in the buckets it was given mid-stream.)
+            let idle = conservative(me, &self.effective, &empty_view(rules), rules);
+            let v = self.reduce(&idle);
+            self.set_effective(v);
             if self.bound != 0 || self.target.is_some() {
                 self.target = None;
                 self.set_bound(0);
                 self.trigger(now);
             }
-            let idle = conservative(me, &self.effective, &empty_view(rules), rules);
-            let v = self.reduce(&idle);
-            self.set_effective(v);
         } else {
             self.agree_and_adopt(now);
         }
@@ -1154,10 +1176,10 @@ impl Machine {
     pub(crate) fn restart_participation(&mut self) {
         self.settings.admin = Admin::Started;
         self.settings.host_drain = None;
-        self.bound = 0;
         self.target = None;
         let rules = self.rules();
         self.set_effective(empty_view(rules));
+        self.set_bound(0);
     }
 
     /// Seconds the last convergence took, if one finished.

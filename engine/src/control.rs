@@ -511,6 +511,19 @@ impl Clustered {
                     }
                 }
                 Event::DirtyElsewhereChanged => self.refresh_dirty_elsewhere(),
+                Event::ViewAdopted { ref view, epoch } => {
+                    let (mine, peers) = self.machine.bounds();
+                    tracing::info!(
+                        epoch,
+                        members = ?view.members,
+                        bound = format_args!("{mine:016x}"),
+                        peer_bounds = ?peers
+                            .iter()
+                            .map(|(h, b)| format!("{}:{b:016x}", h.get()))
+                            .collect::<Vec<_>>(),
+                        "view adopted"
+                    );
+                }
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
                 Event::DuplicateId(h) => tracing::warn!(
                     host = h.get(),
@@ -629,7 +642,21 @@ impl Clustered {
         }
         let dirty = self.dirty_union();
         self.machine.handle_dirty(epoch, &dirty, self.now());
-        tracing::info!(epoch, members = ?members, took_us, "map installed");
+        let current = self.cell.current();
+        let elsewhere: Vec<usize> = current
+            .rules
+            .iter()
+            .map(|r| r.dirty_elsewhere.count())
+            .collect();
+        let here: Vec<usize> = dirty.iter().map(|g| g.count()).collect();
+        tracing::info!(
+            epoch,
+            members = ?members,
+            took_us,
+            dirty_here = ?here,
+            dirty_elsewhere = ?elsewhere,
+            "map installed"
+        );
         // The default host tells the segment where the VIPs are (after a
         // failover the new default host's gratuitous ARP refreshes caches).
         self.responder.announce(&self.cell.current());
