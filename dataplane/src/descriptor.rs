@@ -178,7 +178,7 @@ pub struct DescriptorTable {
     live: usize,
     sweep_cursor: usize,
     /// Foreign entries per rule and group.
-    foreign: Box<[[u32; GROUPS]]>,
+    foreign: Box<[[u32; GROUPS]; MAX_RULES]>,
     /// Live entries per rule (entries with no rule are not counted).
     by_rule: [u32; MAX_RULES],
     /// Open TCP connections (half-open or established) per rule.
@@ -216,7 +216,11 @@ impl DescriptorTable {
             entries: vec![Entry::default(); slots].into_boxed_slice(),
             live: 0,
             sweep_cursor: 0,
-            foreign: vec![[0u32; GROUPS]; MAX_RULES].into_boxed_slice(),
+            // A fixed-size array: masked indexes need no bounds check.
+            foreign: vec![[0u32; GROUPS]; MAX_RULES]
+                .into_boxed_slice()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("a vector of MAX_RULES rows")),
             by_rule: [0; MAX_RULES],
             open: [0; MAX_RULES],
             counters: TableCounters::default(),
@@ -322,39 +326,29 @@ impl DescriptorTable {
         self.live -= 1;
     }
 
-    /// The ways of the set at `base` whose tag is `tag`, as a bit mask
-    /// (bit `k`: slot `base + k`), in one pass the compiler vectorises.
+    /// The way of the set at `base` holding `key` (whose tag is `tag`):
+    /// the set's tags and entries as fixed arrays, so the scan unrolls
+    /// into eight compares with no bounds checks.
     #[inline(always)]
-    fn matching_ways(&self, base: usize, tag: u32) -> u32 {
-        let Some(set) = self.tags.get(base..base + WAYS) else {
-            return 0;
-        };
-        set.iter()
-            .enumerate()
-            .fold(0, |m, (k, &t)| m | (u32::from(t == tag) << k))
+    fn find_way(&self, base: usize, tag: u32, key: &FlowKey) -> Option<usize> {
+        let tags: &[u32; WAYS] = self.tags.get(base..base + WAYS)?.try_into().ok()?;
+        let entries: &[Entry; WAYS] = self.entries.get(base..base + WAYS)?.try_into().ok()?;
+        (0..WAYS).find(|&k| tags[k] == tag && entries[k].key == *key)
     }
 
     /// Finds `key`; an expired entry is removed and not found.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<Slot> {
         let h = self.hash(key);
         let tag = (h >> 32) as u32 | 1;
         let base = (h as usize & self.set_mask) * WAYS;
-        // Ways in ascending order, as a linear scan would visit them.
-        let mut ways = self.matching_ways(base, tag);
-        while ways != 0 {
-            let i = base + ways.trailing_zeros() as usize;
-            ways &= ways - 1;
-            if self.entries[i].key == *key {
-                if self.expired(&self.entries[i], now) {
-                    self.free_slot(i);
-                    self.counters.expired += 1;
-                    return None;
-                }
-                return Some(Slot(i));
-            }
+        let i = base + self.find_way(base, tag, key)?;
+        if self.expired(&self.entries[i], now) {
+            self.free_slot(i);
+            self.counters.expired += 1;
+            return None;
         }
-        None
+        Some(Slot(i))
     }
 
     /// The entry at `slot`.

@@ -255,6 +255,8 @@ pub struct Dataplane {
     /// this host does not own, in a group where it tracks nothing foreign,
     /// skips the table probe (see [`DescriptorTable::tracks_foreign`]).
     buckets_under: (u64, u8),
+    /// Whether `buckets_under` is the map's (see [`Self::rebind_probe`]).
+    skip_probe: bool,
 }
 
 /// A rule as [`segments`] resolves it: [`ClusterMap::rule_for`] for an
@@ -308,19 +310,6 @@ struct CommonV4 {
 }
 
 impl CommonV4 {
-    /// A GRE or ESP datagram: addresses only.
-    #[inline(always)]
-    fn link(h: &[u8; COMMON_LEN], proto: u8) -> Self {
-        Self {
-            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
-            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
-            proto,
-            src_port: 0,
-            dst_port: 0,
-            flags: 0,
-        }
-    }
-
     /// The flow as the general path sees it.
     fn flow(&self) -> Flow {
         Flow {
@@ -333,10 +322,96 @@ impl CommonV4 {
     }
 }
 
-/// Bytes [`common_v4`] reads at fixed offsets: Ethernet, the option-less
-/// IPv4 header and the fixed TCP header (every Ethernet frame has them: the
-/// minimum is 60 bytes).
+/// Bytes the common frame is read from at fixed offsets: Ethernet, the
+/// option-less IPv4 header and the fixed TCP header (every Ethernet frame
+/// has them: the minimum is 60 bytes).
 const COMMON_LEN: usize = 14 + 20 + 20;
+const ETH: usize = 14;
+const IP: usize = 20;
+/// Where the transport header starts in a common frame.
+const L4: usize = ETH + IP;
+
+/// The first [`COMMON_LEN`] bytes of a common frame and the length of its
+/// IPv4 payload.
+type CommonHeader<'a> = (&'a [u8; COMMON_LEN], usize);
+
+/// The Ethernet and IPv4 part of [`common_v4`]: untagged Ethernet II, IPv4
+/// without options, a whole datagram inside the frame, at least
+/// [`COMMON_LEN`] bytes, checked as [`parse_frame`] checks them.
+#[inline(always)]
+fn common_ipv4(frame: &[u8]) -> Option<CommonHeader<'_>> {
+    // One length check; the fixed offsets below then need none.
+    let h: &[u8; COMMON_LEN] = frame.get(..COMMON_LEN)?.try_into().ok()?;
+    // EtherType IPv4 (0x0800), version 4 and IHL 5 (0x45).
+    if u16::from_ne_bytes([h[12], h[13]]) != u16::from_ne_bytes([0x08, 0x00]) || h[14] != 0x45 {
+        return None;
+    }
+    // A whole datagram: MF clear, offset 0 (the reserved and DF bits do not
+    // matter to the parser), of at least a header, inside the frame
+    // (`total - IP` wraps above any frame length when `total < IP`).
+    let payload = usize::from(u16::from_be_bytes([h[16], h[17]])).wrapping_sub(IP);
+    if u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 || payload > frame.len() - L4 {
+        return None;
+    }
+    Some((h, payload))
+}
+
+impl CommonV4 {
+    /// A UDP datagram whose length field is right (8 <= length <= payload,
+    /// as `parse_l4` checks it).
+    #[inline(always)]
+    fn udp((h, payload): CommonHeader<'_>) -> Option<Self> {
+        let udp_len = usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]));
+        if udp_len < 8 || udp_len > payload {
+            return None;
+        }
+        Some(Self::ports(h, ip_proto::UDP, 0))
+    }
+
+    /// A TCP segment whose data offset is right (20 <= offset <= payload,
+    /// as `parse_l4` checks it; so the fixed header is in the datagram).
+    #[inline(always)]
+    fn tcp((h, payload): CommonHeader<'_>) -> Option<Self> {
+        let offset = usize::from(h[L4 + 12] >> 4) * 4;
+        if offset < 20 || offset > payload {
+            return None;
+        }
+        Some(Self::ports(h, ip_proto::TCP, h[L4 + 13]))
+    }
+
+    /// A GRE header as `parse_l4` checks it, or ESP of at least a header.
+    #[inline(always)]
+    fn gre_or_esp(frame: &[u8], (h, payload): CommonHeader<'_>) -> Option<Self> {
+        let proto = h[23];
+        match proto {
+            ip_proto::GRE => {
+                GrePacket::new_checked(frame.get(L4..L4 + payload)?).ok()?;
+            }
+            ip_proto::ESP if payload >= esp::HEADER_LEN => {}
+            _ => return None,
+        }
+        Some(Self {
+            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+            proto,
+            src_port: 0,
+            dst_port: 0,
+            flags: 0,
+        })
+    }
+
+    #[inline(always)]
+    fn ports(h: &[u8; COMMON_LEN], proto: u8, flags: u8) -> Self {
+        Self {
+            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+            proto,
+            src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+            dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+            flags,
+        }
+    }
+}
 
 /// Reads the common frame — untagged Ethernet II, IPv4 without options,
 /// a whole datagram, TCP, UDP, GRE or ESP, at least [`COMMON_LEN`] bytes —
@@ -344,83 +419,36 @@ const COMMON_LEN: usize = 14 + 20 + 20;
 /// frame, so that whenever this returns `Some`, `parse_frame` would have
 /// returned `Ok` with these fields. Any other frame (options, VLAN tags,
 /// fragments, other protocols, anything malformed) returns `None` and
-/// takes the full parser, which names the reason.
-#[inline(always)]
+/// takes the full parser, which names the reason. ([`Dataplane::judge`]
+/// takes the same steps with one dispatch on the protocol.)
+#[cfg(test)]
 fn common_v4(frame: &[u8]) -> Option<CommonV4> {
-    const ETH: usize = 14;
-    const IP: usize = 20;
-    const L4: usize = ETH + IP;
-    // One length check; the fixed offsets below then need none.
-    let h: &[u8; COMMON_LEN] = frame.get(..COMMON_LEN)?.try_into().ok()?;
-    let be16 = |i: usize| usize::from(u16::from_be_bytes([h[i], h[i + 1]]));
-    // EtherType IPv4 (0x0800), version 4 and IHL 5 (0x45): one load.
-    if u32::from_le_bytes([h[12], h[13], h[14], h[15]]) & 0x00ff_ffff
-        != u32::from_le_bytes([0x08, 0x00, 0x45, 0])
-    {
-        return None;
+    let header = common_ipv4(frame)?;
+    match header.0[23] {
+        ip_proto::UDP => CommonV4::udp(header),
+        ip_proto::TCP => CommonV4::tcp(header),
+        _ => CommonV4::gre_or_esp(frame, header),
     }
-    // A whole datagram: MF clear, offset 0 (the reserved and DF bits do not
-    // matter to the parser), of at least a header, inside the frame
-    // (`total - IP` wraps above any frame length when `total < IP`).
-    let payload = be16(16).wrapping_sub(IP);
-    if be16(20) & 0x3fff != 0 || payload > frame.len() - L4 {
-        return None;
-    }
-    let total = payload + IP;
-    let proto = h[23];
-    let flags = match proto {
-        ip_proto::UDP => {
-            // 8 <= length <= payload (so payload >= 8 too).
-            let udp_len = be16(L4 + 4);
-            if udp_len < 8 || udp_len > payload {
-                return None;
-            }
-            0
-        }
-        ip_proto::TCP => {
-            let offset = usize::from(h[L4 + 12] >> 4) * 4;
-            // payload >= offset >= 20: the fixed header is in the datagram.
-            if offset < 20 || offset > payload {
-                return None;
-            }
-            h[L4 + 13]
-        }
-        ip_proto::GRE => {
-            // The checks `parse_l4` makes, on the datagram's payload.
-            GrePacket::new_checked(frame.get(L4..ETH + total)?).ok()?;
-            return Some(CommonV4::link(h, proto));
-        }
-        ip_proto::ESP => {
-            if payload < esp::HEADER_LEN {
-                return None;
-            }
-            return Some(CommonV4::link(h, proto));
-        }
-        _ => return None,
-    };
-    Some(CommonV4 {
-        src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
-        dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
-        proto,
-        src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
-        dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
-        flags,
-    })
 }
 
 /// "No rule covers this port": the default host's traffic.
 const NO_RULE: u32 = u32::MAX;
 
+/// A multiple-host rule as the common frame reads it: the bucket is the
+/// hash of the client address and port masked by its affinity's masks,
+/// owned per `owners`.
+#[derive(Clone, Debug)]
+struct Hashed {
+    addr_mask: u32,
+    port_mask: u16,
+    owners: Arc<BucketMap>,
+}
+
 /// How a common frame under a port segment is judged.
 #[derive(Clone, Debug)]
 enum Path {
-    /// A multiple-host rule: the bucket is the hash of the client address
-    /// and port masked by its affinity's masks, owned per `owners`.
-    Hashed {
-        addr_mask: u32,
-        port_mask: u16,
-        owners: Arc<BucketMap>,
-    },
+    /// A multiple-host rule (see [`Segment::hashed`]).
+    Hashed,
     /// A single-host rule: bucket 0, owned by this host ID (0: none).
     Fixed(u8),
     /// No rule covers the port: the default host's traffic.
@@ -439,6 +467,9 @@ enum Path {
 struct Segment {
     end: u16,
     rule: u32,
+    /// `Some` exactly when `path` is [`Path::Hashed`] (the frame path
+    /// tests this pointer, not the enum).
+    hashed: Option<Hashed>,
     path: Path,
 }
 
@@ -463,6 +494,7 @@ impl VipV4 {
         let none = Segment {
             end: u16::MAX,
             rule: NO_RULE,
+            hashed: None,
             path: Path::NoRule,
         };
         Self {
@@ -525,11 +557,15 @@ fn segments(map: &ClusterMap, rules: &[RuleV4], vip: u32, udp: bool) -> Vec<Segm
             .map_or(NO_RULE, |r| r.index as u32);
         match out.last_mut() {
             Some(last) if last.rule == rule => last.end = end,
-            _ => out.push(Segment {
-                end,
-                rule,
-                path: path(map, rule, udp),
-            }),
+            _ => {
+                let (path, hashed) = path(map, rule, udp);
+                out.push(Segment {
+                    end,
+                    rule,
+                    hashed,
+                    path,
+                })
+            }
         }
     }
     out
@@ -537,27 +573,28 @@ fn segments(map: &ClusterMap, rules: &[RuleV4], vip: u32, udp: bool) -> Vec<Segm
 
 /// How frames under rule index `rule` (or [`NO_RULE`]) are judged; `udp`:
 /// for UDP, else TCP.
-fn path(map: &ClusterMap, rule: u32, udp: bool) -> Path {
+fn path(map: &ClusterMap, rule: u32, udp: bool) -> (Path, Option<Hashed>) {
     let Some(r) = map.rules.get(rule as usize) else {
-        return Path::NoRule;
+        return (Path::NoRule, None);
     };
     if r.disabled_here || matches!(r.owner, RuleOwner::Disabled) {
-        return Path::Disabled;
+        return (Path::Disabled, None);
     }
     if udp && r.rule.extended_affinity_timeout_s != 0 {
-        return Path::General;
+        return (Path::General, None);
     }
     match (r.rule.mode, &r.owner) {
         (FilterMode::Multiple { affinity }, RuleOwner::Buckets(owners)) => {
             let (addr_mask, port_mask) = affinity_masks_v4(affinity);
-            Path::Hashed {
+            let hashed = Hashed {
                 addr_mask,
                 port_mask,
                 owners: owners.clone(),
-            }
+            };
+            (Path::Hashed, Some(hashed))
         }
-        (FilterMode::Single, RuleOwner::Single(h)) => Path::Fixed(h.map_or(0, HostId::get)),
-        _ => Path::General,
+        (FilterMode::Single, RuleOwner::Single(h)) => (Path::Fixed(h.map_or(0, HostId::get)), None),
+        _ => (Path::General, None),
     }
 }
 
@@ -569,7 +606,10 @@ fn path(map: &ClusterMap, rule: u32, udp: bool) -> Path {
 /// of [`affinity_hash`]), which the tests check.
 #[derive(Clone, Debug)]
 struct FastV4 {
-    vips: Vec<VipV4>,
+    /// The first IPv4 VIP, held inline (most clusters have one).
+    first: Option<VipV4>,
+    /// The others.
+    rest: Vec<VipV4>,
     local: u8,
     seed: u64,
 }
@@ -584,10 +624,11 @@ impl FastV4 {
                 IpAddr::V4(a) => Some(u32::from(*a)),
                 IpAddr::V6(_) => None,
             })
-            .map(|addr| VipV4::new(map, &rules_v4, addr))
-            .collect();
+            .map(|addr| VipV4::new(map, &rules_v4, addr));
+        let mut vips = vips.collect::<Vec<_>>().into_iter();
         Self {
-            vips,
+            first: vips.next(),
+            rest: vips.collect(),
             local: map.local.get(),
             seed: map.seed,
         }
@@ -596,10 +637,9 @@ impl FastV4 {
     /// The lookup of IPv4 VIP `addr`, if it is one.
     #[inline(always)]
     fn vip(&self, addr: u32) -> Option<&VipV4> {
-        match self.vips.split_first() {
-            Some((first, _)) if first.addr == addr => Some(first),
-            Some((_, rest)) => rest.iter().find(|v| v.addr == addr),
-            None => None,
+        match &self.first {
+            Some(first) if first.addr == addr => Some(first),
+            _ => self.rest.iter().find(|v| v.addr == addr),
         }
     }
 }
@@ -607,18 +647,13 @@ impl FastV4 {
 /// The bucket of an IPv4 flow under a hashed rule and that bucket's owner
 /// (host ID, 0 for none): [`Dataplane::bucket`] and [`ClusterMap::owner`].
 #[inline(always)]
-fn hashed_owner(
-    seed: u64,
-    (addr_mask, port_mask, owners): (u32, u16, &BucketMap),
-    client: u32,
-    client_port: u16,
-) -> (u32, u8) {
+fn hashed_owner(seed: u64, rule: &Hashed, client: u32, client_port: u16) -> (u32, u8) {
     let b = bucket_of(masked_hash_v4(
         seed,
-        client & addr_mask,
-        client_port & port_mask,
+        client & rule.addr_mask,
+        client_port & rule.port_mask,
     ));
-    (b, owners.owner_id(b))
+    (b, rule.owners.owner_id(b))
 }
 
 /// The verdict for a new flow whose bucket owner is host ID `owner` (0:
@@ -697,6 +732,7 @@ impl Dataplane {
         Self {
             fast: FastV4::new(&map),
             buckets_under: (map.seed, map.ipv6_network_prefix),
+            skip_probe: true,
             map,
             table: DescriptorTable::new(cfg, seed),
             counters: Counters::default(),
@@ -729,6 +765,7 @@ impl Dataplane {
         self.table.remap(&map);
         self.fast = FastV4::new(&map);
         self.map = map;
+        self.rebind_probe();
     }
 
     /// Forgets every tracked connection (the host stopped cluster
@@ -736,6 +773,12 @@ impl Dataplane {
     pub fn reset_descriptors(&mut self) {
         self.table.clear();
         self.buckets_under = (self.map.seed, self.map.ipv6_network_prefix);
+        self.rebind_probe();
+    }
+
+    /// Recomputes `skip_probe` after `buckets_under` or the map changed.
+    fn rebind_probe(&mut self) {
+        self.skip_probe = self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix);
     }
 
     /// Counters so far.
@@ -769,23 +812,25 @@ impl Dataplane {
     pub fn judge(&mut self, frame: &[u8], now: u64) -> Verdict {
         // The common frame to a VIP skips the general parser; everything
         // else, and every malformed frame, takes it.
-        if let Some(c) = common_v4(frame) {
-            // One copy of the verdict code per protocol.
-            let v = match c.proto {
-                ip_proto::UDP => self.judge_common(c, true, now),
-                ip_proto::TCP => self.judge_common(c, false, now),
-                _ => self.judge_common_link(c, now),
+        if let Some(header) = common_ipv4(frame) {
+            // One dispatch on the protocol; one copy of the verdict code
+            // per protocol.
+            let v = match header.0[23] {
+                ip_proto::UDP => {
+                    CommonV4::udp(header).and_then(|c| self.judge_common(c, true, now))
+                }
+                ip_proto::TCP => {
+                    CommonV4::tcp(header).and_then(|c| self.judge_common(c, false, now))
+                }
+                _ => {
+                    CommonV4::gre_or_esp(frame, header).and_then(|c| self.judge_common_link(c, now))
+                }
             };
             if let Some(v) = v {
                 return v;
             }
         }
-        let v = match parse_frame(frame) {
-            Ok(info) => self.judge_parsed(&info, now),
-            Err(m) => Verdict::Drop(DropReason::Malformed(m)),
-        };
-        self.counters.count(v);
-        v
+        self.judge_general(frame, now)
     }
 
     /// [`Self::judge_ip`] for a common GRE or ESP frame, if it is to a VIP;
@@ -813,18 +858,8 @@ impl Dataplane {
         let r = seg.rule as usize;
         self.counters.for_cluster += 1;
         // The bucket and its owner, or a verdict without one.
-        let (b, owner) = if let Path::Hashed {
-            addr_mask,
-            port_mask,
-            owners,
-        } = &seg.path
-        {
-            hashed_owner(
-                self.fast.seed,
-                (*addr_mask, *port_mask, owners),
-                c.src,
-                c.src_port,
-            )
+        let (b, owner) = if let Some(hashed) = &seg.hashed {
+            hashed_owner(self.fast.seed, hashed, c.src, c.src_port)
         } else {
             match seg.path {
                 Path::Fixed(h) => (0, h),
@@ -839,7 +874,8 @@ impl Dataplane {
                     let v = self.judge_tcp_rule(r, c.flow(), c.flags, now);
                     return Some(self.counted(v));
                 }
-                Path::NoRule | Path::Hashed { .. } => {
+                // (`Hashed` has `hashed`, so is not here.)
+                Path::NoRule | Path::Hashed => {
                     let v = self.default_host_verdict();
                     return Some(self.counted(v));
                 }
@@ -913,7 +949,7 @@ impl Dataplane {
     /// prefix (see `buckets_under`).
     #[inline(always)]
     fn skips_probe(&self) -> bool {
-        self.buckets_under == (self.map.seed, self.map.ipv6_network_prefix)
+        self.skip_probe
     }
 
     /// [`ClusterMap::rule_for`] for an IPv4 VIP of the map and TCP (6) or
@@ -1735,6 +1771,7 @@ mod tests {
             let mut skip = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
             let mut probe = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
             probe.buckets_under = (!probe.map.seed, 0);
+            probe.rebind_probe();
             for (i, op) in ops.iter().enumerate() {
                 let now = i as u64 * 1_000_000;
                 match op {
@@ -1743,6 +1780,7 @@ mod tests {
                         skip.set_map(view_map(m));
                         probe.set_map(view_map(m));
                         probe.buckets_under = (!probe.map.seed, 0);
+                        probe.rebind_probe();
                     }
                 }
             }
@@ -1775,12 +1813,12 @@ mod tests {
                 let owner = dp.map.owner(r, b).map_or(0, HostId::get);
                 for udp in [false, true] {
                     match path(&dp.map, r as u32, udp) {
-                        Path::Hashed { addr_mask, port_mask, owners } => prop_assert_eq!(
-                            hashed_owner(dp.fast.seed, (addr_mask, port_mask, &owners), client, client_port),
+                        (Path::Hashed, Some(hashed)) => prop_assert_eq!(
+                            hashed_owner(dp.fast.seed, &hashed, client, client_port),
                             (b, owner)
                         ),
-                        Path::Fixed(h) => prop_assert_eq!((0, h), (b, owner)),
-                        Path::General => prop_assert!(udp && dp.map.rules[r].rule.extended_affinity_timeout_s != 0),
+                        (Path::Fixed(h), None) => prop_assert_eq!((0, h), (b, owner)),
+                        (Path::General, None) => prop_assert!(udp && dp.map.rules[r].rule.extended_affinity_timeout_s != 0),
                         other => return Err(TestCaseError::fail(format!("rule {r}: {other:?}"))),
                     }
                 }

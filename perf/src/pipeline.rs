@@ -414,10 +414,11 @@ pub enum JudgePath {
 #[inline(never)]
 pub fn measured_pass(dp: &mut Dataplane, pool: &Pool, now: u64, path: JudgePath) {
     let mut verdicts = [Verdict::Pass; BATCH];
+    // Filled afresh for every batch, as a poll loop fills it from its ring.
+    let mut refs: [&[u8]; BATCH] = [&[]; BATCH];
     let mut start = 0;
     while start < pool.len() {
         let n = (pool.len() - start).min(BATCH);
-        let mut refs: [&[u8]; BATCH] = [&[]; BATCH];
         for (j, r) in refs[..n].iter_mut().enumerate() {
             *r = pool.frame(start + j);
         }
