@@ -166,6 +166,8 @@ impl TableCounters {
 #[derive(Debug)]
 pub struct DescriptorTable {
     cfg: DescriptorConfig,
+    /// Timeouts by [`State`] index (links for `Soft`), from `cfg`.
+    by_state: [u64; 4],
     seed: u64,
     /// `mix64(seed)`: the first round of [`Self::hash`] for every key whose
     /// client's first (native-endian) half is zero, which is every IPv4
@@ -191,6 +193,11 @@ fn is_open(e: &Entry) -> bool {
     e.key.kind == Kind::Tcp as u8 && matches!(e.state(), State::HalfOpen | State::Established)
 }
 
+/// Where a key that is not in the table would go: its hash, from
+/// [`DescriptorTable::lookup_or_vacancy`] for [`DescriptorTable::insert_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Vacancy(u64);
+
 /// Where an entry lives, returned by lookups so callers can update it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot(usize);
@@ -209,6 +216,12 @@ impl DescriptorTable {
         let seed = mix64(seed ^ 0x6465_7363);
         Self {
             cfg,
+            by_state: [
+                cfg.half_open_ns,
+                cfg.closing_ns,
+                cfg.link_ns,
+                cfg.established_ns,
+            ],
             seed,
             seed_zero: mix64(seed),
             set_mask: sets - 1,
@@ -282,22 +295,18 @@ impl DescriptorTable {
         )
     }
 
+    /// An entry's timeout: its own, else by [`State`] (read from a table
+    /// indexed by the state byte, as [`Entry::state`] reads it: bytes above
+    /// 3 are established), an affinity entry's apart.
+    #[inline(always)]
     fn timeout(&self, e: &Entry) -> u64 {
         if e.timeout_ns != 0 {
             return e.timeout_ns;
         }
-        match e.state() {
-            State::HalfOpen => self.cfg.half_open_ns,
-            State::Closing => self.cfg.closing_ns,
-            State::Soft => {
-                if e.key.kind == Kind::Affinity as u8 {
-                    self.cfg.affinity_ns
-                } else {
-                    self.cfg.link_ns
-                }
-            }
-            State::Established => self.cfg.established_ns,
+        if e.state == State::Soft as u8 && e.key.kind == Kind::Affinity as u8 {
+            return self.cfg.affinity_ns;
         }
+        self.by_state[usize::from(e.state.min(State::Established as u8))]
     }
 
     fn expired(&self, e: &Entry, now: u64) -> bool {
@@ -339,16 +348,26 @@ impl DescriptorTable {
     /// Finds `key`; an expired entry is removed and not found.
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<Slot> {
+        self.lookup_or_vacancy(key, now).ok()
+    }
+
+    /// [`Self::lookup`], and on a miss the key's place for
+    /// [`Self::insert_at`], so a miss followed by an insert hashes once.
+    #[inline(always)]
+    pub(crate) fn lookup_or_vacancy(&mut self, key: &FlowKey, now: u64) -> Result<Slot, Vacancy> {
         let h = self.hash(key);
         let tag = (h >> 32) as u32 | 1;
         let base = (h as usize & self.set_mask) * WAYS;
-        let i = base + self.find_way(base, tag, key)?;
+        let Some(k) = self.find_way(base, tag, key) else {
+            return Err(Vacancy(h));
+        };
+        let i = base + k;
         if self.expired(&self.entries[i], now) {
             self.free_slot(i);
             self.counters.expired += 1;
-            return None;
+            return Err(Vacancy(h));
         }
-        Some(Slot(i))
+        Ok(Slot(i))
     }
 
     /// The entry at `slot`.
@@ -387,6 +406,14 @@ impl DescriptorTable {
     /// eviction policy keeps every entry of the key's set.
     pub fn insert(&mut self, entry: Entry, now: u64) -> Option<Slot> {
         let h = self.hash(&entry.key);
+        self.insert_at(Vacancy(h), entry, now)
+    }
+
+    /// [`Self::insert`] at the place a [`Self::lookup_or_vacancy`] of
+    /// `entry.key` returned.
+    pub(crate) fn insert_at(&mut self, place: Vacancy, entry: Entry, now: u64) -> Option<Slot> {
+        let h = place.0;
+        debug_assert_eq!(h, self.hash(&entry.key), "a vacancy of another key");
         let tag = (h >> 32) as u32 | 1;
         let base = (h as usize & self.set_mask) * WAYS;
         let mut victim: Option<(usize, (u8, u64))> = None;
@@ -678,6 +705,66 @@ mod tests {
         t.sweep(2000, 64);
         assert!(t.is_empty());
         assert_eq!(t.counters().expired, 2);
+    }
+
+    /// The timeout table reads the state byte as [`Entry::state`] does
+    /// (bytes above 3 are established), affinity entries apart, and an
+    /// entry's own timeout wins.
+    #[test]
+    fn timeouts_by_state_byte_and_kind() {
+        let cfg = DescriptorConfig {
+            half_open_ns: 1,
+            closing_ns: 2,
+            link_ns: 3,
+            affinity_ns: 4,
+            established_ns: 5,
+            ..Default::default()
+        };
+        let t = DescriptorTable::new(cfg, 1);
+        for state in 0..=6u8 {
+            for kind in [Kind::Tcp, Kind::Affinity, Kind::GreLink, Kind::EspLink] {
+                let mut e = Entry {
+                    key: FlowKey {
+                        kind: kind as u8,
+                        ..FlowKey::default()
+                    },
+                    state,
+                    ..Entry::default()
+                };
+                let want = match e.state() {
+                    State::HalfOpen => 1,
+                    State::Closing => 2,
+                    State::Soft if kind == Kind::Affinity => 4,
+                    State::Soft => 3,
+                    State::Established => 5,
+                };
+                assert_eq!(t.timeout(&e), want, "state {state} kind {kind:?}");
+                e.timeout_ns = 77;
+                assert_eq!(t.timeout(&e), 77);
+            }
+        }
+    }
+
+    /// A miss's vacancy takes the entry where `insert` would have put it.
+    #[test]
+    fn vacancy_inserts_where_insert_does() {
+        let cfg = DescriptorConfig {
+            capacity: 64,
+            ..Default::default()
+        };
+        let (mut a, mut b) = (DescriptorTable::new(cfg, 9), DescriptorTable::new(cfg, 9));
+        for n in 0..40 {
+            let Err(place) = a.lookup_or_vacancy(&key(n), 0) else {
+                panic!("key {n} found in an empty table");
+            };
+            let sa = a.insert_at(place, entry(n, State::Established), 0);
+            let sb = b.insert(entry(n, State::Established), 0);
+            assert_eq!(sa, sb, "key {n}");
+            if let Some(slot) = sa {
+                assert_eq!(a.lookup_or_vacancy(&key(n), 1), Ok(slot));
+            }
+        }
+        assert_eq!(a.counters(), b.counters());
     }
 
     #[test]

@@ -963,7 +963,9 @@ impl Dataplane {
     /// [`Self::judge`] through the general parser only, without the
     /// common-frame shortcut: the same verdict, state and counters, more
     /// work. The reference the shortcut is tested against, and the
-    /// "before" column of `shoal bench pipeline`.
+    /// "before" column of `shoal bench pipeline`. Out of line, so that
+    /// the general parser does not crowd the common path's registers.
+    #[inline(never)]
     pub fn judge_general(&mut self, frame: &[u8], now: u64) -> Verdict {
         let v = match parse_frame(frame) {
             Ok(info) => self.judge_parsed(&info, now),
@@ -1192,9 +1194,10 @@ impl Dataplane {
         now: u64,
     ) -> Verdict {
         let is_syn = flags & (SYN | ACK) == SYN;
-        if let Some(slot) = self.table.lookup(&key, now) {
-            return self.judge_tracked(r, slot, is_syn, flags, now);
-        }
+        let vacancy = match self.table.lookup_or_vacancy(&key, now) {
+            Ok(slot) => return self.judge_tracked(r, slot, is_syn, flags, now),
+            Err(vacancy) => vacancy,
+        };
         let owner_verdict = owner_verdict(owner, self.map.local.get());
         if owner_verdict != Verdict::Keep {
             return owner_verdict;
@@ -1220,7 +1223,7 @@ impl Dataplane {
             bucket: b,
             ..Entry::default()
         };
-        if self.table.insert(entry, now).is_none() {
+        if self.table.insert_at(vacancy, entry, now).is_none() {
             self.counters.untracked += 1;
         }
         Verdict::Keep
