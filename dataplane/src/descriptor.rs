@@ -416,40 +416,34 @@ impl DescriptorTable {
         debug_assert_eq!(h, self.hash(&entry.key), "a vacancy of another key");
         let tag = (h >> 32) as u32 | 1;
         let base = (h as usize & self.set_mask) * WAYS;
-        let mut victim: Option<(usize, (u8, u64))> = None;
+        // The first way, in order, that is empty or expired.
         let mut chosen = None;
         for i in base..base + WAYS {
             if self.tags[i] == 0 {
                 chosen = Some(i);
                 break;
             }
-            let e = &self.entries[i];
-            if self.expired(e, now) {
+            if self.expired(&self.entries[i], now) {
                 self.free_slot(i);
                 self.counters.expired += 1;
                 chosen = Some(i);
                 break;
             }
-            // Established entries only yield to established ones.
-            if e.state() == State::Established && entry.state() != State::Established {
-                continue;
-            }
-            let rank = (e.state, e.last_seen);
-            if victim.is_none_or(|(_, r)| rank < r) {
-                victim = Some((i, rank));
-            }
         }
-        let i = match (chosen, victim) {
-            (Some(i), _) => i,
-            (None, Some((i, (state, _)))) => {
-                self.counters.evicted[state as usize % 4] += 1;
-                self.free_slot(i);
-                i
-            }
-            (None, None) => {
-                self.counters.insert_failed += 1;
-                return None;
-            }
+        let i = match chosen {
+            Some(i) => i,
+            // Every way is live: evict by the policy, if it lets us.
+            None => match self.victim(base, &entry) {
+                Some((i, state)) => {
+                    self.counters.evicted[state as usize % 4] += 1;
+                    self.free_slot(i);
+                    i
+                }
+                None => {
+                    self.counters.insert_failed += 1;
+                    return None;
+                }
+            },
         };
         self.tags[i] = tag;
         self.entries[i] = Entry {
@@ -468,6 +462,25 @@ impl DescriptorTable {
         self.live += 1;
         self.counters.inserted += 1;
         Some(Slot(i))
+    }
+
+    /// The entry of the full set at `base` that `entry` may evict, and its
+    /// state byte: the lowest (state, last seen), established entries only
+    /// for an established one; the first of equals.
+    fn victim(&self, base: usize, entry: &Entry) -> Option<(usize, u8)> {
+        let mut victim: Option<(usize, (u8, u64))> = None;
+        for i in base..base + WAYS {
+            let e = &self.entries[i];
+            // Established entries only yield to established ones.
+            if e.state() == State::Established && entry.state() != State::Established {
+                continue;
+            }
+            let rank = (e.state, e.last_seen);
+            if victim.is_none_or(|(_, r)| rank < r) {
+                victim = Some((i, rank));
+            }
+        }
+        victim.map(|(i, (state, _))| (i, state))
     }
 
     /// Removes up to `budget` expired entries, continuing where the last

@@ -606,8 +606,12 @@ fn path(map: &ClusterMap, rule: u32, udp: bool) -> (Path, Option<Hashed>) {
 /// of [`affinity_hash`]), which the tests check.
 #[derive(Clone, Debug)]
 struct FastV4 {
-    /// The first IPv4 VIP, held inline (most clusters have one).
-    first: Option<VipV4>,
+    /// The first IPv4 VIP's address, or (no IPv4 VIP) a value no `u32`
+    /// equals.
+    first_addr: u64,
+    /// The first IPv4 VIP, held inline (most clusters have one; a VIP of
+    /// no rule when there is none, never returned).
+    first: VipV4,
     /// The others.
     rest: Vec<VipV4>,
     local: u8,
@@ -626,8 +630,10 @@ impl FastV4 {
             })
             .map(|addr| VipV4::new(map, &rules_v4, addr));
         let mut vips = vips.collect::<Vec<_>>().into_iter();
+        let first = vips.next();
         Self {
-            first: vips.next(),
+            first_addr: first.as_ref().map_or(u64::MAX, |v| u64::from(v.addr)),
+            first: first.unwrap_or_else(|| VipV4::new(map, &[], 0)),
             rest: vips.collect(),
             local: map.local.get(),
             seed: map.seed,
@@ -637,10 +643,10 @@ impl FastV4 {
     /// The lookup of IPv4 VIP `addr`, if it is one.
     #[inline(always)]
     fn vip(&self, addr: u32) -> Option<&VipV4> {
-        match &self.first {
-            Some(first) if first.addr == addr => Some(first),
-            _ => self.rest.iter().find(|v| v.addr == addr),
+        if u64::from(addr) == self.first_addr {
+            return Some(&self.first);
         }
+        self.rest.iter().find(|v| v.addr == addr)
     }
 }
 
@@ -1877,6 +1883,12 @@ mod tests {
         assert_eq!(ends(v, false), [(0, NO_RULE), (65535, 0)]);
         assert_eq!(ends(v, true), [(65535, NO_RULE)]);
         assert!(matches!(v.first[1].path, Path::NoRule));
+        // No IPv4 VIP at all: no address is one, 0.0.0.0 included.
+        let mut v6_only = build_map(rules());
+        v6_only.vips = vec!["2001:db8::1".parse().expect("an address")];
+        let dp = Dataplane::new(Arc::new(v6_only), DescriptorConfig::default(), 1);
+        assert!(dp.fast.vip(0).is_none());
+        assert!(dp.fast.vip(u32::from_be_bytes(VIP)).is_none());
     }
 
     /// GRE follows a PPTP connection kept here, on both paths, and ESP
