@@ -28,6 +28,14 @@
 //!   from that client is kept only where such an entry lives. ESP follows
 //!   IKE (UDP 500/4500) the same way.
 //! * Malformed frames are never errors: they are dropped and counted by reason.
+//! * Two paths, one behaviour: [`Dataplane::judge`] reads the common frame
+//!   (untagged Ethernet II, option-less IPv4, a whole TCP, UDP, GRE or ESP
+//!   datagram to a VIP, at least 54 bytes) at fixed offsets and judges it
+//!   on integers against a compiled form of the map (per-VIP port segments
+//!   that carry each rule's owner table); every other frame takes the
+//!   general parser ([`Dataplane::judge_general`]). Verdicts, descriptor
+//!   state and counters are the same on both, frame by frame: the
+//!   property tests below hold the shortcut to the general path.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -24,7 +24,7 @@
 //!
 //! * Side by side: every mix is judged twice per round, through
 //!   [`Dataplane::judge_batch`] (the common-frame shortcut for untagged
-//!   option-less IPv4 TCP/UDP to a VIP) and through
+//!   option-less IPv4 TCP, UDP, GRE and ESP to a VIP) and through
 //!   [`Dataplane::judge_batch_general`] (the general parser for every frame,
 //!   the path every frame took before the shortcut), in the same process on
 //!   the same table, and both are counted under callgrind: the `general_*`
