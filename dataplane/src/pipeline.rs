@@ -1563,7 +1563,14 @@ mod tests {
                 any::<[u8; 4]>()
             ],
             any::<u16>(),
-            prop_oneof![Just(80u16), Just(1723), Just(500), any::<u16>()],
+            prop_oneof![
+                Just(80u16),
+                Just(1723),
+                Just(500),
+                Just(2500),
+                Just(8050),
+                any::<u16>()
+            ],
             any::<u8>(),
             // Mostly frames of Ethernet's 60 bytes or more.
             6usize..60,
@@ -1581,6 +1588,111 @@ mod tests {
                 f.resize(len, 0);
                 f
             })
+    }
+
+    /// Maps that reach every way the shortcut can go: the test map; a
+    /// Network-affinity rule, a single-host UDP rule for every VIP, a
+    /// disabled rule and ports no rule covers; rule 0 disabled on the
+    /// local host and another rule dirty elsewhere in half its groups; a
+    /// view in which the local host is not a member and every weight of
+    /// rule 0 is zero (no owner); rule 0 dirty elsewhere in half its
+    /// groups (TCP adoption refused there).
+    fn variant_maps() -> &'static [Arc<ClusterMap>] {
+        static MAPS: std::sync::OnceLock<Vec<Arc<ClusterMap>>> = std::sync::OnceLock::new();
+        MAPS.get_or_init(|| {
+            let vip = Some(IpAddr::V4(Ipv4Addr::from(VIP)));
+            let spec = |rules| ClusterSpec {
+                vips: vec![IpAddr::V4(Ipv4Addr::from(VIP))],
+                mode: ClusterMode::Multicast,
+                ipv6_network_prefix: 64,
+                rules,
+            };
+            let hosts =
+                |ids: &[u8]| -> HostSet { ids.iter().filter_map(|&i| HostId::new(i)).collect() };
+            let local = HostId::new(2).expect("host id");
+            let mixed = spec(vec![
+                PortRule::new(
+                    vip,
+                    (0, 1000),
+                    Protocol::Both,
+                    FilterMode::Multiple {
+                        affinity: Affinity::Network,
+                    },
+                ),
+                PortRule::new(None, (0, 65535), Protocol::Udp, FilterMode::Single),
+                PortRule::new(vip, (2000, 3000), Protocol::Tcp, FilterMode::Disabled),
+            ]);
+            let mut disabled_here = View::converged(&spec(rules()), hosts(&[1, 2, 3]));
+            disabled_here.disabled[0] = hosts(&[2]);
+            let mut dirty = ClusterMap::build(&spec(rules()), &disabled_here, local, 1);
+            let mut groups = crate::map::GroupBits::default();
+            for g in (0..crate::bucket::GROUPS as u32).step_by(2) {
+                groups.insert(g);
+            }
+            dirty.set_dirty_elsewhere(1, groups.clone());
+            let mut dirty_tcp = build_map(rules());
+            dirty_tcp.set_dirty_elsewhere(0, groups);
+            let mut ownerless = View::converged(&spec(rules()), hosts(&[1, 3]));
+            ownerless.weights[0] = [0; crate::model::MAX_HOSTS];
+            vec![
+                Arc::new(build_map(rules())),
+                Arc::new(ClusterMap::build(
+                    &mixed,
+                    &View::converged(&mixed, hosts(&[1, 2, 3])),
+                    local,
+                    1,
+                )),
+                Arc::new(dirty),
+                Arc::new(ClusterMap::build(&spec(rules()), &ownerless, local, 1)),
+                Arc::new(dirty_tcp),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// The shortcut against the general path under every variant map.
+        #[test]
+        fn the_shortcut_agrees_under_every_kind_of_rule(
+            m in 0usize..5,
+            frames in prop::collection::vec(arb_frame(), 1..48),
+        ) {
+            let cfg = DescriptorConfig { capacity: 1 << 10, ..DescriptorConfig::default() };
+            let map = &variant_maps()[m];
+            let (mut fast, mut general) = (Dataplane::new(map.clone(), cfg, 5), Dataplane::new(map.clone(), cfg, 5));
+            for (i, f) in frames.iter().enumerate() {
+                let now = i as u64 * 1_000_000;
+                prop_assert_eq!(fast.judge(f, now), general.judge_general(f, now), "map {} frame {:02x?}", m, f);
+            }
+            prop_assert_eq!(fast.counters(), general.counters());
+            prop_assert_eq!(fast.table().len(), general.table().len());
+            prop_assert_eq!(fast.table().counters(), general.table().counters());
+        }
+    }
+
+    /// Each variant map sends common frames down the path it is there for.
+    #[test]
+    fn variant_maps_reach_every_path() {
+        let maps = variant_maps();
+        let seg = |m: usize, port: u16, udp: bool| {
+            let fast = FastV4::new(&maps[m]);
+            let v = fast
+                .vip(u32::from_be_bytes(VIP))
+                .expect("the VIP")
+                .segment(port, udp)
+                .clone();
+            (v.hashed.is_some(), v.path)
+        };
+        assert!(matches!(seg(0, 80, false), (true, Path::Hashed)));
+        assert!(matches!(seg(0, 500, true), (false, Path::General)));
+        assert!(matches!(seg(0, 8050, false), (false, Path::Fixed(_))));
+        assert!(matches!(seg(1, 80, true), (true, Path::Hashed)));
+        assert!(matches!(seg(1, 2500, false), (false, Path::Disabled)));
+        assert!(matches!(seg(1, 5000, false), (false, Path::NoRule)));
+        assert!(matches!(seg(1, 5000, true), (false, Path::Fixed(_))));
+        assert!(matches!(seg(2, 80, false), (false, Path::Disabled)));
+        assert!(matches!(seg(3, 80, false), (true, Path::Hashed)));
+        assert_eq!(maps[3].owner(0, 12345), None);
     }
 
     fn dataplane() -> Dataplane {
