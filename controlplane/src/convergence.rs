@@ -552,15 +552,22 @@ impl Machine {
     }
 
     /// The local dataplane's dirty groups (one entry per rule) under the map
-    /// of `epoch`. Reports for an older epoch are ignored.
+    /// of `epoch`, the one its poll loops run.
+    ///
+    /// A report for an older epoch than the effective view's (a newer map
+    /// is still being compiled) is what the dataplane tracks *now*, so it
+    /// is advertised all the same: ignoring it left connections that went
+    /// foreign under the running map unreported, and others took them over
+    /// mid-stream. Only a report under the newest map lets a new bound be
+    /// advertised (`dirty_epoch`).
     pub fn handle_dirty(&mut self, epoch: u64, dirty: &[GroupBits], now: u64) {
-        if epoch != self.map_epoch {
+        if epoch > self.map_epoch {
             return;
         }
         for (r, d) in dirty.iter().enumerate().take(self.rules()) {
             self.local_dirty[r] = d.clone();
         }
-        self.dirty_epoch = epoch;
+        self.dirty_epoch = self.dirty_epoch.max(epoch);
         self.update(now);
     }
 
@@ -660,12 +667,10 @@ impl Machine {
         for (r, w) in weights.iter_mut().enumerate().take(rules) {
             *w = self.advertised_weight(r);
         }
-        let stopped = !self.participates();
-        let dirty = if stopped {
-            self.pager.next(&vec![GroupBits::default(); rules])
-        } else {
-            self.pager.next(&self.local_dirty)
-        };
+        // Stopped or suspended too: the dataplane forgets its connections
+        // only once the map that takes nothing runs, and serves them until
+        // then; its reports (empty after the reset) say when it is done.
+        let dirty = self.pager.next(&self.local_dirty);
         Heartbeat {
             host: self.cfg.host,
             state: self.state,
@@ -1132,23 +1137,21 @@ impl Machine {
             return;
         }
         self.dirty_stale = false;
-        // Live participating peers, and every member of the view our map is
+        // Live peers in any state, and every member of the view our map is
         // built from even if it fell silent: until a view without it is
         // adopted it may be alive and serving (a false suspicion), and its
-        // connections must stay its own.
+        // connections must stay its own. A stopped or suspended peer counts
+        // too: it forgets its connections only once its dataplane runs the
+        // map that takes nothing, which can be after its heartbeats say
+        // "stopped"; until then it still serves them, and its (then empty)
+        // dirty groups say when it no longer does.
         let mut from: HostSet = self
             .membership
             .live_peers()
-            .filter(|p| p.latest.state.participates())
             .map(|p| p.latest.host)
             .collect();
         for h in self.effective.members.iter() {
-            if h != self.cfg.host
-                && self
-                    .membership
-                    .peer(h)
-                    .is_some_and(|p| p.latest.state.participates())
-            {
+            if h != self.cfg.host && self.membership.peer(h).is_some() {
                 from.insert(h);
             }
         }
