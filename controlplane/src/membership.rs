@@ -844,29 +844,25 @@ impl Membership {
     pub fn dirty_union(&self, rule: usize, from: HostSet, fingerprint: u64) -> GroupBits {
         let mut g = GroupBits::default();
         for p in self.peers.iter().flatten() {
-            if let Some(sh) = &p.shadow {
-                if sh.state.participates() {
-                    if sh.fingerprint != fingerprint {
-                        if sh.dirty.any_dirty() {
-                            fill(&mut g);
-                            return g;
-                        }
-                    } else {
-                        sh.dirty.add_rule_to(rule, &mut g);
-                    }
-                }
-            }
-            if !from.contains(p.latest.host) {
-                continue;
-            }
-            if p.latest.fingerprint != fingerprint {
-                if p.dirty.any_dirty() {
+            // A refused second boot of this ID, then the heard one.
+            let shadow = p
+                .shadow
+                .as_ref()
+                .filter(|sh| sh.state.participates())
+                .map(|sh| (&sh.dirty, sh.fingerprint));
+            let heard = from
+                .contains(p.latest.host)
+                .then_some((&p.dirty, p.latest.fingerprint));
+            for (dirty, theirs) in shadow.into_iter().chain(heard) {
+                if theirs == fingerprint {
+                    dirty.add_rule_to(rule, &mut g);
+                } else if dirty.any_dirty() {
+                    // Other rules: its groups mean nothing here, so every
+                    // group is dirty while it reports any.
                     fill(&mut g);
                     return g;
                 }
-                continue;
             }
-            p.dirty.add_rule_to(rule, &mut g);
         }
         g
     }
