@@ -51,6 +51,7 @@
 //! xdp_mode = "auto"                        # native | generic | auto
 //! delivery = "tap"                         # tap | veth
 //! xdp_fast_path = true                     # af_xdp: drop other hosts' buckets in the kernel
+//! xdp_pass = true                          # af_xdp fast path: kept untracked UDP goes to the stack in the kernel
 //! xdp_zero_copy = false                    # af_xdp: try a zero-copy bind first
 //!
 //! [[host]]

@@ -62,6 +62,7 @@ const IO_KEYS: &[&str] = &[
     "xdp_mode",
     "delivery",
     "xdp_fast_path",
+    "xdp_pass",
     "xdp_zero_copy",
 ];
 const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores"];
@@ -555,6 +556,7 @@ impl Reader<'_, '_> {
             xdp_mode: self.choice(&t, "xdp_mode", names::XDP_MODES, d.xdp_mode),
             delivery: self.choice(&t, "delivery", names::DELIVERIES, d.delivery),
             xdp_fast_path: self.boolean(&t, "xdp_fast_path", d.xdp_fast_path),
+            xdp_pass: self.boolean(&t, "xdp_pass", d.xdp_pass),
             xdp_zero_copy: self.boolean(&t, "xdp_zero_copy", d.xdp_zero_copy),
         }
     }

@@ -101,6 +101,7 @@ pub(crate) fn render(c: &Config) -> String {
         names::name_of(names::DELIVERIES, io.delivery)
     );
     let _ = writeln!(out, "xdp_fast_path = {}", io.xdp_fast_path);
+    let _ = writeln!(out, "xdp_pass = {}", io.xdp_pass);
     let _ = writeln!(out, "xdp_zero_copy = {}", io.xdp_zero_copy);
 
     for host in &c.hosts {

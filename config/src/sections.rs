@@ -188,6 +188,12 @@ pub struct IoSection {
     /// authoritative for everything it passes up). Off: every cluster frame
     /// is copied to userspace and judged there.
     pub xdp_fast_path: bool,
+    /// AF_XDP with the fast path: the XDP program also hands the kernel
+    /// stack, on the NIC itself, the UDP datagrams this host surely keeps
+    /// (untagged, rules without extended affinity, buckets it owns under
+    /// every map in flight, not IKE), instead of copying them to userspace
+    /// and writing them into the TAP. Off: every kept frame takes the TAP.
+    pub xdp_pass: bool,
     /// AF_XDP: try a zero-copy bind first on drivers that support it (the
     /// socket falls back to copy mode, and says so, where they do not).
     pub xdp_zero_copy: bool,
@@ -205,6 +211,7 @@ impl Default for IoSection {
             xdp_mode: XdpMode::Auto,
             delivery: Delivery::Tap,
             xdp_fast_path: true,
+            xdp_pass: true,
             xdp_zero_copy: false,
         }
     }

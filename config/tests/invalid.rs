@@ -92,6 +92,7 @@ fn cases() -> Vec<Case> {
         case("ring not a power of two", with("[io]\nring_size = 1000\n"), Some(9), "io.ring_size", "1000 is not a power of two"),
         case("ring too small", with("[io]\nring_size = 256\n"), Some(9), "io.ring_size", "expected 512..=65536"),
         case("fast path not a boolean", with("[io]\nxdp_fast_path = \"yes\"\n"), Some(9), "io.xdp_fast_path", "expected true or false, found a string"),
+        case("pass not a boolean", with("[io]\nxdp_pass = 1\n"), Some(9), "io.xdp_pass", "expected true or false, found an integer"),
         case("batch size zero", with("[io]\nbatch_size = 0\n"), Some(9), "io.batch_size", "expected 1..=256"),
         case("unknown backend", with("[io]\nbackend = \"dpdk\"\n"), Some(9), "io.backend", "\"dpdk\" is not one of \"af_xdp\", \"af_packet\", \"auto\""),
         case("cluster mode not a string", cluster("vips = [\"10.0.0.100\"]\nkey_file = \"k\"\nmode = 1"), Some(4), "cluster.mode", "expected one of \"unicast\", \"multicast\", \"igmp\", found an integer"),

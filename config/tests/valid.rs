@@ -150,6 +150,7 @@ fn defaults_are_nlbs() {
             xdp_mode: XdpMode::Auto,
             delivery: Delivery::Tap,
             xdp_fast_path: true,
+            xdp_pass: true,
             xdp_zero_copy: false,
         }
     );
@@ -314,6 +315,7 @@ idle = "busy"
 xdp_mode = "generic"
 delivery = "veth"
 xdp_fast_path = false
+xdp_pass = false
 xdp_zero_copy = true
 [[host]]
 id = 64
@@ -344,6 +346,7 @@ mode = "disabled"
     assert_eq!(c.rules[0].weights.get(&id(64)), Some(&10));
     assert_eq!(c.rules[0].weights.get(&id(1)), Some(&100));
     assert!(!c.io.xdp_fast_path);
+    assert!(!c.io.xdp_pass);
     assert!(c.io.xdp_zero_copy);
     assert_round_trip(&c);
 }

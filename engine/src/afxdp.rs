@@ -66,7 +66,7 @@ use crate::io::{FrameIo, MAX_BATCH};
 use crate::sys::bpf::{
     self, AttachMode, Bpf, BpfError, BpfMap, KernelBpf, Kick, MapSpec, UmemArea,
 };
-use crate::xdp::fast::FastPathLayout;
+use crate::xdp::fast::FastPathPlan;
 use crate::xdp::program::ProgramError;
 use crate::xdp::{XdpAction, XdpParams, XdpProgram};
 
@@ -223,13 +223,14 @@ impl XdpAttachment {
 
     /// As [`XdpAttachment::attach_with`]; with `fast_path`, the attachment
     /// also creates and owns the fast path's maps and the program drops, in
-    /// the kernel, what they say this host does not keep (nothing until a
-    /// [`crate::fastpath::FastPath`] writes them).
+    /// the kernel, what they say this host does not keep, and (with a pass
+    /// MAC) hands the kernel stack what they say it surely keeps (nothing
+    /// until a [`crate::fastpath::FastPath`] writes them).
     pub fn attach_with_fast_path(
         bpf: Arc<dyn Bpf>,
         ifname: &str,
         params: &XdpParams,
-        fast_path: Option<FastPathLayout>,
+        fast_path: Option<FastPathPlan>,
         mode: XdpMode,
     ) -> Result<Self, AfXdpError> {
         let ifindex = bpf.ifindex(ifname)?;
@@ -244,11 +245,11 @@ impl XdpAttachment {
                 }
             })?;
         let fast_path = match fast_path {
-            Some(layout) => Some(Arc::new(FastPathMaps::create(&*bpf, layout).map_err(
-                |e| match e {
+            Some(plan) => Some(Arc::new(
+                FastPathMaps::create(&*bpf, plan.layout, plan.pass_to).map_err(|e| match e {
                     FastPathError::Bpf(b) => AfXdpError::Bpf(b),
-                },
-            )?)),
+                })?,
+            )),
             None => None,
         };
         let program = XdpProgram::build_with_maps(
@@ -958,7 +959,7 @@ mod tests {
     #[test]
     fn the_fast_path_maps_are_created_with_the_program() {
         let fake = Arc::new(FakeBpf::new(Script::default()));
-        let layout = FastPathLayout {
+        let layout = crate::xdp::fast::FastPathLayout {
             seed: 7,
             rules: vec![crate::xdp::fast::FastRule {
                 rule: 0,
@@ -968,13 +969,17 @@ mod tests {
                 tcp: true,
                 udp: true,
                 affinity: Some(shoal_dataplane::Affinity::Single),
+                udp_untracked: true,
             }],
         };
         let a = XdpAttachment::attach_with_fast_path(
             fake.clone(),
             "veth0",
             &params(),
-            Some(layout.clone()),
+            Some(FastPathPlan {
+                layout: layout.clone(),
+                pass_to: Some([2, 0, 0, 0, 0, 1]),
+            }),
             XdpMode::Auto,
         )
         .unwrap();
@@ -984,7 +989,7 @@ mod tests {
             .into_iter()
             .filter(|c| c.starts_with("map_create"))
             .collect();
-        assert_eq!(creates.len(), 4, "{creates:?}");
+        assert_eq!(creates.len(), 5, "{creates:?}");
         assert!(attach(Script::default(), XdpMode::Auto)
             .1
             .unwrap()

@@ -77,10 +77,12 @@ use shoal_dataplane::map::{ClusterMap, GroupBits, RuleOwner};
 use shoal_dataplane::pipeline::Dataplane;
 
 use crate::sys::bpf::{Bpf, BpfError, BpfMap, MapKind, MapSpec};
+#[cfg(test)]
+use crate::xdp::fast::ACTION_MASK;
 use crate::xdp::fast::{
-    FastPathFds, FastPathLayout, ACTION_BITMAP, ACTION_DROP, ACTION_REDIRECT, KEEP_BITMAP_BYTES,
-    STATS_SLOT_BYTES, STAT_DROPPED_BUCKET, STAT_DROPPED_RULE, STAT_JUDGED, STAT_LAST_BUCKET,
-    STAT_LAST_SLOT,
+    FastPathFds, FastPathLayout, ACTION_BITMAP, ACTION_DROP, ACTION_PASS, ACTION_REDIRECT,
+    KEEP_BITMAP_BYTES, STATS_SLOT_BYTES, STAT_DROPPED_BUCKET, STAT_DROPPED_RULE, STAT_JUDGED,
+    STAT_LAST_BUCKET, STAT_LAST_SLOT, STAT_PASSED,
 };
 
 /// 64-bit words in one keep bitmap.
@@ -102,7 +104,9 @@ pub struct FastPathMaps {
     actions: BpfMap,
     keep: BpfMap,
     stats: BpfMap,
+    pass: BpfMap,
     layout: FastPathLayout,
+    pass_to: Option<[u8; 6]>,
     cpus: u32,
 }
 
@@ -136,6 +140,9 @@ pub struct FastPathCounters {
     pub dropped_bucket: u64,
     /// Dropped: the rule's action is drop (disabled, or single-host elsewhere).
     pub dropped_rule: u64,
+    /// Handed to the kernel stack on the NIC (`XDP_PASS`): kept without
+    /// reaching userspace.
+    pub passed: u64,
 }
 
 impl FastPathCounters {
@@ -158,8 +165,15 @@ pub struct LastJudged {
 
 impl FastPathMaps {
     /// Creates the maps for `layout` (every action starts as "redirect":
-    /// nothing is dropped until a writer says so).
-    pub fn create(bpf: &dyn Bpf, layout: FastPathLayout) -> Result<Self, FastPathError> {
+    /// nothing is dropped or passed until a writer says so). `pass_to`, the
+    /// NIC's own MAC, lets the program hand kept untracked UDP datagrams to
+    /// the kernel stack itself (see [`crate::xdp::fast`]); `None` never
+    /// passes.
+    pub fn create(
+        bpf: &dyn Bpf,
+        layout: FastPathLayout,
+        pass_to: Option<[u8; 6]>,
+    ) -> Result<Self, FastPathError> {
         let slots = layout.slots();
         let cpus = possible_cpus();
         let actions = bpf.map_create(&MapSpec {
@@ -183,11 +197,20 @@ impl FastPathMaps {
             max_entries: cpus,
             name: "shoal_fp_stats".into(),
         })?;
+        let pass = bpf.map_create(&MapSpec {
+            kind: MapKind::Array,
+            key_size: 4,
+            value_size: KEEP_BITMAP_BYTES,
+            max_entries: if pass_to.is_some() { slots } else { 1 },
+            name: "shoal_fp_pass".into(),
+        })?;
         Ok(Self {
             actions,
             keep,
             stats,
+            pass,
             layout,
+            pass_to,
             cpus,
         })
     }
@@ -198,7 +221,14 @@ impl FastPathMaps {
             actions: self.actions.fd(),
             keep: self.keep.fd(),
             stats: self.stats.fd(),
+            pass: self.pass.fd(),
+            pass_to: self.pass_to,
         }
+    }
+
+    /// Whether the program may pass datagrams (built with the NIC's MAC).
+    pub fn passes(&self) -> bool {
+        self.pass_to.is_some()
     }
 
     /// The actions map (slot → action).
@@ -232,6 +262,7 @@ impl FastPathMaps {
             c.judged += w[STAT_JUDGED];
             c.dropped_bucket += w[STAT_DROPPED_BUCKET];
             c.dropped_rule += w[STAT_DROPPED_RULE];
+            c.passed += w[STAT_PASSED];
         }
         Ok(c)
     }
@@ -267,6 +298,18 @@ impl FastPathMaps {
     ) -> Result<(), FastPathError> {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         bpf.map_update(&self.keep, &slot.to_ne_bytes(), &bytes)?;
+        Ok(())
+    }
+
+    /// Writes one slot's pass bitmap (same layout as the keep bitmap).
+    pub fn write_pass_bitmap(
+        &self,
+        bpf: &dyn Bpf,
+        slot: u32,
+        words: &[u64],
+    ) -> Result<(), FastPathError> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        bpf.map_update(&self.pass, &slot.to_ne_bytes(), &bytes)?;
         Ok(())
     }
 }
@@ -305,6 +348,16 @@ impl Keep {
 
     fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    fn intersect(&mut self, other: &Keep) {
+        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
+            *w &= o;
+        }
     }
 
     fn action(&self) -> u32 {
@@ -374,15 +427,28 @@ enum Share {
 struct InFlight {
     map: Arc<ClusterMap>,
     shares: Vec<Share>,
+    /// Per slot, the buckets whose untracked UDP this map surely keeps
+    /// (`None`: none, or the program passes nothing).
+    passes: Vec<Option<Keep>>,
+}
+
+/// What the kernel holds for one slot.
+#[derive(Debug, Clone)]
+struct Written {
+    /// The action word, [`ACTION_PASS`] included.
+    action: u32,
+    /// The keep bitmap, when the action is or was a bitmap.
+    keep: Option<Keep>,
+    /// The pass bitmap, when the action carries or carried [`ACTION_PASS`].
+    pass: Option<Keep>,
 }
 
 #[derive(Debug)]
 struct Sync {
     /// Maps a poll loop may be judging with, oldest first.
     in_flight: Vec<InFlight>,
-    /// What the kernel holds, per slot: action and (when it is or was a
-    /// bitmap) the bitmap.
-    written: Vec<(u32, Option<Keep>)>,
+    /// What the kernel holds, per slot.
+    written: Vec<Written>,
     /// Set once the fast path is off for good.
     off: Option<String>,
 }
@@ -408,13 +474,18 @@ impl fmt::Debug for FastPath {
 /// Whether the fast path is wanted: on unless `SHOAL_XDP_FAST_PATH` is `0`,
 /// `false`, `off` or `no`.
 pub fn enabled_by_env() -> bool {
-    match std::env::var("SHOAL_XDP_FAST_PATH") {
-        Ok(v) => !matches!(
+    env_allows("SHOAL_XDP_FAST_PATH")
+}
+
+/// Whether the environment switch `var` leaves a feature on: unset, or
+/// anything but `0`, `false`, `off` or `no`.
+pub fn env_allows(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| {
+        !matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "0" | "false" | "off" | "no"
-        ),
-        Err(_) => true,
-    }
+        )
+    })
 }
 
 impl FastPath {
@@ -428,7 +499,14 @@ impl FastPath {
             reports: Mutex::new(Vec::new()),
             sync: Mutex::new(Sync {
                 in_flight: Vec::new(),
-                written: vec![(ACTION_REDIRECT, None); slots],
+                written: vec![
+                    Written {
+                        action: ACTION_REDIRECT,
+                        keep: None,
+                        pass: None,
+                    };
+                    slots
+                ],
                 off: None,
             }),
         }
@@ -485,6 +563,17 @@ impl FastPath {
             .iter()
             .map(|r| share_under(next, r.rule))
             .collect();
+        let passes = self
+            .maps
+            .layout
+            .rules
+            .iter()
+            .map(|r| {
+                (self.maps.passes() && r.udp && r.udp_untracked)
+                    .then(|| pass_under(next, r.rule))
+                    .flatten()
+            })
+            .collect();
         // A republished map of the same view (new dirty groups elsewhere)
         // shares the same keeps: replace rather than pile up.
         if sync
@@ -497,6 +586,7 @@ impl FastPath {
         sync.in_flight.push(InFlight {
             map: next.clone(),
             shares,
+            passes,
         });
         self.write(&mut sync);
     }
@@ -543,9 +633,9 @@ impl FastPath {
             })
     }
 
-    /// The keep set of every slot for the maps in flight and the latest
-    /// reports.
-    fn target(&self, sync: &Sync) -> Vec<Keep> {
+    /// The keep and pass sets of every slot for the maps in flight and the
+    /// latest reports.
+    fn target(&self, sync: &Sync) -> Vec<(Keep, Keep)> {
         let reports: Vec<Report> = self
             .reports
             .lock()
@@ -588,7 +678,20 @@ impl FastPath {
                         }
                     }
                 }
-                keep
+                // Passed only where every map in flight keeps: the kernel
+                // then decides as any poll loop would.
+                let mut pass: Option<Keep> = None;
+                for f in &sync.in_flight {
+                    match (&f.passes[slot], &mut pass) {
+                        (None, _) => {
+                            pass = Some(Keep::none());
+                            break;
+                        }
+                        (Some(p), None) => pass = Some(p.clone()),
+                        (Some(p), Some(acc)) => acc.intersect(p),
+                    }
+                }
+                (keep, pass.unwrap_or_else(Keep::none))
             })
             .collect()
     }
@@ -600,25 +703,29 @@ impl FastPath {
         }
     }
 
-    /// Writes `target`: per slot, the bitmap before the action that reads it.
-    fn apply(&self, sync: &mut Sync, target: Vec<Keep>) -> Result<(), FastPathError> {
+    /// Writes `target`: per slot, the bitmaps before the action that reads
+    /// them. A pass set never exceeds the keep set (it is the newest map's
+    /// own buckets at most), so a dropping slot never passes.
+    fn apply(&self, sync: &mut Sync, target: Vec<(Keep, Keep)>) -> Result<(), FastPathError> {
         let bpf = &*self.bpf;
-        for (slot, keep) in target.into_iter().enumerate() {
-            let action = keep.action();
-            let (old_action, old_bits) = &sync.written[slot];
+        for (slot, (keep, pass)) in target.into_iter().enumerate() {
+            let base = keep.action();
+            let passing = base != ACTION_DROP && !pass.is_empty();
+            let action = base | if passing { ACTION_PASS } else { 0 };
+            let old = &mut sync.written[slot];
             let slot32 = slot as u32;
-            if action == ACTION_BITMAP && old_bits.as_ref() != Some(&keep) {
+            if base == ACTION_BITMAP && old.keep.as_ref() != Some(&keep) {
                 self.maps.write_bitmap(bpf, slot32, &keep.words)?;
+                old.keep = Some(keep);
             }
-            if action != *old_action {
+            if passing && old.pass.as_ref() != Some(&pass) {
+                self.maps.write_pass_bitmap(bpf, slot32, &pass.words)?;
+                old.pass = Some(pass);
+            }
+            if action != old.action {
                 self.maps.write_action(bpf, slot32, action)?;
+                old.action = action;
             }
-            let bits = if action == ACTION_BITMAP {
-                Some(keep)
-            } else {
-                sync.written[slot].1.take()
-            };
-            sync.written[slot] = (action, bits);
         }
         Ok(())
     }
@@ -632,11 +739,40 @@ impl FastPath {
             {
                 tracing::error!(slot, error = %e, "could not turn an XDP fast path rule off");
             }
-            sync.written[slot].0 = ACTION_REDIRECT;
+            sync.written[slot].action = ACTION_REDIRECT;
         }
         sync.in_flight.clear();
         sync.off = Some(reason);
     }
+}
+
+/// The buckets of rule `rule` in which a poll loop judging with `map` keeps
+/// every untracked UDP datagram (not to an IKE port): the pipeline's verdict
+/// on those is "the bucket's owner is this host". A single-host rule's frames
+/// all have bucket 0, as in the program. `None`: no bucket.
+fn pass_under(map: &ClusterMap, rule: usize) -> Option<Keep> {
+    let compiled = map.rules.get(rule)?;
+    if compiled.disabled_here || compiled.rule.extended_affinity_timeout_s != 0 {
+        return None;
+    }
+    let local = map.local.get();
+    let mut pass = Keep::none();
+    match &compiled.owner {
+        RuleOwner::Disabled => return None,
+        RuleOwner::Single(owner) => {
+            if owner.is_some_and(|h| h.get() == local) {
+                pass.set(0);
+            }
+        }
+        RuleOwner::Buckets(buckets) => {
+            for (b, &o) in buckets.owners().iter().enumerate() {
+                if o == local {
+                    pass.set(b);
+                }
+            }
+        }
+    }
+    (!pass.is_empty()).then_some(pass)
 }
 
 /// What a poll loop judging with `map` may keep under rule `rule`, before
@@ -719,7 +855,7 @@ mod tests {
     fn fast() -> (Arc<FakeBpf>, FastPath) {
         let fake = Arc::new(FakeBpf::default());
         let layout = FastPathLayout::of(&map(&[1], 1, 0));
-        let maps = Arc::new(FastPathMaps::create(&*fake, layout).unwrap());
+        let maps = Arc::new(FastPathMaps::create(&*fake, layout, None).unwrap());
         (fake.clone(), FastPath::new(fake, maps))
     }
 
@@ -733,7 +869,8 @@ mod tests {
     }
 
     fn keep_of(f: &FastPath, rule: usize) -> (u32, Option<Keep>) {
-        f.sync.lock().written[slot_of(f, rule)].clone()
+        let w = f.sync.lock().written[slot_of(f, rule)].clone();
+        (w.action, w.keep)
     }
 
     fn has(k: &Keep, b: u32) -> bool {
@@ -872,11 +1009,136 @@ mod tests {
         f.prepare(&m);
         assert!(f.off_reason().unwrap().contains("epoch 2"));
         for slot in 0..3 {
-            assert_eq!(f.sync.lock().written[slot].0, ACTION_REDIRECT);
+            assert_eq!(f.sync.lock().written[slot].action, ACTION_REDIRECT);
         }
         assert!(fake.calls().len() > before);
         // And stays off.
         f.prepare(&map(&[1, 2], 2, 3));
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+    }
+
+    fn fast_passing() -> FastPath {
+        let fake = Arc::new(FakeBpf::default());
+        let layout = FastPathLayout::of(&map(&[1], 1, 0));
+        let maps = FastPathMaps::create(&*fake, layout, Some([2, 0, 0, 0, 0, 9])).unwrap();
+        FastPath::new(fake, Arc::new(maps))
+    }
+
+    fn pass_of(f: &FastPath, rule: usize) -> Option<Keep> {
+        let w = f.sync.lock().written[slot_of(f, rule)].clone();
+        (w.action & ACTION_PASS != 0).then(|| w.pass.expect("a pass flag without a bitmap"))
+    }
+
+    fn owned_by(m: &ClusterMap, host: u8) -> Vec<u32> {
+        let RuleOwner::Buckets(b) = &m.rules[0].owner else {
+            panic!()
+        };
+        (0..BUCKETS as u32)
+            .filter(|&x| b.owner(x) == HostId::new(host))
+            .collect()
+    }
+
+    #[test]
+    fn datagrams_pass_only_where_every_map_in_flight_keeps_them() {
+        let f = fast_passing();
+        let report = f.loop_report();
+        let two = map(&[1, 2], 1, 1);
+        f.prepare(&two);
+        // Rule 0 covers UDP without extended affinity: host 1's buckets pass.
+        let pass = pass_of(&f, 0).expect("rule 0 passes");
+        let mine = owned_by(&two, 1);
+        assert_eq!(pass.count(), mine.len());
+        assert!(mine.iter().all(|&b| has(&pass, b)));
+        assert_eq!(keep_of(&f, 0).0 & ACTION_MASK, ACTION_BITMAP);
+        // TCP-only and disabled rules never pass.
+        assert!(pass_of(&f, 1).is_none());
+        assert_eq!(keep_of(&f, 2).0, ACTION_DROP);
+        report.record_groups(&two, vec![GroupBits::default(); 3]);
+        f.settle();
+
+        // Host 3 joins: before any loop adopts the new map, the kernel
+        // passes only what both maps give host 1 (the new map is prepared
+        // before it is published).
+        let three = map(&[1, 2, 3], 1, 2);
+        f.prepare(&three);
+        let pass = pass_of(&f, 0).unwrap();
+        let before = Keep {
+            words: pass_words(&two),
+        };
+        let moved: Vec<u32> = owned_by(&three, 3)
+            .into_iter()
+            .filter(|&b| has(&before, b))
+            .collect();
+        assert!(!moved.is_empty(), "host 3 takes some of host 1's buckets");
+        assert!(
+            moved.iter().all(|&b| !has(&pass, b)),
+            "a moved bucket still passes"
+        );
+        // ... while the keep set still holds them (the loop may keep them).
+        let keep = keep_of(&f, 0).1.unwrap();
+        assert!(moved.iter().all(|&b| has(&keep, b)));
+        // The loop moves: exactly host 1's new buckets pass.
+        report.record_groups(&three, vec![GroupBits::default(); 3]);
+        f.settle();
+        let pass = pass_of(&f, 0).unwrap();
+        assert_eq!(pass.words, pass_words(&three));
+
+        // Alone, host 1 keeps (redirects) everything and passes everything.
+        let alone = map(&[1], 1, 3);
+        f.prepare(&alone);
+        report.record_groups(&alone, vec![GroupBits::default(); 3]);
+        f.settle();
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT | ACTION_PASS);
+        assert_eq!(pass_of(&f, 0).unwrap().count(), BUCKETS);
+        // Host 2 is the single host of port 22 once host 1 leaves it... the
+        // single-host rule is TCP: still no pass.
+        assert!(pass_of(&f, 1).is_none());
+
+        // Turned off: plain redirects, so nothing passes either.
+        let mut other = spec();
+        other.rules.remove(2);
+        let m = Arc::new(ClusterMap::build(
+            &other,
+            &View::converged(&other, hosts(&[1])),
+            HostId::new(1).unwrap(),
+            4,
+        ));
+        f.prepare(&m);
+        for slot in 0..3 {
+            assert_eq!(f.sync.lock().written[slot].action, ACTION_REDIRECT);
+        }
+    }
+
+    /// Host 1's buckets of rule 0 under `m`, as bitmap words.
+    fn pass_words(m: &ClusterMap) -> Box<[u64]> {
+        let mut k = Keep::none();
+        for b in owned_by(m, 1) {
+            k.set(b as usize);
+        }
+        k.words
+    }
+
+    #[test]
+    fn extended_affinity_and_no_pass_mac_never_pass() {
+        // No MAC: the writer never sets the flag.
+        let (_, f) = fast();
+        f.prepare(&map(&[1], 1, 1));
+        assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
+        // Extended affinity on the UDP rule: its datagrams open descriptors.
+        let mut sticky = spec();
+        sticky.rules[0].extended_affinity_timeout_s = 30;
+        let m = Arc::new(ClusterMap::build(
+            &sticky,
+            &View::converged(&sticky, hosts(&[1])),
+            HostId::new(1).unwrap(),
+            1,
+        ));
+        let fake = Arc::new(FakeBpf::default());
+        let layout = FastPathLayout::of(&m);
+        assert!(!layout.rules.iter().any(|r| r.udp_untracked && r.udp));
+        let maps = FastPathMaps::create(&*fake, layout, Some([2, 0, 0, 0, 0, 9])).unwrap();
+        let f = FastPath::new(fake, Arc::new(maps));
+        f.prepare(&m);
         assert_eq!(keep_of(&f, 0).0, ACTION_REDIRECT);
     }
 
@@ -888,7 +1150,7 @@ mod tests {
             ..Script::default()
         }));
         let layout = FastPathLayout::of(&map(&[1], 1, 0));
-        let maps = Arc::new(FastPathMaps::create(&*fake, layout).unwrap());
+        let maps = Arc::new(FastPathMaps::create(&*fake, layout, None).unwrap());
         let f = FastPath::new(fake, maps);
         f.prepare(&map(&[1, 2], 2, 1));
         assert!(

@@ -99,6 +99,12 @@ impl MapCell {
         self.fast_path.get().map_or(0, |f| f.counters().dropped())
     }
 
+    /// Datagrams the XDP fast path handed to the kernel stack (kept
+    /// without reaching a poll loop).
+    pub fn xdp_passed(&self) -> u64 {
+        self.fast_path.get().map_or(0, |f| f.counters().passed)
+    }
+
     /// Publishes `map`.
     pub fn publish(&self, map: Arc<ClusterMap>) {
         if let Some(f) = self.fast_path.get() {
@@ -564,6 +570,7 @@ fn counters_json(
         "untracked": total.untracked,
         "adopted": total.adopted,
         "xdp_dropped": thread.cell.xdp_dropped(),
+        "xdp_passed": thread.cell.xdp_passed(),
         "per_core": per_core,
     })
 }

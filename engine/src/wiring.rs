@@ -8,7 +8,11 @@
 //! AF_XDP comes with the XDP fast path (other hosts' buckets dropped in the
 //! kernel, see [`crate::fastpath`]) unless `io.xdp_fast_path = false` or
 //! `SHOAL_XDP_FAST_PATH=0` (the environment switch is for benchmarks that
-//! compare both on one config). `io.xdp_zero_copy = true` or
+//! compare both on one config). With it, kept untracked UDP datagrams go to
+//! the kernel stack from the XDP program itself (see [`crate::xdp::fast`])
+//! unless `io.xdp_pass = false` or `SHOAL_XDP_PASS=0`; the program writes
+//! the NIC's MAC, read from sysfs at start, into their destination.
+//! `io.xdp_zero_copy = true` or
 //! `SHOAL_XDP_ZERO_COPY=1` tries a zero-copy bind first.
 
 use std::net::IpAddr;
@@ -24,7 +28,7 @@ use crate::io::{Delivery, FrameIo};
 use crate::setup::{HostSetup, HostSetupConfig};
 use crate::sys::bpf::KernelBpf;
 use crate::tap::TapConfig;
-use crate::xdp::fast::FastPathLayout;
+use crate::xdp::fast::{FastPathLayout, FastPathPlan};
 use crate::xdp::program::XdpParams;
 
 /// One poll loop: the core it is pinned to and the rx queues it polls.
@@ -135,9 +139,22 @@ fn open_af_xdp(
     let fast_path = (config.io.xdp_fast_path && crate::fastpath::enabled_by_env()).then(|| {
         let spec = config.spec();
         let view = shoal_dataplane::map::View::converged(&spec, shoal_dataplane::HostSet::EMPTY);
-        FastPathLayout::of(&shoal_dataplane::map::ClusterMap::build(
+        let layout = FastPathLayout::of(&shoal_dataplane::map::ClusterMap::build(
             &spec, &view, host.id, 0,
-        ))
+        ));
+        let pass_to = if config.io.xdp_pass && crate::fastpath::env_allows("SHOAL_XDP_PASS") {
+            match nic_mac(&host.interface) {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    tracing::warn!(interface = %host.interface, error = %e,
+                        "no XDP pass: every kept frame goes through the TAP");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        FastPathPlan { layout, pass_to }
     });
     let attachment = XdpAttachment::attach_with_fast_path(
         std::sync::Arc::new(KernelBpf),
@@ -179,6 +196,19 @@ fn open_af_xdp(
         }
     );
     Ok((attachment, per_loop, name))
+}
+
+/// The interface's own MAC, from `/sys/class/net/IF/address`.
+fn nic_mac(interface: &str) -> Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{interface}/address");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let parts: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow!("{path}: {e}"))?;
+    <[u8; 6]>::try_from(parts).map_err(|p| anyhow!("{path}: {} octets, not 6", p.len()))
 }
 
 fn open_af_packet(

@@ -2,7 +2,9 @@
 //! the dataplane: for thousands of random IPv4 TCP/UDP frames under several
 //! rules (None/Single/Network affinity, single-host, disabled, no rule), the
 //! program drops a frame only when userspace would drop it, computes the
-//! same bucket as `affinity_hash`, and never drops what it does not handle.
+//! same bucket as `affinity_hash`, and never drops what it does not handle;
+//! it passes to the stack (with the NIC's MAC as destination) exactly the
+//! well-formed, untagged, untracked UDP datagrams of this host's buckets.
 //! Needs root; no namespaces.
 //!
 //! The program is built with `XDP_ABORTED` (0) as the redirect fallback: with
@@ -31,6 +33,9 @@ use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
 
 const REDIRECTED: u32 = XdpAction::Aborted as u32;
 const DROPPED: u32 = XdpAction::Drop as u32;
+const PASSED: u32 = XdpAction::Pass as u32;
+/// The NIC's own MAC, written into passed datagrams.
+const NIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x11, 0x01];
 
 const VIP1: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 2);
@@ -181,7 +186,8 @@ fn setup(first: &Arc<ClusterMap>) -> Setup {
         .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
         .expect("XSKMAP");
     let layout = FastPathLayout::of(first);
-    let maps = Arc::new(FastPathMaps::create(&*bpf, layout).expect("fast path maps"));
+    let maps =
+        Arc::new(FastPathMaps::create(&*bpf, layout, Some(NIC_MAC)).expect("fast path maps"));
     let cluster_mac = unicast_mac(VIP1).0;
     let params = XdpParams {
         cluster_macs: vec![cluster_mac],
@@ -221,7 +227,22 @@ impl Setup {
     /// it, the (bucket, slot) it recorded.
     fn judge(&self, frame: &[u8]) -> (u32, Option<(u32, u32)>) {
         let before = self.fast.maps().last_judged(&*self.bpf).unwrap();
-        let v = self.run(frame);
+        let (v, out) = self
+            .bpf
+            .prog_test_run_frame(
+                {
+                    use std::os::fd::AsFd;
+                    self.program.as_fd()
+                },
+                frame,
+            )
+            .expect("BPF_PROG_TEST_RUN");
+        // A passed frame carries the NIC's MAC, and nothing else changes.
+        let mut want = frame.to_vec();
+        if v == PASSED {
+            want[..6].copy_from_slice(&NIC_MAC);
+        }
+        assert_eq!(out, want, "the program changed the frame (action {v})");
         let after = self.fast.maps().last_judged(&*self.bpf).unwrap();
         let judged = before
             .iter()
@@ -303,6 +324,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
 
     let local = HostId::new(1).unwrap();
     let mut dropped = 0usize;
+    let mut passed = 0usize;
     let mut judged = 0usize;
     let mut total = 0usize;
     let mut tracked_kept = 0usize;
@@ -355,7 +377,8 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
                 &l4,
             ),
         );
-        if rng.below(4) == 0 {
+        let tagged = rng.below(4) == 0;
+        if tagged {
             frame = vlan(&frame, if rng.below(2) == 0 { 0x8100 } else { 0x88a8 }, 5);
         }
         let (verdict, recorded) = s.judge(&frame);
@@ -364,9 +387,33 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         total += 1;
 
         assert!(
-            verdict == REDIRECTED || verdict == DROPPED,
+            verdict == REDIRECTED || verdict == DROPPED || verdict == PASSED,
             "frame {i}: unexpected action {verdict}"
         );
+        // Passed: exactly the untagged, option-less UDP datagrams of a
+        // rule's bucket this host owns (every rule here is untracked).
+        let expect_pass = proto == 17
+            && !tagged
+            && options == 0
+            && vip != NOT_VIP
+            && owner.rule.is_some()
+            && owner.host == Some(local)
+            && !three.rules[owner.rule.unwrap()].disabled_here;
+        assert_eq!(
+            verdict == PASSED,
+            expect_pass,
+            "frame {i}: pass ({client}:{cport} → {vip}:{port}/{proto}, tagged {tagged}, \
+             options {options}, owner {:?})",
+            owner.host
+        );
+        if verdict == PASSED {
+            passed += 1;
+            assert_eq!(
+                userspace,
+                Verdict::Keep,
+                "frame {i}: passed what userspace drops"
+            );
+        }
         if verdict == DROPPED {
             dropped += 1;
             assert!(
@@ -419,14 +466,16 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         }
     }
     eprintln!(
-        "{total} frames: {judged} judged in the kernel, {dropped} dropped, \
+        "{total} frames: {judged} judged in the kernel, {dropped} dropped, {passed} passed, \
          {tracked_kept} of tracked connections all redirected"
     );
+    assert!(passed > 50, "only {passed} passed");
     // Host 1 owns about a third: the kernel must drop a real share of what
     // it judges.
     assert!(dropped > judged / 2, "only {dropped} of {judged} dropped");
     let c = s.fast.counters();
     assert_eq!(c.dropped() as usize, dropped);
+    assert_eq!(c.passed as usize, passed);
     assert!(c.dropped_rule > 0 && c.dropped_bucket > 0, "{c:?}");
 }
 
@@ -614,21 +663,114 @@ fn every_layout_shape_passes_the_verifier() {
         let xskmap = bpf
             .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
             .expect("XSKMAP");
-        let maps = FastPathMaps::create(&bpf, FastPathLayout::of(&m)).expect("maps");
-        let params = XdpParams {
-            cluster_macs: vec![unicast_mac(VIP1).0],
-            vips_v4: vec![VIP1],
-            ..XdpParams::default()
-        };
-        let prog = XdpProgram::build_with_maps(
-            &params,
-            xskmap.fd(),
-            Some((maps.layout(), maps.fds())),
-            XdpAction::Pass,
-        )
-        .expect("build");
-        if let Err(e) = bpf.prog_load_xdp("shoal_fp_shape", &prog.encode()) {
-            panic!("{what}: the verifier refused the program: {e}");
+        for pass_to in [None, Some(NIC_MAC)] {
+            let maps = FastPathMaps::create(&bpf, FastPathLayout::of(&m), pass_to).expect("maps");
+            let params = XdpParams {
+                cluster_macs: vec![unicast_mac(VIP1).0],
+                vips_v4: vec![VIP1],
+                ..XdpParams::default()
+            };
+            let prog = XdpProgram::build_with_maps(
+                &params,
+                xskmap.fd(),
+                Some((maps.layout(), maps.fds())),
+                XdpAction::Pass,
+            )
+            .expect("build");
+            if let Err(e) = bpf.prog_load_xdp("shoal_fp_shape", &prog.encode()) {
+                panic!("{what} (pass to {pass_to:?}): the verifier refused the program: {e}");
+            }
         }
     }
+}
+
+#[test]
+fn owned_udp_passes_with_the_nic_mac_and_nothing_else_does() {
+    if !privileged("owned_udp_passes_with_the_nic_mac_and_nothing_else_does") {
+        return;
+    }
+    // Host 1 of three, settled on that map.
+    let three = map(&[1, 2, 3], 1, 1);
+    let s = setup(&three);
+    let report = s.fast.loop_report();
+    s.fast.prepare(&three);
+    let dp = Dataplane::new(three.clone(), DescriptorConfig::default(), 7);
+    report.record(&dp);
+    s.fast.settle();
+    let mut rng = Rng(7);
+    let ours = loop {
+        let c = Ipv4Addr::from(rng.next() as u32);
+        let o = Dataplane::owner_of(&three, 17, c.into(), 40000, VIP1.into(), 8080);
+        if o.host == HostId::new(1) {
+            break c;
+        }
+    };
+    let ip = |proto: u8, options: usize, frag: u16| Ip {
+        src: ours,
+        dst: VIP1,
+        proto,
+        options,
+        frag,
+    };
+    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, 0x0800, payload);
+    let plain = to_us(&ipv4(&ip(17, 0, 0), &udp(40000, 8080)));
+    let (v, judged) = s.judge(&plain);
+    assert_eq!(v, PASSED, "our own datagram");
+    assert!(judged.is_some());
+    assert_eq!(s.fast.counters().passed, 1);
+
+    let with_udp_len = |len: u16| {
+        let mut u = udp(40000, 8080);
+        u[4..6].copy_from_slice(&len.to_be_bytes());
+        to_us(&ipv4(&ip(17, 0, 0), &u))
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "TCP of the same flow",
+            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, 0x10))),
+        ),
+        ("IP options", to_us(&ipv4(&ip(17, 8, 0), &udp(40000, 8080)))),
+        (
+            "a first fragment",
+            to_us(&ipv4(&ip(17, 0, 0x2000), &udp(40000, 8080))),
+        ),
+        ("VLAN tagged", vlan(&plain, 0x8100, 5)),
+        ("UDP length below 8", with_udp_len(7)),
+        ("UDP length beyond the datagram", with_udp_len(13)),
+        ("IP total length beyond the frame", {
+            let mut f = plain.clone();
+            f[16..18].copy_from_slice(&200u16.to_be_bytes());
+            f
+        }),
+        ("IP total length below the headers", {
+            let mut f = plain.clone();
+            f[16..18].copy_from_slice(&27u16.to_be_bytes());
+            f
+        }),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(s.judge(frame).0, REDIRECTED, "{what} was not redirected");
+    }
+    // IKE (4500 is under rule 0 here) goes to userspace, which notes it
+    // so ESP can follow.
+    let ike_client = loop {
+        let c = Ipv4Addr::from(rng.next() as u32);
+        let o = Dataplane::owner_of(&three, 17, c.into(), 4500, VIP1.into(), 4500);
+        if o.host == HostId::new(1) {
+            break c;
+        }
+    };
+    let ike = to_us(&ipv4(
+        &Ip {
+            src: ike_client,
+            ..ip(17, 0, 0)
+        },
+        &udp(4500, 4500),
+    ));
+    assert_eq!(s.judge(&ike).0, REDIRECTED, "IKE was not redirected");
+    assert_eq!(
+        s.fast.counters().passed,
+        1,
+        "only the plain datagram passed"
+    );
 }

@@ -251,7 +251,17 @@ pub trait Bpf: Send + Sync + fmt::Debug {
     fn prog_load_xdp(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError>;
     /// `BPF_PROG_TEST_RUN`: runs the program once on `frame`, returns its
     /// XDP action.
-    fn prog_test_run(&self, prog: BorrowedFd<'_>, frame: &[u8]) -> Result<u32, BpfError>;
+    fn prog_test_run(&self, prog: BorrowedFd<'_>, frame: &[u8]) -> Result<u32, BpfError> {
+        self.prog_test_run_frame(prog, frame)
+            .map(|(action, _)| action)
+    }
+    /// As [`Bpf::prog_test_run`], also returning the frame as the program
+    /// left it.
+    fn prog_test_run_frame(
+        &self,
+        prog: BorrowedFd<'_>,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), BpfError>;
     /// `BPF_LINK_CREATE` of an XDP link on `ifindex`. Closing the returned fd
     /// detaches the program.
     fn link_create_xdp(
@@ -526,20 +536,30 @@ impl Bpf for KernelBpf {
         }
     }
 
-    fn prog_test_run(&self, prog: BorrowedFd<'_>, frame: &[u8]) -> Result<u32, BpfError> {
+    fn prog_test_run_frame(
+        &self,
+        prog: BorrowedFd<'_>,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), BpfError> {
         let data_size_in = u32::try_from(frame.len())
             .map_err(|_| BpfError::InvalidArgument("test frame too large".into()))?;
+        // Room for what an XDP program can grow a frame to (it may move its
+        // head or tail); the kernel says how much it wrote.
+        let mut out = vec![0u8; frame.len() + 4096];
         let mut attr = TestRunAttr {
             prog_fd: fd_u32(prog),
             data_size_in,
+            data_size_out: out.len() as u32,
             data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
             repeat: 1,
             ..TestRunAttr::default()
         };
         if sys_bpf(BPF_PROG_TEST_RUN, &mut attr) < 0 {
             return Err(BpfError::last("BPF_PROG_TEST_RUN"));
         }
-        Ok(attr.retval)
+        out.truncate(attr.data_size_out as usize);
+        Ok((attr.retval, out))
     }
 
     fn link_create_xdp(
@@ -923,7 +943,11 @@ pub(crate) mod fake {
             Ok(null_fd())
         }
 
-        fn prog_test_run(&self, _prog: BorrowedFd<'_>, _frame: &[u8]) -> Result<u32, BpfError> {
+        fn prog_test_run_frame(
+            &self,
+            _prog: BorrowedFd<'_>,
+            _frame: &[u8],
+        ) -> Result<(u32, Vec<u8>), BpfError> {
             self.record("prog_test_run");
             Err(fail("BPF_PROG_TEST_RUN", libc::ENOTSUP))
         }

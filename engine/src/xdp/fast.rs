@@ -27,6 +27,18 @@
 //!    the layout): [`ACTION_REDIRECT`], [`ACTION_DROP`], or [`ACTION_BITMAP`]:
 //!    look up bit `bucket` of the slot's keep bitmap, clear → drop.
 //!
+//! 4. *pass* (only when built with a pass MAC, see below): an untagged UDP
+//!    datagram of a rule without extended affinity (`FastRule::
+//!    udp_untracked`), not to an IKE port (500, 4500: userspace notes IKE so
+//!    ESP can follow it), whose slot's action carries [`ACTION_PASS`] and whose
+//!    bucket bit is set in the slot's *pass bitmap*, gets its destination MAC
+//!    rewritten to the NIC's own and is handed to the kernel stack on the NIC
+//!    (`XDP_PASS`), where the VIP is a local address: no copy to userspace,
+//!    no TAP write. The pipeline keeps exactly these datagrams (its verdict
+//!    for an untracked UDP datagram is the bucket's owner alone), and
+//!    [`crate::fastpath`] sets a pass bit only where every map a poll loop may
+//!    be judging with keeps it.
+//!
 //! Every other frame to a cluster MAC (ARP, IPv6, fragments, two VLAN tags,
 //! GRE, ESP, ICMP, AH, truncated headers, non-VIP destinations) is redirected
 //! to the AF_XDP socket exactly as without the fast path. A failed map lookup
@@ -65,6 +77,13 @@ pub const ACTION_REDIRECT: u32 = 0;
 pub const ACTION_DROP: u32 = 1;
 /// Action: drop the frames whose bucket bit is clear in the keep bitmap.
 pub const ACTION_BITMAP: u32 = 2;
+/// Flag on a redirect or bitmap action: first pass the untracked UDP
+/// datagrams whose bit is set in the slot's pass bitmap. Never on
+/// [`ACTION_DROP`]; turning the fast path off writes plain actions, which
+/// stops passing as well as dropping.
+pub const ACTION_PASS: u32 = 0x100;
+/// The action without [`ACTION_PASS`].
+pub const ACTION_MASK: u32 = 0xff;
 
 /// Bytes of one keep bitmap (2^20 bits).
 pub const KEEP_BITMAP_BYTES: u32 = (shoal_dataplane::bucket::BUCKETS / 8) as u32;
@@ -80,6 +99,10 @@ pub const STAT_DROPPED_RULE: usize = 2;
 pub const STAT_LAST_BUCKET: usize = 3;
 /// Stats word: the slot of the last frame judged on this CPU.
 pub const STAT_LAST_SLOT: usize = 4;
+/// Stats word: datagrams handed to the kernel stack (`XDP_PASS`).
+pub const STAT_PASSED: usize = 5;
+/// The UDP ports of IKE, which userspace must see (ESP follows IKE).
+pub const IKE_PORTS: [u16; 2] = [500, 4500];
 
 /// `bpf_map_lookup_elem`.
 const HELPER_MAP_LOOKUP: i32 = 1;
@@ -114,6 +137,10 @@ pub struct FastRule {
     /// The affinity of a multiple-host rule (its frames are hashed); `None`
     /// for single-host and disabled rules (bucket 0, as in the pipeline).
     pub affinity: Option<Affinity>,
+    /// Its UDP datagrams open no descriptor (no extended affinity), so the
+    /// pipeline's verdict on them is the bucket's owner alone: they may be
+    /// passed in the kernel.
+    pub udp_untracked: bool,
 }
 
 /// What the program is compiled for: the rules that can match an IPv4 frame,
@@ -167,6 +194,7 @@ impl FastPathLayout {
                     tcp,
                     udp,
                     affinity,
+                    udp_untracked: r.extended_affinity_timeout_s == 0,
                 })
             })
             .take(MAX_RULES)
@@ -184,6 +212,16 @@ impl FastPathLayout {
     }
 }
 
+/// What an XDP attachment builds its fast path for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastPathPlan {
+    /// The rules and seed.
+    pub layout: FastPathLayout,
+    /// The NIC's own MAC, to pass kept untracked UDP to the kernel stack;
+    /// `None` passes nothing (every kept frame goes through userspace).
+    pub pass_to: Option<[u8; 6]>,
+}
+
 /// The maps the fast path reads and writes, by fd.
 #[derive(Debug, Clone, Copy)]
 pub struct FastPathFds<'a> {
@@ -193,6 +231,12 @@ pub struct FastPathFds<'a> {
     pub keep: BorrowedFd<'a>,
     /// ARRAY, `u32` CPU → [`STATS_SLOT_BYTES`] of `u64` counters.
     pub stats: BorrowedFd<'a>,
+    /// ARRAY, `u32` slot → pass bitmap of [`KEEP_BITMAP_BYTES`].
+    pub pass: BorrowedFd<'a>,
+    /// The NIC's own MAC: passed datagrams get it as destination (the stack
+    /// drops frames for another host's MAC). `None`: the program passes
+    /// nothing.
+    pub pass_to: Option<[u8; 6]>,
 }
 
 /// The frame's bytes as a load of their width sees them.
@@ -256,8 +300,12 @@ pub fn emit(
     let keep = asm.label();
     let drop_bucket = asm.label();
     let drop_rule = asm.label();
+    let passed = asm.label();
     let account = asm.label();
     let verdict = asm.label();
+    // Whether any datagram can be passed: stack word `PASS_OK` then says
+    // whether this frame may be (untagged, UDP, not IKE, an untracked rule).
+    let passing = fds.pass_to.is_some() && layout.rules.iter().any(|r| r.udp && r.udp_untracked);
 
     asm.bind(entry);
     if layout.rules.is_empty() || vips.is_empty() {
@@ -273,6 +321,9 @@ pub fn emit(
     asm.ja(redirect);
 
     asm.bind(tagged);
+    if passing {
+        asm.st_imm(Size::W, Reg::R10, PASS_OK, 0);
+    }
     asm.mov64_reg(Reg::R4, Reg::R2);
     asm.add64_imm(Reg::R4, i32::from(ETH_HLEN + VLAN_HLEN));
     asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, redirect);
@@ -283,6 +334,9 @@ pub fn emit(
     asm.ja(ip);
 
     asm.bind(untagged);
+    if passing {
+        asm.st_imm(Size::W, Reg::R10, PASS_OK, 1);
+    }
     asm.mov64_reg(Reg::R7, Reg::R2);
     asm.add64_imm(Reg::R7, i32::from(ETH_HLEN));
 
@@ -319,6 +373,11 @@ pub fn emit(
     asm.bind(is_vip);
     asm.ldx(Size::W, Reg::R0, Reg::R7, 12);
     asm.to_be(Reg::R0, 32);
+    if passing {
+        // r2 = the IP total length (r2 is free from here on).
+        asm.ldx(Size::H, Reg::R2, Reg::R7, 2);
+        asm.to_be(Reg::R2, 16);
+    }
     asm.alu64_reg(Alu::Add, Reg::R7, Reg::R5);
     asm.mov64_reg(Reg::R4, Reg::R7);
     asm.add64_imm(Reg::R4, 4);
@@ -327,6 +386,36 @@ pub fn emit(
     asm.to_be(Reg::R8, 16);
     asm.ldx(Size::H, Reg::R4, Reg::R7, 2);
     asm.to_be(Reg::R4, 16);
+    if passing {
+        // Only what the pipeline reads as a well-formed datagram may pass:
+        // UDP, no IP options, the datagram inside the frame, 8 <= UDP
+        // length <= IP payload (the checks of its common-frame reader), not
+        // to an IKE port. r7 = the UDP header, r2 = the IP total length,
+        // r5 = the IP header length (free after this).
+        let no = asm.label();
+        let checked = asm.label();
+        asm.jmp32_imm(Cond::Ne, Reg::R9, 17, no);
+        asm.jmp_imm(Cond::Ne, Reg::R5, IPV4_MIN_HLEN, no);
+        for port in IKE_PORTS {
+            asm.jmp32_imm(Cond::Eq, Reg::R4, u32::from(port), no);
+        }
+        asm.jmp_imm(Cond::Lt, Reg::R2, IPV4_MIN_HLEN + 8, no);
+        asm.add64_imm(Reg::R2, -IPV4_MIN_HLEN);
+        asm.mov64_reg(Reg::R5, Reg::R7);
+        asm.alu64_reg(Alu::Add, Reg::R5, Reg::R2);
+        asm.jmp_reg(Cond::Gt, Reg::R5, Reg::R3, no);
+        asm.mov64_reg(Reg::R5, Reg::R7);
+        asm.add64_imm(Reg::R5, 8);
+        asm.jmp_reg(Cond::Gt, Reg::R5, Reg::R3, no);
+        asm.ldx(Size::H, Reg::R5, Reg::R7, 4);
+        asm.to_be(Reg::R5, 16);
+        asm.jmp_imm(Cond::Lt, Reg::R5, 8, no);
+        asm.jmp_reg(Cond::Gt, Reg::R5, Reg::R2, no);
+        asm.ja(checked);
+        asm.bind(no);
+        asm.st_imm(Size::W, Reg::R10, PASS_OK, 0);
+        asm.bind(checked);
+    }
     asm.mov64_reg(Reg::R7, Reg::R0);
 
     // The rule: first match in lookup order. On a match r9 = slot and
@@ -360,6 +449,9 @@ pub fn emit(
         }
         if rule.port_end < u16::MAX {
             asm.jmp32_imm(Cond::Gt, Reg::R4, u32::from(rule.port_end), next);
+        }
+        if passing && rule.udp && !rule.udp_untracked {
+            asm.st_imm(Size::W, Reg::R10, PASS_OK, 0);
         }
         // Slots are below MAX_RULES.
         asm.mov64_imm(Reg::R9, slot as i32);
@@ -405,36 +497,44 @@ pub fn emit(
 
     // The slot's action, then (for a bitmap) the bucket's bit.
     asm.bind(judge);
-    asm.stx(Size::W, Reg::R10, Reg::R9, -4);
-    asm.ld_map_fd(Reg::R1, fds.actions.as_raw_fd());
-    asm.mov64_reg(Reg::R2, Reg::R10);
-    asm.add64_imm(Reg::R2, -4);
-    asm.call(HELPER_MAP_LOOKUP);
+    lookup_slot(asm, fds.actions.as_raw_fd());
     asm.jmp_imm(Cond::Eq, Reg::R0, 0, redirect);
     asm.ldx(Size::W, Reg::R1, Reg::R0, 0);
     asm.jmp32_imm(Cond::Eq, Reg::R1, ACTION_DROP, drop_rule);
+    if passing {
+        // The pass bitmap, when the action says so and the frame may pass.
+        let reload = asm.label();
+        let no = asm.label();
+        asm.mov64_reg(Reg::R2, Reg::R1);
+        asm.alu64_imm(Alu::And, Reg::R2, ACTION_PASS as i32);
+        asm.jmp_imm(Cond::Eq, Reg::R2, 0, no);
+        asm.ldx(Size::W, Reg::R2, Reg::R10, PASS_OK);
+        asm.jmp_imm(Cond::Eq, Reg::R2, 0, no);
+        asm.stx(Size::W, Reg::R10, Reg::R1, SAVED_ACTION);
+        lookup_slot(asm, fds.pass.as_raw_fd());
+        asm.jmp_imm(Cond::Eq, Reg::R0, 0, reload);
+        bucket_bit(asm);
+        asm.jmp_imm(Cond::Ne, Reg::R1, 0, passed);
+        asm.bind(reload);
+        asm.ldx(Size::W, Reg::R1, Reg::R10, SAVED_ACTION);
+        asm.bind(no);
+        asm.alu64_imm(Alu::And, Reg::R1, ACTION_MASK as i32);
+    }
     asm.jmp32_imm(Cond::Ne, Reg::R1, ACTION_BITMAP, keep);
-    asm.stx(Size::W, Reg::R10, Reg::R9, -4);
-    asm.ld_map_fd(Reg::R1, fds.keep.as_raw_fd());
-    asm.mov64_reg(Reg::R2, Reg::R10);
-    asm.add64_imm(Reg::R2, -4);
-    asm.call(HELPER_MAP_LOOKUP);
+    lookup_slot(asm, fds.keep.as_raw_fd());
     asm.jmp_imm(Cond::Eq, Reg::R0, 0, keep);
-    asm.mov64_reg(Reg::R1, Reg::R7);
-    asm.alu64_imm(Alu::Rsh, Reg::R1, 6);
-    asm.alu64_imm(Alu::Lsh, Reg::R1, 3);
-    asm.alu64_reg(Alu::Add, Reg::R0, Reg::R1);
-    asm.ldx(Size::Dw, Reg::R1, Reg::R0, 0);
-    asm.mov64_reg(Reg::R2, Reg::R7);
-    asm.alu64_imm(Alu::And, Reg::R2, 63);
-    asm.alu64_reg(Alu::Rsh, Reg::R1, Reg::R2);
-    asm.alu64_imm(Alu::And, Reg::R1, 1);
+    bucket_bit(asm);
     asm.jmp_imm(Cond::Eq, Reg::R1, 0, drop_bucket);
 
     // r8 = the stats word to add one to besides "judged" (0: none).
     asm.bind(keep);
     asm.mov64_imm(Reg::R8, 0);
     asm.ja(account);
+    if passing {
+        asm.bind(passed);
+        asm.mov64_imm(Reg::R8, STAT_PASSED as i32);
+        asm.ja(account);
+    }
     asm.bind(drop_bucket);
     asm.mov64_imm(Reg::R8, STAT_DROPPED_BUCKET as i32);
     asm.ja(account);
@@ -455,7 +555,7 @@ pub fn emit(
     asm.stx(Size::Dw, Reg::R0, Reg::R1, word(STAT_JUDGED));
     asm.stx(Size::Dw, Reg::R0, Reg::R7, word(STAT_LAST_BUCKET));
     asm.stx(Size::Dw, Reg::R0, Reg::R9, word(STAT_LAST_SLOT));
-    for counter in [STAT_DROPPED_BUCKET, STAT_DROPPED_RULE] {
+    for counter in [STAT_DROPPED_BUCKET, STAT_DROPPED_RULE, STAT_PASSED] {
         let other = asm.label();
         asm.jmp_imm(Cond::Ne, Reg::R8, counter as i32, other);
         asm.ldx(Size::Dw, Reg::R1, Reg::R0, word(counter));
@@ -466,8 +566,57 @@ pub fn emit(
 
     asm.bind(verdict);
     asm.jmp_imm(Cond::Eq, Reg::R8, 0, redirect);
+    let rewrite = asm.label();
+    if passing {
+        asm.jmp_imm(Cond::Eq, Reg::R8, STAT_PASSED as i32, rewrite);
+    }
     asm.mov64_imm(Reg::R0, super::XdpAction::Drop as i32);
     asm.exit();
+
+    // The NIC's MAC as destination (three aligned 16-bit stores), then the
+    // stack. The packet pointers are read again: calls clobbered them.
+    if let (true, Some(mac)) = (passing, fds.pass_to) {
+        asm.bind(rewrite);
+        asm.ldx(Size::W, Reg::R2, Reg::R6, 0);
+        asm.ldx(Size::W, Reg::R3, Reg::R6, 4);
+        asm.mov64_reg(Reg::R4, Reg::R2);
+        asm.add64_imm(Reg::R4, ETH_HLEN.into());
+        asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, redirect);
+        for (i, pair) in mac.chunks_exact(2).enumerate() {
+            let half = i32::from(u16::from_ne_bytes([pair[0], pair[1]]));
+            asm.st_imm(Size::H, Reg::R2, (2 * i) as i16, half);
+        }
+        asm.mov64_imm(Reg::R0, super::XdpAction::Pass as i32);
+        asm.exit();
+    }
+}
+
+/// Stack word: whether the frame may be passed (set on every path to the
+/// judge when the program passes at all).
+const PASS_OK: i16 = -8;
+/// Stack word: the slot's action, kept across the pass bitmap lookup.
+const SAVED_ACTION: i16 = -12;
+
+/// `r0 = lookup(map, slot)` for the slot in `r9` (key at `fp - 4`).
+fn lookup_slot(asm: &mut Asm, map_fd: i32) {
+    asm.stx(Size::W, Reg::R10, Reg::R9, -4);
+    asm.ld_map_fd(Reg::R1, map_fd);
+    asm.mov64_reg(Reg::R2, Reg::R10);
+    asm.add64_imm(Reg::R2, -4);
+    asm.call(HELPER_MAP_LOOKUP);
+}
+
+/// `r1 = bit r7 of the bitmap at r0` (0 or 1); clobbers `r0` and `r2`.
+fn bucket_bit(asm: &mut Asm) {
+    asm.mov64_reg(Reg::R1, Reg::R7);
+    asm.alu64_imm(Alu::Rsh, Reg::R1, 6);
+    asm.alu64_imm(Alu::Lsh, Reg::R1, 3);
+    asm.alu64_reg(Alu::Add, Reg::R0, Reg::R1);
+    asm.ldx(Size::Dw, Reg::R1, Reg::R0, 0);
+    asm.mov64_reg(Reg::R2, Reg::R7);
+    asm.alu64_imm(Alu::And, Reg::R2, 63);
+    asm.alu64_reg(Alu::Rsh, Reg::R1, Reg::R2);
+    asm.alu64_imm(Alu::And, Reg::R1, 1);
 }
 
 #[cfg(test)]
@@ -554,6 +703,8 @@ mod tests {
             actions: f.as_fd(),
             keep: f.as_fd(),
             stats: f.as_fd(),
+            pass: f.as_fd(),
+            pass_to: None,
         };
         let layout = FastPathLayout {
             seed: 1,
