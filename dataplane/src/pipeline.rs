@@ -36,6 +36,12 @@
 //!   general parser ([`Dataplane::judge_general`]). Verdicts, descriptor
 //!   state and counters are the same on both, frame by frame: the
 //!   property tests below hold the shortcut to the general path.
+//! * The batch loop ([`Dataplane::judge_batch`]) inlines only the hot
+//!   part of the shortcut (a common UDP or TCP frame to the first VIP
+//!   under a multiple-host rule whose verdict needs no descriptor), and
+//!   counts `frames` and `for_cluster` once per batch; every other frame
+//!   leaves the loop through one call. The counters after a batch are
+//!   those of judging its frames one by one (tested).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -410,12 +416,14 @@ impl CommonV4 {
 
     #[inline(always)]
     fn ports(h: &[u8; COMMON_LEN], proto: u8, flags: u8) -> Self {
+        // Both ports in one load.
+        let ports = u32::from_be_bytes([h[L4], h[L4 + 1], h[L4 + 2], h[L4 + 3]]);
         Self {
             src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
             dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
             proto,
-            src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
-            dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+            src_port: (ports >> 16) as u16,
+            dst_port: ports as u16,
             flags,
         }
     }
@@ -437,6 +445,20 @@ fn common_v4(frame: &[u8]) -> Option<CommonV4> {
         ip_proto::TCP => CommonV4::tcp(header),
         _ => CommonV4::gre_or_esp(frame, header),
     }
+}
+
+/// The fields of a frame [`common_ipv4`] and [`CommonV4::tcp`] (or, when
+/// `udp`, [`CommonV4::udp`]) accepted, read again without the checks.
+/// `None` only for a frame shorter than [`COMMON_LEN`], which they never
+/// accept.
+#[inline(always)]
+fn common_fields(frame: &[u8], udp: bool) -> Option<CommonV4> {
+    let h = frame.first_chunk::<COMMON_LEN>()?;
+    Some(if udp {
+        CommonV4::ports(h, ip_proto::UDP, 0)
+    } else {
+        CommonV4::ports(h, ip_proto::TCP, h[L4 + 13])
+    })
 }
 
 /// "No rule covers this port": the default host's traffic.
@@ -811,40 +833,172 @@ impl Dataplane {
     }
 
     /// Judges a batch: `out[i]` receives the verdict of `frames[i]`.
+    /// Verdicts, descriptor state and counters are those of [`Self::judge`]
+    /// called on each frame in order.
+    ///
+    /// Out of line (one call per batch), so that the frame loop is
+    /// compiled once, around [`Self::judge_precounted`].
     ///
     /// # Panics
     /// If `out` is shorter than `frames`.
+    #[inline(never)]
     pub fn judge_batch(&mut self, frames: &[&[u8]], now: u64, out: &mut [Verdict]) {
         assert!(out.len() >= frames.len(), "verdict slice too short");
+        let n = frames.len() as u64;
+        self.counters.frames += n;
+        self.counters.for_cluster += n;
         for (f, v) in frames.iter().zip(out.iter_mut()) {
-            *v = self.judge(f, now);
+            self.judge_precounted(f, now, v);
         }
     }
 
     /// Judges one frame and counts the verdict.
     #[inline]
     pub fn judge(&mut self, frame: &[u8], now: u64) -> Verdict {
+        self.counters.frames += 1;
+        self.counters.for_cluster += 1;
+        let mut v = Verdict::Pass;
+        self.judge_precounted(frame, now, &mut v);
+        v
+    }
+
+    /// [`Self::judge`] of a frame already counted in `frames` and
+    /// `for_cluster` (the common case is cluster traffic, so the batch
+    /// counts both once, and the rarer paths take them back).
+    ///
+    /// The hot path, on no state but the map, the foreign counts and the
+    /// counters: a common UDP or TCP frame (see [`common_ipv4`]) to the
+    /// first IPv4 VIP, under the multiple-host rule of the first port
+    /// segment, whose verdict needs no descriptor: UDP (but IKE kept here,
+    /// which notes a link), and TCP of a bucket another host owns in a
+    /// group where this host tracks nothing foreign. It is inlined into
+    /// the batch loop without a call; every other frame leaves through one
+    /// out-of-line `cold_*` call, which judges it as before. The verdict
+    /// is written to `out` where it is known, so that each constant
+    /// verdict is one store.
+    #[inline(always)]
+    fn judge_precounted(&mut self, frame: &[u8], now: u64, out: &mut Verdict) {
         // The common frame to a VIP skips the general parser; everything
         // else, and every malformed frame, takes it.
-        if let Some(header) = common_ipv4(frame) {
-            // One dispatch on the protocol; one copy of the verdict code
-            // per protocol.
-            let v = match header.0[23] {
-                ip_proto::UDP => {
-                    CommonV4::udp(header).and_then(|c| self.judge_common(c, true, now))
+        let Some(header) = common_ipv4(frame) else {
+            *out = self.cold_general(frame, now);
+            return;
+        };
+        // One dispatch on the protocol; one copy of the verdict code per
+        // protocol.
+        match header.0[23] {
+            ip_proto::UDP => match CommonV4::udp(header) {
+                Some(c) => self.judge_hot(c, true, frame, now, out),
+                None => *out = self.cold_general(frame, now),
+            },
+            ip_proto::TCP => match CommonV4::tcp(header) {
+                Some(c) => self.judge_hot(c, false, frame, now, out),
+                None => *out = self.cold_general(frame, now),
+            },
+            _ => {
+                *out = match CommonV4::gre_or_esp(frame, header) {
+                    Some(c) => self.cold_link(c, frame, now),
+                    None => self.cold_general(frame, now),
                 }
-                ip_proto::TCP => {
-                    CommonV4::tcp(header).and_then(|c| self.judge_common(c, false, now))
-                }
-                _ => {
-                    CommonV4::gre_or_esp(frame, header).and_then(|c| self.judge_common_link(c, now))
-                }
-            };
-            if let Some(v) = v {
-                return v;
             }
         }
+    }
+
+    /// [`Self::judge_common`] for a precounted frame, with the first VIP's
+    /// first port segment and a hashed rule inline (see
+    /// [`Self::judge_precounted`]).
+    #[inline(always)]
+    fn judge_hot(&mut self, c: CommonV4, udp: bool, frame: &[u8], now: u64, out: &mut Verdict) {
+        // `FastV4::vip` and `VipV4::segment`, their first answers only.
+        let seg = &self.fast.first.first[usize::from(udp)];
+        let hashed = match &seg.hashed {
+            Some(h) if u64::from(c.dst) == self.fast.first_addr && c.dst_port <= seg.end => h,
+            _ => {
+                *out = self.cold_common(udp, frame, now);
+                return;
+            }
+        };
+        let (b, owner) = hashed_owner(self.fast.seed, hashed, c.src, c.src_port);
+        if owner == self.fast.local {
+            // `judge_udp_v4`'s keep, but IKE's (it notes a link).
+            if udp && !IKE_PORTS.contains(&c.dst_port) {
+                self.counters.kept += 1;
+                *out = Verdict::Keep;
+                return;
+            }
+        } else if udp || (self.skips_probe() && !self.table.tracks_foreign(seg.rule as usize, b)) {
+            // `counted_elsewhere`, as `judge_udp_v4` and `judge_tcp_v4`
+            // reach it.
+            if HostId::new(owner).is_some() {
+                self.counters.dropped[0] += 1;
+                *out = Verdict::Drop(DropReason::NotOwner);
+            } else {
+                self.counters.dropped[3] += 1;
+                *out = Verdict::Drop(DropReason::NoOwner);
+            }
+            return;
+        }
+        *out = if udp {
+            self.cold_common(udp, frame, now)
+        } else {
+            self.cold_tcp(seg.rule, b, owner, frame, now)
+        };
+    }
+
+    /// Takes back the precount of [`Self::judge_precounted`].
+    #[inline(always)]
+    fn uncount(&mut self) {
+        self.counters.frames -= 1;
+        self.counters.for_cluster -= 1;
+    }
+
+    /// A precounted frame for the general parser.
+    #[inline(always)]
+    fn cold_general(&mut self, frame: &[u8], now: u64) -> Verdict {
+        self.uncount();
         self.judge_general(frame, now)
+    }
+
+    /// A precounted common TCP (or, when `udp`, UDP) frame through
+    /// [`Self::judge_common`]. Out of line, as are the other `cold_*`: the
+    /// descriptor steps do not crowd the hot path's registers. Takes the
+    /// frame, not what was read of it, so that the hot path keeps nothing
+    /// for it.
+    #[inline(never)]
+    fn cold_common(&mut self, udp: bool, frame: &[u8], now: u64) -> Verdict {
+        self.uncount();
+        let Some(c) = common_fields(frame, udp) else {
+            return self.judge_general(frame, now);
+        };
+        match self.judge_common(c, udp, now) {
+            Some(v) => v,
+            None => self.judge_general(frame, now),
+        }
+    }
+
+    /// A precounted common GRE or ESP frame through
+    /// [`Self::judge_common_link`].
+    #[inline(never)]
+    fn cold_link(&mut self, c: CommonV4, frame: &[u8], now: u64) -> Verdict {
+        self.uncount();
+        match self.judge_common_link(c, now) {
+            Some(v) => v,
+            None => self.judge_general(frame, now),
+        }
+    }
+
+    /// A precounted common TCP segment to a VIP under hashed rule `rule`,
+    /// in bucket `b` owned by `owner`: [`Self::judge_tcp_v4`] (which
+    /// counts `frames`; `for_cluster` stays counted, as
+    /// [`Self::judge_common`] counts it).
+    #[inline(never)]
+    fn cold_tcp(&mut self, rule: u32, b: u32, owner: u8, frame: &[u8], now: u64) -> Verdict {
+        let Some(c) = common_fields(frame, false) else {
+            // (Not reached: the hot path read this frame as common TCP.)
+            return self.cold_general(frame, now);
+        };
+        self.counters.frames -= 1;
+        self.judge_tcp_v4(rule as usize, b, owner, c, now)
     }
 
     /// [`Self::judge_ip`] for a common GRE or ESP frame, if it is to a VIP;
@@ -993,6 +1147,7 @@ impl Dataplane {
     ///
     /// # Panics
     /// If `out` is shorter than `frames`.
+    #[inline(never)]
     pub fn judge_batch_general(&mut self, frames: &[&[u8]], now: u64, out: &mut [Verdict]) {
         assert!(out.len() >= frames.len(), "verdict slice too short");
         for (f, v) in frames.iter().zip(out.iter_mut()) {
@@ -1670,6 +1825,35 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// `judge_batch` (whose hot loop counts `frames` and `for_cluster`
+        /// per batch) against the general path frame by frame, under
+        /// every variant map, in batches of any size.
+        #[test]
+        fn batches_agree_with_the_general_path(
+            m in 0usize..5,
+            frames in prop::collection::vec(arb_frame(), 1..160),
+            size in 1usize..80,
+        ) {
+            let cfg = DescriptorConfig { capacity: 1 << 10, ..DescriptorConfig::default() };
+            let map = &variant_maps()[m];
+            let (mut batched, mut general) = (Dataplane::new(map.clone(), cfg, 5), Dataplane::new(map.clone(), cfg, 5));
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let mut out = vec![Verdict::Pass; refs.len()];
+            for (k, (chunk, verdicts)) in refs.chunks(size).zip(out.chunks_mut(size)).enumerate() {
+                batched.judge_batch(chunk, k as u64 * 1_000_000, verdicts);
+            }
+            for (i, f) in frames.iter().enumerate() {
+                let now = (i / size) as u64 * 1_000_000;
+                prop_assert_eq!(out[i], general.judge_general(f, now), "map {} frame {} {:02x?}", m, i, f);
+            }
+            prop_assert_eq!(batched.counters(), general.counters());
+            prop_assert_eq!(batched.table().len(), general.table().len());
+            prop_assert_eq!(batched.table().counters(), general.table().counters());
+        }
+    }
+
     /// Each variant map sends common frames down the path it is there for.
     #[test]
     fn variant_maps_reach_every_path() {
@@ -1916,6 +2100,40 @@ mod tests {
             prop_assert_eq!(skip.counters(), probe.counters());
             prop_assert_eq!(skip.table().len(), probe.table().len());
             prop_assert_eq!(skip.table().counters(), probe.table().counters());
+        }
+    }
+
+    proptest! {
+        /// The same across views that move buckets away from connections
+        /// this host tracks, the frames between two views judged in one
+        /// batch against the general path frame by frame (the hot loop's
+        /// TCP drops read the foreign counts those views set).
+        #[test]
+        fn batches_agree_across_views(ops in arb_ops()) {
+            let cfg = DescriptorConfig { capacity: 1 << 10, ..DescriptorConfig::default() };
+            let mut batched = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
+            let mut general = Dataplane::new(view_map(&[1, 2, 3]), cfg, 3);
+            let mut pending: Vec<&[u8]> = Vec::new();
+            let mut t = 0u64;
+            for op in ops.iter().chain([Op::View(vec![1, 2, 3])].iter()) {
+                match op {
+                    Op::Frame(f) => pending.push(f),
+                    Op::View(m) => {
+                        let mut out = vec![Verdict::Pass; pending.len()];
+                        batched.judge_batch(&pending, t, &mut out);
+                        for (f, v) in pending.iter().zip(&out) {
+                            prop_assert_eq!(*v, general.judge_general(f, t), "frame {:02x?}", f);
+                        }
+                        pending.clear();
+                        t += 1_000_000;
+                        batched.set_map(view_map(m));
+                        general.set_map(view_map(m));
+                    }
+                }
+            }
+            prop_assert_eq!(batched.counters(), general.counters());
+            prop_assert_eq!(batched.table().len(), general.table().len());
+            prop_assert_eq!(batched.table().counters(), general.table().counters());
         }
     }
 
