@@ -193,6 +193,9 @@ pub struct XdpAttachment {
     // before the map and program fds go.
     link: OwnedFd,
     program: OwnedFd,
+    /// The tcx companion of the XDP pass (link, then program), when the
+    /// program passes datagrams (see [`crate::xdp::reclassify`]).
+    reclassify: Option<(OwnedFd, OwnedFd)>,
     xskmap: BpfMap,
     /// The XDP fast path's maps, when the program judges cluster frames in
     /// the kernel (see [`crate::fastpath`]).
@@ -202,6 +205,22 @@ pub struct XdpAttachment {
     ifindex: u32,
     queues: u32,
     mode: XdpMode,
+}
+
+/// Loads and links [`crate::xdp::reclassify`] on `ifindex`'s tcx ingress;
+/// returns (link, program).
+fn attach_reclassify(
+    bpf: &dyn Bpf,
+    ifindex: u32,
+    mac: [u8; 6],
+) -> Result<(OwnedFd, OwnedFd), AfXdpError> {
+    let insns = crate::xdp::reclassify::program(mac).map_err(ProgramError::from)?;
+    let encoded: Vec<[u8; 8]> = insns.iter().map(|i| i.encode()).collect();
+    let program = bpf
+        .prog_load_tcx("shoal_reclass", &encoded)
+        .map_err(AfXdpError::Load)?;
+    let link = bpf.link_create_tcx_ingress(program.as_fd(), ifindex)?;
+    Ok((link, program))
 }
 
 impl XdpAttachment {
@@ -244,6 +263,22 @@ impl XdpAttachment {
                     AfXdpError::Bpf(e)
                 }
             })?;
+        // The pass needs its tcx companion on veth: without it, nothing is
+        // passed (every kept frame takes userspace and the TAP).
+        let mut reclassify = None;
+        let fast_path = fast_path.map(|mut plan| {
+            if let Some(mac) = plan.pass_to {
+                match attach_reclassify(&*bpf, ifindex, mac) {
+                    Ok(fds) => reclassify = Some(fds),
+                    Err(e) => {
+                        tracing::warn!(ifname, error = %e,
+                            "no tcx ingress link: the XDP program passes nothing to the stack");
+                        plan.pass_to = None;
+                    }
+                }
+            }
+            plan
+        });
         let fast_path = match fast_path {
             Some(plan) => Some(Arc::new(
                 FastPathMaps::create(&*bpf, plan.layout, plan.pass_to).map_err(|e| match e {
@@ -284,6 +319,7 @@ impl XdpAttachment {
                     return Ok(Self {
                         link,
                         program,
+                        reclassify,
                         xskmap,
                         fast_path,
                         bpf,
@@ -303,6 +339,12 @@ impl XdpAttachment {
             ifname: ifname.to_owned(),
             attempts,
         })
+    }
+
+    /// Whether the program hands datagrams to the stack itself (its tcx
+    /// companion is attached).
+    pub fn passes(&self) -> bool {
+        self.reclassify.is_some()
     }
 
     /// The mode actually in use (never [`XdpMode::Auto`]).

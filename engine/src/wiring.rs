@@ -189,10 +189,10 @@ fn open_af_xdp(
         "af_xdp {} {}{}",
         attachment.mode(),
         if zero_copy { "zero-copy" } else { "copy" },
-        if attachment.fast_path().is_some() {
-            " +xdp fast path"
-        } else {
-            ""
+        match (attachment.fast_path().is_some(), attachment.passes()) {
+            (true, true) => " +xdp fast path +pass",
+            (true, false) => " +xdp fast path",
+            _ => "",
         }
     );
     Ok((attachment, per_loop, name))

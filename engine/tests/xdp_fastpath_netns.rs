@@ -1,7 +1,10 @@
 //! The XDP fast path in a real `shoal run`: in a private pair of namespaces,
 //! host 1 of a two-host static view drops host 2's share in the kernel
-//! (`xdp_dropped`), still judges and serves its own in userspace, and after a
-//! restart as the only host drops nothing of what is now its own.
+//! (`xdp_dropped`) and hands its own datagrams to the kernel stack from the
+//! XDP program (`xdp_passed`: the host's UDP layer counts them), and after a
+//! restart as the only host drops nothing of what is now its own. With
+//! `SHOAL_XDP_PASS=0` its own go through userspace and the TAP (`kept`);
+//! with `SHOAL_XDP_FAST_PATH=0` userspace drops host 2's too.
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
@@ -27,6 +30,7 @@ const PORT: u16 = 8080;
 trait Flood {
     fn send(&self);
     fn settled_stats(&self, key: &str, want: u64) -> serde_json::Value;
+    fn udp_no_ports(&self) -> u64;
 }
 
 impl Flood for Lab {
@@ -40,6 +44,20 @@ impl Flood for Lab {
             script.replace('"', "\\\"")
         ));
         assert!(out.trim() == "sent", "sender: {out}");
+    }
+
+    /// The host namespace's `Udp: NoPorts`: datagrams its UDP layer took
+    /// for a local address where nothing listens (the VIP, here).
+    fn udp_no_ports(&self) -> u64 {
+        let snmp = sh(&format!("ip netns exec {} cat /proc/net/snmp", self.host));
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "NoPorts")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Udp NoPorts in {snmp}"))
     }
 
     /// Waits for shoal's counters, then for them to stop moving.
@@ -105,18 +123,26 @@ fn other_hosts_share_is_dropped_in_the_kernel_and_ours_is_kept() {
         lab.stats()["backend"]
             .as_str()
             .unwrap_or("")
-            .contains("xdp fast path"),
+            .contains("xdp fast path +pass"),
         "{}",
         lab.stats()
     );
+    let stack_before = lab.udp_no_ports();
     lab.send();
     let s = lab.settled_stats("xdp_dropped", other);
+    let stack = lab.udp_no_ports() - stack_before;
     eprintln!(
-        "two hosts: own {own}, other {other}; stats: xdp_dropped {} kept {} not_owner {}",
-        s["xdp_dropped"], s["kept"], s["dropped"]["not_owner"]
+        "two hosts: own {own}, other {other}; stats: xdp_dropped {} xdp_passed {} kept {} \
+         not_owner {}; the stack's UDP took {stack}",
+        s["xdp_dropped"], s["xdp_passed"], s["kept"], s["dropped"]["not_owner"]
     );
     assert_eq!(s["xdp_dropped"].as_u64(), Some(other), "{s}\n{}", lab.log());
-    assert_eq!(s["kept"].as_u64(), Some(own), "{s}");
+    assert_eq!(s["xdp_passed"].as_u64(), Some(own), "{s}");
+    assert_eq!(s["kept"].as_u64(), Some(0), "{s}");
+    assert_eq!(
+        stack, own,
+        "the passed datagrams reached the VIP's UDP layer"
+    );
     assert_eq!(
         s["dropped"]["not_owner"].as_u64(),
         Some(0),
@@ -130,13 +156,30 @@ fn other_hosts_share_is_dropped_in_the_kernel_and_ours_is_kept() {
     assert_eq!(other, 0);
     let mut shoal = lab.start(&one, "af_xdp", &[]);
     lab.send();
-    let s = lab.settled_stats("kept", own);
+    let s = lab.settled_stats("xdp_passed", own);
     eprintln!(
-        "one host: own {own}; stats: xdp_dropped {} kept {}",
-        s["xdp_dropped"], s["kept"]
+        "one host: own {own}; stats: xdp_dropped {} xdp_passed {} kept {}",
+        s["xdp_dropped"], s["xdp_passed"], s["kept"]
     );
     assert_eq!(s["xdp_dropped"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["kept"].as_u64(), Some(own), "{s}\n{}", lab.log());
+    assert_eq!(s["xdp_passed"].as_u64(), Some(own), "{s}\n{}", lab.log());
+    stop(&mut shoal);
+
+    // Two hosts with passing off: our own go through userspace and the
+    // TAP, and reach the same UDP layer.
+    let mut shoal = lab.start(&two, "af_xdp", &["SHOAL_XDP_PASS=0"]);
+    let (own, other) = expected_own(&two);
+    let stack_before = lab.udp_no_ports();
+    lab.send();
+    let s = lab.settled_stats("kept", own);
+    let stack = lab.udp_no_ports() - stack_before;
+    assert_eq!(s["xdp_dropped"].as_u64(), Some(other), "{s}");
+    assert_eq!(s["xdp_passed"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["kept"].as_u64(), Some(own), "{s}");
+    assert_eq!(
+        stack, own,
+        "the TAP's datagrams reached the VIP's UDP layer"
+    );
     stop(&mut shoal);
 
     // The same, with the fast path turned off: userspace drops host 2's.

@@ -45,6 +45,10 @@ const BPF_LINK_CREATE: libc::c_int = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_XDP`, the attach type of an XDP link.
 pub const BPF_XDP: u32 = 37;
+/// `BPF_PROG_TYPE_SCHED_CLS`.
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_TCX_INGRESS`, the attach type of a tcx ingress link (Linux 6.6+).
+pub const BPF_TCX_INGRESS: u32 = 46;
 /// `XDP_FLAGS_SKB_MODE`: generic XDP, run from the core receive path.
 pub const XDP_FLAGS_SKB_MODE: u32 = 2;
 /// `XDP_FLAGS_DRV_MODE`: native XDP, run by the driver.
@@ -249,6 +253,15 @@ pub trait Bpf: Send + Sync + fmt::Debug {
     /// `BPF_PROG_LOAD` of an XDP program (license "GPL"). On rejection the
     /// error carries the verifier log.
     fn prog_load_xdp(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError>;
+    /// `BPF_PROG_LOAD` of a tc classifier for a tcx ingress link.
+    fn prog_load_tcx(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError>;
+    /// `BPF_LINK_CREATE` of a tcx ingress link on `ifindex`, after any
+    /// programs already there. Closing the returned fd detaches it.
+    fn link_create_tcx_ingress(
+        &self,
+        prog: BorrowedFd<'_>,
+        ifindex: u32,
+    ) -> Result<OwnedFd, BpfError>;
     /// `BPF_PROG_TEST_RUN`: runs the program once on `frame`, returns its
     /// XDP action.
     fn prog_test_run(&self, prog: BorrowedFd<'_>, frame: &[u8]) -> Result<u32, BpfError> {
@@ -407,6 +420,7 @@ fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
 
 impl KernelBpf {
     fn prog_load_once(
+        (prog_type, expected_attach_type): (u32, u32),
         insns: &[[u8; 8]],
         name: [u8; 16],
         log: Option<&mut [u8]>,
@@ -415,12 +429,12 @@ impl KernelBpf {
         let insn_cnt =
             u32::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
         let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
+            prog_type,
             insn_cnt,
             insns: insns.as_ptr() as u64,
             license: LICENSE.as_ptr() as u64,
             prog_name: name,
-            expected_attach_type: BPF_XDP,
+            expected_attach_type,
             ..ProgLoadAttr::default()
         };
         if let Some(buf) = log {
@@ -433,6 +447,29 @@ impl KernelBpf {
             BpfError::Syscall { source, .. } => source,
             other => io::Error::other(other.to_string()),
         })
+    }
+
+    /// Loads a program of `kind` (type, expected attach type), first without
+    /// a log (cheaper); on failure again with a log so that the error
+    /// explains itself.
+    fn prog_load(kind: (u32, u32), name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError> {
+        let kname = object_name(name);
+        let first = match Self::prog_load_once(kind, insns, kname, None) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
+        };
+        let mut log = vec![0u8; VERIFIER_LOG_SIZE];
+        match Self::prog_load_once(kind, insns, kname, Some(&mut log)) {
+            Ok(fd) => Ok(fd),
+            Err(_) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                Err(BpfError::ProgramRejected {
+                    name: name.to_owned(),
+                    source: first,
+                    log: String::from_utf8_lossy(&log[..end]).into_owned(),
+                })
+            }
+        }
     }
 }
 
@@ -515,25 +552,25 @@ impl Bpf for KernelBpf {
     }
 
     fn prog_load_xdp(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError> {
-        let kname = object_name(name);
-        // Load without a log first (cheaper); on failure load again with a
-        // log so that the error explains itself.
-        let first = match Self::prog_load_once(insns, kname, None) {
-            Ok(fd) => return Ok(fd),
-            Err(e) => e,
+        Self::prog_load((BPF_PROG_TYPE_XDP, BPF_XDP), name, insns)
+    }
+
+    fn prog_load_tcx(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError> {
+        Self::prog_load((BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_INGRESS), name, insns)
+    }
+
+    fn link_create_tcx_ingress(
+        &self,
+        prog: BorrowedFd<'_>,
+        ifindex: u32,
+    ) -> Result<OwnedFd, BpfError> {
+        let mut attr = LinkCreateAttr {
+            prog_fd: fd_u32(prog),
+            target_ifindex: ifindex,
+            attach_type: BPF_TCX_INGRESS,
+            flags: 0,
         };
-        let mut log = vec![0u8; VERIFIER_LOG_SIZE];
-        match Self::prog_load_once(insns, kname, Some(&mut log)) {
-            Ok(fd) => Ok(fd),
-            Err(_) => {
-                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                Err(BpfError::ProgramRejected {
-                    name: name.to_owned(),
-                    source: first,
-                    log: String::from_utf8_lossy(&log[..end]).into_owned(),
-                })
-            }
-        }
+        owned_fd(sys_bpf(BPF_LINK_CREATE, &mut attr), "BPF_LINK_CREATE")
     }
 
     fn prog_test_run_frame(
@@ -854,6 +891,7 @@ pub(crate) mod fake {
         pub prog_load: Option<(i32, &'static str)>,
         pub link_driver: Option<i32>,
         pub link_skb: Option<i32>,
+        pub link_tcx: Option<i32>,
         pub ifindex: Option<i32>,
         pub rx_queues: u32,
     }
@@ -941,6 +979,23 @@ pub(crate) mod fake {
                 });
             }
             Ok(null_fd())
+        }
+
+        fn prog_load_tcx(&self, name: &str, insns: &[[u8; 8]]) -> Result<OwnedFd, BpfError> {
+            self.record(format!("prog_load_tcx {name} {}", insns.len()));
+            Ok(null_fd())
+        }
+
+        fn link_create_tcx_ingress(
+            &self,
+            _prog: BorrowedFd<'_>,
+            ifindex: u32,
+        ) -> Result<OwnedFd, BpfError> {
+            self.record(format!("link_create_tcx {ifindex}"));
+            match self.script.link_tcx {
+                Some(e) => Err(fail("BPF_LINK_CREATE", e)),
+                None => Ok(null_fd()),
+            }
         }
 
         fn prog_test_run_frame(

@@ -1,6 +1,7 @@
 //! shoal's own XDP program: a minimal eBPF encoder ([`asm`]) and the
 //! pre-classifier built from cluster parameters ([`program`]), with its
-//! optional in-kernel drop of other hosts' buckets ([`fast`]). Loading and
+//! optional in-kernel drop of other hosts' buckets and pass of its own
+//! datagrams ([`fast`], with [`reclassify`] on tcx for veth). Loading and
 //! attaching live in [`crate::afxdp`] through the [`crate::sys::bpf`] seam.
 
 #![forbid(unsafe_code)]
@@ -8,5 +9,6 @@
 pub mod asm;
 pub mod fast;
 pub mod program;
+pub mod reclassify;
 
 pub use program::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
