@@ -4,8 +4,9 @@
 //!
 //! | receiver | what it is | frames received = |
 //! |---|---|---|
-//! | `shoal_af_xdp` | `shoal run --static-view --backend af_xdp`, host 1 of 3, keeps ~1/3; its XDP fast path drops other hosts' buckets in the kernel | shoal's `received + xdp_dropped` (frames its poll loops judged, plus frames its XDP program dropped) |
-//! | `shoal_af_xdp_generic` | the same with the XDP program attached in generic (skb) mode | as `shoal_af_xdp` |
+//! | `shoal_af_xdp` | `shoal run --static-view --backend af_xdp`, host 1 of 3, keeps ~1/3; its XDP fast path drops other hosts' buckets and passes its own datagrams to the stack, in the kernel | shoal's `received + xdp_dropped + xdp_passed` (frames its poll loops judged, plus frames its XDP program dropped or passed) |
+//! | `shoal_af_xdp_no_pass` | the same with the pass off (`SHOAL_XDP_PASS=0`): the kept third is copied to userspace, judged there and written into the TAP | as `shoal_af_xdp` |
+//! | `shoal_af_xdp_generic` | `shoal_af_xdp` with the XDP program attached in generic (skb) mode | as `shoal_af_xdp` |
 //! | `shoal_af_xdp_copy_all` | the same with the XDP fast path off (`SHOAL_XDP_FAST_PATH=0`): every cluster frame copied to userspace | shoal's `received` |
 //! | `shoal_af_packet` | the same with `--backend af_packet` | shoal's `received` |
 //! | `xdp_drop_native` | a two-instruction XDP_DROP, driver mode | `sbrx0` rx_packets (veth counts every frame its XDP path ran on) |
@@ -23,9 +24,9 @@
 //! The fastest of the three trivial drops, per round and placement, is
 //! "the ceiling"; every ratio is to the ceiling of its own round.
 //!
-//! Frames kept by the cluster filters (and by shoal, through its TAP)
-//! continue into the kernel's UDP layer at the VIP, where nothing listens:
-//! the same fate for every receiver that keeps a share.
+//! Frames kept by the cluster filters (and by shoal, from its XDP program or
+//! through its TAP) continue into the kernel's UDP layer at the VIP, where
+//! nothing listens: the same fate for every receiver that keeps a share.
 //!
 //! # Receive-side CPU per frame
 //!
@@ -67,8 +68,11 @@ pub const TARGET_RATIO: f64 = 0.9;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Receiver {
     /// shoal, AF_XDP backend (its XDP fast path drops other hosts'
-    /// buckets in the kernel).
+    /// buckets and passes its own datagrams to the stack, in the kernel).
     ShoalAfXdp,
+    /// shoal, AF_XDP backend, fast path on, pass off (`SHOAL_XDP_PASS=0`):
+    /// kept frames go through userspace and the TAP.
+    ShoalAfXdpNoPass,
     /// shoal, AF_XDP backend, fast path on, XDP attached in generic (skb)
     /// mode: on veth, cheaper per frame than native mode, which copies
     /// every skb into an `xdp_buff` first.
@@ -92,8 +96,9 @@ pub enum Receiver {
 
 impl Receiver {
     /// Every receiver, in the order each round runs them.
-    pub const ALL: [Receiver; 9] = [
+    pub const ALL: [Receiver; 10] = [
         Receiver::ShoalAfXdp,
+        Receiver::ShoalAfXdpNoPass,
         Receiver::ShoalAfXdpGeneric,
         Receiver::ShoalAfXdpCopyAll,
         Receiver::XdpDropNative,
@@ -108,6 +113,7 @@ impl Receiver {
     pub fn name(self) -> &'static str {
         match self {
             Receiver::ShoalAfXdp => "shoal_af_xdp",
+            Receiver::ShoalAfXdpNoPass => "shoal_af_xdp_no_pass",
             Receiver::ShoalAfXdpGeneric => "shoal_af_xdp_generic",
             Receiver::ShoalAfXdpCopyAll => "shoal_af_xdp_copy_all",
             Receiver::ShoalAfPacket => "shoal_af_packet",
@@ -131,9 +137,10 @@ impl Receiver {
     pub fn counted_by(self) -> &'static str {
         match self {
             Receiver::ShoalAfXdp
+            | Receiver::ShoalAfXdpNoPass
             | Receiver::ShoalAfXdpGeneric
             | Receiver::ShoalAfXdpCopyAll
-            | Receiver::ShoalAfPacket => "shoal --stats received + xdp_dropped",
+            | Receiver::ShoalAfPacket => "shoal --stats received + xdp_dropped + xdp_passed",
             _ => "sbrx0 rx_packets",
         }
     }
@@ -142,6 +149,7 @@ impl Receiver {
         matches!(
             self,
             Receiver::ShoalAfXdp
+                | Receiver::ShoalAfXdpNoPass
                 | Receiver::ShoalAfXdpGeneric
                 | Receiver::ShoalAfXdpCopyAll
                 | Receiver::ShoalAfPacket
@@ -217,7 +225,7 @@ pub fn start_shoal(
     rig: &Rig,
     name: &str,
     backend: &str,
-    fast_path: bool,
+    (fast_path, pass): (bool, bool),
     xdp_mode: &str,
     control: usize,
     polls: &[(usize, Vec<u32>)],
@@ -245,7 +253,8 @@ pub fn start_shoal(
             ])
             .arg(&stats)
             .env("RUST_LOG", "warn")
-            .env("SHOAL_XDP_FAST_PATH", if fast_path { "1" } else { "0" });
+            .env("SHOAL_XDP_FAST_PATH", if fast_path { "1" } else { "0" })
+            .env("SHOAL_XDP_PASS", if pass { "1" } else { "0" });
         let log = rig.dir.join(format!("{name}.log"));
         let mut p = Proc::start("shoal", cmd, &log)?;
         let until = Instant::now() + Duration::from_secs(15);
@@ -269,6 +278,7 @@ impl Running {
         let cpu = placement.rx_cpu();
         Ok(match r {
             Receiver::ShoalAfXdp
+            | Receiver::ShoalAfXdpNoPass
             | Receiver::ShoalAfXdpGeneric
             | Receiver::ShoalAfXdpCopyAll
             | Receiver::ShoalAfPacket => {
@@ -278,6 +288,7 @@ impl Running {
                     "af_xdp"
                 };
                 let fast_path = r != Receiver::ShoalAfXdpCopyAll;
+                let pass = fast_path && r != Receiver::ShoalAfXdpNoPass;
                 let mode = if r == Receiver::ShoalAfXdpGeneric {
                     "generic"
                 } else {
@@ -287,7 +298,7 @@ impl Running {
                     rig,
                     r.name(),
                     backend,
-                    fast_path,
+                    (fast_path, pass),
                     mode,
                     cpu,
                     &[(cpu, vec![0])],
@@ -430,9 +441,10 @@ fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
     let text = std::fs::read(path).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     // Frames seen: those the poll loops judged plus those the XDP fast
-    // path dropped in the kernel.
-    let seen = v["received"].as_u64()? + v["xdp_dropped"].as_u64().unwrap_or(0);
-    Some((seen, v["kept"].as_u64().unwrap_or(0), at))
+    // path dropped or passed in the kernel; kept: by a poll loop or passed.
+    let passed = v["xdp_passed"].as_u64().unwrap_or(0);
+    let seen = v["received"].as_u64()? + v["xdp_dropped"].as_u64().unwrap_or(0) + passed;
+    Some((seen, v["kept"].as_u64().unwrap_or(0) + passed, at))
 }
 
 /// Waits (up to 3 s) for shoal to rewrite its counters file; returns
@@ -778,12 +790,13 @@ mod tests {
             rounds: 2,
             smoke: true,
         };
-        // Receiver order: shoal_af_xdp, shoal generic, shoal copy-all, xdp
-        // native, jhash, shoal af_packet, xdp generic, xt_cluster, nft
-        // drop-all.
+        // Receiver order: shoal_af_xdp, shoal no pass, shoal generic, shoal
+        // copy-all, xdp native, jhash, shoal af_packet, xdp generic,
+        // xt_cluster, nft drop-all.
         let round = |shoal: f64, native: f64, nft: f64| {
             vec![
                 vec![w(shoal)],
+                vec![w(0.35)],
                 vec![w(0.3)],
                 vec![w(0.2)],
                 vec![w(native)],
