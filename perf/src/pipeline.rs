@@ -19,8 +19,16 @@
 //!   frames/s is per core.
 //! * Instructions: the same fixture runs under `valgrind --tool=callgrind`
 //!   in a hidden worker mode (`shoal bench callgrind-worker`); collection is
-//!   toggled on only inside [`measured_pass`] and dumped after each mix, so
-//!   the totals hold the judging loop and nothing else (no fixture setup).
+//!   toggled on only inside [`measured_pass`] and dumped after each mix (no
+//!   fixture setup is counted). The figure, `instructions_per_frame`, is
+//!   the inclusive cost of the dataplane's entry point, every call of
+//!   [`Dataplane::judge_batch`] (or [`Dataplane::judge_batch_general`])
+//!   with everything it calls: parsing, lookups, hashing, descriptors,
+//!   counters, verdict writes, the call and its per-batch setup, divided by
+//!   the frames judged. `loop_instructions_per_frame` adds the bench's own
+//!   loop around it (filling each batch's array of frame slices from the
+//!   pool, as a poll loop fills it from its ring: about 10 per frame),
+//!   which is the harness's work, not the dataplane's.
 //!
 //! * Side by side: every mix is judged twice per round, through
 //!   [`Dataplane::judge_batch`] (the common-frame shortcut for untagged
@@ -398,6 +406,10 @@ impl Fixture {
 
 /// The demangled name of [`measured_pass`], as callgrind sees it.
 const MEASURED_FN: &str = "shoal_perf::pipeline::measured_pass";
+/// The dataplane entry points [`measured_pass`] calls (out of line, so
+/// callgrind records their calls), as callgrind names them.
+const JUDGE_FN: &str = "shoal_dataplane::pipeline::Dataplane::judge_batch";
+const JUDGE_GENERAL_FN: &str = "shoal_dataplane::pipeline::Dataplane::judge_batch_general";
 
 /// Which entry point of the dataplane a pass goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,17 +475,25 @@ pub struct MixResult {
     pub mpps: f64,
     /// Every round's Mpps.
     pub rounds_mpps: Vec<f64>,
-    /// Instructions per frame under callgrind, when it ran.
+    /// Instructions per frame under callgrind, when it ran: the inclusive
+    /// cost of [`Dataplane::judge_batch`] (see the module docs).
     pub instructions_per_frame: Option<f64>,
+    /// The same with the bench's loop around the calls (filling each
+    /// batch's frame array).
+    #[serde(default)]
+    pub loop_instructions_per_frame: Option<f64>,
     /// The same through the general parser only (the "before"), Mpps.
     #[serde(default)]
     pub general_mpps: f64,
     /// Its ns per frame.
     #[serde(default)]
     pub general_ns_per_frame: f64,
-    /// Its instructions per frame.
+    /// Its instructions per frame ([`Dataplane::judge_batch_general`]).
     #[serde(default)]
     pub general_instructions_per_frame: Option<f64>,
+    /// Its instructions per frame with the bench's loop.
+    #[serde(default)]
+    pub general_loop_instructions_per_frame: Option<f64>,
 }
 
 /// How the callgrind figures were taken.
@@ -483,6 +503,9 @@ pub struct CallgrindInfo {
     pub table_entries: usize,
     /// Frames judged per mix.
     pub frames_per_mix: usize,
+    /// What `instructions_per_frame` counts.
+    #[serde(default)]
+    pub counted: String,
     /// Whether valgrind ran; else why not.
     pub error: Option<String>,
 }
@@ -572,12 +595,13 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
         .map(|(i, (mix, _))| {
             let mpps = median(&rates[i]);
             let general_mpps = median(&general_rates[i]);
-            let instructions = |name: &str| {
+            let figures = |name: &str| {
                 callgrind
                     .as_ref()
-                    .and_then(|c| c.1.iter().find(|(n, _)| n == name))
-                    .map(|(_, ipf)| *ipf)
+                    .and_then(|c| c.1.iter().find(|f| f.name == name))
             };
+            let instructions = |name: &str| figures(name).map(|f| f.judge);
+            let with_loop = |name: &str| figures(name).map(|f| f.with_loop);
             MixResult {
                 name: mix.name().to_string(),
                 description: mix.description().to_string(),
@@ -587,6 +611,7 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
                 mpps,
                 rounds_mpps: rates[i].clone(),
                 instructions_per_frame: instructions(mix.name()),
+                loop_instructions_per_frame: with_loop(mix.name()),
                 general_mpps,
                 general_ns_per_frame: if general_mpps > 0.0 {
                     1e3 / general_mpps
@@ -594,6 +619,7 @@ pub fn run(opts: &PipelineOptions) -> Result<PipelineReport> {
                     0.0
                 },
                 general_instructions_per_frame: instructions(&general_name(*mix)),
+                general_loop_instructions_per_frame: with_loop(&general_name(*mix)),
             }
         })
         .collect();
@@ -622,13 +648,30 @@ fn callgrind_sizes(smoke: bool) -> (usize, usize) {
     }
 }
 
-type CallgrindFigures = (CallgrindInfo, Vec<(String, f64)>);
+/// One dump's figures, per frame.
+#[derive(Clone, Debug, PartialEq)]
+struct DumpFigures {
+    /// The plan's name of the mix (and path).
+    name: String,
+    /// Inside the dataplane's entry point.
+    judge: f64,
+    /// The whole measured loop.
+    with_loop: f64,
+}
+
+type CallgrindFigures = (CallgrindInfo, Vec<DumpFigures>);
+
+/// [`CallgrindInfo::counted`].
+const COUNTED: &str = "inclusive instructions of Dataplane::judge_batch (general: \
+    judge_batch_general) per frame: everything the dataplane executes, call and per-batch \
+    setup included; loop_instructions_per_frame adds the bench's loop filling each batch";
 
 fn callgrind(smoke: bool) -> CallgrindFigures {
     let (entries, frames) = callgrind_sizes(smoke);
     let mut info = CallgrindInfo {
         table_entries: entries,
         frames_per_mix: frames,
+        counted: COUNTED.to_string(),
         error: None,
     };
     match run_callgrind(entries, frames) {
@@ -640,7 +683,7 @@ fn callgrind(smoke: bool) -> CallgrindFigures {
     }
 }
 
-fn run_callgrind(entries: usize, frames: usize) -> Result<Vec<(String, f64)>> {
+fn run_callgrind(entries: usize, frames: usize) -> Result<Vec<DumpFigures>> {
     let exe = std::env::current_exe().context("locating the shoal binary")?;
     let dir = std::env::temp_dir().join(format!("shoal-bench-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -680,18 +723,92 @@ fn run_callgrind(entries: usize, frames: usize) -> Result<Vec<(String, f64)>> {
 }
 
 /// Reads the dumps `cg.out.1..=n` (one per [`measured_pass`] call, in
-/// call order) and divides each total by its frames.
-fn parse_dumps(dir: &Path, plan: &[(String, usize)]) -> Result<Vec<(String, f64)>> {
-    let mut per_mix: Vec<(String, f64)> = Vec::new();
+/// call order) and divides the cost of the judging calls, and the total,
+/// by the frames.
+fn parse_dumps(dir: &Path, plan: &[(String, usize)]) -> Result<Vec<DumpFigures>> {
+    let mut per_mix = Vec::new();
     for (k, (name, frames)) in plan.iter().enumerate() {
         let path = dir.join(format!("cg.out.{}", k + 1));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading callgrind dump {}", path.display()))?;
-        let ir =
+        let total =
             dump_total(&text).with_context(|| format!("no totals line in {}", path.display()))?;
-        per_mix.push((name.clone(), ir as f64 / (*frames).max(1) as f64));
+        let callee = if name.ends_with(GENERAL_SUFFIX) {
+            JUDGE_GENERAL_FN
+        } else {
+            JUDGE_FN
+        };
+        let judge = inclusive_calls(&text, callee)
+            .with_context(|| format!("no call of {callee} in {}", path.display()))?;
+        let frames = (*frames).max(1) as f64;
+        per_mix.push(DumpFigures {
+            name: name.clone(),
+            judge: judge as f64 / frames,
+            with_loop: total as f64 / frames,
+        });
     }
     Ok(per_mix)
+}
+
+/// The inclusive event count (Ir) of every call to the function named
+/// `callee` recorded in a callgrind dump, summed; `None` when there is
+/// none. Reads the format's `cfn=` / `calls=` pairs: the line after a
+/// `calls=` line holds the call's position(s) (as many as the
+/// `positions:` header names) and then its inclusive cost. Function names
+/// may be compressed: `(id) name` defines an id, `(id)` reuses it, in one
+/// space shared by `fn=` and `cfn=`.
+pub fn inclusive_calls(text: &str, callee: &str) -> Option<u64> {
+    let mut names: std::collections::HashMap<&str, &str> = Default::default();
+    let mut positions = 1;
+    let mut to_callee = false;
+    let mut cost_line = false;
+    let mut sum: Option<u64> = None;
+    for line in text.lines() {
+        if cost_line {
+            cost_line = false;
+            if to_callee {
+                let ir = line
+                    .split_whitespace()
+                    .nth(positions)?
+                    .parse::<u64>()
+                    .ok()?;
+                sum = Some(sum.unwrap_or(0) + ir);
+            }
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("positions:") {
+            positions = p.split_whitespace().count().max(1);
+        } else if line.starts_with("calls=") {
+            cost_line = true;
+        } else if let Some(spec) = line.strip_prefix("cfn=") {
+            to_callee = function_name(spec, &mut names) == callee;
+        } else if let Some(spec) = line.strip_prefix("fn=") {
+            function_name(spec, &mut names);
+        }
+    }
+    sum
+}
+
+/// The name a `fn=`/`cfn=` specification stands for, noting a compressed
+/// `(id) name` definition in `names`.
+fn function_name<'a>(
+    spec: &'a str,
+    names: &mut std::collections::HashMap<&'a str, &'a str>,
+) -> &'a str {
+    let spec = spec.trim();
+    let Some(rest) = spec.strip_prefix('(') else {
+        return spec;
+    };
+    let Some((id, name)) = rest.split_once(')') else {
+        return spec;
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        names.get(id).copied().unwrap_or("")
+    } else {
+        names.insert(id, name);
+        name
+    }
 }
 
 /// The first event count (Ir) of a callgrind dump's `totals:` or
@@ -706,9 +823,12 @@ pub fn dump_total(text: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The suffix of [`general_name`].
+const GENERAL_SUFFIX: &str = "/general";
+
 /// The callgrind plan's name of a mix judged on [`JudgePath::General`].
 fn general_name(mix: Mix) -> String {
-    format!("{}/general", mix.name())
+    format!("{}{GENERAL_SUFFIX}", mix.name())
 }
 
 /// The hidden worker run under callgrind: builds the fixture and judges
@@ -742,28 +862,32 @@ pub fn text(r: &PipelineReport) -> String {
         r.local_host, r.hosts, r.table_entries, r.table_capacity, r.frame_len, r.batch, r.rounds
     );
     s += &format!(
-        "{:<18} {:>9} {:>9} {:>8} {:>10}   {:>9} {:>10} {:>8}  {}\n",
+        "{:<18} {:>9} {:>9} {:>8} {:>10} {:>8}   {:>9} {:>10} {:>8} {:>8}  {}\n",
         "mix",
         "Mpps/core",
         "ns/frame",
         "kept",
         "instr/fr",
+        "+loop",
         "general:",
         "instr/fr",
+        "+loop",
         "speedup",
         "what"
     );
     let ipf = |x: Option<f64>| x.map(|i| format!("{i:.0}")).unwrap_or_else(|| "-".into());
     for m in &r.mixes {
         s += &format!(
-            "{:<18} {:>9.2} {:>9.1} {:>7.1}% {:>10}   {:>9.2} {:>10} {:>7.2}x  {}\n",
+            "{:<18} {:>9.2} {:>9.1} {:>7.1}% {:>10} {:>8}   {:>9.2} {:>10} {:>8} {:>7.2}x  {}\n",
             m.name,
             m.mpps,
             m.ns_per_frame,
             m.kept_share * 100.0,
             ipf(m.instructions_per_frame),
+            ipf(m.loop_instructions_per_frame),
             m.general_mpps,
             ipf(m.general_instructions_per_frame),
+            ipf(m.general_loop_instructions_per_frame),
             m.mpps / m.general_mpps.max(1e-9),
             m.description
         );
@@ -773,8 +897,8 @@ pub fn text(r: &PipelineReport) -> String {
             Some(e) => s += &format!("callgrind: not run: {e}\n"),
             None => {
                 s += &format!(
-                    "callgrind: {} frames per mix, {} descriptors\n",
-                    c.frames_per_mix, c.table_entries
+                    "callgrind: {} frames per mix, {} descriptors; instr/fr: {}\n",
+                    c.frames_per_mix, c.table_entries, c.counted
                 )
             }
         }
@@ -827,5 +951,24 @@ mod tests {
         assert_eq!(dump_total(text), Some(12345));
         assert_eq!(dump_total("summary: 77 1\n"), Some(77));
         assert_eq!(dump_total("nothing"), None);
+    }
+
+    #[test]
+    fn inclusive_calls_sum_every_call_of_the_callee() {
+        // Two positions (instr line), compressed names, two call sites of
+        // judge_batch and one of something else.
+        let text = "positions: instr line\nevents: Ir\n\
+            fn=(1) shoal_perf::pipeline::measured_pass\n0x10 5 7\n\
+            cfn=(2) shoal_dataplane::pipeline::Dataplane::judge_batch\n\
+            calls=3 0x20 9\n0x11 5 300\n\
+            cfn=(3) other\ncalls=1 0x30 1\n0x12 5 1000\n\
+            cfn=(2)\ncalls=1 0x20 9\n+4 * 45\n\
+            totals: 1352\n";
+        assert_eq!(inclusive_calls(text, JUDGE_FN), Some(345));
+        assert_eq!(inclusive_calls(text, "other"), Some(1000));
+        assert_eq!(inclusive_calls(text, JUDGE_GENERAL_FN), None);
+        // One position (no --dump-instr).
+        let text = "positions: line\nfn=(1) f\ncfn=(2) g\ncalls=2 4\n7 90\n";
+        assert_eq!(inclusive_calls(text, "g"), Some(90));
     }
 }
