@@ -181,6 +181,8 @@ pub struct DescriptorTable {
     sweep_cursor: usize,
     /// Foreign entries per rule and group.
     foreign: Box<[[u32; GROUPS]; MAX_RULES]>,
+    /// The sum of `foreign`: the entries marked foreign.
+    foreign_len: usize,
     /// Live entries per rule (entries with no rule are not counted).
     by_rule: [u32; MAX_RULES],
     /// Open TCP connections (half-open or established) per rule.
@@ -234,6 +236,7 @@ impl DescriptorTable {
                 .into_boxed_slice()
                 .try_into()
                 .unwrap_or_else(|_| unreachable!("a vector of MAX_RULES rows")),
+            foreign_len: 0,
             by_rule: [0; MAX_RULES],
             open: [0; MAX_RULES],
             counters: TableCounters::default(),
@@ -322,6 +325,7 @@ impl DescriptorTable {
             let c = &mut self.foreign[e.rule as usize % MAX_RULES]
                 [group_of(e.bucket) as usize % GROUPS];
             *c = c.saturating_sub(1);
+            self.foreign_len = self.foreign_len.saturating_sub(1);
         }
         if let Some(c) = self.by_rule.get_mut(e.rule as usize) {
             *c = c.saturating_sub(1);
@@ -503,6 +507,7 @@ impl DescriptorTable {
         for f in self.foreign.iter_mut() {
             f.fill(0);
         }
+        self.foreign_len = 0;
         for i in 0..self.tags.len() {
             if self.tags[i] == 0 {
                 continue;
@@ -512,6 +517,7 @@ impl DescriptorTable {
             e.foreign = rule < map.rules.len() && map.owner(rule, e.bucket) != Some(map.local);
             if e.foreign {
                 self.foreign[rule % MAX_RULES][group_of(e.bucket) as usize % GROUPS] += 1;
+                self.foreign_len += 1;
             }
         }
     }
@@ -524,6 +530,7 @@ impl DescriptorTable {
         for f in self.foreign.iter_mut() {
             f.fill(0);
         }
+        self.foreign_len = 0;
         self.by_rule = [0; MAX_RULES];
         self.open = [0; MAX_RULES];
     }
@@ -606,6 +613,16 @@ impl DescriptorTable {
     #[inline]
     pub fn tracks_foreign(&self, rule: usize, bucket: u32) -> bool {
         self.foreign[rule % MAX_RULES][group_of(bucket) as usize % GROUPS] != 0
+    }
+
+    /// Entries the last [`Self::remap`] marked foreign, less those removed
+    /// since: the sum of the counts [`Self::tracks_foreign`] reads, so 0
+    /// means it is `false` for every rule and bucket (one compare for the
+    /// frame path in the usual state, where no bucket moved away from a
+    /// live connection). O(1).
+    #[inline]
+    pub fn foreign_len(&self) -> usize {
+        self.foreign_len
     }
 
     /// Live entries under each rule (every kind and state). O(1).
