@@ -1,7 +1,8 @@
 //! The userspace side of the XDP fast path: keeps the kernel's keep bitmaps
 //! and rule actions ([`crate::xdp::fast`]) a superset of what userspace keeps,
-//! so the kernel drops other hosts' frames before any copy while the
-//! dataplane stays the only judge of what is kept.
+//! so the kernel drops other hosts' frames before any copy, and its pass
+//! bitmaps a subset, so the kernel hands the stack datagrams userspace would
+//! keep anyway, while the dataplane's rules stay the only judge.
 //!
 //! # What it owns
 //!
@@ -66,6 +67,30 @@
 //!   (every action redirects) and says so: stale descriptors could then sit
 //!   in buckets the program no longer computes.
 //! - Any failed map write turns the fast path off the same way.
+
+//!
+//! # The pass: the kernel keeps only what userspace would keep
+//!
+//! With a pass MAC ([`FastPathMaps::create`]) the program also hands the
+//! stack, on the NIC, the untagged, well-formed UDP datagrams (not IKE) of
+//! rules without extended affinity whose bucket bit is set in the slot's
+//! *pass* bitmap, when the slot's action carries [`ACTION_PASS`]. The
+//! pipeline's verdict on such a datagram under map `M` is "keep" exactly
+//! when `M` gives its bucket to this host (`pass_under`); nothing else
+//! (descriptors, dirty groups) enters it. The writer keeps
+//!
+//! ```text
+//! P = ⋂ over maps M in flight of  pass(M)
+//! ```
+//!
+//! so a passed datagram is one every poll loop would keep, whichever map it
+//! judges with. A new map is prepared before it is published, which shrinks
+//! `P` at once (the kernel stops passing buckets the new map moves away
+//! before any loop adopts it, and so before the control plane hears that
+//! the loops have moved); `P` grows only when [`FastPath::settle`] forgets
+//! the older maps. A passed datagram counts in `xdp_passed`, not in the
+//! loops' `kept`. Turning the fast path off writes plain actions, without
+//! the flag, so it stops passing as it stops dropping.
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
