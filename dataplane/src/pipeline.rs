@@ -639,6 +639,11 @@ struct FastV4 {
     /// The first IPv4 VIP's address, or (no IPv4 VIP) a value no `u32`
     /// equals.
     first_addr: u64,
+    /// `first.addr` as a frame carries it (its four bytes in native
+    /// order), for the hot path's compare without a byte swap. (With no
+    /// IPv4 VIP, `first` has no hashed segment, so the hot path never
+    /// gets as far as comparing.)
+    first_addr_wire: u32,
     /// The first IPv4 VIP, held inline (most clusters have one; a VIP of
     /// no rule when there is none, never returned).
     first: VipV4,
@@ -663,6 +668,9 @@ impl FastV4 {
         let first = vips.next();
         Self {
             first_addr: first.as_ref().map_or(u64::MAX, |v| u64::from(v.addr)),
+            first_addr_wire: first
+                .as_ref()
+                .map_or(0, |v| u32::from_ne_bytes(v.addr.to_be_bytes())),
             first: first.unwrap_or_else(|| VipV4::new(map, &[], 0)),
             rest: vips.collect(),
             local: map.local.get(),
@@ -886,13 +894,17 @@ impl Dataplane {
         };
         // One dispatch on the protocol; one copy of the verdict code per
         // protocol.
+        // The destination as the frame carries it: the VIP compare needs no
+        // byte swap.
+        let h = header.0;
+        let dst_wire = u32::from_ne_bytes([h[30], h[31], h[32], h[33]]);
         match header.0[23] {
             ip_proto::UDP => match CommonV4::udp(header) {
-                Some(c) => self.judge_hot(c, true, frame, now, out),
+                Some(c) => self.judge_hot(c, dst_wire, true, frame, now, out),
                 None => *out = self.cold_general(frame, now),
             },
             ip_proto::TCP => match CommonV4::tcp(header) {
-                Some(c) => self.judge_hot(c, false, frame, now, out),
+                Some(c) => self.judge_hot(c, dst_wire, false, frame, now, out),
                 None => *out = self.cold_general(frame, now),
             },
             _ => {
@@ -908,11 +920,19 @@ impl Dataplane {
     /// first port segment and a hashed rule inline (see
     /// [`Self::judge_precounted`]).
     #[inline(always)]
-    fn judge_hot(&mut self, c: CommonV4, udp: bool, frame: &[u8], now: u64, out: &mut Verdict) {
+    fn judge_hot(
+        &mut self,
+        c: CommonV4,
+        dst_wire: u32,
+        udp: bool,
+        frame: &[u8],
+        now: u64,
+        out: &mut Verdict,
+    ) {
         // `FastV4::vip` and `VipV4::segment`, their first answers only.
         let seg = &self.fast.first.first[usize::from(udp)];
         let hashed = match &seg.hashed {
-            Some(h) if u64::from(c.dst) == self.fast.first_addr && c.dst_port <= seg.end => h,
+            Some(h) if dst_wire == self.fast.first_addr_wire && c.dst_port <= seg.end => h,
             _ => {
                 *out = self.cold_common(udp, frame, now);
                 return;
