@@ -34,7 +34,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::io::{FrameIo, MAX_BATCH};
@@ -368,8 +368,16 @@ impl FrameIo for AfPacket {
         Ok(accepted)
     }
 
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
+    fn has_pending(&self) -> bool {
+        self.resume.is_some() || self.ring.block(self.next_block).is_some()
+    }
+
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
-        if self.resume.is_some() || self.ring.block(self.next_block).is_some() {
+        if self.has_pending() {
             return Ok(());
         }
         self.sys

@@ -943,6 +943,14 @@ impl FrameIo for AfXdp {
         bpf::poll_readable(self.fd, timeout_ms).map(|_| ())
     }
 
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.fd)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.rx.available() > 0
+    }
+
     fn describe(&self) -> String {
         format!(
             "af_xdp {} {} queue {} on {}",

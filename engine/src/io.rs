@@ -27,6 +27,21 @@ pub trait FrameIo: Send {
     /// back-off idle policy). Spurious wake-ups are allowed.
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()>;
 
+    /// The descriptor that polls readable (`poll(2)`, `POLLIN`) when frames
+    /// may be waiting, for a loop that sleeps on several at once; `None`
+    /// when the backend has none (the loop then falls back to
+    /// [`FrameIo::wait`] with short pauses). It must stay open as long as
+    /// the backend lives.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Frames are already waiting in a ring the kernel will not signal
+    /// again: the loop must not sleep.
+    fn has_pending(&self) -> bool {
+        false
+    }
+
     /// Human-readable description, for logs and `query`
     /// (for example `af_xdp native copy queue 0`).
     fn describe(&self) -> String;

@@ -19,6 +19,7 @@
 //!   everything shoal set up is undone on the way out.
 
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -36,6 +37,7 @@ use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdic
 use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
+use crate::sys::wake::{Bells, Sleeper};
 
 /// `shoal run` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -74,6 +76,8 @@ pub struct MapCell {
     map: Mutex<Arc<ClusterMap>>,
     /// The XDP fast path, told about every map before it is published.
     fast_path: std::sync::OnceLock<Arc<crate::fastpath::FastPath>>,
+    /// The poll loops' doorbells, rung on every publish and reset request.
+    bells: std::sync::OnceLock<Arc<Bells>>,
 }
 
 impl MapCell {
@@ -84,6 +88,19 @@ impl MapCell {
             resets: AtomicU64::new(0),
             map: Mutex::new(map),
             fast_path: std::sync::OnceLock::new(),
+            bells: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Rings `bells` on every later publish and reset request (call once,
+    /// before the poll loops start).
+    pub fn attach_bells(&self, bells: Arc<Bells>) {
+        let _ = self.bells.set(bells);
+    }
+
+    fn ring(&self) {
+        if let Some(b) = self.bells.get() {
+            b.ring();
         }
     }
 
@@ -113,6 +130,8 @@ impl MapCell {
         let mut guard = self.map.lock();
         *guard = map;
         self.seq.fetch_add(1, Ordering::AcqRel);
+        drop(guard);
+        self.ring();
     }
 
     /// Asks every poll loop to forget its tracked connections (the host
@@ -120,7 +139,9 @@ impl MapCell {
     /// request's number; a loop has done it when its
     /// [`LoopStats::resets`] reaches that number.
     pub fn request_reset(&self) -> u64 {
-        self.resets.fetch_add(1, Ordering::AcqRel) + 1
+        let n = self.resets.fetch_add(1, Ordering::AcqRel) + 1;
+        self.ring();
+        n
     }
 
     /// The latest reset request (one atomic load: checked once per batch).
@@ -171,13 +192,24 @@ fn install_signal_handlers() {
 pub struct Outbound {
     pending: AtomicBool,
     frames: Mutex<Vec<Vec<u8>>>,
+    /// The poll loops' doorbells: a queued frame wakes a sleeping loop.
+    bells: std::sync::OnceLock<Arc<Bells>>,
 }
 
 impl Outbound {
+    /// Rings `bells` whenever a frame is queued (call once, before the
+    /// poll loops start).
+    pub fn attach_bells(&self, bells: Arc<Bells>) {
+        let _ = self.bells.set(bells);
+    }
+
     /// Queues `frame`.
     pub fn push(&self, frame: &[u8]) {
         self.frames.lock().push(frame.to_vec());
         self.pending.store(true, Ordering::Release);
+        if let Some(b) = self.bells.get() {
+            b.ring();
+        }
     }
 
     /// Everything queued, or `None` (without locking) when nothing is.
@@ -253,7 +285,18 @@ struct PollLoop {
     start: Instant,
     /// This loop's line to the XDP fast path.
     fast_path: Option<Arc<crate::fastpath::LoopReport>>,
+    /// Every loop's doorbell, and which one is this loop's.
+    bells: Arc<Bells>,
+    index: usize,
 }
+
+/// How long an idle loop sleeps at most: a frame, a published map, a reset
+/// request, a frame to send or the engine stopping wake it sooner (see
+/// [`crate::sys::wake`]); the timeout only paces its housekeeping (expiry,
+/// counters, the fast path's report), whose periods are 200 ms and longer.
+const IDLE_SLEEP_MS: i32 = 50;
+/// Empty polls (each followed by a `yield`) before an idle loop sleeps.
+const IDLE_SPINS: u32 = 64;
 
 impl PollLoop {
     fn run(mut self) {
@@ -264,6 +307,16 @@ impl PollLoop {
         }
         let mut verdicts = [Verdict::Pass; MAX_BATCH];
         let mut local = LoopStats::default();
+        // Sleep on every backend and this loop's bell at once, when every
+        // backend has a descriptor to sleep on.
+        let bell = self.bells.get(self.index);
+        let mut sleeper = self
+            .backends
+            .iter()
+            .map(|io| io.wake_fd())
+            .chain(std::iter::once(bell.map(|b| b.fd().as_raw_fd())))
+            .collect::<Option<Vec<_>>>()
+            .map(|fds| Sleeper::new(&fds));
         let mut idle_rounds = 0u32;
         let mut last_publish = Instant::now();
         let mut seen_seq = 0u64;
@@ -333,12 +386,17 @@ impl PollLoop {
                 match self.idle {
                     IdlePolicy::Busy => std::hint::spin_loop(),
                     IdlePolicy::Backoff => {
-                        if idle_rounds > 64 {
-                            if let Some(io) = self.backends.first_mut() {
-                                let _ = io.wait(1);
-                            }
-                        } else {
+                        if idle_rounds <= IDLE_SPINS {
                             std::thread::yield_now();
+                        } else if let Some(s) = &mut sleeper {
+                            if !self.backends.iter().any(|io| io.has_pending()) {
+                                let _ = s.sleep(IDLE_SLEEP_MS);
+                                if let Some(b) = bell {
+                                    b.silence();
+                                }
+                            }
+                        } else if let Some(io) = self.backends.first_mut() {
+                            let _ = io.wait(1);
                         }
                     }
                 }
@@ -652,6 +710,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
 
     let (control_tx, control_rx) = sync_channel::<Vec<u8>>(4096);
     let outbound = Arc::new(Outbound::default());
+    let bells = Arc::new(Bells::new(polls.len()).context("creating the poll loops' doorbells")?);
+    cell.attach_bells(bells.clone());
+    outbound.attach_bells(bells.clone());
     let start = Instant::now();
     let dcfg = descriptor_config(&config);
     let mut stats = Vec::new();
@@ -674,6 +735,8 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             idle: config.io.idle,
             start,
             fast_path: fast_path.as_ref().map(|f| f.loop_report()),
+            bells: bells.clone(),
+            index: i,
         };
         threads.push(
             std::thread::Builder::new()
@@ -799,6 +862,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         clustered = Some(c);
     }
     STOP.store(true, Ordering::SeqCst);
+    bells.ring();
     for t in threads {
         let _ = t.join();
     }

@@ -5,3 +5,4 @@ pub mod bpf;
 pub mod netns;
 pub mod packet;
 pub mod tap;
+pub mod wake;
