@@ -144,7 +144,8 @@ pub enum Backend {
 pub enum IdlePolicy {
     /// Spin: lowest latency, one core fully used.
     Busy,
-    /// Spin briefly, then sleep with growing pauses.
+    /// Spin briefly (64 empty polls, yielding), then sleep until a frame,
+    /// a new map or a frame to send wakes the loop.
     Backoff,
 }
 
