@@ -9,8 +9,9 @@
 //! original destination (the cluster MAC, so `PACKET_OTHERHOST`), and keeps
 //! that: IPv4 then drops the datagram before counting it. This program, on
 //! the NIC's tcx ingress, sets `PACKET_HOST` on exactly such frames
-//! (`PACKET_OTHERHOST` and destination = the NIC's MAC, a combination the
-//! kernel itself never produces) and lets every frame continue.
+//! (`PACKET_OTHERHOST`, or `PACKET_MULTICAST` from a multicast cluster MAC,
+//! with the NIC's own unicast MAC as destination: a combination the kernel
+//! itself never produces) and lets every frame continue.
 //!
 //! Attached through a BPF link, so it leaves the interface when the process
 //! dies; where tcx is missing (Linux < 6.6) the engine passes nothing in the
@@ -24,9 +25,8 @@ const HELPER_SKB_CHANGE_TYPE: i32 = 32;
 const SKB_PKT_TYPE: i16 = 4;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
-/// `PACKET_HOST` and `PACKET_OTHERHOST` (`linux/if_packet.h`).
+/// `PACKET_HOST` (`linux/if_packet.h`).
 const PACKET_HOST: i32 = 0;
-const PACKET_OTHERHOST: i32 = 3;
 /// `TCX_NEXT`: on to the next program, or the stack.
 const TCX_NEXT: i32 = -1;
 
@@ -36,7 +36,7 @@ pub fn program(mac: [u8; 6]) -> Result<Vec<Insn>, AsmError> {
     let next = asm.label();
     asm.mov64_reg(Reg::R6, Reg::R1);
     asm.ldx(Size::W, Reg::R2, Reg::R1, SKB_PKT_TYPE);
-    asm.jmp_imm(Cond::Ne, Reg::R2, PACKET_OTHERHOST, next);
+    asm.jmp_imm(Cond::Eq, Reg::R2, PACKET_HOST, next);
     asm.ldx(Size::W, Reg::R2, Reg::R1, SKB_DATA);
     asm.ldx(Size::W, Reg::R3, Reg::R1, SKB_DATA_END);
     asm.mov64_reg(Reg::R4, Reg::R2);
