@@ -27,9 +27,8 @@ impl Bell {
         }
         // SAFETY: `fd` was just returned by the kernel as a new descriptor
         // that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Makes the bell readable until [`Bell::silence`]. Never blocks: a
