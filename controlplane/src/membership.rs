@@ -845,11 +845,9 @@ impl Membership {
         let mut g = GroupBits::default();
         for p in self.peers.iter().flatten() {
             // A refused second boot of this ID, then the heard one.
-            let shadow = p
-                .shadow
-                .as_ref()
-                .filter(|sh| sh.state.participates())
-                .map(|sh| (&sh.dirty, sh.fingerprint));
+            // In any state: a boot that stepped back or stopped still
+            // serves what it tracks until its reset, and says so.
+            let shadow = p.shadow.as_ref().map(|sh| (&sh.dirty, sh.fingerprint));
             let heard = from
                 .contains(p.latest.host)
                 .then_some((&p.dirty, p.latest.fingerprint));
@@ -916,9 +914,13 @@ mod tests {
     }
 
     fn frame(boot: u64, seq: u64, dirty_group: Option<u16>) -> Vec<u8> {
+        frame_in(HostState::Converged, boot, seq, dirty_group)
+    }
+
+    fn frame_in(state: HostState, boot: u64, seq: u64, dirty_group: Option<u16>) -> Vec<u8> {
         let hb = Heartbeat {
             host: HostId::new(2).unwrap(),
-            state: HostState::Converged,
+            state,
             phase: Phase::Stable,
             rule_count: 1,
             boot,
@@ -990,5 +992,36 @@ mod tests {
             !m.dirty_union(0, from, 5).contains(77),
             "a silent shadow is forgotten"
         );
+    }
+
+    /// A refused boot that stepped back (it reports a state that takes no
+    /// part in views) still serves the connections it tracks: its dirty
+    /// groups count all the same.
+    #[test]
+    fn a_stepped_back_refused_boot_keeps_its_dirty_groups_honoured() {
+        let auth = auth();
+        for state in [
+            HostState::Stopped,
+            HostState::Suspended,
+            HostState::Converged,
+        ] {
+            let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 3, PERIOD, 0);
+            let (incumbent, rival) = (BOOT - 10 * PERIOD, BOOT - 5 * PERIOD);
+            let mut now = 0;
+            for seq in 10..13 {
+                m.handle_frame(&frame(incumbent, seq, None), &auth, now)
+                    .unwrap();
+                now += PERIOD / 2;
+                assert_eq!(
+                    m.handle_frame(&frame_in(state, rival, seq, Some(78)), &auth, now),
+                    Ok(None)
+                );
+                now += PERIOD / 2;
+            }
+            assert!(
+                m.dirty_union(0, HostSet::from_bits(0b10), 5).contains(78),
+                "{state:?}: the refused boot's group is honoured"
+            );
+        }
     }
 }
