@@ -11,7 +11,7 @@
 //! compare both on one config). With it, kept untracked UDP datagrams go to
 //! the kernel stack from the XDP program itself (see [`crate::xdp::fast`])
 //! unless `io.xdp_pass = false` or `SHOAL_XDP_PASS=0`; the program writes
-//! the NIC's MAC, read from sysfs at start, into their destination.
+//! the NIC's MAC, read at start, into their destination.
 //! `io.xdp_zero_copy = true` or
 //! `SHOAL_XDP_ZERO_COPY=1` tries a zero-copy bind first.
 
@@ -198,17 +198,13 @@ fn open_af_xdp(
     Ok((attachment, per_loop, name))
 }
 
-/// The interface's own MAC, from `/sys/class/net/IF/address`.
+/// The interface's own MAC (`SIOCGIFHWADDR`, in this thread's network
+/// namespace, whatever sysfs shows).
 fn nic_mac(interface: &str) -> Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let parts: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| anyhow!("{path}: {e}"))?;
-    <[u8; 6]>::try_from(parts).map_err(|p| anyhow!("{path}: {} octets, not 6", p.len()))
+    use crate::sys::tap::TapSys;
+    crate::sys::tap::Kernel
+        .mac(interface)
+        .with_context(|| format!("reading the MAC of {interface}"))
 }
 
 fn open_af_packet(
