@@ -318,6 +318,9 @@ struct Pending {
     since: Instant,
     /// The compiled map has been published to the loops.
     published: bool,
+    /// Microseconds from `since` until the compiled map arrived, and until
+    /// its publication (the XDP fast path's bitmaps written) returned.
+    timings: (u64, u64),
     warned: bool,
 }
 
@@ -583,6 +586,7 @@ impl Clustered {
             members: view.members,
             since: Instant::now(),
             published: false,
+            timings: (0, 0),
             warned: false,
         });
         let request = CompileRequest {
@@ -607,9 +611,13 @@ impl Clustered {
             return;
         }
         pending.published = true;
+        let compiled_us = pending.since.elapsed().as_micros() as u64;
         self.epoch = map.epoch;
         self.mark_dirty_elsewhere(&mut map);
         self.cell.publish(Arc::new(map));
+        if let Some(p) = self.pending.as_mut() {
+            p.timings = (compiled_us, p.since.elapsed().as_micros() as u64);
+        }
     }
 
     /// Publishes a finished compile; completes the install once every poll
@@ -635,6 +643,7 @@ impl Clustered {
             return;
         }
         let took_us = pending.since.elapsed().as_micros() as u64;
+        let (compiled_us, published_us) = pending.timings;
         let members = pending.members;
         self.pending = None;
         if std::mem::take(&mut self.reset_on_install) {
@@ -653,6 +662,8 @@ impl Clustered {
             epoch,
             members = ?members,
             took_us,
+            compiled_us,
+            published_us,
             dirty_here = ?here,
             dirty_elsewhere = ?elsewhere,
             "map installed"
