@@ -95,6 +95,19 @@ impl BucketMap {
     ///
     /// Bounded work: `BUCKETS × eligible hosts` score evaluations.
     pub fn compute(eligible: HostSet, weights: &[u8; MAX_HOSTS]) -> Self {
+        match Self::compute_unless(eligible, weights, &|| false) {
+            Some(m) => m,
+            None => unreachable!("a computation that is never stopped finishes"),
+        }
+    }
+
+    /// [`BucketMap::compute`], giving up (`None`) as soon as `stop` returns
+    /// true; it is asked every 1,024 buckets.
+    pub fn compute_unless(
+        eligible: HostSet,
+        weights: &[u8; MAX_HOSTS],
+        stop: &dyn Fn() -> bool,
+    ) -> Option<Self> {
         let hosts: Vec<(u8, u64, f64)> = eligible
             .iter()
             .filter(|h| weights[h.index()] > 0)
@@ -105,13 +118,16 @@ impl BucketMap {
             .try_into()
             .unwrap_or_else(|_| unreachable!("a vector of BUCKETS bytes"));
         if hosts.is_empty() {
-            return Self { owners };
+            return Some(Self { owners });
         }
         if hosts.len() == 1 {
             owners.fill(hosts[0].0);
-            return Self { owners };
+            return Some(Self { owners });
         }
         for (b, owner) in owners.iter_mut().enumerate() {
+            if b % (1 << 10) == 0 && stop() {
+                return None;
+            }
             let bs = bucket_salt(b as u32);
             let mut best = f64::INFINITY;
             let mut best_host = 0u8;
@@ -124,7 +140,7 @@ impl BucketMap {
             }
             *owner = best_host;
         }
-        Self { owners }
+        Some(Self { owners })
     }
 
     /// The owner of `bucket`, if any host is eligible.

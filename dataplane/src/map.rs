@@ -150,6 +150,83 @@ pub struct ClusterMap {
     pub seed: u64,
 }
 
+/// Bucket maps by what they are computed from (the eligible hosts and their
+/// weights), kept across builds: a compiler that keeps one can compute, while
+/// nothing else is pending, the maps of views it expects next (a member
+/// failing) so that the view, when it comes, compiles without computing a
+/// bucket map.
+#[derive(Debug, Default)]
+pub struct BucketCache {
+    maps: HashMap<(u64, [u8; MAX_HOSTS]), Arc<BucketMap>>,
+}
+
+impl BucketCache {
+    fn get_or_compute(&mut self, eligible: HostSet, w: [u8; MAX_HOSTS]) -> Arc<BucketMap> {
+        self.maps
+            .entry((eligible.bits(), w))
+            .or_insert_with(|| Arc::new(BucketMap::compute(eligible, &w)))
+            .clone()
+    }
+
+    /// Computes the bucket maps `view` needs (see [`ClusterMap::build`])
+    /// that are not held yet, unless `stop` says to give up (asked every
+    /// 1,024 buckets). Returns whether all of them are now held.
+    pub fn warm(&mut self, spec: &ClusterSpec, view: &View, stop: &dyn Fn() -> bool) -> bool {
+        for i in 0..spec.rules.len() {
+            let Some((eligible, w)) = bucket_inputs(spec, view, i) else {
+                continue;
+            };
+            if self.maps.contains_key(&(eligible.bits(), w)) {
+                continue;
+            }
+            match BucketMap::compute_unless(eligible, &w, stop) {
+                Some(m) => {
+                    self.maps.insert((eligible.bits(), w), Arc::new(m));
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Bucket maps held.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Whether no bucket map is held.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// Keeps only the bucket maps `map` uses.
+    pub fn retain_used_by(&mut self, map: &ClusterMap) {
+        self.maps.retain(|_, m| {
+            map.rules
+                .iter()
+                .any(|r| matches!(&r.owner, RuleOwner::Buckets(b) if Arc::ptr_eq(b, m)))
+        });
+    }
+}
+
+/// What rule `i`'s bucket map is computed from under `view`: its eligible
+/// hosts (members, less those it is disabled on) and their weights (zero
+/// elsewhere); `None` unless it is a multiple-host rule.
+fn bucket_inputs(spec: &ClusterSpec, view: &View, i: usize) -> Option<(HostSet, [u8; MAX_HOSTS])> {
+    let rule = spec.rules.get(i)?;
+    if !matches!(rule.mode, FilterMode::Multiple { .. }) {
+        return None;
+    }
+    let disabled = view.disabled.get(i).copied().unwrap_or_default();
+    let eligible = HostSet::from_bits(view.members.bits() & !disabled.bits());
+    let weights = view.weights.get(i).copied().unwrap_or(rule.weights);
+    let mut w = [0u8; MAX_HOSTS];
+    for h in eligible.iter() {
+        w[h.index()] = weights[h.index()];
+    }
+    Some((eligible, w))
+}
+
 impl ClusterMap {
     /// Compiles `spec` under `view` for `local`.
     ///
@@ -158,7 +235,19 @@ impl ClusterMap {
     /// per rule; missing entries are taken from the spec (configured weights,
     /// enabled).
     pub fn build(spec: &ClusterSpec, view: &View, local: HostId, epoch: u64) -> Self {
-        let mut cache: HashMap<(u64, [u8; MAX_HOSTS]), Arc<BucketMap>> = HashMap::new();
+        Self::build_cached(spec, view, local, epoch, &mut BucketCache::default())
+    }
+
+    /// [`ClusterMap::build`], taking bucket maps from `cache` and adding the
+    /// ones it computes. A bucket map is a pure function of its key (the
+    /// eligible hosts and their weights), so the result is the same.
+    pub fn build_cached(
+        spec: &ClusterSpec,
+        view: &View,
+        local: HostId,
+        epoch: u64,
+        cache: &mut BucketCache,
+    ) -> Self {
         let rules = spec
             .rules
             .iter()
@@ -175,19 +264,12 @@ impl ClusterMap {
                             .filter(|h| weights[h.index()] > 0)
                             .min_by_key(|h| (rule.priority(*h), h.get())),
                     ),
-                    FilterMode::Multiple { .. } => {
-                        let mut w = [0u8; MAX_HOSTS];
-                        for h in eligible.iter() {
-                            w[h.index()] = weights[h.index()];
+                    FilterMode::Multiple { .. } => match bucket_inputs(spec, view, i) {
+                        Some((eligible, w)) => {
+                            RuleOwner::Buckets(cache.get_or_compute(eligible, w))
                         }
-                        let key = (eligible.bits(), w);
-                        RuleOwner::Buckets(
-                            cache
-                                .entry(key)
-                                .or_insert_with(|| Arc::new(BucketMap::compute(eligible, &w)))
-                                .clone(),
-                        )
-                    }
+                        None => unreachable!("a multiple-host rule has bucket inputs"),
+                    },
                 };
                 CompiledRule {
                     rule: rule.clone(),

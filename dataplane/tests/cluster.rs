@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use common::*;
 use proptest::prelude::*;
 use shoal_dataplane::bucket::{BucketMap, BUCKETS};
-use shoal_dataplane::map::View;
+use shoal_dataplane::map::{RuleOwner, View};
 use shoal_dataplane::pipeline::{DropReason, Verdict};
 use shoal_dataplane::{Affinity, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_HOSTS};
 
@@ -504,4 +504,64 @@ fn connections_survive_a_reload_that_renumbers_rules() {
     );
     // And the host reports the moved ones as dirty under the new rule.
     assert!(!dp.table().dirty_groups(1).is_empty());
+}
+
+/// A kept bucket cache changes no map: warmed for the view a failure would
+/// bring, it makes that view's build compute nothing, and the result is the
+/// map a fresh build computes. A stopped warm-up adds nothing.
+#[test]
+fn a_warmed_bucket_cache_builds_the_same_maps() {
+    use shoal_dataplane::map::{BucketCache, ClusterMap};
+    let mut weighted = PortRule::new(
+        None,
+        (1000, 1999),
+        Protocol::Udp,
+        FilterMode::Multiple {
+            affinity: Affinity::None,
+        },
+    );
+    weighted.weights[1] = 100;
+    let spec = spec_with(vec![
+        PortRule::new(
+            None,
+            (0, 999),
+            Protocol::Both,
+            FilterMode::Multiple {
+                affinity: Affinity::Single,
+            },
+        ),
+        weighted,
+        PortRule::new(None, (2000, 2000), Protocol::Tcp, FilterMode::Single),
+    ]);
+    let local = HostId::new(1).unwrap();
+    let three = View::converged(&spec, hosts(&[1, 2, 3]));
+    let mut after = three.clone();
+    after.members.remove(HostId::new(2).unwrap());
+
+    let mut cache = BucketCache::default();
+    let before = ClusterMap::build_cached(&spec, &three, local, 1, &mut cache);
+    assert_eq!(cache.len(), 2, "one bucket map per distinct weight vector");
+    cache.retain_used_by(&before);
+    assert_eq!(cache.len(), 2);
+
+    assert!(
+        !cache.warm(&spec, &after, &|| true),
+        "a stopped warm-up says so"
+    );
+    assert_eq!(cache.len(), 2, "and adds nothing");
+    assert!(cache.warm(&spec, &after, &|| false));
+    // Without host 2 (the one with weight 100) both rules weigh hosts 1
+    // and 3 alike: one more map.
+    assert_eq!(cache.len(), 3);
+    let cached = ClusterMap::build_cached(&spec, &after, local, 2, &mut cache);
+    assert_eq!(cache.len(), 3, "the failure's view computed no bucket map");
+    let fresh = ClusterMap::build(&spec, &after, local, 2);
+    for (a, b) in cached.rules.iter().zip(&fresh.rules) {
+        match (&a.owner, &b.owner) {
+            (RuleOwner::Buckets(x), RuleOwner::Buckets(y)) => assert!(x == y),
+            (x, y) => assert_eq!(format!("{x:?}"), format!("{y:?}")),
+        }
+    }
+    cache.retain_used_by(&cached);
+    assert_eq!(cache.len(), 1, "only the maps in use are kept");
 }

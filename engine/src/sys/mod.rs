@@ -4,5 +4,6 @@
 pub mod bpf;
 pub mod netns;
 pub mod packet;
+pub mod sched;
 pub mod tap;
 pub mod wake;
