@@ -203,6 +203,48 @@ impl Config {
         self.hosts.iter().find(|h| h.id == id)
     }
 
+    /// The keys whose values differ between this (running) configuration
+    /// and `next` but that a running host cannot take without a restart
+    /// (`shoal reload` applies `[[rule]]` sections and weights only): the
+    /// `[cluster]` keys, `[heartbeat]`, `[descriptors]` and `[io]` keys, and
+    /// host `local`'s `interface`, `dedicated` and `cores`. Empty when
+    /// `next` can be reloaded.
+    pub fn restart_only_changes(&self, next: &Config, local: HostId) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        let (a, b) = (&self.cluster, &next.cluster);
+        check("cluster.vips", a.vips != b.vips);
+        check("cluster.mode", a.mode != b.mode);
+        check("cluster.key_file", a.key_file != b.key_file);
+        check(
+            "cluster.ipv6_network_prefix",
+            a.ipv6_network_prefix != b.ipv6_network_prefix,
+        );
+        let (a, b) = (&self.heartbeat, &next.heartbeat);
+        check("heartbeat.period_ms", a.period_ms != b.period_ms);
+        check("heartbeat.tolerance", a.tolerance != b.tolerance);
+        check(
+            "heartbeat.converge_periods",
+            a.converge_periods != b.converge_periods,
+        );
+        check("descriptors", self.descriptors != next.descriptors);
+        check("io", self.io != next.io);
+        match (self.host(local), next.host(local)) {
+            (Some(a), Some(b)) => {
+                check("host.interface", a.interface != b.interface);
+                check("host.dedicated", a.dedicated != b.dedicated);
+                check("host.cores", a.cores != b.cores);
+            }
+            (Some(_), None) => check("host (this host's section is gone)", true),
+            _ => {}
+        }
+        changed
+    }
+
     /// Every configured host ID.
     pub fn host_ids(&self) -> HostSet {
         self.hosts.iter().map(|h| h.id).collect()

@@ -308,6 +308,9 @@ pub struct Clustered {
     pending: Option<Pending>,
     /// `stop` / `suspend`: drop tracked connections when `pending` completes.
     reset_on_install: bool,
+    /// The configuration in force, when known (see
+    /// [`Clustered::set_running_config`]).
+    running: Option<shoal_config::Config>,
 }
 
 /// An install in progress.
@@ -453,7 +456,15 @@ impl Clustered {
             compiler: Compiler::spawn(),
             pending: None,
             reset_on_install: false,
+            running: None,
         }
+    }
+
+    /// The configuration the engine runs with: `reload` then refuses files
+    /// that change what only a restart can change (see
+    /// [`shoal_config::Config::restart_only_changes`]).
+    pub fn set_running_config(&mut self, config: shoal_config::Config) {
+        self.running = Some(config);
     }
 
     /// Sets how long heartbeats that fail authentication keep a lone host
@@ -502,7 +513,25 @@ impl Clustered {
         if *req == Request::Reload {
             return match shoal_config::load(&self.config_path) {
                 Ok(config) => {
+                    let needs_restart = self
+                        .running
+                        .as_ref()
+                        .map(|r| r.restart_only_changes(&config, self.local))
+                        .unwrap_or_default();
+                    if !needs_restart.is_empty() {
+                        return Response::new(
+                            ReturnCode::BadParams,
+                            format!(
+                                "{} changes {}: reload applies rules and weights only; restart \
+                                 shoal to change these (nothing was reloaded)",
+                                self.config_path.display(),
+                                needs_restart.join(", ")
+                            ),
+                            Body::None,
+                        );
+                    }
                     self.machine.handle_reload(config.spec(), now);
+                    self.running = self.running.take().map(|_| config);
                     Response::new(
                         ReturnCode::Ok,
                         format!("reloaded {}", self.config_path.display()),
@@ -990,6 +1019,57 @@ mod tests {
     /// A map install never stops the control thread: while a poll loop has
     /// not picked the new map up, heartbeats still leave, and the machine
     /// hears of the new map's dirty groups only once every loop runs it.
+    /// `reload` applies a rule or weight change and refuses, naming the
+    /// keys, a file that changes what only a restart can change.
+    #[test]
+    fn reload_refuses_changes_that_need_a_restart() {
+        let dir = std::env::temp_dir().join(format!("shoal-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+        std::fs::copy(examples.join("cluster.key"), dir.join("cluster.key")).unwrap();
+        let original = std::fs::read_to_string(examples.join("lab-3host.toml")).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, &original).unwrap();
+        let config = shoal_config::load(&path).unwrap();
+        let spec = config.spec();
+        let local = HostId::new(1).unwrap();
+        let view = View::converged(&spec, HostSet::from_iter([local]));
+        let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
+            &spec, &view, local, 1,
+        ))));
+        let outbound = Arc::new(Outbound::default());
+        let stats = Arc::new(Mutex::new(LoopStats::default()));
+        let machine = Machine::new(Config::new(local, [9; 32], 1), spec, 0);
+        let mut c = clustered(machine, &cell, &stats, &outbound);
+        c.config_path = path.clone();
+        c.set_running_config(config);
+
+        let edited = |from: &str, to: &str| {
+            assert!(original.contains(from), "{from}");
+            std::fs::write(&path, original.replace(from, to)).unwrap();
+        };
+        edited(
+            "key_file = \"cluster.key\"",
+            "key_file = \"cluster.key\"\nipv6_network_prefix = 48\n\n[heartbeat]\nperiod_ms = 100",
+        );
+        let r = c.handle_admin(&Request::Reload);
+        assert_eq!(r.code, ReturnCode::BadParams, "{r:?}");
+        assert!(
+            r.message
+                .contains("cluster.ipv6_network_prefix, heartbeat.period_ms"),
+            "{}",
+            r.message
+        );
+        edited("vips = [\"10.0.0.100\"]", "vips = [\"10.0.0.101\"]");
+        let r = c.handle_admin(&Request::Reload);
+        assert!(r.message.contains("cluster.vips"), "{}", r.message);
+        // A rule change is what reload is for.
+        edited("affinity = \"single\"", "affinity = \"none\"");
+        let r = c.handle_admin(&Request::Reload);
+        assert_eq!(r.code, ReturnCode::Ok, "{r:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn an_install_does_not_hold_heartbeats_back() {
         let spec = web_spec();

@@ -842,6 +842,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             control,
             config.source.clone(),
         );
+        c.set_running_config(config.clone());
         c.set_suspicion(Duration::from_millis(
             (config.heartbeat.period_ms as u64 * config.heartbeat.tolerance as u64).max(1000),
         ));
