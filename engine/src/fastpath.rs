@@ -321,9 +321,7 @@ impl FastPathMaps {
         slot: u32,
         words: &[u64],
     ) -> Result<(), FastPathError> {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        bpf.map_update(&self.keep, &slot.to_ne_bytes(), &bytes)?;
-        Ok(())
+        write_words(bpf, &self.keep, slot, words)
     }
 
     /// Writes one slot's pass bitmap (same layout as the keep bitmap).
@@ -333,10 +331,15 @@ impl FastPathMaps {
         slot: u32,
         words: &[u64],
     ) -> Result<(), FastPathError> {
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        bpf.map_update(&self.pass, &slot.to_ne_bytes(), &bytes)?;
-        Ok(())
+        write_words(bpf, &self.pass, slot, words)
     }
+}
+
+/// Writes `words` as slot `slot`'s value of bitmap map `map`.
+fn write_words(bpf: &dyn Bpf, map: &BpfMap, slot: u32, words: &[u64]) -> Result<(), FastPathError> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    bpf.map_update(map, &slot.to_ne_bytes(), &bytes)?;
+    Ok(())
 }
 
 /// A keep set for one slot.
