@@ -111,15 +111,14 @@ impl MapCell {
         let _ = self.fast_path.set(fast);
     }
 
-    /// Frames the XDP fast path dropped in the kernel.
-    pub fn xdp_dropped(&self) -> u64 {
-        self.fast_path.get().map_or(0, |f| f.counters().dropped())
-    }
-
-    /// Datagrams the XDP fast path handed to the kernel stack (kept
-    /// without reaching a poll loop).
-    pub fn xdp_passed(&self) -> u64 {
-        self.fast_path.get().map_or(0, |f| f.counters().passed)
+    /// The XDP fast path's counters (frames it dropped, datagrams it
+    /// handed to the kernel stack), read once over every CPU; zero without
+    /// a fast path.
+    pub fn xdp_counters(&self) -> crate::fastpath::FastPathCounters {
+        self.fast_path
+            .get()
+            .map(|f| f.counters())
+            .unwrap_or_default()
     }
 
     /// Publishes `map`.
@@ -544,6 +543,7 @@ fn counters_json(
     thread: &crate::control::Responder,
 ) -> serde_json::Value {
     let answered = thread.answered;
+    let xdp = thread.cell.xdp_counters();
     let mut total = Counters::default();
     let mut delivered = 0;
     let mut delivery_errors = 0;
@@ -627,8 +627,8 @@ fn counters_json(
         },
         "untracked": total.untracked,
         "adopted": total.adopted,
-        "xdp_dropped": thread.cell.xdp_dropped(),
-        "xdp_passed": thread.cell.xdp_passed(),
+        "xdp_dropped": xdp.dropped(),
+        "xdp_passed": xdp.passed,
         "per_core": per_core,
     })
 }
