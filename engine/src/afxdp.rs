@@ -937,7 +937,7 @@ impl FrameIo for AfXdp {
     }
 
     fn wait(&mut self, timeout_ms: i32) -> io::Result<()> {
-        if self.rx.available() > 0 {
+        if self.has_pending() {
             return Ok(());
         }
         bpf::poll_readable(self.fd, timeout_ms).map(|_| ())

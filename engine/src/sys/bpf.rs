@@ -449,6 +449,22 @@ impl KernelBpf {
         })
     }
 
+    /// `BPF_LINK_CREATE` of `prog` on `ifindex` as `attach_type`.
+    fn link_create(
+        prog: BorrowedFd<'_>,
+        ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+    ) -> Result<OwnedFd, BpfError> {
+        let mut attr = LinkCreateAttr {
+            prog_fd: fd_u32(prog),
+            target_ifindex: ifindex,
+            attach_type,
+            flags,
+        };
+        owned_fd(sys_bpf(BPF_LINK_CREATE, &mut attr), "BPF_LINK_CREATE")
+    }
+
     /// Loads a program of `kind` (type, expected attach type), first without
     /// a log (cheaper); on failure again with a log so that the error
     /// explains itself.
@@ -564,13 +580,7 @@ impl Bpf for KernelBpf {
         prog: BorrowedFd<'_>,
         ifindex: u32,
     ) -> Result<OwnedFd, BpfError> {
-        let mut attr = LinkCreateAttr {
-            prog_fd: fd_u32(prog),
-            target_ifindex: ifindex,
-            attach_type: BPF_TCX_INGRESS,
-            flags: 0,
-        };
-        owned_fd(sys_bpf(BPF_LINK_CREATE, &mut attr), "BPF_LINK_CREATE")
+        Self::link_create(prog, ifindex, BPF_TCX_INGRESS, 0)
     }
 
     fn prog_test_run_frame(
@@ -605,13 +615,7 @@ impl Bpf for KernelBpf {
         ifindex: u32,
         mode: AttachMode,
     ) -> Result<OwnedFd, BpfError> {
-        let mut attr = LinkCreateAttr {
-            prog_fd: fd_u32(prog),
-            target_ifindex: ifindex,
-            attach_type: BPF_XDP,
-            flags: mode.flags(),
-        };
-        owned_fd(sys_bpf(BPF_LINK_CREATE, &mut attr), "BPF_LINK_CREATE")
+        Self::link_create(prog, ifindex, BPF_XDP, mode.flags())
     }
 
     fn ifindex(&self, ifname: &str) -> Result<u32, BpfError> {
