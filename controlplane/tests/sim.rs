@@ -16,7 +16,7 @@ use shoal_controlplane::{Config, Event, HostState, Machine, Phase};
 use shoal_dataplane::bucket::BucketMap;
 use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::mac::unicast_mac;
-use shoal_dataplane::map::{ClusterMap, GroupBits, RuleOwner, View};
+use shoal_dataplane::map::{bucket_inputs, ClusterMap, GroupBits, RuleOwner, View};
 use shoal_dataplane::pipeline::{Dataplane, Verdict};
 use shoal_dataplane::wire::ipv4_checksum;
 use shoal_dataplane::{
@@ -134,16 +134,9 @@ impl Maps {
         }
         let mut map = ClusterMap::build(&cheap, view, local, epoch);
         for (i, rule) in spec.rules.iter().enumerate() {
-            if !matches!(rule.mode, FilterMode::Multiple { .. }) {
+            let Some((eligible, w)) = bucket_inputs(spec, view, i) else {
                 continue;
-            }
-            let disabled = view.disabled.get(i).copied().unwrap_or_default();
-            let eligible = HostSet::from_bits(view.members.bits() & !disabled.bits());
-            let weights = view.weights.get(i).copied().unwrap_or(rule.weights);
-            let mut w = [0u8; MAX_HOSTS];
-            for h in eligible.iter() {
-                w[h.index()] = weights[h.index()];
-            }
+            };
             self.tick += 1;
             let key = (eligible.bits(), w);
             let b = match self.buckets.get_mut(&key) {

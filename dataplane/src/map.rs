@@ -211,8 +211,13 @@ impl BucketCache {
 
 /// What rule `i`'s bucket map is computed from under `view`: its eligible
 /// hosts (members, less those it is disabled on) and their weights (zero
-/// elsewhere); `None` unless it is a multiple-host rule.
-fn bucket_inputs(spec: &ClusterSpec, view: &View, i: usize) -> Option<(HostSet, [u8; MAX_HOSTS])> {
+/// elsewhere); `None` unless it is a multiple-host rule. Equal inputs give
+/// equal bucket maps, so they key any cache of them.
+pub fn bucket_inputs(
+    spec: &ClusterSpec,
+    view: &View,
+    i: usize,
+) -> Option<(HostSet, [u8; MAX_HOSTS])> {
     let rule = spec.rules.get(i)?;
     if !matches!(rule.mode, FilterMode::Multiple { .. }) {
         return None;
