@@ -50,13 +50,7 @@ impl Flood for Lab {
     /// for a local address where nothing listens (the VIP, here).
     fn udp_no_ports(&self) -> u64 {
         let snmp = sh(&format!("ip netns exec {} cat /proc/net/snmp", self.host));
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-        let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "NoPorts")
-            .and_then(|(_, v)| v.parse().ok())
+        shoal_perf::rig::snmp_counter(&snmp, "Udp", "NoPorts")
             .unwrap_or_else(|| panic!("no Udp NoPorts in {snmp}"))
     }
 

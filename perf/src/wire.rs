@@ -54,8 +54,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::rig::{
-    in_ns, link_counters, receive_ticks, sh, ticks_per_second, Placement, Proc, Rig, RX_DEV, RX_NS,
-    VIP,
+    in_ns, link_counters, receive_ticks, sh, snmp_counter, ticks_per_second, Placement, Proc, Rig,
+    RX_DEV, RX_NS, VIP,
 };
 use crate::signals::pause;
 use crate::stats::median;
@@ -424,16 +424,7 @@ impl Running {
 /// receiver let through to the stack.
 fn udp_noports() -> Result<u64> {
     let snmp = sh(in_ns(RX_NS, "cat").arg("/proc/net/snmp"))?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        bail!("no Udp lines in /proc/net/snmp");
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "NoPorts")
-        .and_then(|(_, v)| v.parse().ok())
-        .ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
+    snmp_counter(&snmp, "Udp", "NoPorts").ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
 }
 
 fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
