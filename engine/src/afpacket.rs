@@ -30,7 +30,6 @@
 //! and joining the fanout group (a few microseconds at start) may reach two
 //! loops: the kernel only lets a bound socket join a group.
 //! Receive-side VLAN tags the NIC strips are not re-inserted.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io;

@@ -837,7 +837,7 @@ fn share_under(map: &ClusterMap, rule: usize) -> Share {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::bpf::fake::FakeBpf;
+    use crate::sys::bpf::fake::Fake;
     use shoal_dataplane::bucket::group_of;
     use shoal_dataplane::map::View;
     use shoal_dataplane::{
@@ -880,8 +880,8 @@ mod tests {
         ))
     }
 
-    fn fast() -> (Arc<FakeBpf>, FastPath) {
-        let fake = Arc::new(FakeBpf::default());
+    fn fast() -> (Arc<Fake>, FastPath) {
+        let fake = Arc::new(Fake::default());
         let layout = FastPathLayout::of(&map(&[1], 1, 0));
         let maps = Arc::new(FastPathMaps::create(&*fake, layout, None).unwrap());
         (fake.clone(), FastPath::new(fake, maps))
@@ -1046,7 +1046,7 @@ mod tests {
     }
 
     fn fast_passing() -> FastPath {
-        let fake = Arc::new(FakeBpf::default());
+        let fake = Arc::new(Fake::default());
         let layout = FastPathLayout::of(&map(&[1], 1, 0));
         let maps = FastPathMaps::create(&*fake, layout, Some([2, 0, 0, 0, 0, 9])).unwrap();
         FastPath::new(fake, Arc::new(maps))
@@ -1161,7 +1161,7 @@ mod tests {
             HostId::new(1).unwrap(),
             1,
         ));
-        let fake = Arc::new(FakeBpf::default());
+        let fake = Arc::new(Fake::default());
         let layout = FastPathLayout::of(&m);
         assert!(!layout.rules.iter().any(|r| r.udp_untracked && r.udp));
         let maps = FastPathMaps::create(&*fake, layout, Some([2, 0, 0, 0, 0, 9])).unwrap();
@@ -1173,7 +1173,7 @@ mod tests {
     #[test]
     fn a_failed_write_turns_the_fast_path_off() {
         use crate::sys::bpf::fake::Script;
-        let fake = Arc::new(FakeBpf::new(Script {
+        let fake = Arc::new(Fake::new(Script {
             map_update: Some(libc::ENOMEM),
             ..Script::default()
         }));

@@ -1,12 +1,14 @@
 //! The `shoal` command.
 
+#![deny(unsafe_code)]
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use shoal_engine::{runtime, tools};
+use shoal_engine::{runtime, sys, tools};
 
 /// shoal: a group of Linux hosts serving one virtual IP, no load balancer.
 #[derive(Parser, Debug)]
@@ -193,12 +195,8 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`shoal query | head`) like other Unix
-    // tools, instead of panicking in println!.
-    // SAFETY: setting SIGPIPE's disposition to the default has no
-    // preconditions; no other thread exists yet.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // tools, instead of panicking in println!; no other thread exists yet.
+    sys::signal::default_sigpipe();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,

@@ -37,6 +37,7 @@ use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdic
 use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
+use crate::sys::signal::{self, STOP};
 use crate::sys::wake::{Bells, Sleeper};
 
 /// `shoal run` options.
@@ -162,23 +163,6 @@ impl MapCell {
         } else {
             let guard = self.map.lock();
             Some((self.seq.load(Ordering::Acquire), guard.clone()))
-        }
-    }
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `on_signal` is an `extern "C"` function that only stores to
-        // an atomic, which is async-signal-safe; `signal` has no other
-        // preconditions.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
         }
     }
 }
@@ -669,7 +653,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?
         .clone();
     let local = host.id;
-    install_signal_handlers();
+    signal::catch_stop();
     let spec = config.spec();
     // A static view takes every configured host as live at once; with the
     // control plane, nobody owns anything until the cluster converges.

@@ -26,7 +26,6 @@
 //! the kernel routes replies out of the real interface with that
 //! interface's MAC. Whatever the kernel does send into the TAP (IPv6 router
 //! solicitations, MLD reports) is read and discarded by [`Tap::drain`].
-#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io;

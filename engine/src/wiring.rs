@@ -26,7 +26,7 @@ use crate::afpacket::{AfPacket, AfPacketConfig, Membership};
 use crate::afxdp::{AfXdp, AfXdpConfig, XdpAttachment, XdpMode};
 use crate::io::{Delivery, FrameIo};
 use crate::setup::{HostSetup, HostSetupConfig};
-use crate::sys::bpf::KernelBpf;
+use crate::sys::bpf;
 use crate::tap::TapConfig;
 use crate::xdp::fast::{FastPathLayout, FastPathPlan};
 use crate::xdp::program::XdpParams;
@@ -157,7 +157,7 @@ fn open_af_xdp(
         FastPathPlan { layout, pass_to }
     });
     let attachment = XdpAttachment::attach_with_fast_path(
-        std::sync::Arc::new(KernelBpf),
+        std::sync::Arc::new(bpf::Kernel),
         &host.interface,
         &params,
         fast_path,

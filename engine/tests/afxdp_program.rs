@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
 use afxdp_common::*;
-use shoal_engine::sys::bpf::{Bpf, BpfError, KernelBpf, MapSpec};
+use shoal_engine::sys::bpf::{Bpf, BpfError, Kernel, MapSpec};
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
 
 const REDIRECTED: u32 = XdpAction::Drop as u32;
@@ -32,7 +32,7 @@ fn params(n: usize) -> XdpParams {
     }
 }
 
-fn xskmap(bpf: &KernelBpf) -> shoal_engine::sys::bpf::BpfMap {
+fn xskmap(bpf: &Kernel) -> shoal_engine::sys::bpf::BpfMap {
     bpf.map_create(&MapSpec::xsk_map("shoal_test", 4))
         .expect("XSKMAP creation (the kernel needs CONFIG_XDP_SOCKETS)")
 }
@@ -171,7 +171,7 @@ fn program_passes_the_verifier_and_classifies_for_0_to_4_entries() {
     if !privileged("program_passes_the_verifier_and_classifies_for_0_to_4_entries") {
         return;
     }
-    let bpf = KernelBpf;
+    let bpf = Kernel;
     let map = xskmap(&bpf);
     for n in 0..=4 {
         let p = params(n);
@@ -209,7 +209,7 @@ fn a_bad_program_is_rejected_with_the_verifier_log() {
     a.ldx(Size::H, Reg::R0, Reg::R2, 12);
     a.exit();
     let insns: Vec<[u8; 8]> = a.finish().unwrap().iter().map(|i| i.encode()).collect();
-    match KernelBpf.prog_load_xdp("shoal_bad", &insns) {
+    match Kernel.prog_load_xdp("shoal_bad", &insns) {
         Err(BpfError::ProgramRejected { log, source, .. }) => {
             assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{log}");
             assert!(log.contains("invalid access to packet"), "{log}");
@@ -223,7 +223,7 @@ fn test_run_on_a_minimal_frame() {
     if !privileged("test_run_on_a_minimal_frame") {
         return;
     }
-    let bpf = KernelBpf;
+    let bpf = Kernel;
     let map = xskmap(&bpf);
     let p = params(1);
     let test = XdpProgram::build_with_fallback(&p, map.fd(), XdpAction::Drop).unwrap();

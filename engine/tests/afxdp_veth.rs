@@ -543,7 +543,7 @@ fn one_attachment_serves_every_queue_of_a_multi_queue_veth() {
     if !privileged("one_attachment_serves_every_queue_of_a_multi_queue_veth") {
         return;
     }
-    use shoal_engine::sys::bpf::{Bpf, KernelBpf};
+    use shoal_engine::sys::bpf::{Bpf, Kernel};
     let a = Netns::new("mq-a");
     let b = Netns::new("mq-b");
     ip(&[
@@ -574,7 +574,7 @@ fn one_attachment_serves_every_queue_of_a_multi_queue_veth() {
         s.spawn(|| {
             a.enter();
             // Counted in this thread's namespace (ethtool), not from /sys.
-            assert_eq!(KernelBpf.rx_queue_count("mqa").unwrap(), 4);
+            assert_eq!(Kernel.rx_queue_count("mqa").unwrap(), 4);
             let attachment = XdpAttachment::attach("mqa", &params(), XdpMode::Auto).unwrap();
             assert_eq!(attachment.queue_count(), 4);
             let sockets: Vec<AfXdp> = (0..4)

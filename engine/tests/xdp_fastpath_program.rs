@@ -27,7 +27,7 @@ use shoal_dataplane::{
     Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
 };
 use shoal_engine::fastpath::{FastPath, FastPathMaps};
-use shoal_engine::sys::bpf::{Bpf, KernelBpf, MapSpec};
+use shoal_engine::sys::bpf::{Bpf, Kernel, MapSpec};
 use shoal_engine::xdp::fast::FastPathLayout;
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
 
@@ -173,7 +173,7 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 struct Setup {
-    bpf: Arc<KernelBpf>,
+    bpf: Arc<Kernel>,
     fast: FastPath,
     program: std::os::fd::OwnedFd,
     _xskmap: shoal_engine::sys::bpf::BpfMap,
@@ -181,7 +181,7 @@ struct Setup {
 }
 
 fn setup(first: &Arc<ClusterMap>) -> Setup {
-    let bpf = Arc::new(KernelBpf);
+    let bpf = Arc::new(Kernel);
     let xskmap = bpf
         .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
         .expect("XSKMAP");
@@ -659,7 +659,7 @@ fn every_layout_shape_passes_the_verifier() {
             HostId::new(1).unwrap(),
             0,
         ));
-        let bpf = KernelBpf;
+        let bpf = Kernel;
         let xskmap = bpf
             .map_create(&MapSpec::xsk_map("shoal_fp_t", 1))
             .expect("XSKMAP");

@@ -15,8 +15,6 @@
 //! - Instruction-class and opcode constants follow
 //!   `include/uapi/linux/bpf_common.h` and `bpf.h`.
 
-#![forbid(unsafe_code)]
-
 /// `BPF_LD`.
 const CLASS_LD: u8 = 0x00;
 /// `BPF_LDX`.

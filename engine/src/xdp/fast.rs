@@ -61,8 +61,6 @@
 //! - All packet loads are 8-, 16- or 32-bit at offsets aligned for a frame
 //!   that starts at `NET_IP_ALIGN`, so strict-alignment verifiers accept it.
 
-#![forbid(unsafe_code)]
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 

@@ -4,8 +4,6 @@
 //! datagrams ([`fast`], with [`reclassify`] on tcx for veth). Loading and
 //! attaching live in [`crate::afxdp`] through the [`crate::sys::bpf`] seam.
 
-#![forbid(unsafe_code)]
-
 pub mod asm;
 pub mod fast;
 pub mod program;

@@ -34,8 +34,6 @@
 //!   per-frame cost bounded. A cluster with many more VIPs would want a hash
 //!   map lookup instead.
 
-#![forbid(unsafe_code)]
-
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
