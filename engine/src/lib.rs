@@ -15,6 +15,7 @@ pub mod io;
 pub mod replay;
 pub mod runtime;
 pub mod setup;
+pub mod snmp;
 pub mod sys;
 pub mod tap;
 pub mod tools;
