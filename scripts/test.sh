@@ -43,8 +43,8 @@ fi
 step "fuzz smoke (scripts/fuzz --seconds 15: every target, stable toolchain)"
 scripts/fuzz --seconds 15
 
-step "build the release binary for the lab"
-cargo build --release -p shoal-engine
+step "build the release binaries for the lab and the benches (shoal, shoal-bench)"
+cargo build --release -p shoal-engine -p shoal-perf
 
 step "benchmark smoke (scripts/bench --smoke: every bench runs; numbers are never judged)"
 scripts/bench --smoke

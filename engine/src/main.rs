@@ -100,8 +100,16 @@ enum Command {
     Params(AdminOpts),
     /// Re-read the configuration file and converge on it.
     Reload(AdminOpts),
-    /// Benchmarks: pipeline, wire, scaling, disruption (see README).
-    Bench(shoal_perf::BenchArgs),
+    /// Benchmarks: pipeline, wire, scaling, disruption, failover, all (see README).
+    ///
+    /// Runs the `shoal-bench` binary beside this one with the arguments
+    /// given (`shoal bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// What `shoal-bench` takes, for example `pipeline --smoke`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// How to reach a running shoal.
@@ -169,6 +177,32 @@ fn admin(verb: &str, scope: Option<&str>, opts: &AdminOpts) -> Result<ExitCode> 
     } else {
         ExitCode::from(EXIT_REFUSED)
     })
+}
+
+/// Hands `shoal bench ARGS` to `shoal-bench ARGS`, the benchmarks' own
+/// binary in the same directory as this executable (symlinks resolved),
+/// so that this binary links no benchmark or plotting code. The bench
+/// replaces this process (`exec`): its exit status, and the signals sent to
+/// it (Ctrl-C), are the bench's own. Returns only when it cannot start.
+fn bench(args: Vec<std::ffi::OsString>) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+
+    let exe = std::env::current_exe().context("locating the shoal binary")?;
+    let bench = exe.with_file_name("shoal-bench");
+    if !bench.is_file() {
+        eprintln!(
+            "shoal bench needs shoal-bench beside {}: build it with \
+             `cargo build --release -p shoal-perf` (or install it in {})",
+            exe.display(),
+            bench.parent().unwrap_or(&bench).display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let err = std::process::Command::new(&bench)
+        .arg0("shoal bench")
+        .args(args)
+        .exec();
+    Err(err).with_context(|| format!("running {}", bench.display()))
 }
 
 /// The admin socket when exactly one shoal runs on this machine.
@@ -289,7 +323,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             runtime::run(config, args)?;
         }
-        Command::Bench(args) => shoal_perf::run(args)?,
+        Command::Bench { args } => return bench(args),
         Command::Query(o) => return admin("query", None, &o),
         Command::Queryport(o) => return admin("queryport", Some(&o.scope), &o.opts),
         Command::Start(o) => return admin("start", None, &o),

@@ -50,7 +50,7 @@ impl Flood for Lab {
     /// for a local address where nothing listens (the VIP, here).
     fn udp_no_ports(&self) -> u64 {
         let snmp = sh(&format!("ip netns exec {} cat /proc/net/snmp", self.host));
-        shoal_perf::rig::snmp_counter(&snmp, "Udp", "NoPorts")
+        shoal_engine::snmp::counter(&snmp, "Udp", "NoPorts")
             .unwrap_or_else(|| panic!("no Udp NoPorts in {snmp}"))
     }
 

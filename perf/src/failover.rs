@@ -33,7 +33,8 @@
 //! on `/tmp/shoal-lab.lock` (the same lock `flock /tmp/shoal-lab.lock
 //! scripts/lab-test ...` takes), one period at a time, and it says so while
 //! it waits. The lab is brought down before the lock is released.
-//! `scripts/lab` runs `$SHOAL_BIN`, set here to this very binary.
+//! `scripts/lab` runs `$SHOAL_BIN`, set here to the `shoal` binary beside
+//! `shoal-bench` ([`crate::shoal_binary`]).
 
 #![forbid(unsafe_code)]
 
@@ -246,9 +247,9 @@ fn lab_script() -> Result<PathBuf> {
     bail!("scripts/lab not found: run from the repository or set SHOAL_LAB_SCRIPT")
 }
 
-/// A lab command, running this binary as `shoal`.
+/// A lab command, running the `shoal` beside this binary.
 fn lab(args: &[&str]) -> Result<Command> {
-    let exe = std::env::current_exe().context("locating the shoal binary")?;
+    let exe = crate::shoal_binary()?;
     let mut cmd = Command::new(lab_script()?);
     cmd.args(args).env("SHOAL_BIN", exe);
     Ok(cmd)
@@ -289,7 +290,7 @@ struct View {
 }
 
 fn query(host: u8) -> Result<View> {
-    let exe = std::env::current_exe().context("locating the shoal binary")?;
+    let exe = crate::shoal_binary()?;
     let out = Command::new("ip")
         .args(["netns", "exec", &format!("shoal-h{host}")])
         .arg(exe)

@@ -1,4 +1,5 @@
-//! shoal's benchmarks (issue 5): `shoal bench pipeline|wire|scaling|disruption|all`.
+//! shoal's benchmarks: `shoal-bench pipeline|wire|scaling|disruption|failover|all`,
+//! which `shoal bench …` runs.
 //!
 //! # What this crate owns
 //!
@@ -11,6 +12,10 @@
 //!   the generator's.
 //! * [`scaling`]: one against two pinned poll loops on a two-queue veth.
 //! * [`disruption`]: buckets moved on join, leave and weight change.
+//! * [`failover`]: SIGKILL of a host in the namespace lab (`scripts/lab`,
+//!   under the lab lock `/tmp/shoal-lab.lock`) at 1000, 100 and 50 ms
+//!   heartbeat periods: time until its clients are served again, until the
+//!   survivors converge, and resets on surviving connections.
 //! * [`report`]: the markdown table and SVG plots under `perf/results/`,
 //!   stamped with the [`machine`].
 //!
@@ -18,15 +23,17 @@
 //! (a namespace cannot be made, a receiver will not start), never on a
 //! number. `--smoke` runs each for a second or two so CI keeps them alive.
 //!
-//! * [`failover`]: SIGKILL of a host in the namespace lab (`scripts/lab`,
-//!   under the lab lock `/tmp/shoal-lab.lock`) at 1000, 100 and 50 ms
-//!   heartbeat periods: time until its clients are served again, until the
-//!   survivors converge, and resets on surviving connections.
+//! # Where it sits
 //!
-//! Not needed at run time: the `shoal` binary only dispatches
-//! `shoal bench` here.
+//! On top of the engine: it uses the engine's syscall seam
+//! (`shoal_engine::sys`: BPF loading and attachment, network namespaces,
+//! signal dispositions) and has no `unsafe` of its own. Nothing depends on
+//! it: the `shoal` binary hands `shoal bench …` to the `shoal-bench`
+//! binary built here, found beside it, and links no benchmark or plotting
+//! code. The benches that run shoal itself (`wire`, `scaling`, `failover`)
+//! run the `shoal` beside `shoal-bench` ([`shoal_binary`]).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod disruption;
 pub mod failover;
@@ -43,10 +50,12 @@ mod xdp_drop;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
-/// `shoal bench` arguments.
-#[derive(clap::Args, Debug, Clone)]
+/// shoal's benchmarks: `shoal-bench BENCH [OPTIONS]`, which `shoal bench
+/// BENCH [OPTIONS]` runs.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "shoal-bench", version)]
 pub struct BenchArgs {
     /// Which bench.
     #[command(subcommand)]
@@ -114,7 +123,27 @@ impl Common {
     }
 }
 
-/// Runs `shoal bench`.
+/// The `shoal` binary the benches run: the one in the same directory as
+/// this executable (symlinks resolved), where `cargo build --release -p
+/// shoal-engine -p shoal-perf` puts both.
+///
+/// # Errors
+/// When this executable cannot be located or no `shoal` lies beside it.
+pub fn shoal_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the shoal-bench binary")?;
+    let shoal = exe.with_file_name("shoal");
+    if !shoal.is_file() {
+        bail!(
+            "this bench runs shoal, and there is no {}: build it with \
+             cargo build --release -p shoal-engine (beside {})",
+            shoal.display(),
+            exe.display()
+        );
+    }
+    Ok(shoal)
+}
+
+/// Runs `shoal-bench` (`shoal bench`).
 ///
 /// # Errors
 /// When a bench is broken (cannot set up, a tool is missing, a receiver

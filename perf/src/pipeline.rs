@@ -18,7 +18,7 @@
 //!   the mixes; the figure is the median over rounds, single-threaded, so
 //!   frames/s is per core.
 //! * Instructions: the same fixture runs under `valgrind --tool=callgrind`
-//!   in a hidden worker mode (`shoal bench callgrind-worker`); collection is
+//!   in a hidden worker mode (`shoal-bench callgrind-worker`); collection is
 //!   toggled on only inside [`measured_pass`] and dumped after each mix (no
 //!   fixture setup is counted). The figure, `instructions_per_frame`, is
 //!   the inclusive cost of the dataplane's entry point, every call of
@@ -684,7 +684,7 @@ fn callgrind(smoke: bool) -> CallgrindFigures {
 }
 
 fn run_callgrind(entries: usize, frames: usize) -> Result<Vec<DumpFigures>> {
-    let exe = std::env::current_exe().context("locating the shoal binary")?;
+    let exe = std::env::current_exe().context("locating the shoal-bench binary")?;
     let dir = std::env::temp_dir().join(format!("shoal-bench-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out_file = dir.join("cg.out");
@@ -696,7 +696,7 @@ fn run_callgrind(entries: usize, frames: usize) -> Result<Vec<DumpFigures>> {
             .arg(format!("--dump-after={MEASURED_FN}"))
             .arg(format!("--callgrind-out-file={}", out_file.display()))
             .arg(&exe)
-            .args(["bench", "callgrind-worker", "--entries"])
+            .args(["callgrind-worker", "--entries"])
             .arg(entries.to_string())
             .arg("--frames")
             .arg(frames.to_string())

@@ -574,33 +574,9 @@ impl Drop for Rig {
     }
 }
 
-/// Counter `name` of group `group` (`Udp`, `Ip`, …) in the text of
-/// `/proc/net/snmp`: a header line of names, then a line of values, both
-/// prefixed `group:`.
-pub fn snmp_counter(snmp: &str, group: &str, name: &str) -> Option<u64> {
-    let prefix = format!("{group}:");
-    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
-    let (names, values) = (lines.next()?, lines.next()?);
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snmp_counters_are_read_by_name() {
-        let snmp = "Ip: Forwarding InReceives\nIp: 2 17\n\
-                    Udp: InDatagrams NoPorts InErrors\nUdp: 5 340 0\n";
-        assert_eq!(snmp_counter(snmp, "Udp", "NoPorts"), Some(340));
-        assert_eq!(snmp_counter(snmp, "Ip", "InReceives"), Some(17));
-        assert_eq!(snmp_counter(snmp, "Udp", "Missing"), None);
-        assert_eq!(snmp_counter("Udp: NoPorts\n", "Udp", "NoPorts"), None);
-    }
 
     #[test]
     fn own_process_ticks_are_read() {

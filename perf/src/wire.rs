@@ -52,14 +52,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use shoal_engine::sys::bpf::AttachMode;
 
 use crate::rig::{
-    in_ns, link_counters, receive_ticks, sh, snmp_counter, ticks_per_second, Placement, Proc, Rig,
-    RX_DEV, RX_NS, VIP,
+    in_ns, link_counters, receive_ticks, sh, ticks_per_second, Placement, Proc, Rig, RX_DEV, RX_NS,
+    VIP,
 };
 use crate::signals::pause;
 use crate::stats::median;
-use crate::xdp_drop::{Mode, XdpDrop};
+use crate::xdp_drop::XdpDrop;
 
 /// Issue 5's target for shoal AF_XDP, as a fraction of the ceiling.
 pub const TARGET_RATIO: f64 = 0.9;
@@ -230,7 +231,7 @@ pub fn start_shoal(
     control: usize,
     polls: &[(usize, Vec<u32>)],
 ) -> Result<(Proc, PathBuf)> {
-    let exe = std::env::current_exe().context("locating the shoal binary")?;
+    let exe = crate::shoal_binary()?;
     let config = rig.shoal_config(name, control, polls, xdp_mode)?;
     let stats = rig.dir.join(format!("{name}.stats.json"));
     let _ = std::fs::remove_file(&stats);
@@ -305,9 +306,11 @@ impl Running {
                 )?;
                 Running::Shoal { proc, stats }
             }
-            Receiver::XdpDropNative => Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, Mode::Native)?),
+            Receiver::XdpDropNative => {
+                Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, AttachMode::Driver)?)
+            }
             Receiver::XdpDropGeneric => {
-                Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, Mode::Generic)?)
+                Running::Xdp(XdpDrop::attach(RX_NS, RX_DEV, AttachMode::Skb)?)
             }
             Receiver::NftDropAll => {
                 nft(&format!(
@@ -424,7 +427,8 @@ impl Running {
 /// receiver let through to the stack.
 fn udp_noports() -> Result<u64> {
     let snmp = sh(in_ns(RX_NS, "cat").arg("/proc/net/snmp"))?;
-    snmp_counter(&snmp, "Udp", "NoPorts").ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
+    shoal_engine::snmp::counter(&snmp, "Udp", "NoPorts")
+        .ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
 }
 
 fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
