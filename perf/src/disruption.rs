@@ -10,7 +10,7 @@
 //! * weight: host 1 goes from 50 to 100 among `n` hosts of weight 50; the
 //!   minimum is the growth of its ideal share.
 //!
-//! The ratio moved/minimum is what issue 5 bounds (≤ 1.05×). A bucket is
+//! The ratio moved/minimum is what the disruption target bounds (≤ 1.05×). A bucket is
 //! 2^-20 of the flows of a rule, so buckets moved is flows moved.
 
 #![forbid(unsafe_code)]
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use shoal_dataplane::bucket::BucketMap;
 use shoal_dataplane::{HostId, HostSet, DEFAULT_WEIGHT, MAX_HOSTS};
 
-/// Issue 5's bound on moved/minimum.
+/// The bound on moved/minimum.
 pub const TARGET_RATIO: f64 = 1.05;
 
 /// One change at one cluster size.
@@ -45,7 +45,7 @@ pub struct DisruptionReport {
     pub changes: Vec<Change>,
     /// Largest ratio seen.
     pub worst_ratio: f64,
-    /// Issue 5's bound.
+    /// The bound.
     pub target_ratio: f64,
 }
 

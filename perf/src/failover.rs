@@ -56,7 +56,7 @@ const VIP: &str = "10.0.0.100";
 const VICTIM: u8 = 1;
 const SURVIVORS: [u8; 2] = [2, 3];
 const HELD: usize = 150;
-/// Issue 5's target for resets on surviving connections.
+/// The target for resets on surviving connections.
 pub const TARGET_SURVIVOR_RESETS: u64 = 0;
 
 /// A heartbeat period and its tolerance (missed periods before a host is

@@ -38,7 +38,7 @@
 //!   the same table, and both are counted under callgrind: the `general_*`
 //!   figures are the "before" of the same build.
 //!
-//! The targets (issue 5) are reported beside the figures, met or not.
+//! The targets (README, Benchmarks) are reported beside the figures, met or not.
 
 #![forbid(unsafe_code)]
 
@@ -71,9 +71,9 @@ pub const TABLE_CAPACITY: usize = 1 << 21;
 pub const POOL: usize = 1 << 16;
 /// Frames per `judge_batch` call (the engine's default batch size).
 pub const BATCH: usize = 64;
-/// Target of issue 5 for the drop path, frames/s per core.
+/// Target for the drop path, frames/s per core.
 pub const TARGET_DROP_MPPS: f64 = 30.0;
-/// Target of issue 5, instructions per frame.
+/// Target, instructions per frame.
 pub const TARGET_INSTRUCTIONS: f64 = 100.0;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -533,9 +533,9 @@ pub struct PipelineReport {
     pub mixes: Vec<MixResult>,
     /// The callgrind run.
     pub callgrind: Option<CallgrindInfo>,
-    /// Issue 5's drop-path target, Mpps per core.
+    /// The drop-path target, Mpps per core.
     pub target_drop_mpps: f64,
-    /// Issue 5's target, instructions per frame.
+    /// The target, instructions per frame.
     pub target_instructions_per_frame: f64,
 }
 

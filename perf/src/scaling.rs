@@ -49,7 +49,7 @@ use crate::signals::pause;
 use crate::stats::median;
 use crate::wire::start_shoal;
 
-/// Issue 5's target for two poll cores against one.
+/// The target for two poll cores against one.
 pub const TARGET_RATIO: f64 = 1.8;
 /// Connections pre-filled into each pipeline thread's descriptor table.
 pub const PIPELINE_ENTRIES: usize = 1_000_000;
@@ -91,7 +91,7 @@ pub struct ScalingReport {
     pub cases: Vec<ScalingCase>,
     /// Median over rounds of (two cores / one core), wire form.
     pub ratio: f64,
-    /// Issue 5's target.
+    /// The target.
     pub target_ratio: f64,
     /// The pipeline form (absent in results written before it existed).
     #[serde(default)]

@@ -62,7 +62,7 @@ use crate::signals::pause;
 use crate::stats::median;
 use crate::xdp_drop::XdpDrop;
 
-/// Issue 5's target for shoal AF_XDP, as a fraction of the ceiling.
+/// The target for shoal AF_XDP, as a fraction of the ceiling.
 pub const TARGET_RATIO: f64 = 0.9;
 
 /// A receiver under test.
@@ -599,7 +599,7 @@ pub struct WireReport {
     pub cases: Vec<WireCase>,
     /// The ceiling per placement.
     pub ceilings: Vec<Ceiling>,
-    /// Issue 5's target for shoal AF_XDP against the ceiling.
+    /// The target for shoal AF_XDP against the ceiling.
     pub target_ratio: f64,
 }
 
