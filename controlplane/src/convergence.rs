@@ -101,6 +101,7 @@ use crate::heartbeat::{
     digest64, rule_fingerprint, ClusterAuth, DirtyPager, Heartbeat, HeartbeatError, HostState,
     Phase, MAX_FRAME,
 };
+use crate::lone::{LoneGuard, Screened, MIN_SUSPICION_NS};
 use crate::membership::{Membership, MembershipCounters, Notice, Standing};
 
 /// Nanoseconds per second.
@@ -138,6 +139,15 @@ impl Config {
             drain_timeout_ns: 20 * 60 * SEC,
         }
     }
+
+    /// How long after a heartbeat for this cluster fails authentication a
+    /// lone host keeps from serving (see [`crate::lone`]): the liveness
+    /// window, `tolerance × period`, and at least [`MIN_SUSPICION_NS`].
+    pub fn suspicion_ns(&self) -> u64 {
+        (self.tolerance as u64)
+            .saturating_mul(self.period_ns)
+            .max(MIN_SUSPICION_NS)
+    }
 }
 
 /// What the engine must act on or report.
@@ -149,12 +159,29 @@ pub enum Event {
     /// [`Machine::handle_dirty`] (same `epoch`). Do this before the next
     /// [`Machine::poll_transmit`].
     EffectiveViewChanged {
-        /// The view to compile.
+        /// The view to compile: the effective view, or while a lone view is
+        /// withheld, that view with no member (see [`crate::lone`]).
         view: View,
-        /// The map epoch (strictly increasing).
+        /// The map epoch: increases with every new effective view; a lone
+        /// view released after being withheld comes again under its epoch.
         epoch: u64,
         /// The phase that produced it.
         phase: Phase,
+    },
+    /// A view in which this host is the only member is withheld: heartbeats
+    /// for this cluster fail authentication (another key on the segment?).
+    /// The [`Event::EffectiveViewChanged`] that follows carries the view
+    /// with no member instead (see [`crate::lone`]). Sent when a
+    /// withholding starts, not for every view it replaces.
+    LoneViewWithheld {
+        /// The epoch of the withheld view.
+        epoch: u64,
+    },
+    /// No heartbeat has failed authentication for the suspicion window: the
+    /// withheld lone view follows in an [`Event::EffectiveViewChanged`].
+    LoneViewReleased {
+        /// Its epoch.
+        epoch: u64,
     },
     /// Other hosts' dirty groups changed: refresh every rule's
     /// `dirty_elsewhere` on the installed map.
@@ -282,6 +309,8 @@ pub struct Machine {
     listened: bool,
     /// The latest `now` the machine has seen.
     last_update: u64,
+    /// Holds a lone view back while heartbeats fail authentication.
+    lone: LoneGuard,
 }
 
 fn rules_mask(n: usize) -> u32 {
@@ -382,6 +411,7 @@ impl Machine {
         let membership = Membership::new(cfg.host, cfg.boot_id, cfg.tolerance, cfg.period_ns, now);
         let empty = empty_view(rules);
         let proposal_digest = view_digest(fingerprint, &empty);
+        let lone = LoneGuard::new(cfg.host, cfg.suspicion_ns());
         Self {
             cfg,
             spec,
@@ -423,6 +453,7 @@ impl Machine {
             last_convergence_ns: None,
             listened: false,
             last_update: now,
+            lone,
         }
     }
 
@@ -443,8 +474,9 @@ impl Machine {
         self.fingerprint
     }
 
-    /// The effective view (what the installed map must be built from) and
-    /// its map epoch.
+    /// The effective view (what the installed map is built from, unless a
+    /// lone view is withheld: [`Machine::lone_view_withheld`]) and its map
+    /// epoch.
     pub fn effective_view(&self) -> (&View, u64) {
         (&self.effective, self.map_epoch)
     }
@@ -500,6 +532,12 @@ impl Machine {
         self.mismatched
     }
 
+    /// Whether a lone view is withheld because heartbeats for this cluster
+    /// fail authentication (see [`crate::lone`]).
+    pub fn lone_view_withheld(&self) -> bool {
+        self.lone.withholds()
+    }
+
     /// Whether the local host is outvoted or duplicated.
     pub fn standing(&self) -> Standing {
         self.standing
@@ -538,9 +576,13 @@ impl Machine {
     ///
     /// # Errors
     /// Why it was refused (also counted and reported); refusals never change
-    /// the view.
+    /// the agreed view. A refusal for a bad tag keeps a lone view from being
+    /// served for a while (see [`crate::lone`]).
     pub fn handle_heartbeat(&mut self, frame: &[u8], now: u64) -> Result<(), HeartbeatError> {
         let r = self.membership.handle_frame(frame, &self.auth, now);
+        if matches!(r, Err(HeartbeatError::BadMac)) {
+            self.lone.handle_bad_mac(now);
+        }
         self.update(now);
         r.map(|_| ())
     }
@@ -640,6 +682,9 @@ impl Machine {
         }
         if let Some(d) = self.settings.host_drain {
             t = t.min(d + self.cfg.drain_timeout_ns);
+        }
+        if let Some(d) = self.lone.deadline() {
+            t = t.min(d);
         }
         t
     }
@@ -767,11 +812,33 @@ impl Machine {
         }
         self.effective = view;
         self.map_epoch += 1;
+        let epoch = self.map_epoch;
+        let view = match self.lone.screen(&self.effective, epoch, self.last_update) {
+            Screened::Install => self.effective.clone(),
+            Screened::Withhold { instead, first } => {
+                if first {
+                    self.events.push_back(Event::LoneViewWithheld { epoch });
+                }
+                instead
+            }
+        };
         self.events.push_back(Event::EffectiveViewChanged {
-            view: self.effective.clone(),
-            epoch: self.map_epoch,
+            view,
+            epoch,
             phase: self.phase(),
         });
+    }
+
+    /// Hands over a withheld lone view once the guard no longer suspects.
+    fn release_lone_view(&mut self, now: u64) {
+        if let Some((view, epoch)) = self.lone.release(now) {
+            self.events.push_back(Event::LoneViewReleased { epoch });
+            self.events.push_back(Event::EffectiveViewChanged {
+                view,
+                epoch,
+                phase: self.phase(),
+            });
+        }
     }
 
     fn set_bound(&mut self, bound: u64) {
@@ -953,6 +1020,7 @@ impl Machine {
         if self.dirty_stale {
             self.refresh_dirty();
         }
+        self.release_lone_view(now);
     }
 
     fn agree_and_adopt(&mut self, now: u64) {

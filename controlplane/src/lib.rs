@@ -9,6 +9,8 @@
 //!   refusals with counters.
 //! * [`convergence`]: [`Machine`], the agreement / release / adopt protocol
 //!   that keeps every frame on at most one host while views change.
+//! * [`lone`]: a host never serves alone while heartbeats for its cluster
+//!   fail authentication.
 //! * [`admin`]: NLB's verbs and return codes, JSON-per-line wire format.
 //!
 //! # Sans-IO
@@ -62,6 +64,7 @@
 pub mod admin;
 pub mod convergence;
 pub mod heartbeat;
+pub mod lone;
 pub mod membership;
 
 pub use admin::{Request, Response, ReturnCode};

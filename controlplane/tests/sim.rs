@@ -176,8 +176,11 @@ struct Node {
     alive: bool,
     side: u8,
     epoch: u64,
-    /// A rogue: duplicate ID or mismatched rules (never a member).
+    /// A rogue: duplicate ID, mismatched rules or another key (never a
+    /// member).
     rogue: bool,
+    /// The cluster key it signs and verifies heartbeats with.
+    key: [u8; 32],
     adopted_count: u64,
     last_adopted: Option<View>,
     /// Hosts heard from in heartbeats sent after the last partition heal.
@@ -295,9 +298,9 @@ impl Sim {
         s
     }
 
-    fn config(&mut self, id: HostId) -> Config {
+    fn config(&mut self, id: HostId, key: [u8; 32]) -> Config {
         self.wall += 1_000_000 + self.rng.below(1_000_000);
-        let mut c = Config::new(id, KEY, self.wall + self.now);
+        let mut c = Config::new(id, key, self.wall + self.now);
         c.period_ns = self.period;
         c.tolerance = self.tolerance;
         c.converge_periods = 3;
@@ -306,7 +309,13 @@ impl Sim {
     }
 
     fn spawn(&mut self, id: HostId, spec: ClusterSpec, rogue: bool) {
-        let cfg = self.config(id);
+        self.spawn_keyed(id, spec, rogue, KEY);
+    }
+
+    /// Spawns a host that signs with `key`: one with another key than
+    /// [`KEY`] is a cluster of its own on the same segment (a rogue).
+    fn spawn_keyed(&mut self, id: HostId, spec: ClusterSpec, rogue: bool, key: [u8; 32]) {
+        let cfg = self.config(id, key);
         let m = Machine::new(cfg, spec.clone(), self.now);
         let (view, epoch) = m.effective_view();
         let map = self.maps.build(&spec, view, id, epoch);
@@ -320,6 +329,7 @@ impl Sim {
             side: 0,
             epoch,
             rogue,
+            key,
             adopted_count: 0,
             last_adopted: None,
             heard_since_heal: HostSet::EMPTY,
@@ -592,6 +602,9 @@ impl Sim {
                         }
                         // Overtaken by a newer heartbeat of the same host.
                         Err(HeartbeatError::Replayed) => {}
+                        // A cluster under another key.
+                        Err(HeartbeatError::BadMac)
+                            if self.nodes[from].key != self.nodes[to].key => {}
                         Err(e) => panic!("honest heartbeat refused: {e}"),
                     }
                     self.drive(to);
@@ -1512,4 +1525,62 @@ fn random_events_nlb_defaults() {
         .map(|s| run_seed(s, 300, 1000 * MS, 5))
         .collect();
     summary("1000ms/tol5", &all, 1000 * MS);
+}
+
+/// Two clusters under different keys on one segment, same VIPs and rules,
+/// one host each (a host configured with the wrong key). Each hears the
+/// other's heartbeats fail authentication, so neither serves alone: no frame
+/// is kept by both (the probes after every map change check it). Once the
+/// other falls silent, the lone host serves after the suspicion window, not
+/// before.
+#[test]
+fn a_lone_host_never_serves_while_another_key_is_heard() {
+    let period = 100 * MS;
+    let mut sim = Sim::new(51, period, 3, 1);
+    sim.spawn_keyed(host(2), spec(), true, [0x13; 32]);
+    let t0 = sim.now;
+    for k in 1..=40 {
+        sim.step_to(t0 + k * period);
+        sim.probe(16);
+    }
+    for n in &sim.nodes {
+        assert!(
+            n.m.effective_view().0.members == HostSet::from_iter([n.id]),
+            "{:?} agreed to serve alone",
+            n.id
+        );
+        assert!(n.m.lone_view_withheld(), "{:?} serves alone", n.id);
+        assert!(n.dp.map().view.members.is_empty());
+    }
+    let syn = tcp(Ipv4Addr::new(11, 0, 0, 9), 4000, 80, SYN);
+    assert!(sim.keepers(&syn).is_empty());
+
+    // The other cluster goes away: host 1 serves once the window has passed
+    // since the last heartbeat it could not verify (the last one left at
+    // most a period before it fell silent; frames in flight arrive later).
+    let mut cfg = Config::new(host(1), KEY, 1);
+    cfg.period_ns = period;
+    cfg.tolerance = 3;
+    let window = cfg.suspicion_ns();
+    sim.nodes[1].alive = false;
+    let silent = sim.now;
+    let served = loop {
+        assert!(
+            sim.now < silent + window + 10 * period,
+            "never served alone"
+        );
+        let to = sim.now + period / 8;
+        sim.step_to(to);
+        if !sim.keepers(&syn).is_empty() {
+            break sim.now;
+        }
+    };
+    assert!(
+        served + period >= silent + window && served <= silent + window + period,
+        "served {} ms after the other cluster fell silent, window {} ms",
+        (served - silent) / MS,
+        window / MS
+    );
+    assert!(!sim.nodes[0].m.lone_view_withheld());
+    sim.probe(64);
 }

@@ -4,6 +4,7 @@
 
 pub mod bucket;
 pub mod descriptor;
+pub mod fastpath;
 pub mod hash;
 pub mod mac;
 pub mod map;

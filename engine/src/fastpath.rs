@@ -1,119 +1,52 @@
-//! The userspace side of the XDP fast path: keeps the kernel's keep bitmaps
-//! and rule actions ([`crate::xdp::fast`]) a superset of what userspace keeps,
-//! so the kernel drops other hosts' frames before any copy, and its pass
-//! bitmaps a subset, so the kernel hands the stack datagrams userspace would
-//! keep anyway, while the dataplane's rules stay the only judge.
+//! The userspace side of the XDP fast path: writes the plan
+//! ([`shoal_dataplane::fastpath`]: which buckets the kernel may drop and
+//! which it may pass under the maps in flight) into the program's BPF maps
+//! ([`crate::xdp::fast`]), so the kernel drops other hosts' frames before
+//! any copy and hands the stack datagrams userspace would keep anyway, while
+//! the dataplane's rules stay the only judge. Why the plan is safe is
+//! argued in [`shoal_dataplane::fastpath`]; this module owns the writes.
 //!
 //! # What it owns
 //!
-//! - [`FastPathMaps`]: the three BPF maps (actions, keep bitmaps, per-CPU
-//!   stats) and the layout the program was compiled for. The XDP attachment
-//!   creates them and holds them for as long as the program lives.
+//! - [`FastPathMaps`]: the four BPF maps (actions, keep bitmaps, pass
+//!   bitmaps, per-CPU stats) and the layout the program was compiled for.
+//!   The XDP attachment creates them and holds them for as long as the
+//!   program lives.
 //! - [`FastPath`]: the writer. It is told about every map before it is
-//!   published ([`FastPath::prepare`]), hears from every poll loop which
-//!   bucket groups it still tracks foreign connections in ([`LoopReport`]),
-//!   and shrinks the kernel's keep set once every loop has moved on
-//!   ([`FastPath::settle`]).
+//!   published ([`FastPath::prepare`]), hears from every poll loop
+//!   ([`LoopReport`]), forgets older maps once every loop has moved on
+//!   ([`FastPath::settle`]), and writes what changed.
 //!
-//! # The argument: the kernel drops only what userspace would drop
+//! # What the writes guarantee
 //!
-//! For one rule slot and one map `M` a poll loop may be judging with, call
-//! `K(M)` the buckets whose bit is set (or all buckets for a redirect action,
-//! none for a drop action). The writer keeps, at every instant,
-//!
-//! ```text
-//! K ⊇ ⋃ over maps M in flight of  ∅                          if the rule is disabled in M (or here)
-//!                                  owned(M) ∪ ownerless(M) ∪ dirty   otherwise
-//! ```
-//!
-//! where `dirty` is the union, over poll loops, of the bucket groups in which
-//! the loop's descriptor table holds *foreign* entries (entries whose bucket
-//! the local host does not own under the loop's map;
-//! `DescriptorTable::dirty_groups`). Take an IPv4 TCP or UDP frame the
-//! program judges, of rule `r` (the same rule `ClusterMap::rule_for` finds:
-//! the layout is the map's lookup order) and bucket `b` (the same bucket: the
-//! program computes `affinity_hash` bit for bit; tests check it), with bit
-//! `b` clear. Then, for whichever in-flight map the loop uses:
-//!
-//! 1. rule disabled (cluster-wide or here): the pipeline drops
-//!    (`RuleDisabled`) before it looks at descriptors;
-//! 2. otherwise `b` is neither owned by this host nor ownerless, so the
-//!    new-connection verdict is `NotOwner`; and no descriptor of the frame's
-//!    flow exists: a TCP or affinity entry of this rule and flow lives in
-//!    bucket `b`, and an entry in a bucket this host does not own is foreign
-//!    and so lies in a dirty group — which would have set the bit;
-//! 3. so the pipeline returns `Drop`. "Dirty elsewhere" and SYN retirement
-//!    only ever turn a keep into a drop, never the reverse; they cannot break
-//!    this. Frames in a bucket whose bit is set may still be dropped by
-//!    userspace: the kernel only pre-filters.
-//!
-//! Why the invariant holds over time:
-//!
-//! - Entries are only inserted in owned buckets (new connections, adoption,
-//!   affinity), so between two maps the foreign set only shrinks; a loop
-//!   reports its dirty groups right after adopting a map (`set_map` re-marks
-//!   foreign entries) and again every 200 ms. Any report is thus a superset
-//!   of its loop's foreign entries until the loop's next map.
-//! - A new map is prepared *before* it is published: the kernel's keep set
-//!   grows to include it first (new bits set before old ones clear). Only
-//!   when every loop has reported under the newest map (the very `Arc`
-//!   published, not merely its epoch, since a view can be republished) are
-//!   older maps forgotten and their bits cleared.
-//! - Writes are ordered per slot: a bitmap is written before the action that
-//!   makes the program read it. Concurrent readers see each bit either old or
-//!   new; both are supersets.
+//! - Per slot, a bitmap is written before the action that makes the
+//!   program read it: concurrent readers see each bit either old or new,
+//!   and the plan makes both supersets of what userspace keeps (keep) or
+//!   subsets of it (pass).
 //! - The layout (rules, seed) is compiled into the program. A map whose
 //!   layout differs (a rule or VIP change) turns the fast path off for good
 //!   (every action redirects) and says so: stale descriptors could then sit
 //!   in buckets the program no longer computes.
-//! - Any failed map write turns the fast path off the same way.
-
-//!
-//! # The pass: the kernel keeps only what userspace would keep
-//!
-//! With a pass MAC ([`FastPathMaps::create`]) the program also hands the
-//! stack, on the NIC, the untagged, well-formed UDP datagrams (not IKE) of
-//! rules without extended affinity whose bucket bit is set in the slot's
-//! *pass* bitmap, when the slot's action carries [`ACTION_PASS`]. The
-//! pipeline's verdict on such a datagram under map `M` is "keep" exactly
-//! when `M` gives its bucket to this host (`pass_under`); nothing else
-//! (descriptors, dirty groups) enters it. The writer keeps
-//!
-//! ```text
-//! P = ⋂ over maps M in flight of  pass(M)
-//! ```
-//!
-//! so a passed datagram is one every poll loop would keep, whichever map it
-//! judges with. A new map is prepared before it is published, which shrinks
-//! `P` at once (the kernel stops passing buckets the new map moves away
-//! before any loop adopts it, and so before the control plane hears that
-//! the loops have moved); `P` grows only when [`FastPath::settle`] forgets
-//! the older maps. A passed datagram counts in `xdp_passed`, not in the
-//! loops' `kept`. Turning the fast path off writes plain actions, without
-//! the flag, so it stops passing as it stops dropping.
+//! - Any failed map write turns the fast path off the same way. Off means
+//!   plain redirect actions, without [`ACTION_PASS`]: the program stops
+//!   passing as it stops dropping. A passed datagram counts in
+//!   `xdp_passed`, not in the loops' `kept`.
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use shoal_dataplane::bucket::{BUCKETS, GROUPS, GROUP_SHIFT};
-use shoal_dataplane::map::{ClusterMap, GroupBits, RuleOwner};
+use shoal_dataplane::fastpath::{BucketBits, MapsInFlight, Report, Slot, SlotAction, SlotPlan};
+use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::pipeline::Dataplane;
 
 use crate::sys::bpf::{Bpf, BpfError, BpfMap, MapKind, MapSpec};
-#[cfg(test)]
-use crate::xdp::fast::ACTION_MASK;
 use crate::xdp::fast::{
-    FastPathFds, FastPathLayout, ACTION_BITMAP, ACTION_DROP, ACTION_PASS, ACTION_REDIRECT,
-    KEEP_BITMAP_BYTES, STATS_SLOT_BYTES, STAT_DROPPED_BUCKET, STAT_DROPPED_RULE, STAT_JUDGED,
-    STAT_LAST_BUCKET, STAT_LAST_SLOT, STAT_PASSED,
+    FastPathFds, FastPathLayout, ACTION_BITMAP, ACTION_DROP, ACTION_MASK, ACTION_PASS,
+    ACTION_REDIRECT, KEEP_BITMAP_BYTES, STATS_SLOT_BYTES, STAT_DROPPED_BUCKET, STAT_DROPPED_RULE,
+    STAT_JUDGED, STAT_LAST_BUCKET, STAT_LAST_SLOT, STAT_PASSED,
 };
-
-/// 64-bit words in one keep bitmap.
-const WORDS: usize = BUCKETS / 64;
-/// 64-bit words per bucket group.
-const WORDS_PER_GROUP: usize = (1 << GROUP_SHIFT) / 64;
 
 /// Why the fast path could not be set up or kept current.
 #[derive(Debug, thiserror::Error)]
@@ -342,76 +275,11 @@ fn write_words(bpf: &dyn Bpf, map: &BpfMap, slot: u32, words: &[u64]) -> Result<
     Ok(())
 }
 
-/// A keep set for one slot.
-#[derive(Clone, PartialEq, Eq)]
-struct Keep {
-    words: Box<[u64]>,
-}
-
-impl fmt::Debug for Keep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Keep({} buckets)", self.count())
-    }
-}
-
-impl Keep {
-    fn none() -> Self {
-        Self {
-            words: vec![0u64; WORDS].into_boxed_slice(),
-        }
-    }
-
-    fn fill(&mut self) {
-        self.words.fill(u64::MAX);
-    }
-
-    fn set(&mut self, bucket: usize) {
-        self.words[bucket / 64] |= 1 << (bucket % 64);
-    }
-
-    fn set_group(&mut self, group: u32) {
-        let start = group as usize % GROUPS * WORDS_PER_GROUP;
-        self.words[start..start + WORDS_PER_GROUP].fill(u64::MAX);
-    }
-
-    fn count(&self) -> usize {
-        self.words.iter().map(|w| w.count_ones() as usize).sum()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.words.iter().all(|&w| w == 0)
-    }
-
-    fn intersect(&mut self, other: &Keep) {
-        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
-            *w &= o;
-        }
-    }
-
-    fn action(&self) -> u32 {
-        if self.words.iter().all(|&w| w == 0) {
-            ACTION_DROP
-        } else if self.words.iter().all(|&w| w == u64::MAX) {
-            ACTION_REDIRECT
-        } else {
-            ACTION_BITMAP
-        }
-    }
-}
-
-/// What one poll loop last reported: the map it judges with and, per slot,
-/// the bucket groups in which it holds foreign entries.
-#[derive(Debug, Clone)]
-struct Report {
-    map: Arc<ClusterMap>,
-    dirty: Vec<GroupBits>,
-}
-
 /// A poll loop's line to the writer. The loop calls [`LoopReport::record`]
 /// after every `set_map` and periodically.
 #[derive(Debug)]
 pub struct LoopReport {
-    rules: Vec<usize>,
+    slots: Vec<Slot>,
     last: Mutex<Option<Report>>,
 }
 
@@ -419,11 +287,7 @@ impl LoopReport {
     /// Records the groups in which `dataplane`'s table holds foreign entries,
     /// under the map it uses now. Bounded work: `GROUPS` counters per slot.
     pub fn record(&self, dataplane: &Dataplane) {
-        let table = dataplane.table();
-        let report = Report {
-            map: dataplane.map().clone(),
-            dirty: self.rules.iter().map(|&r| table.dirty_groups(r)).collect(),
-        };
+        let report = Report::of(dataplane.map(), dataplane.table(), &self.slots);
         *self.last.lock() = Some(report);
     }
 
@@ -436,45 +300,21 @@ impl LoopReport {
     }
 }
 
-/// What one map lets a poll loop keep under one rule, before dirty groups.
-#[derive(Debug)]
-enum Share {
-    /// Nothing, whatever is tracked (the rule is disabled, or disabled here).
-    Nothing,
-    /// Everything (a single-host rule this host serves, or nobody does).
-    Everything,
-    /// A single-host rule another host serves: only what is tracked.
-    Tracked,
-    /// A multiple-host rule: the buckets this host owns or nobody owns, and
-    /// what is tracked.
-    Buckets(Keep),
-}
-
-/// A map in flight and its shares, per slot, computed once.
-#[derive(Debug)]
-struct InFlight {
-    map: Arc<ClusterMap>,
-    shares: Vec<Share>,
-    /// Per slot, the buckets whose untracked UDP this map surely keeps
-    /// (`None`: none, or the program passes nothing).
-    passes: Vec<Option<Keep>>,
-}
-
 /// What the kernel holds for one slot.
 #[derive(Debug, Clone)]
 struct Written {
     /// The action word, [`ACTION_PASS`] included.
     action: u32,
     /// The keep bitmap, when the action is or was a bitmap.
-    keep: Option<Keep>,
+    keep: Option<BucketBits>,
     /// The pass bitmap, when the action carries or carried [`ACTION_PASS`].
-    pass: Option<Keep>,
+    pass: Option<BucketBits>,
 }
 
 #[derive(Debug)]
 struct Sync {
-    /// Maps a poll loop may be judging with, oldest first.
-    in_flight: Vec<InFlight>,
+    /// The maps a poll loop may be judging with.
+    in_flight: MapsInFlight,
     /// What the kernel holds, per slot.
     written: Vec<Written>,
     /// Set once the fast path is off for good.
@@ -516,25 +356,46 @@ pub fn env_allows(var: &str) -> bool {
     })
 }
 
+/// The action word for `plan`: the keep set's action, with [`ACTION_PASS`]
+/// when the slot passes.
+fn action_word(plan: &SlotPlan) -> u32 {
+    let base = match plan.action() {
+        SlotAction::Drop => ACTION_DROP,
+        SlotAction::Everything => ACTION_REDIRECT,
+        SlotAction::Bitmap => ACTION_BITMAP,
+    };
+    base | if plan.passes() { ACTION_PASS } else { 0 }
+}
+
 impl FastPath {
     /// A writer for `maps` through `bpf`. Nothing is written until the first
     /// [`FastPath::prepare`].
     pub fn new(bpf: Arc<dyn Bpf>, maps: Arc<FastPathMaps>) -> Self {
-        let slots = maps.layout.rules.len();
+        let passes = maps.passes();
+        let slots: Vec<Slot> = maps
+            .layout
+            .rules
+            .iter()
+            .map(|r| Slot {
+                rule: r.rule,
+                passes: passes && r.udp && r.udp_untracked,
+            })
+            .collect();
+        let written = vec![
+            Written {
+                action: ACTION_REDIRECT,
+                keep: None,
+                pass: None,
+            };
+            slots.len()
+        ];
         Self {
             bpf,
             maps,
             reports: Mutex::new(Vec::new()),
             sync: Mutex::new(Sync {
-                in_flight: Vec::new(),
-                written: vec![
-                    Written {
-                        action: ACTION_REDIRECT,
-                        keep: None,
-                        pass: None,
-                    };
-                    slots
-                ],
+                in_flight: MapsInFlight::new(slots),
+                written,
                 off: None,
             }),
         }
@@ -550,7 +411,7 @@ impl FastPath {
     /// stay in the keep set.
     pub fn loop_report(&self) -> Arc<LoopReport> {
         let r = Arc::new(LoopReport {
-            rules: self.maps.layout.rules.iter().map(|r| r.rule).collect(),
+            slots: self.sync.lock().in_flight.slots().to_vec(),
             last: Mutex::new(None),
         });
         self.reports.lock().push(r.clone());
@@ -584,39 +445,9 @@ impl FastPath {
             );
             return;
         }
-        let shares = self
-            .maps
-            .layout
-            .rules
-            .iter()
-            .map(|r| share_under(next, r.rule))
-            .collect();
-        let passes = self
-            .maps
-            .layout
-            .rules
-            .iter()
-            .map(|r| {
-                (self.maps.passes() && r.udp && r.udp_untracked)
-                    .then(|| pass_under(next, r.rule))
-                    .flatten()
-            })
-            .collect();
-        // A republished map of the same view (new dirty groups elsewhere)
-        // shares the same keeps: replace rather than pile up.
-        if sync
-            .in_flight
-            .last()
-            .is_some_and(|f| f.map.view == next.view && f.map.local == next.local)
-        {
-            sync.in_flight.pop();
-        }
-        sync.in_flight.push(InFlight {
-            map: next.clone(),
-            shares,
-            passes,
-        });
-        self.write(&mut sync);
+        sync.in_flight.prepare(next);
+        let reports = self.latest_reports();
+        self.write(&mut sync, &reports);
     }
 
     /// Call periodically (about once a second): forgets maps every poll loop
@@ -624,23 +455,12 @@ impl FastPath {
     /// groups loops still track foreign connections in.
     pub fn settle(&self) {
         let mut sync = self.sync.lock();
-        if sync.off.is_some() {
+        if sync.off.is_some() || sync.in_flight.is_empty() {
             return;
         }
-        let Some(newest) = sync.in_flight.last().map(|f| f.map.clone()) else {
-            return;
-        };
-        let all_moved = self.reports.lock().iter().all(|r| {
-            r.last
-                .lock()
-                .as_ref()
-                .is_some_and(|rep| Arc::ptr_eq(&rep.map, &newest))
-        });
-        if all_moved && sync.in_flight.len() > 1 {
-            let keep_from = sync.in_flight.len() - 1;
-            sync.in_flight.drain(..keep_from);
-        }
-        self.write(&mut sync);
+        let reports = self.latest_reports();
+        sync.in_flight.settle(&reports);
+        self.write(&mut sync, &reports);
     }
 
     /// Starts a thread that calls [`FastPath::settle`] every `period` for as
@@ -661,94 +481,37 @@ impl FastPath {
             })
     }
 
-    /// The keep and pass sets of every slot for the maps in flight and the
-    /// latest reports.
-    fn target(&self, sync: &Sync) -> Vec<(Keep, Keep)> {
-        let reports: Vec<Report> = self
-            .reports
+    /// Every registered loop's latest report (`None`: not reported yet).
+    fn latest_reports(&self) -> Vec<Option<Report>> {
+        self.reports
             .lock()
             .iter()
-            .filter_map(|r| r.last.lock().clone())
-            .collect();
-        self.maps
-            .layout
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(slot, _)| {
-                let mut dirty = GroupBits::default();
-                let mut any_dirty = false;
-                for rep in &reports {
-                    if let Some(g) = rep.dirty.get(slot) {
-                        for group in g.iter() {
-                            dirty.insert(group);
-                            any_dirty = true;
-                        }
-                    }
-                }
-                let mut keep = Keep::none();
-                for f in &sync.in_flight {
-                    match &f.shares[slot] {
-                        Share::Nothing => {}
-                        Share::Everything => keep.fill(),
-                        Share::Tracked => {
-                            if any_dirty {
-                                keep.fill();
-                            }
-                        }
-                        Share::Buckets(owned) => {
-                            for (w, o) in keep.words.iter_mut().zip(owned.words.iter()) {
-                                *w |= o;
-                            }
-                            for g in dirty.iter() {
-                                keep.set_group(g);
-                            }
-                        }
-                    }
-                }
-                // Passed only where every map in flight keeps: the kernel
-                // then decides as any poll loop would.
-                let mut pass: Option<Keep> = None;
-                for f in &sync.in_flight {
-                    match (&f.passes[slot], &mut pass) {
-                        (None, _) => {
-                            pass = Some(Keep::none());
-                            break;
-                        }
-                        (Some(p), None) => pass = Some(p.clone()),
-                        (Some(p), Some(acc)) => acc.intersect(p),
-                    }
-                }
-                (keep, pass.unwrap_or_else(Keep::none))
-            })
+            .map(|r| r.last.lock().clone())
             .collect()
     }
 
-    fn write(&self, sync: &mut Sync) {
-        let target = self.target(sync);
-        if let Err(e) = self.apply(sync, target) {
+    fn write(&self, sync: &mut Sync, reports: &[Option<Report>]) {
+        let plan = sync.in_flight.plan(reports);
+        if let Err(e) = self.apply(sync, plan) {
             self.turn_off(sync, format!("writing the XDP fast path maps failed: {e}"));
         }
     }
 
-    /// Writes `target`: per slot, the bitmaps before the action that reads
-    /// them. A pass set never exceeds the keep set (it is the newest map's
-    /// own buckets at most), so a dropping slot never passes.
-    fn apply(&self, sync: &mut Sync, target: Vec<(Keep, Keep)>) -> Result<(), FastPathError> {
+    /// Writes `plan` where it differs from what the kernel holds: per slot,
+    /// the bitmaps before the action that reads them.
+    fn apply(&self, sync: &mut Sync, plan: Vec<SlotPlan>) -> Result<(), FastPathError> {
         let bpf = &*self.bpf;
-        for (slot, (keep, pass)) in target.into_iter().enumerate() {
-            let base = keep.action();
-            let passing = base != ACTION_DROP && !pass.is_empty();
-            let action = base | if passing { ACTION_PASS } else { 0 };
+        for (slot, p) in plan.into_iter().enumerate() {
+            let action = action_word(&p);
             let old = &mut sync.written[slot];
             let slot32 = slot as u32;
-            if base == ACTION_BITMAP && old.keep.as_ref() != Some(&keep) {
-                self.maps.write_bitmap(bpf, slot32, &keep.words)?;
-                old.keep = Some(keep);
+            if action & ACTION_MASK == ACTION_BITMAP && old.keep.as_ref() != Some(&p.keep) {
+                self.maps.write_bitmap(bpf, slot32, p.keep.words())?;
+                old.keep = Some(p.keep);
             }
-            if passing && old.pass.as_ref() != Some(&pass) {
-                self.maps.write_pass_bitmap(bpf, slot32, &pass.words)?;
-                old.pass = Some(pass);
+            if action & ACTION_PASS != 0 && old.pass.as_ref() != Some(&p.pass) {
+                self.maps.write_pass_bitmap(bpf, slot32, p.pass.words())?;
+                old.pass = Some(p.pass);
             }
             if action != old.action {
                 self.maps.write_action(bpf, slot32, action)?;
@@ -774,71 +537,12 @@ impl FastPath {
     }
 }
 
-/// The buckets of rule `rule` in which a poll loop judging with `map` keeps
-/// every untracked UDP datagram (not to an IKE port): the pipeline's verdict
-/// on those is "the bucket's owner is this host". A single-host rule's frames
-/// all have bucket 0, as in the program. `None`: no bucket.
-fn pass_under(map: &ClusterMap, rule: usize) -> Option<Keep> {
-    let compiled = map.rules.get(rule)?;
-    if compiled.disabled_here || compiled.rule.extended_affinity_timeout_s != 0 {
-        return None;
-    }
-    let local = map.local.get();
-    let mut pass = Keep::none();
-    match &compiled.owner {
-        RuleOwner::Disabled => return None,
-        RuleOwner::Single(owner) => {
-            if owner.is_some_and(|h| h.get() == local) {
-                pass.set(0);
-            }
-        }
-        RuleOwner::Buckets(buckets) => {
-            for (b, &o) in buckets.owners().iter().enumerate() {
-                if o == local {
-                    pass.set(b);
-                }
-            }
-        }
-    }
-    (!pass.is_empty()).then_some(pass)
-}
-
-/// What a poll loop judging with `map` may keep under rule `rule`, before
-/// tracked connections (see the module docs).
-fn share_under(map: &ClusterMap, rule: usize) -> Share {
-    let Some(compiled) = map.rules.get(rule) else {
-        return Share::Everything;
-    };
-    if compiled.disabled_here {
-        return Share::Nothing;
-    }
-    let local = map.local.get();
-    match &compiled.owner {
-        RuleOwner::Disabled => Share::Nothing,
-        RuleOwner::Single(owner) => {
-            if owner.is_none_or(|h| h.get() == local) {
-                Share::Everything
-            } else {
-                Share::Tracked
-            }
-        }
-        RuleOwner::Buckets(buckets) => {
-            let mut keep = Keep::none();
-            for (b, &o) in buckets.owners().iter().enumerate() {
-                if o == local || o == 0 {
-                    keep.set(b);
-                }
-            }
-            Share::Buckets(keep)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::bpf::fake::Fake;
-    use shoal_dataplane::bucket::group_of;
+    use shoal_dataplane::bucket::{group_of, BUCKETS};
+    use shoal_dataplane::map::RuleOwner;
     use shoal_dataplane::map::View;
     use shoal_dataplane::{
         Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
@@ -896,13 +600,13 @@ mod tests {
             .unwrap()
     }
 
-    fn keep_of(f: &FastPath, rule: usize) -> (u32, Option<Keep>) {
+    fn keep_of(f: &FastPath, rule: usize) -> (u32, Option<BucketBits>) {
         let w = f.sync.lock().written[slot_of(f, rule)].clone();
         (w.action, w.keep)
     }
 
-    fn has(k: &Keep, b: u32) -> bool {
-        k.words[b as usize / 64] & (1 << (b % 64)) != 0
+    fn has(k: &BucketBits, b: u32) -> bool {
+        k.contains(b)
     }
 
     #[test]
@@ -1052,7 +756,7 @@ mod tests {
         FastPath::new(fake, Arc::new(maps))
     }
 
-    fn pass_of(f: &FastPath, rule: usize) -> Option<Keep> {
+    fn pass_of(f: &FastPath, rule: usize) -> Option<BucketBits> {
         let w = f.sync.lock().written[slot_of(f, rule)].clone();
         (w.action & ACTION_PASS != 0).then(|| w.pass.expect("a pass flag without a bitmap"))
     }
@@ -1090,9 +794,7 @@ mod tests {
         let three = map(&[1, 2, 3], 1, 2);
         f.prepare(&three);
         let pass = pass_of(&f, 0).unwrap();
-        let before = Keep {
-            words: pass_words(&two),
-        };
+        let before = pass_words(&two);
         let moved: Vec<u32> = owned_by(&three, 3)
             .into_iter()
             .filter(|&b| has(&before, b))
@@ -1109,7 +811,7 @@ mod tests {
         report.record_groups(&three, vec![GroupBits::default(); 3]);
         f.settle();
         let pass = pass_of(&f, 0).unwrap();
-        assert_eq!(pass.words, pass_words(&three));
+        assert_eq!(pass, pass_words(&three));
 
         // Alone, host 1 keeps (redirects) everything and passes everything.
         let alone = map(&[1], 1, 3);
@@ -1137,13 +839,13 @@ mod tests {
         }
     }
 
-    /// Host 1's buckets of rule 0 under `m`, as bitmap words.
-    fn pass_words(m: &ClusterMap) -> Box<[u64]> {
-        let mut k = Keep::none();
+    /// Host 1's buckets of rule 0 under `m`.
+    fn pass_words(m: &ClusterMap) -> BucketBits {
+        let mut k = BucketBits::none();
         for b in owned_by(m, 1) {
-            k.set(b as usize);
+            k.insert(b as usize);
         }
-        k.words
+        k
     }
 
     #[test]

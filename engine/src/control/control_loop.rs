@@ -1,283 +1,63 @@
-//! The control thread with a control plane: drives the sans-IO
-//! [`shoal_controlplane::Machine`] with heartbeats from the poll loops, admin
-//! requests from the local socket and the clock; installs the maps it asks
-//! for in every poll loop; sends its heartbeats; answers ARP/ND for the VIPs
-//! when this host is the default host of the map in force.
+//! The control thread's loop when the host runs the control plane: drives
+//! the sans-IO [`shoal_controlplane::Machine`] with heartbeats from the poll
+//! loops, admin requests from the local socket and the clock; installs the
+//! maps it asks for in every poll loop; sends its heartbeats; leaves the
+//! neighbour duties to its [`Responder`].
 //!
 //! # The ordering that keeps frames on at most one host
 //!
 //! On `EffectiveViewChanged { view, epoch }` the map is compiled on a
-//! worker thread (2^20 buckets per rule: tens of milliseconds on a loaded
-//! machine), published to the poll loops, and each loop acknowledges the
-//! epoch it runs, at most a batch or an idle wait later. Only when every
-//! loop has acknowledged are the loops' dirty groups for that epoch handed
-//! to the machine with `handle_dirty`, and the machine advertises a new
-//! bound ("every bucket I take new connections in is mine in the view I
-//! proposed") only after that call: the machine never advertises a promise
-//! the dataplane does not yet keep.
+//! worker thread (`compiler`; 2^20 buckets per rule: tens of
+//! milliseconds on a loaded machine), published to the poll loops, and each
+//! loop acknowledges the epoch it runs, at most a batch or an idle wait
+//! later. Only when every loop has acknowledged are the loops' dirty groups
+//! for that epoch handed to the machine with `handle_dirty`, and the machine
+//! advertises a new bound ("every bucket I take new connections in is mine
+//! in the view I proposed") only after that call: the machine never
+//! advertises a promise the dataplane does not yet keep.
 //!
 //! Design decision: the install does not block this thread. Heartbeats keep
 //! being handled and sent while a map is compiled and picked up, because a
 //! control thread that stops for the install stops hearing and being heard:
-//! at 50–100 ms periods with tolerance 3, an install slowed by a busy machine
-//! outlasted the liveness window, and every host declared every other dead
-//! in turn (a churn soak measured installs of p50 308 ms, max 555 ms, and
-//! 22,026 false `HostDown`s in 30 minutes). What a heartbeat sent meanwhile
-//! promises is still the previous, acknowledged bound. A newer view replaces
-//! a pending one; a stale compile is discarded. A loop that does not
-//! acknowledge within [`INSTALL_TIMEOUT`] is logged; it delays convergence,
-//! never safety.
+//! at 50–100 ms periods with tolerance 3, an install slowed by a busy
+//! machine outlasts the liveness window, and every host declares every
+//! other dead in turn. What a heartbeat sent meanwhile promises is still the
+//! previous, acknowledged bound. A newer view replaces a pending one; a
+//! stale compile is discarded. A loop that does not acknowledge within
+//! [`INSTALL_TIMEOUT`] is logged; it delays convergence, never safety.
 //!
 //! `stop` and `suspend` still wait (at most [`INSTALL_TIMEOUT`]) for every
 //! loop to drop its tracked connections before the heartbeat that says so
 //! leaves: that wait is a fresh table, not a compile, and is short.
 //!
-//! # The admin socket
-//!
-//! A root-only (0600) Unix stream socket, one JSON request line in, one JSON
-//! response line out (`shoal_controlplane::admin`). Its default path is
-//! `/run/shoal/host<ID>.sock`; `shoal run --admin-socket` and the verbs'
-//! `--socket` change it.
+//! Which view to install is the machine's to say, including when not to
+//! serve alone ([`shoal_controlplane::lone`]); this loop only installs.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use shoal_controlplane::admin::{decode_request, encode_response, Body};
-use shoal_controlplane::{Event, Machine, Request, Response, ReturnCode};
-use shoal_dataplane::mac::Mac;
-use shoal_dataplane::map::{BucketCache, ClusterMap, GroupBits};
-use shoal_dataplane::packet::{parse_frame, FrameKind, L4};
-use shoal_dataplane::reply;
+use shoal_controlplane::{Event, Machine, Request, Response};
+use shoal_dataplane::map::{ClusterMap, GroupBits};
+use shoal_dataplane::packet::{parse_frame, FrameKind};
 use shoal_dataplane::{HostId, MAX_RULES};
 
-use crate::runtime::{LoopStats, MapCell, Outbound};
+use super::admin::AdminCall;
+use super::compiler::{CompileRequest, Compiler};
+use super::responder::Responder;
+use crate::handoff::{LoopStats, MapCell, Outbound};
 
 /// Longest the control thread waits for every poll loop to run a new map.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The default admin socket of host `id`.
-pub fn default_socket(id: u8) -> PathBuf {
-    PathBuf::from(format!("/run/shoal/host{id}.sock"))
-}
-
-/// One admin request and where its answer goes.
-pub type AdminCall = (Request, SyncSender<Response>);
-
-/// Serves the admin socket on its own thread until `stop` is set: each
-/// connection carries one request line and gets one response line.
-pub fn serve_admin(
-    path: &Path,
-    calls: SyncSender<AdminCall>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // A stale socket of a dead process is in the way of bind.
-    if path.exists() && UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    let path = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("shoal-admin".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = answer(stream, &calls);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin socket accept failed");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-            let _ = std::fs::remove_file(&path);
-        })
-}
-
-fn answer(stream: UnixStream, calls: &SyncSender<AdminCall>) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(stream.try_clone()?)
-        .take(64 * 1024)
-        .read_line(&mut line)?;
-    let response = match decode_request(&line) {
-        Ok(req) => {
-            let (tx, rx) = sync_channel(1);
-            if calls.send((req, tx)).is_err() {
-                Response::new(ReturnCode::Stopped, "shoal is shutting down", Body::None)
-            } else {
-                rx.recv_timeout(Duration::from_secs(10))
-                    .unwrap_or_else(|_| {
-                        Response::new(
-                            ReturnCode::Converging,
-                            "the control thread did not answer in time",
-                            Body::None,
-                        )
-                    })
-            }
-        }
-        Err(e) => Response::new(
-            ReturnCode::BadParams,
-            format!("bad request: {e}"),
-            Body::None,
-        ),
-    };
-    let mut stream = stream;
-    stream.write_all(encode_response(&response).as_bytes())
-}
-
-/// Sends one request to a running shoal and reads its answer.
-pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    stream.write_all(shoal_controlplane::admin::encode_request(req).as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    shoal_controlplane::admin::decode_response(&line)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
-}
-
-/// How often a host repeats its IGMP membership report (the default query
-/// interval of RFC 2236 is 125 s; reporting more often keeps a snooping
-/// switch's membership fresh across querier restarts).
-pub const IGMP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The control thread's neighbour duties, the same with or without a control
-/// plane: the default host of the map in force answers ARP and ND for the
-/// VIPs and announces them with gratuitous ARP; in igmp mode every host
-/// reports its membership of the cluster group, and answers queries.
-#[derive(Debug)]
-pub struct Responder {
-    local: HostId,
-    cluster_mac: Mac,
-    source_mac: Mac,
-    pub(crate) cell: Arc<MapCell>,
-    outbound: Arc<Outbound>,
-    /// ARP and ND requests answered.
-    pub answered: u64,
-    /// In igmp mode: the cluster group and the address reports come from.
-    igmp: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// IGMP membership reports sent.
-    pub igmp_reports: u64,
-}
-
-impl Responder {
-    /// A responder for `local`, reading the map in force from `cell` and
-    /// sending through `outbound`; `igmp` is (group, source) in igmp mode.
-    pub fn new(
-        local: HostId,
-        cluster_mac: Mac,
-        source_mac: Mac,
-        cell: Arc<MapCell>,
-        outbound: Arc<Outbound>,
-        igmp: Option<(Ipv4Addr, Ipv4Addr)>,
-    ) -> Self {
-        Self {
-            local,
-            cluster_mac,
-            source_mac,
-            cell,
-            outbound,
-            answered: 0,
-            igmp,
-            igmp_reports: 0,
-        }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        self.outbound.push(frame);
-    }
-
-    /// Sends an IGMPv2 membership report for the cluster group (igmp mode).
-    pub fn report_membership(&mut self) {
-        if let Some((group, source)) = self.igmp {
-            let mut buf = [0u8; reply::MAX_REPLY];
-            let n = reply::igmp_report(group, self.source_mac, source, &mut buf);
-            self.send(&buf[..n]);
-            self.igmp_reports += 1;
-        }
-    }
-
-    /// A control frame that is not a heartbeat: an IGMP query (igmp mode),
-    /// or an ARP request or neighbour solicitation for a VIP.
-    pub fn handle(&mut self, frame: &[u8]) {
-        let Ok(info) = parse_frame(frame) else { return };
-        if let FrameKind::Ipv4(ip) = info.kind {
-            if matches!(
-                ip.l4,
-                L4::Igmp {
-                    igmp_type: 0x11,
-                    ..
-                }
-            ) {
-                if self.igmp.is_some() {
-                    self.report_membership();
-                }
-                return;
-            }
-        }
-        let map = self.cell.current();
-        if map.default_host != Some(self.local) {
-            return;
-        }
-        let mut buf = [0u8; reply::MAX_REPLY];
-        let n = reply::arp_reply(
-            frame,
-            &map.vips,
-            self.cluster_mac,
-            self.source_mac,
-            &mut buf,
-        )
-        .or_else(|| {
-            reply::neighbor_advert(
-                frame,
-                &map.vips,
-                self.cluster_mac,
-                self.source_mac,
-                &mut buf,
-            )
-        });
-        if let Some(n) = n {
-            self.send(&buf[..n]);
-            self.answered += 1;
-        }
-    }
-
-    /// Gratuitous ARP for every IPv4 VIP, when `map` makes this host the
-    /// default host.
-    pub fn announce(&self, map: &ClusterMap) {
-        if map.default_host != Some(self.local) {
-            return;
-        }
-        for vip in &map.vips {
-            if let IpAddr::V4(v) = vip {
-                let mut buf = [0u8; reply::MAX_REPLY];
-                let n = reply::gratuitous_arp(*v, self.cluster_mac, self.source_mac, &mut buf);
-                self.send(&buf[..n]);
-            }
-        }
-    }
-}
-
-/// The control thread's state with a control plane.
-pub struct Clustered {
+/// The control thread's loop with a control plane: the machine, the map
+/// installs it asks for, its heartbeats and the admin verbs (see the module
+/// docs).
+pub struct ControlLoop {
     /// The membership and convergence machine.
     pub machine: Machine,
     local: HostId,
@@ -295,13 +75,6 @@ pub struct Clustered {
     pub refused: std::collections::BTreeMap<String, u64>,
     last_period: Instant,
     config_path: PathBuf,
-    /// When a heartbeat for this cluster last failed authentication.
-    last_bad_mac: Option<Instant>,
-    /// A view this host would serve alone, held back while unauthenticated
-    /// heartbeats for this cluster are heard (see [`Clustered::install`]).
-    pub blocked: Option<(shoal_dataplane::map::View, u64)>,
-    /// How long bad-MAC heartbeats keep a lone host from serving.
-    suspicion: Duration,
     /// Builds maps off this thread.
     compiler: Compiler,
     /// The newest view asked for and not yet running in every loop.
@@ -309,7 +82,7 @@ pub struct Clustered {
     /// `stop` / `suspend`: drop tracked connections when `pending` completes.
     reset_on_install: bool,
     /// The configuration in force, when known (see
-    /// [`Clustered::set_running_config`]).
+    /// [`ControlLoop::set_running_config`]).
     running: Option<shoal_config::Config>,
 }
 
@@ -327,105 +100,16 @@ struct Pending {
     warned: bool,
 }
 
-/// A worker thread that compiles bucket maps, newest request first.
-///
-/// It keeps the bucket maps of the last view it compiled and, while no
-/// request waits, computes those of each view that view would become if one
-/// member failed (up to [`SPECULATE_MAX_MEMBERS`] members): a failover then
-/// compiles from the cache instead of computing 2^20 buckets × hosts while
-/// the failed host's clients wait. A request that arrives meanwhile waits at
-/// most for the one bucket map being computed.
-struct Compiler {
-    requests: std::sync::mpsc::Sender<CompileRequest>,
-    results: Receiver<ClusterMap>,
-    /// Set before a request is sent, cleared when the worker takes it: a
-    /// speculative computation gives up when it is set.
-    waiting: Arc<AtomicBool>,
-}
-
-struct CompileRequest {
-    spec: shoal_dataplane::ClusterSpec,
-    view: shoal_dataplane::map::View,
-    local: HostId,
-    epoch: u64,
-}
-
-/// Largest view whose one-member-less successors the compiler precomputes
-/// (each costs up to a 1 MiB bucket map per distinct weight vector).
-const SPECULATE_MAX_MEMBERS: usize = 16;
-
-/// Computes into `cache` the bucket maps of `req`'s view without each of its
-/// members in turn, at the lowest priority, giving up as soon as `waiting`
-/// says a request has been sent.
-fn speculate(req: &CompileRequest, cache: &mut BucketCache, waiting: &AtomicBool) {
-    let members = req.view.members;
-    if !(2..=SPECULATE_MAX_MEMBERS).contains(&members.len()) {
-        return;
-    }
-    // Guesswork yields to the poll loops and the control thread.
-    let _ = crate::sys::sched::set_thread_nice(19);
-    let stop = || waiting.load(Ordering::Acquire);
-    for gone in members.iter() {
-        let mut view = req.view.clone();
-        view.members.remove(gone);
-        if !cache.warm(&req.spec, &view, &stop) {
-            break;
-        }
-    }
-    if let Err(e) = crate::sys::sched::set_thread_nice(0) {
-        tracing::debug!(error = %e, "map compiler stays at nice 19");
-    }
-}
-
-impl Compiler {
-    fn spawn() -> Self {
-        let (requests, inbox) = std::sync::mpsc::channel::<CompileRequest>();
-        let (done, results) = std::sync::mpsc::channel();
-        let waiting = Arc::new(AtomicBool::new(false));
-        let flag = waiting.clone();
-        let spawned = std::thread::Builder::new()
-            .name("shoal-compile".into())
-            .spawn(move || {
-                let mut cache = BucketCache::default();
-                while let Ok(mut req) = inbox.recv() {
-                    flag.store(false, Ordering::Release);
-                    // Only the newest view matters: skip those it replaced.
-                    while let Ok(newer) = inbox.try_recv() {
-                        req = newer;
-                    }
-                    let map = ClusterMap::build_cached(
-                        &req.spec, &req.view, req.local, req.epoch, &mut cache,
-                    );
-                    cache.retain_used_by(&map);
-                    if done.send(map).is_err() {
-                        return;
-                    }
-                    speculate(&req, &mut cache, &flag);
-                }
-            });
-        if let Err(err) = spawned {
-            // Without the worker, requests fail to send and are compiled
-            // on the control thread instead (see `Clustered::install`).
-            tracing::warn!(error = %err, "no map compiler thread: compiling inline");
-        }
-        Self {
-            requests,
-            results,
-            waiting,
-        }
-    }
-}
-
-impl std::fmt::Debug for Clustered {
+impl std::fmt::Debug for ControlLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Clustered")
+        f.debug_struct("ControlLoop")
             .field("local", &self.local)
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
 
-impl Clustered {
+impl ControlLoop {
     /// A control thread for `machine`, publishing into `cell`, reading the
     /// poll loops' shared `loops` stats, sending through `outbound`.
     pub fn new(
@@ -450,9 +134,6 @@ impl Clustered {
             refused: Default::default(),
             last_period: Instant::now(),
             config_path,
-            last_bad_mac: None,
-            blocked: None,
-            suspicion: Duration::from_secs(3),
             compiler: Compiler::spawn(),
             pending: None,
             reset_on_install: false,
@@ -465,17 +146,6 @@ impl Clustered {
     /// [`shoal_config::Config::restart_only_changes`]).
     pub fn set_running_config(&mut self, config: shoal_config::Config) {
         self.running = Some(config);
-    }
-
-    /// Sets how long heartbeats that fail authentication keep a lone host
-    /// from serving (the engine uses tolerance × period, at least 1 s).
-    pub fn set_suspicion(&mut self, d: Duration) {
-        self.suspicion = d;
-    }
-
-    fn bad_mac_recent(&self) -> bool {
-        self.last_bad_mac
-            .is_some_and(|t| t.elapsed() < self.suspicion)
     }
 
     fn now(&self) -> u64 {
@@ -498,48 +168,23 @@ impl Clustered {
             FrameKind::Heartbeat => {
                 if let Err(e) = self.machine.handle_heartbeat(frame, now) {
                     *self.refused.entry(e.name().to_string()).or_default() += 1;
-                    if e == shoal_controlplane::HeartbeatError::BadMac {
-                        self.last_bad_mac = Some(Instant::now());
-                    }
                 }
             }
             _ => self.responder.handle(frame),
         }
     }
 
-    /// An admin request.
+    /// An admin request: `reload` reads the configuration file (see
+    /// [`super::admin::reload`]); the machine answers every other verb.
     pub fn handle_admin(&mut self, req: &Request) -> Response {
         let now = self.now();
         if *req == Request::Reload {
-            return match shoal_config::load(&self.config_path) {
-                Ok(config) => {
-                    let needs_restart = self
-                        .running
-                        .as_ref()
-                        .map(|r| r.restart_only_changes(&config, self.local))
-                        .unwrap_or_default();
-                    if !needs_restart.is_empty() {
-                        return Response::new(
-                            ReturnCode::BadParams,
-                            format!(
-                                "{} changes {}: reload applies rules and weights only; restart \
-                                 shoal to change these (nothing was reloaded)",
-                                self.config_path.display(),
-                                needs_restart.join(", ")
-                            ),
-                            Body::None,
-                        );
-                    }
-                    self.machine.handle_reload(config.spec(), now);
-                    self.running = self.running.take().map(|_| config);
-                    Response::new(
-                        ReturnCode::Ok,
-                        format!("reloaded {}", self.config_path.display()),
-                        Body::None,
-                    )
-                }
-                Err(errors) => Response::new(ReturnCode::BadParams, errors.to_string(), Body::None),
-            };
+            return super::admin::reload(
+                &self.config_path,
+                &mut self.running,
+                &mut self.machine,
+                now,
+            );
         }
         self.machine.handle_admin(req, now)
     }
@@ -549,12 +194,6 @@ impl Clustered {
         let now = self.now();
         self.machine.handle_timeout(now);
         self.drain_events();
-        if self.blocked.is_some() && !self.bad_mac_recent() {
-            if let Some((view, epoch)) = self.blocked.take() {
-                tracing::info!("no more unauthenticated heartbeats: serving alone");
-                self.install(view, epoch);
-            }
-        }
         self.progress_install();
         let period = Duration::from_nanos(self.machine.period_in_use().max(1_000_000));
         if self.last_period.elapsed() >= period {
@@ -605,6 +244,15 @@ impl Clustered {
                         "view adopted"
                     );
                 }
+                Event::LoneViewWithheld { epoch } => tracing::warn!(
+                    epoch,
+                    "heartbeats for this cluster fail authentication (another key on the segment?): \
+                     not serving alone until they stop"
+                ),
+                Event::LoneViewReleased { epoch } => tracing::info!(
+                    epoch,
+                    "no more unauthenticated heartbeats: serving alone"
+                ),
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
                 Event::DuplicateId(h) => tracing::warn!(
                     host = h.get(),
@@ -623,35 +271,9 @@ impl Clustered {
         }
     }
 
-    /// Starts installing the effective view's map in every poll loop; the
-    /// install completes in [`Clustered::step`] (see the module docs).
-    ///
-    /// A host that would serve alone while it hears heartbeats for its
-    /// cluster that fail authentication installs an empty map instead: the
-    /// segment carries a cluster it cannot verify (a wrong key on one side),
-    /// and serving alone would keep frames that cluster keeps too. It serves
-    /// once those heartbeats have stopped for the suspicion window, and says
-    /// so in the logs and in `cluster.blocked` of the counters. (A forger can
-    /// thus keep a lone host idle; it cannot make any host keep frames
-    /// another keeps.)
+    /// Starts installing `view`'s map, of `epoch`, in every poll loop; the
+    /// install completes in [`ControlLoop::step`] (see the module docs).
     fn install(&mut self, view: shoal_dataplane::map::View, epoch: u64) {
-        let alone =
-            view.members.iter().all(|h| h == self.local) && view.members.contains(self.local);
-        let view = if alone && self.bad_mac_recent() {
-            if self.blocked.is_none() {
-                tracing::warn!(
-                    "heartbeats for this cluster fail authentication (another key on the segment?): \
-                     not serving alone until they stop"
-                );
-            }
-            self.blocked = Some((view.clone(), epoch));
-            let mut empty = view.clone();
-            empty.members = shoal_dataplane::HostSet::EMPTY;
-            empty
-        } else {
-            self.blocked = None;
-            view
-        };
         if let Some(old) = &self.pending {
             tracing::debug!(
                 replaced = old.epoch,
@@ -855,15 +477,17 @@ impl Clustered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_controlplane::{Config, HostState};
+    use shoal_controlplane::{Config, HostState, ReturnCode};
     use shoal_dataplane::descriptor::DescriptorConfig;
     use shoal_dataplane::mac::unicast_mac;
+    use shoal_dataplane::mac::Mac;
     use shoal_dataplane::map::View;
     use shoal_dataplane::pipeline::{Dataplane, Verdict};
     use shoal_dataplane::wire::ipv4_checksum;
     use shoal_dataplane::{
         Affinity, ClusterMode, ClusterSpec, FilterMode, HostSet, PortRule, Protocol,
     };
+    use std::net::Ipv4Addr;
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
@@ -915,7 +539,7 @@ mod tests {
         cell: &Arc<MapCell>,
         stats: &Arc<Mutex<LoopStats>>,
         outbound: &Arc<Outbound>,
-    ) -> Clustered {
+    ) -> ControlLoop {
         let responder = Responder::new(
             machine.host(),
             unicast_mac(VIP),
@@ -924,7 +548,7 @@ mod tests {
             outbound.clone(),
             None,
         );
-        Clustered::new(
+        ControlLoop::new(
             machine,
             cell.clone(),
             vec![stats.clone()],
@@ -963,7 +587,7 @@ mod tests {
                 local.snapshot(&dp);
                 *stats.lock() = local.clone();
                 while !done.load(Ordering::Relaxed) {
-                    let mut changed = crate::runtime::apply_reset(&cell, &mut dp, &mut local);
+                    let mut changed = crate::handoff::apply_reset(&cell, &mut dp, &mut local);
                     if let Some((seq, m)) = cell.newer_than(seen) {
                         seen = seq;
                         dp.set_map(m);
