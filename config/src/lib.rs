@@ -46,6 +46,7 @@
 //! [io]
 //! backend = "auto"                         # af_xdp | af_packet | auto
 //! ring_size = 16384                        # power of two, 512..=65536
+//! frame_size = 2048                        # af_xdp UMEM frame: 2048 or 4096 (frames up to size - 256)
 //! batch_size = 64                          # 1..=256
 //! idle = "backoff"                         # busy | backoff
 //! xdp_mode = "auto"                        # native | generic | auto

@@ -57,6 +57,7 @@ const DESCRIPTOR_KEYS: &[&str] = &[
 const IO_KEYS: &[&str] = &[
     "backend",
     "ring_size",
+    "frame_size",
     "batch_size",
     "idle",
     "xdp_mode",
@@ -548,9 +549,28 @@ impl Reader<'_, '_> {
                 }
             }
         };
+        let frame_size = match t.entry("frame_size") {
+            None => d.frame_size,
+            Some(e) => {
+                let key = t.key_path("frame_size");
+                match self.int_item(&e.item, &key, &(2048..=4096)) {
+                    Ok(v) if FRAME_SIZES.contains(&(v as u32)) => v as u32,
+                    Ok(v) => {
+                        self.diag.at(
+                            e.item.span.start,
+                            key,
+                            format!("{v} is not a UMEM frame size; expected 2048 or 4096"),
+                        );
+                        d.frame_size
+                    }
+                    Err(()) => d.frame_size,
+                }
+            }
+        };
         IoSection {
             backend: self.choice(&t, "backend", names::BACKENDS, d.backend),
             ring_size,
+            frame_size,
             batch_size: self.int(&t, "batch_size", &BATCH_SIZE_RANGE, d.batch_size),
             idle: self.choice(&t, "idle", names::IDLE_POLICIES, d.idle),
             xdp_mode: self.choice(&t, "xdp_mode", names::XDP_MODES, d.xdp_mode),

@@ -84,6 +84,7 @@ pub(crate) fn render(c: &Config) -> String {
         names::name_of(names::BACKENDS, io.backend)
     );
     let _ = writeln!(out, "ring_size = {}", io.ring_size);
+    let _ = writeln!(out, "frame_size = {}", io.frame_size);
     let _ = writeln!(out, "batch_size = {}", io.batch_size);
     let _ = writeln!(
         out,

@@ -42,6 +42,10 @@ pub const UDP_TIMEOUT_RANGE: RangeInclusive<i64> = 1..=86_400;
 
 /// Accepted `io.ring_size` (and it must be a power of two).
 pub const RING_SIZE_RANGE: RangeInclusive<i64> = 512..=65_536;
+/// Accepted `io.frame_size` (AF_XDP UMEM frame bytes; the kernel keeps 256
+/// of them as headroom, so 2048 receives frames up to 1792 bytes and 4096
+/// up to 3840).
+pub const FRAME_SIZES: [u32; 2] = [2048, 4096];
 /// Accepted `io.batch_size`.
 pub const BATCH_SIZE_RANGE: RangeInclusive<i64> = 1..=256;
 
@@ -176,6 +180,11 @@ pub struct IoSection {
     pub backend: Backend,
     /// Entries per ring; a power of two.
     pub ring_size: u32,
+    /// AF_XDP UMEM frame size in bytes, one of [`FRAME_SIZES`]: the kernel
+    /// keeps 256 bytes of headroom, so a frame longer than `frame_size -
+    /// 256` cannot be received; the XDP program drops and counts such
+    /// frames (`xdp_oversize`). 4096 for NICs whose MTU needs it.
+    pub frame_size: u32,
     /// Most frames one poll handles.
     pub batch_size: u16,
     /// Behaviour of an idle poll loop.
@@ -207,6 +216,7 @@ impl Default for IoSection {
         Self {
             backend: Backend::Auto,
             ring_size: 16_384,
+            frame_size: 2048,
             batch_size: 64,
             idle: IdlePolicy::Backoff,
             xdp_mode: XdpMode::Auto,

@@ -91,6 +91,8 @@ fn cases() -> Vec<Case> {
         case("tcp idle timeout zero", with("[descriptors]\ntcp_idle_timeout_s = 0\n"), Some(9), "descriptors.tcp_idle_timeout_s", "expected 1..=604800"),
         case("ring not a power of two", with("[io]\nring_size = 1000\n"), Some(9), "io.ring_size", "1000 is not a power of two"),
         case("ring too small", with("[io]\nring_size = 256\n"), Some(9), "io.ring_size", "expected 512..=65536"),
+        case("frame size not a UMEM size", with("[io]\nframe_size = 3072\n"), Some(9), "io.frame_size", "3072 is not a UMEM frame size; expected 2048 or 4096"),
+        case("frame size too large", with("[io]\nframe_size = 9000\n"), Some(9), "io.frame_size", "expected 2048..=4096"),
         case("fast path not a boolean", with("[io]\nxdp_fast_path = \"yes\"\n"), Some(9), "io.xdp_fast_path", "expected true or false, found a string"),
         case("pass not a boolean", with("[io]\nxdp_pass = 1\n"), Some(9), "io.xdp_pass", "expected true or false, found an integer"),
         case("batch size zero", with("[io]\nbatch_size = 0\n"), Some(9), "io.batch_size", "expected 1..=256"),

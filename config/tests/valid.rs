@@ -145,6 +145,7 @@ fn defaults_are_nlbs() {
         IoSection {
             backend: Backend::Auto,
             ring_size: 16384,
+            frame_size: 2048,
             batch_size: 64,
             idle: IdlePolicy::Backoff,
             xdp_mode: XdpMode::Auto,

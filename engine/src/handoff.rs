@@ -193,6 +193,8 @@ pub struct LoopStats {
     pub table_capacity: u64,
     /// See `table_capacity`.
     pub table: shoal_dataplane::descriptor::TableCounters,
+    /// The kernel's drop counters of this loop's sockets (AF_XDP).
+    pub socket_drops: crate::io::SocketDrops,
 }
 
 impl LoopStats {

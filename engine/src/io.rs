@@ -42,9 +42,41 @@ pub trait FrameIo: Send {
         false
     }
 
+    /// What the kernel counted against this socket's receive side, when the
+    /// backend has such counters (AF_XDP's `XDP_STATISTICS`).
+    fn socket_drops(&self) -> Option<SocketDrops> {
+        None
+    }
+
     /// Human-readable description, for logs and `query`
     /// (for example `af_xdp native copy queue 0`).
     fn describe(&self) -> String;
+}
+
+/// Frames the kernel could not hand to a socket, as it counts them
+/// (AF_XDP's `XDP_STATISTICS`), summed over sockets with [`SocketDrops::add`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketDrops {
+    /// Dropped for any reason (`rx_dropped`), a frame too long for a UMEM
+    /// frame among them.
+    pub rx_dropped: u64,
+    /// Invalid rx descriptors (`rx_invalid_descs`).
+    pub rx_invalid_descs: u64,
+    /// Dropped because the rx ring was full (`rx_ring_full`).
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived
+    /// (`rx_fill_ring_empty_descs`).
+    pub rx_fill_ring_empty_descs: u64,
+}
+
+impl SocketDrops {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Self) {
+        self.rx_dropped += other.rx_dropped;
+        self.rx_invalid_descs += other.rx_invalid_descs;
+        self.rx_ring_full += other.rx_ring_full;
+        self.rx_fill_ring_empty_descs += other.rx_fill_ring_empty_descs;
+    }
 }
 
 /// Where kept frames go: the local kernel stack, through a device shoal owns.

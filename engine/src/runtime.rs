@@ -172,6 +172,7 @@ impl PollLoop {
                     f.record(&self.dataplane);
                 }
                 local.snapshot(&self.dataplane);
+                local.socket_drops = socket_drops(&self.backends);
                 *self.stats.lock() = local.clone();
                 last_publish = Instant::now();
             }
@@ -199,8 +200,18 @@ impl PollLoop {
             }
         }
         local.snapshot(&self.dataplane);
+        local.socket_drops = socket_drops(&self.backends);
         *self.stats.lock() = local;
     }
+}
+
+/// The kernel's drop counters, summed over `backends`.
+fn socket_drops(backends: &[Box<dyn FrameIo>]) -> crate::io::SocketDrops {
+    let mut sum = crate::io::SocketDrops::default();
+    for d in backends.iter().filter_map(|io| io.socket_drops()) {
+        sum.add(&d);
+    }
+    sum
 }
 
 /// The work of one batch, shared by the poll loops and [`drain`]: judge the
@@ -322,9 +333,12 @@ fn counters_json(
     backend: &str,
     stats: &[LoopStats],
     thread: &Responder,
+    guard: Option<&crate::afxdp::GuardReader>,
 ) -> serde_json::Value {
     let answered = thread.answered;
     let xdp = thread.cell.xdp_counters();
+    let guard = guard.map(|g| g.counters()).unwrap_or_default();
+    let mut xsk = crate::io::SocketDrops::default();
     let mut total = Counters::default();
     let mut delivered = 0;
     let mut delivery_errors = 0;
@@ -342,6 +356,7 @@ fn counters_json(
         control_overflow += s.control_overflow;
         batches += s.batches;
         descriptors += s.descriptors;
+        xsk.add(&s.socket_drops);
     }
     let dropped: serde_json::Map<String, serde_json::Value> = DropReason::POLICY
         .iter()
@@ -410,6 +425,15 @@ fn counters_json(
         "adopted": total.adopted,
         "xdp_dropped": xdp.dropped(),
         "xdp_passed": xdp.passed,
+        "xdp_unowned_queue": guard.unowned_queue,
+        "xdp_oversize": guard.oversize,
+        "xdp_other_mac": guard.other_mac,
+        "xsk": {
+            "rx_dropped": xsk.rx_dropped,
+            "rx_invalid_descs": xsk.rx_invalid_descs,
+            "rx_ring_full": xsk.rx_ring_full,
+            "rx_fill_ring_empty_descs": xsk.rx_fill_ring_empty_descs,
+        },
         "per_core": per_core,
     })
 }
@@ -478,6 +502,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         crate::wiring::Wiring::bring_up(&config, &host, cluster_mac, backend_choice, &polls)
             .context("setting up the host")?;
     let backend_name = wiring.backend_name.clone();
+    let guard = wiring.xdp_guard();
     let fast_path = wiring.fast_path();
     if let Some(f) = &fast_path {
         cell.attach_fast_path(f.clone());
@@ -556,7 +581,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         if let Some(path) = &args.stats {
             let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
             let json = with_cluster(
-                counters_json(local, &backend_name, &snapshot, control),
+                counters_json(local, &backend_name, &snapshot, control, guard.as_ref()),
                 clustered,
             );
             let tmp = path.with_extension("tmp");
@@ -643,10 +668,16 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
     let json = match (&clustered, &static_responder) {
         (Some(c), _) => with_cluster(
-            counters_json(local, &backend_name, &snapshot, &c.responder),
+            counters_json(
+                local,
+                &backend_name,
+                &snapshot,
+                &c.responder,
+                guard.as_ref(),
+            ),
             Some(c),
         ),
-        (None, Some(r)) => counters_json(local, &backend_name, &snapshot, r),
+        (None, Some(r)) => counters_json(local, &backend_name, &snapshot, r, guard.as_ref()),
         (None, None) => serde_json::Value::Null,
     };
     if let Some(path) = &args.stats {

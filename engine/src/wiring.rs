@@ -14,6 +14,13 @@
 //! the NIC's MAC, read at start, into their destination.
 //! `io.xdp_zero_copy = true` or
 //! `SHOAL_XDP_ZERO_COPY=1` tries a zero-copy bind first.
+//!
+//! AF_XDP refuses to start (with `backend = "auto"` too: falling back would
+//! hide a configuration error) unless the poll loops' queues cover every rx
+//! queue of the NIC: the XDP program drops the cluster's frames on a queue
+//! without a socket, so an uncovered queue would lose its share. UMEM
+//! frames are `io.frame_size` bytes; the program drops and counts selected
+//! frames longer than one holds (see [`crate::xdp::program`]).
 
 use std::net::IpAddr;
 
@@ -23,13 +30,16 @@ use shoal_dataplane::mac::Mac;
 use shoal_dataplane::ClusterMode;
 
 use crate::afpacket::{AfPacket, AfPacketConfig, Membership};
-use crate::afxdp::{AfXdp, AfXdpConfig, XdpAttachment, XdpMode};
+use crate::afxdp::{
+    check_queue_coverage, AfXdp, AfXdpConfig, AfXdpError, GuardReader, XdpAttachment, XdpMode,
+};
 use crate::io::{Delivery, FrameIo};
 use crate::setup::{HostSetup, HostSetupConfig};
 use crate::sys::bpf;
+use crate::sys::bpf::Bpf;
 use crate::tap::TapConfig;
 use crate::xdp::fast::{FastPathLayout, FastPathPlan};
-use crate::xdp::program::XdpParams;
+use crate::xdp::program::{max_frame_len, XdpParams};
 
 /// One poll loop: the core it is pinned to and the rx queues it polls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,8 +137,18 @@ fn open_af_xdp(
         cluster_macs: vec![cluster_mac.0],
         vips_v4,
         vips_v6,
+        max_frame_len: max_frame_len(config.io.frame_size),
         ..XdpParams::default()
     };
+    let bpf: std::sync::Arc<dyn Bpf> = std::sync::Arc::new(bpf::Kernel);
+    let rx_queues = bpf
+        .rx_queue_count(&host.interface)
+        .with_context(|| format!("counting the rx queues of {}", host.interface))?;
+    let configured: Vec<u32> = polls
+        .iter()
+        .flat_map(|p| p.queues.iter().copied())
+        .collect();
+    check_queue_coverage(&host.interface, rx_queues, &configured)?;
     let mode = match config.io.xdp_mode {
         ConfigXdpMode::Native => XdpMode::Native,
         ConfigXdpMode::Generic => XdpMode::Generic,
@@ -156,20 +176,16 @@ fn open_af_xdp(
         };
         FastPathPlan { layout, pass_to }
     });
-    let attachment = XdpAttachment::attach_with_fast_path(
-        std::sync::Arc::new(bpf::Kernel),
-        &host.interface,
-        &params,
-        fast_path,
-        mode,
-    )
-    .with_context(|| format!("attaching XDP to {}", host.interface))?;
+    let attachment =
+        XdpAttachment::attach_with_fast_path(bpf, &host.interface, &params, fast_path, mode)
+            .with_context(|| format!("attaching XDP to {}", host.interface))?;
     let mut per_loop: Vec<Vec<Box<dyn FrameIo>>> = Vec::new();
     for plan in polls {
         let mut socks: Vec<Box<dyn FrameIo>> = Vec::new();
         for &q in &plan.queues {
             let mut c = AfXdpConfig::new(host.interface.clone(), q);
             c.ring_size = config.io.ring_size;
+            c.frame_size = config.io.frame_size;
             // On NICs whose driver supports it, zero copy is tried first (the
             // socket falls back to copy mode, and says so in its description,
             // where the driver has none).
@@ -252,7 +268,13 @@ impl Wiring {
                     backends = Some(b);
                     name = n;
                 }
-                Err(e) if backend == Backend::Auto => {
+                Err(e)
+                    if backend == Backend::Auto
+                        && !matches!(
+                            e.downcast_ref::<AfXdpError>(),
+                            Some(AfXdpError::QueuesUncovered { .. })
+                        ) =>
+                {
                     tracing::warn!(error = %format!("{e:#}"), "AF_XDP unavailable, falling back to AF_PACKET");
                     name = format!("af_packet (af_xdp unavailable: {e:#})");
                 }
@@ -318,6 +340,11 @@ impl Wiring {
             a.bpf().clone(),
             maps,
         )))
+    }
+
+    /// A reader of the XDP program's guard counters (AF_XDP backend only).
+    pub fn xdp_guard(&self) -> Option<GuardReader> {
+        self.attachment.as_ref().map(XdpAttachment::guard)
     }
 
     /// Undoes everything, in reverse order: sockets, XDP program, host setup.

@@ -1,9 +1,11 @@
 //! shoal's XDP program against the real verifier, and its classification run
 //! by the kernel itself (`BPF_PROG_TEST_RUN`). Needs root; no namespaces.
 //!
-//! The programs here are built with `XDP_DROP` as the redirect fallback: with
-//! an empty XSKMAP, a frame the program redirects comes back as `XDP_DROP`
-//! (1) and a frame it passes as `XDP_PASS` (2).
+//! The programs here are built with `XDP_ABORTED` as the redirect fallback:
+//! with an empty XSKMAP, a frame the program redirects comes back as
+//! `XDP_ABORTED` (0), a frame it drops as `XDP_DROP` (1) and a frame it
+//! passes as `XDP_PASS` (2). The production program (fallback `XDP_DROP`)
+//! is checked to drop and count what it cannot redirect.
 
 mod afxdp_common;
 
@@ -12,10 +14,17 @@ use std::os::fd::AsFd;
 
 use afxdp_common::*;
 use shoal_engine::sys::bpf::{Bpf, BpfError, Kernel, MapSpec};
+use shoal_engine::xdp::guard::{GuardCounters, GuardMap};
+use shoal_engine::xdp::program::{max_frame_len, ProgramMaps};
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
 
-const REDIRECTED: u32 = XdpAction::Drop as u32;
+const REDIRECTED: u32 = XdpAction::Aborted as u32;
+const DROPPED: u32 = XdpAction::Drop as u32;
 const PASSED: u32 = XdpAction::Pass as u32;
+/// Another host's MAC on the segment.
+const C_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x77, 0x00, 0x03];
+/// A multicast MAC that is no cluster's (all-hosts group).
+const OTHER_GROUP: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
 
 fn params(n: usize) -> XdpParams {
     XdpParams {
@@ -28,7 +37,40 @@ fn params(n: usize) -> XdpParams {
         vips_v6: (0..n)
             .map(|i| Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100 + i as u16))
             .collect(),
-        heartbeat_ethertype: HEARTBEAT_ETHERTYPE,
+        ..XdpParams::default()
+    }
+}
+
+/// An IPv4 TCP SYN (checksums aside: the program reads addresses only).
+fn ipv4_syn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut p = ipv4_udp(src, dst, dport, &[0; 12]);
+    p[9] = 6;
+    p[20 + 13] = 0x02;
+    p
+}
+
+/// An IPv6 UDP datagram to `dst`.
+fn ipv6_udp(dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2).octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0x9c, 0x40, 0x1b, 0x59]);
+    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn guard(bpf: &Kernel) -> GuardMap {
+    GuardMap::create(bpf).expect("guard map")
+}
+
+fn maps<'a>(xsk: &'a shoal_engine::sys::bpf::BpfMap, guard: &'a GuardMap) -> ProgramMaps<'a> {
+    ProgramMaps {
+        xskmap: xsk.fd(),
+        guard: guard.fd(),
     }
 }
 
@@ -136,7 +178,49 @@ fn cases(p: &XdpParams) -> Vec<Case> {
             PASSED,
         );
     }
+    // IP to a VIP, whatever the destination MAC: to the engine.
+    let macs = [
+        ("broadcast", BROADCAST),
+        ("another multicast group", OTHER_GROUP),
+        ("another host's MAC", C_MAC),
+        ("the receiving host's own MAC", A_MAC),
+    ];
+    for (i, vip) in p.vips_v4.iter().enumerate() {
+        for (name, mac) in macs {
+            add(
+                format!("UDP to VIP {i} at {name}"),
+                ethernet(mac, B_MAC, 0x0800, &ipv4_udp(B_IP, *vip, 7001, b"x")),
+                REDIRECTED,
+            );
+            add(
+                format!("TCP SYN to VIP {i} at {name}"),
+                ethernet(mac, B_MAC, 0x0800, &ipv4_syn(B_IP, *vip, 80)),
+                REDIRECTED,
+            );
+        }
+        let mut cut = ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, *vip, 7001, b""));
+        cut.truncate(14 + 19);
+        add(format!("IPv4 header to VIP {i} cut short"), cut, PASSED);
+        // The source, not the destination, is the VIP: not ours.
+        add(
+            format!("UDP from VIP {i} at broadcast"),
+            ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(*vip, A_IP, 7001, b"x")),
+            PASSED,
+        );
+    }
+    add(
+        "UDP to another address at broadcast".into(),
+        ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, A_IP, 7001, b"x")),
+        PASSED,
+    );
     for (i, vip) in p.vips_v6.iter().enumerate() {
+        for (name, mac) in macs {
+            add(
+                format!("UDP to VIP6 {i} at {name}"),
+                ethernet(mac, B_MAC, 0x86dd, &ipv6_udp(*vip, b"x")),
+                REDIRECTED,
+            );
+        }
         add(
             format!("NS for VIP6 {i}"),
             ethernet(
@@ -173,14 +257,15 @@ fn program_passes_the_verifier_and_classifies_for_0_to_4_entries() {
     }
     let bpf = Kernel;
     let map = xskmap(&bpf);
+    let g = guard(&bpf);
     for n in 0..=4 {
         let p = params(n);
-        // The production program (fallback XDP_PASS) must load too.
-        let prod = XdpProgram::build(&p, map.fd()).unwrap();
+        // The production program (fallback XDP_DROP) must load too.
+        let prod = XdpProgram::build(&p, maps(&map, &g)).unwrap();
         bpf.prog_load_xdp("shoal_xdp", &prod.encode())
             .unwrap_or_else(|e| panic!("{n} entries: {e}"));
 
-        let test = XdpProgram::build_with_fallback(&p, map.fd(), XdpAction::Drop).unwrap();
+        let test = XdpProgram::build_with_fallback(&p, maps(&map, &g), XdpAction::Aborted).unwrap();
         let fd = bpf
             .prog_load_xdp("shoal_xdp_t", &test.encode())
             .unwrap_or_else(|e| panic!("{n} entries: {e}"));
@@ -225,8 +310,9 @@ fn test_run_on_a_minimal_frame() {
     }
     let bpf = Kernel;
     let map = xskmap(&bpf);
+    let g = guard(&bpf);
     let p = params(1);
-    let test = XdpProgram::build_with_fallback(&p, map.fd(), XdpAction::Drop).unwrap();
+    let test = XdpProgram::build_with_fallback(&p, maps(&map, &g), XdpAction::Aborted).unwrap();
     let fd = bpf.prog_load_xdp("shoal_xdp_t", &test.encode()).unwrap();
     // Exactly an Ethernet header: heartbeat redirects, a VLAN tag with nothing
     // after it passes (bounds check), ARP header alone passes.
@@ -236,4 +322,137 @@ fn test_run_on_a_minimal_frame() {
     assert_eq!(bpf.prog_test_run(fd.as_fd(), &tag).unwrap(), PASSED);
     let arp = ethernet(BROADCAST, B_MAC, 0x0806, &[]);
     assert_eq!(bpf.prog_test_run(fd.as_fd(), &arp).unwrap(), PASSED);
+}
+
+#[test]
+fn frames_for_a_queue_without_a_socket_are_dropped_and_counted_never_passed() {
+    if !privileged("frames_for_a_queue_without_a_socket_are_dropped_and_counted_never_passed") {
+        return;
+    }
+    let bpf = Kernel;
+    let map = xskmap(&bpf);
+    let g = guard(&bpf);
+    let p = params(1);
+    let vip = p.vips_v4[0];
+    let prod = XdpProgram::build(&p, maps(&map, &g)).unwrap();
+    let fd = bpf.prog_load_xdp("shoal_xdp", &prod.encode()).unwrap();
+    let run = |frame: &[u8]| bpf.prog_test_run(fd.as_fd(), frame).unwrap();
+
+    let broadcast = ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, vip, 7001, b"x"));
+    assert_eq!(run(&broadcast), DROPPED, "broadcast UDP to the VIP");
+    let own = ethernet(A_MAC, B_MAC, 0x0800, &ipv4_syn(B_IP, vip, 80));
+    assert_eq!(run(&own), DROPPED, "a SYN to the VIP at the host's own MAC");
+    let cluster = ethernet(
+        p.cluster_macs[0],
+        B_MAC,
+        0x0800,
+        &ipv4_udp(B_IP, vip, 7001, b"x"),
+    );
+    assert_eq!(run(&cluster), DROPPED, "UDP to the cluster MAC");
+    let plain = ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, A_IP, 7001, b"x"));
+    assert_eq!(run(&plain), PASSED, "non-VIP traffic at broadcast");
+    assert_eq!(
+        g.counters(&bpf).unwrap(),
+        GuardCounters {
+            unowned_queue: 3,
+            oversize: 0,
+            other_mac: 2,
+        }
+    );
+}
+
+#[test]
+fn selected_frames_longer_than_a_umem_frame_are_dropped_and_counted() {
+    if !privileged("selected_frames_longer_than_a_umem_frame_are_dropped_and_counted") {
+        return;
+    }
+    let bpf = Kernel;
+    let map = xskmap(&bpf);
+    // BPF_PROG_TEST_RUN takes at most about 3.5 KB for a program without
+    // multi-buffer support: the 4096-byte UMEM frame's limit (3840) is
+    // checked by the unit tests, a smaller one here.
+    for frame_size in [max_frame_len(2048), 1000] {
+        let g = guard(&bpf);
+        let p = XdpParams {
+            max_frame_len: frame_size,
+            ..params(1)
+        };
+        let room = p.max_frame_len as usize;
+        let test = XdpProgram::build_with_fallback(&p, maps(&map, &g), XdpAction::Aborted).unwrap();
+        let fd = bpf.prog_load_xdp("shoal_xdp_t", &test.encode()).unwrap();
+        let run = |frame: &[u8]| bpf.prog_test_run(fd.as_fd(), frame).unwrap();
+        // A frame of `len` bytes to the VIP at `mac`.
+        let sized = |mac: [u8; 6], len: usize| {
+            ethernet(
+                mac,
+                B_MAC,
+                0x0800,
+                &ipv4_udp(B_IP, p.vips_v4[0], 7001, &vec![0x5a; len - 14 - 28]),
+            )
+        };
+        for mac in [p.cluster_macs[0], BROADCAST] {
+            assert_eq!(run(&sized(mac, room)), REDIRECTED, "{frame_size}: fits");
+            assert_eq!(
+                run(&sized(mac, room + 1)),
+                DROPPED,
+                "{frame_size}: one byte over"
+            );
+        }
+        let hb = ethernet(
+            BROADCAST,
+            B_MAC,
+            HEARTBEAT_ETHERTYPE,
+            &vec![0; room + 1 - 14],
+        );
+        assert_eq!(run(&hb), DROPPED, "{frame_size}: an oversize heartbeat");
+        // Not selected: the stack's business, whatever the size.
+        let plain = ethernet(
+            A_MAC,
+            B_MAC,
+            0x0800,
+            &ipv4_udp(B_IP, A_IP, 9, &vec![0; room]),
+        );
+        assert_eq!(run(&plain), PASSED);
+        let c = g.counters(&bpf).unwrap();
+        assert_eq!((c.oversize, c.unowned_queue), (3, 2), "{frame_size}: {c:?}");
+    }
+}
+
+#[test]
+fn the_largest_program_passes_the_verifier() {
+    if !privileged("the_largest_program_passes_the_verifier") {
+        return;
+    }
+    use shoal_engine::xdp::program::{MAX_CLUSTER_MACS, MAX_VIPS_V4, MAX_VIPS_V6};
+    let bpf = Kernel;
+    let map = xskmap(&bpf);
+    let g = guard(&bpf);
+    let p = XdpParams {
+        cluster_macs: (0..MAX_CLUSTER_MACS)
+            .map(|i| [0x02, 0xbf, 10, 77, 1, i as u8])
+            .collect(),
+        vips_v4: (0..MAX_VIPS_V4)
+            .map(|i| Ipv4Addr::new(10, 78, (i >> 8) as u8, i as u8))
+            .collect(),
+        vips_v6: (0..MAX_VIPS_V6)
+            .map(|i| Ipv6Addr::new(0xfd00, 0x78, 0, 0, 0, 0, 0, i as u16))
+            .collect(),
+        ..XdpParams::default()
+    };
+    let prod = XdpProgram::build(&p, maps(&map, &g)).unwrap();
+    let fd = bpf
+        .prog_load_xdp("shoal_xdp_max", &prod.encode())
+        .unwrap_or_else(|e| panic!("{} instructions: {e}", prod.instructions().len()));
+    // The last VIP of each family, at broadcast, still reaches the engine
+    // (dropped here: no socket).
+    let last4 = *p.vips_v4.last().unwrap();
+    let f = ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, last4, 7001, b"x"));
+    assert_eq!(bpf.prog_test_run(fd.as_fd(), &f).unwrap(), DROPPED);
+    let last6 = *p.vips_v6.last().unwrap();
+    let f = vlan_tagged(
+        &ethernet(BROADCAST, B_MAC, 0x86dd, &ipv6_udp(last6, b"x")),
+        0x8100,
+        3,
+    );
+    assert_eq!(bpf.prog_test_run(fd.as_fd(), &f).unwrap(), DROPPED);
 }

@@ -36,6 +36,7 @@ fn params() -> XdpParams {
         vips_v4: vec![VIP],
         vips_v6: vec![VIP6],
         heartbeat_ethertype: HEARTBEAT_ETHERTYPE,
+        ..XdpParams::default()
     }
 }
 
@@ -70,6 +71,12 @@ fn probes() -> Vec<Probe> {
     });
     add("IPv4 to the multicast cluster MAC", true, &|m| {
         ethernet(MULTICAST_MAC, B_MAC, 0x0800, &ipv4_udp(B_IP, VIP, 80, m))
+    });
+    add("IPv4 to the VIP at broadcast", true, &|m| {
+        ethernet(BROADCAST, B_MAC, 0x0800, &ipv4_udp(B_IP, VIP, 80, m))
+    });
+    add("IPv4 to the VIP at a's own MAC", true, &|m| {
+        ethernet(A_MAC, B_MAC, 0x0800, &ipv4_udp(B_IP, VIP, 80, m))
     });
     add("heartbeat", true, &|m| {
         ethernet(BROADCAST, B_MAC, HEARTBEAT_ETHERTYPE, &with(vec![0; 40], m))

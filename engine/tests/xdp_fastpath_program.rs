@@ -29,6 +29,8 @@ use shoal_dataplane::{
 use shoal_engine::fastpath::{FastPath, FastPathMaps};
 use shoal_engine::sys::bpf::{Bpf, Kernel, MapSpec};
 use shoal_engine::xdp::fast::FastPathLayout;
+use shoal_engine::xdp::guard::GuardMap;
+use shoal_engine::xdp::program::ProgramMaps;
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
 
 const REDIRECTED: u32 = XdpAction::Aborted as u32;
@@ -195,9 +197,13 @@ fn setup(first: &Arc<ClusterMap>) -> Setup {
         vips_v6: vec![Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1)],
         ..XdpParams::default()
     };
+    let guard = GuardMap::create(&*bpf).expect("guard map");
     let prog = XdpProgram::build_with_maps(
         &params,
-        xskmap.fd(),
+        ProgramMaps {
+            xskmap: xskmap.fd(),
+            guard: guard.fd(),
+        },
         Some((maps.layout(), maps.fds())),
         XdpAction::Aborted,
     )
@@ -601,10 +607,15 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
     for (what, frame) in &cases {
         assert_eq!(s.run(frame), REDIRECTED, "{what} was not redirected");
     }
-    // And not to the cluster MAC: the kernel's, as before.
+    // Not to the cluster MAC but to the VIP: redirected without the fast
+    // path's judgement (userspace judges it as cluster traffic).
     let mut other = plain.clone();
     other[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
-    assert_eq!(s.run(&other), XdpAction::Pass as u32);
+    assert_eq!(s.run(&other), REDIRECTED);
+    // Not to the cluster MAC and not to a VIP: the kernel's.
+    let mut elsewhere = other.clone();
+    elsewhere[14 + 16..14 + 20].copy_from_slice(&NOT_VIP.octets());
+    assert_eq!(s.run(&elsewhere), XdpAction::Pass as u32);
 }
 
 #[test]
@@ -670,11 +681,15 @@ fn every_layout_shape_passes_the_verifier() {
                 vips_v4: vec![VIP1],
                 ..XdpParams::default()
             };
+            let guard = GuardMap::create(&bpf).expect("guard map");
             let prog = XdpProgram::build_with_maps(
                 &params,
-                xskmap.fd(),
+                ProgramMaps {
+                    xskmap: xskmap.fd(),
+                    guard: guard.fd(),
+                },
                 Some((maps.layout(), maps.fds())),
-                XdpAction::Pass,
+                XdpAction::Drop,
             )
             .expect("build");
             if let Err(e) = bpf.prog_load_xdp("shoal_fp_shape", &prog.encode()) {

@@ -4,7 +4,9 @@
 //! Dropping the attachment (or the process dying, even by `SIGKILL`) closes
 //! the link and so detaches the program: nothing is left on the interface.
 //! With a pass MAC, a tcx ingress companion ([`crate::xdp::reclassify`]) is
-//! attached beside it and detached with it.
+//! attached beside it and detached with it. The program's guard counters
+//! ([`crate::xdp::guard`]) live in a map the attachment owns and shares
+//! ([`XdpAttachment::guard`]) with whoever reports counters.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use std::sync::Arc;
 use crate::fastpath::{FastPathError, FastPathMaps};
 use crate::sys::bpf::{self, AttachMode, Bpf, BpfMap, MapSpec};
 use crate::xdp::fast::FastPathPlan;
-use crate::xdp::program::ProgramError;
+use crate::xdp::guard::{GuardCounters, GuardMap};
+use crate::xdp::program::{ProgramError, ProgramMaps};
 use crate::xdp::{XdpAction, XdpParams, XdpProgram};
 
 use super::{is_unsupported_errno, AfXdpError, XdpMode};
@@ -29,6 +32,8 @@ pub struct XdpAttachment {
     /// program passes datagrams (see [`crate::xdp::reclassify`]).
     reclassify: Option<(OwnedFd, OwnedFd)>,
     xskmap: BpfMap,
+    /// The guard counters.
+    guard: Arc<GuardMap>,
     /// The XDP fast path's maps, when the program judges cluster frames in
     /// the kernel (see [`crate::fastpath`]).
     fast_path: Option<Arc<FastPathMaps>>,
@@ -95,6 +100,7 @@ impl XdpAttachment {
                     AfXdpError::Bpf(e)
                 }
             })?;
+        let guard = Arc::new(GuardMap::create(&*bpf)?);
         // The pass needs its tcx companion on veth: without it, nothing is
         // passed (every kept frame takes userspace and the TAP).
         let mut reclassify = None;
@@ -121,9 +127,12 @@ impl XdpAttachment {
         };
         let program = XdpProgram::build_with_maps(
             params,
-            xskmap.fd(),
+            ProgramMaps {
+                xskmap: xskmap.fd(),
+                guard: guard.fd(),
+            },
             fast_path.as_deref().map(|m| (m.layout(), m.fds())),
-            XdpAction::Pass,
+            XdpAction::Drop,
         )?;
         let program = bpf
             .prog_load_xdp("shoal_xdp", &program.encode())
@@ -153,6 +162,7 @@ impl XdpAttachment {
                         program,
                         reclassify,
                         xskmap,
+                        guard,
                         fast_path,
                         bpf,
                         ifname: ifname.to_owned(),
@@ -214,6 +224,15 @@ impl XdpAttachment {
         &self.xskmap
     }
 
+    /// A reader of the program's guard counters that outlives nothing but
+    /// itself (it holds the map and the seam).
+    pub fn guard(&self) -> GuardReader {
+        GuardReader {
+            map: self.guard.clone(),
+            bpf: self.bpf.clone(),
+        }
+    }
+
     /// The fast path's maps, when the program has the fast path.
     pub fn fast_path(&self) -> Option<&Arc<FastPathMaps>> {
         self.fast_path.as_ref()
@@ -245,14 +264,49 @@ impl XdpAttachment {
         Ok(())
     }
 
-    /// Stops directing `queue`'s frames to a socket (they reach the kernel
-    /// stack instead). Closing the socket does this too. (An XSKMAP does not
+    /// Stops directing `queue`'s frames to a socket (the program drops and
+    /// counts them instead). Closing the socket does this too. (An XSKMAP does not
     /// report whether the slot was occupied.)
     pub fn unregister(&self, queue: u32) -> Result<(), AfXdpError> {
         self.check_queue(queue)?;
         self.bpf.map_delete(&self.xskmap, &queue.to_ne_bytes())?;
         Ok(())
     }
+}
+
+/// Reads an attachment's guard counters (see [`crate::xdp::guard`]); the
+/// map stays alive as long as a reader does.
+#[derive(Debug, Clone)]
+pub struct GuardReader {
+    map: Arc<GuardMap>,
+    bpf: Arc<dyn Bpf>,
+}
+
+impl GuardReader {
+    /// The counters now; zero when the map cannot be read.
+    pub fn counters(&self) -> GuardCounters {
+        self.map.counters(&*self.bpf).unwrap_or_default()
+    }
+}
+
+/// Checks that `configured` (the rx queues the poll loops own) covers every
+/// rx queue `ifname` has (`count`): a queue without a socket would have its
+/// cluster frames dropped by the program.
+pub fn check_queue_coverage(
+    ifname: &str,
+    count: u32,
+    configured: &[u32],
+) -> Result<(), AfXdpError> {
+    let missing: Vec<u32> = (0..count).filter(|q| !configured.contains(q)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(AfXdpError::QueuesUncovered {
+        ifname: ifname.to_owned(),
+        count,
+        missing,
+        configured: configured.len() as u32,
+    })
 }
 
 #[cfg(test)]
@@ -332,12 +386,25 @@ mod tests {
             .into_iter()
             .filter(|c| c.starts_with("map_create"))
             .collect();
-        assert_eq!(creates.len(), 5, "{creates:?}");
+        assert_eq!(creates.len(), 6, "{creates:?}");
         assert!(attach(Script::default(), XdpMode::Auto)
             .1
             .unwrap()
             .fast_path()
             .is_none());
+    }
+
+    #[test]
+    fn queue_coverage_names_the_missing_queues_and_the_fix() {
+        assert!(check_queue_coverage("eth0", 2, &[0, 1]).is_ok());
+        assert!(check_queue_coverage("eth0", 1, &[0]).is_ok());
+        // Extra configured queues are the socket's problem (out of range).
+        assert!(check_queue_coverage("eth0", 1, &[0, 1]).is_ok());
+        let e = check_queue_coverage("eth0", 4, &[0, 2]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("rx queues 1, 3 of eth0"), "{msg}");
+        assert!(msg.contains("ethtool -L eth0 combined 2"), "{msg}");
+        assert!(msg.contains("[host.cores].poll"), "{msg}");
     }
 
     #[test]

@@ -62,14 +62,15 @@ use crate::xdp::program::ProgramError;
 mod attachment;
 mod socket;
 
-pub use attachment::XdpAttachment;
+pub use attachment::{check_queue_coverage, GuardReader, XdpAttachment};
 pub use socket::{AfXdp, AfXdpConfig, AfXdpStats};
 
 /// Ring size the lab notes recommend (smaller rings lose frames to an empty
 /// fill ring when the consumer is briefly preempted on 2 vCPUs).
 pub const DEFAULT_RING_SIZE: u32 = 16384;
-/// Frame size: one page half, enough for a 1500-byte MTU frame.
-pub const DEFAULT_FRAME_SIZE: u32 = 2048;
+/// Frame size: one page half, enough for a 1500-byte MTU frame (1792 bytes
+/// after the kernel's headroom).
+pub const DEFAULT_FRAME_SIZE: u32 = crate::xdp::program::DEFAULT_UMEM_FRAME_SIZE;
 /// `ENOTSUPP`, the kernel-internal errno some BPF paths leak.
 const ENOTSUPP: i32 = 524;
 
@@ -130,6 +131,24 @@ pub enum AfXdpError {
         /// How many rx queues it has.
         count: u32,
     },
+    /// The poll loops do not own every rx queue of the interface.
+    #[error(
+        "rx queues {} of {ifname} have no poll loop ({ifname} has {count} rx queues): \
+         their cluster frames would be dropped; reduce the queues with \
+         `ethtool -L {ifname} combined {configured}` (or `rx {configured}`), or \
+         list every queue below {count} in [host.cores].poll",
+        join(.missing)
+    )]
+    QueuesUncovered {
+        /// The interface.
+        ifname: String,
+        /// How many rx queues it has.
+        count: u32,
+        /// The queues no poll loop owns.
+        missing: Vec<u32>,
+        /// How many queues the poll loops own.
+        configured: u32,
+    },
     /// The socket's interface is not the attachment's.
     #[error("the XDP attachment is on {attached}, not {requested}")]
     WrongInterface {
@@ -151,6 +170,14 @@ pub enum AfXdpError {
         #[source]
         source: io::Error,
     },
+}
+
+fn join(queues: &[u32]) -> String {
+    queues
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_attempts(attempts: &[(XdpMode, BpfError)]) -> String {

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 
-use crate::io::FrameIo;
+use crate::io::{FrameIo, SocketDrops};
 use crate::sys::xsk::{Kick, Xsk, XskConfig};
 
 use super::{AfXdpError, XdpAttachment, XdpMode, DEFAULT_FRAME_SIZE, DEFAULT_RING_SIZE};
@@ -295,6 +295,16 @@ impl FrameIo for AfXdp {
 
     fn has_pending(&self) -> bool {
         self.xsk.has_pending()
+    }
+
+    fn socket_drops(&self) -> Option<SocketDrops> {
+        let k = self.xsk.statistics().ok()?;
+        Some(SocketDrops {
+            rx_dropped: k.rx_dropped,
+            rx_invalid_descs: k.rx_invalid_descs,
+            rx_ring_full: k.rx_ring_full,
+            rx_fill_ring_empty_descs: k.rx_fill_ring_empty_descs,
+        })
     }
 
     fn describe(&self) -> String {

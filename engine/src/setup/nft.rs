@@ -3,6 +3,15 @@
 //! the kernel stack sees them (AF_PACKET taps run before the hook, so the
 //! engine still receives them). Text only: loading it is
 //! [`super::HostSetup`]'s job, through `nft -f -`.
+//!
+//! Cluster frames are those to a cluster MAC, heartbeats, ARP and
+//! neighbour solicitations for a VIP, and every IPv4 or IPv6 packet to a
+//! VIP whatever its destination MAC (broadcast, another multicast group,
+//! another host's MAC, this host's own): the engine judges each one as
+//! cluster traffic, and the host keeps it, through the TAP, only when its
+//! filter says so; the NIC's stack, where the VIP is a local address, never
+//! answers it. The one exception is IGMP to the cluster MAC, accepted so the
+//! kernel still answers group-specific queries.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -51,6 +60,7 @@ pub(super) fn ruleset(config: &HostSetupConfig) -> String {
         .collect();
     if !v4.is_empty() {
         let _ = writeln!(s, "    arp daddr ip {{ {} }} drop", v4.join(", "));
+        let _ = writeln!(s, "    ip daddr {{ {} }} drop", v4.join(", "));
     }
     for vip in &config.vips {
         if let IpAddr::V6(v6) = vip {
@@ -62,6 +72,15 @@ pub(super) fn ruleset(config: &HostSetupConfig) -> String {
                 u128::from(*v6)
             );
         }
+    }
+    let v6: Vec<String> = config
+        .vips
+        .iter()
+        .filter(|v| v.is_ipv6())
+        .map(ToString::to_string)
+        .collect();
+    if !v6.is_empty() {
+        let _ = writeln!(s, "    ip6 daddr {{ {} }} drop", v6.join(", "));
     }
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
@@ -92,5 +111,36 @@ mod tests {
         assert!(text.contains("arp daddr ip { 10.0.0.100 } drop"));
         assert!(text.contains("@th,64,128 0xfd000000000000000000000000000100 drop"));
         assert_eq!(table_name("eth0.100"), "shoal_eth0_100");
+    }
+
+    #[test]
+    fn packets_to_a_vip_are_dropped_whatever_their_mac_after_the_igmp_exception() {
+        let mut config = HostSetupConfig::new(
+            "eth0",
+            vec![
+                "10.0.0.100".parse().unwrap(),
+                "10.0.0.101".parse().unwrap(),
+                "fd00::100".parse().unwrap(),
+            ],
+        );
+        config.cluster_macs = vec![[1, 0, 0x5e, 0x7f, 0, 100]];
+        let text = ruleset(&config);
+        let line = |needle: &str| {
+            text.lines()
+                .position(|l| l.trim() == needle)
+                .unwrap_or_else(|| panic!("no line {needle:?} in\n{text}"))
+        };
+        let igmp = line("ether daddr { 01:00:5e:7f:00:64 } ip protocol igmp accept");
+        let v4 = line("ip daddr { 10.0.0.100, 10.0.0.101 } drop");
+        let v6 = line("ip6 daddr { fd00::100 } drop");
+        assert!(igmp < v4 && igmp < v6, "{text}");
+        // No MAC condition on the VIP rules.
+        assert!(!text.lines().nth(v4).unwrap().contains("ether"));
+
+        let only_v4 = ruleset(&HostSetupConfig::new(
+            "eth0",
+            vec!["10.0.0.100".parse().unwrap()],
+        ));
+        assert!(!only_v4.contains("ip6 daddr"), "{only_v4}");
     }
 }

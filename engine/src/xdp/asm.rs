@@ -1,7 +1,7 @@
 //! A tiny eBPF instruction encoder: just the instructions shoal's XDP program
 //! needs (register moves, 64-bit arithmetic and logic, byte swaps, packet,
-//! context and map-value loads, stack stores, 64-bit immediates and map fds,
-//! conditional jumps to labels, helper calls, exit).
+//! context and map-value loads, stack stores, atomic adds, 64-bit
+//! immediates and map fds, conditional jumps to labels, helper calls, exit).
 //!
 //! # Contract
 //!
@@ -34,6 +34,10 @@ const CLASS_ALU64: u8 = 0x07;
 
 /// `BPF_MEM`.
 const MODE_MEM: u8 = 0x60;
+/// `BPF_ATOMIC` (`BPF_XADD` before Linux 5.12; same encoding for an add).
+const MODE_ATOMIC: u8 = 0xc0;
+/// `BPF_ADD` as the operation of an atomic instruction (in `imm`).
+const ATOMIC_ADD: i32 = 0x00;
 /// `BPF_IMM`.
 const MODE_IMM: u8 = 0x00;
 /// `BPF_K`: the operand is the immediate.
@@ -340,6 +344,18 @@ impl Asm {
         self.push(CLASS_STX | MODE_MEM | size.bits(), dst, src as u8, off, 0);
     }
 
+    /// `lock *(u64 *)(dst + off) += src` (`BPF_STX | BPF_ATOMIC | BPF_DW`
+    /// with `BPF_ADD`, the old `BPF_XADD`): an add other CPUs cannot lose.
+    pub fn atomic_add64(&mut self, dst: Reg, src: Reg, off: i16) {
+        self.push(
+            CLASS_STX | MODE_ATOMIC | Size::Dw.bits(),
+            dst,
+            src as u8,
+            off,
+            ATOMIC_ADD,
+        );
+    }
+
     /// `*(size *)(dst + off) = imm`.
     pub fn st_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) {
         self.push(CLASS_ST | MODE_MEM | size.bits(), dst, 0, off, imm);
@@ -489,8 +505,9 @@ mod tests {
         a.to_be(Reg::R8, 16); // 6
         a.stx(Size::W, Reg::R10, Reg::R9, -4); // 7
         a.st_imm(Size::W, Reg::R10, -4, 0); // 8
-        a.jmp_imm(Cond::Eq, Reg::R0, 0, end); // 9 -> 11: off 1
-        a.jmp32_imm(Cond::Lt, Reg::R5, 20, end); // 10 -> 11: off 0
+        a.jmp_imm(Cond::Eq, Reg::R0, 0, end); // 9 -> 12: off 2
+        a.jmp32_imm(Cond::Lt, Reg::R5, 20, end); // 10 -> 12: off 1
+        a.atomic_add64(Reg::R0, Reg::R1, 8); // 11
         a.bind(end);
         a.exit();
         let bytes: Vec<[u8; 8]> = a.finish().unwrap().iter().map(Insn::encode).collect();
@@ -503,8 +520,9 @@ mod tests {
         assert_eq!(bytes[6], [0xdc, 0x08, 0, 0, 16, 0, 0, 0]);
         assert_eq!(bytes[7], [0x63, 0x9a, 0xfc, 0xff, 0, 0, 0, 0]);
         assert_eq!(bytes[8], [0x62, 0x0a, 0xfc, 0xff, 0, 0, 0, 0]);
-        assert_eq!(bytes[9], [0x15, 0x00, 1, 0, 0, 0, 0, 0]);
-        assert_eq!(bytes[10], [0xa6, 0x05, 0, 0, 20, 0, 0, 0]);
+        assert_eq!(bytes[9], [0x15, 0x00, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[10], [0xa6, 0x05, 1, 0, 20, 0, 0, 0]);
+        assert_eq!(bytes[11], [0xdb, 0x10, 8, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -1,25 +1,43 @@
 //! shoal's XDP pre-classifier, built from parameters at run time.
 //!
-//! The program sends the cluster's frames to the AF_XDP socket of the rx queue
-//! they arrived on and leaves everything else to the kernel stack:
+//! The program sends the frames the engine must see to the AF_XDP socket of
+//! the rx queue they arrived on and leaves everything else to the kernel
+//! stack. It selects:
 //!
 //! 1. heartbeats: ethertype [`HEARTBEAT_ETHERTYPE`] (or whatever the
 //!    parameters say), untagged or under one or two VLAN tags;
 //! 2. frames whose destination MAC is a cluster MAC (unicast `02-BF-…`,
 //!    multicast `03-BF-…`, IGMP `01-00-5E-7F-…`);
 //! 3. ARP (Ethernet/IPv4 only) whose target protocol address is a VIP;
-//! 4. ICMPv6 neighbour solicitations (type 135) whose target is a VIP, when
+//! 4. IPv4 and IPv6 frames whose destination address is a VIP, whatever
+//!    their destination MAC (broadcast, a multicast group that is not the
+//!    cluster's, another host's MAC, this host's own MAC), untagged or under
+//!    one or two VLAN tags: counted in [`GUARD_OTHER_MAC`] and judged by the
+//!    engine exactly like cluster traffic, so at most one host keeps each
+//!    (exactly one for a frame every host receives, such as a broadcast).
+//!    The kernel stack, where the VIP is a local address, never sees them;
+//! 5. ICMPv6 neighbour solicitations (type 135) whose target is a VIP, when
 //!    ICMPv6 immediately follows the IPv6 header (as RFC 4861 packets do);
-//! 5. anything else: `XDP_PASS`.
+//! 6. anything else: `XDP_PASS`.
 //!
 //! With the fast path ([`XdpProgram::build_with_maps`], see [`super::fast`]),
 //! frames of case 2 are first judged in the kernel: IPv4 TCP/UDP frames of
 //! buckets this host neither owns nor tracks connections in are dropped
-//! there; every other one is redirected as above.
+//! there, and (with a pass MAC) datagrams it surely keeps are passed; every
+//! other one is redirected as above. Case 4 frames skip the fast path.
 //!
-//! "Redirect" is `bpf_redirect_map(&xskmap, ctx->rx_queue_index, XDP_PASS)`:
-//! a queue without a socket in the map falls back to the kernel, so a frame
-//! is never lost because the engine has not opened that queue yet.
+//! "Redirect" is, for a selected frame that fits in a UMEM frame
+//! ([`XdpParams::max_frame_len`]), `bpf_redirect_map(&xskmap,
+//! ctx->rx_queue_index, XDP_DROP)`. A selected frame never reaches the
+//! kernel stack by accident:
+//!
+//! - a queue without a socket in the map drops the frame and counts it in
+//!   [`GUARD_UNOWNED_QUEUE`] (the engine refuses to start unless its poll
+//!   loops cover every rx queue, so this happens only before the sockets
+//!   are bound and after they close);
+//! - a frame longer than a UMEM frame holds is dropped and counted in
+//!   [`GUARD_OVERSIZE`] (the socket would drop it, counted only in its own
+//!   statistics).
 //!
 //! # Design decisions
 //!
@@ -33,6 +51,9 @@
 //!   and VIPs a cluster has; the caps below keep jumps within 16 bits and the
 //!   per-frame cost bounded. A cluster with many more VIPs would want a hash
 //!   map lookup instead.
+//! - Guard counters ([`super::guard`]) are touched only on the rare paths
+//!   (case 4, a missing socket, an oversize frame): the common redirect
+//!   costs no map lookup.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -41,6 +62,7 @@ use shoal_dataplane::MAX_RULES;
 
 use super::asm::{Asm, AsmError, Cond, Insn, Label, Reg, Size};
 use super::fast::{FastPathFds, FastPathLayout};
+use super::guard::{self, GUARD_OTHER_MAC, GUARD_OVERSIZE, GUARD_UNOWNED_QUEUE};
 
 /// The ethertype of shoal's heartbeats (NLB's own).
 pub const HEARTBEAT_ETHERTYPE: u16 = 0x886F;
@@ -51,6 +73,18 @@ pub const MAX_VIPS_V4: usize = 256;
 /// Most IPv6 VIPs a program matches neighbour solicitations for.
 pub const MAX_VIPS_V6: usize = 64;
 
+/// Bytes the kernel keeps in front of a received frame in a UMEM frame
+/// (`XDP_PACKET_HEADROOM`; shoal registers its UMEM with no extra headroom).
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+/// The UMEM frame size shoal uses unless configured otherwise.
+pub const DEFAULT_UMEM_FRAME_SIZE: u32 = 2048;
+
+/// The longest frame a UMEM frame of `frame_size` bytes receives: what is
+/// left after the kernel's headroom.
+pub const fn max_frame_len(frame_size: u32) -> u32 {
+    frame_size.saturating_sub(XDP_PACKET_HEADROOM)
+}
+
 /// `bpf_redirect_map`.
 const HELPER_REDIRECT_MAP: i32 = 51;
 /// Offset of `rx_queue_index` in `struct xdp_md`.
@@ -59,6 +93,12 @@ const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
 const ETH_HLEN: i16 = 14;
 const VLAN_HLEN: i16 = 4;
 const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IPv4 header: the destination address at 16, 20 bytes without options.
+const IPV4_HLEN: i16 = 20;
+const IPV4_DST: i16 = 16;
+/// IPv6 header: the destination address at 24.
+const IPV6_DST: i16 = 24;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88A8;
@@ -84,6 +124,9 @@ pub struct XdpParams {
     pub vips_v6: Vec<Ipv6Addr>,
     /// Frames of this ethertype (heartbeats) go to the engine.
     pub heartbeat_ethertype: u16,
+    /// The longest selected frame handed to a socket (see
+    /// [`max_frame_len`]); longer ones are dropped and counted.
+    pub max_frame_len: u32,
 }
 
 impl Default for XdpParams {
@@ -93,6 +136,7 @@ impl Default for XdpParams {
             vips_v4: Vec::new(),
             vips_v6: Vec::new(),
             heartbeat_ethertype: HEARTBEAT_ETHERTYPE,
+            max_frame_len: max_frame_len(DEFAULT_UMEM_FRAME_SIZE),
         }
     }
 }
@@ -140,10 +184,13 @@ pub enum ProgramError {
         /// The limit.
         max: usize,
     },
-    /// The fallback must be pass or drop (the only ones
-    /// `bpf_redirect_map` accepts besides aborted).
-    #[error("redirect fallback {0:?} is not XDP_PASS, XDP_DROP or XDP_ABORTED")]
+    /// The fallback must be drop or aborted: a selected frame never falls
+    /// back to the kernel stack.
+    #[error("redirect fallback {0:?} is not XDP_DROP or XDP_ABORTED")]
     BadFallback(XdpAction),
+    /// The frame length limit is not one the verifier can check against.
+    #[error("max_frame_len {0} is not in 64..=65535")]
+    BadFrameLen(u32),
     /// The assembler failed (a bug in this module).
     #[error("assembling the XDP program failed: {0}")]
     Asm(#[from] AsmError),
@@ -169,6 +216,8 @@ struct Builder<'p> {
     params: &'p XdpParams,
     pass: Label,
     redirect: Label,
+    /// An IP frame to a VIP that did not come to a cluster MAC.
+    vip_frame: Label,
 }
 
 impl Builder<'_> {
@@ -231,10 +280,26 @@ impl Builder<'_> {
             self.asm.bind(not_arp);
         }
 
+        if !p.vips_v4.is_empty() {
+            let not_v4 = self.asm.label();
+            self.asm
+                .jmp32_imm(Cond::Ne, Reg::R5, ethertype(ETHERTYPE_IPV4), not_v4);
+            self.bounds(l2 + IPV4_HLEN);
+            for vip in &p.vips_v4 {
+                self.match_bytes_to(l2 + IPV4_DST, &vip.octets(), self.vip_frame);
+            }
+            self.asm.ja(self.pass);
+            self.asm.bind(not_v4);
+        }
+
         if !p.vips_v6.is_empty() {
             let not_v6 = self.asm.label();
             self.asm
                 .jmp32_imm(Cond::Ne, Reg::R5, ethertype(ETHERTYPE_IPV6), not_v6);
+            self.bounds(l2 + IPV6_HLEN);
+            for vip in &p.vips_v6 {
+                self.match_bytes_to(l2 + IPV6_DST, &vip.octets(), self.vip_frame);
+            }
             self.bounds(l2 + IPV6_HLEN + NS_LEN);
             self.asm
                 .ldx(Size::B, Reg::R7, Reg::R2, l2 + IPV6_NEXT_HEADER);
@@ -261,22 +326,32 @@ impl Builder<'_> {
     }
 }
 
+/// The maps a program uses, by fd.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramMaps<'a> {
+    /// The XSKMAP: rx queue index to AF_XDP socket.
+    pub xskmap: BorrowedFd<'a>,
+    /// The guard counters (see [`super::guard`]).
+    pub guard: BorrowedFd<'a>,
+}
+
 impl XdpProgram {
-    /// Builds the classifier redirecting into the XSKMAP `xskmap`, falling
-    /// back to `XDP_PASS` when the queue has no socket.
-    pub fn build(params: &XdpParams, xskmap: BorrowedFd<'_>) -> Result<Self, ProgramError> {
-        Self::build_with_fallback(params, xskmap, XdpAction::Pass)
+    /// Builds the classifier redirecting into `maps.xskmap`; a selected
+    /// frame whose queue has no socket is dropped and counted.
+    pub fn build(params: &XdpParams, maps: ProgramMaps<'_>) -> Result<Self, ProgramError> {
+        Self::build_with_fallback(params, maps, XdpAction::Drop)
     }
 
     /// As [`XdpProgram::build`], with another action when the redirect finds
-    /// no socket. Tests use `XdpAction::Drop` so that `BPF_PROG_TEST_RUN`
-    /// tells redirected frames (1) from passed ones (2) without a socket.
+    /// no socket (still counted). Tests use `XdpAction::Aborted` so that
+    /// `BPF_PROG_TEST_RUN` tells redirected frames (0) from dropped (1) and
+    /// passed (2) ones without a socket.
     pub fn build_with_fallback(
         params: &XdpParams,
-        xskmap: BorrowedFd<'_>,
+        maps: ProgramMaps<'_>,
         fallback: XdpAction,
     ) -> Result<Self, ProgramError> {
-        Self::build_with_maps(params, xskmap, None, fallback)
+        Self::build_with_maps(params, maps, None, fallback)
     }
 
     /// As [`XdpProgram::build_with_fallback`], with the fast path (see
@@ -284,28 +359,30 @@ impl XdpProgram {
     /// redirected, when `fast` gives its layout and maps.
     pub fn build_with_maps(
         params: &XdpParams,
-        xskmap: BorrowedFd<'_>,
+        maps: ProgramMaps<'_>,
         fast: Option<(&FastPathLayout, FastPathFds<'_>)>,
         fallback: XdpAction,
     ) -> Result<Self, ProgramError> {
         check_len("cluster MACs", params.cluster_macs.len(), MAX_CLUSTER_MACS)?;
         check_len("IPv4 VIPs", params.vips_v4.len(), MAX_VIPS_V4)?;
         check_len("IPv6 VIPs", params.vips_v6.len(), MAX_VIPS_V6)?;
-        if !matches!(
-            fallback,
-            XdpAction::Pass | XdpAction::Drop | XdpAction::Aborted
-        ) {
+        if !matches!(fallback, XdpAction::Drop | XdpAction::Aborted) {
             return Err(ProgramError::BadFallback(fallback));
+        }
+        if !(64..=65535).contains(&params.max_frame_len) {
+            return Err(ProgramError::BadFrameLen(params.max_frame_len));
         }
 
         let mut asm = Asm::new();
         let pass = asm.label();
         let redirect = asm.label();
+        let vip_frame = asm.label();
         let mut b = Builder {
             asm,
             params,
             pass,
             redirect,
+            vip_frame,
         };
 
         // r6 = ctx; r2 = data; r3 = data_end.
@@ -346,16 +423,47 @@ impl XdpProgram {
         b.asm.mov64_imm(Reg::R0, XdpAction::Pass as i32);
         b.asm.exit();
 
+        // A VIP frame to another MAC: counted, then redirected. (Without
+        // VIPs nothing jumps here, and the verifier refuses unreachable
+        // code.)
+        if !params.vips_v4.is_empty() || !params.vips_v6.is_empty() {
+            b.asm.bind(vip_frame);
+            guard::emit_bump(&mut b.asm, maps.guard, GUARD_OTHER_MAC);
+            b.asm.ja(redirect);
+        }
+
         if let Some((layout, fds)) = fast {
             check_len("fast path rules", layout.rules.len(), MAX_RULES)?;
             super::fast::emit(&mut b.asm, layout, fds, &params.vips_v4, cluster, redirect);
         }
 
+        // r2 = data; r3 = data_end (calls may have clobbered them). A frame
+        // longer than a UMEM frame holds is dropped here, counted.
+        let oversize = b.asm.label();
+        let done = b.asm.label();
         b.asm.bind(redirect);
+        b.asm.ldx(Size::W, Reg::R2, Reg::R6, 0);
+        b.asm.ldx(Size::W, Reg::R3, Reg::R6, 4);
+        b.asm.mov64_reg(Reg::R4, Reg::R2);
+        // Checked above: 64..=65535.
+        b.asm.add64_imm(Reg::R4, params.max_frame_len as i32);
+        b.asm.jmp_reg(Cond::Lt, Reg::R4, Reg::R3, oversize);
         b.asm.ldx(Size::W, Reg::R2, Reg::R6, XDP_MD_RX_QUEUE_INDEX);
-        b.asm.ld_map_fd(Reg::R1, xskmap.as_raw_fd());
+        b.asm.ld_map_fd(Reg::R1, maps.xskmap.as_raw_fd());
         b.asm.mov64_imm(Reg::R3, fallback as i32);
         b.asm.call(HELPER_REDIRECT_MAP);
+        b.asm
+            .jmp32_imm(Cond::Eq, Reg::R0, XdpAction::Redirect as u32, done);
+        // No socket on this queue: the fallback, counted.
+        b.asm.mov64_reg(Reg::R9, Reg::R0);
+        guard::emit_bump(&mut b.asm, maps.guard, GUARD_UNOWNED_QUEUE);
+        b.asm.mov64_reg(Reg::R0, Reg::R9);
+        b.asm.bind(done);
+        b.asm.exit();
+
+        b.asm.bind(oversize);
+        guard::emit_bump(&mut b.asm, maps.guard, GUARD_OVERSIZE);
+        b.asm.mov64_imm(Reg::R0, XdpAction::Drop as i32);
         b.asm.exit();
 
         Ok(Self {
@@ -390,6 +498,13 @@ mod tests {
         std::fs::File::open("/dev/null").unwrap()
     }
 
+    fn maps(f: &std::fs::File) -> ProgramMaps<'_> {
+        ProgramMaps {
+            xskmap: f.as_fd(),
+            guard: f.as_fd(),
+        }
+    }
+
     fn params(n: usize) -> XdpParams {
         XdpParams {
             cluster_macs: (0..n).map(|i| [0x02, 0xbf, 10, 0, 0, i as u8]).collect(),
@@ -397,37 +512,52 @@ mod tests {
             vips_v6: (0..n)
                 .map(|i| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16))
                 .collect(),
-            heartbeat_ethertype: HEARTBEAT_ETHERTYPE,
+            ..XdpParams::default()
         }
     }
 
     #[test]
-    fn ends_with_the_redirect_sequence() {
+    fn redirects_with_a_drop_fallback_after_the_length_check() {
         let f = some_fd();
-        let prog = XdpProgram::build(&params(2), f.as_fd()).unwrap();
+        let prog = XdpProgram::build(&params(2), maps(&f)).unwrap();
         let insns = prog.instructions();
-        let n = insns.len();
-        // ldxw r2, [r6+16]; ld_imm64 r1, map; mov r3, XDP_PASS; call 51; exit
-        assert_eq!(insns[n - 6].code, 0x61);
+        let call = insns
+            .iter()
+            .position(|i| i.code == 0x85 && i.imm == HELPER_REDIRECT_MAP)
+            .unwrap();
+        // ldxw r2, [r6+16]; ld_imm64 r1, map; mov r3, XDP_DROP; call 51
+        assert_eq!(insns[call - 4].code, 0x61);
         assert_eq!(
-            (insns[n - 6].dst, insns[n - 6].src, insns[n - 6].off),
+            (
+                insns[call - 4].dst,
+                insns[call - 4].src,
+                insns[call - 4].off
+            ),
             (2, 6, 16)
         );
-        assert_eq!(insns[n - 5].code, 0x18);
-        assert_eq!(insns[n - 5].src, 1);
-        assert_eq!(insns[n - 5].imm, f.as_raw_fd());
+        assert_eq!(insns[call - 3].code, 0x18);
+        assert_eq!(insns[call - 3].src, 1);
+        assert_eq!(insns[call - 3].imm, f.as_raw_fd());
         assert_eq!(
-            insns[n - 3],
+            insns[call - 1],
             Insn {
                 code: 0xb7,
                 dst: 3,
                 src: 0,
                 off: 0,
-                imm: 2
+                imm: XdpAction::Drop as i32
             }
         );
-        assert_eq!(insns[n - 2].imm, 51);
-        assert_eq!(insns[n - 1].code, 0x95);
+        // Before it: data + max_frame_len < data_end jumps to the oversize drop.
+        assert_eq!(
+            insns[call - 6].imm,
+            max_frame_len(DEFAULT_UMEM_FRAME_SIZE) as i32
+        );
+        assert_eq!(insns[call - 5].code, 0xad, "jlt r4, r3");
+        // After it: a redirect returns at once.
+        assert_eq!(insns[call + 1].code, 0x16, "jeq32 r0, XDP_REDIRECT");
+        assert_eq!(insns[call + 1].imm, XdpAction::Redirect as i32);
+        assert_eq!(insns.last().unwrap().code, 0x95);
         // The program opens by saving the context.
         assert_eq!(
             insns[0],
@@ -446,7 +576,7 @@ mod tests {
         let f = some_fd();
         let sizes: Vec<usize> = (0..=4)
             .map(|n| {
-                XdpProgram::build(&params(n), f.as_fd())
+                XdpProgram::build(&params(n), maps(&f))
                     .unwrap()
                     .instructions()
                     .len()
@@ -456,22 +586,26 @@ mod tests {
         for w in sizes[1..].windows(2) {
             assert_eq!(w[1] - w[0], step, "{sizes:?}");
         }
-        // Per entry: a MAC (3 loads + 3 jumps), an IPv4 VIP (2 + 2) and an IPv6
-        // VIP (8 + 8), the last two unrolled for three VLAN layouts.
-        assert_eq!(step, 6 + 3 * (4 + 16));
+        // Per entry: a MAC (3 loads + 3 jumps); an IPv4 VIP (2 + 2) for ARP
+        // and again for the destination; an IPv6 VIP (8 + 8) for the
+        // destination and again for the NS target; the VIPs unrolled for
+        // three VLAN layouts.
+        assert_eq!(step, 6 + 3 * (2 * 4 + 2 * 16));
     }
 
     #[test]
     fn every_jump_lands_inside_the_program() {
         let f = some_fd();
-        let prog = XdpProgram::build(&params(4), f.as_fd()).unwrap();
-        let n = prog.instructions().len() as i64;
-        for (i, insn) in prog.instructions().iter().enumerate() {
-            let class = insn.code & 0x07;
-            let op = insn.code & 0xf0;
-            if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 {
-                let to = i as i64 + 1 + i64::from(insn.off);
-                assert!(to > i as i64 && to < n, "insn {i} jumps to {to}");
+        for n in [0, 1, 4] {
+            let prog = XdpProgram::build(&params(n), maps(&f)).unwrap();
+            let len = prog.instructions().len() as i64;
+            for (i, insn) in prog.instructions().iter().enumerate() {
+                let class = insn.code & 0x07;
+                let op = insn.code & 0xf0;
+                if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 {
+                    let to = i as i64 + 1 + i64::from(insn.off);
+                    assert!(to > i as i64 && to < len, "{n}: insn {i} jumps to {to}");
+                }
             }
         }
     }
@@ -482,7 +616,7 @@ mod tests {
         let mut p = params(0);
         p.cluster_macs = vec![[0; 6]; MAX_CLUSTER_MACS + 1];
         assert!(matches!(
-            XdpProgram::build(&p, f.as_fd()),
+            XdpProgram::build(&p, maps(&f)),
             Err(ProgramError::TooMany {
                 what: "cluster MACs",
                 ..
@@ -490,19 +624,38 @@ mod tests {
         ));
         let mut p = params(0);
         p.vips_v6 = vec![Ipv6Addr::LOCALHOST; MAX_VIPS_V6 + 1];
-        assert!(XdpProgram::build(&p, f.as_fd()).is_err());
-        assert_eq!(
-            XdpProgram::build_with_fallback(&params(1), f.as_fd(), XdpAction::Tx),
-            Err(ProgramError::BadFallback(XdpAction::Tx))
-        );
+        assert!(XdpProgram::build(&p, maps(&f)).is_err());
+        for bad in [XdpAction::Tx, XdpAction::Pass] {
+            assert_eq!(
+                XdpProgram::build_with_fallback(&params(1), maps(&f), bad),
+                Err(ProgramError::BadFallback(bad))
+            );
+        }
+        for bad in [0, 63, 65536] {
+            let p = XdpParams {
+                max_frame_len: bad,
+                ..params(1)
+            };
+            assert_eq!(
+                XdpProgram::build(&p, maps(&f)),
+                Err(ProgramError::BadFrameLen(bad))
+            );
+        }
         // The largest allowed program still assembles (jumps fit 16 bits).
         let p = XdpParams {
             cluster_macs: vec![[2; 6]; MAX_CLUSTER_MACS],
             vips_v4: vec![Ipv4Addr::LOCALHOST; MAX_VIPS_V4],
             vips_v6: vec![Ipv6Addr::LOCALHOST; MAX_VIPS_V6],
-            heartbeat_ethertype: HEARTBEAT_ETHERTYPE,
+            ..XdpParams::default()
         };
-        assert!(XdpProgram::build(&p, f.as_fd()).is_ok());
+        assert!(XdpProgram::build(&p, maps(&f)).is_ok());
+    }
+
+    #[test]
+    fn frame_room_leaves_the_kernel_headroom() {
+        assert_eq!(max_frame_len(2048), 1792);
+        assert_eq!(max_frame_len(4096), 3840);
+        assert_eq!(XdpParams::default().max_frame_len, 1792);
     }
 
     #[test]
