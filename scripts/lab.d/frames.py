@@ -31,6 +31,14 @@ frames for the cluster, and captured heartbeats replayed, forged and cut.
   the cluster MAC, a non-IP EtherType), all from S to the cluster MAC M.
   UDP classes carry ids ``R-CLASS-i`` for the lab's UDP echo log. Prints
   JSON: frames sent per class and the ids per UDP class.
+* ``l2probe --macs NAME=MAC,... --count N --syns M --run-id R`` (in
+  shoal-client): for each destination MAC, N UDP datagrams to the VIP's
+  echo (port 7001, token ``R-NAME-i``) and M TCP SYNs to the VIP's port 80,
+  each from its own client address and port, sent raw on eth0; meanwhile it
+  captures the answers on eth0 (UDP from port 7001 of any address: the echo
+  answers from the host's own; SYN-ACKs from the VIP's port 80) and reports, per MAC, how many answers each datagram
+  got and how many distinct source MACs (hosts) answered each SYN, plus
+  the answering source MACs. Prints JSON.
 * ``hb-capture --host H --out FILE [--seconds S]``: waits for a heartbeat
   from host H (EtherType 0x886F, host ID at payload offset 16) and writes
   the whole frame to FILE; prints JSON with its length.
@@ -438,6 +446,98 @@ HB_FORGE_OFFSET = 44  # the "hears" bitmap: past the cluster id, under the tag
 HB_MAX_PAYLOAD = 1500
 
 
+def tcp_syn(src, dst, sport, dport, seq):
+    """A TCP SYN with a valid checksum (the hosts' stacks check it)."""
+    head = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(head))
+    return head[:16] + struct.pack("!H", checksum(pseudo + head)) + head[18:]
+
+
+def cmd_l2probe(args):
+    cases = []
+    for item in args.macs.split(","):
+        name, _, mac = item.partition("=")
+        cases.append((name, mac_bytes(mac)))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((args.interface, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    src_mac = sock.getsockname()[4]
+    vip = socket.inet_aton(args.vip)
+    # Probe k of case c comes from client address 10.0.1.(1 + n % 150) and
+    # a port of its own, so probes spread over buckets and never share a flow.
+    probes = {}
+    n = 0
+    frames = []
+    for c, (name, mac) in enumerate(cases):
+        for i in range(args.count):
+            src = "10.0.1.%d" % (1 + n % 150)
+            sport = 20000 + c * 1000 + i
+            token = "%s-%s-%d" % (args.run_id, name, i)
+            probes[("udp", src, sport)] = (name, token)
+            frames.append(ipv4_frame(mac, src_mac, src, args.vip, 17,
+                                     udp(sport, args.udp_port, token.encode() + b" l2probe\n"), ident=n))
+            n += 1
+        for i in range(args.syns):
+            src = "10.0.1.%d" % (1 + n % 150)
+            sport = 40000 + c * 1000 + i
+            probes[("tcp", src, sport)] = (name, "syn-%d" % i)
+            frames.append(ipv4_frame(mac, src_mac, src, args.vip, 6,
+                                     tcp_syn(src, args.vip, sport, args.tcp_port, 1000 + n), ident=n))
+            n += 1
+    answers = {}  # probe key -> [source MACs of answers]
+    sock.settimeout(0.05)
+    sent = 0
+    end = None
+    while True:
+        if sent < len(frames):
+            sock.send(frames[sent])
+            sent += 1
+            if sent == len(frames):
+                end = time.monotonic() + args.wait
+        elif time.monotonic() >= end:
+            break
+        while True:
+            try:
+                frame = sock.recv(65535) if sent == len(frames) else sock.recv(65535, socket.MSG_DONTWAIT)
+            except (socket.timeout, BlockingIOError):
+                break
+            # The echo's socket is not bound to the VIP: its answers leave
+            # from the host's own address. SYN-ACKs come from the VIP.
+            if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[6:12] == src_mac:
+                continue
+            ihl = (frame[14] & 0x0F) * 4
+            l4 = frame[14 + ihl:]
+            proto = frame[23]
+            dst = socket.inet_ntoa(frame[30:34])
+            if len(l4) < 14:
+                continue
+            sport, dport = struct.unpack("!HH", l4[:4])
+            if proto == 17 and sport == args.udp_port:
+                key = ("udp", dst, dport)
+            elif proto == 6 and sport == args.tcp_port and l4[13] & 0x12 == 0x12 and frame[26:30] == vip:
+                key = ("tcp", dst, dport)
+            else:
+                continue
+            if key in probes:
+                answers.setdefault(key, []).append(frame[6:12].hex(":"))
+            if sent < len(frames):
+                break
+    out = {}
+    for key, (name, _) in probes.items():
+        kind = "udp" if key[0] == "udp" else "syn"
+        entry = out.setdefault(name, {}).setdefault(kind, {"sent": 0, "per_probe": {}, "by_mac": {}})
+        entry["sent"] += 1
+        macs = answers.get(key, [])
+        # A datagram counts its answers; a SYN the hosts that answered it
+        # (a host may retransmit its SYN-ACK).
+        k = len(macs) if kind == "udp" else len(set(macs))
+        entry["per_probe"][str(k)] = entry["per_probe"].get(str(k), 0) + 1
+        for m in (macs if kind == "udp" else set(macs)):
+            entry["by_mac"][m] = entry["by_mac"].get(m, 0) + 1
+    print(json.dumps({"sent": sent, "cases": out}))
+    return 0
+
+
 def cmd_hb_capture(args):
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE_HEARTBEAT))
     sock.bind((args.interface, 0))
@@ -549,6 +649,17 @@ def main():
     p.add_argument("--classes", help="comma-separated subset (default: every class)")
     p.add_argument("--interface", default="eth0")
     p.set_defaults(func=cmd_hostile)
+    p = sub.add_parser("l2probe")
+    p.add_argument("--macs", required=True, help="NAME=MAC,... destination MACs")
+    p.add_argument("--count", type=int, default=20, help="UDP datagrams per MAC")
+    p.add_argument("--syns", type=int, default=10, help="TCP SYNs per MAC")
+    p.add_argument("--vip", default="10.0.0.100")
+    p.add_argument("--udp-port", type=int, default=7001)
+    p.add_argument("--tcp-port", type=int, default=80)
+    p.add_argument("--run-id", default="l2probe")
+    p.add_argument("--wait", type=float, default=1.5, help="seconds to listen after the last probe")
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_l2probe)
     p = sub.add_parser("hb-capture")
     p.add_argument("--host", type=int, required=True)
     p.add_argument("--out", required=True)
