@@ -42,7 +42,9 @@
 //! Every other frame to a cluster MAC (ARP, IPv6, fragments, two VLAN tags,
 //! GRE, ESP, ICMP, AH, truncated headers, non-VIP destinations) is redirected
 //! to the AF_XDP socket exactly as without the fast path. A failed map lookup
-//! redirects. So the program drops nothing the maps do not tell it to drop.
+//! redirects. So the fast path drops nothing the maps do not tell it to drop
+//! (the redirect itself drops, counted, only what no socket could take: see
+//! [`super::program`]).
 //!
 //! Each judged frame is counted in the stats map at the key of the CPU it ran
 //! on (an ordinary ARRAY indexed by `bpf_get_smp_processor_id()`: per-CPU
