@@ -4,7 +4,11 @@
 //!
 //! [`parse_frame`] reads a received frame (no FCS) once, front to back, and
 //! returns a [`FrameInfo`] that borrows nothing, or the [`Malformed`] reason
-//! the frame cannot be trusted. It is the frame path's only parser, so it:
+//! the frame cannot be trusted. It is the frame path's general parser: the
+//! pipeline reads the common frame (untagged, option-less IPv4 carrying
+//! TCP, UDP, GRE or ESP) at fixed offsets with the same checks and parses
+//! every frame that reader declines here, so each frame is parsed once, by
+//! one of the two (see [`crate::pipeline`]). As a frame-path parser it:
 //!
 //! - never allocates, never verifies checksums (see [`crate::wire`] for
 //!   why), and does bounded work: at most [`MAX_VLAN_TAGS`] tags and

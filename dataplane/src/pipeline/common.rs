@@ -1,53 +1,44 @@
-//! The common frame: untagged Ethernet II, option-less IPv4, a whole TCP,
-//! UDP, GRE or ESP datagram, read at fixed offsets.
+//! The common frame and its reader: untagged Ethernet II, option-less
+//! IPv4, a whole TCP, UDP, GRE or ESP datagram, at least [`COMMON_LEN`]
+//! bytes, read at fixed offsets.
+//!
+//! # Contract
+//!
+//! The reader ([`common_ipv4`], then [`CommonV4::udp`], [`CommonV4::tcp`]
+//! or [`CommonV4::gre_or_esp`]) makes the very checks
+//! [`parse_frame`](crate::packet::parse_frame) makes on such a frame, so
+//! whenever it accepts a frame, `parse_frame` would have returned `Ok` with
+//! the same fields (a property test holds it to that). It declines every
+//! other frame (VLAN tags, IP options, fragments, other protocols, anything
+//! malformed) after a few compares, and the general parser reads that frame
+//! instead, once. It never panics and does constant work.
+//!
+//! What it accepts it hands on as a [`CommonV4`]: a view of the checked
+//! header whose fields are read at fixed offsets where they are needed,
+//! with no check left to make and no way to build one but the reader.
 
 use std::net::IpAddr;
 
 use super::general::Flow;
 use crate::wire::{esp, ip_proto, GrePacket};
 
-/// The fields the verdict needs from the common frame (see [`common_v4`]).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct CommonV4 {
-    pub(super) src: u32,
-    pub(super) dst: u32,
-    pub(super) proto: u8,
-    /// TCP and UDP only (0 for GRE and ESP).
-    pub(super) src_port: u16,
-    pub(super) dst_port: u16,
-    /// TCP only.
-    pub(super) flags: u8,
-}
-
-impl CommonV4 {
-    /// The flow as the general path sees it.
-    pub(super) fn flow(&self) -> Flow {
-        Flow {
-            client: IpAddr::V4(self.src.into()),
-            vip: IpAddr::V4(self.dst.into()),
-            client_port: self.src_port,
-            server_port: self.dst_port,
-            proto: self.proto,
-        }
-    }
-}
-
 /// Bytes the common frame is read from at fixed offsets: Ethernet, the
 /// option-less IPv4 header and the fixed TCP header (every Ethernet frame
 /// has them: the minimum is 60 bytes).
 pub(super) const COMMON_LEN: usize = 14 + 20 + 20;
-pub(super) const ETH: usize = 14;
-pub(super) const IP: usize = 20;
+const ETH: usize = 14;
+const IP: usize = 20;
 /// Where the transport header starts in a common frame.
-pub(super) const L4: usize = ETH + IP;
+const L4: usize = ETH + IP;
 
-/// The first [`COMMON_LEN`] bytes of a common frame and the length of its
-/// IPv4 payload.
+/// The first [`COMMON_LEN`] bytes of a frame [`common_ipv4`] accepted and
+/// the length of its IPv4 payload.
 pub(super) type CommonHeader<'a> = (&'a [u8; COMMON_LEN], usize);
 
-/// The Ethernet and IPv4 part of [`common_v4`]: untagged Ethernet II, IPv4
+/// The Ethernet and IPv4 part of the reader: untagged Ethernet II, IPv4
 /// without options, a whole datagram inside the frame, at least
-/// [`COMMON_LEN`] bytes, checked as [`parse_frame`] checks them.
+/// [`COMMON_LEN`] bytes, checked as
+/// [`parse_frame`](crate::packet::parse_frame) checks them.
 #[inline(always)]
 pub(super) fn common_ipv4(frame: &[u8]) -> Option<CommonHeader<'_>> {
     // One length check; the fixed offsets below then need none.
@@ -66,95 +57,135 @@ pub(super) fn common_ipv4(frame: &[u8]) -> Option<CommonHeader<'_>> {
     Some((h, payload))
 }
 
-impl CommonV4 {
+/// A common frame the reader accepted: its checked header, read at fixed
+/// offsets. Only [`Self::udp`], [`Self::tcp`] and [`Self::gre_or_esp`]
+/// make one, so holding one means the frame passed their checks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CommonV4<'a> {
+    h: &'a [u8; COMMON_LEN],
+}
+
+impl<'a> CommonV4<'a> {
     /// A UDP datagram whose length field is right (8 <= length <= payload,
     /// as `parse_l4` checks it).
     #[inline(always)]
-    pub(super) fn udp((h, payload): CommonHeader<'_>) -> Option<Self> {
+    pub(super) fn udp((h, payload): CommonHeader<'a>) -> Option<Self> {
         let udp_len = usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]));
         if udp_len < 8 || udp_len > payload {
             return None;
         }
-        Some(Self::ports(h, ip_proto::UDP, 0))
+        Some(Self { h })
     }
 
     /// A TCP segment whose data offset is right (20 <= offset <= payload,
     /// as `parse_l4` checks it; so the fixed header is in the datagram).
     #[inline(always)]
-    pub(super) fn tcp((h, payload): CommonHeader<'_>) -> Option<Self> {
+    pub(super) fn tcp((h, payload): CommonHeader<'a>) -> Option<Self> {
         let offset = usize::from(h[L4 + 12] >> 4) * 4;
         if offset < 20 || offset > payload {
             return None;
         }
-        Some(Self::ports(h, ip_proto::TCP, h[L4 + 13]))
+        Some(Self { h })
     }
 
     /// A GRE header as `parse_l4` checks it, or ESP of at least a header.
     #[inline(always)]
-    pub(super) fn gre_or_esp(frame: &[u8], (h, payload): CommonHeader<'_>) -> Option<Self> {
-        let proto = h[23];
-        match proto {
+    pub(super) fn gre_or_esp(frame: &[u8], (h, payload): CommonHeader<'a>) -> Option<Self> {
+        match h[23] {
             ip_proto::GRE => {
                 GrePacket::new_checked(frame.get(L4..L4 + payload)?).ok()?;
             }
             ip_proto::ESP if payload >= esp::HEADER_LEN => {}
             _ => return None,
         }
-        Some(Self {
-            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
-            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
-            proto,
-            src_port: 0,
-            dst_port: 0,
-            flags: 0,
-        })
+        Some(Self { h })
     }
 
+    /// The destination MAC address.
     #[inline(always)]
-    pub(super) fn ports(h: &[u8; COMMON_LEN], proto: u8, flags: u8) -> Self {
-        // Both ports in one load.
+    pub(super) fn dst_mac(self) -> [u8; 6] {
+        let h = self.h;
+        [h[0], h[1], h[2], h[3], h[4], h[5]]
+    }
+
+    /// The IP protocol: TCP, UDP, GRE or ESP.
+    #[inline(always)]
+    pub(super) fn proto(self) -> u8 {
+        self.h[23]
+    }
+
+    /// The source address.
+    #[inline(always)]
+    pub(super) fn src(self) -> u32 {
+        let h = self.h;
+        u32::from_be_bytes([h[26], h[27], h[28], h[29]])
+    }
+
+    /// The destination address.
+    #[inline(always)]
+    pub(super) fn dst(self) -> u32 {
+        u32::from_be(self.dst_wire())
+    }
+
+    /// The destination address as the frame carries it (its four bytes in
+    /// native order), for compares without a byte swap.
+    #[inline(always)]
+    pub(super) fn dst_wire(self) -> u32 {
+        let h = self.h;
+        u32::from_ne_bytes([h[30], h[31], h[32], h[33]])
+    }
+
+    /// The source and destination ports, in one load (TCP and UDP only).
+    #[inline(always)]
+    pub(super) fn ports(self) -> (u16, u16) {
+        let h = self.h;
         let ports = u32::from_be_bytes([h[L4], h[L4 + 1], h[L4 + 2], h[L4 + 3]]);
-        Self {
-            src: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
-            dst: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
-            proto,
-            src_port: (ports >> 16) as u16,
-            dst_port: ports as u16,
-            flags,
+        ((ports >> 16) as u16, ports as u16)
+    }
+
+    /// The source port (TCP and UDP only).
+    #[inline(always)]
+    pub(super) fn src_port(self) -> u16 {
+        self.ports().0
+    }
+
+    /// The destination port (TCP and UDP only).
+    #[inline(always)]
+    pub(super) fn dst_port(self) -> u16 {
+        self.ports().1
+    }
+
+    /// The TCP flags (TCP only).
+    #[inline(always)]
+    pub(super) fn flags(self) -> u8 {
+        self.h[L4 + 13]
+    }
+
+    /// The flow as the general path sees it (TCP and UDP only).
+    pub(super) fn flow(self) -> Flow {
+        let (client_port, server_port) = self.ports();
+        Flow {
+            client: IpAddr::V4(self.src().into()),
+            vip: IpAddr::V4(self.dst().into()),
+            client_port,
+            server_port,
+            proto: self.proto(),
         }
     }
 }
 
-/// Reads the common frame — untagged Ethernet II, IPv4 without options,
-/// a whole datagram, TCP, UDP, GRE or ESP, at least [`COMMON_LEN`] bytes —
-/// at fixed offsets, with the very checks [`parse_frame`] makes on such a
-/// frame, so that whenever this returns `Some`, `parse_frame` would have
-/// returned `Ok` with these fields. Any other frame (options, VLAN tags,
-/// fragments, other protocols, anything malformed) returns `None` and
-/// takes the full parser, which names the reason. ([`Dataplane::judge`]
-/// takes the same steps with one dispatch on the protocol.)
+/// The whole reader, one call: whenever this returns `Some`, `parse_frame`
+/// would have returned `Ok` with these fields; any other frame returns
+/// `None`. (`Dataplane::judge_into` takes the same steps with one dispatch
+/// on the protocol.)
 #[cfg(test)]
-pub(super) fn common_v4(frame: &[u8]) -> Option<CommonV4> {
+pub(super) fn common_v4(frame: &[u8]) -> Option<CommonV4<'_>> {
     let header = common_ipv4(frame)?;
     match header.0[23] {
         ip_proto::UDP => CommonV4::udp(header),
         ip_proto::TCP => CommonV4::tcp(header),
         _ => CommonV4::gre_or_esp(frame, header),
     }
-}
-
-/// The fields of a frame [`common_ipv4`] and [`CommonV4::tcp`] (or, when
-/// `udp`, [`CommonV4::udp`]) accepted, read again without the checks.
-/// `None` only for a frame shorter than [`COMMON_LEN`], which they never
-/// accept.
-#[inline(always)]
-pub(super) fn common_fields(frame: &[u8], udp: bool) -> Option<CommonV4> {
-    let h = frame.first_chunk::<COMMON_LEN>()?;
-    Some(if udp {
-        CommonV4::ports(h, ip_proto::UDP, 0)
-    } else {
-        CommonV4::ports(h, ip_proto::TCP, h[L4 + 13])
-    })
 }
 
 #[cfg(test)]
@@ -178,18 +209,18 @@ mod tests {
                 let FrameKind::Ipv4(ip) = info.kind else {
                     return Err(TestCaseError::fail(format!("not IPv4: {info:?}")));
                 };
-                prop_assert_eq!(ip.src, IpAddr::V4(c.src.into()));
-                prop_assert_eq!(ip.dst, IpAddr::V4(c.dst.into()));
+                prop_assert_eq!(ip.src, IpAddr::V4(c.src().into()));
+                prop_assert_eq!(ip.dst, IpAddr::V4(c.dst().into()));
                 prop_assert_eq!(ip.fragment, Fragment::Whole);
                 match ip.l4 {
                     L4::Tcp { src_port, dst_port, flags } => {
-                        prop_assert_eq!((c.proto, c.src_port, c.dst_port, c.flags), (6, src_port, dst_port, flags));
+                        prop_assert_eq!((c.proto(), c.src_port(), c.dst_port(), c.flags()), (6, src_port, dst_port, flags));
                     }
                     L4::Udp { src_port, dst_port } => {
-                        prop_assert_eq!((c.proto, c.src_port, c.dst_port), (17, src_port, dst_port));
+                        prop_assert_eq!((c.proto(), c.src_port(), c.dst_port()), (17, src_port, dst_port));
                     }
-                    L4::Gre { .. } => prop_assert_eq!((c.proto, ip.proto), (47, 47)),
-                    L4::Esp { .. } => prop_assert_eq!((c.proto, ip.proto), (50, 50)),
+                    L4::Gre { .. } => prop_assert_eq!((c.proto(), ip.proto), (47, 47)),
+                    L4::Esp { .. } => prop_assert_eq!((c.proto(), ip.proto), (50, 50)),
                     other => return Err(TestCaseError::fail(format!("l4 {other:?}"))),
                 }
             }
@@ -202,8 +233,8 @@ mod tests {
             // Padded to Ethernet's minimum of 60 bytes.
             let f = frame(tcp, [192, 0, 2, 1], 1234, 80, SYN, 18);
             let c = common_v4(&f).expect("common frame");
-            assert_eq!((c.src_port, c.dst_port), (1234, 80));
-            assert_eq!(c.dst, u32::from_be_bytes(VIP));
+            assert_eq!((c.src_port(), c.dst_port()), (1234, 80));
+            assert_eq!(c.dst(), u32::from_be_bytes(VIP));
         }
         // A VLAN tag, a fragment, IP options: the general parser's.
         let mut tagged = frame(false, [192, 0, 2, 1], 1, 2, 0, 0);
@@ -222,7 +253,7 @@ mod tests {
             let f = frame_of(proto, [192, 0, 2, 1], 1, 2, 0, 14);
             let c = common_v4(&f).expect("common frame");
             assert_eq!(
-                (c.proto, c.src),
+                (c.proto(), c.src()),
                 (proto, u32::from_be_bytes([192, 0, 2, 1]))
             );
         }

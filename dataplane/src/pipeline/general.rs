@@ -62,10 +62,11 @@ pub(super) fn flow_key(
 }
 
 impl Dataplane {
-    pub(super) fn is_cluster_mac(&self, mac: [u8; 6]) -> bool {
+    fn is_cluster_mac(&self, mac: [u8; 6]) -> bool {
         mac == self.map.cluster_mac.0
     }
 
+    /// The verdict of a parsed frame, not yet counted.
     pub(super) fn judge_parsed(&mut self, info: &FrameInfo, now: u64) -> Verdict {
         match &info.kind {
             FrameKind::Heartbeat => Verdict::Control(Control::Heartbeat),
@@ -97,16 +98,12 @@ impl Dataplane {
                 L4::Igmp { .. } if self.map.mode == ClusterMode::Igmp => {
                     Verdict::Control(Control::Igmp)
                 }
-                _ if self.is_cluster_mac(info.dst_mac) => {
-                    Verdict::Drop(DropReason::ForeignDestination)
-                }
-                _ => Verdict::Pass,
+                _ => self.foreign_verdict(info.dst_mac),
             };
         }
         if let L4::Icmpv6Nd { icmp_type: 135, .. } = ip.l4 {
             return Verdict::Control(Control::Nd);
         }
-        self.counters.for_cluster += 1;
         if ip.fragment != Fragment::Whole {
             return self.judge_fragment(ip);
         }
@@ -155,6 +152,18 @@ impl Dataplane {
         }
     }
 
+    /// An IP frame to no VIP and not for the control plane, sent to
+    /// `dst_mac`: the kernel's, unless it was sent to the cluster MAC.
+    #[inline]
+    pub(super) fn foreign_verdict(&self, dst_mac: [u8; 6]) -> Verdict {
+        if self.is_cluster_mac(dst_mac) {
+            Verdict::Drop(DropReason::ForeignDestination)
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    /// Traffic to a VIP that no rule covers: the default host's.
     pub(super) fn default_host_verdict(&self) -> Verdict {
         match self.map.default_host {
             Some(h) if h == self.map.local => Verdict::Keep,

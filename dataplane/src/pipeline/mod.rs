@@ -30,26 +30,33 @@
 //! * Malformed frames are never errors: they are dropped and counted by reason.
 //! * Two paths, one behaviour: [`Dataplane::judge`] reads the common frame
 //!   (untagged Ethernet II, option-less IPv4, a whole TCP, UDP, GRE or ESP
-//!   datagram to a VIP, at least 54 bytes) at fixed offsets and judges it
-//!   on integers against a compiled form of the map (per-VIP port segments
+//!   datagram, at least 54 bytes) at fixed offsets and judges it on
+//!   integers against a compiled form of the map (per-VIP port segments
 //!   that carry each rule's owner table); every other frame takes the
 //!   general parser ([`Dataplane::judge_general`]). Verdicts, descriptor
 //!   state and counters are the same on both, frame by frame: the
 //!   property tests in `tests.rs` hold the shortcut to the general path.
+//! * One read per frame: a frame the common-frame reader accepts is judged
+//!   from what it read (handed on to every later step, never read again,
+//!   and never parsed by [`parse_frame`]); a frame it declines after its few
+//!   checks is parsed by [`parse_frame`], once.
+//! * One count per frame: each frame is counted once, by its verdict, when
+//!   the verdict is known ([`Counters::count`]); the judging steps return
+//!   verdicts and count nothing of them, and the totals are sums of the
+//!   verdict counters.
 //! * The batch loop ([`Dataplane::judge_batch`]) inlines only the hot
 //!   part of the shortcut (a common UDP or TCP frame to the first VIP
-//!   under a multiple-host rule whose verdict needs no descriptor), and
-//!   counts `frames` and `for_cluster` once per batch; every other frame
-//!   leaves the loop through one call. The counters after a batch are
-//!   those of judging its frames one by one (tested).
+//!   under a multiple-host rule whose verdict needs no descriptor); every
+//!   other frame leaves the loop through one call.
 //!
 //! # Layout
 //!
-//! [`verdict`](self) types and counters (`verdict.rs`); the common frame and
-//! its fixed-offset reader (`common.rs`); the map compiled for it
-//! (`compiled.rs`); the shortcut's judgement (`shortcut.rs`); the general
-//! path and the descriptor steps both paths share (`general.rs`); the
-//! properties that hold the two paths together (`tests.rs`).
+//! The verdict and its counters (`verdict.rs`); the common frame and its
+//! fixed-offset reader (`common.rs`); the map compiled for it
+//! (`compiled.rs`); the shortcut's judgement of a common frame
+//! (`shortcut.rs`); the general path and the descriptor steps both paths
+//! share (`general.rs`); the properties that hold the two paths together
+//! (`tests.rs`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -179,28 +186,23 @@ impl Dataplane {
     /// called on each frame in order.
     ///
     /// Out of line (one call per batch), so that the frame loop is
-    /// compiled once, around [`Self::judge_precounted`].
+    /// compiled once, around the shortcut's hot path.
     ///
     /// # Panics
     /// If `out` is shorter than `frames`.
     #[inline(never)]
     pub fn judge_batch(&mut self, frames: &[&[u8]], now: u64, out: &mut [Verdict]) {
         assert!(out.len() >= frames.len(), "verdict slice too short");
-        let n = frames.len() as u64;
-        self.counters.frames += n;
-        self.counters.for_cluster += n;
         for (f, v) in frames.iter().zip(out.iter_mut()) {
-            self.judge_precounted(f, now, v);
+            self.judge_into(f, now, v);
         }
     }
 
     /// Judges one frame and counts the verdict.
     #[inline]
     pub fn judge(&mut self, frame: &[u8], now: u64) -> Verdict {
-        self.counters.frames += 1;
-        self.counters.for_cluster += 1;
         let mut v = Verdict::Pass;
-        self.judge_precounted(frame, now, &mut v);
+        self.judge_into(frame, now, &mut v);
         v
     }
 

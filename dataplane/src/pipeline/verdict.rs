@@ -55,6 +55,17 @@ impl DropReason {
         }
     }
 
+    /// Whether a frame dropped for this reason was addressed to a VIP and
+    /// judged by the cluster's rules: every policy reason but
+    /// [`Self::ForeignDestination`] and [`Self::NotIp`] (frames to no VIP),
+    /// and no malformed one.
+    pub fn is_for_cluster(self) -> bool {
+        !matches!(
+            self,
+            DropReason::ForeignDestination | DropReason::NotIp | DropReason::Malformed(_)
+        )
+    }
+
     /// Its index in [`Self::POLICY`] (a match, not a search: counted once
     /// per dropped frame). Tested against the table.
     #[inline(always)]
@@ -119,12 +130,12 @@ pub enum Verdict {
 pub const MALFORMED_REASONS: usize = Malformed::ALL.len();
 
 /// Per-dataplane counters (one per poll loop; summed for reports).
+///
+/// Each frame judged is counted once, by its verdict ([`Self::count`]):
+/// the totals ([`Self::frames`], [`Self::for_cluster`]) are sums of the
+/// verdict counters, never counted apart from them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Frames judged.
-    pub frames: u64,
-    /// Frames addressed to a VIP (kept or dropped by policy).
-    pub for_cluster: u64,
     /// Frames kept.
     pub kept: u64,
     /// Frames passed to the kernel.
@@ -147,10 +158,10 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Adds a verdict.
+    /// Counts one frame judged `v`: one increment of the counter `v`
+    /// names (with `v` known where this is inlined, nothing else).
     #[inline(always)]
     pub fn count(&mut self, v: Verdict) {
-        self.frames += 1;
         match v {
             Verdict::Keep => self.kept += 1,
             Verdict::Pass => self.passed += 1,
@@ -168,6 +179,26 @@ impl Counters {
         }
     }
 
+    /// Frames judged: every verdict counted.
+    pub fn frames(&self) -> u64 {
+        self.kept
+            + self.passed
+            + self.control.iter().sum::<u64>()
+            + self.dropped.iter().sum::<u64>()
+            + self.malformed_total()
+    }
+
+    /// Frames addressed to a VIP: kept, or dropped by a policy that judged
+    /// cluster traffic (every reason but [`DropReason::ForeignDestination`]
+    /// and [`DropReason::NotIp`]; see [`DropReason::is_for_cluster`]).
+    pub fn for_cluster(&self) -> u64 {
+        let dropped = DropReason::POLICY
+            .iter()
+            .zip(self.dropped)
+            .filter(|(r, _)| r.is_for_cluster());
+        self.kept + dropped.map(|(_, n)| n).sum::<u64>()
+    }
+
     /// Sum of malformed frames.
     pub fn malformed_total(&self) -> u64 {
         self.malformed.iter().sum()
@@ -175,8 +206,6 @@ impl Counters {
 
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Counters) {
-        self.frames += other.frames;
-        self.for_cluster += other.for_cluster;
         self.kept += other.kept;
         self.passed += other.passed;
         self.untracked += other.untracked;
@@ -208,5 +237,39 @@ mod tests {
         c.count(Verdict::Drop(m));
         assert_eq!(c.malformed[Malformed::BadGre as usize], 1);
         assert_eq!(c.malformed_total(), 1);
+    }
+
+    /// Every verdict counts one frame, and one frame for the cluster
+    /// exactly when it is a keep or a drop of cluster traffic.
+    #[test]
+    fn totals_are_sums_of_verdicts() {
+        let mut verdicts = vec![Verdict::Keep, Verdict::Pass];
+        verdicts.extend(Control::ALL.map(Verdict::Control));
+        verdicts.extend(DropReason::POLICY.map(Verdict::Drop));
+        verdicts.extend(
+            Malformed::ALL
+                .iter()
+                .map(|&m| Verdict::Drop(DropReason::Malformed(m))),
+        );
+        let mut c = Counters::default();
+        let mut for_cluster = 0;
+        for (i, v) in verdicts.iter().enumerate() {
+            let before = c.clone();
+            c.count(*v);
+            assert_eq!(c.frames(), i as u64 + 1, "{v:?}");
+            let cluster = match v {
+                Verdict::Keep => true,
+                Verdict::Drop(r) => r.is_for_cluster(),
+                _ => false,
+            };
+            for_cluster += u64::from(cluster);
+            assert_eq!(c.for_cluster(), for_cluster, "{v:?}");
+            let mut merged = before;
+            let mut one = Counters::default();
+            one.count(*v);
+            merged.merge(&one);
+            assert_eq!(merged, c, "{v:?}");
+        }
+        assert_eq!(for_cluster, 7);
     }
 }
