@@ -1,4 +1,14 @@
-//! The map compiled for the common IPv4 frame.
+//! The map compiled for the common IPv4 frame ([`FastV4`]): each IPv4 VIP
+//! as an integer, its ports split into segments that each name one rule
+//! (or none) and carry what the verdict reads of it, down to the owner of
+//! every bucket as a host ID byte.
+//!
+//! # Contract
+//!
+//! A pure function of the [`ClusterMap`], rebuilt with it; its answers are
+//! the map's (`rule_for`, `owner`, and the bucket arithmetic of
+//! [`affinity_hash`](crate::hash::affinity_hash)), which the tests here and
+//! in `tests.rs` check.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -212,12 +222,12 @@ pub(super) fn path(map: &ClusterMap, rule: u32, udp: bool) -> (Path, Option<Hash
     }
 }
 
-/// The map compiled for [`Dataplane::judge`]'s common IPv4 frame: VIPs as
+/// The map compiled for [`Dataplane::judge`](super::Dataplane::judge)'s common IPv4 frame: VIPs as
 /// integers with their port rules resolved into segments that carry each
 /// rule's owners as host ID bytes, so the verdict builds no `IpAddr` and
 /// walks no rule list. A pure function of the map, rebuilt with it; its
 /// answers are the map's (`rule_for`, `owner`, and the bucket arithmetic
-/// of [`affinity_hash`]), which the tests check.
+/// of [`affinity_hash`](crate::hash::affinity_hash)), which the tests check.
 #[derive(Clone, Debug)]
 pub(super) struct FastV4 {
     /// The first IPv4 VIP's address, or (no IPv4 VIP) a value no `u32`
@@ -273,7 +283,7 @@ impl FastV4 {
 }
 
 /// The bucket of an IPv4 flow under a hashed rule and that bucket's owner
-/// (host ID, 0 for none): [`Dataplane::bucket`] and [`ClusterMap::owner`].
+/// (host ID, 0 for none): `Dataplane::bucket` and [`ClusterMap::owner`].
 #[inline(always)]
 pub(super) fn hashed_owner(seed: u64, rule: &Hashed, client: u32, client_port: u16) -> (u32, u8) {
     let b = bucket_of(masked_hash_v4(

@@ -1,5 +1,10 @@
-//! The general path: [`Dataplane`]'s judgement of a parsed frame, and the
-//! descriptor steps both paths share.
+//! The general path: [`Dataplane`]'s judgement of a frame
+//! [`parse_frame`](crate::packet::parse_frame) summarized, by the
+//! [`ClusterMap`](crate::map::ClusterMap)'s own lookups; and the steps
+//! both paths share (the descriptor steps of a TCP segment, extended
+//! affinity, GRE and ESP links, the owner's verdict). It is the reference
+//! the shortcut is held to, and the path of every frame the common-frame
+//! reader declines. Its functions return verdicts; the caller counts them.
 
 use std::net::IpAddr;
 

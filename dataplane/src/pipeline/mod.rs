@@ -109,7 +109,6 @@ pub struct Dataplane {
     skip_probe: bool,
 }
 
-/// A rule as [`segments`] resolves it: [`ClusterMap::rule_for`] for an
 impl Dataplane {
     /// A dataplane judging for `map.local`, with a descriptor table sized by
     /// `cfg` and keyed by the secret `seed`.

@@ -32,7 +32,8 @@ pub(super) fn mapped_v4(a: u32) -> [u8; 16] {
     ((0xffff_u128 << 32) | u128::from(a)).to_be_bytes()
 }
 
-/// [`flow_key`] of IPv4 addresses given as integers.
+/// [`flow_key`](super::general::flow_key) of IPv4 addresses given as
+/// integers.
 #[inline(always)]
 pub(super) fn flow_key_v4(
     kind: Kind,
@@ -254,8 +255,8 @@ impl Dataplane {
         self.skip_probe
     }
 
-    /// [`DescriptorTable::tracks_foreign`], with the usual answer (no
-    /// foreign entry at all) first.
+    /// [`DescriptorTable::tracks_foreign`](crate::descriptor::DescriptorTable::tracks_foreign),
+    /// with the usual answer (no foreign entry at all) first.
     #[inline(always)]
     pub(super) fn tracks_foreign(&self, r: usize, b: u32) -> bool {
         self.table.foreign_len() != 0 && self.table.tracks_foreign(r, b)
