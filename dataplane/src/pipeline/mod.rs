@@ -36,10 +36,11 @@
 //!   general parser ([`Dataplane::judge_general`]). Verdicts, descriptor
 //!   state and counters are the same on both, frame by frame: the
 //!   property tests in `tests.rs` hold the shortcut to the general path.
-//! * One read per frame: a frame the common-frame reader accepts is judged
-//!   from what it read (handed on to every later step, never read again,
-//!   and never parsed by [`parse_frame`]); a frame it declines after its few
-//!   checks is parsed by [`parse_frame`], once.
+//! * One parse per frame: a frame the common-frame reader accepts is judged
+//!   through the checked view of its header the reader hands on to every
+//!   later step (no check is made twice, and [`parse_frame`] never sees
+//!   it); a frame the reader declines after its few checks is parsed by
+//!   [`parse_frame`], once.
 //! * One count per frame: each frame is counted once, by its verdict, when
 //!   the verdict is known ([`Counters::count`]); the judging steps return
 //!   verdicts and count nothing of them, and the totals are sums of the
