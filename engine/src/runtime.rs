@@ -379,7 +379,7 @@ fn counters_json(
         .iter()
         .map(|s| {
             serde_json::json!({
-                "received": s.dataplane.frames,
+                "received": s.dataplane.frames(),
                 "kept": s.dataplane.kept,
                 "passed": s.dataplane.passed,
                 "control": s.dataplane.control.iter().sum::<u64>(),
@@ -388,15 +388,15 @@ fn counters_json(
                 "delivery_errors": s.delivery_errors,
                 "descriptors": s.descriptors,
                 "batches": s.batches,
-                "batch_fill": if s.batches == 0 { 0.0 } else { s.dataplane.frames as f64 / s.batches as f64 },
+                "batch_fill": if s.batches == 0 { 0.0 } else { s.dataplane.frames() as f64 / s.batches as f64 },
             })
         })
         .collect();
     serde_json::json!({
         "host": host.get(),
         "backend": backend,
-        "received": total.frames,
-        "for_cluster": total.for_cluster,
+        "received": total.frames(),
+        "for_cluster": total.for_cluster(),
         "kept": total.kept,
         "passed": total.passed,
         "dropped": dropped,

@@ -291,9 +291,9 @@ impl Classifier {
                 rewrite_to_vip(&mut buf, self.vip4, self.vip6);
             }
             let now = record.timestamp_ns;
-            let before = sim.members()[0].1.counters().for_cluster;
+            let before = sim.members()[0].1.counters().for_cluster();
             let verdicts = sim.judge(&buf, now);
-            if sim.members()[0].1.counters().for_cluster > before {
+            if sim.members()[0].1.counters().for_cluster() > before {
                 report.for_cluster += 1;
             }
             let keepers: Vec<HostId> = verdicts

@@ -88,13 +88,13 @@ fn corpus_replayed_through_three_hosts_is_delivered_once() {
     // the cluster may be delivered, and each by exactly one host.
     let mut all: Vec<&Vec<u8>> = hosts.iter().flat_map(|(_, r)| r.0.iter()).collect();
     let delivered = all.len() as u64;
-    let for_cluster: u64 = hosts[0].0.counters().for_cluster;
+    let for_cluster: u64 = hosts[0].0.counters().for_cluster();
     let kept: u64 = hosts.iter().map(|(dp, _)| dp.counters().kept).sum();
     assert_eq!(delivered, kept);
     assert!(kept <= for_cluster);
     for (dp, _) in &hosts {
         assert_eq!(
-            dp.counters().frames,
+            dp.counters().frames(),
             frames_total,
             "every frame judged by every host"
         );
