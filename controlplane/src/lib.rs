@@ -1,4 +1,4 @@
-//! shoal's control plane (issue 4): authenticated heartbeats, membership,
+//! shoal's control plane: authenticated heartbeats, membership,
 //! convergence, drain and the admin protocol, as a sans-IO state machine.
 //!
 //! # Modules

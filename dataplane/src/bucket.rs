@@ -23,7 +23,7 @@
 //! What remains is sampling noise: with `B` buckets, a host of ideal share
 //! `p` owns `p ± sqrt(p(1-p)/B)` of them. Quota-balancing schemes (greedy
 //! capacity filling, iterative weight fitting) remove the share error but
-//! were measured to move 1.2× to 3.4× the minimum at 32 to 64 hosts, because
+//! move well over the minimum at tens of hosts, because
 //! correcting one host's noise shifts buckets between hosts that stayed. So
 //! shoal keeps pure HRW and makes `B` large: `B = 2^20`. Then a share is
 //! within 0.05 percentage points of ideal for 2 or 3 hosts (the bound is 1),

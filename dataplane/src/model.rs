@@ -2,7 +2,7 @@
 //!
 //! These are the owned, slow-path types that configuration produces and the
 //! control plane agrees on. The frame path reads them through the compiled
-//! [`crate::ClusterMap`], never directly.
+//! [`crate::map::ClusterMap`], never directly.
 
 use std::fmt;
 use std::net::IpAddr;

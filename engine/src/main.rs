@@ -1,6 +1,9 @@
 //! The `shoal` command.
 
 #![deny(unsafe_code)]
+// The doc comments here are the CLI's help text, written in its notation
+// (`VIP[:PORT]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

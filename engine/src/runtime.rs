@@ -48,7 +48,7 @@ pub struct RunArgs {
     /// Cluster configuration file.
     #[arg(long)]
     pub config: PathBuf,
-    /// Which [[host]] this is (needed when the file describes several).
+    /// Which `[[host]]` this is (needed when the file describes several).
     #[arg(long)]
     pub host: Option<u8>,
     /// Take every configured host as live and converged (no heartbeats).
@@ -60,7 +60,7 @@ pub struct RunArgs {
     /// Override `[io].backend` (af_xdp, af_packet, auto).
     #[arg(long)]
     pub backend: Option<String>,
-    /// The admin socket (default /run/shoal/host<ID>.sock).
+    /// The admin socket (default `/run/shoal/host<ID>.sock`).
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
 }

@@ -20,8 +20,8 @@
 //! Design decision: the destination MAC is replaced without copying the
 //! frame: each write is one `writev` of two pieces, the TAP's MAC and the
 //! frame from byte 6 on (the frame stays in the receive ring). The kernel
-//! copies the bytes into an skb either way; this saves the second copy the
-//! brief's scratch buffer would cost.
+//! copies the bytes into an skb either way; this saves the second copy a
+//! scratch buffer would cost.
 //! Replies do not come back through the TAP: the VIP is a local address, so
 //! the kernel routes replies out of the real interface with that
 //! interface's MAC. Whatever the kernel does send into the TAP (IPv6 router
