@@ -3,7 +3,7 @@
 //! # Contract
 //!
 //! A [`BucketMap`] is a pure function of the eligible hosts and their load
-//! weights (DESIGN.md invariant 6): every host computes the same map from the
+//! weights (README guarantee 6): every host computes the same map from the
 //! same agreed view, with no history. Each bucket has exactly one owner, or
 //! none when no host is eligible.
 //!

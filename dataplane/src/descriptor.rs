@@ -4,7 +4,7 @@
 //! # Contract
 //!
 //! * Bounded: the table never holds more than [`DescriptorTable::capacity`]
-//!   entries and never allocates after construction (DESIGN.md invariant 7).
+//!   entries and never allocates after construction (README guarantee 7).
 //! * Set-associative: a key hashes (with a per-table secret seed, so remote
 //!   clients cannot aim at one set) to a set of [`WAYS`] slots; lookup and
 //!   insert touch one set only, so every operation is O(WAYS).

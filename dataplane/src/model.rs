@@ -135,7 +135,8 @@ impl fmt::Debug for HostSet {
     }
 }
 
-/// How cluster frames reach every host (DESIGN.md, "Modes").
+/// How cluster frames reach every host: the `mode` key of README's
+/// Configuration section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClusterMode {
     /// Hosts receive frames for the unicast cluster MAC `02-bf-w-x-y-z`.

@@ -7,7 +7,7 @@
 //!   (`now`, nanoseconds of any monotonic clock) against the current
 //!   [`ClusterMap`] and its own descriptor table. No syscalls, no clock, no
 //!   allocation per frame; bounded work per frame.
-//! * Exactly one (DESIGN.md invariant 1): with every host holding the same
+//! * Exactly one (README guarantee 1): with every host holding the same
 //!   converged map, each frame for a VIP is kept by exactly one host: the one
 //!   that tracks its connection, else the owner of its bucket; a single-host
 //!   rule's frames by its best live host; a disabled rule's by nobody;

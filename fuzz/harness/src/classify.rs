@@ -7,7 +7,7 @@
 //! ([`parse_frame`]) and then every member's [`Dataplane`] for a verdict, and
 //! panics when:
 //!
-//! 1. more than one member keeps the frame (DESIGN.md invariant 1 allows
+//! 1. more than one member keeps the frame (README guarantee 1 allows
 //!    "at most one" during convergence and "exactly one" when converged;
 //!    the weaker form holds for every frame, cluster traffic or not);
 //! 2. the members disagree about anything that does not depend on who they
