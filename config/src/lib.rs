@@ -55,6 +55,9 @@
 //! xdp_pass = true                          # af_xdp fast path: kept untracked UDP goes to the stack in the kernel
 //! xdp_zero_copy = false                    # af_xdp: try a zero-copy bind first
 //!
+//! [admin]
+//! group = "shoal"                          # optional: this group may use the admin socket too (default: root only)
+//!
 //! [[host]]
 //! id = 1                                   # required, 1..=64, unique; also the host priority
 //! interface = "eth0"                       # required
@@ -115,6 +118,8 @@ pub struct Config {
     pub descriptors: DescriptorSection,
     /// `[io]`, defaults filled in.
     pub io: IoSection,
+    /// `[admin]`, defaults filled in.
+    pub admin: AdminSection,
     /// `[[host]]` sections, sorted by host ID.
     pub hosts: Vec<HostSection>,
     /// `[[rule]]` sections in file order, normalized (NLB's default rule when
@@ -207,7 +212,7 @@ impl Config {
     /// The keys whose values differ between this (running) configuration
     /// and `next` but that a running host cannot take without a restart
     /// (`shoal reload` applies `[[rule]]` sections and weights only): the
-    /// `[cluster]` keys, `[heartbeat]`, `[descriptors]` and `[io]` keys, and
+    /// `[cluster]` keys, `[heartbeat]`, `[descriptors]`, `[io]` and `[admin]` keys, and
     /// host `local`'s `interface`, `dedicated` and `cores`. Empty when
     /// `next` can be reloaded.
     pub fn restart_only_changes(&self, next: &Config, local: HostId) -> Vec<&'static str> {
@@ -234,6 +239,7 @@ impl Config {
         );
         check("descriptors", self.descriptors != next.descriptors);
         check("io", self.io != next.io);
+        check("admin.group", self.admin.group != next.admin.group);
         match (self.host(local), next.host(local)) {
             (Some(a), Some(b)) => {
                 check("host.interface", a.interface != b.interface);

@@ -43,9 +43,18 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-const ROOT_KEYS: &[&str] = &["cluster", "heartbeat", "descriptors", "io", "host", "rule"];
+const ROOT_KEYS: &[&str] = &[
+    "cluster",
+    "heartbeat",
+    "descriptors",
+    "io",
+    "admin",
+    "host",
+    "rule",
+];
 const CLUSTER_KEYS: &[&str] = &["vips", "mode", "key_file", "ipv6_network_prefix"];
 const HEARTBEAT_KEYS: &[&str] = &["period_ms", "tolerance", "converge_periods"];
+const ADMIN_KEYS: &[&str] = &["group"];
 const DESCRIPTOR_KEYS: &[&str] = &[
     "capacity",
     "tcp_idle_timeout_s",
@@ -147,6 +156,7 @@ impl Reader<'_, '_> {
         let heartbeat = self.heartbeat(&root);
         let descriptors = self.descriptors(&root);
         let io = self.io(&root);
+        let admin = self.admin(&root);
         let (mut hosts, hosts_sound) = self.hosts(&root, &cluster);
         let drafts = self.rules(&root);
 
@@ -164,6 +174,7 @@ impl Reader<'_, '_> {
             heartbeat,
             descriptors,
             io,
+            admin,
             hosts: host_sections,
             rules,
             source: path.to_path_buf(),
@@ -494,6 +505,23 @@ impl Reader<'_, '_> {
                 d.converge_periods,
             ),
         }
+    }
+
+    fn admin(&mut self, root: &Table<'_>) -> AdminSection {
+        let mut section = AdminSection::default();
+        let Some(t) = self.table(root, "admin", ADMIN_KEYS) else {
+            return section;
+        };
+        if let Some(e) = t.entry("group") {
+            let key = t.key_path("group");
+            if let Some(name) = self.string_item(&e.item, &key) {
+                match check_group_name(name) {
+                    Ok(()) => section.group = Some(name.to_string()),
+                    Err(why) => self.diag.at(e.item.span.start, key, why),
+                }
+            }
+        }
+        section
     }
 
     fn descriptors(&mut self, root: &Table<'_>) -> DescriptorSection {
@@ -1261,4 +1289,23 @@ fn shared_traffic(a: &PortRule, b: &PortRule) -> String {
         _ => "tcp",
     };
     format!("{vip}, {ports}, {proto}")
+}
+
+/// Whether `name` can be a group name: 1 to [`MAX_GROUP_NAME`] characters,
+/// a letter or `_` first, then letters, digits, `_`, `-` or `.` (the
+/// portable set `groupadd` accepts). Whether the group exists is the
+/// engine's to check when it starts.
+fn check_group_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if name.len() > MAX_GROUP_NAME || !first_ok || !rest_ok {
+        return Err(format!(
+            "{name:?} is not a group name: 1 to {MAX_GROUP_NAME} characters, a letter or `_` \
+             first, then letters, digits, `_`, `-` or `.`"
+        ));
+    }
+    Ok(())
 }

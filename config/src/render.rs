@@ -105,6 +105,12 @@ pub(crate) fn render(c: &Config) -> String {
     let _ = writeln!(out, "xdp_pass = {}", io.xdp_pass);
     let _ = writeln!(out, "xdp_zero_copy = {}", io.xdp_zero_copy);
 
+    // No group (root only) has no TOML spelling but absence.
+    if let Some(group) = &c.admin.group {
+        let _ = writeln!(out, "\n[admin]");
+        let _ = writeln!(out, "group = {}", quote(group));
+    }
+
     for host in &c.hosts {
         let _ = writeln!(out, "\n[[host]]");
         let _ = writeln!(out, "id = {}", host.id);

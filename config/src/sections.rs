@@ -66,6 +66,18 @@ pub const EXTENDED_AFFINITY_RANGE: RangeInclusive<i64> = 0..=86_400;
 /// Longest Linux interface name (`IFNAMSIZ` - 1).
 pub const MAX_INTERFACE_NAME: usize = 15;
 
+/// Longest accepted `admin.group` (the usual `LOGIN_NAME_MAX`-bound 32).
+pub const MAX_GROUP_NAME: usize = 32;
+
+/// `[admin]`: who may use the admin socket besides root.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminSection {
+    /// A group whose members may use the admin socket (its mode becomes
+    /// 0660 with this group); `None`: root only (mode 0600). The name is
+    /// checked here; the engine resolves it when it starts.
+    pub group: Option<String>,
+}
+
 /// `[cluster]`: what every host must agree on about the cluster itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSection {

@@ -131,6 +131,8 @@ fn defaults_are_nlbs() {
     assert_eq!(c.heartbeat.period_ms, 1000);
     assert_eq!(c.heartbeat.tolerance, 5);
     assert_eq!(c.heartbeat.converge_periods, 3);
+    // The admin socket is root's alone unless a group is named.
+    assert_eq!(c.admin.group, None);
     // NLB: 512 descriptors per allocation x 512 allocations.
     assert_eq!(c.descriptors.capacity, 262_144);
     assert_eq!(c.descriptors.tcp_idle_timeout_s, 3600);
@@ -318,6 +320,8 @@ delivery = "veth"
 xdp_fast_path = false
 xdp_pass = false
 xdp_zero_copy = true
+[admin]
+group = "shoal-admins"
 [[host]]
 id = 64
 interface = "enp1s0f1"
@@ -349,6 +353,7 @@ mode = "disabled"
     assert!(!c.io.xdp_fast_path);
     assert!(!c.io.xdp_pass);
     assert!(c.io.xdp_zero_copy);
+    assert_eq!(c.admin.group.as_deref(), Some("shoal-admins"));
     assert_round_trip(&c);
 }
 
