@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -457,6 +457,24 @@ fn with_cluster(mut json: serde_json::Value, c: Option<&ControlLoop>) -> serde_j
     json
 }
 
+/// Who may use the admin socket: root, and the members of `[admin] group`,
+/// resolved now.
+fn admission(config: &Config) -> Result<crate::control::Admission> {
+    let group = match &config.admin.group {
+        None => None,
+        Some(name) => match crate::sys::peer::group_id(name) {
+            Ok(Some(gid)) => Some((name.clone(), gid)),
+            Ok(None) => bail!(
+                "{}: [admin] group = {name:?}: no such group on this host (create it with \
+                 `groupadd {name}`, or remove the key to allow root only)",
+                config.source.display()
+            ),
+            Err(e) => bail!("looking up [admin] group {name:?}: {e}"),
+        },
+    };
+    Ok(crate::control::Admission { group })
+}
+
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -577,13 +595,17 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     control.report_membership();
     let mut last_report = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(2);
+    let admin_counters = Arc::new(crate::control::AdminCounters::default());
     let write_stats = |control: &Responder, clustered: Option<&ControlLoop>| -> Result<()> {
         if let Some(path) = &args.stats {
             let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-            let json = with_cluster(
+            let mut json = with_cluster(
                 counters_json(local, &backend_name, &snapshot, control, guard.as_ref()),
                 clustered,
             );
+            if clustered.is_some() {
+                json["admin"] = admin_counters.to_json();
+            }
             let tmp = path.with_extension("tmp");
             if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
                 let _ = std::fs::rename(&tmp, path);
@@ -627,13 +649,21 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         ccfg.converge_periods = config.heartbeat.converge_periods;
         let machine = shoal_controlplane::Machine::new(ccfg, spec.clone(), 0);
         let (admin_tx, admin_rx) = sync_channel(16);
-        let admin_stop = Arc::new(AtomicBool::new(false));
         let socket = args
             .admin_socket
             .clone()
             .unwrap_or_else(|| crate::control::default_socket(local.get()));
-        let admin_thread = crate::control::serve_admin(&socket, admin_tx, admin_stop.clone())
-            .with_context(|| format!("admin socket {}", socket.display()))?;
+        let admin = crate::control::AdminServer::spawn(
+            crate::control::AdminOptions {
+                socket: socket.clone(),
+                config: config.source.clone(),
+                admission: admission(&config)?,
+                limits: crate::control::Limits::default(),
+            },
+            admin_tx,
+            admin_counters.clone(),
+        )
+        .with_context(|| format!("admin socket {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), period_ms = config.heartbeat.period_ms, tolerance = config.heartbeat.tolerance, "control plane running");
         let mut c = ControlLoop::new(
             machine,
@@ -641,7 +671,6 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             stats.clone(),
             outbound.clone(),
             control,
-            config.source.clone(),
         );
         c.set_running_config(config.clone());
         c.run(&control_rx, &admin_rx, &STOP, |c| {
@@ -656,8 +685,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 }
             }
         });
-        admin_stop.store(true, Ordering::SeqCst);
-        let _ = admin_thread.join();
+        admin.shut_down();
         clustered = Some(c);
     }
     STOP.store(true, Ordering::SeqCst);

@@ -26,15 +26,18 @@
 //! stale compile is discarded. A loop that does not acknowledge within
 //! [`INSTALL_TIMEOUT`] is logged; it delays convergence, never safety.
 //!
-//! `stop` and `suspend` still wait (at most [`INSTALL_TIMEOUT`]) for every
-//! loop to drop its tracked connections before the heartbeat that says so
-//! leaves: that wait is a fresh table, not a compile, and is short.
+//! `stop` and `suspend` make every loop drop its tracked connections
+//! before the bound that says so is advertised; that too is waited for
+//! without blocking: until every loop has a fresh table (at most
+//! [`INSTALL_TIMEOUT`]), the install stays pending and the machine hears no
+//! dirty groups, while heartbeats promising the previous bound keep
+//! leaving. No admin verb blocks this thread either: `reload`'s file is
+//! read on the admin socket's thread ([`super::admin::Call::Reload`]).
 //!
 //! Which view to install is the machine's to say, including when not to
 //! serve alone ([`shoal_controlplane::lone`]); this loop only installs.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -46,7 +49,7 @@ use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
 use shoal_dataplane::{HostId, MAX_RULES};
 
-use super::admin::AdminCall;
+use super::admin::{AdminCall, Call, Reload};
 use super::compiler::{CompileRequest, Compiler};
 use super::responder::Responder;
 use crate::handoff::{LoopStats, MapCell, Outbound};
@@ -74,16 +77,25 @@ pub struct ControlLoop {
     /// Heartbeats refused, by reason name.
     pub refused: std::collections::BTreeMap<String, u64>,
     last_period: Instant,
-    config_path: PathBuf,
     /// Builds maps off this thread.
     compiler: Compiler,
     /// The newest view asked for and not yet running in every loop.
     pending: Option<Pending>,
     /// `stop` / `suspend`: drop tracked connections when `pending` completes.
     reset_on_install: bool,
+    /// A reset asked of the poll loops and not yet done by all of them.
+    resetting: Option<ResetRequest>,
     /// The configuration in force, when known (see
     /// [`ControlLoop::set_running_config`]).
     running: Option<shoal_config::Config>,
+}
+
+/// A fresh descriptor table asked of every poll loop.
+#[derive(Debug)]
+struct ResetRequest {
+    /// Done when every loop's [`LoopStats::resets`] reaches it.
+    wanted: u64,
+    since: Instant,
 }
 
 /// An install in progress.
@@ -118,7 +130,6 @@ impl ControlLoop {
         loops: Vec<Arc<Mutex<LoopStats>>>,
         outbound: Arc<Outbound>,
         responder: Responder,
-        config_path: PathBuf,
     ) -> Self {
         let local = machine.host();
         Self {
@@ -133,10 +144,10 @@ impl ControlLoop {
             sent: 0,
             refused: Default::default(),
             last_period: Instant::now(),
-            config_path,
             compiler: Compiler::spawn(),
             pending: None,
             reset_on_install: false,
+            resetting: None,
             running: None,
         }
     }
@@ -174,19 +185,18 @@ impl ControlLoop {
         }
     }
 
-    /// An admin request: `reload` reads the configuration file (see
-    /// [`super::admin::reload`]); the machine answers every other verb.
+    /// An admin verb: the machine answers (`reload` comes with its file
+    /// read, through [`ControlLoop::handle_reload`]).
     pub fn handle_admin(&mut self, req: &Request) -> Response {
         let now = self.now();
-        if *req == Request::Reload {
-            return super::admin::reload(
-                &self.config_path,
-                &mut self.running,
-                &mut self.machine,
-                now,
-            );
-        }
         self.machine.handle_admin(req, now)
+    }
+
+    /// `reload`, with the configuration already read off this thread (see
+    /// [`super::admin::apply_reload`]).
+    pub fn handle_reload(&mut self, reload: Reload) -> Response {
+        let now = self.now();
+        super::admin::apply_reload(reload, &mut self.running, &mut self.machine, now)
     }
 
     /// Timers, events, map installs, dirty and load reports, heartbeats.
@@ -227,7 +237,7 @@ impl ControlLoop {
                     if self.pending.is_some() {
                         self.reset_on_install = true;
                     } else {
-                        self.reset_descriptors();
+                        self.request_reset();
                     }
                 }
                 Event::DirtyElsewhereChanged => self.refresh_dirty_elsewhere(),
@@ -343,13 +353,20 @@ impl ControlLoop {
             }
             return;
         }
+        if std::mem::take(&mut self.reset_on_install) {
+            self.request_reset();
+        }
+        // The bound this install realises is advertised only once every
+        // loop has dropped what it tracked (see the module docs).
+        if !self.reset_done() {
+            return;
+        }
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
         let took_us = pending.since.elapsed().as_micros() as u64;
         let (compiled_us, published_us) = pending.timings;
         let members = pending.members;
-        self.pending = None;
-        if std::mem::take(&mut self.reset_on_install) {
-            self.reset_descriptors();
-        }
         let dirty = self.dirty_union();
         self.machine.handle_dirty(epoch, &dirty, self.now());
         let current = self.cell.current();
@@ -374,26 +391,35 @@ impl ControlLoop {
         self.responder.announce(&self.cell.current());
     }
 
-    /// Gives every poll loop a fresh descriptor table and waits until each
-    /// has one (each loop checks once per iteration, so this takes about a
-    /// batch; at most [`INSTALL_TIMEOUT`]). Called on `stop` / `suspend`
+    /// Asks every poll loop for a fresh descriptor table, without waiting
+    /// (each loop checks once per iteration, so this takes about a batch;
+    /// [`ControlLoop::reset_done`] says when). Called on `stop` / `suspend`
     /// once the map that takes nothing runs, before its dirty groups go to
     /// the machine: the other hosts adopt a view without this host only
     /// after it advertises that bound, and by then no loop serves a
     /// connection it tracked.
-    pub fn reset_descriptors(&mut self) -> bool {
-        let started = Instant::now();
-        let wanted = self.cell.request_reset();
-        loop {
-            if self.loops.iter().all(|l| l.lock().resets >= wanted) {
-                return true;
-            }
-            if started.elapsed() > INSTALL_TIMEOUT {
-                tracing::warn!("a poll loop did not drop its tracked connections in time");
+    fn request_reset(&mut self) {
+        self.resetting = Some(ResetRequest {
+            wanted: self.cell.request_reset(),
+            since: Instant::now(),
+        });
+    }
+
+    /// Whether no reset is outstanding: every loop carried out the last
+    /// one, or it has waited [`INSTALL_TIMEOUT`] (logged, and given up
+    /// on, so that a stuck loop delays a `stop` by a bounded time).
+    fn reset_done(&mut self) -> bool {
+        let Some(r) = &self.resetting else {
+            return true;
+        };
+        if !self.loops.iter().all(|l| l.lock().resets >= r.wanted) {
+            if r.since.elapsed() <= INSTALL_TIMEOUT {
                 return false;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            tracing::warn!("a poll loop did not drop its tracked connections in time");
         }
+        self.resetting = None;
+        true
     }
 
     fn refresh_dirty_elsewhere(&mut self) {
@@ -420,7 +446,10 @@ impl ControlLoop {
     /// Once per period: the loops' dirty groups and live descriptors per rule.
     fn report_dataplane(&mut self) {
         let now = self.now();
-        if self.epoch > 0 && self.loops.iter().all(|l| l.lock().epoch >= self.epoch) {
+        if self.epoch > 0
+            && self.reset_done()
+            && self.loops.iter().all(|l| l.lock().epoch >= self.epoch)
+        {
             let dirty = self.dirty_union();
             self.machine.handle_dirty(self.epoch, &dirty, now);
         }
@@ -459,8 +488,12 @@ impl ControlLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while let Ok((req, reply)) = admin.try_recv() {
-                let resp = self.handle_admin(&req);
+            while let Ok((call, reply)) = admin.try_recv() {
+                let resp = match call {
+                    Call::Verb(req) => self.handle_admin(&req),
+                    Call::Reload(reload) => self.handle_reload(*reload),
+                };
+                // The reply channel holds one answer: this never blocks.
                 let _ = reply.send(resp);
             }
             self.step();
@@ -554,7 +587,6 @@ mod tests {
             vec![stats.clone()],
             outbound.clone(),
             responder,
-            PathBuf::from("/nonexistent"),
         )
     }
 
@@ -665,7 +697,6 @@ mod tests {
         let stats = Arc::new(Mutex::new(LoopStats::default()));
         let machine = Machine::new(Config::new(local, [9; 32], 1), spec, 0);
         let mut c = clustered(machine, &cell, &stats, &outbound);
-        c.config_path = path.clone();
         c.set_running_config(config);
 
         let edited = |from: &str, to: &str| {
@@ -676,7 +707,7 @@ mod tests {
             "key_file = \"cluster.key\"",
             "key_file = \"cluster.key\"\nipv6_network_prefix = 48\n\n[heartbeat]\nperiod_ms = 100",
         );
-        let r = c.handle_admin(&Request::Reload);
+        let r = c.handle_reload(Reload::read(&path));
         assert_eq!(r.code, ReturnCode::BadParams, "{r:?}");
         assert!(
             r.message
@@ -685,13 +716,100 @@ mod tests {
             r.message
         );
         edited("vips = [\"10.0.0.100\"]", "vips = [\"10.0.0.101\"]");
-        let r = c.handle_admin(&Request::Reload);
+        let r = c.handle_reload(Reload::read(&path));
         assert!(r.message.contains("cluster.vips"), "{}", r.message);
         // A rule change is what reload is for.
         edited("affinity = \"single\"", "affinity = \"none\"");
-        let r = c.handle_admin(&Request::Reload);
+        let r = c.handle_reload(Reload::read(&path));
         assert_eq!(r.code, ReturnCode::Ok, "{r:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `stop` and `suspend` with a poll loop slow to drop its tracked
+    /// connections: heartbeats keep their 50 ms period meanwhile, and the
+    /// stop completes (the machine hears the new map's dirty groups) only
+    /// once the loop has a fresh table.
+    #[test]
+    fn a_slow_reset_does_not_hold_heartbeats_back() {
+        const PERIOD: Duration = Duration::from_millis(50);
+        let spec = web_spec();
+        let local = HostId::new(1).unwrap();
+        let view = View::converged(&spec, HostSet::from_iter([local]));
+        let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
+            &spec, &view, local, 1,
+        ))));
+        let outbound = Arc::new(Outbound::default());
+        let stats = Arc::new(Mutex::new(LoopStats::default()));
+        // A poll loop that runs every map at once but drops its tracked
+        // connections only when `release` says so.
+        let release = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let loop_thread = {
+            let (cell, stats, release, done) =
+                (cell.clone(), stats.clone(), release.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if let Some((seq, m)) = cell.newer_than(seen) {
+                        seen = seq;
+                        stats.lock().epoch = m.epoch;
+                    }
+                    if release.load(Ordering::Relaxed) {
+                        stats.lock().resets = cell.resets();
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let mut cfg = Config::new(local, [9; 32], 1);
+        cfg.period_ns = PERIOD.as_nanos() as u64;
+        let machine = Machine::new(cfg, spec, 0);
+        let mut c = clustered(machine, &cell, &stats, &outbound);
+        // Run until converged alone (a few periods).
+        let t = Instant::now();
+        while !matches!(c.machine.state(), HostState::Converged) || c.pending.is_some() {
+            assert!(t.elapsed() < Duration::from_secs(10), "never converged");
+            c.step();
+            outbound.take();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        for verb in [Request::Stop, Request::Start, Request::Suspend] {
+            release.store(false, Ordering::Relaxed);
+            let _ = c.handle_admin(&verb);
+            let mut last = Instant::now();
+            let mut worst = Duration::ZERO;
+            let t = Instant::now();
+            while t.elapsed() < 8 * PERIOD {
+                c.step();
+                if outbound.take().is_some() {
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            worst = worst.max(last.elapsed());
+            assert!(
+                worst < 2 * PERIOD,
+                "{verb:?}: heartbeats gapped {worst:?} at a {PERIOD:?} period"
+            );
+            if verb != Request::Start {
+                assert!(
+                    c.pending.is_some() || c.resetting.is_some(),
+                    "{verb:?}: completed before the loop dropped its connections"
+                );
+            }
+            release.store(true, Ordering::Relaxed);
+            let t = Instant::now();
+            while c.pending.is_some() || c.resetting.is_some() {
+                assert!(t.elapsed() < INSTALL_TIMEOUT, "{verb:?}: never completed");
+                c.step();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(stats.lock().resets, cell.resets(), "{verb:?}");
+        }
+        done.store(true, Ordering::Relaxed);
+        loop_thread.join().unwrap();
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! # Rooms
 //!
-//! - [`admin`]: the admin socket (listener, one request per connection,
-//!   and the client side the `shoal` verbs use).
+//! - [`admin`]: the admin socket (listener, peer admission, one request
+//!   per connection on its own thread, and the client side the `shoal`
+//!   verbs use).
 //! - [`responder`]: the neighbour duties (ARP, ND, gratuitous ARP, IGMP),
 //!   with or without a control plane.
 //! - [`control_loop`]: [`ControlLoop`], the loop that drives the control
@@ -20,6 +21,8 @@ mod compiler;
 pub mod control_loop;
 pub mod responder;
 
-pub use admin::{call, default_socket, serve_admin, AdminCall};
+pub use admin::{
+    call, default_socket, AdminCall, AdminCounters, AdminOptions, AdminServer, Admission, Limits,
+};
 pub use control_loop::{ControlLoop, INSTALL_TIMEOUT};
 pub use responder::{Responder, IGMP_REPORT_INTERVAL};

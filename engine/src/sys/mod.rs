@@ -24,6 +24,7 @@ pub mod bpf;
 pub mod host;
 pub mod netns;
 pub mod packet;
+pub mod peer;
 pub mod sched;
 pub mod signal;
 pub mod tap;

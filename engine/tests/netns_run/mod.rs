@@ -104,12 +104,31 @@ impl Lab {
     /// `config` in the host namespace, with `env` set, and waits for its
     /// first counters.
     pub fn start(&self, config: &Path, backend: &str, env: &[&str]) -> Child {
+        self.launch(config, backend, env, &["--static-view"])
+    }
+
+    /// Starts `shoal run --host 1 --backend BACKEND` with the control plane
+    /// on `config`, its admin socket at [`Lab::admin_socket`], and waits for
+    /// its first counters.
+    pub fn start_clustered(&self, config: &Path, backend: &str) -> Child {
+        let socket = self.admin_socket();
+        let socket = socket.to_str().unwrap();
+        self.launch(config, backend, &[], &["--admin-socket", socket])
+    }
+
+    /// The admin socket of a shoal started by [`Lab::start_clustered`].
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin").join("host1.sock")
+    }
+
+    fn launch(&self, config: &Path, backend: &str, env: &[&str], extra: &[&str]) -> Child {
         let _ = std::fs::remove_file(self.stats_path());
         let mut shoal = Command::new("ip")
             .args(["netns", "exec", &self.host, "env"])
             .args(env)
             .arg(env!("CARGO_BIN_EXE_shoal"))
-            .args(["run", "--static-view", "--host", "1", "--backend", backend])
+            .args(["run", "--host", "1", "--backend", backend])
+            .args(extra)
             .arg("--config")
             .arg(config)
             .arg("--stats")
