@@ -17,7 +17,8 @@
 //! and a test double is named `Fake`: `bpf::fake::Fake`, shared by the unit
 //! tests of several callers, lives here; the others live beside the one test
 //! module that scripts them. The remaining modules ([`xsk`], [`netns`],
-//! [`sched`], [`signal`], [`wake`]) are plain safe wrappers with no fake.
+//! [`peer`], [`sched`], [`signal`], [`wake`]) are plain safe wrappers with
+//! no fake.
 #![allow(unsafe_code)]
 
 pub mod bpf;
