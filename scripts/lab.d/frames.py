@@ -49,9 +49,13 @@ frames for the cluster, and captured heartbeats replayed, forged and cut.
   ``declared_oversized`` (the payload length field says 1600) and
   ``padded`` (non-zero bytes after the declared payload, up to 1500).
   Prints JSON with the frames sent.
-* ``hb-record --host H --out FILE [--seconds S]``: writes every heartbeat
-  from host H seen for S seconds to FILE (each frame after a 2-byte
-  big-endian length); prints JSON with the count.
+* ``hb-record --host H --out FILE [--seconds S] [--until-file F
+  --replay-seconds R]``: writes every heartbeat from host H seen for S
+  seconds (or until file F exists) to FILE (each frame after a 2-byte
+  big-endian length); with ``--replay-seconds``, then at once sends the
+  recorded frames back, in order, round robin, every 20 ms for R seconds
+  (no process start between the trigger and the first replay); prints
+  JSON with the counts.
 * ``hb-replay --frames FILE [--seconds S] [--gap G]``: sends the recorded
   frames in order, round robin, one every G seconds for S seconds; prints
   JSON with the frames sent.
@@ -62,6 +66,7 @@ Only the Python standard library is used.
 """
 
 import argparse
+import os
 import json
 import socket
 import struct
@@ -574,6 +579,8 @@ def cmd_hb_record(args):
     end = time.monotonic() + args.seconds
     frames = []
     while time.monotonic() < end:
+        if args.until_file and os.path.exists(args.until_file):
+            break
         try:
             frame, addr = sock.recvfrom(65535)
         except socket.timeout:
@@ -583,11 +590,24 @@ def cmd_hb_record(args):
         if struct.unpack("!H", frame[12:14])[0] != ETHERTYPE_HEARTBEAT or frame[14 + HB_HOST_OFFSET] != args.host:
             continue
         frames.append(frame)
+    sent = 0
+    errors = []
+    if args.replay_seconds and frames:
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        out.bind((args.interface, 0))
+        stop = time.monotonic() + args.replay_seconds
+        while time.monotonic() < stop:
+            try:
+                out.send(frames[sent % len(frames)])
+                sent += 1
+            except OSError as err:
+                errors.append(str(err))
+            time.sleep(0.02)
     with open(args.out, "wb") as f:
         for frame in frames:
             f.write(struct.pack("!H", len(frame)) + frame)
-    print(json.dumps({"recorded": len(frames), "host": args.host}))
-    return 0 if frames else 1
+    print(json.dumps({"recorded": len(frames), "host": args.host, "sent": sent, "errors": errors[:3]}))
+    return 0 if frames and not errors else 1
 
 
 def cmd_hb_replay(args):
@@ -731,6 +751,8 @@ def main():
     p.add_argument("--host", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--until-file")
+    p.add_argument("--replay-seconds", type=float, default=0.0)
     p.add_argument("--interface", default="eth0")
     p.set_defaults(func=cmd_hb_record)
     p = sub.add_parser("hb-replay")
