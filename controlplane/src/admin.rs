@@ -333,6 +333,12 @@ pub struct QueryReport {
     pub stepped_back_duplicate_id: bool,
     /// Duration of the last convergence, ns.
     pub last_convergence_ns: Option<u64>,
+    /// Why this host holds back from serving alone, while it does: the
+    /// claimed sender (host ID and source MAC, unauthenticated) of the
+    /// heartbeats failing authentication and how many it sent (see
+    /// [`crate::lone`]).
+    #[serde(default)]
+    pub blocked_reason: Option<String>,
     /// Heartbeat counters.
     pub counters: MembershipCounters,
 }
@@ -520,6 +526,7 @@ impl Machine {
             duplicate_id: self.membership.sees_duplicate(now),
             stepped_back_duplicate_id: self.standing() == Standing::DuplicateId,
             last_convergence_ns: self.last_convergence_ns,
+            blocked_reason: self.lone_view_withheld_because().map(|w| w.to_string()),
             counters: self.counters().clone(),
         }
     }
@@ -596,7 +603,12 @@ impl Machine {
         let resp = match req {
             Request::Query => {
                 let q = self.query_report(now);
-                Response::new(self.state_code(), format!("host {} {:?}", q.host, q.state), Body::Query(q))
+                let mut msg = format!("host {} {:?}", q.host, q.state);
+                if let Some(why) = &q.blocked_reason {
+                    msg.push_str("; ");
+                    msg.push_str(why);
+                }
+                Response::new(self.state_code(), msg, Body::Query(q))
             }
             Request::Queryport { scope } => {
                 let mask = self.rules_in(*scope);

@@ -98,10 +98,10 @@ use shoal_dataplane::map::{GroupBits, View};
 use shoal_dataplane::{ClusterSpec, HostId, HostSet, MAX_HOSTS, MAX_RULES};
 
 use crate::heartbeat::{
-    digest64, rule_fingerprint, ClusterAuth, DirtyPager, Heartbeat, HeartbeatError, HostState,
-    Phase, MAX_FRAME,
+    digest64, rule_fingerprint, ClaimedSender, ClusterAuth, DirtyPager, Heartbeat, HeartbeatError,
+    HostState, Phase, MAX_FRAME,
 };
-use crate::lone::{LoneGuard, Screened, MIN_SUSPICION_NS};
+use crate::lone::{LoneGuard, Screened, Suspicion, MIN_SUSPICION_NS};
 use crate::membership::{Membership, MembershipCounters, Notice, Standing};
 
 /// Nanoseconds per second.
@@ -114,8 +114,16 @@ pub struct Config {
     pub host: HostId,
     /// The 32-byte cluster key.
     pub key: [u8; 32],
-    /// Boot id: wall-clock start time in ns (a restart must compare higher).
+    /// Boot counter: must be higher at every start of the host than at any
+    /// start before (the engine keeps it across restarts), or a restarted
+    /// host's heartbeats are refused as replays until peers forget it.
     pub boot_id: u64,
+    /// Wall-clock time minus the monotonic `now` passed to the machine, ns:
+    /// heartbeats carry `now + wall_offset_ns` as their send time (moved
+    /// forward to faster peers' clocks, see [`crate::membership`]). 0 makes
+    /// the monotonic clock the wall clock, which hosts driven by one
+    /// simulated clock share.
+    pub wall_offset_ns: i64,
     /// Heartbeat period, ns (NLB's AliveMsgPeriod; default 1 s).
     pub period_ns: u64,
     /// Missed periods before a host is dead (AliveMsgTolerance; default 5).
@@ -133,6 +141,7 @@ impl Config {
             host,
             key,
             boot_id,
+            wall_offset_ns: 0,
             period_ns: SEC,
             tolerance: 5,
             converge_periods: 3,
@@ -176,6 +185,9 @@ pub enum Event {
     LoneViewWithheld {
         /// The epoch of the withheld view.
         epoch: u64,
+        /// The stream of heartbeats failing authentication that made the
+        /// guard suspect.
+        why: Suspicion,
     },
     /// No heartbeat has failed authentication for the suspicion window: the
     /// withheld lone view follows in an [`Event::EffectiveViewChanged`].
@@ -200,6 +212,15 @@ pub enum Event {
     HostDown(HostId),
     /// A peer restarted (new boot id).
     HostRestarted(HostId),
+    /// This host's heartbeat clock was `behind_ns` behind `host`'s
+    /// authenticated send time and has moved forward to it (see
+    /// [`crate::membership`]): the host's wall clock is off, fix NTP.
+    ClockBehind {
+        /// The peer with the faster clock.
+        host: HostId,
+        /// By how much this host's clock was behind, ns.
+        behind_ns: u64,
+    },
     /// A heartbeat was refused (rate-limited per reason).
     Rejected(HeartbeatError),
     /// Two hosts use this ID; it is kept out of the view.
@@ -408,10 +429,17 @@ impl Machine {
         }
         let auth = ClusterAuth::new(cfg.key, &spec);
         let fingerprint = rule_fingerprint(&spec);
-        let membership = Membership::new(cfg.host, cfg.boot_id, cfg.tolerance, cfg.period_ns, now);
+        let membership = Membership::new(
+            cfg.host,
+            cfg.boot_id,
+            cfg.wall_offset_ns,
+            cfg.tolerance,
+            cfg.period_ns,
+            now,
+        );
         let empty = empty_view(rules);
         let proposal_digest = view_digest(fingerprint, &empty);
-        let lone = LoneGuard::new(cfg.host, cfg.suspicion_ns());
+        let lone = LoneGuard::new(cfg.host, cfg.suspicion_ns(), cfg.period_ns);
         Self {
             cfg,
             spec,
@@ -538,6 +566,12 @@ impl Machine {
         self.lone.withholds()
     }
 
+    /// Why a lone view is withheld, while one is: the claimed sender of the
+    /// heartbeats failing authentication and how many it sent.
+    pub fn lone_view_withheld_because(&self) -> Option<Suspicion> {
+        self.lone.withheld_because()
+    }
+
     /// Whether the local host is outvoted or duplicated.
     pub fn standing(&self) -> Standing {
         self.standing
@@ -581,7 +615,9 @@ impl Machine {
     pub fn handle_heartbeat(&mut self, frame: &[u8], now: u64) -> Result<(), HeartbeatError> {
         let r = self.membership.handle_frame(frame, &self.auth, now);
         if matches!(r, Err(HeartbeatError::BadMac)) {
-            self.lone.handle_bad_mac(now);
+            if let Some(sender) = ClaimedSender::of(frame) {
+                self.lone.handle_bad_mac(sender, now);
+            }
         }
         self.update(now);
         r.map(|_| ())
@@ -723,6 +759,7 @@ impl Machine {
             rule_count: rules as u8,
             boot: self.cfg.boot_id,
             seq: self.seq,
+            sent: self.membership.clock(now),
             base_period_us: (self.cfg.period_ns / 1000).clamp(1, u32::MAX as u64) as u32,
             period_us: (self.period_in_use() / 1000).clamp(1, u32::MAX as u64) as u32,
             hears: self.membership.fresh(now),
@@ -817,7 +854,10 @@ impl Machine {
             Screened::Install => self.effective.clone(),
             Screened::Withhold { instead, first } => {
                 if first {
-                    self.events.push_back(Event::LoneViewWithheld { epoch });
+                    if let Some(why) = self.lone.withheld_because() {
+                        self.events
+                            .push_back(Event::LoneViewWithheld { epoch, why });
+                    }
                 }
                 instead
             }
@@ -914,6 +954,7 @@ impl Machine {
                     Event::HostDown(h)
                 }
                 Notice::Restarted(h) => Event::HostRestarted(h),
+                Notice::ClockBehind { host, behind_ns } => Event::ClockBehind { host, behind_ns },
                 Notice::Rejected(e) => Event::Rejected(e),
                 Notice::DuplicateId(h) => Event::DuplicateId(h),
                 Notice::RuleMismatch { host, fingerprint } => {

@@ -16,7 +16,7 @@
 //! payload (all integers big-endian):
 //!   off len field
 //!     0   2 magic 0x5348 ("SH")
-//!     2   1 version (1)
+//!     2   1 version (2)
 //!     3   1 flags (0; reserved)
 //!     4   2 payload length, tag included
 //!     6   2 reserved (0)
@@ -25,58 +25,71 @@
 //!    17   1 state (converging 1, converged 2, draining 3, stopped 4, suspended 5)
 //!    18   1 phase (idle 0, stable 1, agreeing 2, releasing 3)
 //!    19   1 rule count (0..=32)
-//!    20   8 boot id (wall-clock start time, ns)
+//!    20   8 boot counter (grows with every start of the host, kept across
+//!           restarts; see [`crate::membership`])
 //!    28   8 sequence number (per boot)
-//!    36   4 base period, µs
-//!    40   4 period in use, µs (halved while converging)
-//!    44   8 hears: hosts the sender hears (64-bit bitmap, bit id-1)
-//!    52   8 proposed: members of the view it proposes
-//!    60   8 proposal digest
-//!    68   8 adopted: members of the view it has adopted
-//!    76   8 adopted epoch
-//!    84   8 adopted digest
-//!    92   8 bound: digest of the view that bounds the buckets it takes new
+//!    36   8 send time: the sender's heartbeat clock, wall-clock ns
+//!    44   4 base period, µs
+//!    48   4 period in use, µs (halved while converging)
+//!    52   8 hears: hosts the sender hears (64-bit bitmap, bit id-1)
+//!    60   8 proposed: members of the view it proposes
+//!    68   8 proposal digest
+//!    76   8 adopted: members of the view it has adopted
+//!    84   8 adopted epoch
+//!    92   8 adopted digest
+//!   100   8 bound: digest of the view that bounds the buckets it takes new
 //!           connections in (0: it takes none)
-//!   100   8 rule fingerprint (rules without weights, see [`rule_fingerprint`])
-//!   108  32 load weight per rule (0 while draining or disabled)
-//!   140   4 disabled rules (bit per rule)
-//!   144   4 draining rules (bit per rule)
-//!   148   2 dirty generation
-//!   150   1 dirty page index
-//!   151   1 dirty page total (1..)
-//!   152   4 dirty rules: rules with any dirty group in this generation
-//!   156   1 dirty flags (bit 0: this generation is a subset of the previous)
-//!   157   1 dirty section count on this page
-//!   158   .. sections: rule u8, format u8 (0 list, 1 bitmap), count u16,
+//!   108   8 rule fingerprint (rules without weights, see [`rule_fingerprint`])
+//!   116  32 load weight per rule (0 while draining or disabled)
+//!   148   4 disabled rules (bit per rule)
+//!   152   4 draining rules (bit per rule)
+//!   156   2 dirty generation
+//!   158   1 dirty page index
+//!   159   1 dirty page total (1..)
+//!   160   4 dirty rules: rules with any dirty group in this generation
+//!   164   1 dirty flags (bit 0: this generation is a subset of the previous)
+//!   165   1 dirty section count on this page
+//!   166   .. sections: rule u8, format u8 (0 list, 1 bitmap), count u16,
 //!           then count × u16 group numbers (list) or 512 bytes (bitmap)
 //!   end-16 16 HMAC-SHA256(cluster key, payload[..end-16]) truncated to 16
 //! ```
 //!
 //! # Byte budget
 //!
-//! The fixed part is [`FIXED_PAYLOAD`] = 174 bytes (158 of fields, 16 of tag),
-//! so a frame without dirty groups is 188 bytes and fits any link, whatever
+//! The fixed part is [`FIXED_PAYLOAD`] = 182 bytes (166 of fields, 16 of tag),
+//! so a frame without dirty groups is 196 bytes and fits any link, whatever
 //! the host count (members travel as 64-bit bitmaps) and rule count (weights
 //! and flags have a slot for each of the 32 rules). A standard 1500-byte
-//! payload leaves [`DIRTY_BUDGET`] = 1326 bytes for dirty groups: a rule's
+//! payload leaves [`DIRTY_BUDGET`] = 1318 bytes for dirty groups: a rule's
 //! dirty groups travel as a sparse list (4 + 2n bytes) or, when denser than
 //! 254 groups, as a 4096-bit bitmap (516 bytes), whichever is smaller. That
-//! is up to 661 sparse groups, or two dense rules, per frame. When a
+//! is up to 657 sparse groups, or two dense rules, per frame. When a
 //! host's dirty set does not fit, [`DirtyPager`] splits it into pages sent
 //! on successive heartbeats with a generation, a page index and a total; a
 //! receiver ([`crate::membership`]) treats every rule named in the
 //! generation's rule mask as dirty everywhere until it holds every page of
 //! that generation. The worst case (32 dense rules) takes 16 pages.
 //!
+//! # Checks, cheapest first
+//!
+//! [`Heartbeat::decode`] refuses a frame at the first check it fails, and
+//! every check that needs no key comes before the HMAC: EtherType, magic,
+//! version, cluster id, declared length against the frame, then the host
+//! ID (1..=64), state, phase and rule count. Only a frame that passes them
+//! all costs an HMAC, and only a frame that fails nothing but the HMAC is
+//! [`HeartbeatError::BadMac`] (what the lone-host guard, [`crate::lone`],
+//! listens for). Each check has its own error, so receivers count which
+//! one refused the frame.
+//!
 //! # Authentication and replay
 //!
 //! The tag is HMAC-SHA256 over the whole payload before it, keyed with the
 //! 32-byte cluster key, truncated to 16 bytes and compared in constant time.
-//! It is checked before any field past the cluster id is interpreted.
-//! Replays are refused by [`ReplayGuard`]: receivers keep the last
-//! `(boot, seq)` per host and accept only strictly newer pairs; a restarted
-//! host uses its wall-clock start time as its new boot id, which compares
-//! higher than the old one.
+//! No field past the cheap header checks is interpreted before it verifies.
+//! Replays are refused by [`ReplayGuard`]: receivers keep the highest boot
+//! counter and its last sequence number per host and accept only strictly
+//! newer pairs; the send time bounds how long any frame stays usable at
+//! all (see [`crate::membership`]).
 //!
 //! Decoding never panics and never allocates more than the frame's own
 //! dirty sections; every failure is a typed [`HeartbeatError`].
@@ -96,7 +109,7 @@ pub const ETHERTYPE: u16 = 0x886f;
 /// First two payload bytes.
 pub const MAGIC: u16 = 0x5348;
 /// The payload version this module writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Ethernet header length (untagged).
 pub const ETH_HEADER: usize = 14;
 /// Largest payload: a standard 1500-byte MTU.
@@ -106,7 +119,7 @@ pub const MAX_FRAME: usize = ETH_HEADER + MAX_PAYLOAD;
 /// Length of the truncated HMAC tag.
 pub const TAG_LEN: usize = 16;
 /// Offset of the first dirty section in the payload.
-const SECTIONS: usize = 158;
+const SECTIONS: usize = 166;
 /// Payload bytes without any dirty section, tag included.
 pub const FIXED_PAYLOAD: usize = SECTIONS + TAG_LEN;
 /// Payload bytes left for dirty sections in one frame.
@@ -139,6 +152,10 @@ pub enum HeartbeatError {
     /// Another cluster's heartbeat (different VIP set).
     #[error("heartbeat of another cluster")]
     WrongCluster,
+    /// A header field checked before the tag holds an impossible value
+    /// (host ID outside 1..=64, unknown state or phase, more than 32 rules).
+    #[error("bad heartbeat header: {0}")]
+    BadHeader(&'static str),
     /// The tag does not verify under the cluster key: forged, corrupted or
     /// sent with another key.
     #[error("heartbeat authentication failed")]
@@ -146,9 +163,16 @@ pub enum HeartbeatError {
     /// Authenticated but structurally invalid.
     #[error("malformed heartbeat: {0}")]
     Malformed(&'static str),
-    /// Not newer than the last `(boot, seq)` accepted from that host.
-    #[error("replayed or stale heartbeat")]
+    /// Not newer than the last `(boot, seq)` accepted from that host, or
+    /// from a lower boot counter than the highest accepted from it.
+    #[error("replayed heartbeat")]
     Replayed,
+    /// Its send time lies further in the past than the clock skew allows.
+    #[error("stale heartbeat (send time too far in the past)")]
+    Stale,
+    /// Its send time lies further in the future than the clock skew allows.
+    #[error("heartbeat from the future (send time too far ahead)")]
+    Future,
     /// The buffer given to the encoder is too small.
     #[error("buffer too small for the heartbeat")]
     BufferTooSmall,
@@ -164,9 +188,12 @@ impl HeartbeatError {
             HeartbeatError::BadMagic => "bad_magic",
             HeartbeatError::BadVersion(_) => "bad_version",
             HeartbeatError::WrongCluster => "wrong_cluster",
+            HeartbeatError::BadHeader(_) => "bad_header",
             HeartbeatError::BadMac => "bad_mac",
             HeartbeatError::Malformed(_) => "malformed",
             HeartbeatError::Replayed => "replayed",
+            HeartbeatError::Stale => "stale",
+            HeartbeatError::Future => "future",
             HeartbeatError::BufferTooSmall => "buffer_too_small",
         }
     }
@@ -314,10 +341,13 @@ pub struct Heartbeat {
     pub phase: Phase,
     /// Rules in its spec.
     pub rule_count: u8,
-    /// Boot id: the sender's wall-clock start time in ns.
+    /// Boot counter: grows with every start of the sender, kept across
+    /// its restarts.
     pub boot: u64,
     /// Sequence number within the boot, increasing by one per heartbeat.
     pub seq: u64,
+    /// When it was sent: the sender's heartbeat clock, wall-clock ns.
+    pub sent: u64,
     /// The sender's configured period, µs.
     pub base_period_us: u32,
     /// The period it uses now, µs.
@@ -598,7 +628,7 @@ impl Heartbeat {
             self.phase as u8,
             self.rule_count,
         ]);
-        for v in [self.boot, self.seq] {
+        for v in [self.boot, self.seq, self.sent] {
             w.put(&v.to_be_bytes());
         }
         w.put(&self.base_period_us.to_be_bytes());
@@ -686,19 +716,21 @@ impl Heartbeat {
         }
         let payload = &payload[..declared];
         let (body, tag) = payload.split_at(declared - TAG_LEN);
+        // The fields a receiver can judge without the key, before the HMAC.
+        let mut r = Reader { buf: body, at: 16 };
+        let host = HostId::new(r.u8()?).ok_or(HeartbeatError::BadHeader("host id"))?;
+        let state = HostState::from_u8(r.u8()?).ok_or(HeartbeatError::BadHeader("state"))?;
+        let phase = Phase::from_u8(r.u8()?).ok_or(HeartbeatError::BadHeader("phase"))?;
+        let rule_count = r.u8()?;
+        if rule_count as usize > MAX_RULES {
+            return Err(HeartbeatError::BadHeader("rule count"));
+        }
         if !auth.verify(body, tag) {
             return Err(HeartbeatError::BadMac);
         }
-        let mut r = Reader { buf: body, at: 16 };
-        let host = HostId::new(r.u8()?).ok_or(HeartbeatError::Malformed("host id"))?;
-        let state = HostState::from_u8(r.u8()?).ok_or(HeartbeatError::Malformed("state"))?;
-        let phase = Phase::from_u8(r.u8()?).ok_or(HeartbeatError::Malformed("phase"))?;
-        let rule_count = r.u8()?;
-        if rule_count as usize > MAX_RULES {
-            return Err(HeartbeatError::Malformed("rule count"));
-        }
         let boot = r.u64()?;
         let seq = r.u64()?;
+        let sent = r.u64()?;
         let base_period_us = r.u32()?;
         let period_us = r.u32()?;
         if base_period_us == 0 || period_us == 0 {
@@ -771,6 +803,7 @@ impl Heartbeat {
             rule_count,
             boot,
             seq,
+            sent,
             base_period_us,
             period_us,
             hears,
@@ -817,27 +850,39 @@ fn payload_of(frame: &[u8]) -> Result<&[u8], HeartbeatError> {
     Err(HeartbeatError::NotHeartbeat)
 }
 
-/// Per-host replay protection: the last `(boot, seq)` accepted from each host.
+/// Per-host replay protection: the highest boot counter accepted from each
+/// host and the last sequence number of that boot.
 ///
 /// Each host ID has a *current* boot and at most one *rival* boot (a second
-/// boot id heard while the current one was alive, or the previous boot
-/// after a restart). A heartbeat is fresh when its sequence number is higher
-/// than the last one seen from its boot; a boot id never seen is fresh only
-/// when it is higher than the current one (a restarted host uses its
-/// wall-clock start time, which compares higher) or, when older, when it is
-/// plausible (a second live host that was there first). Everything else is
-/// [`HeartbeatError::Replayed`]. Whether a rival replaces the current boot
-/// (a restart) or is a second host with the same ID is
-/// [`crate::membership`]'s call: see [`ReplayGuard::promote`].
+/// boot heard while the current one was alive, or the previous boot after
+/// a restart). A heartbeat is fresh when its sequence number is higher than
+/// the last one seen from its boot. A boot never seen before is fresh when
+/// its counter is higher than the current one (a restart, or a second host
+/// that came later). A lower boot counter is refused as
+/// [`HeartbeatError::Replayed`] unless the frame was not sent before the current
+/// boot's first accepted frame: a host's previous run stopped before its
+/// current run started, so only a second live host (a duplicate ID) can
+/// send such a frame. Whether a rival replaces the current boot (a restart)
+/// or is a second host with the same ID is [`crate::membership`]'s call:
+/// see [`ReplayGuard::promote`].
 #[derive(Clone, Debug, Default)]
 pub struct ReplayGuard {
     last: Vec<Option<Boots>>,
 }
 
+/// One boot as the guard remembers it.
+#[derive(Clone, Copy, Debug)]
+struct Boot {
+    boot: u64,
+    seq: u64,
+    /// Send time of its first accepted frame.
+    first_sent: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Boots {
-    current: (u64, u64),
-    rival: Option<(u64, u64)>,
+    current: Boot,
+    rival: Option<Boot>,
 }
 
 /// How a heartbeat relates to what was heard from its host ID before.
@@ -848,9 +893,9 @@ pub enum Freshness {
     /// The current boot, newer sequence.
     Newer,
     /// Fresh from a boot other than the current one; `newer` when its boot
-    /// id is higher than the current boot's.
+    /// counter is higher than the current boot's.
     Rival {
-        /// Whether the rival boot id is higher than the current one.
+        /// Whether the rival boot counter is higher than the current one.
         newer: bool,
     },
 }
@@ -863,60 +908,62 @@ impl ReplayGuard {
         }
     }
 
-    /// Checks `(boot, seq)` from `host` and records it when fresh.
+    /// Checks `(boot, seq)` sent at `sent` from `host` and records it when
+    /// fresh (see the type's docs).
     ///
     /// # Errors
     /// [`HeartbeatError::Replayed`] when it is not newer than what that boot
-    /// sent before, or comes from an unknown boot older than the current.
-    ///
-    /// `plausible` says whether the sender's clock claim (boot id plus
-    /// sequence × period) reaches the receiver's present (see
-    /// [`crate::membership`]); a boot id never heard before is accepted only
-    /// when it is.
+    /// sent before, or comes from a lower boot counter than the current one
+    /// and was sent before the current boot's first accepted frame.
     pub fn check(
         &mut self,
         host: HostId,
         boot: u64,
         seq: u64,
-        plausible: bool,
+        sent: u64,
     ) -> Result<Freshness, HeartbeatError> {
         if self.last.len() < shoal_dataplane::MAX_HOSTS {
             self.last.resize(shoal_dataplane::MAX_HOSTS, None);
         }
+        let heard = Boot {
+            boot,
+            seq,
+            first_sent: sent,
+        };
         let slot = &mut self.last[host.index()];
         let Some(b) = slot else {
-            if !plausible {
-                return Err(HeartbeatError::Replayed);
-            }
             *slot = Some(Boots {
-                current: (boot, seq),
+                current: heard,
                 rival: None,
             });
             return Ok(Freshness::First);
         };
-        if boot == b.current.0 {
-            if seq > b.current.1 {
-                b.current.1 = seq;
+        if boot == b.current.boot {
+            if seq > b.current.seq {
+                b.current.seq = seq;
                 return Ok(Freshness::Newer);
             }
             return Err(HeartbeatError::Replayed);
         }
-        let newer = boot > b.current.0;
+        let newer = boot > b.current.boot;
+        if !newer && sent < b.current.first_sent {
+            return Err(HeartbeatError::Replayed);
+        }
         match &mut b.rival {
-            Some(r) if r.0 == boot => {
-                if seq > r.1 {
-                    r.1 = seq;
+            Some(r) if r.boot == boot => {
+                if seq > r.seq {
+                    r.seq = seq;
                     Ok(Freshness::Rival { newer })
                 } else {
                     Err(HeartbeatError::Replayed)
                 }
             }
-            Some(r) if plausible && (!newer || boot > r.0) => {
-                *r = (boot, seq);
+            Some(r) if !newer || boot > r.boot => {
+                *r = heard;
                 Ok(Freshness::Rival { newer })
             }
-            None if plausible => {
-                b.rival = Some((boot, seq));
+            None => {
+                b.rival = Some(heard);
                 Ok(Freshness::Rival { newer })
             }
             _ => Err(HeartbeatError::Replayed),
@@ -932,6 +979,37 @@ impl ReplayGuard {
                 b.current = r;
             }
         }
+    }
+}
+
+/// The claimed sender of a heartbeat frame: its host ID byte and source
+/// MAC, read without authentication (for reporting frames that fail it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimedSender {
+    /// The host ID the frame claims (1..=64 once the header checks pass).
+    pub host: u8,
+    /// The frame's Ethernet source address.
+    pub source: Mac,
+}
+
+impl fmt::Display for ClaimedSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "host {} from {}", self.host, self.source)
+    }
+}
+
+impl ClaimedSender {
+    /// The claimed sender of `frame`, when it is long enough to name one.
+    /// Nothing here is authenticated.
+    pub fn of(frame: &[u8]) -> Option<Self> {
+        let payload = payload_of(frame).ok()?;
+        let host = *payload.get(16)?;
+        let mut source = [0u8; 6];
+        source.copy_from_slice(frame.get(6..12)?);
+        Some(Self {
+            host,
+            source: Mac(source),
+        })
     }
 }
 

@@ -33,11 +33,32 @@
 //!   Bad tags and replays are counted by reason and reported as
 //!   [`Notice::Rejected`], at most once per reason per period so a flood
 //!   cannot flood the event queue.
-//! * **Old incarnations cannot be replayed to a fresh receiver.** A boot id
-//!   never heard before is accepted only when `boot + seq × period` (the
-//!   sender's clock claim: it sends at least once per period) comes within
-//!   [`MAX_CLOCK_SKEW_NS`] plus the tolerance window of the receiver's
-//!   wall clock (its own boot id plus its uptime).
+//! * **A captured heartbeat is worth nothing after a restart, and little
+//!   at all.** Every heartbeat carries, inside the authenticated body, its
+//!   boot counter (the engine keeps it across restarts and raises it at
+//!   every start) and its send time on the sender's heartbeat clock
+//!   ([`HeartbeatClock`]). A heartbeat whose send time is more than
+//!   [`MAX_CLOCK_SKEW_NS`] behind or ahead of the receiver's heartbeat
+//!   clock is refused ([`HeartbeatError::Stale`], [`HeartbeatError::Future`]),
+//!   so a captured frame stays usable for at most that long anywhere. A
+//!   heartbeat from a lower boot counter than the highest accepted from its
+//!   host is refused as [`HeartbeatError::Replayed`] unless it was sent
+//!   after that boot's first accepted heartbeat (see [`ReplayGuard`]): the
+//!   previous run of a restarted host stopped before its current run began,
+//!   so its frames can never pass, however soon after the restart they are
+//!   replayed; only a second live host with the same ID can.
+//! * **A host whose clock is behind (or ahead) still joins.** Hosts agree
+//!   on the fastest clock among them: a host that accepts or refuses, as
+//!   [`HeartbeatError::Future`], an authenticated heartbeat sent more than
+//!   [`CLOCK_FOLLOW_NS`] ahead of its own heartbeat clock moves that clock
+//!   forward to the heartbeat's send time and reports by how much
+//!   ([`Notice::ClockBehind`]: the engine logs it with a request to fix
+//!   NTP). Its next heartbeats carry the peers' time and are accepted. The
+//!   clock only ever moves forward, and only on frames that authenticate
+//!   (a replay carries a past time), so following it never makes an old
+//!   frame acceptable again. A host whose clock is wrong is thus refused
+//!   for one or two periods, as `stale` at its peers or `future` at itself,
+//!   then joins.
 //! * **Duplicate host IDs are refused and reported, and change no view.**
 //!   A heartbeat from a second boot id of a host whose current boot is still
 //!   live is a second host with that ID: the incumbent (the boot heard
@@ -95,12 +116,19 @@ pub struct MembershipCounters {
     pub bad_version: u64,
     /// Another cluster's.
     pub wrong_cluster: u64,
+    /// A header field checked before the tag holds an impossible value.
+    pub bad_header: u64,
     /// Failed authentication (wrong key or forged).
     pub bad_mac: u64,
     /// Authenticated but malformed.
     pub malformed: u64,
-    /// Replayed or stale.
+    /// Replayed: not newer than what its boot sent before, or from a boot
+    /// of its host older than the one heard.
     pub replayed: u64,
+    /// Sent more than the clock skew bound before the receiver's clock.
+    pub stale: u64,
+    /// Sent more than the clock skew bound after the receiver's clock.
+    pub future: u64,
     /// Heartbeats refused because a second host uses their sender's ID
     /// (this host's or a live peer's): the newcomer's when this host is
     /// the incumbent or a third party, the incumbent's when this host is
@@ -119,9 +147,12 @@ impl MembershipCounters {
             HeartbeatError::BadMagic => &mut self.bad_magic,
             HeartbeatError::BadVersion(_) => &mut self.bad_version,
             HeartbeatError::WrongCluster => &mut self.wrong_cluster,
+            HeartbeatError::BadHeader(_) => &mut self.bad_header,
             HeartbeatError::BadMac => &mut self.bad_mac,
             HeartbeatError::Malformed(_) | HeartbeatError::BufferTooSmall => &mut self.malformed,
             HeartbeatError::Replayed => &mut self.replayed,
+            HeartbeatError::Stale => &mut self.stale,
+            HeartbeatError::Future => &mut self.future,
         };
         *c += 1;
     }
@@ -140,6 +171,14 @@ pub enum Notice {
     Rejected(HeartbeatError),
     /// Two hosts use this ID (possibly the local one).
     DuplicateId(HostId),
+    /// This host's heartbeat clock was behind a peer's authenticated send
+    /// time by `behind_ns` and has moved forward to it.
+    ClockBehind {
+        /// The peer.
+        host: HostId,
+        /// By how much, ns.
+        behind_ns: u64,
+    },
     /// A host's rule fingerprint differs from the winning one.
     RuleMismatch {
         /// The host.
@@ -340,7 +379,10 @@ impl Peer {
 pub struct Membership {
     local: HostId,
     local_boot: u64,
-    started_at: u64,
+    clock: HeartbeatClock,
+    /// The local heartbeat clock when this run started: frames with the
+    /// local ID and an older boot sent before it are the previous run's.
+    local_started: u64,
     tolerance: u64,
     base_period_ns: u64,
     guard: ReplayGuard,
@@ -353,7 +395,7 @@ pub struct Membership {
     /// When a heartbeat showing a duplicated ID was last heard.
     duplicate_seen_at: Option<u64>,
     dirty_changed: bool,
-    rejected_reported: [u64; 10],
+    rejected_reported: [u64; ERROR_KINDS],
     notices: Vec<Notice>,
 }
 
@@ -369,28 +411,83 @@ fn error_index(e: HeartbeatError) -> usize {
         HeartbeatError::Malformed(_) => 7,
         HeartbeatError::Replayed => 8,
         HeartbeatError::BufferTooSmall => 9,
+        HeartbeatError::BadHeader(_) => 10,
+        HeartbeatError::Stale => 11,
+        HeartbeatError::Future => 12,
     }
 }
 
-/// How far (ns) a sender's clock may lag the receiver's before a heartbeat
-/// from a boot never heard before counts as a replay.
-pub const MAX_CLOCK_SKEW_NS: u64 = 30_000_000_000;
+const ERROR_KINDS: usize = 13;
+
+/// How far (ns) a heartbeat's send time may lie behind or ahead of the
+/// receiver's heartbeat clock: further and it is refused as
+/// [`HeartbeatError::Stale`] or [`HeartbeatError::Future`]. It covers the
+/// transit and queueing delay of a heartbeat and the error between clocks
+/// that [`HeartbeatClock`] has not absorbed yet (it absorbs anything above
+/// [`CLOCK_FOLLOW_NS`] with the first heartbeat from a faster peer); it is
+/// also the longest any captured heartbeat stays usable.
+pub const MAX_CLOCK_SKEW_NS: u64 = 2_000_000_000;
+
+/// How far (ns) a peer's authenticated send time must lie ahead of the
+/// local heartbeat clock before the local clock follows it and says so.
+pub const CLOCK_FOLLOW_NS: u64 = 100_000_000;
+
+/// The clock heartbeats are stamped with and judged by: wall-clock time
+/// (the monotonic `now` plus the offset the engine measured at start),
+/// moved forward, never back, to the fastest authenticated peer (see the
+/// module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct HeartbeatClock {
+    /// Wall-clock minus monotonic time, ns.
+    wall_offset_ns: i64,
+    /// How far ahead of the wall clock the peers' clocks have taken it.
+    ahead_ns: u64,
+}
+
+impl HeartbeatClock {
+    /// A clock reading `now + wall_offset_ns` (saturating at 0).
+    pub fn new(wall_offset_ns: i64) -> Self {
+        Self {
+            wall_offset_ns,
+            ahead_ns: 0,
+        }
+    }
+
+    /// The heartbeat clock at monotonic `now`.
+    pub fn at(&self, now: u64) -> u64 {
+        (now as i64).saturating_add(self.wall_offset_ns).max(0) as u64 + self.ahead_ns
+    }
+
+    /// Moves the clock forward to `sent` when that lies more than
+    /// [`CLOCK_FOLLOW_NS`] ahead of it at `now`; returns by how much.
+    pub fn follow(&mut self, sent: u64, now: u64) -> Option<u64> {
+        let behind = sent.checked_sub(self.at(now))?;
+        if behind <= CLOCK_FOLLOW_NS {
+            return None;
+        }
+        self.ahead_ns = self.ahead_ns.saturating_add(behind);
+        Some(behind)
+    }
+}
 
 impl Membership {
-    /// Records for `local` (booted at wall-clock `local_boot`, monotonic
-    /// `now`), declaring peers dead after `tolerance` missed periods of
-    /// `base_period_ns`.
+    /// Records for `local` (boot counter `local_boot`, started at monotonic
+    /// `now`, wall clock `now + wall_offset_ns`), declaring peers dead after
+    /// `tolerance` missed periods of `base_period_ns`.
     pub fn new(
         local: HostId,
         local_boot: u64,
+        wall_offset_ns: i64,
         tolerance: u32,
         base_period_ns: u64,
         now: u64,
     ) -> Self {
+        let clock = HeartbeatClock::new(wall_offset_ns);
         Self {
-            started_at: now,
             local,
             local_boot,
+            clock,
+            local_started: clock.at(now),
             tolerance: tolerance.max(1) as u64,
             base_period_ns: base_period_ns.max(1),
             guard: ReplayGuard::new(),
@@ -402,9 +499,15 @@ impl Membership {
             self_suspect_until: 0,
             duplicate_seen_at: None,
             dirty_changed: false,
-            rejected_reported: [0; 10],
+            rejected_reported: [0; ERROR_KINDS],
             notices: Vec::new(),
         }
+    }
+
+    /// The heartbeat clock at `now`: what the local heartbeats carry as
+    /// their send time.
+    pub fn clock(&self, now: u64) -> u64 {
+        self.clock.at(now)
     }
 
     /// Counters so far.
@@ -489,21 +592,36 @@ impl Membership {
             Ok(hb) => hb,
             Err(e) => return Err(self.reject(e, now)),
         };
-        // A live sender sends at least once per base period since its boot,
-        // so boot + seq × period reaches its present; a replay of an old
-        // incarnation falls short of ours.
-        let claimed = hb
-            .boot
-            .saturating_add(hb.seq.saturating_mul(hb.base_period_us as u64 * 1000));
-        let wall_now = self.local_boot + now.saturating_sub(self.started_at);
-        let plausible = claimed.saturating_add(MAX_CLOCK_SKEW_NS + self.window()) >= wall_now;
-        if hb.host == self.local {
-            if hb.boot == self.local_boot {
-                self.counters.own += 1;
-                return Ok(None);
+        if hb.host == self.local && hb.boot == self.local_boot {
+            self.counters.own += 1;
+            return Ok(None);
+        }
+        // Authenticated: a faster clock is followed (a replay carries a
+        // past time and cannot move it), then the send time is judged.
+        if let Some(behind_ns) = self.clock.follow(hb.sent, now) {
+            self.notices.push(Notice::ClockBehind {
+                host: hb.host,
+                behind_ns,
+            });
+            if behind_ns > MAX_CLOCK_SKEW_NS {
+                return Err(self.reject(HeartbeatError::Future, now));
             }
-            // Another host claims our ID with the cluster key.
-            if let Err(e) = self.guard.check(hb.host, hb.boot, hb.seq, plausible) {
+        }
+        let clock = self.clock.at(now);
+        if hb.sent.saturating_add(MAX_CLOCK_SKEW_NS) < clock {
+            return Err(self.reject(HeartbeatError::Stale, now));
+        }
+        if hb.sent > clock.saturating_add(MAX_CLOCK_SKEW_NS) {
+            return Err(self.reject(HeartbeatError::Future, now));
+        }
+        if hb.host == self.local {
+            // Another host claims our ID with the cluster key, or our
+            // previous run's frames are replayed: those were all sent
+            // before this run started.
+            if hb.boot < self.local_boot && hb.sent < self.local_started {
+                return Err(self.reject(HeartbeatError::Replayed, now));
+            }
+            if let Err(e) = self.guard.check(hb.host, hb.boot, hb.seq, hb.sent) {
                 return Err(self.reject(e, now));
             }
             self.count_duplicate(now);
@@ -533,7 +651,7 @@ impl Membership {
             }
             return Ok(None);
         }
-        let fresh = match self.guard.check(hb.host, hb.boot, hb.seq, plausible) {
+        let fresh = match self.guard.check(hb.host, hb.boot, hb.seq, hb.sent) {
             Ok(f) => f,
             Err(e) => return Err(self.reject(e, now)),
         };
@@ -925,6 +1043,7 @@ mod tests {
             rule_count: 1,
             boot,
             seq,
+            sent: seq * PERIOD,
             base_period_us: (PERIOD / 1000) as u32,
             period_us: (PERIOD / 1000) as u32,
             hears: HostSet::EMPTY,
@@ -960,7 +1079,7 @@ mod tests {
     #[test]
     fn refused_duplicate_boot_keeps_its_dirty_groups_honoured() {
         let auth = auth();
-        let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 3, PERIOD, 0);
+        let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 0, 3, PERIOD, 0);
         let (incumbent, rival) = (BOOT - 10 * PERIOD, BOOT - 5 * PERIOD);
         let from = HostSet::from_bits(0b10);
         let mut now = 0;
@@ -1005,7 +1124,7 @@ mod tests {
             HostState::Suspended,
             HostState::Converged,
         ] {
-            let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 3, PERIOD, 0);
+            let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 0, 3, PERIOD, 0);
             let (incumbent, rival) = (BOOT - 10 * PERIOD, BOOT - 5 * PERIOD);
             let mut now = 0;
             for seq in 10..13 {
@@ -1023,5 +1142,75 @@ mod tests {
                 "{state:?}: the refused boot's group is honoured"
             );
         }
+    }
+
+    fn frame_sent(boot: u64, seq: u64, sent: u64) -> Vec<u8> {
+        let mut f = frame(boot, seq, None);
+        let mut hb = Heartbeat::decode(&f, &auth()).unwrap();
+        hb.sent = sent;
+        let mut buf = [0u8; MAX_FRAME];
+        let n = hb.encode(&auth(), &mut buf).unwrap();
+        f.clear();
+        f.extend_from_slice(&buf[..n]);
+        f
+    }
+
+    /// Send times outside the skew bound are refused and counted; a peer
+    /// ahead of the local clock moves it forward, once, and says so.
+    #[test]
+    fn send_times_are_judged_against_the_heartbeat_clock() {
+        let auth = auth();
+        let now = 100 * PERIOD;
+        let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 0, 3, PERIOD, now);
+        let stale = now - MAX_CLOCK_SKEW_NS - 1;
+        assert_eq!(
+            m.handle_frame(&frame_sent(BOOT - 1, 1, stale), &auth, now),
+            Err(HeartbeatError::Stale)
+        );
+        assert_eq!(m.counters().stale, 1);
+        assert!(m
+            .handle_frame(&frame_sent(BOOT - 1, 2, now - PERIOD), &auth, now)
+            .is_ok());
+        // 10 s ahead: refused as from the future, and followed.
+        let ahead = now + 10_000_000_000;
+        assert_eq!(
+            m.handle_frame(&frame_sent(BOOT - 1, 3, ahead), &auth, now),
+            Err(HeartbeatError::Future)
+        );
+        assert_eq!(m.counters().future, 1);
+        assert_eq!(m.clock(now), ahead);
+        assert!(m.take_notices().iter().any(|n| matches!(
+            n,
+            Notice::ClockBehind {
+                behind_ns: 10_000_000_000,
+                ..
+            }
+        )));
+        assert!(m
+            .handle_frame(
+                &frame_sent(BOOT - 1, 4, ahead + PERIOD),
+                &auth,
+                now + PERIOD
+            )
+            .is_ok());
+        // The clock never moves back: the old time is now stale.
+        assert_eq!(
+            m.handle_frame(&frame_sent(BOOT - 1, 5, now + PERIOD), &auth, now + PERIOD),
+            Err(HeartbeatError::Stale)
+        );
+    }
+
+    /// A frame with an impossible header is counted as such, whatever its
+    /// tag.
+    #[test]
+    fn cheap_header_refusals_are_counted_by_check() {
+        let mut f = frame(BOOT - 1, 1, None);
+        f[14 + 16] = 99;
+        let mut m = Membership::new(HostId::new(1).unwrap(), BOOT, 0, 3, PERIOD, 0);
+        assert_eq!(
+            m.handle_frame(&f, &auth(), 0),
+            Err(HeartbeatError::BadHeader("host id"))
+        );
+        assert_eq!((m.counters().bad_header, m.counters().bad_mac), (1, 0));
     }
 }

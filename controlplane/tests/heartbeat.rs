@@ -48,6 +48,7 @@ fn sample() -> Heartbeat {
         rule_count: 32,
         boot: 1_700_000_000_000_000_000,
         seq: 42,
+        sent: 1_700_000_123_456_789_012,
         base_period_us: 100_000,
         period_us: 50_000,
         hears: HostSet::from_bits(u64::MAX),
@@ -142,8 +143,8 @@ fn full_heartbeat_for_64_hosts_and_32_rules_fits_1500() {
     }
     assert_eq!(union, all, "pages reassemble to the full set");
     // The fixed part alone is small and independent of host count.
-    assert_eq!(FIXED_PAYLOAD, 174);
-    assert_eq!(DIRTY_BUDGET, 1326);
+    assert_eq!(FIXED_PAYLOAD, 182);
+    assert_eq!(DIRTY_BUDGET, 1318);
 }
 
 #[test]
@@ -191,7 +192,7 @@ fn encoded() -> Vec<u8> {
 fn forged_and_wrong_key_rejected() {
     let mut f = encoded();
     // Flip a weight byte: the tag no longer verifies.
-    f[14 + 108 + 3] ^= 1;
+    f[14 + 116 + 3] ^= 1;
     assert_eq!(Heartbeat::decode(&f, &auth()), Err(HeartbeatError::BadMac));
     let other = ClusterAuth::new([8; 32], &spec(2));
     assert_eq!(
@@ -214,10 +215,10 @@ fn header_checks() {
         Err(HeartbeatError::BadMagic)
     );
     let mut f = encoded();
-    f[16] = 2;
+    f[16] = 1;
     assert_eq!(
         Heartbeat::decode(&f, &auth()),
-        Err(HeartbeatError::BadVersion(2))
+        Err(HeartbeatError::BadVersion(1))
     );
     let mut f = encoded();
     f[12] = 0x08;
@@ -272,43 +273,86 @@ fn truncated_and_oversized_rejected() {
     );
 }
 
+/// The fields a receiver can judge without the key are judged before the
+/// HMAC, each with its own error: a frame with an impossible host ID, state,
+/// phase or rule count (and a tag that would not verify either) is
+/// `BadHeader`, never `BadMac`, so it costs no HMAC and the lone-host guard
+/// never hears it.
+#[test]
+fn cheap_fields_are_checked_before_the_tag() {
+    let other = ClusterAuth::new([8; 32], &spec(2));
+    for (at, value, what) in [
+        (16, 0, "host id"),
+        (16, 65, "host id"),
+        (17, 0, "state"),
+        (17, 6, "state"),
+        (18, 4, "phase"),
+        (19, 33, "rule count"),
+    ] {
+        let mut f = encoded();
+        f[14 + at] = value;
+        assert_eq!(
+            Heartbeat::decode(&f, &auth()),
+            Err(HeartbeatError::BadHeader(what)),
+            "byte {at} = {value}"
+        );
+        // Under another key too: the header is judged first.
+        assert_eq!(
+            Heartbeat::decode(&f, &other),
+            Err(HeartbeatError::BadHeader(what))
+        );
+        assert_eq!(HeartbeatError::BadHeader(what).name(), "bad_header");
+    }
+}
+
+#[test]
+fn claimed_sender_reads_the_unauthenticated_header() {
+    let f = encoded();
+    let c = ClaimedSender::of(&f).unwrap();
+    assert_eq!(c.host, 64);
+    assert_eq!(c.source.0, [0x02, 64, 10, 0, 0, 100]);
+    assert_eq!(ClaimedSender::of(&f[..20]), None);
+}
+
 #[test]
 fn replay_guard() {
     let h = HostId::new(3).unwrap();
     let mut g = ReplayGuard::new();
-    assert_eq!(g.check(h, 100, 1, true), Ok(Freshness::First));
-    assert_eq!(g.check(h, 100, 2, true), Ok(Freshness::Newer));
-    assert_eq!(g.check(h, 100, 2, true), Err(HeartbeatError::Replayed));
-    assert_eq!(g.check(h, 100, 1, true), Err(HeartbeatError::Replayed));
-    // An unknown boot whose clock claim is implausible is a replay.
-    assert_eq!(g.check(h, 99, 50, false), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 1, 1_000), Ok(Freshness::First));
+    assert_eq!(g.check(h, 100, 2, 1_100), Ok(Freshness::Newer));
+    assert_eq!(g.check(h, 100, 2, 1_100), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 1, 1_000), Err(HeartbeatError::Replayed));
+    // A lower boot sent before the current boot's first frame is the
+    // previous run: refused, whatever its sequence number.
+    assert_eq!(g.check(h, 99, 50, 999), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 99, 5_000, 999), Err(HeartbeatError::Replayed));
+    // A higher boot is a rival until membership promotes it.
     assert_eq!(
-        g.check(HostId::new(9).unwrap(), 1, 1, false),
-        Err(HeartbeatError::Replayed)
-    );
-    // A higher boot id is a rival until membership promotes it.
-    assert_eq!(
-        g.check(h, 200, 1, true),
+        g.check(h, 200, 1, 2_000),
         Ok(Freshness::Rival { newer: true })
     );
-    assert_eq!(g.check(h, 200, 1, true), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 200, 1, 2_000), Err(HeartbeatError::Replayed));
     assert_eq!(
-        g.check(h, 200, 2, true),
+        g.check(h, 200, 2, 2_100),
         Ok(Freshness::Rival { newer: true })
     );
     g.promote(h);
-    assert_eq!(g.check(h, 200, 3, true), Ok(Freshness::Newer));
-    // Replays of the old boot stay refused…
-    assert_eq!(g.check(h, 100, 2, true), Err(HeartbeatError::Replayed));
-    // …but fresh sequence numbers from it mean a second live host.
+    assert_eq!(g.check(h, 200, 3, 2_200), Ok(Freshness::Newer));
+    // The old boot's frames, replayed after the restart, stay refused…
+    assert_eq!(g.check(h, 100, 2, 1_100), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 3, 1_900), Err(HeartbeatError::Replayed));
+    // …and so do those of every older boot (not only the last one).
+    assert_eq!(g.check(h, 50, 9, 1_950), Err(HeartbeatError::Replayed));
+    // Fresh frames from the old boot sent after the new boot began mean a
+    // second live host.
     assert_eq!(
-        g.check(h, 100, 3, true),
+        g.check(h, 100, 4, 2_300),
         Ok(Freshness::Rival { newer: false })
     );
-    assert_eq!(g.check(h, 100, 3, true), Err(HeartbeatError::Replayed));
+    assert_eq!(g.check(h, 100, 4, 2_300), Err(HeartbeatError::Replayed));
     // Other hosts are independent.
     assert_eq!(
-        g.check(HostId::new(4).unwrap(), 1, 1, true),
+        g.check(HostId::new(4).unwrap(), 1, 1, 5),
         Ok(Freshness::First)
     );
 }

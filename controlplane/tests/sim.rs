@@ -248,6 +248,11 @@ struct Sim {
     install_lag: u64,
     /// `SIM_TRACE=2`: every event and heartbeat.
     verbose: bool,
+    /// Per-host wall-clock offsets (ns) applied when a host is spawned.
+    clock_offsets: HashMap<u8, i64>,
+    /// Every heartbeat sent by this host, when set (an eavesdropper).
+    record: Option<HostId>,
+    recorded: Vec<Vec<u8>>,
 }
 
 impl Sim {
@@ -275,6 +280,9 @@ impl Sim {
             map_changed: false,
             wall: 1_700_000_000_000_000_000,
             verbose: std::env::var("SIM_TRACE").is_ok_and(|v| v == "2"),
+            clock_offsets: HashMap::new(),
+            record: None,
+            recorded: Vec::new(),
             install_lag: std::env::var("SIM_INSTALL_MS")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -305,6 +313,7 @@ impl Sim {
         c.tolerance = self.tolerance;
         c.converge_periods = 3;
         c.drain_timeout_ns = 6 * self.period;
+        c.wall_offset_ns = self.clock_offsets.get(&id.get()).copied().unwrap_or(0);
         c
     }
 
@@ -362,6 +371,9 @@ impl Sim {
     // ---- the network -------------------------------------------------------
 
     fn broadcast(&mut self, from: usize, frame: Vec<u8>) {
+        if self.record == Some(self.nodes[from].id) && !self.nodes[from].rogue {
+            self.recorded.push(frame.clone());
+        }
         if self.captured.len() >= 64 {
             let i = self.rng.below(64) as usize;
             self.captured[i] = (self.now, frame.clone());
@@ -605,6 +617,9 @@ impl Sim {
                         // A cluster under another key.
                         Err(HeartbeatError::BadMac)
                             if self.nodes[from].key != self.nodes[to].key => {}
+                        // Clocks set apart on purpose, until they follow.
+                        Err(HeartbeatError::Stale | HeartbeatError::Future)
+                            if !self.clock_offsets.is_empty() => {}
                         Err(e) => panic!("honest heartbeat refused: {e}"),
                     }
                     self.drive(to);
@@ -1198,7 +1213,10 @@ fn apply(sim: &mut Sim, action: Action) -> bool {
                 // A frame this receiver lost and never got a newer one of
                 // is news, not a replay; everything else must be refused.
                 if let Err(e) = r {
-                    assert_eq!(e, HeartbeatError::Replayed);
+                    assert!(
+                        matches!(e, HeartbeatError::Replayed | HeartbeatError::Stale),
+                        "{e:?}"
+                    );
                 }
                 sim.drive(i);
             }
@@ -1583,4 +1601,150 @@ fn a_lone_host_never_serves_while_another_key_is_heard() {
     );
     assert!(!sim.nodes[0].m.lone_view_withheld());
     sim.probe(64);
+}
+
+/// One frame with the cluster's ID and a bad tag every 800 ms (fewer than
+/// three per suspicion window) does not keep a lone host from serving.
+/// Fails where a single such frame per window withholds the lone view.
+#[test]
+fn a_sparse_forged_stream_does_not_keep_a_lone_host_from_serving() {
+    let period = 100 * MS;
+    let mut sim = Sim::new(52, period, 3, 1);
+    let rogue_auth = ClusterAuth::new([0x13; 32], &spec());
+    let t0 = sim.now;
+    let syn = tcp(Ipv4Addr::new(11, 0, 0, 9), 4000, 80, SYN);
+    let mut next_forgery = t0;
+    let mut buf = [0u8; MAX_FRAME];
+    while sim.now < t0 + 20_000 * MS {
+        if sim.now >= next_forgery {
+            next_forgery += 800 * MS;
+            // A well-formed heartbeat of "host 2" under another key.
+            let mut other = Machine::new(Config::new(host(2), [0x13; 32], 7), spec(), sim.now);
+            let n = other.poll_transmit(sim.now, &mut buf).unwrap();
+            let _ = rogue_auth.cluster_id();
+            let now = sim.now;
+            assert_eq!(
+                sim.nodes[0].m.handle_heartbeat(&buf[..n], now),
+                Err(HeartbeatError::BadMac)
+            );
+            sim.drive(0);
+        }
+        let to = sim.now + period / 4;
+        sim.step_to(to);
+        if sim.now > t0 + 2_000 * MS {
+            assert!(
+                !sim.nodes[0].m.lone_view_withheld(),
+                "a sparse forged stream withholds the lone view at {} ms",
+                (sim.now - t0) / MS
+            );
+            assert_eq!(sim.keepers(&syn), vec![host(1)]);
+        }
+    }
+    assert!(sim.nodes[0].m.counters().bad_mac >= 20);
+}
+
+/// An eavesdropper records host 2's heartbeats; host 2 restarts twice;
+/// right after the second restart the eavesdropper replays the frames of
+/// the first run, several per period, for a second. Every replay is
+/// refused and counted, host 2 stays in every peer's view, and no peer
+/// sees its ID duplicated. Fails where a boot older than the current one
+/// may displace the rival boot and, after three frames over a period, the
+/// current one.
+#[test]
+fn a_restarted_hosts_old_heartbeats_are_worthless() {
+    let period = 100 * MS;
+    let mut sim = Sim::new(53, period, 3, 3);
+    let t0 = sim.now;
+    sim.converge(t0, 40 * period, "cold start");
+    sim.record = Some(host(2));
+    let t = sim.now + 10 * period;
+    sim.step_to(t);
+    sim.record = None;
+    let old_run = std::mem::take(&mut sim.recorded);
+    assert!(old_run.len() >= 8);
+    for restart in 0..2 {
+        let i = sim.node_index(host(2)).unwrap();
+        sim.nodes[i].alive = false;
+        let t = sim.now + 5 * period;
+        sim.step_to(t);
+        sim.spawn(host(2), spec(), false);
+        let since = sim.now;
+        sim.converge(since, 60 * period, &format!("restart {restart}"));
+    }
+    let before: Vec<u64> = sim.nodes.iter().map(|n| n.m.counters().replayed).collect();
+    let adopted = sim.adopted_total();
+    let mut replayed = 0u64;
+    for frame in old_run.iter().cycle().take(40) {
+        for i in 0..sim.nodes.len() {
+            if sim.nodes[i].id == host(2) {
+                continue;
+            }
+            let now = sim.now;
+            let r = sim.nodes[i].m.handle_heartbeat(frame, now);
+            assert!(
+                matches!(r, Err(HeartbeatError::Replayed | HeartbeatError::Stale)),
+                "{:?} took an old frame: {r:?}",
+                sim.nodes[i].id
+            );
+            sim.drive(i);
+        }
+        replayed += 1;
+        let t = sim.now + period / 4;
+        sim.step_to(t);
+    }
+    for (i, n) in sim.nodes.iter().enumerate() {
+        if n.id == host(2) {
+            continue;
+        }
+        let c = n.m.counters();
+        assert!(
+            c.replayed + c.stale >= before[i] + replayed,
+            "{:?}: {c:?}",
+            n.id
+        );
+        assert!(n.m.effective_view().0.members.contains(host(2)));
+    }
+    assert!(sim.converged());
+    assert_eq!(sim.adopted_total(), adopted, "the replay changed a view");
+    let mut q = sim.nodes[0].m.handle_admin(&Request::Query, sim.now);
+    if let shoal_controlplane::admin::Body::Query(q) = &mut q.body {
+        assert!(!q.duplicate_id, "the replay looked like a duplicate ID");
+    }
+}
+
+/// Host 2's wall clock is 10 s ahead of host 1's and host 3's is 10 s
+/// behind: their first heartbeats are refused as from the future or stale,
+/// each host moves its heartbeat clock forward to the fastest peer's and
+/// says so, and the three converge; later heartbeats are all accepted.
+#[test]
+fn hosts_with_clocks_off_by_seconds_join_and_say_so() {
+    let period = 100 * MS;
+    let mut sim = Sim::new(54, period, 3, 0);
+    sim.clock_offsets.insert(2, 10_000 * MS as i64);
+    sim.clock_offsets.insert(3, -(10_000 * MS as i64));
+    for id in 1..=3 {
+        sim.spawn(host(id), spec(), false);
+    }
+    let t0 = sim.now;
+    sim.last_real_event = t0;
+    sim.converge(t0, 40 * period, "clocks off by 10 s");
+    let refused = |sim: &Sim| -> u64 {
+        sim.nodes
+            .iter()
+            .map(|n| n.m.counters().stale + n.m.counters().future)
+            .sum()
+    };
+    let first = refused(&sim);
+    assert!(first > 0, "the first heartbeats were refused");
+    let t = sim.now + 50 * period;
+    sim.step_to(t);
+    assert_eq!(
+        refused(&sim),
+        first,
+        "refusals stopped once clocks followed"
+    );
+    for n in &sim.nodes {
+        assert_eq!(n.m.effective_view().0.members, HostSet::from_bits(0b111));
+    }
+    sim.probe(32);
 }

@@ -20,7 +20,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
@@ -438,6 +438,10 @@ fn counters_json(
     })
 }
 
+/// Where the boot counter is kept (beside the admin sockets and the setup
+/// journal).
+const BOOT_STATE_DIR: &str = "/run/shoal";
+
 /// Adds the control plane's state to the counters JSON: `cluster` with
 /// `state`, `epoch`, `members`, `heartbeats_sent`, `heartbeats_refused` (by
 /// reason) and `arp_nd_answered`.
@@ -452,6 +456,7 @@ fn with_cluster(mut json: serde_json::Value, c: Option<&ControlLoop>) -> serde_j
             "heartbeats_sent": c.sent,
             "heartbeats_refused": c.refused,
             "blocked": c.machine.lone_view_withheld().then_some("alone while heartbeats fail authentication"),
+            "blocked_reason": c.machine.lone_view_withheld_because().map(|w| w.to_string()),
         });
     }
     json
@@ -639,11 +644,19 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             .with_context(|| format!("reading the cluster key {}", key_path.display()))?;
         let key = shoal_config::parse_cluster_key(&key_text)
             .map_err(|e| anyhow!("cluster key {}: {e}", key_path.display()))?;
-        let boot_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let wall_ns = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        };
+        // Before the first heartbeat: a restart must carry a higher counter.
+        let boot_file = crate::bootcount::path(Path::new(BOOT_STATE_DIR), local.get());
+        let boot_id = crate::bootcount::next(&boot_file, wall_ns())
+            .with_context(|| format!("keeping the boot counter in {}", boot_file.display()))?;
         let mut ccfg = shoal_controlplane::Config::new(local, *key.as_bytes(), boot_id);
+        // The machine's `now` starts at 0 here.
+        ccfg.wall_offset_ns = wall_ns().min(i64::MAX as u64) as i64;
         ccfg.period_ns = config.heartbeat.period_ms as u64 * 1_000_000;
         ccfg.tolerance = config.heartbeat.tolerance;
         ccfg.converge_periods = config.heartbeat.converge_periods;

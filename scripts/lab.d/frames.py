@@ -49,6 +49,16 @@ frames for the cluster, and captured heartbeats replayed, forged and cut.
   ``declared_oversized`` (the payload length field says 1600) and
   ``padded`` (non-zero bytes after the declared payload, up to 1500).
   Prints JSON with the frames sent.
+* ``hb-record --host H --out FILE [--seconds S] [--until-file F
+  --replay-seconds R]``: writes every heartbeat from host H seen for S
+  seconds (or until file F exists) to FILE (each frame after a 2-byte
+  big-endian length); with ``--replay-seconds``, then at once sends the
+  recorded frames back, in order, round robin, every 20 ms for R seconds
+  (no process start between the trigger and the first replay); prints
+  JSON with the counts.
+* ``hb-replay --frames FILE [--seconds S] [--gap G]``: sends the recorded
+  frames in order, round robin, one every G seconds for S seconds; prints
+  JSON with the frames sent.
 
 A packet socket sees every frame the veth delivers, whatever its
 destination MAC, so a count is what the bridge forwarded to that port.
@@ -56,6 +66,7 @@ Only the Python standard library is used.
 """
 
 import argparse
+import os
 import json
 import socket
 import struct
@@ -442,7 +453,7 @@ def cmd_hostile(args):
 
 HB_HOST_OFFSET = 16
 HB_LENGTH_OFFSET = 4
-HB_FORGE_OFFSET = 44  # the "hears" bitmap: past the cluster id, under the tag
+HB_FORGE_OFFSET = 52  # the "hears" bitmap: past the cluster id, under the tag
 HB_MAX_PAYLOAD = 1500
 
 
@@ -561,6 +572,68 @@ def cmd_hb_capture(args):
     return 1
 
 
+def cmd_hb_record(args):
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE_HEARTBEAT))
+    sock.bind((args.interface, 0))
+    sock.settimeout(0.1)
+    end = time.monotonic() + args.seconds
+    frames = []
+    while time.monotonic() < end:
+        if args.until_file and os.path.exists(args.until_file):
+            break
+        try:
+            frame, addr = sock.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING or len(frame) < 14 + HB_HOST_OFFSET + 1:
+            continue
+        if struct.unpack("!H", frame[12:14])[0] != ETHERTYPE_HEARTBEAT or frame[14 + HB_HOST_OFFSET] != args.host:
+            continue
+        frames.append(frame)
+    sent = 0
+    errors = []
+    if args.replay_seconds and frames:
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        out.bind((args.interface, 0))
+        stop = time.monotonic() + args.replay_seconds
+        while time.monotonic() < stop:
+            try:
+                out.send(frames[sent % len(frames)])
+                sent += 1
+            except OSError as err:
+                errors.append(str(err))
+            time.sleep(0.02)
+    with open(args.out, "wb") as f:
+        for frame in frames:
+            f.write(struct.pack("!H", len(frame)) + frame)
+    print(json.dumps({"recorded": len(frames), "host": args.host, "sent": sent, "errors": errors[:3]}))
+    return 0 if frames and not errors else 1
+
+
+def cmd_hb_replay(args):
+    with open(args.frames, "rb") as f:
+        data = f.read()
+    frames = []
+    while len(data) >= 2:
+        n = struct.unpack("!H", data[:2])[0]
+        frames.append(data[2:2 + n])
+        data = data[2 + n:]
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((args.interface, 0))
+    sent = 0
+    errors = []
+    end = time.monotonic() + args.seconds
+    while frames and time.monotonic() < end:
+        try:
+            sock.send(frames[sent % len(frames)])
+            sent += 1
+        except OSError as err:
+            errors.append(str(err))
+        time.sleep(args.gap)
+    print(json.dumps({"sent": sent, "frames": len(frames), "errors": errors[:3]}))
+    return 0 if not errors else 1
+
+
 def hb_variants(frame, kind):
     """The frames of one injection kind (one or several, sent round robin)."""
     head, payload = frame[:14], frame[14:]
@@ -674,6 +747,20 @@ def main():
     p.add_argument("--gap", type=float, default=0.01)
     p.add_argument("--interface", default="eth0")
     p.set_defaults(func=cmd_hb_inject)
+    p = sub.add_parser("hb-record")
+    p.add_argument("--host", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--until-file")
+    p.add_argument("--replay-seconds", type=float, default=0.0)
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_hb_record)
+    p = sub.add_parser("hb-replay")
+    p.add_argument("--frames", required=True)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--gap", type=float, default=0.02)
+    p.add_argument("--interface", default="eth0")
+    p.set_defaults(func=cmd_hb_replay)
     args = parser.parse_args()
     return args.func(args)
 

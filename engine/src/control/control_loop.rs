@@ -254,15 +254,23 @@ impl ControlLoop {
                         "view adopted"
                     );
                 }
-                Event::LoneViewWithheld { epoch } => tracing::warn!(
+                Event::LoneViewWithheld { epoch, why } => tracing::warn!(
                     epoch,
-                    "heartbeats for this cluster fail authentication (another key on the segment?): \
-                     not serving alone until they stop"
+                    claimed_host = why.sender.host,
+                    source_mac = %why.sender.source,
+                    frames = why.frames,
+                    "a stream of heartbeats for this cluster fails authentication (another key on \
+                     the segment, or a forger): not serving alone until it stops"
                 ),
-                Event::LoneViewReleased { epoch } => tracing::info!(
-                    epoch,
-                    "no more unauthenticated heartbeats: serving alone"
+                Event::ClockBehind { host, behind_ns } => tracing::warn!(
+                    peer = host.get(),
+                    behind_ms = behind_ns / 1_000_000,
+                    "clock is {} ms behind peers; heartbeats now carry the peer's time; fix NTP",
+                    behind_ns / 1_000_000
                 ),
+                Event::LoneViewReleased { epoch } => {
+                    tracing::info!(epoch, "no more unauthenticated heartbeats: serving alone")
+                }
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
                 Event::DuplicateId(h) => tracing::warn!(
                     host = h.get(),
