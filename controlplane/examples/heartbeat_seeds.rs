@@ -4,61 +4,24 @@
 //! sent in, and compact peer records that agree with the fuzzed machine
 //! (host 1), so that it joins, agrees and adopts before the fuzzer starts
 //! mutating; admin verbs on top. Same key, spec, period and boot ids as
-//! the target. Inputs stay under 1 KiB (the target reads at most 48 records): its
-//! cost grows with them.
+//! the target: both take them from `shoal_testkit::heartbeat`. Inputs stay
+//! under 1 KiB (the target reads at most 48 records): its cost grows with
+//! them.
 //!
 //! ```text
 //! cargo run -p shoal-controlplane --example heartbeat_seeds -- OUT_DIR
 //! ```
 //! Writes `OUT_DIR/seed-N` (N = 0..); an existing file is overwritten.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 use shoal_controlplane::admin::Scope;
 use shoal_controlplane::heartbeat::MAX_FRAME;
-use shoal_controlplane::{Config, Machine, Request};
-use shoal_dataplane::{Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, PortRule, Protocol};
+use shoal_controlplane::Request;
+use shoal_testkit::heartbeat::{machine, PERIOD, START};
 
-const MS: u64 = 1_000_000;
-const PERIOD: u64 = 100 * MS;
-const KEY: [u8; 32] = [0x5a; 32];
-const BOOT: u64 = 1_700_000_000_000_000_000;
-const START: u64 = 1_000 * MS;
+/// A time step of the target: one sixteenth of a period.
 const STEP: u64 = PERIOD / 16;
-
-fn spec() -> ClusterSpec {
-    let r = |p: u16, mode| PortRule::new(None, (p, p), Protocol::Tcp, mode);
-    ClusterSpec {
-        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
-        mode: ClusterMode::Unicast,
-        ipv6_network_prefix: 64,
-        rules: vec![
-            r(
-                80,
-                FilterMode::Multiple {
-                    affinity: Affinity::None,
-                },
-            ),
-            r(22, FilterMode::Single),
-        ],
-    }
-}
-
-/// Host `id` as the fuzz target names its boot ids (host 1 is the target's).
-fn machine(id: u8) -> Option<Machine> {
-    let host = HostId::new(id)?;
-    let boot = if id == 1 {
-        BOOT
-    } else {
-        BOOT + u64::from(id - 1) * 1_000
-    };
-    let mut c = Config::new(host, KEY, boot);
-    c.period_ns = PERIOD;
-    c.tolerance = 3;
-    c.drain_timeout_ns = 20 * PERIOD;
-    Some(Machine::new(c, spec(), START))
-}
 
 /// Runs hosts 1..=3 without loss for `steps` time steps; returns the
 /// records of hosts 2 and 3's heartbeats, with `verb` applied to host 2 at

@@ -102,10 +102,9 @@ use sha2::{Digest, Sha256};
 use shoal_dataplane::bucket::GROUPS;
 use shoal_dataplane::mac::{masked_source_mac, Mac};
 use shoal_dataplane::map::GroupBits;
+use shoal_dataplane::wire::ethertype;
 use shoal_dataplane::{ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_RULES};
 
-/// The heartbeat EtherType (NLB's).
-pub const ETHERTYPE: u16 = 0x886f;
 /// First two payload bytes.
 pub const MAGIC: u16 = 0x5348;
 /// The payload version this module writes and reads.
@@ -616,7 +615,7 @@ impl Heartbeat {
         };
         w.put(&Mac::BROADCAST.0);
         w.put(&masked_source_mac(self.host, auth.primary_vip).0);
-        w.put(&ETHERTYPE.to_be_bytes());
+        w.put(&ethertype::HEARTBEAT.to_be_bytes());
         w.put(&MAGIC.to_be_bytes());
         w.put(&[VERSION, 0]);
         w.put(&(payload as u16).to_be_bytes());
@@ -836,8 +835,8 @@ fn payload_of(frame: &[u8]) -> Result<&[u8], HeartbeatError> {
         let t = frame.get(at..at + 2).ok_or(HeartbeatError::Truncated)?;
         let ethertype = u16::from_be_bytes([t[0], t[1]]);
         match ethertype {
-            0x8100 | 0x88a8 if at < 20 => at += 4,
-            ETHERTYPE => {
+            ethertype::VLAN | ethertype::QINQ if at < 20 => at += 4,
+            ethertype::HEARTBEAT => {
                 let payload = &frame[at + 2..];
                 if payload.len() > MAX_PAYLOAD {
                     return Err(HeartbeatError::Oversized);

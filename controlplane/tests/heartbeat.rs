@@ -6,30 +6,22 @@ use std::net::{IpAddr, Ipv4Addr};
 use proptest::prelude::*;
 use shoal_controlplane::heartbeat::*;
 use shoal_dataplane::map::GroupBits;
-use shoal_dataplane::{
-    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_RULES,
-};
+use shoal_dataplane::{Affinity, ClusterSpec, HostId, HostSet, PortRule, Protocol, MAX_RULES};
+use shoal_testkit::spec::{self, multiple};
 
 const KEY: [u8; 32] = [7; 32];
 
 fn spec(rules: usize) -> ClusterSpec {
-    ClusterSpec {
-        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
-        mode: ClusterMode::Unicast,
-        ipv6_network_prefix: 64,
-        rules: (0..rules)
-            .map(|i| {
-                PortRule::new(
-                    None,
-                    (i as u16 * 10, i as u16 * 10 + 5),
-                    Protocol::Tcp,
-                    FilterMode::Multiple {
-                        affinity: Affinity::Single,
-                    },
-                )
-            })
-            .collect(),
-    }
+    let rule = |i: usize| {
+        let low = i as u16 * 10;
+        PortRule::new(
+            None,
+            (low, low + 5),
+            Protocol::Tcp,
+            multiple(Affinity::Single),
+        )
+    };
+    spec::one_vip((0..rules).map(rule).collect())
 }
 
 fn auth() -> ClusterAuth {

@@ -3,31 +3,18 @@
 //! for it, and the two agree on every host (incumbent, newcomer, third
 //! party) before, during and after a duplicate shows up.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use shoal_controlplane::admin::{Body, QueryReport};
 use shoal_controlplane::heartbeat::MAX_FRAME;
 use shoal_controlplane::{Config, Machine, Request};
-use shoal_dataplane::{Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, PortRule, Protocol};
+use shoal_dataplane::{Affinity, ClusterSpec, HostId};
+use shoal_testkit::spec;
 
 const MS: u64 = 1_000_000;
 const PERIOD: u64 = 100 * MS;
 const KEY: [u8; 32] = [0x42; 32];
 
 fn spec() -> ClusterSpec {
-    ClusterSpec {
-        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
-        mode: ClusterMode::Unicast,
-        ipv6_network_prefix: 64,
-        rules: vec![PortRule::new(
-            None,
-            (80, 80),
-            Protocol::Tcp,
-            FilterMode::Multiple {
-                affinity: Affinity::None,
-            },
-        )],
-    }
+    spec::one_vip(vec![spec::tcp_port(80, spec::multiple(Affinity::None))])
 }
 
 fn machine(id: u8, boot: u64, now: u64) -> Machine {

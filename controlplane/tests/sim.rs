@@ -18,17 +18,17 @@ use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::mac::unicast_mac;
 use shoal_dataplane::map::{bucket_inputs, ClusterMap, GroupBits, RuleOwner, View};
 use shoal_dataplane::pipeline::{Dataplane, Verdict};
-use shoal_dataplane::wire::ipv4_checksum;
+use shoal_dataplane::wire::ip_proto;
+use shoal_dataplane::wire::tcp::flags::{ACK, SYN};
 use shoal_dataplane::{
-    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_HOSTS,
+    Affinity, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_HOSTS,
 };
+use shoal_testkit::frame::{self, Ipv4};
+use shoal_testkit::spec::{self, multiple, tcp_port, VIP};
 
 const MS: u64 = 1_000_000;
 const KEY: [u8; 32] = [0x5a; 32];
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const PORTS: [u16; 3] = [80, 443, 22];
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
 
 /// xorshift64*: a tiny seeded generator.
 struct Rng(u64);
@@ -62,53 +62,16 @@ fn host(n: u8) -> HostId {
 }
 
 fn spec() -> ClusterSpec {
-    let r = |p: u16, mode| PortRule::new(None, (p, p), Protocol::Tcp, mode);
-    ClusterSpec {
-        vips: vec![IpAddr::V4(VIP)],
-        mode: ClusterMode::Unicast,
-        ipv6_network_prefix: 64,
-        rules: vec![
-            r(
-                80,
-                FilterMode::Multiple {
-                    affinity: Affinity::None,
-                },
-            ),
-            r(
-                443,
-                FilterMode::Multiple {
-                    affinity: Affinity::Single,
-                },
-            ),
-            r(22, FilterMode::Single),
-        ],
-    }
+    spec::one_vip(vec![
+        tcp_port(80, multiple(Affinity::None)),
+        tcp_port(443, multiple(Affinity::Single)),
+        tcp_port(22, FilterMode::Single),
+    ])
 }
 
 fn tcp(client: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut f = Vec::with_capacity(64);
-    f.extend_from_slice(&unicast_mac(VIP).0);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&40u16.to_be_bytes());
-    h[6] = 0x40;
-    h[8] = 64;
-    h[9] = 6;
-    h[12..16].copy_from_slice(&client.octets());
-    h[16..20].copy_from_slice(&VIP.octets());
-    let c = ipv4_checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&h);
-    let mut t = [0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    f.extend_from_slice(&t);
-    f
+    let ip = Ipv4::new(client, VIP, ip_proto::TCP);
+    ip.frame(unicast_mac(VIP).0, &frame::tcp(sport, dport, flags))
 }
 
 /// Builds cluster maps with the dataplane's own code, sharing bucket maps

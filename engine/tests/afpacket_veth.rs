@@ -6,6 +6,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use shoal_dataplane::wire::ethertype;
 use shoal_engine::afpacket::{AfPacket, AfPacketConfig, Membership};
 use shoal_engine::io::FrameIo;
 use support::*;
@@ -67,7 +68,7 @@ fn receives_cluster_and_normal_frames_but_not_its_own() {
     let heartbeat = ether(
         [0xff; 6],
         peer_mac,
-        0x886f,
+        ethertype::HEARTBEAT,
         b"heartbeat-body-padding-to-minimum-size......",
     );
     assert_eq!(

@@ -13,10 +13,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
 use afxdp_common::*;
+use shoal_dataplane::wire::ethertype::HEARTBEAT as HEARTBEAT_ETHERTYPE;
+use shoal_dataplane::wire::{ip_proto, tcp::flags};
 use shoal_engine::sys::bpf::{Bpf, BpfError, Kernel, MapSpec};
 use shoal_engine::xdp::guard::{GuardCounters, GuardMap};
 use shoal_engine::xdp::program::{max_frame_len, ProgramMaps};
-use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
+use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
+use shoal_testkit::frame::{self, Ipv4};
 
 const REDIRECTED: u32 = XdpAction::Aborted as u32;
 const DROPPED: u32 = XdpAction::Drop as u32;
@@ -41,26 +44,21 @@ fn params(n: usize) -> XdpParams {
     }
 }
 
-/// An IPv4 TCP SYN (checksums aside: the program reads addresses only).
+/// An IPv4 TCP SYN from port 40000.
 fn ipv4_syn(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut p = ipv4_udp(src, dst, dport, &[0; 12]);
-    p[9] = 6;
-    p[20 + 13] = 0x02;
-    p
+    Ipv4::new(src, dst, ip_proto::TCP).packet(&frame::tcp(40000, dport, flags::SYN))
 }
 
-/// An IPv6 UDP datagram to `dst`.
+/// An IPv6 UDP datagram to `dst` from port 40000 to 7001.
 fn ipv6_udp(dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[17, 64]);
-    p.extend_from_slice(&Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2).octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&[0x9c, 0x40, 0x1b, 0x59]);
-    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    p
+    let src = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+    frame::ipv6(
+        src,
+        dst,
+        ip_proto::UDP,
+        64,
+        &frame::udp(40000, 7001, payload),
+    )
 }
 
 fn guard(bpf: &Kernel) -> GuardMap {

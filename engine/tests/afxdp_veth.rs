@@ -18,9 +18,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use afxdp_common::*;
+use shoal_dataplane::wire::ethertype::HEARTBEAT as HEARTBEAT_ETHERTYPE;
 use shoal_engine::afxdp::{AfXdp, AfXdpConfig, AfXdpStats, XdpAttachment, XdpMode};
 use shoal_engine::io::FrameIo;
-use shoal_engine::xdp::{XdpParams, HEARTBEAT_ETHERTYPE};
+use shoal_engine::xdp::XdpParams;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100);

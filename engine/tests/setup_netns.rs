@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
+use shoal_dataplane::wire::ethertype;
 use shoal_engine::afpacket::{AfPacket, AfPacketConfig, Membership};
 use shoal_engine::io::FrameIo;
 use shoal_engine::setup::{HostSetup, HostSetupConfig};
@@ -143,7 +144,7 @@ fn ingress_table_hides_cluster_frames_from_the_kernel_but_not_from_af_packet() {
         let heartbeat = ether(
             [0xff; 6],
             peer_mac,
-            0x886f,
+            ethertype::HEARTBEAT,
             b"heartbeat-body-padded-to-minimum-length.....",
         );
         let arp_vip = arp_request(peer_mac, PEER, VIP);
@@ -186,7 +187,10 @@ fn ingress_table_hides_cluster_frames_from_the_kernel_but_not_from_af_packet() {
         );
 
         let counters = host.sh("nft list table netdev shoal_h0");
-        assert!(counters.contains("0x886f"), "{counters}");
+        assert!(
+            counters.contains(&format!("0x{:04x}", ethertype::HEARTBEAT)),
+            "{counters}"
+        );
         drop(engine);
         setup.teardown().expect("teardown");
         setup.teardown().expect("second teardown is a no-op");

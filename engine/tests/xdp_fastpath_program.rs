@@ -23,6 +23,8 @@ use shoal_dataplane::hash::affinity_hash;
 use shoal_dataplane::mac::unicast_mac;
 use shoal_dataplane::map::{ClusterMap, View};
 use shoal_dataplane::pipeline::{Dataplane, Verdict};
+use shoal_dataplane::wire::ethertype::{self, HEARTBEAT, IPV4, IPV6};
+use shoal_dataplane::wire::tcp::flags::{ACK, SYN};
 use shoal_dataplane::{
     Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
 };
@@ -32,6 +34,7 @@ use shoal_engine::xdp::fast::FastPathLayout;
 use shoal_engine::xdp::guard::GuardMap;
 use shoal_engine::xdp::program::ProgramMaps;
 use shoal_engine::xdp::{XdpAction, XdpParams, XdpProgram};
+use shoal_testkit::frame::{self, tcp, vlan_tagged as vlan, Ipv4};
 
 const REDIRECTED: u32 = XdpAction::Aborted as u32;
 const DROPPED: u32 = XdpAction::Drop as u32;
@@ -110,23 +113,10 @@ fn map(members: &[u8], local: u8, epoch: u64) -> Arc<ClusterMap> {
     ))
 }
 
-// ---- frame builders ----
+// ---- frames ----
 
 fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn vlan(frame: &[u8], tpid: u16, id: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&tpid.to_be_bytes());
-    f.extend_from_slice(&id.to_be_bytes());
-    f.extend_from_slice(&frame[12..]);
-    f
+    frame::ethernet(dst, CLIENT_MAC, ethertype, payload)
 }
 
 struct Ip {
@@ -138,40 +128,17 @@ struct Ip {
 }
 
 fn ipv4(ip: &Ip, l4: &[u8]) -> Vec<u8> {
-    let hlen = 20 + ip.options;
-    let total = (hlen + l4.len()) as u16;
-    let mut h = vec![0u8; hlen];
-    h[0] = 0x40 | (hlen / 4) as u8;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    h[6..8].copy_from_slice(&ip.frag.to_be_bytes());
-    h[8] = 64;
-    h[9] = ip.proto;
-    h[12..16].copy_from_slice(&ip.src.octets());
-    h[16..20].copy_from_slice(&ip.dst.octets());
-    for b in &mut h[20..] {
-        *b = 1; // NOP options
-    }
-    h.extend_from_slice(l4);
-    h
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t
+    let header = Ipv4 {
+        ident: 0x1234,
+        fragment: ip.frag,
+        options: ip.options,
+        ..Ipv4::new(ip.src, ip.dst, ip.proto)
+    };
+    header.packet(l4)
 }
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&12u16.to_be_bytes());
-    u.extend_from_slice(b"ping");
-    u
+    frame::udp(sport, dport, b"ping")
 }
 
 struct Setup {
@@ -284,7 +251,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         let port = if rng.below(2) == 0 { 80 } else { 8080 };
         let syn = ethernet(
             s.cluster_mac,
-            0x0800,
+            IPV4,
             &ipv4(
                 &Ip {
                     src: client,
@@ -293,14 +260,14 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
                     options: 0,
                     frag: 0,
                 },
-                &tcp(cport, port, 0x02),
+                &tcp(cport, port, SYN),
             ),
         );
         assert_eq!(dp.judge(&syn, 0), Verdict::Keep);
         tracked.push((client, cport, port));
     }
     assert_eq!(
-        s.judge(&ethernet(s.cluster_mac, 0x0800, &[0; 40])).0,
+        s.judge(&ethernet(s.cluster_mac, IPV4, &[0; 40])).0,
         REDIRECTED
     );
 
@@ -310,7 +277,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
     for &(client, cport, port) in tracked.iter().take(50) {
         let f = ethernet(
             s.cluster_mac,
-            0x0800,
+            IPV4,
             &ipv4(
                 &Ip {
                     src: client,
@@ -319,7 +286,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
                     options: 0,
                     frag: 0,
                 },
-                &tcp(cport, port, 0x10),
+                &tcp(cport, port, ACK),
             ),
         );
         assert_eq!(s.judge(&f).0, REDIRECTED, "dropped before the loop moved");
@@ -338,7 +305,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         // A tracked connection's next segment, or a random frame.
         let (client, cport, vip, proto, port, flags) = if i % 8 == 0 {
             let (c, cp, p) = tracked[i / 8 % tracked.len()];
-            (c, cp, VIP1, 6u8, p, 0x10u8)
+            (c, cp, VIP1, 6u8, p, ACK)
         } else {
             let vip = match rng.below(10) {
                 0 => NOT_VIP,
@@ -355,7 +322,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
                 5 => rng.below(2000) as u16,
                 _ => 2000 + rng.below(63536) as u16,
             };
-            let flags = if rng.below(4) == 0 { 0x02 } else { 0x10 };
+            let flags = if rng.below(4) == 0 { SYN } else { ACK };
             let client = Ipv4Addr::from(rng.next() as u32);
             (client, rng.next() as u16, vip, proto, port, flags)
         };
@@ -371,7 +338,7 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         };
         let mut frame = ethernet(
             s.cluster_mac,
-            0x0800,
+            IPV4,
             &ipv4(
                 &Ip {
                     src: client,
@@ -385,7 +352,15 @@ fn the_kernel_drops_only_what_userspace_drops_and_hashes_alike() {
         );
         let tagged = rng.below(4) == 0;
         if tagged {
-            frame = vlan(&frame, if rng.below(2) == 0 { 0x8100 } else { 0x88a8 }, 5);
+            frame = vlan(
+                &frame,
+                if rng.below(2) == 0 {
+                    ethertype::VLAN
+                } else {
+                    ethertype::QINQ
+                },
+                5,
+            );
         }
         let (verdict, recorded) = s.judge(&frame);
         let owner = Dataplane::owner_of(&three, proto, client.into(), cport, vip.into(), port);
@@ -510,12 +485,12 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
         options,
         frag,
     };
-    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, 0x0800, payload);
+    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, IPV4, payload);
     // Sanity: the plain frame is dropped.
-    let plain = to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, 0x10)));
+    let plain = to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, ACK)));
     assert_eq!(s.run(&plain), DROPPED);
     assert_eq!(
-        s.run(&to_us(&ipv4(&ip(6, 8, 0), &tcp(40000, 8080, 0x10)))),
+        s.run(&to_us(&ipv4(&ip(6, 8, 0), &tcp(40000, 8080, ACK)))),
         DROPPED,
         "IPv4 options are stepped over"
     );
@@ -534,11 +509,11 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "first fragment",
-            to_us(&ipv4(&ip(6, 0, 0x2000), &tcp(40000, 8080, 0x10))),
+            to_us(&ipv4(&ip(6, 0, 0x2000), &tcp(40000, 8080, ACK))),
         ),
         (
             "later fragment",
-            to_us(&ipv4(&ip(6, 0, 0x0010), &tcp(40000, 8080, 0x10))),
+            to_us(&ipv4(&ip(6, 0, 0x0010), &tcp(40000, 8080, ACK))),
         ),
         ("GRE", to_us(&ipv4(&ip(47, 0, 0), &[0; 8]))),
         ("ESP", to_us(&ipv4(&ip(50, 0, 0), &[0; 16]))),
@@ -568,8 +543,11 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
             f[14] = 0x65;
             f
         }),
-        ("two VLAN tags", vlan(&vlan(&plain, 0x8100, 3), 0x88a8, 4)),
-        ("legacy QinQ tag", vlan(&plain, 0x9100, 3)),
+        (
+            "two VLAN tags",
+            vlan(&vlan(&plain, ethertype::VLAN, 3), ethertype::QINQ, 4),
+        ),
+        ("legacy QinQ tag", vlan(&plain, ethertype::QINQ_LEGACY, 3)),
         (
             "not a VIP",
             to_us(&ipv4(
@@ -577,22 +555,22 @@ fn frames_the_fast_path_does_not_handle_are_never_dropped() {
                     dst: NOT_VIP,
                     ..ip(6, 0, 0)
                 },
-                &tcp(40000, 8080, 0x10),
+                &tcp(40000, 8080, ACK),
             )),
         ),
         (
             "no rule (TCP below 2000)",
-            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 1500, 0x10))),
+            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 1500, ACK))),
         ),
         ("IPv6 TCP to the IPv6 VIP", {
             let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
             p.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9).octets());
             p.extend_from_slice(&Ipv6Addr::new(0xfd00, 0x66, 0, 0, 0, 0, 0, 1).octets());
-            p.extend_from_slice(&tcp(40000, 80, 0x10));
-            ethernet(s.cluster_mac, 0x86dd, &p)
+            p.extend_from_slice(&tcp(40000, 80, ACK));
+            ethernet(s.cluster_mac, IPV6, &p)
         }),
-        ("ARP", ethernet(s.cluster_mac, 0x0806, &[0; 28])),
-        ("heartbeat", ethernet(s.cluster_mac, 0x886f, &[0; 46])),
+        ("ARP", ethernet(s.cluster_mac, ethertype::ARP, &[0; 28])),
+        ("heartbeat", ethernet(s.cluster_mac, HEARTBEAT, &[0; 46])),
         (
             "runt",
             s.cluster_mac
@@ -727,7 +705,7 @@ fn owned_udp_passes_with_the_nic_mac_and_nothing_else_does() {
         options,
         frag,
     };
-    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, 0x0800, payload);
+    let to_us = |payload: &[u8]| ethernet(s.cluster_mac, IPV4, payload);
     let plain = to_us(&ipv4(&ip(17, 0, 0), &udp(40000, 8080)));
     let (v, judged) = s.judge(&plain);
     assert_eq!(v, PASSED, "our own datagram");
@@ -742,14 +720,14 @@ fn owned_udp_passes_with_the_nic_mac_and_nothing_else_does() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "TCP of the same flow",
-            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, 0x10))),
+            to_us(&ipv4(&ip(6, 0, 0), &tcp(40000, 8080, ACK))),
         ),
         ("IP options", to_us(&ipv4(&ip(17, 8, 0), &udp(40000, 8080)))),
         (
             "a first fragment",
             to_us(&ipv4(&ip(17, 0, 0x2000), &udp(40000, 8080))),
         ),
-        ("VLAN tagged", vlan(&plain, 0x8100, 5)),
+        ("VLAN tagged", vlan(&plain, ethertype::VLAN, 5)),
         ("UDP length below 8", with_udp_len(7)),
         ("UDP length beyond the datagram", with_udp_len(13)),
         ("IP total length beyond the frame", {

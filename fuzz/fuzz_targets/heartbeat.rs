@@ -31,44 +31,17 @@
 //! been run and drained.
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use shoal_controlplane::admin::Scope;
 use shoal_controlplane::heartbeat::{ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
-use shoal_controlplane::{Config, Event, HostState, Machine, Phase, Request};
+use shoal_controlplane::{Event, HostState, Machine, Phase, Request};
 use shoal_dataplane::bucket::GROUPS;
 use shoal_dataplane::map::GroupBits;
-use shoal_dataplane::{
-    Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol, MAX_RULES,
-};
+use shoal_dataplane::{HostId, HostSet, MAX_RULES};
+use shoal_testkit::heartbeat::{boot, config, spec, KEY, PERIOD, START};
 
-const MS: u64 = 1_000_000;
-const PERIOD: u64 = 100 * MS;
-/// The key, spec, boot ids and start time the seed builder uses too.
-const KEY: [u8; 32] = [0x5a; 32];
-const BOOT: u64 = 1_700_000_000_000_000_000;
-const START: u64 = 1_000 * MS;
 /// Records read per input: enough to converge and then disturb it; more
 /// only slows every execution (each record runs the whole machine).
 const MAX_RECORDS: usize = 48;
-
-fn spec() -> ClusterSpec {
-    let r = |p: u16, mode| PortRule::new(None, (p, p), Protocol::Tcp, mode);
-    ClusterSpec {
-        vips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100))],
-        mode: ClusterMode::Unicast,
-        ipv6_network_prefix: 64,
-        rules: vec![
-            r(
-                80,
-                FilterMode::Multiple {
-                    affinity: Affinity::None,
-                },
-            ),
-            r(22, FilterMode::Single),
-        ],
-    }
-}
 
 /// Host `n` (always 1..=4 here).
 fn host(n: u8) -> HostId {
@@ -96,10 +69,7 @@ struct Run {
 
 impl Run {
     fn new() -> Self {
-        let mut c = Config::new(host(1), KEY, BOOT);
-        c.period_ns = PERIOD;
-        c.tolerance = 3;
-        c.drain_timeout_ns = 20 * PERIOD;
+        let c = config(1).expect("host 1");
         let m = Machine::new(c, spec(), START);
         let epoch = m.effective_view().1;
         Self {
@@ -186,7 +156,7 @@ impl Run {
             _ => Phase::Releasing,
         };
         // A restart (newer boot) or a duplicate (another boot) now and then.
-        hb.boot = BOOT + (i as u64 + 1) * 1_000 + u64::from(b(2) % 4) * 1_000_000_000;
+        hb.boot = boot(hb.host) + u64::from(b(2) % 4) * 1_000_000_000;
         self.peer_seq[i] += 1 + u64::from(b(3) % 3);
         hb.seq = if b(3) & 0x80 != 0 {
             u64_at(p, 4) % 1_000_000

@@ -10,22 +10,20 @@
 use std::net::Ipv4Addr;
 
 use shoal_dataplane::mac::Mac;
-use shoal_dataplane::wire::ipv4::ipv4_checksum;
+use shoal_dataplane::wire::{ethernet, ethertype, ip_proto, tcp, udp, Ipv4Packet, TcpSegment};
+use shoal_testkit::frame::{self, write_ethernet, write_pptp_gre, write_tcp, write_udp, Ipv4};
 
 /// Bytes of a minimum Ethernet frame without its FCS.
-pub const FRAME_LEN: usize = 60;
+pub const FRAME_LEN: usize = frame::MIN_FRAME_LEN;
 /// Slot size of a frame in a pool.
 pub const STRIDE: usize = 64;
 
-/// Offsets inside an IPv4 frame (no options).
-pub const SRC_IP: usize = 26;
-/// Offset of the transport source port.
-pub const SRC_PORT: usize = 34;
-
-/// TCP flag bits.
-pub const SYN: u8 = 0x02;
-/// TCP ACK flag.
-pub const ACK: u8 = 0x10;
+/// The source MAC of bench clients.
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc8];
+/// Where the IPv4 header starts in an untagged frame.
+const L3: usize = ethernet::HEADER_LEN;
+/// Where the transport header starts (no IPv4 options).
+const L4: usize = L3 + 20;
 
 /// The transport of a test frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +40,8 @@ pub enum Transport {
 }
 
 /// Writes a 60-byte IPv4 frame from `client:sport` to `vip:dport` into
-/// `slot` (at least [`FRAME_LEN`] bytes).
+/// `slot` (at least [`FRAME_LEN`] bytes). The IPv4 identification is the
+/// source port (the GRE call ID for GRE); don't fragment is set.
 pub fn write_ipv4(
     slot: &mut [u8],
     dst_mac: Mac,
@@ -54,48 +53,22 @@ pub fn write_ipv4(
 ) {
     let f = &mut slot[..FRAME_LEN];
     f.fill(0);
-    f[0..6].copy_from_slice(&dst_mac.0);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xc8]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    write_ethernet(f, dst_mac.0, CLIENT_MAC, ethertype::IPV4);
     let (proto, l4_len) = match transport {
-        Transport::Tcp { .. } => (6u8, 20usize),
-        Transport::Udp => (17, 8 + 18),
-        Transport::Gre => (47, 16),
+        Transport::Tcp { .. } => (ip_proto::TCP, tcp::MIN_HEADER_LEN),
+        Transport::Udp => (ip_proto::UDP, udp::HEADER_LEN + 18),
+        Transport::Gre => (ip_proto::GRE, frame::PPTP_GRE_LEN),
     };
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&sport.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&client.octets());
-    ip[16..20].copy_from_slice(&vip.octets());
-    let c = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut f[34..];
+    let ip = Ipv4 {
+        ident: sport,
+        ..Ipv4::new(client, vip, proto)
+    };
+    ip.write(&mut f[L3..], l4_len);
+    let l4 = &mut f[L4..];
     match transport {
-        Transport::Tcp { flags } => {
-            l4[0..2].copy_from_slice(&sport.to_be_bytes());
-            l4[2..4].copy_from_slice(&dport.to_be_bytes());
-            l4[4..8].copy_from_slice(&1u32.to_be_bytes());
-            l4[12] = 5 << 4;
-            l4[13] = flags;
-            l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
-        }
-        Transport::Udp => {
-            l4[0..2].copy_from_slice(&sport.to_be_bytes());
-            l4[2..4].copy_from_slice(&dport.to_be_bytes());
-            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        }
-        Transport::Gre => {
-            // Key and sequence present, version 1 (enhanced GRE), PPP.
-            l4[0..4].copy_from_slice(&[0x30, 0x01, 0x88, 0x0b]);
-            l4[4..6].copy_from_slice(&4u16.to_be_bytes());
-            l4[6..8].copy_from_slice(&sport.to_be_bytes());
-            l4[8..12].copy_from_slice(&1u32.to_be_bytes());
-            l4[12..16].copy_from_slice(&[0xff, 0x03, 0x00, 0x21]);
-        }
+        Transport::Tcp { flags } => write_tcp(l4, sport, dport, flags),
+        Transport::Udp => write_udp(l4, sport, dport, l4_len),
+        Transport::Gre => write_pptp_gre(l4, sport, 1),
     }
 }
 
@@ -103,8 +76,9 @@ pub fn write_ipv4(
 /// written by [`write_ipv4`] (the IPv4 checksum is left stale: the
 /// dataplane does not verify it, and a real spoofer's would be right).
 pub fn respoof(slot: &mut [u8], client: Ipv4Addr, sport: u16) {
-    slot[SRC_IP..SRC_IP + 4].copy_from_slice(&client.octets());
-    slot[SRC_PORT..SRC_PORT + 2].copy_from_slice(&sport.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut slot[L3..L4]).set_src(client);
+    // The source port sits at the same offset in TCP and UDP.
+    TcpSegment::new_unchecked(&mut slot[L4..L4 + tcp::MIN_HEADER_LEN]).set_src_port(sport);
 }
 
 /// A pool of frames in one flat buffer, [`STRIDE`] bytes apart.
@@ -149,6 +123,7 @@ mod tests {
     use super::*;
     use shoal_dataplane::mac::unicast_mac;
     use shoal_dataplane::packet::{parse_frame, FrameKind, L4};
+    use shoal_dataplane::wire::tcp::flags::SYN;
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 

@@ -60,8 +60,9 @@ use shoal_dataplane::{
     Affinity, ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, Protocol,
 };
 
-use crate::frames::{respoof, write_ipv4, Pool, Transport, ACK, FRAME_LEN, STRIDE, SYN};
+use crate::frames::{respoof, write_ipv4, Pool, Transport, FRAME_LEN, STRIDE};
 use crate::stats::median;
+use shoal_dataplane::wire::tcp::flags::{ACK, SYN};
 
 /// Connections pre-filled into the descriptor table.
 pub const TABLE_ENTRIES: usize = 1_000_000;

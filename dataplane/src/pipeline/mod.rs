@@ -80,18 +80,12 @@ mod verdict;
 use compiled::FastV4;
 pub use verdict::{Control, Counters, DropReason, Verdict, MALFORMED_REASONS};
 
-/// TCP flag bits.
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
+use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
 
 /// PPTP's control port.
 pub const PPTP_PORT: u16 = 1723;
 /// IKE's ports.
 pub const IKE_PORTS: [u16; 2] = [500, 4500];
-/// shoal's heartbeat EtherType (NLB's).
-pub const HEARTBEAT_ETHERTYPE: u16 = 0x886f;
 
 /// The filter of one host (one per poll loop).
 #[derive(Debug)]

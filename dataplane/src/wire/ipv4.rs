@@ -54,6 +54,18 @@ pub(crate) fn checksum_accumulate(mut sum: u64, data: &[u8]) -> u64 {
     sum
 }
 
+/// The ones' complement sum of the IPv4 pseudo header (RFC 793 §3.1, RFC
+/// 768) for a transport `message` of protocol `proto` between `src` and
+/// `dst`, and of the message itself. Folding it gives the transport
+/// checksum (0 over a message whose checksum field is right).
+pub(crate) fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, message: &[u8]) -> u64 {
+    let mut sum = checksum_accumulate(0, &src.octets());
+    sum = checksum_accumulate(sum, &dst.octets());
+    sum = checksum_accumulate(sum, &[0, proto]);
+    sum = checksum_accumulate(sum, &(message.len() as u16).to_be_bytes());
+    checksum_accumulate(sum, message)
+}
+
 /// Folds a running sum to 16 bits and complements it.
 pub(crate) fn checksum_fold(mut sum: u64) -> u16 {
     while sum > 0xffff {

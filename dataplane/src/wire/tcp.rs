@@ -1,6 +1,9 @@
 //! TCP header (RFC 9293): ports, sequence numbers, data offset, flags.
 
-use super::{read_u16, read_u32, write_u16, write_u32, Malformed};
+use std::net::Ipv4Addr;
+
+use super::ipv4::{checksum_fold, pseudo_header_sum};
+use super::{ip_proto, read_u16, read_u32, write_u16, write_u32, Malformed};
 
 /// Length of the TCP header without options.
 pub const MIN_HEADER_LEN: usize = 20;
@@ -150,6 +153,17 @@ impl<T: AsRef<[u8]>> TcpSegment<T> {
         let b = self.buffer.as_ref();
         b.get(self.header_len()..).unwrap_or(&[])
     }
+
+    /// True when the checksum over the IPv4 pseudo header for `src` and
+    /// `dst` and the whole buffer (header and payload) is right.
+    pub fn verify_checksum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        checksum_fold(pseudo_header_sum(
+            src,
+            dst,
+            ip_proto::TCP,
+            self.buffer.as_ref(),
+        )) == 0
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpSegment<T> {
@@ -197,6 +211,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpSegment<T> {
     pub fn set_urgent(&mut self, urgent: u16) {
         write_u16(self.buffer.as_mut(), field::URGENT, urgent);
     }
+
+    /// Bytes after the header (as its data offset says), writable; empty
+    /// when the offset points past the buffer.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let start = self.header_len();
+        self.buffer.as_mut().get_mut(start..).unwrap_or(&mut [])
+    }
+
+    /// Computes the checksum over the IPv4 pseudo header for `src` and
+    /// `dst` and the whole buffer (header and payload), and writes it.
+    pub fn fill_checksum_v4(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.set_checksum(0);
+        let sum = pseudo_header_sum(src, dst, ip_proto::TCP, self.buffer.as_ref());
+        self.set_checksum(checksum_fold(sum));
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +270,27 @@ mod tests {
     }
 
     #[test]
+    fn checksum_covers_the_pseudo_header() {
+        let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 0, 0, 100));
+        let mut bytes = hex(SYN);
+        let mut tcp = TcpSegment::new_unchecked(&mut bytes[..]);
+        tcp.fill_checksum_v4(src, dst);
+        assert!(tcp.verify_checksum_v4(src, dst));
+        assert!(!tcp.verify_checksum_v4(dst, Ipv4Addr::new(10, 0, 0, 101)));
+        // The same sum written out: pseudo header, then the segment with a
+        // zero checksum field.
+        let mut whole = Vec::new();
+        whole.extend_from_slice(&src.octets());
+        whole.extend_from_slice(&dst.octets());
+        whole.extend_from_slice(&[0, ip_proto::TCP, 0, 25]);
+        let mut zeroed = hex(SYN);
+        zeroed[16..18].fill(0);
+        whole.extend_from_slice(&zeroed);
+        let expect = crate::wire::ipv4_checksum(&whole);
+        assert_eq!(TcpSegment::new_unchecked(&bytes[..]).checksum(), expect);
+    }
+
+    #[test]
     fn setters_round_trip() {
         let mut bytes = [0u8; 25];
         let mut tcp = TcpSegment::new_unchecked(&mut bytes[..]);
@@ -253,7 +303,8 @@ mod tests {
         tcp.set_window(64240);
         tcp.set_checksum(0xabcd);
         tcp.set_urgent(0);
-        bytes[20..].copy_from_slice(&[2, 4, 5, 0xb4, 0xaa]);
+        tcp.payload_mut().copy_from_slice(&[0xaa]);
+        bytes[20..24].copy_from_slice(&[2, 4, 5, 0xb4]);
         assert_eq!(&bytes[..], &hex(SYN)[..]);
     }
 }

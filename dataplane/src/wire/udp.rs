@@ -5,7 +5,10 @@
 //! fragment of a fragmented one it covers bytes this frame does not hold, so
 //! the frame path uses [`UdpDatagram::new_checked_header`] there.
 
-use super::{read_u16, write_u16, Malformed};
+use std::net::Ipv4Addr;
+
+use super::ipv4::{checksum_fold, pseudo_header_sum};
+use super::{ip_proto, read_u16, write_u16, Malformed};
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
@@ -85,6 +88,18 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
         let end = usize::from(self.length()).clamp(start, b.len());
         &b[start..end]
     }
+
+    /// True when the checksum is absent (0) or right over the IPv4 pseudo
+    /// header for `src` and `dst` and the whole buffer.
+    pub fn verify_checksum_v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        self.checksum() == 0
+            || checksum_fold(pseudo_header_sum(
+                src,
+                dst,
+                ip_proto::UDP,
+                self.buffer.as_ref(),
+            )) == 0
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
@@ -106,6 +121,28 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
     /// Sets the checksum field.
     pub fn set_checksum(&mut self, checksum: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, checksum);
+    }
+
+    /// Bytes after the header, writable, up to the end of the buffer (the
+    /// length field is not consulted: the builder sets it).
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        self.buffer
+            .as_mut()
+            .get_mut(HEADER_LEN..)
+            .unwrap_or(&mut [])
+    }
+
+    /// Computes the checksum over the IPv4 pseudo header for `src` and
+    /// `dst` and the whole buffer, and writes it (a computed 0 is sent as
+    /// 0xffff, RFC 768: 0 means "no checksum").
+    pub fn fill_checksum_v4(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.set_checksum(0);
+        let sum = pseudo_header_sum(src, dst, ip_proto::UDP, self.buffer.as_ref());
+        let checksum = match checksum_fold(sum) {
+            0 => 0xffff,
+            c => c,
+        };
+        self.set_checksum(checksum);
     }
 }
 
@@ -156,7 +193,26 @@ mod tests {
         udp.set_dst_port(53);
         udp.set_length(10);
         udp.set_checksum(0x1234);
-        bytes[8..].copy_from_slice(&[0xbe, 0xef]);
+        udp.payload_mut().copy_from_slice(&[0xbe, 0xef]);
         assert_eq!(&bytes[..], &hex(DNS)[..]);
+    }
+
+    #[test]
+    fn checksum_covers_the_pseudo_header() {
+        let (src, dst) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 0, 0, 100));
+        let mut bytes = hex(DNS);
+        let mut udp = UdpDatagram::new_unchecked(&mut bytes[..]);
+        udp.fill_checksum_v4(src, dst);
+        assert!(udp.verify_checksum_v4(src, dst));
+        assert!(!udp.verify_checksum_v4(dst, src.to_bits().wrapping_add(1).into()));
+        let mut whole = Vec::new();
+        whole.extend_from_slice(&src.octets());
+        whole.extend_from_slice(&dst.octets());
+        whole.extend_from_slice(&[0, ip_proto::UDP, 0, 10]);
+        let mut zeroed = hex(DNS);
+        zeroed[6..8].fill(0);
+        whole.extend_from_slice(&zeroed);
+        let expect = crate::wire::ipv4_checksum(&whole);
+        assert_eq!(UdpDatagram::new_unchecked(&bytes[..]).checksum(), expect);
     }
 }

@@ -524,54 +524,20 @@ mod tests {
     use shoal_dataplane::mac::Mac;
     use shoal_dataplane::map::View;
     use shoal_dataplane::pipeline::{Dataplane, Verdict};
-    use shoal_dataplane::wire::ipv4_checksum;
-    use shoal_dataplane::{
-        Affinity, ClusterMode, ClusterSpec, FilterMode, HostSet, PortRule, Protocol,
-    };
+    use shoal_dataplane::wire::{ip_proto, tcp::flags};
+    use shoal_dataplane::{Affinity, ClusterSpec, HostSet};
+    use shoal_testkit::frame::{self, Ipv4};
+    use shoal_testkit::spec::{self, VIP};
     use std::net::Ipv4Addr;
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-
     fn syn(client: Ipv4Addr, sport: u16) -> Vec<u8> {
-        let mut f = Vec::with_capacity(54);
-        f.extend_from_slice(&unicast_mac(VIP).0);
-        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-        f.extend_from_slice(&0x0800u16.to_be_bytes());
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&40u16.to_be_bytes());
-        h[8] = 64;
-        h[9] = 6;
-        h[12..16].copy_from_slice(&client.octets());
-        h[16..20].copy_from_slice(&VIP.octets());
-        let c = ipv4_checksum(&h);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        f.extend_from_slice(&h);
-        let mut t = [0u8; 20];
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&80u16.to_be_bytes());
-        t[12] = 5 << 4;
-        t[13] = 0x02;
-        t[14..16].copy_from_slice(&65535u16.to_be_bytes());
-        f.extend_from_slice(&t);
-        f
+        let ip = Ipv4::new(client, VIP, ip_proto::TCP);
+        ip.frame(unicast_mac(VIP).0, &frame::tcp(sport, 80, flags::SYN))
     }
 
     /// One VIP, one TCP port-80 rule.
     fn web_spec() -> ClusterSpec {
-        ClusterSpec {
-            vips: vec![IpAddr::V4(VIP)],
-            mode: ClusterMode::Unicast,
-            ipv6_network_prefix: 64,
-            rules: vec![PortRule::new(
-                None,
-                (80, 80),
-                Protocol::Tcp,
-                FilterMode::Multiple {
-                    affinity: Affinity::None,
-                },
-            )],
-        }
+        spec::one_vip(vec![spec::tcp_port(80, spec::multiple(Affinity::None))])
     }
 
     /// A control thread for `machine` over one poll loop's `stats`.

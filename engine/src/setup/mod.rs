@@ -80,9 +80,6 @@ mod nft;
 
 use journal::{Journal, Leftover, Step};
 
-/// Ether type of shoal heartbeats.
-pub const HEARTBEAT_ETHER_TYPE: u16 = 0x886F;
-
 /// Everything [`HostSetup::apply`] needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostSetupConfig {

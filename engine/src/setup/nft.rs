@@ -16,7 +16,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::{HostSetupConfig, HEARTBEAT_ETHER_TYPE};
+use shoal_dataplane::wire::ethertype;
+
+use super::HostSetupConfig;
 use crate::tap::format_mac;
 
 /// The table name for NIC `interface`: `shoal_<nic>`, with characters nft
@@ -51,7 +53,7 @@ pub(super) fn ruleset(config: &HostSetupConfig) -> String {
     let macs = macs.join(", ");
     let _ = writeln!(s, "    ether daddr {{ {macs} }} ip protocol igmp accept");
     let _ = writeln!(s, "    ether daddr {{ {macs} }} drop");
-    let _ = writeln!(s, "    ether type 0x{HEARTBEAT_ETHER_TYPE:04x} drop");
+    let _ = writeln!(s, "    ether type 0x{:04x} drop", ethertype::HEARTBEAT);
     let v4: Vec<String> = config
         .vips
         .iter()

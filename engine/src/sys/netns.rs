@@ -63,6 +63,32 @@ pub fn cookie() -> io::Result<u64> {
     Ok(value)
 }
 
+/// Moves the calling thread into the network namespace bind-mounted at
+/// `/run/netns/NAME` for the rest of its life. Other threads, the
+/// process's and new threads', stay where they are; call it on a thread
+/// that does nothing else afterwards outside the namespace (a scoped
+/// thread, as [`run_in_named`] makes).
+///
+/// # Errors
+/// When the namespace does not exist or cannot be entered; the thread then
+/// stays where it was.
+pub fn enter_named(name: &str) -> Result<(), NetnsError> {
+    let path = PathBuf::from("/run/netns").join(name);
+    let ns = File::open(&path).map_err(|source| NetnsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    // SAFETY: `ns` is an open network-namespace descriptor that outlives
+    // the call; `setns` changes only the calling thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetnsError::Enter {
+            path,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Runs `work` on a new thread that has entered the network namespace
 /// bind-mounted at `/run/netns/NAME` (what `ip netns add NAME` makes), and
 /// returns what it returned.
@@ -82,22 +108,9 @@ where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let path = PathBuf::from("/run/netns").join(name);
-    let ns = File::open(&path).map_err(|source| NetnsError::Open {
-        path: path.clone(),
-        source,
-    })?;
     std::thread::scope(|scope| {
         let thread = scope.spawn(move || {
-            // SAFETY: `ns` is an open network-namespace descriptor that
-            // outlives the call; `setns` changes only this thread's
-            // namespace, and this thread ends when `work` returns.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Enter {
-                    path,
-                    source: io::Error::last_os_error(),
-                });
-            }
+            enter_named(name)?;
             Ok(work())
         });
         thread

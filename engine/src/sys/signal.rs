@@ -1,9 +1,11 @@
 //! Process-wide signal dispositions: the stop flag that SIGINT and SIGTERM
-//! raise, and the default SIGPIPE disposition for command-line tools.
+//! raise, and the default SIGPIPE disposition for command-line tools; and
+//! asking another process to stop ([`terminate`]).
 //!
 //! Handlers installed here only store to an atomic, which is
 //! async-signal-safe; nothing else runs in signal context.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Raised by SIGINT and SIGTERM once [`catch_stop`] has run. Anyone may
@@ -24,6 +26,21 @@ pub fn catch_stop() {
             libc::signal(sig, on_stop as *const () as libc::sighandler_t);
         }
     }
+}
+
+/// Sends SIGTERM to process `pid` (a child's `Child::id`).
+///
+/// # Errors
+/// When there is no such process, it is not ours to signal, or `pid` does
+/// not fit a `pid_t`.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Restores SIGPIPE's default action, so that a command writing to a closed

@@ -12,4 +12,4 @@ pub mod guard;
 pub mod program;
 pub mod reclassify;
 
-pub use program::{XdpAction, XdpParams, XdpProgram, HEARTBEAT_ETHERTYPE};
+pub use program::{XdpAction, XdpParams, XdpProgram};

@@ -58,14 +58,16 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use shoal_dataplane::wire::ethertype::{
+    ARP as ETHERTYPE_ARP, HEARTBEAT as HEARTBEAT_ETHERTYPE, IPV4 as ETHERTYPE_IPV4,
+    IPV6 as ETHERTYPE_IPV6, QINQ as ETHERTYPE_QINQ, VLAN as ETHERTYPE_VLAN,
+};
 use shoal_dataplane::MAX_RULES;
 
 use super::asm::{Asm, AsmError, Cond, Insn, Label, Reg, Size};
 use super::fast::{FastPathFds, FastPathLayout};
 use super::guard::{self, GUARD_OTHER_MAC, GUARD_OVERSIZE, GUARD_UNOWNED_QUEUE};
 
-/// The ethertype of shoal's heartbeats (NLB's own).
-pub const HEARTBEAT_ETHERTYPE: u16 = 0x886F;
 /// Most cluster MACs a program matches.
 pub const MAX_CLUSTER_MACS: usize = 64;
 /// Most IPv4 VIPs a program matches ARP for.
@@ -92,16 +94,11 @@ const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
 
 const ETH_HLEN: i16 = 14;
 const VLAN_HLEN: i16 = 4;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_IPV4: u16 = 0x0800;
 /// IPv4 header: the destination address at 16, 20 bytes without options.
 const IPV4_HLEN: i16 = 20;
 const IPV4_DST: i16 = 16;
 /// IPv6 header: the destination address at 24.
 const IPV6_DST: i16 = 24;
-const ETHERTYPE_IPV6: u16 = 0x86DD;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88A8;
 /// ARP body for Ethernet/IPv4: 28 bytes, target protocol address at 24.
 const ARP_LEN: i16 = 28;
 const ARP_TPA: i16 = 24;

@@ -1,28 +1,16 @@
 //! Shared pieces of the AF_XDP tests: the privilege gate, network namespaces
-//! that clean up after themselves, and frame builders.
+//! that clean up after themselves, and frames (built by
+//! `shoal_testkit::frame`).
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 
-/// Whether a privileged test should run. Fails loudly when it cannot run,
-/// unless `SHOAL_SKIP_PRIVILEGED=1`, which prints a loud SKIP line instead.
-pub fn privileged(test: &str) -> bool {
-    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP {test}: SHOAL_SKIP_PRIVILEGED=1 (needs root, bpf() and AF_XDP)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (CAP_BPF, CAP_NET_ADMIN); set SHOAL_SKIP_PRIVILEGED=1 to skip it"
-    );
-    true
-}
+use shoal_dataplane::wire::ip_proto;
+use shoal_testkit::frame::{self, Ipv4};
+
+pub use shoal_testkit::privileged;
 
 /// Runs `ip` with `args`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) -> String {
@@ -60,20 +48,11 @@ impl Netns {
         ns
     }
 
-    /// Moves the calling thread into this namespace.
+    /// Moves the calling thread into this namespace for the rest of its
+    /// life (call it first thing on a scoped thread).
     pub fn enter(&self) {
-        let f = File::open(format!("/var/run/netns/{}", self.name))
-            .unwrap_or_else(|e| panic!("open netns {}: {e}", self.name));
-        // SAFETY: setns only changes the calling thread's network namespace;
-        // `f` is an open namespace fd for the duration of the call.
-        let ret = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            ret,
-            0,
-            "setns {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
+        shoal_engine::sys::netns::enter_named(&self.name)
+            .unwrap_or_else(|e| panic!("enter netns {}: {e}", self.name));
     }
 
     pub fn ip(&self, args: &[&str]) -> String {
@@ -144,94 +123,21 @@ impl VethPair {
     }
 }
 
-// --- frame builders --------------------------------------------------------
+// --- frames, in the argument order these tests use ---------------------
 
-pub const BROADCAST: [u8; 6] = [0xff; 6];
+#[allow(unused_imports)]
+pub use shoal_testkit::frame::{arp_request, ethernet, vlan_tagged, BROADCAST};
 
-pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Inserts an 802.1Q tag (TPID `tpid`, VLAN `vid`) after the MACs.
-pub fn vlan_tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
-    let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&tpid.to_be_bytes());
-    f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
-    f.extend_from_slice(&frame[12..]);
-    f
-}
-
-/// An ARP request body: who has `target`? tell `sender`.
-pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
-    a.extend_from_slice(&sender_mac);
-    a.extend_from_slice(&sender.octets());
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&target.octets());
-    a
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4/UDP packet (UDP checksum 0, header checksum computed).
+/// An IPv4/UDP packet from port 40000 (UDP checksum 0, header checksum
+/// computed).
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 20 + 8 + payload.len();
-    let mut p = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0x40,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ];
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let ulen = 8 + payload.len();
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&(ulen as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    p
+    Ipv4::new(src, dst, ip_proto::UDP).packet(&frame::udp(40000, dport, payload))
 }
 
 /// An IPv6 packet carrying an ICMPv6 neighbour solicitation for `target`
-/// (checksum left zero: only the XDP program looks at it).
+/// followed by `trailer` (option bytes).
 pub fn ipv6_ns(src: Ipv6Addr, target: Ipv6Addr, trailer: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&target.octets());
-    icmp.extend_from_slice(trailer);
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[58, 255]);
-    p.extend_from_slice(&src.octets());
-    let seg = target.segments();
-    let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | (seg[6] & 0xff), seg[7]);
-    p.extend_from_slice(&solicited.octets());
-    p.extend_from_slice(&icmp);
-    p
+    frame::neighbour_solicitation(src, target, trailer)
 }
 
 /// Whether `frame` carries `marker` anywhere.

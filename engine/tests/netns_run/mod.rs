@@ -8,21 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether the test may run: root, unless `SHOAL_SKIP_PRIVILEGED=1` asks for
-/// a loud skip. Without root and without that variable, the test fails.
-pub fn privileged(test: &str) -> bool {
-    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP {test}: SHOAL_SKIP_PRIVILEGED=1 (needs root)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "{test} needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
-    );
-    true
-}
+pub use shoal_testkit::privileged;
 
 /// Runs a shell command; returns its stdout and stderr.
 pub fn sh(cmd: &str) -> String {
@@ -155,8 +141,8 @@ impl Lab {
 
 /// Sends SIGTERM to `child` and waits (at most 10 s) for it to exit.
 pub fn stop(child: &mut Child) -> ExitStatus {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // An already-ended child is fine: the wait below reaps it.
+    let _ = shoal_engine::sys::signal::terminate(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -265,6 +265,7 @@ pub fn check(frame: &[u8]) {
 mod tests {
     use super::*;
     use crate::seeds;
+    use shoal_dataplane::wire::tcp::flags;
 
     #[test]
     fn spec_rules_do_not_overlap() {
@@ -288,7 +289,7 @@ mod tests {
         }
         for n in 0..200u32 {
             let client = Ipv4Addr::from(0x0a01_0000 + n * 7);
-            let keepers = keepers(&segment.check(&seeds::tcp4(client, 40000, 80, seeds::SYN)));
+            let keepers = keepers(&segment.check(&seeds::tcp4(client, 40000, 80, flags::SYN)));
             assert_eq!(keepers.len(), 1, "SYN from {client} kept by {keepers:?}");
             syns += 1;
         }
@@ -306,7 +307,7 @@ mod tests {
             Ipv4Addr::new(10, 9, 9, 9),
             5555,
             23,
-            seeds::SYN,
+            flags::SYN,
         )));
         assert!(keepers.is_empty(), "telnet kept by {keepers:?}");
     }

@@ -17,34 +17,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use shoal_dataplane::mac::unicast_mac;
-use shoal_dataplane::pipeline::HEARTBEAT_ETHERTYPE;
-use shoal_dataplane::wire::ipv4_checksum;
+use shoal_dataplane::wire::ethertype;
+use shoal_dataplane::wire::ip_proto;
+use shoal_dataplane::wire::tcp::flags::{ACK, FIN, RST, SYN};
+use shoal_testkit::frame::{self, padded, pptp_gre, tcp, udp, vlan_tagged, BROADCAST, CLIENT_MAC};
 
 use crate::classify::{RULE_PORTS, VIP, VIP6};
 
-/// TCP FIN.
-pub const FIN: u8 = 0x01;
-/// TCP SYN.
-pub const SYN: u8 = 0x02;
-/// TCP RST.
-pub const RST: u8 = 0x04;
-/// TCP ACK.
-pub const ACK: u8 = 0x10;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-const BROADCAST: [u8; 6] = [0xff; 6];
-
-/// An Ethernet header to `dst` from a client MAC.
-pub fn eth(dst: [u8; 6], ethertype: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(128);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
-}
-
 fn cluster_mac() -> [u8; 6] {
     unicast_mac(VIP).0
+}
+
+/// An Ethernet frame from a client MAC to `dst`.
+fn eth(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    frame::ethernet(dst, CLIENT_MAC, ethertype, payload)
 }
 
 /// An IPv4 packet (to the cluster MAC) with fragment word `frag` and `id`,
@@ -57,80 +43,57 @@ pub fn ipv4(
     id: u16,
     frag: u16,
 ) -> Vec<u8> {
-    let mut f = eth(cluster_mac(), 0x0800);
-    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
-    let mut h = [0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[4..6].copy_from_slice(&id.to_be_bytes());
-    h[6..8].copy_from_slice(&frag.to_be_bytes());
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let c = ipv4_checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(payload);
-    f.resize(f.len().max(60), 0);
-    f
+    let header = frame::Ipv4 {
+        ident: id,
+        fragment: frag,
+        ..frame::Ipv4::new(src, dst, proto)
+    };
+    header.frame(cluster_mac(), payload)
 }
 
 /// An IPv6 packet (to the cluster MAC) with next header `next`.
 pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = eth(cluster_mac(), 0x86dd);
-    let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-    let mut h = [0u8; 40];
-    h[0] = 0x60;
-    h[4..6].copy_from_slice(&len.to_be_bytes());
-    h[6] = next;
-    h[7] = hop_limit;
-    h[8..24].copy_from_slice(&src.octets());
-    h[24..40].copy_from_slice(&dst.octets());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A 20-byte TCP header.
-pub fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    t
+    let packet = frame::ipv6(src, dst, next, hop_limit, payload);
+    eth(cluster_mac(), ethertype::IPV6, &packet)
 }
 
 /// A UDP header and `payload` zero bytes.
-pub fn udp_datagram(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-    let mut u = vec![0u8; 8 + payload];
-    let len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&len.to_be_bytes());
-    u
+fn udp_zeros(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    udp(sport, dport, &vec![0; payload])
 }
 
 /// TCP from `client` to the IPv4 VIP.
 pub fn tcp4(client: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    ipv4(client, VIP, 6, &tcp_header(sport, dport, flags), 1, 0x4000)
+    ipv4(
+        client,
+        VIP,
+        ip_proto::TCP,
+        &tcp(sport, dport, flags),
+        1,
+        0x4000,
+    )
 }
 
 /// TCP from `client` to the IPv6 VIP.
 pub fn tcp6(client: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    ipv6(client, VIP6, 6, 64, &tcp_header(sport, dport, flags))
+    ipv6(client, VIP6, ip_proto::TCP, 64, &tcp(sport, dport, flags))
 }
 
 /// UDP from `client` to the IPv4 VIP.
 pub fn udp4(client: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    ipv4(client, VIP, 17, &udp_datagram(sport, dport, 4), 1, 0)
+    ipv4(
+        client,
+        VIP,
+        ip_proto::UDP,
+        &udp_zeros(sport, dport, 4),
+        1,
+        0,
+    )
 }
 
 /// UDP from `client` to the IPv6 VIP.
 pub fn udp6(client: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
-    ipv6(client, VIP6, 17, 64, &udp_datagram(sport, dport, 4))
+    ipv6(client, VIP6, ip_proto::UDP, 64, &udp_zeros(sport, dport, 4))
 }
 
 fn client4(n: u8) -> Ipv4Addr {
@@ -158,22 +121,21 @@ pub fn cluster_frames() -> Vec<Vec<u8>> {
 
     // All fragments of one UDP datagram to DNS: first (MF, offset 0), later
     // (offset 24 bytes).
-    let mut first = udp_datagram(5353, 53, 16);
+    let mut first = udp_zeros(5353, 53, 16);
     first[4..6].copy_from_slice(&1000u16.to_be_bytes());
     first.truncate(24);
     out.push(ipv4(client4(40), VIP, 17, &first, 77, 0x2000));
     out.push(ipv4(client4(40), VIP, 17, &[0u8; 16], 77, 3));
     // IPv6 fragment header (44) ahead of a first fragment of UDP.
     let mut frag6 = vec![17, 0, 0x00, 0x01, 0, 0, 0, 9];
-    frag6.extend_from_slice(&udp_datagram(5353, 53, 8));
+    frag6.extend_from_slice(&udp_zeros(5353, 53, 8));
     out.push(ipv6(client6(40), VIP6, 44, 64, &frag6));
 
     // PPTP control connection, then enhanced GRE (PPP) from that client.
     let pptp = client4(50);
     out.push(tcp4(pptp, 1050, 1723, SYN));
     out.push(tcp4(pptp, 1050, 1723, ACK));
-    let mut gre = vec![0x30, 0x01, 0x88, 0x0b, 0, 4, 0x12, 0x34, 0, 0, 0, 1];
-    gre.extend_from_slice(&[0xff, 0x03, 0x00, 0x21]);
+    let gre = pptp_gre(0x1234, 1);
     out.push(ipv4(pptp, VIP, 47, &gre, 7, 0));
     out.push(ipv4(client4(51), VIP, 47, &gre, 8, 0));
 
@@ -184,7 +146,7 @@ pub fn cluster_frames() -> Vec<Vec<u8>> {
     out.push(ipv4(ike, VIP, 50, &esp, 9, 0));
 
     // ICMP destination unreachable quoting a segment the VIP sent.
-    let mut quoted = ipv4(VIP, client4(70), 6, &tcp_header(80, 40070, ACK), 3, 0x4000);
+    let mut quoted = ipv4(VIP, client4(70), 6, &tcp(80, 40070, ACK), 3, 0x4000);
     let quoted = quoted.split_off(14);
     let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
     icmp.extend_from_slice(&quoted[..28]);
@@ -193,22 +155,13 @@ pub fn cluster_frames() -> Vec<Vec<u8>> {
     out.push(ipv4(client4(71), VIP, 1, &[8, 0, 0, 0, 0, 1, 0, 1], 11, 0));
 
     // ARP request for the VIP, broadcast.
-    let mut arp = eth(BROADCAST, 0x0806);
-    arp.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&client4(80).octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&VIP.octets());
-    arp.resize(60, 0);
-    out.push(arp);
+    let arp = frame::arp_request(CLIENT_MAC, client4(80), VIP);
+    out.push(padded(eth(BROADCAST, ethertype::ARP, &arp)));
 
     // Neighbour solicitation for the IPv6 VIP (hop limit 255).
-    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
-    ns.extend_from_slice(&VIP6.octets());
-    ns.extend_from_slice(&[1, 1]);
-    ns.extend_from_slice(&CLIENT_MAC);
-    let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x0100);
-    out.push(ipv6(client6(81), solicited, 58, 255, &ns));
+    let option = frame::source_link_layer_option(CLIENT_MAC);
+    let ns = frame::neighbour_solicitation(client6(81), VIP6, &option);
+    out.push(eth(cluster_mac(), ethertype::IPV6, &ns));
 
     // IGMPv2 membership report for the cluster's group.
     let group = Ipv4Addr::new(239, 255, 0, 100);
@@ -217,29 +170,22 @@ pub fn cluster_frames() -> Vec<Vec<u8>> {
     out.push(ipv4(client4(82), group, 2, &igmp, 12, 0));
 
     // A heartbeat-typed frame (its body is the control plane's business).
-    let mut hb = eth(BROADCAST, HEARTBEAT_ETHERTYPE);
-    hb.extend_from_slice(&[0x5a; 46]);
-    out.push(hb);
+    out.push(eth(BROADCAST, ethertype::HEARTBEAT, &[0x5a; 46]));
 
     // A VLAN-tagged SYN.
     let syn = tcp4(client4(90), 1234, 80, SYN);
-    let mut tagged = syn[..12].to_vec();
-    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
-    tagged.extend_from_slice(&syn[12..]);
-    out.push(tagged);
+    out.push(vlan_tagged(&syn, ethertype::VLAN, 10));
 
     // To the cluster MAC but not a VIP; not IP at all.
     out.push(ipv4(
         client4(91),
         Ipv4Addr::new(10, 0, 0, 11),
         6,
-        &tcp_header(1, 22, SYN),
+        &tcp(1, 22, SYN),
         1,
         0,
     ));
-    let mut other = eth(cluster_mac(), 0x88b5);
-    other.resize(60, 0);
-    out.push(other);
+    out.push(padded(eth(cluster_mac(), 0x88b5, &[])));
     out
 }
 
