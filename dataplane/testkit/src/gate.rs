@@ -11,7 +11,9 @@
 //!   variable is unset or empty: a lab test may skip, loudly, only on a
 //!   machine that lacks a kernel feature; under CI every layer runs and a
 //!   missing feature is a failure.
-//! - A skip is loud: a `SHOAL-SKIP <test>: <reason>` line goes to stderr,
+//! - A skip is loud: a `SHOAL-SKIP <test>: <reason>` line goes to stderr
+//!   (`<test>` is the test binary and the harness's name of the running
+//!   test when it has one),
 //!   and, when `SHOAL_SKIP_LOG` names a file, the line `<test>: <reason>`
 //!   is appended to it. The test harness hides a passing test's output, so
 //!   the file is what `scripts/test.sh` counts and lists after `cargo test`.
@@ -61,6 +63,25 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     if ci {
         panic!("{test}: {why}; under CI a privileged test may not skip ({SKIP_VAR}=1 ignored)");
     }
+    // The harness names each test's thread after the test's path: more
+    // precise than the label callers pass. The test binary's name (without
+    // cargo's hash) tells the file.
+    let current = std::thread::current();
+    let name = match current.name() {
+        Some(name) if name != "main" => name,
+        _ => test,
+    };
+    let binary = std::env::current_exe().ok().and_then(|exe| {
+        let stem = exe.file_stem()?.to_str()?.to_owned();
+        Some(
+            stem.rsplit_once('-')
+                .map_or(stem.clone(), |(b, _)| b.to_owned()),
+        )
+    });
+    let test = match binary {
+        Some(binary) => format!("{binary}::{name}"),
+        None => name.to_owned(),
+    };
     eprintln!("SHOAL-SKIP {test}: {why}");
     if let Some(log) = std::env::var_os(SKIP_LOG_VAR).filter(|v| !v.is_empty()) {
         let line = format!("{test}: {why}\n");
