@@ -3,15 +3,18 @@
 //! dataplanes, kept frames into a recording delivery. Each cluster frame is
 //! delivered by exactly one host, and every frame is accounted for.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
 use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::map::{ClusterMap, View};
 use shoal_dataplane::pipeline::Dataplane;
+use shoal_dataplane::wire::{ethertype, ip_proto, tcp::flags};
 use shoal_engine::io::Delivery;
 use shoal_engine::replay::PcapReplay;
 use shoal_engine::runtime::drain;
+use shoal_testkit::frame::{self, Ipv4};
 
 /// Records what it is given.
 #[derive(Default)]
@@ -120,24 +123,16 @@ fn syn_capture(n: u32) -> Vec<u8> {
     f.extend_from_slice(&65535u32.to_le_bytes());
     f.extend_from_slice(&1u32.to_le_bytes());
     for i in 0..n {
-        let mut frame = vec![0x02, 0xbf, 10, 0, 0, 100, 0x02, 0, 0, 0, 0, 9, 0x08, 0x00];
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 6;
-        ip[12..16].copy_from_slice(&(0x0a01_0000u32 + i).to_be_bytes());
-        ip[16..20].copy_from_slice(&[10, 0, 0, 100]);
-        let c = shoal_dataplane::wire::ipv4_checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&(20_000 + (i % 40_000) as u16).to_be_bytes());
-        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = 0x02;
-        frame.extend_from_slice(&tcp);
-        frame.resize(60, 0);
+        let client = Ipv4Addr::from(0x0a01_0000u32 + i);
+        let ip = Ipv4::new(client, Ipv4Addr::new(10, 0, 0, 100), ip_proto::TCP);
+        let sport = 20_000 + (i % 40_000) as u16;
+        let packet = ip.packet(&frame::tcp(sport, 80, flags::SYN));
+        let frame = frame::padded(frame::ethernet(
+            [0x02, 0xbf, 10, 0, 0, 100],
+            [0x02, 0, 0, 0, 0, 9],
+            ethertype::IPV4,
+            &packet,
+        ));
         f.extend_from_slice(&i.to_le_bytes());
         f.extend_from_slice(&0u32.to_le_bytes());
         f.extend_from_slice(&(frame.len() as u32).to_le_bytes());
