@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use netns_run::{privileged, stop, Lab};
 use shoal_controlplane::{Request, ReturnCode};
+use shoal_dataplane::wire::ethertype;
 
 const PERIOD_MS: u64 = 50;
 
@@ -68,7 +69,7 @@ fn heartbeats_keep_their_cadence(backend: &str) {
     let mut capture = Command::new("ip")
         .args(["netns", "exec", &lab.client])
         .args(["tcpdump", "-i", "eth0", "-nn", "-tt", "-l", "-Q", "in"])
-        .args(["ether", "proto", "0x886f"])
+        .args(["ether", "proto", &format!("0x{:04x}", ethertype::HEARTBEAT)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -126,8 +127,7 @@ fn heartbeats_keep_their_cadence(backend: &str) {
         spans.push((format!("{verb:?}"), from, wall()));
     }
     std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(capture.id() as i32, libc::SIGTERM) };
+    let _ = shoal_engine::sys::signal::terminate(capture.id());
     let _ = capture.wait();
     let _ = reader.join();
     let status = stop(&mut shoal);

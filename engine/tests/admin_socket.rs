@@ -23,6 +23,7 @@ use shoal_engine::control::admin::Call;
 use shoal_engine::control::{
     AdminCall, AdminCounters, AdminOptions, AdminServer, Admission, Limits,
 };
+use shoal_testkit::privileged;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shoal-adm-{}-{name}", std::process::id()));
@@ -102,20 +103,6 @@ fn query(socket: &Path) -> Response {
     shoal_engine::control::call(socket, &Request::Query).expect("query")
 }
 
-fn privileged(test: &str) -> bool {
-    if std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP {test}: SHOAL_SKIP_PRIVILEGED=1 (needs root)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root,
-        "{test} needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
-    );
-    true
-}
-
 /// Under a umask that would leave the socket open to everyone, a watcher
 /// stat()ing the path in a tight loop through hundreds of starts never
 /// sees it with any mode but 0600 (binding at the path and then chmod-ing
@@ -123,9 +110,8 @@ fn privileged(test: &str) -> bool {
 #[test]
 fn the_socket_is_0600_from_the_first_moment() {
     let dir = scratch("mode");
-    // SAFETY: umask has no preconditions; widening it only affects files
-    // this test process creates.
-    let old = unsafe { libc::umask(0) };
+    // Widening the mask only affects files this test process creates.
+    let old = shoal_engine::sys::umask::replace(0);
     let path = dir.join("host1.sock");
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -152,8 +138,7 @@ fn the_socket_is_0600_from_the_first_moment() {
     }
     done.store(true, Ordering::Relaxed);
     let (seen, looks) = watcher.join().unwrap();
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    shoal_engine::sys::umask::replace(old);
     assert!(looks > 0, "the watcher never saw the socket");
     assert_eq!(
         seen,
@@ -381,9 +366,11 @@ fn shutdown_does_not_wait_on_stuck_clients() {
 fn reload_reads_its_file_off_the_control_thread() {
     let dir = scratch("reload");
     let fifo = dir.join("cluster.toml");
-    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: `c_path` is a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let made = Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&fifo)
+        .status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
     let s = Served::start(&dir, Admission::default(), Limits::default());
     let socket = s.socket.clone();
     let reload = std::thread::spawn(move || {

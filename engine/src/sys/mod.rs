@@ -17,7 +17,7 @@
 //! and a test double is named `Fake`: `bpf::fake::Fake`, shared by the unit
 //! tests of several callers, lives here; the others live beside the one test
 //! module that scripts them. The remaining modules ([`xsk`], [`netns`],
-//! [`peer`], [`sched`], [`signal`], [`wake`]) are plain safe wrappers with
+//! [`peer`], [`sched`], [`signal`], [`umask`], [`wake`]) are plain safe wrappers with
 //! no fake.
 #![allow(unsafe_code)]
 
@@ -29,5 +29,6 @@ pub mod peer;
 pub mod sched;
 pub mod signal;
 pub mod tap;
+pub mod umask;
 pub mod wake;
 pub mod xsk;
