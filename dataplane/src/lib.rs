@@ -2,6 +2,7 @@
 //! every frame it sees. Sans-IO: bytes and time in, verdicts out.
 #![forbid(unsafe_code)]
 
+pub mod answer_limit;
 pub mod bucket;
 pub mod descriptor;
 pub mod fastpath;
