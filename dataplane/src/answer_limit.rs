@@ -300,7 +300,10 @@ mod tests {
         assert_eq!(quiet_answered, 10);
         let c = l.counters();
         assert!(c.answered <= 10 + 50 + 10 + 1, "{c:?}");
-        assert_eq!(c.global_limited, 0, "the flooder alone never reaches the global cap");
+        assert_eq!(
+            c.global_limited, 0,
+            "the flooder alone never reaches the global cap"
+        );
     }
 
     #[test]

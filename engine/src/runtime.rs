@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdic
 use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::control::{ControlLoop, Responder};
-use crate::handoff::{apply_reset, LoopStats, MapCell, Outbound};
+use crate::handoff::{apply_reset, ControlInbox, LoopStats, MapCell, Outbound};
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
 use crate::sys::signal::{self, STOP};
 use crate::sys::wake::{Bells, Sleeper};
@@ -71,7 +71,7 @@ struct PollLoop {
     delivery: Box<dyn Delivery>,
     dataplane: Dataplane,
     cell: Arc<MapCell>,
-    control_tx: SyncSender<Vec<u8>>,
+    inbox: Arc<ControlInbox>,
     outbound: Arc<Outbound>,
     stats: Arc<Mutex<LoopStats>>,
     batch: usize,
@@ -138,7 +138,7 @@ impl PollLoop {
             for io in &mut self.backends {
                 let dp = &mut self.dataplane;
                 let delivery = &mut self.delivery;
-                let control_tx = &self.control_tx;
+                let inbox = &self.inbox;
                 let local = &mut local;
                 let res = io.receive(self.batch, &mut |frames| {
                     judge_and_deliver(
@@ -147,7 +147,7 @@ impl PollLoop {
                         now,
                         &mut verdicts,
                         &mut **delivery,
-                        &mut |f| control_tx.try_send(f.to_vec()).is_ok(),
+                        &mut |kind, f| inbox.push(kind, f),
                         local,
                     );
                 });
@@ -216,14 +216,15 @@ fn socket_drops(backends: &[Box<dyn FrameIo>]) -> crate::io::SocketDrops {
 
 /// The work of one batch, shared by the poll loops and [`drain`]: judge the
 /// frames, hand kept ones to `delivery` in one call, and control frames to
-/// `control` (which returns false when it had no room).
+/// `control` with their kind (it returns false when it had no room; the
+/// frame is then counted in [`LoopStats::control_dropped`]).
 pub fn judge_and_deliver(
     dp: &mut Dataplane,
     frames: &[&[u8]],
     now: u64,
     verdicts: &mut [Verdict; MAX_BATCH],
     delivery: &mut dyn Delivery,
-    control: &mut dyn FnMut(&[u8]) -> bool,
+    control: &mut dyn FnMut(Control, &[u8]) -> bool,
     stats: &mut LoopStats,
 ) {
     if frames.is_empty() {
@@ -240,7 +241,9 @@ pub fn judge_and_deliver(
                 kept[n] = f;
                 n += 1;
             }
-            Verdict::Control(_) if !control(f) => stats.control_overflow += 1,
+            Verdict::Control(kind) if !control(*kind, f) => {
+                stats.control_dropped[*kind as usize] += 1;
+            }
             _ => {}
         }
     }
@@ -280,7 +283,7 @@ pub fn drain(
                 now,
                 &mut verdicts,
                 delivery,
-                &mut |_| true,
+                &mut |_, _| true,
                 &mut stats,
             );
         })?;
@@ -342,7 +345,7 @@ fn counters_json(
     let mut total = Counters::default();
     let mut delivered = 0;
     let mut delivery_errors = 0;
-    let mut control_overflow = 0;
+    let mut control_dropped = [0u64; 4];
     let mut batches = 0;
     let mut descriptors = 0;
     let mut capacity = 0;
@@ -353,7 +356,9 @@ fn counters_json(
         total.merge(&s.dataplane);
         delivered += s.delivered;
         delivery_errors += s.delivery_errors;
-        control_overflow += s.control_overflow;
+        for (a, b) in control_dropped.iter_mut().zip(s.control_dropped) {
+            *a += b;
+        }
         batches += s.batches;
         descriptors += s.descriptors;
         xsk.add(&s.socket_drops);
@@ -375,6 +380,13 @@ fn counters_json(
             .filter(|(_, n)| *n > 0)
             .map(|(m, n)| (m.name().to_string(), n.into()))
             .collect();
+    let control_by_kind: serde_json::Map<String, serde_json::Value> = Control::ALL
+        .iter()
+        .zip(control_dropped)
+        .map(|(c, n)| (c.name().to_string(), n.into()))
+        .collect();
+    let limited = thread.limited();
+    let outbound_dropped = thread.outbound_dropped();
     let per_core: Vec<serde_json::Value> = stats
         .iter()
         .map(|s| {
@@ -404,8 +416,19 @@ fn counters_json(
         "malformed": malformed,
         "delivered": delivered,
         "delivery_errors": delivery_errors,
-        "control_overflow": control_overflow,
+        "control_overflow": control_dropped.iter().sum::<u64>(),
+        "control_dropped": control_by_kind,
         "arp_nd_answered": answered,
+        "answers_limited": {
+            "source": limited.neighbour.source_limited,
+            "global": limited.neighbour.global_limited,
+            "sources_evicted": limited.neighbour.evicted,
+        },
+        "igmp_queries_unanswered": limited.igmp.source_limited + limited.igmp.global_limited,
+        "outbound_dropped": {
+            "heartbeat": outbound_dropped.0,
+            "answer": outbound_dropped.1,
+        },
         "igmp_reports": thread.igmp_reports,
         "batches": batches,
         "descriptors": descriptors,
@@ -534,7 +557,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     }
     tracing::info!(host = local.get(), backend = %backend_name, vips = ?config.cluster.vips, cluster_mac = %cluster_mac, "shoal running");
 
-    let (control_tx, control_rx) = sync_channel::<Vec<u8>>(4096);
+    let inbox = Arc::new(ControlInbox::default());
     let outbound = Arc::new(Outbound::default());
     let bells = Arc::new(Bells::new(polls.len()).context("creating the poll loops' doorbells")?);
     cell.attach_bells(bells.clone());
@@ -554,7 +577,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             delivery,
             dataplane: Dataplane::new(map.clone(), dcfg, random_seed()),
             cell: cell.clone(),
-            control_tx: control_tx.clone(),
+            inbox: inbox.clone(),
             outbound: outbound.clone(),
             stats: s,
             batch: (config.io.batch_size as usize).clamp(1, MAX_BATCH),
@@ -571,7 +594,6 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 .context("spawning a poll loop")?,
         );
     }
-    drop(control_tx);
     let _ = core_affinity::set_for_current(core_affinity::CoreId {
         id: host.cores.control,
     });
@@ -622,11 +644,16 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let mut static_responder = None;
     if args.static_view {
         control.announce(&map);
+        let mut frames = Vec::new();
         while !STOP.load(Ordering::Relaxed) {
-            match control_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(frame) => control.handle(&frame),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            // No control plane: heartbeats are taken and left unread.
+            inbox.wait(Duration::from_millis(100));
+            inbox.take_heartbeats(usize::MAX, &mut frames);
+            frames.clear();
+            inbox.take_neighbour(crate::control::NEIGHBOUR_PER_ROUND, &mut frames);
+            let now = start.elapsed().as_nanos() as u64;
+            for frame in frames.drain(..) {
+                control.handle(&frame, now);
             }
             if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
@@ -686,7 +713,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             control,
         );
         c.set_running_config(config.clone());
-        c.run(&control_rx, &admin_rx, &STOP, |c| {
+        c.run(&inbox, &admin_rx, &STOP, |c| {
             if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
                 c.responder.report_membership();

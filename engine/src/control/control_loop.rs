@@ -39,7 +39,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,10 +52,15 @@ use shoal_dataplane::{HostId, MAX_RULES};
 use super::admin::{AdminCall, Call, Reload};
 use super::compiler::{CompileRequest, Compiler};
 use super::responder::Responder;
-use crate::handoff::{LoopStats, MapCell, Outbound};
+use crate::handoff::{ControlInbox, Lane, LoopStats, MapCell, Outbound};
 
 /// Longest the control thread waits for every poll loop to run a new map.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Heartbeats authenticated per round of [`ControlLoop::run`] at most.
+pub const HEARTBEATS_PER_ROUND: usize = 64;
+/// ARP, ND and IGMP frames handled per round of [`ControlLoop::run`] at most.
+pub const NEIGHBOUR_PER_ROUND: usize = 64;
 
 /// The control thread's loop with a control plane: the machine, the map
 /// installs it asks for, its heartbeats and the admin verbs (see the module
@@ -181,7 +186,7 @@ impl ControlLoop {
                     *self.refused.entry(e.name().to_string()).or_default() += 1;
                 }
             }
-            _ => self.responder.handle(frame),
+            _ => self.responder.handle(frame, now),
         }
     }
 
@@ -213,8 +218,9 @@ impl ControlLoop {
         }
         let mut buf = [0u8; 1536];
         while let Some(n) = self.machine.poll_transmit(self.now(), &mut buf) {
-            self.outbound.push(&buf[..n]);
-            self.sent += 1;
+            if self.outbound.push(Lane::Heartbeat, &buf[..n]) {
+                self.sent += 1;
+            }
         }
     }
 
@@ -476,25 +482,34 @@ impl ControlLoop {
         }
     }
 
-    /// Runs until `stop`: control frames from `frames`, admin calls from `admin`.
+    /// Runs until `stop`: control frames from `inbox`, admin calls from
+    /// `admin`.
+    ///
+    /// Each round handles, in this order: at most [`HEARTBEATS_PER_ROUND`]
+    /// heartbeats, at most [`NEIGHBOUR_PER_ROUND`] ARP/ND/IGMP frames, the
+    /// admin calls, then the machine's timers and transmissions
+    /// ([`ControlLoop::step`]). Heartbeats that arrived before a deadline
+    /// are heard before it fires, and however much is queued, a round (and
+    /// so the time between two looks at the timers) stays bounded: a flood
+    /// of frames that fail authentication, or of neighbour requests, delays
+    /// the next heartbeat sent by at most one round's work.
     pub fn run(
         &mut self,
-        frames: &Receiver<Vec<u8>>,
+        inbox: &ControlInbox,
         admin: &Receiver<AdminCall>,
         stop: &AtomicBool,
         mut tick: impl FnMut(&mut Self),
     ) {
+        let mut frames = Vec::with_capacity(HEARTBEATS_PER_ROUND.max(NEIGHBOUR_PER_ROUND));
         while !stop.load(Ordering::Relaxed) {
-            match frames.recv_timeout(self.wait()) {
-                Ok(frame) => {
-                    self.handle_frame(&frame);
-                    // Take whatever else is queued without waiting.
-                    while let Ok(frame) = frames.try_recv() {
-                        self.handle_frame(&frame);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            inbox.wait(self.wait());
+            inbox.take_heartbeats(HEARTBEATS_PER_ROUND, &mut frames);
+            for frame in frames.drain(..) {
+                self.handle_frame(&frame);
+            }
+            inbox.take_neighbour(NEIGHBOUR_PER_ROUND, &mut frames);
+            for frame in frames.drain(..) {
+                self.handle_frame(&frame);
             }
             while let Ok((call, reply)) = admin.try_recv() {
                 let resp = match call {

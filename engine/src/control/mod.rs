@@ -24,5 +24,5 @@ pub mod responder;
 pub use admin::{
     call, default_socket, AdminCall, AdminCounters, AdminOptions, AdminServer, Admission, Limits,
 };
-pub use control_loop::{ControlLoop, INSTALL_TIMEOUT};
+pub use control_loop::{ControlLoop, HEARTBEATS_PER_ROUND, INSTALL_TIMEOUT, NEIGHBOUR_PER_ROUND};
 pub use responder::{Responder, IGMP_REPORT_INTERVAL};
