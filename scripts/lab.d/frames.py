@@ -59,6 +59,13 @@ frames for the cluster, and captured heartbeats replayed, forged and cut.
 * ``hb-replay --frames FILE [--seconds S] [--gap G]``: sends the recorded
   frames in order, round robin, one every G seconds for S seconds; prints
   JSON with the frames sent.
+* ``flood-conf --frame FILE --src-mac M --src S --vip V --ns-target T
+  --out CONF``: writes a trafgen configuration of three frames, sent round
+  robin: an ARP request from M/S for V (broadcast), an IPv6 neighbour
+  solicitation from M for T (to T's solicited-node group), and the
+  captured heartbeat FILE with a fresh random tag in every frame (right
+  cluster id, bad tag: each costs a receiver an HMAC); ``--kinds`` keeps
+  a subset. Prints JSON with the frame lengths.
 
 A packet socket sees every frame the veth delivers, whatever its
 destination MAC, so a count is what the bridge forwarded to that port.
@@ -673,6 +680,51 @@ def cmd_hb_inject(args):
     return 0 if not errors else 1
 
 
+def arp_request(src_mac, src_ip, target_ip):
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + src_mac + socket.inet_aton(src_ip) + b"\0" * 6 \
+        + socket.inet_aton(target_ip)
+    frame = eth(b"\xff" * 6, src_mac, 0x0806) + body
+    return frame + b"\0" * (60 - len(frame))
+
+
+def neighbour_solicitation(src_mac, target):
+    """An NS for TARGET (IPv6 text) from the link-local address of SRC_MAC."""
+    t = socket.inet_pton(socket.AF_INET6, target)
+    src = b"\xfe\x80" + b"\0" * 6 + bytes([src_mac[0] ^ 2]) + src_mac[1:3] + b"\xff\xfe" + src_mac[3:6]
+    dst = b"\xff\x02" + b"\0" * 9 + b"\x01\xff" + t[13:16]
+    icmp = struct.pack("!BBHI", 135, 0, 0, 0) + t + bytes([1, 1]) + src_mac
+    pseudo = src + dst + struct.pack("!IxxxB", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + src + dst
+    return eth(b"\x33\x33" + dst[12:16], src_mac, 0x86DD) + ip6 + icmp
+
+
+def trafgen_bytes(data):
+    return ", ".join("0x%02x" % b for b in data)
+
+
+def cmd_flood_conf(args):
+    with open(args.frame, "rb") as f:
+        hb = f.read()
+    declared = struct.unpack("!H", hb[14 + HB_LENGTH_OFFSET:16 + HB_LENGTH_OFFSET])[0]
+    tag_at = 14 + declared - 16
+    src_mac = mac_bytes(args.src_mac)
+    arp = arp_request(src_mac, args.src, args.vip)
+    ns = neighbour_solicitation(src_mac, args.ns_target)
+    with open(args.out, "w") as f:
+        f.write("/* control_flood: ARP request, neighbour solicitation, forged heartbeat */\n")
+        kinds = args.kinds.split(",")
+        if "arp" in kinds:
+            f.write("{ %s }\n" % trafgen_bytes(arp))
+        if "ns" in kinds:
+            f.write("{ %s }\n" % trafgen_bytes(ns))
+        if "heartbeat" in kinds:
+            f.write("{ %s, drnd(16), %s }\n" % (trafgen_bytes(hb[:tag_at]), trafgen_bytes(hb[tag_at + 16:]) or "")
+                if len(hb) > tag_at + 16 else "{ %s, drnd(16) }\n" % trafgen_bytes(hb[:tag_at]))
+    print(json.dumps({"arp": len(arp), "ns": len(ns), "heartbeat": len(hb), "tag_at": tag_at}))
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -761,6 +813,15 @@ def main():
     p.add_argument("--gap", type=float, default=0.02)
     p.add_argument("--interface", default="eth0")
     p.set_defaults(func=cmd_hb_replay)
+    p = sub.add_parser("flood-conf")
+    p.add_argument("--frame", required=True)
+    p.add_argument("--src-mac", required=True)
+    p.add_argument("--src", required=True)
+    p.add_argument("--vip", default="10.0.0.100")
+    p.add_argument("--ns-target", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--kinds", default="arp,ns,heartbeat", help="which of the three frames to write")
+    p.set_defaults(func=cmd_flood_conf)
     args = parser.parse_args()
     return args.func(args)
 
