@@ -222,8 +222,11 @@ impl Outbound {
     }
 }
 
-/// Room for heartbeats waiting for the control thread ([`ControlInbox`]).
-pub const INBOX_HEARTBEATS: usize = 1024;
+/// Room for heartbeats waiting for the control thread ([`ControlInbox`]):
+/// enough to ride out the control thread being descheduled for tens of
+/// milliseconds under a flood of forgeries, while what it holds takes a few
+/// milliseconds to authenticate, far less than a heartbeat period.
+pub const INBOX_HEARTBEATS: usize = 4096;
 /// Room for ARP, ND and IGMP frames waiting for the control thread.
 pub const INBOX_NEIGHBOUR: usize = 1024;
 
