@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answer_limit;
+pub mod array;
 pub mod bucket;
 pub mod descriptor;
 pub mod fastpath;

@@ -1,0 +1,24 @@
+//! The array tier's sans-IO core: how an array of members routes each HTTP
+//! request, starting with the Cache Array Routing Protocol
+//! (draft-vinod-carp-v1-03).
+//!
+//! Owns: the routing key taken from a request head ([`target`]), CARP's
+//! hashes, multipliers and failover order in three modes ([`carp`]), the
+//! route decision with exception and direct host patterns ([`router`]), and
+//! the membership table and PAC script an array publishes ([`render`]).
+//!
+//! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
+//! function of the member set and the request target and does not
+//! allocate; every host that builds the same member set makes the same
+//! decision for every URL, and so does the PAC script in a browser.
+#![forbid(unsafe_code)]
+
+pub mod carp;
+pub mod render;
+pub mod router;
+pub mod target;
+
+pub use carp::{Carp, CarpError, HashMode, Member, MemberSpec, Order, MAX_MEMBERS};
+pub use render::{membership_table, pac_script, ArrayInfo, PacTargets, TableMember};
+pub use router::{Decision, DomainPattern, PatternError, Router};
+pub use target::{KeyPart, KeyParts, KeyStyle, RequestTarget, TargetError};
