@@ -692,6 +692,98 @@ mod tests {
         );
     }
 
+    /// A deterministic stream of realistic URLs: mixed-case hosts, ports,
+    /// queries, percent-encoded and long paths.
+    fn urls(count: usize, mut each: impl FnMut(&RequestTarget<'_>)) {
+        use std::fmt::Write as _;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            crate::hash::mix64(state)
+        };
+        let mut url = String::with_capacity(256);
+        for _ in 0..count {
+            let r = next();
+            url.clear();
+            let host = ["www.Example.com", "cdn.site", "API.test.org", "images.Shop.net"][(r & 3) as usize];
+            let _ = write!(url, "http://{}{}", host, r >> 60);
+            if r >> 8 & 7 == 0 {
+                let _ = write!(url, ":{}", 1024 + (r >> 16 & 0x3fff));
+            }
+            let _ = write!(url, "/d{}/item-{}%20x", r >> 20 & 0xff, r >> 28 & 0xf_ffff);
+            if r >> 11 & 3 == 0 {
+                let _ = write!(url, "?q={}&p={}", r >> 40 & 0xfff, r >> 52);
+            }
+            each(&RequestTarget::parse_absolute(url.as_bytes()).unwrap());
+        }
+    }
+
+    /// Each member's share of `count` URLs, in points (percent).
+    fn shares(carp: &Carp, count: usize) -> Vec<f64> {
+        let mut owned = vec![0u64; carp.members().len()];
+        urls(count, |t| owned[carp.owner(t).unwrap()] += 1);
+        owned.iter().map(|&n| n as f64 * 100.0 / count as f64).collect()
+    }
+
+    /// `hrw` gives every member its load-factor share within 0.5 points.
+    fn assert_hrw_fair(sizes: impl IntoIterator<Item = usize>, count: usize) {
+        for k in sizes {
+            for equal in [true, false] {
+                let specs: Vec<MemberSpec> = (0..k)
+                    .map(|i| MemberSpec::new(format!("member{i}.example.net"), if equal { 1 } else { 1 + i as u32 % 4 }))
+                    .collect();
+                let total: u32 = specs.iter().map(|s| s.load_factor).sum();
+                let carp = Carp::new(HashMode::Hrw, KeyParts::ALL, &specs).unwrap();
+                for (s, got) in specs.iter().zip(shares(&carp, count)) {
+                    let want = f64::from(s.load_factor) * 100.0 / f64::from(total);
+                    assert!((got - want).abs() <= 0.5, "{k} members ({}): {} has {got:.3} points, wants {want:.3}", if equal { "equal loads" } else { "loads 1..4" }, s.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn carp_combine_starves_a_member_and_hrw_does_not() {
+        // CARP multiplies by 0x62531966 (= 1 + 0x62531965), an even number,
+        // twice: bit 31 of the name hash never reaches the member hash, and
+        // bit 31 of `url ^ member` never reaches the combine. So two names
+        // can share a member hash, and then they tie on every URL: with
+        // equal loads the later one owns nothing, with unequal loads the
+        // lighter one owns nothing. These two names (found by a birthday
+        // search) share member hash 0xc80fbc67.
+        let (a, b) = ("cache17704.example.net", "cache62695.example.net");
+        assert_eq!(carp_member_hash(a.as_bytes()), carp_member_hash(b.as_bytes()));
+        for loads in [[1, 1, 1], [1, 1, 2], [2, 1, 1]] {
+            let specs = [
+                MemberSpec::new(a, loads[0]),
+                MemberSpec::new(b, loads[1]),
+                MemberSpec::new("cache3.example.net", loads[2]),
+            ];
+            let spec = shares(&Carp::new(HashMode::Spec, KeyParts::ALL, &specs).unwrap(), 100_000);
+            assert_eq!(spec[1], 0.0, "spec, loads {loads:?}: {b} owns nothing ({spec:?})");
+            let total: u32 = loads.iter().sum();
+            let hrw = shares(&Carp::new(HashMode::Hrw, KeyParts::ALL, &specs).unwrap(), 100_000);
+            for (got, load) in hrw.iter().zip(loads) {
+                let want = f64::from(load) * 100.0 / f64::from(total);
+                assert!((got - want).abs() < 1.0, "hrw, loads {loads:?}: {hrw:?}");
+            }
+        }
+    }
+
+    /// Always on: 1,000,000 URLs at a spread of sizes from 2 to 64 members.
+    #[test]
+    fn hrw_gives_every_member_its_share() {
+        assert_hrw_fair([2, 3, 5, 16, 64], 1_000_000);
+    }
+
+    /// The full sweep, every size from 2 to 64 members (about a minute):
+    /// `cargo test -p shoal-dataplane -- --ignored hrw_share_sweep`.
+    #[test]
+    #[ignore = "slow: every member count from 2 to 64 at 1,000,000 URLs"]
+    fn hrw_share_sweep() {
+        assert_hrw_fair(2..=64, 1_000_000);
+    }
+
     #[test]
     fn squid_refuses_shares_its_arithmetic_breaks_on() {
         let mut specs = vec![MemberSpec::new("tiny", 1)];
