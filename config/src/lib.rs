@@ -76,7 +76,28 @@
 //! weights = { 3 = 100 }                    # per-host weight overrides (multiple only)
 //! extended_affinity_s = 0                  # 0..=86400, 0 = off (multiple only)
 //! # priorities = { 1 = 2, 2 = 1 }          # single only: 1..=64, distinct; default = host ID
+//!
+//! [[service]]                              # array tier services (up to one per port)
+//! name = "web-cache"                       # required, unique
+//! port = 8080                              # required TCP port; a [[rule]] must cover it
+//! route = "carp"                           # required: carp
+//! [service.carp]
+//! hash = "spec"                            # spec | squid | hrw
+//! key = ["scheme", "host", "port", "path", "query"]  # URL parts hashed (TMG: ["host"])
+//! members = "cluster"                      # cluster (hosts, by [[host]] name) | parents
+//! local = "127.0.0.1:3128"                 # cluster: the local cache each host serves its URLs from
+//! load_factors = { 3 = 2 }                 # cluster: per host ID, 0..=1000 (default 1)
+//! exceptions = ["*.corp.example"]          # hosts the receiving member serves itself
+//! direct = ["intranet.example"]            # hosts the PAC script sends DIRECT
+//! list_ttl_s = 300                         # membership table ListTTL, 1..=86400
+//! array_name = "web-cache"                 # default: the service name
+//! # [[service.carp.parent]]                # members = "parents": upstream proxies
+//! # name = "p1.example"; address = "10.0.9.1:3128"; load_factor = 1
 //! ```
+//!
+//! A host's member `name` (in `[[host]]`) defaults to its first dedicated
+//! address; with a `members = "cluster"` service every host needs one, and
+//! names are unique ignoring case.
 //!
 //! Without any `[[rule]]`, the cluster has NLB's default rule: every VIP,
 //! ports 0-65535, TCP and UDP, multiple host, Single affinity, each host at
@@ -97,6 +118,7 @@ mod key;
 mod read;
 mod render;
 mod sections;
+mod service;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -106,9 +128,10 @@ use shoal_dataplane::{ClusterSpec, FilterMode, HostId, HostSet, PortRule, MAX_HO
 pub use error::{ConfigError, ConfigErrors};
 pub use key::{parse_cluster_key, ClusterKey, KeyFormatError, CLUSTER_KEY_LEN};
 pub use sections::*;
+pub use service::*;
 
 /// A validated cluster configuration (see the crate docs for what holds).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// `[cluster]`.
     pub cluster: ClusterSection,
@@ -125,6 +148,8 @@ pub struct Config {
     /// `[[rule]]` sections in file order, normalized (NLB's default rule when
     /// the file has none).
     pub rules: Vec<RuleSection>,
+    /// `[[service]]` sections in file order.
+    pub services: Vec<ServiceSection>,
     /// The file this configuration was read from.
     pub source: PathBuf,
 }

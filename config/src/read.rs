@@ -22,6 +22,8 @@ use crate::sections::names::{self, RuleMode};
 use crate::sections::*;
 use crate::Config;
 
+mod service;
+
 /// Parses and validates `text`, read from `path`.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let mut diag = Diagnostics::new(path, text);
@@ -51,6 +53,7 @@ const ROOT_KEYS: &[&str] = &[
     "admin",
     "host",
     "rule",
+    "service",
 ];
 const CLUSTER_KEYS: &[&str] = &["vips", "mode", "key_file", "ipv6_network_prefix"];
 const HEARTBEAT_KEYS: &[&str] = &["period_ms", "tolerance", "converge_periods"];
@@ -75,7 +78,7 @@ const IO_KEYS: &[&str] = &[
     "xdp_pass",
     "xdp_zero_copy",
 ];
-const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores"];
+const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores", "name"];
 const CORES_KEYS: &[&str] = &["control", "poll"];
 const POLL_KEYS: &[&str] = &["core", "queues"];
 const RULE_KEYS: &[&str] = &[
@@ -168,6 +171,7 @@ impl Reader<'_, '_> {
         } else {
             self.check_rules(&drafts, &cluster, vips_sound, &hosts, hosts_sound)
         };
+        let services = self.services(&root, &hosts, hosts_sound, &rules);
 
         Config {
             cluster,
@@ -177,6 +181,7 @@ impl Reader<'_, '_> {
             admin,
             hosts: host_sections,
             rules,
+            services,
             source: path.to_path_buf(),
         }
     }
@@ -706,6 +711,22 @@ impl Reader<'_, '_> {
                 e.item.span.clone(),
             ),
         };
+        let name = match t.entry("name") {
+            None => None,
+            Some(e) => {
+                let key = t.key_path("name");
+                match self.string_item(&e.item, &key) {
+                    Some(n) => match crate::service::name_problem(n) {
+                        Some(why) => {
+                            self.diag.at(e.item.span.start, key, why);
+                            None
+                        }
+                        None => Some(n.to_string()),
+                    },
+                    None => None,
+                }
+            }
+        };
         let weight = self.int(&t, "weight", &WEIGHT_RANGE, DEFAULT_HOST_WEIGHT);
         let cores = match self.table(&t, "cores", CORES_KEYS) {
             None => CoreMap::default(),
@@ -716,6 +737,7 @@ impl Reader<'_, '_> {
             index,
             section: HostSection {
                 id,
+                name,
                 interface,
                 dedicated,
                 weight,

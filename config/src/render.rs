@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use shoal_dataplane::{FilterMode, HostId};
 
 use crate::sections::names::{self, RuleMode};
+use crate::service::{CarpMembers, ServiceRoute, ServiceSection};
 use crate::Config;
 
 fn quote(s: &str) -> String {
@@ -114,6 +115,9 @@ pub(crate) fn render(c: &Config) -> String {
     for host in &c.hosts {
         let _ = writeln!(out, "\n[[host]]");
         let _ = writeln!(out, "id = {}", host.id);
+        if let Some(name) = &host.name {
+            let _ = writeln!(out, "name = {}", quote(name));
+        }
         let _ = writeln!(out, "interface = {}", quote(&host.interface));
         let _ = writeln!(
             out,
@@ -171,5 +175,48 @@ pub(crate) fn render(c: &Config) -> String {
             FilterMode::Disabled => {}
         }
     }
+
+    for service in &c.services {
+        render_service(&mut out, service);
+    }
     out
+}
+
+fn render_service(out: &mut String, s: &ServiceSection) {
+    let _ = writeln!(out, "\n[[service]]");
+    let _ = writeln!(out, "name = {}", quote(&s.name));
+    let _ = writeln!(out, "port = {}", s.port);
+    let ServiceRoute::Carp(c) = &s.route;
+    let _ = writeln!(out, "route = \"carp\"");
+    let _ = writeln!(out, "[service.carp]");
+    let _ = writeln!(out, "hash = \"{}\"", c.hash.name());
+    let _ = writeln!(out, "key = {}", list(c.key.names(), quote));
+    let patterns = |p: &[shoal_dataplane::array::DomainPattern]| list(p, |p| quote(&p.to_string()));
+    let _ = writeln!(out, "exceptions = {}", patterns(&c.exceptions));
+    let _ = writeln!(out, "direct = {}", patterns(&c.direct));
+    let _ = writeln!(out, "list_ttl_s = {}", c.list_ttl_s);
+    let _ = writeln!(out, "array_name = {}", quote(&c.array_name));
+    match &c.members {
+        CarpMembers::Cluster {
+            local,
+            load_factors,
+        } => {
+            let _ = writeln!(out, "members = \"cluster\"");
+            let _ = writeln!(out, "local = {}", quote(&local.to_string()));
+            let body: Vec<String> = load_factors
+                .iter()
+                .map(|(h, v)| format!("{h} = {v}"))
+                .collect();
+            let _ = writeln!(out, "load_factors = {{ {} }}", body.join(", "));
+        }
+        CarpMembers::Parents(parents) => {
+            let _ = writeln!(out, "members = \"parents\"");
+            for p in parents {
+                let _ = writeln!(out, "[[service.carp.parent]]");
+                let _ = writeln!(out, "name = {}", quote(&p.name));
+                let _ = writeln!(out, "address = {}", quote(&p.address.to_string()));
+                let _ = writeln!(out, "load_factor = {}", p.load_factor);
+            }
+        }
+    }
 }

@@ -341,6 +341,9 @@ pub struct PollLoop {
 pub struct HostSection {
     /// Host ID, also the host priority.
     pub id: HostId,
+    /// The member name array services hash (`None`: the first dedicated
+    /// address, see [`crate::Config::member_name`]).
+    pub name: Option<String>,
     /// Network interface the cluster's frames arrive on.
     pub interface: String,
     /// The host's own addresses (not the cluster's business).

@@ -57,6 +57,16 @@ fn two_hosts(extra: &str) -> String {
     format!("{BASE}[[host]]\nid = 2\ninterface = \"eth0\"\n{extra}")
 }
 
+/// A `[[service]]` on port 80 (lines 8-12, the last `[service.carp]`);
+/// `carp` starts at line 13.
+fn service(carp: &str) -> String {
+    with(&format!(
+        "[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{carp}"
+    ))
+}
+
+const PARENT: &str = "members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n";
+
 fn cases() -> Vec<Case> {
     let mut many_hosts = String::from(BASE);
     for id in 2..=65 {
@@ -141,6 +151,26 @@ fn cases() -> Vec<Case> {
         case("unknown rule mode", with("[[rule]]\nmode = \"round-robin\"\npriorities = { 1 = 1 }\n"), Some(9), "rule[1].mode", "\"round-robin\" is not one of \"multiple\", \"single\", \"disabled\""),
         case("duplicate poll cores", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 1, queues = [1] }]\n"), Some(10), "host[1].cores.poll[2].core", "core 1 already runs host[1].cores.poll[1]"),
         case("duplicate queues", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 2, queues = [3, 0] }]\n"), Some(10), "host[1].cores.poll[2].queues", "queue 0 is already polled by host[1].cores.poll[1]"),
+        case("service port not covered by a rule", with(&format!("[[rule]]\nports = 81\nprotocol = \"tcp\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(13), "service[1].port", "no [[rule]] covers TCP port 80"),
+        case("service port covered only for UDP", with(&format!("[[rule]]\nprotocol = \"udp\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(12), "service[1].port", "no [[rule]] covers TCP port 80"),
+        case("unknown route", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n"), Some(11), "service[1].route", "\"sticky\" is not one of \"carp\""),
+        case("service without a port", with("[[service]]\nname = \"c\"\nroute = \"carp\"\n[service.carp]\nmembers = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n"), Some(8), "service[1].port", "required key is missing"),
+        case("unknown hash", service(&format!("hash = \"md5\"\n{PARENT}")), Some(13), "service[1].carp.hash", "\"md5\" is not one of \"spec\", \"squid\", \"hrw\""),
+        case("unknown key part", service(&format!("key = [\"host\", \"fragment\"]\n{PARENT}")), Some(13), "service[1].carp.key", "\"fragment\" is not one of \"scheme\", \"host\", \"port\", \"path\", \"query\""),
+        case("empty key", service(&format!("key = []\n{PARENT}")), Some(13), "service[1].carp.key", "name at least one of"),
+        case("parent without a port", service("members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1\"\n"), Some(16), "service[1].carp.parent[1].address", "\"10.0.9.1\" is not ADDRESS:PORT"),
+        case("parents without a parent", service("members = \"parents\"\n"), Some(12), "service[1].carp.parent", "needs at least one [[service.carp.parent]]"),
+        case("duplicate parent names", service(&format!("{PARENT}[[service.carp.parent]]\nname = \"P\"\naddress = \"10.0.9.2:3128\"\n")), Some(18), "service[1].carp.parent[2].name", "another parent is named \"P\""),
+        case("squid share too small", service("hash = \"squid\"\nmembers = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n[[service.carp.parent]]\nname = \"q\"\naddress = \"10.0.9.2:3128\"\nload_factor = 1000\n"), Some(14), "service[1].carp.parent", "\"p\" has under 0.1% of the total load"),
+        case("load factor above range", service("members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\nload_factor = 1001\n"), Some(17), "service[1].carp.parent[1].load_factor", "expected 0..=1000"),
+        case("bad exception pattern", service(&format!("exceptions = [\"a.*.b\"]\n{PARENT}")), Some(13), "service[1].carp.exceptions", "`*` is allowed only as a leading `*.` or alone"),
+        case("cluster members without local", service("name = \"x\"\n").replace("name = \"x\"\n", ""), Some(12), "service[1].carp.local", "required key is missing"),
+        case("local on parents", service(&format!("local = \"127.0.0.1:3128\"\n{PARENT}")), Some(13), "service[1].carp.local", "only for members = \"cluster\""),
+        case("load factors name a missing host", format!("{BASE}name = \"h1\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\nlocal = \"127.0.0.1:3128\"\nload_factors = {{ 7 = 2 }}\n"), Some(15), "service[1].carp.load_factors.7", "no [[host]] has id = 7"),
+        case("host without a member name", service("local = \"127.0.0.1:3128\"\n"), Some(6), "host[1].name", "needs each host's member name"),
+        case("duplicate member names", format!("{BASE}name = \"H\"\n[[host]]\nid = 2\nname = \"h\"\ninterface = \"eth0\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\nlocal = \"127.0.0.1:3128\"\n"), Some(10), "host[2].name", "member name \"h\" is another host's too"),
+        case("member name with a space", with("name = \"a b\"\n"), Some(8), "host[1].name", "only printable ASCII without spaces"),
+        case("duplicate service port", with(&format!("[[service]]\nname = \"a\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}[[service]]\nname = \"b\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(19), "service[2].port", "port 80 is already service \"a\"'s"),
         case("no poll loop", with("[host.cores]\npoll = []\n"), Some(9), "host[1].cores.poll", "at least one poll loop"),
         case("core above range", with("[host.cores]\ncontrol = 5000\n"), Some(9), "host[1].cores.control", "expected 0..=1023"),
         case("empty rule list", format!("rule = []\n{BASE}"), Some(1), "rule", "an empty rule list covers nothing"),

@@ -17,6 +17,7 @@ const EXAMPLES: &[&str] = &[
     "igmp.toml",
     "ipv6.toml",
     "rules.toml",
+    "carp.toml",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -388,4 +389,40 @@ fn a_missing_key_file_is_reported() {
     let text = text.replace("no-such.key", ".");
     let c = parse(&text, &example("virtual.toml")).expect("valid");
     assert!(c.check_key_file().is_err());
+}
+
+#[test]
+fn carp_services_parse_with_defaults_and_build_routers() {
+    use shoal_dataplane::array::{HashMode, KeyParts, RequestTarget};
+    let c = load_example("carp.toml");
+    assert_eq!(c.services.len(), 2);
+    let web = c.service("web-cache").unwrap();
+    assert_eq!(web.port, 8080);
+    let carp = web.carp();
+    assert_eq!(carp.hash, HashMode::Spec);
+    assert_eq!(carp.key, KeyParts::ALL);
+    assert_eq!(carp.array_name, "web-cache", "array_name defaults to the service name");
+    assert_eq!(carp.list_ttl_s, 600);
+    assert_eq!(carp.exceptions.len(), 2);
+    let members = web.carp_members(&c, None);
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["cache1.lab.example", "cache2.lab.example", "10.0.0.13"]);
+    let loads: Vec<u32> = members.iter().map(|m| m.load_factor).collect();
+    assert_eq!(loads, [1, 1, 2]);
+    assert_eq!(members[0].address, Some("10.0.0.11:8080".parse().unwrap()));
+    let two = web.carp_members(&c, Some([id(1), id(3)].into_iter().collect()));
+    assert_eq!(two.len(), 2);
+    let router = web.router(&members).unwrap();
+    let t = RequestTarget::parse_absolute(b"http://www.example.org/").unwrap();
+    assert!(router.carp.owner(&t).is_some());
+
+    let up = c.service("upstream").unwrap();
+    assert_eq!(up.carp().hash, HashMode::Hrw);
+    assert_eq!(up.carp().key, KeyParts::HOST);
+    assert_eq!(up.carp().list_ttl_s, DEFAULT_LIST_TTL_S);
+    let parents = up.carp_members(&c, None);
+    assert_eq!(parents[1].name, "parent2.example.net");
+    assert_eq!(parents[1].load_factor, 3);
+    assert_eq!(parents[1].address, Some("10.0.9.2:3128".parse().unwrap()));
+    assert_eq!(c.member_name(id(3)).as_deref(), Some("10.0.0.13"));
 }

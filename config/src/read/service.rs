@@ -1,0 +1,455 @@
+//! The schema walk for `[[service]]` and host member names.
+//!
+//! Same guarantees as the rest of the walk: every problem is reported with
+//! its line and key path, and cross-checks (port rules, member names,
+//! host IDs in `load_factors`) skip values that already failed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use shoal_dataplane::array::{Carp, DomainPattern, HashMode, KeyPart, KeyParts, MemberSpec};
+use shoal_dataplane::{FilterMode, HostId, Protocol};
+
+use super::{HostDraft, Item, Node, Reader, Table};
+use crate::sections::RuleSection;
+use crate::service::*;
+
+const SERVICE_KEYS: &[&str] = &["name", "port", "route", "carp"];
+const CARP_KEYS: &[&str] = &[
+    "hash",
+    "key",
+    "members",
+    "local",
+    "load_factors",
+    "parent",
+    "exceptions",
+    "direct",
+    "list_ttl_s",
+    "array_name",
+];
+const PARENT_KEYS: &[&str] = &["name", "address", "load_factor"];
+const ROUTES: &[(&str, ())] = &[("carp", ())];
+const MEMBER_KINDS: &[(&str, bool)] = &[("cluster", true), ("parents", false)];
+
+impl Reader<'_, '_> {
+    /// Every `[[service]]`, checked against the hosts and the final rules.
+    pub(super) fn services(
+        &mut self,
+        root: &Table<'_>,
+        hosts: &[HostDraft],
+        hosts_sound: bool,
+        rules: &[RuleSection],
+    ) -> Vec<ServiceSection> {
+        let items = self.table_array(root, "service");
+        let mut out: Vec<ServiceSection> = Vec::new();
+        let mut cluster_service = None;
+        for (i, item) in items.iter().enumerate() {
+            let index = i + 1;
+            let Some(t) = self.as_table(item, format!("service[{index}]"), SERVICE_KEYS) else {
+                continue;
+            };
+            let name = self.name_key(&t, "name");
+            if let Some(n) = &name {
+                if out.iter().any(|s| &s.name == n) {
+                    let span = t.entry("name").map_or(t.span.start, |e| e.item.span.start);
+                    self.diag.at(
+                        span,
+                        t.key_path("name"),
+                        format!("another [[service]] is named {n:?}"),
+                    );
+                }
+            }
+            let port = match t.entry("port") {
+                None => {
+                    self.missing(&t, "port");
+                    None
+                }
+                Some(e) => self
+                    .int_item(&e.item, &t.key_path("port"), &SERVICE_PORT_RANGE)
+                    .ok()
+                    .map(|p| (p as u16, e.item.span.start)),
+            };
+            if let Some((p, span)) = port {
+                if let Some(other) = out.iter().find(|s| s.port == p) {
+                    self.diag.at(
+                        span,
+                        t.key_path("port"),
+                        format!("port {p} is already service {:?}'s", other.name),
+                    );
+                } else if !rules.iter().any(|r| covers(r, p)) {
+                    self.diag.at(
+                        span,
+                        t.key_path("port"),
+                        format!("no [[rule]] covers TCP port {p}; add one that does (mode multiple or single)"),
+                    );
+                }
+            }
+            let route = match t.entry("route") {
+                None => {
+                    self.missing(&t, "route");
+                    None
+                }
+                Some(e) => self.choice_item(&e.item, &t.key_path("route"), ROUTES),
+            };
+            let carp = match (route, t.entry("carp")) {
+                (Some(()), None) => {
+                    self.missing(&t, "carp");
+                    None
+                }
+                (_, Some(e)) => self.carp(&e.item, &t.key_path("carp"), hosts, hosts_sound),
+                (None, None) => None,
+            };
+            if let Some((carp, span)) = &carp {
+                if matches!(carp.members, CarpMembers::Cluster { .. }) {
+                    cluster_service.get_or_insert(*span);
+                }
+            }
+            if let (Some(name), Some((p, _)), Some((carp, _))) = (name, port, carp) {
+                let mut carp = carp;
+                if carp.array_name.is_empty() {
+                    carp.array_name = name.clone();
+                }
+                out.push(ServiceSection {
+                    name,
+                    port: p,
+                    route: ServiceRoute::Carp(carp),
+                });
+            }
+        }
+        if let Some(span) = cluster_service {
+            self.member_names(hosts, hosts_sound, span, &out);
+        }
+        out
+    }
+
+    /// A required name key, checked with [`name_problem`].
+    fn name_key(&mut self, t: &Table<'_>, key: &str) -> Option<String> {
+        let Some(e) = t.entry(key) else {
+            self.missing(t, key);
+            return None;
+        };
+        let s = self.string_item(&e.item, &t.key_path(key))?;
+        if let Some(why) = name_problem(s) {
+            self.diag.at(e.item.span.start, t.key_path(key), why);
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    /// `[service.carp]` and the span of its `members` (or of the table).
+    fn carp(
+        &mut self,
+        item: &Item,
+        path: &str,
+        hosts: &[HostDraft],
+        hosts_sound: bool,
+    ) -> Option<(CarpSection, usize)> {
+        let t = self.as_table(item, path.to_string(), CARP_KEYS)?;
+        let errors = self.diag_len();
+        let hash = self.choice(&t, "hash", HashMode::NAMES, HashMode::Spec);
+        let key = match t.entry("key") {
+            None => KeyParts::ALL,
+            Some(e) => self.key_parts(&e.item, &t.key_path("key")),
+        };
+        let cluster = self.choice(&t, "members", MEMBER_KINDS, true);
+        let members_span = t.entry("members").map_or(t.span.start, |e| e.item.span.start);
+        let members = if cluster {
+            if let Some(e) = t.entry("parent") {
+                self.diag.at(
+                    e.key_span.start,
+                    t.key_path("parent"),
+                    "[[service.carp.parent]] needs members = \"parents\"",
+                );
+            }
+            let local = match t.entry("local") {
+                None => {
+                    self.missing(&t, "local");
+                    None
+                }
+                Some(e) => self.socket_addr(&e.item, &t.key_path("local")),
+            };
+            let load_factors = self.load_factors(&t, hosts, hosts_sound);
+            local.map(|local| CarpMembers::Cluster {
+                local,
+                load_factors,
+            })
+        } else {
+            for key in ["local", "load_factors"] {
+                if let Some(e) = t.entry(key) {
+                    self.diag.at(
+                        e.key_span.start,
+                        t.key_path(key),
+                        "only for members = \"cluster\" (a parent has its own load_factor)",
+                    );
+                }
+            }
+            Some(CarpMembers::Parents(self.parents(&t)))
+        };
+        let exceptions = self.patterns(&t, "exceptions");
+        let direct = self.patterns(&t, "direct");
+        let list_ttl_s = self.int(&t, "list_ttl_s", &LIST_TTL_RANGE, DEFAULT_LIST_TTL_S);
+        let array_name = match t.entry("array_name") {
+            None => String::new(),
+            Some(_) => self.name_key(&t, "array_name").unwrap_or_default(),
+        };
+        let section = CarpSection {
+            hash,
+            key,
+            members: members?,
+            exceptions,
+            direct,
+            list_ttl_s,
+            array_name,
+        };
+        if let (CarpMembers::Parents(parents), true) =
+            (&section.members, self.diag_len() == errors)
+        {
+            let specs: Vec<MemberSpec> = parents
+                .iter()
+                .map(|p| MemberSpec::new(p.name.clone(), p.load_factor))
+                .collect();
+            if let Err(e) = Carp::new(hash, key, &specs) {
+                self.diag.at(members_span, t.key_path("parent"), e.to_string());
+            }
+        }
+        Some((section, members_span))
+    }
+
+    fn key_parts(&mut self, item: &Item, key: &str) -> KeyParts {
+        let Some(items) = self.array_item(item, key, "URL part names") else {
+            return KeyParts::ALL;
+        };
+        let mut parts = KeyParts::NONE;
+        for element in items {
+            if let Some(part) = self.choice_item(element, key, KeyPart::NAMES) {
+                if parts.contains(part) {
+                    self.diag
+                        .at(element.span.start, key, "a URL part is named twice");
+                }
+                parts = parts.with(part);
+            }
+        }
+        if items.is_empty() {
+            self.diag.at(
+                item.span.start,
+                key,
+                "name at least one of \"scheme\", \"host\", \"port\", \"path\", \"query\"",
+            );
+            return KeyParts::ALL;
+        }
+        if parts.is_empty() {
+            KeyParts::ALL
+        } else {
+            parts
+        }
+    }
+
+    fn socket_addr(&mut self, item: &Item, key: &str) -> Option<SocketAddr> {
+        let text = self.string_item(item, key)?;
+        match text.parse::<SocketAddr>() {
+            Ok(a) if unroutable(a.ip()) || a.port() == 0 => {
+                self.diag.at(
+                    item.span.start,
+                    key,
+                    format!("{a} cannot be connected to"),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.diag.at(
+                    item.span.start,
+                    key,
+                    format!("\"{text}\" is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn load_factors(
+        &mut self,
+        t: &Table<'_>,
+        hosts: &[HostDraft],
+        hosts_sound: bool,
+    ) -> BTreeMap<HostId, u32> {
+        let mut out = BTreeMap::new();
+        let Some(e) = t.entry("load_factors") else {
+            return out;
+        };
+        let key = t.key_path("load_factors");
+        let Node::Table(entries) = &e.item.node else {
+            self.diag.at(
+                e.item.span.start,
+                key,
+                format!(
+                    "expected a table of host ID = load factor, found {}",
+                    e.item.node.kind()
+                ),
+            );
+            return out;
+        };
+        for entry in entries {
+            let k = format!("{key}.{}", entry.key);
+            let Some(id) = entry.key.parse::<u8>().ok().and_then(HostId::new) else {
+                self.diag
+                    .at(entry.key_span.start, k, "expected a host ID in 1..=64");
+                continue;
+            };
+            if hosts_sound && !hosts.iter().any(|h| h.section.id == id) {
+                self.diag
+                    .at(entry.key_span.start, k, format!("no [[host]] has id = {id}"));
+                continue;
+            }
+            if let Ok(v) = self.int_item(&entry.item, &k, &LOAD_FACTOR_RANGE) {
+                out.insert(id, v as u32);
+            }
+        }
+        out
+    }
+
+    fn parents(&mut self, t: &Table<'_>) -> Vec<ParentSection> {
+        let mut out: Vec<ParentSection> = Vec::new();
+        let Some(e) = t.entry("parent") else {
+            self.diag.at(
+                t.span.start,
+                t.key_path("parent"),
+                "members = \"parents\" needs at least one [[service.carp.parent]]",
+            );
+            return out;
+        };
+        let Node::Array(items) = &e.item.node else {
+            self.diag.at(
+                e.item.span.start,
+                t.key_path("parent"),
+                format!(
+                    "expected [[service.carp.parent]] sections, found {}",
+                    e.item.node.kind()
+                ),
+            );
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{}]", t.key_path("parent"), i + 1);
+            let Some(p) = self.as_table(item, path, PARENT_KEYS) else {
+                continue;
+            };
+            let name = self.name_key(&p, "name");
+            if let Some(n) = &name {
+                if out.iter().any(|o| o.name.eq_ignore_ascii_case(n)) {
+                    let span = p.entry("name").map_or(p.span.start, |e| e.item.span.start);
+                    self.diag.at(
+                        span,
+                        p.key_path("name"),
+                        format!("another parent is named {n:?} (names ignore case)"),
+                    );
+                }
+            }
+            let address = match p.entry("address") {
+                None => {
+                    self.missing(&p, "address");
+                    None
+                }
+                Some(e) => self.socket_addr(&e.item, &p.key_path("address")),
+            };
+            let load_factor = self.int(&p, "load_factor", &LOAD_FACTOR_RANGE, DEFAULT_LOAD_FACTOR);
+            if let (Some(name), Some(address)) = (name, address) {
+                out.push(ParentSection {
+                    name,
+                    address,
+                    load_factor,
+                });
+            }
+        }
+        out
+    }
+
+    fn patterns(&mut self, t: &Table<'_>, key: &str) -> Vec<DomainPattern> {
+        let mut out = Vec::new();
+        let Some(e) = t.entry(key) else {
+            return out;
+        };
+        let path = t.key_path(key);
+        let Some(items) = self.array_item(&e.item, &path, "domain patterns") else {
+            return out;
+        };
+        for element in items {
+            let Some(text) = self.string_item(element, &path) else {
+                continue;
+            };
+            match DomainPattern::parse(text) {
+                Ok(p) => out.push(p),
+                Err(why) => self.diag.at(element.span.start, &path, why.to_string()),
+            }
+        }
+        out
+    }
+
+    /// Every host needs a unique member name when a service routes over
+    /// the cluster; squid shares must be in range over all hosts.
+    fn member_names(
+        &mut self,
+        hosts: &[HostDraft],
+        hosts_sound: bool,
+        span: usize,
+        services: &[ServiceSection],
+    ) {
+        if !hosts_sound {
+            return;
+        }
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut names = Vec::new();
+        for h in hosts {
+            let name = h
+                .section
+                .name
+                .clone()
+                .or_else(|| h.section.dedicated.first().map(|c| c.addr().to_string()));
+            let key = format!("host[{}].name", h.index);
+            match name {
+                None => self.diag.at(
+                    h.id_span.start,
+                    key,
+                    "a CARP service with members = \"cluster\" needs each host's member name: set name or a dedicated address",
+                ),
+                Some(n) => {
+                    if !seen.insert(n.to_ascii_lowercase()) {
+                        self.diag.at(
+                            h.id_span.start,
+                            key,
+                            format!("member name {n:?} is another host's too (names ignore case)"),
+                        );
+                    }
+                    names.push((h.section.id, n));
+                }
+            }
+        }
+        if names.len() != hosts.len() || seen.len() != hosts.len() {
+            return;
+        }
+        for s in services {
+            let c = s.carp();
+            if let CarpMembers::Cluster { load_factors, .. } = &c.members {
+                let specs: Vec<MemberSpec> = names
+                    .iter()
+                    .map(|(id, n)| {
+                        MemberSpec::new(
+                            n.clone(),
+                            load_factors.get(id).copied().unwrap_or(DEFAULT_LOAD_FACTOR),
+                        )
+                    })
+                    .collect();
+                if let Err(e) = Carp::new(c.hash, c.key, &specs) {
+                    self.diag.at(span, format!("service {:?}", s.name), e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Whether `rule` lets TCP port `port` through to the hosts.
+fn covers(rule: &RuleSection, port: u16) -> bool {
+    (rule.port_start..=rule.port_end).contains(&port)
+        && rule.protocol != Protocol::Udp
+        && rule.mode != FilterMode::Disabled
+}

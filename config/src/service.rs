@@ -1,0 +1,205 @@
+//! `[[service]]`: the array tier's services, and how a CARP service's
+//! member set is built from the configuration.
+//!
+//! Owns: [`ServiceSection`], [`CarpSection`] and the conversions to the
+//! dataplane's [`Router`]. Guarantees: a section that came out of
+//! [`crate::parse`] builds a router for any non-empty set of its members
+//! (names unique, squid shares in range, at most 64 members).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+
+use shoal_dataplane::array::{
+    Carp, CarpError, DomainPattern, HashMode, KeyParts, MemberSpec, Router,
+};
+use shoal_dataplane::{HostId, HostSet};
+
+use crate::Config;
+
+/// Accepted service ports.
+pub const SERVICE_PORT_RANGE: RangeInclusive<i64> = 1..=65_535;
+/// Accepted CARP load factors.
+pub const LOAD_FACTOR_RANGE: RangeInclusive<i64> = 0..=1000;
+/// Default CARP load factor.
+pub const DEFAULT_LOAD_FACTOR: u32 = 1;
+/// Accepted `list_ttl_s` (up to one day).
+pub const LIST_TTL_RANGE: RangeInclusive<i64> = 1..=86_400;
+/// Default `list_ttl_s`.
+pub const DEFAULT_LIST_TTL_S: u32 = 300;
+/// Longest service, member, parent and array name.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// One `[[service]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSection {
+    /// Unique service name.
+    pub name: String,
+    /// TCP port served on every VIP and on each host's dedicated address.
+    pub port: u16,
+    /// How requests are routed.
+    pub route: ServiceRoute,
+}
+
+/// `route` and its settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServiceRoute {
+    /// `route = "carp"` with `[service.carp]`.
+    Carp(CarpSection),
+}
+
+/// `[service.carp]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CarpSection {
+    /// Hash mode (default `spec`).
+    pub hash: HashMode,
+    /// URL parts hashed (default all).
+    pub key: KeyParts,
+    /// Who the members are.
+    pub members: CarpMembers,
+    /// Hosts served by the receiving member, never routed.
+    pub exceptions: Vec<DomainPattern>,
+    /// Hosts the PAC script sends DIRECT.
+    pub direct: Vec<DomainPattern>,
+    /// `ListTTL` of the membership table, seconds.
+    pub list_ttl_s: u32,
+    /// `ArrayName` of the membership table (default: the service name).
+    pub array_name: String,
+}
+
+/// `members` and what it brings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CarpMembers {
+    /// `"cluster"`: the cluster's hosts; each sends the URLs it owns to its
+    /// `local` cache.
+    Cluster {
+        /// The local cache every host sends its own URLs to.
+        local: SocketAddr,
+        /// Per-host load factors; hosts not named have
+        /// [`DEFAULT_LOAD_FACTOR`].
+        load_factors: BTreeMap<HostId, u32>,
+    },
+    /// `"parents"`: upstream proxies (hierarchical CARP).
+    Parents(Vec<ParentSection>),
+}
+
+/// One `[[service.carp.parent]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentSection {
+    /// The name hashed.
+    pub name: String,
+    /// Where the parent listens.
+    pub address: SocketAddr,
+    /// Relative load.
+    pub load_factor: u32,
+}
+
+/// A CARP member resolved from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CarpMember {
+    /// The host, for `members = "cluster"`.
+    pub host: Option<HostId>,
+    /// The name hashed.
+    pub name: String,
+    /// Where to reach it: the host's first dedicated address and the
+    /// service port, or the parent's address.
+    pub address: Option<SocketAddr>,
+    /// Relative load.
+    pub load_factor: u32,
+}
+
+impl Config {
+    /// The member name of host `id`: its `name`, else its first dedicated
+    /// address; `None` when it has neither.
+    pub fn member_name(&self, id: HostId) -> Option<String> {
+        let host = self.host(id)?;
+        host.name
+            .clone()
+            .or_else(|| host.dedicated.first().map(|c| c.addr().to_string()))
+    }
+
+    /// The `[[service]]` named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceSection> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl ServiceSection {
+    /// The CARP settings.
+    pub fn carp(&self) -> &CarpSection {
+        match &self.route {
+            ServiceRoute::Carp(c) => c,
+        }
+    }
+
+    /// The CARP members: for `"cluster"`, the hosts in `members` (every
+    /// configured host when `None`) by host ID; for `"parents"`, every
+    /// parent in file order.
+    pub fn carp_members(&self, config: &Config, members: Option<HostSet>) -> Vec<CarpMember> {
+        let carp = self.carp();
+        match &carp.members {
+            CarpMembers::Cluster { load_factors, .. } => config
+                .hosts
+                .iter()
+                .filter(|h| members.is_none_or(|set| set.contains(h.id)))
+                .map(|h| CarpMember {
+                    host: Some(h.id),
+                    name: config.member_name(h.id).unwrap_or_default(),
+                    address: h
+                        .dedicated
+                        .first()
+                        .map(|c| SocketAddr::new(c.addr(), self.port)),
+                    load_factor: load_factors
+                        .get(&h.id)
+                        .copied()
+                        .unwrap_or(DEFAULT_LOAD_FACTOR),
+                })
+                .collect(),
+            CarpMembers::Parents(parents) => parents
+                .iter()
+                .map(|p| CarpMember {
+                    host: None,
+                    name: p.name.clone(),
+                    address: Some(p.address),
+                    load_factor: p.load_factor,
+                })
+                .collect(),
+        }
+    }
+
+    /// The router over `members` (see [`ServiceSection::carp_members`]).
+    pub fn router(&self, members: &[CarpMember]) -> Result<Router, CarpError> {
+        let carp = self.carp();
+        let specs: Vec<MemberSpec> = members
+            .iter()
+            .map(|m| MemberSpec::new(m.name.clone(), m.load_factor))
+            .collect();
+        let mut router = Router::new(Carp::new(carp.hash, carp.key, &specs)?);
+        router.exceptions = carp.exceptions.clone();
+        router.direct = carp.direct.clone();
+        Ok(router)
+    }
+}
+
+/// Whether `name` can be a member, parent, service or array name: 1 to
+/// [`MAX_NAME_LEN`] printable ASCII bytes without spaces (it is one field of
+/// a membership table line and a PAC string).
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some(format!("{} bytes; at most {MAX_NAME_LEN}", name.len()));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(format!(
+            "{name:?}: only printable ASCII without spaces is allowed"
+        ));
+    }
+    None
+}
+
+/// Whether `ip` can be reached as a member or parent address.
+pub(crate) fn unroutable(ip: IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_multicast()
+}
