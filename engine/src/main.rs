@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         rewrite_vip: bool,
     },
+    /// CARP array tools: each URL's owner, the membership table, the PAC script.
+    Carp {
+        #[command(subcommand)]
+        command: CarpCommand,
+    },
     /// Run the engine on this host.
     Run(runtime::RunArgs),
     /// Host state and cluster membership (NLB `query`).
@@ -222,6 +227,65 @@ fn only_socket() -> Option<PathBuf> {
 }
 
 #[derive(Subcommand, Debug)]
+enum CarpCommand {
+    /// Print the owner of each URL (arguments, else one per line on stdin): URL<TAB>OWNER.
+    Route {
+        #[command(flatten)]
+        array: tools::carp::ArrayArgs,
+        /// Print every member in failover order instead of the owner.
+        #[arg(long)]
+        order: bool,
+        /// Print one JSON array of {"url", "owner", "order"}.
+        #[arg(long)]
+        json: bool,
+        /// URLs (default: read from standard input).
+        urls: Vec<String>,
+    },
+    /// Print the membership table (draft section 2) as /array.dll?Get.Info.v1 serves it.
+    Table {
+        #[command(flatten)]
+        array: tools::carp::ArrayArgs,
+        /// The members' port (default: the service port, or 3128 with --member).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Print the PAC routing script as /array.dll?Get.Routing.Script serves it.
+    Pac {
+        #[command(flatten)]
+        array: tools::carp::ArrayArgs,
+        /// The members' port (default: the service port, or 3128 with --member).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+fn carp(command: CarpCommand) -> Result<ExitCode> {
+    let (args, port) = match &command {
+        CarpCommand::Route { array, .. } => (array, None),
+        CarpCommand::Table { array, port } | CarpCommand::Pac { array, port } => (array, *port),
+    };
+    let config = match &args.config {
+        Some(path) => match load(path) {
+            Ok(c) => Some(c),
+            Err(code) => return Ok(code),
+        },
+        None => None,
+    };
+    let array = tools::carp::array(args, config.as_ref(), port)?;
+    match command {
+        CarpCommand::Route {
+            order, json, urls, ..
+        } => {
+            let urls = tools::carp::urls(&urls, std::io::stdin().lock())?;
+            print!("{}", tools::carp::route(&array, &urls, order, json)?);
+        }
+        CarpCommand::Table { .. } => print!("{}", tools::carp::table(&array)),
+        CarpCommand::Pac { .. } => print!("{}", tools::carp::pac(&array)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Validate a configuration: print it normalized, or the errors (exit code 2).
     Check {
@@ -319,6 +383,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 print!("{}", tools::classify_text(&report));
             }
         }
+        Command::Carp { command } => return carp(command),
         Command::Run(args) => {
             let config = match load(&args.config) {
                 Ok(c) => c,

@@ -1,5 +1,8 @@
-//! The offline operator tools: `ip2mac`, `owner`, `map` and `classify`.
-//! No root, no network: they read a config (and a capture) and print.
+//! The offline operator tools: `ip2mac`, `owner`, `map`, `classify` and
+//! `carp` ([`carp`]). No root, no network: they read a config (and a
+//! capture) and print.
+
+pub mod carp;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -268,3 +268,131 @@ fn classify_json_has_the_documented_keys() {
     }
     assert!(v["frames"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn carp_route_with_members_alone_prints_owner_order_and_json() {
+    let members = [
+        "--member",
+        "test1.ircache.net=1",
+        "--member",
+        "test2.web-cache.com=1",
+        "--member",
+        "test3.squid-cache.org=2",
+        "--member",
+        "test4.packet-pushers.com=3",
+    ];
+    let url = "http://www.squid-cache.org/";
+    let out = shoal()
+        .args(["carp", "route"])
+        .args(members)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout(&out);
+    let (got_url, owner) = line.trim_end().split_once('\t').unwrap();
+    assert_eq!(got_url, url);
+
+    let out = shoal()
+        .args(["carp", "route", "--order"])
+        .args(members)
+        .arg(url)
+        .output()
+        .unwrap();
+    let order_line = stdout(&out);
+    let order: Vec<&str> = order_line.trim_end().split('\t').nth(1).unwrap().split(' ').collect();
+    assert_eq!(order.len(), 4);
+    assert_eq!(order[0], owner);
+
+    // URLs from stdin, JSON out; the library gives the same answer.
+    let mut child = shoal()
+        .args(["carp", "route", "--json", "--hash", "hrw"])
+        .args(members)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{url}\n\nhttp://Other.example:8080/x?y").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["url"], "http://Other.example:8080/x?y");
+    assert_eq!(rows[1]["order"].as_array().unwrap().len(), 4);
+    assert_eq!(rows[1]["owner"], rows[1]["order"][0]);
+    let args = tools::carp::ArrayArgs {
+        member: members.iter().skip(1).step_by(2).map(|s| s.to_string()).collect(),
+        hash: Some("hrw".into()),
+        ..Default::default()
+    };
+    let array = tools::carp::array(&args, None, None).unwrap();
+    let lib = tools::carp::route(&array, &[url.to_string()], false, false).unwrap();
+    assert_eq!(lib, format!("{url}\t{}\n", rows[0]["owner"].as_str().unwrap()));
+}
+
+#[test]
+fn carp_table_and_pac_from_a_config_service_are_as_served() {
+    let config = example("carp.toml");
+    let out = shoal()
+        .args(["carp", "table", "--config"])
+        .arg(&config)
+        .args(["--service", "web-cache", "--members", "1,3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = stdout(&out);
+    assert!(table.starts_with("Proxy Array Information/1.0\r\nArrayEnabled:  1\r\nConfigID:  "));
+    assert!(table.contains("\r\nArrayName:  web-cache\r\nListTTL:  600\r\n\r\n"));
+    assert!(table.contains(&format!(
+        "cache1.lab.example 10.0.0.11 8080 http://10.0.0.11:8080/array.dll?Get.Info.v1 shoal/{} 0 UP 1 0\r\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(table.contains("\r\n10.0.0.13 10.0.0.13 8080 "));
+    assert!(!table.contains("cache2"));
+
+    let out = shoal()
+        .args(["carp", "pac", "--config"])
+        .arg(&config)
+        .args(["--service", "web-cache"])
+        .output()
+        .unwrap();
+    let pac = stdout(&out);
+    assert!(pac.contains("\"PROXY 10.0.0.12:8080\""));
+    assert!(pac.contains("var EXCEPTION_PROXY = \"PROXY 10.0.0.100:8080\";"));
+    assert!(pac.contains("var DIRECT_HOSTS = [[0, \"intranet.example\"]];"));
+    assert!(pac.contains("function FindProxyForURL(url, host)"));
+
+    // --member alone: PROXY NAME:PORT, 3128 unless --port.
+    let out = shoal()
+        .args(["carp", "pac", "--member", "a.example=1", "--member", "b.example=2"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("\"PROXY a.example:3128\""));
+    let out = shoal()
+        .args(["carp", "pac", "--port", "8080", "--member", "a.example"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("\"PROXY a.example:8080\""));
+
+    // Errors: an unknown service, no members, a bad URL.
+    let out = shoal()
+        .args(["carp", "route", "--config"])
+        .arg(&config)
+        .args(["--service", "nope", "http://a/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such [[service]]"));
+    let out = shoal().args(["carp", "route", "http://a/"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = shoal()
+        .args(["carp", "route", "--member", "a", "not a url"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
