@@ -17,7 +17,8 @@ step() { printf '\n=== %s\n' "$*"; }
 step "install what the tests need"
 need=()
 for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
-            curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux; do
+            curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux \
+            node:nodejs squid:squid; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,13 +36,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc -D warnings (every doc link resolves inside the repository)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-step "cargo test (unit, property, corpus replay, privileged backend tests)"
+step "cargo test (unit, property, corpus replay, privileged backend tests, PAC in node, CARP against Squid)"
 # Privileged tests that skip (SHOAL_SKIP_PRIVILEGED=1, never under CI)
 # append "<test>: <reason>" here (shoal_testkit::gate); the harness would
 # otherwise report them "ok".
 skips="$(mktemp -t shoal-skips.XXXXXX)"
 trap 'rm -f "$skips"' EXIT
-SHOAL_SKIP_LOG="$skips" cargo test --workspace
+SHOAL_REQUIRE_SQUID=1 SHOAL_SKIP_LOG="$skips" cargo test --workspace
 if [ -s "$skips" ]; then
     echo "$(wc -l <"$skips") privileged tests skipped:"
     sed 's/^/    /' "$skips"

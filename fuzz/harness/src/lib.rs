@@ -26,4 +26,5 @@
 pub mod classify;
 pub mod config;
 pub mod pcap;
+pub mod route;
 pub mod seeds;
