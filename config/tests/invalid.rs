@@ -65,7 +65,8 @@ fn service(carp: &str) -> String {
     ))
 }
 
-const PARENT: &str = "members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n";
+const PARENT: &str =
+    "members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n";
 
 fn cases() -> Vec<Case> {
     let mut many_hosts = String::from(BASE);

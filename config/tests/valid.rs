@@ -401,12 +401,18 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     let carp = web.carp();
     assert_eq!(carp.hash, HashMode::Spec);
     assert_eq!(carp.key, KeyParts::ALL);
-    assert_eq!(carp.array_name, "web-cache", "array_name defaults to the service name");
+    assert_eq!(
+        carp.array_name, "web-cache",
+        "array_name defaults to the service name"
+    );
     assert_eq!(carp.list_ttl_s, 600);
     assert_eq!(carp.exceptions.len(), 2);
     let members = web.carp_members(&c, None);
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["cache1.lab.example", "cache2.lab.example", "10.0.0.13"]);
+    assert_eq!(
+        names,
+        ["cache1.lab.example", "cache2.lab.example", "10.0.0.13"]
+    );
     let loads: Vec<u32> = members.iter().map(|m| m.load_factor).collect();
     assert_eq!(loads, [1, 1, 2]);
     assert_eq!(members[0].address, Some("10.0.0.11:8080".parse().unwrap()));

@@ -135,7 +135,9 @@ fn node_answers(pac: &str, urls: &[String]) -> Vec<String> {
 #[test]
 fn pac_and_router_pick_the_same_order_for_every_url_in_every_mode() {
     if !node_available() {
-        eprintln!("SKIPPED: node is not installed; the PAC script was not evaluated (install nodejs)");
+        eprintln!(
+            "SKIPPED: node is not installed; the PAC script was not evaluated (install nodejs)"
+        );
         return;
     }
     let urls = urls(2500);
@@ -171,8 +173,9 @@ fn pac_and_router_pick_the_same_order_for_every_url_in_every_mode() {
                 let mut router = Router::new(carp);
                 router.exceptions = vec![DomainPattern::parse("*.corp").unwrap()];
                 router.direct = vec![DomainPattern::parse("direct.example").unwrap()];
-                let proxies: Vec<String> =
-                    (0..names.len()).map(|i| format!("10.0.0.{}:3128", 11 + i)).collect();
+                let proxies: Vec<String> = (0..names.len())
+                    .map(|i| format!("10.0.0.{}:3128", 11 + i))
+                    .collect();
                 let vip = "10.0.0.100:3128";
                 let pac = pac_script(
                     &router,

@@ -288,7 +288,11 @@ fn carp_route_with_members_alone_prints_owner_order_and_json() {
         .arg(url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout(&out);
     let (got_url, owner) = line.trim_end().split_once('\t').unwrap();
     assert_eq!(got_url, url);
@@ -300,7 +304,13 @@ fn carp_route_with_members_alone_prints_owner_order_and_json() {
         .output()
         .unwrap();
     let order_line = stdout(&out);
-    let order: Vec<&str> = order_line.trim_end().split('\t').nth(1).unwrap().split(' ').collect();
+    let order: Vec<&str> = order_line
+        .trim_end()
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .collect();
     assert_eq!(order.len(), 4);
     assert_eq!(order[0], owner);
 
@@ -326,13 +336,21 @@ fn carp_route_with_members_alone_prints_owner_order_and_json() {
     assert_eq!(rows[1]["order"].as_array().unwrap().len(), 4);
     assert_eq!(rows[1]["owner"], rows[1]["order"][0]);
     let args = tools::carp::ArrayArgs {
-        member: members.iter().skip(1).step_by(2).map(|s| s.to_string()).collect(),
+        member: members
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|s| s.to_string())
+            .collect(),
         hash: Some("hrw".into()),
         ..Default::default()
     };
     let array = tools::carp::array(&args, None, None).unwrap();
     let lib = tools::carp::route(&array, &[url.to_string()], false, false).unwrap();
-    assert_eq!(lib, format!("{url}\t{}\n", rows[0]["owner"].as_str().unwrap()));
+    assert_eq!(
+        lib,
+        format!("{url}\t{}\n", rows[0]["owner"].as_str().unwrap())
+    );
 }
 
 #[test]
@@ -344,7 +362,11 @@ fn carp_table_and_pac_from_a_config_service_are_as_served() {
         .args(["--service", "web-cache", "--members", "1,3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = stdout(&out);
     assert!(table.starts_with("Proxy Array Information/1.0\r\nArrayEnabled:  1\r\nConfigID:  "));
     assert!(table.contains("\r\nArrayName:  web-cache\r\nListTTL:  600\r\n\r\n"));
@@ -369,7 +391,14 @@ fn carp_table_and_pac_from_a_config_service_are_as_served() {
 
     // --member alone: PROXY NAME:PORT, 3128 unless --port.
     let out = shoal()
-        .args(["carp", "pac", "--member", "a.example=1", "--member", "b.example=2"])
+        .args([
+            "carp",
+            "pac",
+            "--member",
+            "a.example=1",
+            "--member",
+            "b.example=2",
+        ])
         .output()
         .unwrap();
     assert!(stdout(&out).contains("\"PROXY a.example:3128\""));
@@ -388,7 +417,10 @@ fn carp_table_and_pac_from_a_config_service_are_as_served() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such [[service]]"));
-    let out = shoal().args(["carp", "route", "http://a/"]).output().unwrap();
+    let out = shoal()
+        .args(["carp", "route", "http://a/"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let out = shoal()
         .args(["carp", "route", "--member", "a", "not a url"])

@@ -152,7 +152,9 @@ impl Reader<'_, '_> {
             Some(e) => self.key_parts(&e.item, &t.key_path("key")),
         };
         let cluster = self.choice(&t, "members", MEMBER_KINDS, true);
-        let members_span = t.entry("members").map_or(t.span.start, |e| e.item.span.start);
+        let members_span = t
+            .entry("members")
+            .map_or(t.span.start, |e| e.item.span.start);
         let members = if cluster {
             if let Some(e) = t.entry("parent") {
                 self.diag.at(
@@ -201,15 +203,15 @@ impl Reader<'_, '_> {
             list_ttl_s,
             array_name,
         };
-        if let (CarpMembers::Parents(parents), true) =
-            (&section.members, self.diag_len() == errors)
+        if let (CarpMembers::Parents(parents), true) = (&section.members, self.diag_len() == errors)
         {
             let specs: Vec<MemberSpec> = parents
                 .iter()
                 .map(|p| MemberSpec::new(p.name.clone(), p.load_factor))
                 .collect();
             if let Err(e) = Carp::new(hash, key, &specs) {
-                self.diag.at(members_span, t.key_path("parent"), e.to_string());
+                self.diag
+                    .at(members_span, t.key_path("parent"), e.to_string());
             }
         }
         Some((section, members_span))
@@ -248,11 +250,8 @@ impl Reader<'_, '_> {
         let text = self.string_item(item, key)?;
         match text.parse::<SocketAddr>() {
             Ok(a) if unroutable(a.ip()) || a.port() == 0 => {
-                self.diag.at(
-                    item.span.start,
-                    key,
-                    format!("{a} cannot be connected to"),
-                );
+                self.diag
+                    .at(item.span.start, key, format!("{a} cannot be connected to"));
                 None
             }
             Ok(a) => Some(a),
@@ -297,8 +296,11 @@ impl Reader<'_, '_> {
                 continue;
             };
             if hosts_sound && !hosts.iter().any(|h| h.section.id == id) {
-                self.diag
-                    .at(entry.key_span.start, k, format!("no [[host]] has id = {id}"));
+                self.diag.at(
+                    entry.key_span.start,
+                    k,
+                    format!("no [[host]] has id = {id}"),
+                );
                 continue;
             }
             if let Ok(v) = self.int_item(&entry.item, &k, &LOAD_FACTOR_RANGE) {
@@ -440,7 +442,8 @@ impl Reader<'_, '_> {
                     })
                     .collect();
                 if let Err(e) = Carp::new(c.hash, c.key, &specs) {
-                    self.diag.at(span, format!("service {:?}", s.name), e.to_string());
+                    self.diag
+                        .at(span, format!("service {:?}", s.name), e.to_string());
                 }
             }
         }

@@ -13,7 +13,7 @@
 //!   JavaScript, so client-side and server-side routing agree bit for bit
 //!   (see [`crate::array::render`]).
 //! - The order is total: highest score first, equal scores by the member's
-//!   [`Carp::rank`] (its position in the member list, or Squid's peer order
+//!   [`Member::rank`] (its position in the member list, or Squid's peer order
 //!   in `squid` mode). It lists every member exactly once; [`Order`] skips
 //!   the members marked down.
 //! - No allocation per decision: [`Carp::order`] fills a fixed array of at
@@ -130,7 +130,8 @@ pub fn carp_hash(mut h: u32, bytes: &[u8]) -> u32 {
 /// (draft §3.1, §3.2): `x += x * 0x62531965; rotl(x, 21)`.
 #[inline(always)]
 pub const fn carp_spread(x: u32) -> u32 {
-    x.wrapping_add(x.wrapping_mul(CARP_MULTIPLY)).rotate_left(21)
+    x.wrapping_add(x.wrapping_mul(CARP_MULTIPLY))
+        .rotate_left(21)
 }
 
 /// CARP's member hash (draft §3.1) of a name as given (lower-case it first
@@ -294,7 +295,8 @@ impl Carp {
             HashMode::Squid => {
                 let total: u64 = loads.iter().map(|&l| u64::from(l)).sum();
                 if let Some(s) = specs.iter().find(|s| {
-                    s.load_factor > 0 && (s.load_factor as f64 / total as f64 * 1000.0).floor() == 0.0
+                    s.load_factor > 0
+                        && (s.load_factor as f64 / total as f64 * 1000.0).floor() == 0.0
                 }) {
                     return Err(CarpError::SquidShareTooSmall(s.name.clone()));
                 }
@@ -636,7 +638,9 @@ mod tests {
 
     #[test]
     fn down_members_are_skipped_and_the_rest_keep_their_order() {
-        let specs: Vec<MemberSpec> = (0..8).map(|i| MemberSpec::new(format!("m{i}"), 1)).collect();
+        let specs: Vec<MemberSpec> = (0..8)
+            .map(|i| MemberSpec::new(format!("m{i}"), 1))
+            .collect();
         for mode in [HashMode::Spec, HashMode::Squid, HashMode::Hrw] {
             let mut carp = Carp::new(mode, KeyParts::ALL, &specs).unwrap();
             let t = target("http://example.com/x?y");
@@ -705,7 +709,12 @@ mod tests {
         for _ in 0..count {
             let r = next();
             url.clear();
-            let host = ["www.Example.com", "cdn.site", "API.test.org", "images.Shop.net"][(r & 3) as usize];
+            let host = [
+                "www.Example.com",
+                "cdn.site",
+                "API.test.org",
+                "images.Shop.net",
+            ][(r & 3) as usize];
             let _ = write!(url, "http://{}{}", host, r >> 60);
             if r >> 8 & 7 == 0 {
                 let _ = write!(url, ":{}", 1024 + (r >> 16 & 0x3fff));
@@ -722,7 +731,10 @@ mod tests {
     fn shares(carp: &Carp, count: usize) -> Vec<f64> {
         let mut owned = vec![0u64; carp.members().len()];
         urls(count, |t| owned[carp.owner(t).unwrap()] += 1);
-        owned.iter().map(|&n| n as f64 * 100.0 / count as f64).collect()
+        owned
+            .iter()
+            .map(|&n| n as f64 * 100.0 / count as f64)
+            .collect()
     }
 
     /// `hrw` gives every member its load-factor share within 0.5 points.
@@ -730,13 +742,23 @@ mod tests {
         for k in sizes {
             for equal in [true, false] {
                 let specs: Vec<MemberSpec> = (0..k)
-                    .map(|i| MemberSpec::new(format!("member{i}.example.net"), if equal { 1 } else { 1 + i as u32 % 4 }))
+                    .map(|i| {
+                        MemberSpec::new(
+                            format!("member{i}.example.net"),
+                            if equal { 1 } else { 1 + i as u32 % 4 },
+                        )
+                    })
                     .collect();
                 let total: u32 = specs.iter().map(|s| s.load_factor).sum();
                 let carp = Carp::new(HashMode::Hrw, KeyParts::ALL, &specs).unwrap();
                 for (s, got) in specs.iter().zip(shares(&carp, count)) {
                     let want = f64::from(s.load_factor) * 100.0 / f64::from(total);
-                    assert!((got - want).abs() <= 0.5, "{k} members ({}): {} has {got:.3} points, wants {want:.3}", if equal { "equal loads" } else { "loads 1..4" }, s.name);
+                    assert!(
+                        (got - want).abs() <= 0.5,
+                        "{k} members ({}): {} has {got:.3} points, wants {want:.3}",
+                        if equal { "equal loads" } else { "loads 1..4" },
+                        s.name
+                    );
                 }
             }
         }
@@ -752,17 +774,29 @@ mod tests {
         // lighter one owns nothing. These two names (found by a birthday
         // search) share member hash 0xc80fbc67.
         let (a, b) = ("cache17704.example.net", "cache62695.example.net");
-        assert_eq!(carp_member_hash(a.as_bytes()), carp_member_hash(b.as_bytes()));
+        assert_eq!(
+            carp_member_hash(a.as_bytes()),
+            carp_member_hash(b.as_bytes())
+        );
         for loads in [[1, 1, 1], [1, 1, 2], [2, 1, 1]] {
             let specs = [
                 MemberSpec::new(a, loads[0]),
                 MemberSpec::new(b, loads[1]),
                 MemberSpec::new("cache3.example.net", loads[2]),
             ];
-            let spec = shares(&Carp::new(HashMode::Spec, KeyParts::ALL, &specs).unwrap(), 100_000);
-            assert_eq!(spec[1], 0.0, "spec, loads {loads:?}: {b} owns nothing ({spec:?})");
+            let spec = shares(
+                &Carp::new(HashMode::Spec, KeyParts::ALL, &specs).unwrap(),
+                100_000,
+            );
+            assert_eq!(
+                spec[1], 0.0,
+                "spec, loads {loads:?}: {b} owns nothing ({spec:?})"
+            );
             let total: u32 = loads.iter().sum();
-            let hrw = shares(&Carp::new(HashMode::Hrw, KeyParts::ALL, &specs).unwrap(), 100_000);
+            let hrw = shares(
+                &Carp::new(HashMode::Hrw, KeyParts::ALL, &specs).unwrap(),
+                100_000,
+            );
             for (got, load) in hrw.iter().zip(loads) {
                 let want = f64::from(load) * 100.0 / f64::from(total);
                 assert!((got - want).abs() < 1.0, "hrw, loads {loads:?}: {hrw:?}");
@@ -806,7 +840,9 @@ mod tests {
             Carp::new(HashMode::Spec, KeyParts::ALL, &[MemberSpec::new("", 1)]),
             Err(CarpError::EmptyName)
         );
-        let many: Vec<MemberSpec> = (0..65).map(|i| MemberSpec::new(format!("m{i}"), 1)).collect();
+        let many: Vec<MemberSpec> = (0..65)
+            .map(|i| MemberSpec::new(format!("m{i}"), 1))
+            .collect();
         assert_eq!(
             Carp::new(HashMode::Hrw, KeyParts::ALL, &many),
             Err(CarpError::TooMany(65))

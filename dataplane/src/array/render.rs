@@ -369,7 +369,10 @@ mod tests {
         Carp::new(
             HashMode::Spec,
             KeyParts::ALL,
-            &[MemberSpec::new("p1.example", 1), MemberSpec::new("p2.example", 2)],
+            &[
+                MemberSpec::new("p1.example", 1),
+                MemberSpec::new("p2.example", 2),
+            ],
         )
         .unwrap()
     }
@@ -414,7 +417,11 @@ mod tests {
         );
         assert_ne!(id, config_id(10, &carp, &rows()), "the epoch changes it");
         let up = self::carp();
-        assert_ne!(id, config_id(9, &up, &rows()), "a member's state changes it");
+        assert_ne!(
+            id,
+            config_id(9, &up, &rows()),
+            "a member's state changes it"
+        );
     }
 
     #[test]

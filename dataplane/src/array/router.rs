@@ -55,10 +55,9 @@ impl DomainPattern {
         if rest.contains('*') || rest.is_empty() {
             return Err(PatternError::Wildcard(text.into()));
         }
-        if !rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']'))
-        {
+        if !rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']')
+        }) {
             return Err(PatternError::Character(text.into()));
         }
         let lower = rest.to_ascii_lowercase();
@@ -109,6 +108,10 @@ impl fmt::Debug for DomainPattern {
 
 /// What to do with one request.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the order lives on the caller's stack: boxing it would allocate per decision"
+)]
 pub enum Decision<'r> {
     /// The host matches a `direct` pattern: the PAC sends it DIRECT; a
     /// member that receives it anyway serves it itself.
@@ -188,8 +191,14 @@ mod tests {
         r.exceptions.push(DomainPattern::parse("*.corp").unwrap());
         r.direct.push(DomainPattern::parse("intra.corp").unwrap());
         let t = |u: &'static str| RequestTarget::parse_absolute(u.as_bytes()).unwrap();
-        assert!(matches!(r.decide(&t("http://intra.corp/")), Decision::Direct));
-        assert!(matches!(r.decide(&t("http://x.corp/")), Decision::Exception));
+        assert!(matches!(
+            r.decide(&t("http://intra.corp/")),
+            Decision::Direct
+        ));
+        assert!(matches!(
+            r.decide(&t("http://x.corp/")),
+            Decision::Exception
+        ));
         match r.decide(&t("http://x.org/")) {
             Decision::Route(order) => assert_eq!(order.count(), 2),
             other => panic!("{other:?}"),

@@ -394,10 +394,7 @@ impl<'a> RequestTarget<'a> {
         }
         if parts.contains(KeyPart::Port) {
             sink(b':');
-            decimal(
-                self.port.unwrap_or_else(|| default_port(self.scheme)),
-                sink,
-            );
+            decimal(self.port.unwrap_or_else(|| default_port(self.scheme)), sink);
         }
         if parts.contains(KeyPart::Path) {
             if self.path.is_empty() {
@@ -526,9 +523,7 @@ fn parse_port(p: &[u8]) -> Result<u16, TargetError> {
     if p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
         return Err(TargetError::BadPort);
     }
-    let n = p
-        .iter()
-        .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+    let n = p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
     u16::try_from(n).map_err(|_| TargetError::BadPort)
 }
 

@@ -28,7 +28,7 @@ pub struct ArrayArgs {
     /// Cluster configuration file (with --service).
     #[arg(long, requires = "service")]
     pub config: Option<PathBuf>,
-    /// The [[service]] name in --config.
+    /// The `[[service]]` name in --config.
     #[arg(long, requires = "config")]
     pub service: Option<String>,
     /// Live cluster members by host ID (default: every configured host), e.g. 1,2,3.
@@ -85,7 +85,11 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
             anyhow!(
                 "--service {name:?}: no such [[service]] in {} (services: {})",
                 c.source.display(),
-                if known.is_empty() { "none".into() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             )
         })?),
         _ => None,
@@ -115,7 +119,10 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
         let set = match (&args.members, &service.carp().members) {
             (Some(list), CarpMembers::Cluster { .. }) => Some(super::members(config, Some(list))?),
             (Some(_), CarpMembers::Parents(_)) => {
-                bail!("--members selects cluster hosts; service {:?} routes to parents", service.name)
+                bail!(
+                    "--members selects cluster hosts; service {:?} routes to parents",
+                    service.name
+                )
             }
             (None, _) => None,
         };
@@ -180,8 +187,8 @@ pub fn urls(args: &[String], input: impl BufRead) -> Result<Vec<String>> {
 /// One URL's answer: the owner and the full order (member names), or
 /// `DIRECT` / `EXCEPTION` for the host patterns.
 fn decide(array: &Array, url: &str) -> Result<(String, Vec<String>)> {
-    let target = RequestTarget::parse_absolute(url.as_bytes())
-        .map_err(|e| anyhow!("{url:?}: {e}"))?;
+    let target =
+        RequestTarget::parse_absolute(url.as_bytes()).map_err(|e| anyhow!("{url:?}: {e}"))?;
     let names = array.router.carp.members();
     Ok(match array.router.decide(&target) {
         Decision::Direct => ("DIRECT".into(), vec!["DIRECT".into()]),

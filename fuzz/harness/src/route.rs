@@ -102,7 +102,10 @@ pub fn check(input: &[u8]) {
     let table = membership_table(&info, &router.carp, &rows);
     assert_eq!(table.matches("\r\n").count(), 6 + count, "{table:?}");
     let targets = PacTargets {
-        proxies: rows.iter().map(|r| format!("{}:{}", r.address, r.port)).collect(),
+        proxies: rows
+            .iter()
+            .map(|r| format!("{}:{}", r.address, r.port))
+            .collect(),
         exception_proxy: None,
     };
     assert!(pac_script(&router, &targets, "fuzz").contains("FindProxyForURL"));
