@@ -810,7 +810,7 @@ mod tests {
         assert_hrw_fair([2, 3, 5, 16, 64], 1_000_000);
     }
 
-    /// The full sweep, every size from 2 to 64 members (about a minute):
+    /// The full sweep, every size from 2 to 64 members (minutes):
     /// `cargo test -p shoal-dataplane -- --ignored hrw_share_sweep`.
     #[test]
     #[ignore = "slow: every member count from 2 to 64 at 1,000,000 URLs"]
