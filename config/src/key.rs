@@ -7,6 +7,10 @@
 //!
 //! Guarantees: a [`ClusterKey`] is exactly 32 bytes, and its `Debug` output
 //! never shows them.
+//!
+//! A running host only takes a key file that is private to root and is not
+//! the sample published in `config/examples/` ([`key_file_problems`]); the
+//! offline tools take any key.
 
 use std::fmt;
 
@@ -33,6 +37,70 @@ impl fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClusterKey(..)")
     }
+}
+
+/// The sample key file shipped in `config/examples/` (published, so not
+/// a secret: a running host refuses it).
+pub const EXAMPLE_KEY_FILE: &str = include_str!("../examples/cluster.key");
+
+impl ClusterKey {
+    /// Whether this is the published sample key of `config/examples/`.
+    pub fn is_published_example(&self) -> bool {
+        parse_cluster_key(EXAMPLE_KEY_FILE).is_ok_and(|k| k == *self)
+    }
+}
+
+/// Why a running host must not use a key file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileProblem {
+    /// Group or others have some access to the file.
+    #[error("group or others can access it (mode {mode:04o}); make it private with `chmod 600`")]
+    Shared {
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// The file's owner is not root.
+    #[error("it is owned by uid {uid}, not root; give it to root with `chown root:`")]
+    NotRootOwned {
+        /// The owner's uid.
+        uid: u32,
+    },
+    /// The key is the published sample.
+    #[error(
+        "it holds the sample key published in config/examples/, with which anyone can forge \
+         heartbeats"
+    )]
+    PublishedExample,
+}
+
+/// Everything that makes a key file unfit for a running host, from its
+/// permission bits `mode`, its owner `uid` and the `key` it holds: group or
+/// others may not access it, root must own it, and it must not be the
+/// published sample. Empty when the file is fit.
+pub fn key_file_problems(mode: u32, uid: u32, key: &ClusterKey) -> Vec<KeyFileProblem> {
+    let mut problems = Vec::new();
+    if mode & 0o077 != 0 {
+        problems.push(KeyFileProblem::Shared {
+            mode: mode & 0o7777,
+        });
+    }
+    if uid != 0 {
+        problems.push(KeyFileProblem::NotRootOwned { uid });
+    }
+    if key.is_published_example() {
+        problems.push(KeyFileProblem::PublishedExample);
+    }
+    problems
+}
+
+/// Writes `bytes` as the text of a key file that [`parse_cluster_key`]
+/// reads back as the same key.
+pub fn format_cluster_key(key: &ClusterKey) -> String {
+    let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "# shoal cluster key (made by `shoal keygen`): the same file on every host,\n\
+         # mode 0600, owned by root. Whoever holds it can join the cluster.\n{hex}\n"
+    )
 }
 
 /// Why a key file's text is not a cluster key.
@@ -134,5 +202,44 @@ mod tests {
         // A multi-byte character must not be split into byte pairs.
         let wide = format!("{}é", &HEX[..63]);
         assert!(parse_cluster_key(&wide).is_err());
+    }
+
+    #[test]
+    fn formatted_keys_parse_back() {
+        let key = parse_cluster_key(HEX).unwrap();
+        assert_eq!(parse_cluster_key(&format_cluster_key(&key)), Ok(key));
+    }
+
+    #[test]
+    fn a_running_host_takes_only_a_private_root_key_that_is_not_the_sample() {
+        let key = parse_cluster_key(HEX).unwrap();
+        assert_eq!(key_file_problems(0o600, 0, &key), vec![]);
+        assert_eq!(key_file_problems(0o400, 0, &key), vec![]);
+        assert_eq!(
+            key_file_problems(0o100640, 0, &key),
+            vec![KeyFileProblem::Shared { mode: 0o640 }]
+        );
+        assert_eq!(
+            key_file_problems(0o604, 0, &key),
+            vec![KeyFileProblem::Shared { mode: 0o604 }]
+        );
+        assert_eq!(
+            key_file_problems(0o600, 1000, &key),
+            vec![KeyFileProblem::NotRootOwned { uid: 1000 }]
+        );
+        let sample = parse_cluster_key(EXAMPLE_KEY_FILE).unwrap();
+        assert!(sample.is_published_example());
+        assert!(!key.is_published_example());
+        assert_eq!(
+            key_file_problems(0o600, 0, &sample),
+            vec![KeyFileProblem::PublishedExample]
+        );
+        for p in key_file_problems(0o644, 1000, &sample) {
+            let text = p.to_string();
+            assert!(
+                text.contains("chmod") || text.contains("chown") || text.contains("published"),
+                "{text}"
+            );
+        }
     }
 }

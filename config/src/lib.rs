@@ -16,8 +16,9 @@
 //! - Unknown keys are errors anywhere, with the accepted keys listed.
 //! - [`Config::to_normalized_toml`] writes every default out, in a stable
 //!   order, and parses back to an equal [`Config`].
-//! - [`Config::spec`] is a pure function of the file, so every host that loads
-//!   the same file computes the same [`ClusterSpec`] (and rule fingerprint).
+//! - [`Config::spec`] is a pure function of the file and the bucket seed, so
+//!   every host that loads the same file and holds the same key computes the
+//!   same [`ClusterSpec`] (and rule fingerprint).
 //! - No I/O except [`load`] reading the file and [`Config::check_key_file`]
 //!   looking at the key file's metadata. Nothing here panics on bad input.
 //!
@@ -107,9 +108,11 @@
 //! # The key file
 //!
 //! One line of 64 hex digits (the 32-byte key that authenticates
-//! heartbeats); blank lines and `#` comment lines are ignored. Generate one
-//! with `od -An -tx1 -N32 /dev/urandom | tr -d ' \n'`. See
-//! [`parse_cluster_key`].
+//! heartbeats and seeds the bucket hash); blank lines and `#` comment lines
+//! are ignored. Make one with `shoal keygen FILE`. A running host refuses a
+//! key file that group or others can access, that root does not own, or
+//! that holds the published sample key of `config/examples/`
+//! ([`key_file_problems`]). See [`parse_cluster_key`].
 #![forbid(unsafe_code)]
 
 mod document;
@@ -126,7 +129,10 @@ use std::path::{Path, PathBuf};
 use shoal_dataplane::{ClusterSpec, FilterMode, HostId, HostSet, PortRule, MAX_HOSTS};
 
 pub use error::{ConfigError, ConfigErrors};
-pub use key::{parse_cluster_key, ClusterKey, KeyFormatError, CLUSTER_KEY_LEN};
+pub use key::{
+    format_cluster_key, key_file_problems, parse_cluster_key, ClusterKey, KeyFileProblem,
+    KeyFormatError, CLUSTER_KEY_LEN, EXAMPLE_KEY_FILE,
+};
 pub use sections::*;
 pub use service::*;
 
@@ -200,7 +206,11 @@ impl Config {
     /// rules carry each host's effective weight (`host.weight`, then the
     /// rule's override); single-host rules carry each host's effective
     /// priority and all-zero weights; disabled rules carry zeros.
-    pub fn spec(&self) -> ClusterSpec {
+    ///
+    /// `bucket_seed` seeds the bucket hash and must be secret and the same
+    /// on every host: the engine derives it from the cluster key
+    /// (`shoal_controlplane::bucket_seed`); this crate does no cryptography.
+    pub fn spec(&self, bucket_seed: u64) -> ClusterSpec {
         let rules = self
             .rules
             .iter()
@@ -226,6 +236,7 @@ impl Config {
             mode: self.cluster.mode,
             ipv6_network_prefix: self.cluster.ipv6_network_prefix,
             rules,
+            bucket_seed,
         }
     }
 

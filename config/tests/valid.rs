@@ -61,7 +61,7 @@ fn every_example_loads_round_trips_and_has_its_key_file() {
         assert_eq!(c.key_path(), example("cluster.key"), "{name}");
         c.check_key_file().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.primary_vip(), Ipv4Addr::new(10, 0, 0, 100), "{name}");
-        let spec = c.spec();
+        let spec = c.spec(0);
         assert_eq!(spec.rules.len(), c.rules.len());
         for (i, a) in spec.rules.iter().enumerate() {
             for b in &spec.rules[i + 1..] {
@@ -118,7 +118,7 @@ fn lab_3host_is_what_the_lab_expects() {
 #[test]
 fn weighted_lab_spreads_50_50_100() {
     let c = load_example("lab-3host-weighted.toml");
-    let spec = c.spec();
+    let spec = c.spec(0);
     let w = &spec.rules[0].weights;
     assert_eq!(&w[..3], &[50, 50, 100]);
     assert!(w[3..].iter().all(|&x| x == 0), "unconfigured hosts weigh 0");
@@ -171,7 +171,7 @@ fn defaults_are_nlbs() {
     );
     // NLB's default port rule: all VIPs, 0-65535, both, multiple, Single
     // affinity, equal weights, no extended affinity.
-    let spec = c.spec();
+    let spec = c.spec(0);
     assert_eq!(spec.rules.len(), 1);
     let r = &spec.rules[0];
     assert_eq!(r.vip, None);
@@ -193,7 +193,7 @@ fn defaults_are_nlbs() {
 #[test]
 fn spec_fills_weights_and_priorities_per_host_index() {
     let c = load_example("rules.toml");
-    let spec = c.spec();
+    let spec = c.spec(0);
     assert_eq!(spec.vips, vec![ip("10.0.0.100")]);
     assert_eq!(spec.mode, ClusterMode::Unicast);
     assert_eq!(spec.ipv6_network_prefix, 64);
@@ -263,7 +263,7 @@ priorities = { 3 = 7 }
     let want: BTreeMap<HostId, u8> = [(id(1), 1), (id(2), 2), (id(3), 7)].into_iter().collect();
     assert_eq!(c.rules[0].priorities, want);
     assert!(c.rules[0].weights.is_empty());
-    let spec = c.spec();
+    let spec = c.spec(0);
     assert_eq!(spec.rules[0].priority(id(3)), 7);
     assert_eq!(spec.rules[0].priority(id(1)), 1);
     assert_round_trip(&c);

@@ -93,6 +93,7 @@
 //! becomes disabled on this host and a drained host stops.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use shoal_dataplane::map::{GroupBits, View};
 use shoal_dataplane::{ClusterSpec, HostId, HostSet, MAX_HOSTS, MAX_RULES};
@@ -107,8 +108,9 @@ use crate::membership::{Membership, MembershipCounters, Notice, Standing};
 /// Nanoseconds per second.
 const SEC: u64 = 1_000_000_000;
 
-/// Timing and identity of one host's control plane.
-#[derive(Clone, Debug)]
+/// Timing and identity of one host's control plane. Its `Debug` output
+/// shows every field but the key.
+#[derive(Clone)]
 pub struct Config {
     /// This host's ID.
     pub host: HostId,
@@ -132,6 +134,32 @@ pub struct Config {
     pub converge_periods: u32,
     /// Longest a drain waits for connections to end (default 20 min).
     pub drain_timeout_ns: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be left out unnoticed.
+        let Config {
+            host,
+            key: _,
+            boot_id,
+            wall_offset_ns,
+            period_ns,
+            tolerance,
+            converge_periods,
+            drain_timeout_ns,
+        } = self;
+        f.debug_struct("Config")
+            .field("host", host)
+            .field("key", &format_args!("<redacted>"))
+            .field("boot_id", boot_id)
+            .field("wall_offset_ns", wall_offset_ns)
+            .field("period_ns", period_ns)
+            .field("tolerance", tolerance)
+            .field("converge_periods", converge_periods)
+            .field("drain_timeout_ns", drain_timeout_ns)
+            .finish()
+    }
 }
 
 impl Config {

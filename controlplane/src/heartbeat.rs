@@ -445,6 +445,25 @@ fn sha_u64(h: Sha256) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// The bucket hash's seed for a cluster keyed with `key`:
+/// HMAC-SHA256(key, "shoal bucket seed v1"), its first 8 bytes big-endian.
+///
+/// Every host of a cluster holds the key, so every host (and an offline
+/// tool given the key) computes the same seed and the same owner for every
+/// flow; without the key, which host owns which client cannot be computed
+/// from anything on the wire or in the configuration.
+pub fn bucket_seed(key: &[u8; 32]) -> u64 {
+    // HMAC-SHA256 takes keys of every length, so this never fails.
+    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(key) else {
+        return 0;
+    };
+    mac.update(b"shoal bucket seed v1");
+    let tag = mac.finalize().into_bytes();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&tag[..8]);
+    u64::from_be_bytes(b)
+}
+
 /// The cluster id: a hash of the VIP set (order does not matter).
 pub fn cluster_id(vips: &[IpAddr]) -> u64 {
     let mut v: Vec<[u8; 17]> = vips

@@ -69,4 +69,4 @@ pub mod membership;
 
 pub use admin::{Request, Response, ReturnCode};
 pub use convergence::{Config, Event, Machine};
-pub use heartbeat::{Heartbeat, HeartbeatError, HostState, Phase};
+pub use heartbeat::{bucket_seed, Heartbeat, HeartbeatError, HostState, Phase};

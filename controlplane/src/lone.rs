@@ -298,6 +298,7 @@ mod tests {
                 Protocol::Tcp,
                 FilterMode::Single,
             )],
+            bucket_seed: 0x5eed,
         };
         View::converged(&spec, members.iter().map(|&h| host(h)).collect())
     }

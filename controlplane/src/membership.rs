@@ -1027,6 +1027,7 @@ mod tests {
                     affinity: Affinity::None,
                 },
             )],
+            bucket_seed: 0x5eed,
         };
         ClusterAuth::new([9; 32], &spec)
     }

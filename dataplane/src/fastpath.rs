@@ -499,6 +499,7 @@ mod tests {
                 PortRule::new(Some(vip), (22, 22), Protocol::Tcp, FilterMode::Single),
                 PortRule::new(Some(vip), (23, 23), Protocol::Tcp, FilterMode::Disabled),
             ],
+            bucket_seed: 0x5eed,
         }
     }
 

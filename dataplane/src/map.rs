@@ -11,7 +11,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use crate::bucket::{BucketMap, GROUPS};
-use crate::hash::mix64;
 use crate::mac::{cluster_mac, Mac};
 use crate::model::{ClusterMode, ClusterSpec, FilterMode, HostId, HostSet, PortRule, MAX_HOSTS};
 
@@ -146,7 +145,7 @@ pub struct ClusterMap {
     pub default_host: Option<HostId>,
     /// IPv6 prefix length for network affinity.
     pub ipv6_network_prefix: u8,
-    /// Hash seed shared by the cluster (derived from the VIPs).
+    /// Hash seed shared by the cluster ([`ClusterSpec::bucket_seed`]).
     pub seed: u64,
 }
 
@@ -290,14 +289,6 @@ impl ClusterMap {
             IpAddr::V4(a) => Some(*a),
             IpAddr::V6(_) => None,
         });
-        let mut seed = 0x5348_4f41_4c00_0001u64;
-        for v in &spec.vips {
-            let bits: u128 = match v {
-                IpAddr::V4(a) => u32::from(*a) as u128,
-                IpAddr::V6(a) => u128::from(*a),
-            };
-            seed = mix64(seed ^ bits as u64 ^ mix64((bits >> 64) as u64));
-        }
         Self {
             epoch,
             local,
@@ -312,7 +303,7 @@ impl ClusterMap {
             order,
             default_host: view.members.first(),
             ipv6_network_prefix: spec.ipv6_network_prefix,
-            seed,
+            seed: spec.bucket_seed,
         }
     }
 

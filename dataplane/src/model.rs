@@ -276,4 +276,8 @@ pub struct ClusterSpec {
     pub ipv6_network_prefix: u8,
     /// Port rules, checked not to overlap.
     pub rules: Vec<PortRule>,
+    /// Seed of the bucket hash, the same on every member. It must be secret
+    /// (the engine derives it from the cluster key): whoever knows it can
+    /// compute which host owns which client. Tests may use any value.
+    pub bucket_seed: u64,
 }

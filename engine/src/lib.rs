@@ -18,6 +18,7 @@ pub mod control;
 pub mod fastpath;
 pub mod handoff;
 pub mod io;
+pub mod keyfile;
 pub mod replay;
 pub mod runtime;
 pub mod setup;

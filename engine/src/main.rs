@@ -28,6 +28,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write a fresh random cluster key to FILE (mode 0600).
+    Keygen {
+        /// The key file to create.
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the unicast, multicast and IGMP cluster MACs of a primary VIP.
     Ip2mac {
         /// The primary VIP (IPv4).
@@ -287,7 +295,8 @@ fn carp(command: CarpCommand) -> Result<ExitCode> {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Validate a configuration: print it normalized, or the errors (exit code 2).
+    /// Validate a configuration: print it normalized, or the errors (exit
+    /// code 2); warn about a key file `shoal run` would refuse.
     Check {
         /// The file.
         file: PathBuf,
@@ -328,6 +337,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             print!("{}", config.to_normalized_toml());
+            for w in shoal_engine::keyfile::warnings(&config) {
+                eprintln!("warning: {w}");
+            }
+        }
+        Command::Keygen { file, force } => {
+            shoal_engine::keyfile::keygen(&file, force)?;
+            eprintln!("wrote a fresh cluster key to {}", file.display());
         }
         Command::Ip2mac { vip } => print!("{}", tools::ip2mac(vip)),
         Command::Owner {
@@ -343,10 +359,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             let members = tools::members(&config, members.as_deref())?;
             let proto = tools::protocol(&proto)?;
+            let key = shoal_engine::keyfile::for_tools(&config)?;
             print!(
                 "{}",
                 tools::owner(
                     &config,
+                    &key,
                     members,
                     proto,
                     tools::endpoint(&client)?,
@@ -376,7 +394,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let members = tools::members(&config, Some(&members))?;
             let capture =
                 std::fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
-            let report = tools::classify(&config, members, &capture, rewrite_vip)?;
+            let key = shoal_engine::keyfile::for_tools(&config)?;
+            let report = tools::classify(&config, &key, members, &capture, rewrite_vip)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -517,8 +517,10 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?
         .clone();
     let local = host.id;
+    // The key is checked before anything on the host changes.
+    let key = crate::keyfile::for_run(&config)?;
     signal::catch_stop();
-    let spec = config.spec();
+    let spec = config.spec(shoal_controlplane::bucket_seed(key.as_bytes()));
     // A static view takes every configured host as live at once; with the
     // control plane, nobody owns anything until the cluster converges.
     let members = if args.static_view {
@@ -545,7 +547,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
 
     let polls = crate::wiring::poll_plan(&host);
     let mut wiring =
-        crate::wiring::Wiring::bring_up(&config, &host, cluster_mac, backend_choice, &polls)
+        crate::wiring::Wiring::bring_up(&config, &spec, &host, cluster_mac, backend_choice, &polls)
             .context("setting up the host")?;
     let backend_name = wiring.backend_name.clone();
     let guard = wiring.xdp_guard();
@@ -666,11 +668,6 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         }
         static_responder = Some(control);
     } else {
-        let key_path = config.key_path();
-        let key_text = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("reading the cluster key {}", key_path.display()))?;
-        let key = shoal_config::parse_cluster_key(&key_text)
-            .map_err(|e| anyhow!("cluster key {}: {e}", key_path.display()))?;
         let wall_ns = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

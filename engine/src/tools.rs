@@ -1,6 +1,8 @@
 //! The offline operator tools: `ip2mac`, `owner`, `map`, `classify` and
-//! `carp` ([`carp`]). No root, no network: they read a config (and a
-//! capture) and print.
+//! `carp` ([`carp`]). No network: they read a config (and a capture) and
+//! print. `owner` and `classify` also take the cluster key, which seeds the
+//! bucket hash (so they need read access to the key file); `map`'s shares
+//! do not depend on it.
 
 pub mod carp;
 
@@ -9,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, bail, Context, Result};
-use shoal_config::Config;
+use shoal_config::{ClusterKey, Config};
 use shoal_dataplane::bucket::BUCKETS;
 use shoal_dataplane::descriptor::DescriptorConfig;
 use shoal_dataplane::mac::{igmp_group, igmp_mac, multicast_mac, unicast_mac};
@@ -75,8 +77,13 @@ pub fn protocol(s: &str) -> Result<u8> {
     }
 }
 
-fn converged_map(config: &Config, members: HostSet) -> Result<ClusterMap> {
-    let spec = config.spec();
+/// The bucket seed of a cluster keyed with `key`.
+fn seed(key: &ClusterKey) -> u64 {
+    shoal_controlplane::bucket_seed(key.as_bytes())
+}
+
+fn converged_map(config: &Config, bucket_seed: u64, members: HostSet) -> Result<ClusterMap> {
+    let spec = config.spec(bucket_seed);
     let view = View::converged(&spec, members);
     let local = members
         .first()
@@ -87,12 +94,13 @@ fn converged_map(config: &Config, members: HostSet) -> Result<ClusterMap> {
 /// `shoal owner`: which host keeps a new flow, and its bucket.
 pub fn owner(
     config: &Config,
+    key: &ClusterKey,
     members: HostSet,
     proto: u8,
     client: (IpAddr, u16),
     vip: (IpAddr, u16),
 ) -> Result<String> {
-    let map = converged_map(config, members)?;
+    let map = converged_map(config, seed(key), members)?;
     if !map.is_vip(vip.0) {
         return Ok(format!("none ({} is not a VIP of this cluster)\n", vip.0));
     }
@@ -109,8 +117,9 @@ pub fn owner(
 
 /// `shoal map`: each rule's bucket shares per host against the configured weights.
 pub fn map(config: &Config, members: HostSet) -> Result<String> {
-    let map = converged_map(config, members)?;
-    let spec = config.spec();
+    // Shares do not depend on the bucket seed.
+    let map = converged_map(config, 0, members)?;
+    let spec = config.spec(0);
     let mut out = String::new();
     writeln!(out, "members: {members:?}").ok();
     for (i, r) in map.rules.iter().enumerate() {
@@ -225,11 +234,12 @@ fn rewrite_to_vip(frame: &mut [u8], vip4: Option<Ipv4Addr>, vip6: Option<std::ne
 /// member with a converged view.
 pub fn classify(
     config: &Config,
+    key: &ClusterKey,
     members: HostSet,
     capture: &[u8],
     rewrite_vip: bool,
 ) -> Result<ClassifyReport> {
-    Classifier::new(config, members)?.replay(capture, rewrite_vip)
+    Classifier::new(config, key, members)?.replay(capture, rewrite_vip)
 }
 
 /// Simulated members that replay captures (state carries over between
@@ -244,11 +254,11 @@ pub struct Classifier {
 
 impl Classifier {
     /// Members of `config` in a converged view.
-    pub fn new(config: &Config, members: HostSet) -> Result<Self> {
+    pub fn new(config: &Config, key: &ClusterKey, members: HostSet) -> Result<Self> {
         if members.is_empty() {
             bail!("--members: the view is empty");
         }
-        let spec = config.spec();
+        let spec = config.spec(seed(key));
         let vip4 = spec.vips.iter().find_map(|v| match v {
             IpAddr::V4(a) => Some(*a),
             _ => None,

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use anyhow::{anyhow, Context, Result};
 use shoal_config::{Backend, Config, HostSection, XdpMode as ConfigXdpMode};
 use shoal_dataplane::mac::Mac;
-use shoal_dataplane::ClusterMode;
+use shoal_dataplane::{ClusterMode, ClusterSpec};
 
 use crate::afpacket::{AfPacket, AfPacketConfig, Membership};
 use crate::afxdp::{
@@ -105,6 +105,7 @@ type LoopBackends = Vec<Vec<Box<dyn FrameIo>>>;
 
 fn open_af_xdp(
     config: &Config,
+    spec: &ClusterSpec,
     host: &HostSection,
     cluster_mac: Mac,
     polls: &[PollPlan],
@@ -157,10 +158,9 @@ fn open_af_xdp(
     // The XDP fast path (see crate::fastpath) is compiled for the rules and
     // VIPs; the view does not matter here, so an empty one keeps this cheap.
     let fast_path = (config.io.xdp_fast_path && crate::fastpath::enabled_by_env()).then(|| {
-        let spec = config.spec();
-        let view = shoal_dataplane::map::View::converged(&spec, shoal_dataplane::HostSet::EMPTY);
+        let view = shoal_dataplane::map::View::converged(spec, shoal_dataplane::HostSet::EMPTY);
         let layout = FastPathLayout::of(&shoal_dataplane::map::ClusterMap::build(
-            &spec, &view, host.id, 0,
+            spec, &view, host.id, 0,
         ));
         let pass_to = if config.io.xdp_pass && crate::fastpath::env_allows("SHOAL_XDP_PASS") {
             match nic_mac(&host.interface) {
@@ -247,9 +247,11 @@ fn open_af_packet(
 }
 
 impl Wiring {
-    /// Sets the host up and opens the backends.
+    /// Sets the host up and opens the backends; `spec` is `config`'s, with
+    /// the cluster's bucket seed (the XDP fast path hashes with it).
     pub fn bring_up(
         config: &Config,
+        spec: &ClusterSpec,
         host: &HostSection,
         cluster_mac: Mac,
         backend: Backend,
@@ -262,7 +264,7 @@ impl Wiring {
         let mut backends = None;
         let mut name = String::new();
         if matches!(backend, Backend::AfXdp | Backend::Auto) {
-            match open_af_xdp(config, host, cluster_mac, polls) {
+            match open_af_xdp(config, spec, host, cluster_mac, polls) {
                 Ok((a, b, n)) => {
                     attachment = Some(a);
                     backends = Some(b);

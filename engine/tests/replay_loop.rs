@@ -31,7 +31,7 @@ impl Delivery for Recorder {
 fn corpus_replayed_through_three_hosts_is_delivered_once() {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/lab-3host.toml");
     let config = shoal_config::load(&cfg).unwrap();
-    let spec = config.spec();
+    let spec = config.spec(0x5eed);
     let view = View::converged(&spec, config.host_ids());
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/tcpdump");
     assert!(corpus.is_dir(), "corpus missing at {}", corpus.display());

@@ -55,6 +55,13 @@ fn config_check_normalizes_or_exits_2_naming_file_line_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout(&out).contains("period_ms = 1000"));
+    // The example's key is the published sample: a warning, not a failure.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: cluster key") && err.contains("sample key"),
+        "{err}"
+    );
+    assert!(err.contains("shoal keygen"), "{err}");
     let dir = std::env::temp_dir().join(format!("shoal-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
@@ -166,7 +173,8 @@ affinity = "single"
 "#;
     let config = shoal_config::parse(text, &example("corpus.toml")).unwrap();
     let members = tools::members(&config, None).unwrap();
-    let mut classifier = tools::Classifier::new(&config, members).unwrap();
+    let key = shoal_config::parse_cluster_key(shoal_config::EXAMPLE_KEY_FILE).unwrap();
+    let mut classifier = tools::Classifier::new(&config, &key, members).unwrap();
     let mut files = 0;
     let mut totals = tools::ClassifyReport::default();
     let mut entries: Vec<_> = std::fs::read_dir(corpus())
@@ -427,4 +435,150 @@ fn carp_table_and_pac_from_a_config_service_are_as_served() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A config in `dir` for one host on an interface that does not exist,
+/// naming `dir/cluster.key`.
+fn run_config(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nvips = [\"10.0.0.100\"]\nkey_file = \"cluster.key\"\n\n[[host]]\nid = 1\ninterface = \"shoal-nokey0\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// `shoal run` in a network namespace of its own (so that nothing it
+/// might set up touches this machine); its exit status and stderr.
+fn run_isolated(config: &Path) -> (std::process::ExitStatus, String) {
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .args(["run", "--static-view", "--config"])
+        .arg(config)
+        .output()
+        .expect("unshare");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_refuses_a_shared_foreign_or_sample_key_and_keygen_makes_a_good_one() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_eq!(
+            std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref(),
+            Ok("1"),
+            "needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
+        );
+        eprintln!("SKIP run_refuses_…: SHOAL_SKIP_PRIVILEGED=1 (needs root)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("shoal-cli-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = run_config(&dir);
+    let key = dir.join("cluster.key");
+    let out = shoal().arg("keygen").arg(&key).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+
+    // Readable by group or others: refused, naming the remedy.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (status, err) = run_isolated(&config);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("refusing the cluster key") && err.contains("mode 0640"),
+        "{err}"
+    );
+    assert!(err.contains("shoal keygen"), "{err}");
+    let check = shoal()
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("warning: cluster key"),
+        "{check:?}"
+    );
+
+    // Not owned by root: refused.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let (status, err) = run_isolated(&config);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("uid 65534, not root"), "{err}");
+    std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+
+    // The published sample, even private and root's: refused.
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, shoal_config::EXAMPLE_KEY_FILE).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (status, err) = run_isolated(&config);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("sample key"), "{err}");
+
+    // A fresh key passes the check (the run then fails on the missing
+    // interface, not on the key).
+    let out = shoal()
+        .args(["keygen", "--force"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (status, err) = run_isolated(&config);
+    assert!(!status.success(), "{err}");
+    assert!(!err.contains("cluster key"), "{err}");
+    let check = shoal()
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&check.stderr).contains("warning"),
+        "{check:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `owner` and `classify` hash with the cluster key's seed: the same VIPs
+/// under another key give other owners.
+#[test]
+fn owner_follows_the_cluster_key() {
+    let dir = std::env::temp_dir().join(format!("shoal-cli-owner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(example("lab-3host.toml")).unwrap();
+    let owners = |key_text: &str| -> Vec<String> {
+        std::fs::write(dir.join("cluster.key"), key_text).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = shoal_config::load(&path).unwrap();
+        let key = shoal_engine::keyfile::for_tools(&config).unwrap();
+        (1..=64u8)
+            .map(|i| {
+                tools::owner(
+                    &config,
+                    &key,
+                    config.host_ids(),
+                    6,
+                    (std::net::Ipv4Addr::new(10, 0, 1, i).into(), 40000),
+                    ("10.0.0.100".parse().unwrap(), 80),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let sample = owners(shoal_config::EXAMPLE_KEY_FILE);
+    assert_eq!(sample, owners(shoal_config::EXAMPLE_KEY_FILE));
+    let other = owners(&format!("{}\n", "ab".repeat(32)));
+    let moved = sample.iter().zip(&other).filter(|(a, b)| a != b).count();
+    assert!(moved > 16, "only {moved} of 64 clients changed owner");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,13 +12,9 @@ mod netns_run;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netns_run::{privileged, sh, stop, Lab};
-use shoal_dataplane::map::{ClusterMap, View};
-use shoal_dataplane::pipeline::Dataplane;
-use shoal_dataplane::HostId;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 /// Clients 10.0.7.1 ..= 10.0.7.CLIENTS send UDP datagrams to the VIP.
@@ -78,21 +74,25 @@ eth = bytes.fromhex('02bf0a000064') + bytes.fromhex(src) + b'\\x08\\x00'\n\
 for rep in range(PER):\n    for i in range(1, CLIENTS + 1):\n        udp = struct.pack('!HHHH', 40000 + i, PORT, 12, 0) + b'ping'\n        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, bytes([10, 0, 7, i]), bytes([10, 0, 0, 100]))\n        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]\n        s.send(eth + ip + udp)\n\
 print('sent')\n";
 
+/// What host 1 keeps and what it drops, as the offline `shoal owner`
+/// computes it (with the cluster key's bucket seed, as the engine does).
 fn expected_own(config: &Path) -> (u64, u64) {
     let cfg = shoal_config::load(config).expect("config");
-    let spec = cfg.spec();
-    let map = Arc::new(ClusterMap::build(
-        &spec,
-        &View::converged(&spec, cfg.host_ids()),
-        HostId::new(1).unwrap(),
-        1,
-    ));
+    let key = shoal_engine::keyfile::for_tools(&cfg).expect("the cluster key");
     let mut own = 0;
     let mut other = 0;
     for i in 1..=CLIENTS {
         let client = IpAddr::V4(Ipv4Addr::new(10, 0, 7, i));
-        let o = Dataplane::owner_of(&map, 17, client, 40000 + u16::from(i), VIP.into(), PORT);
-        if o.host == HostId::new(1) {
+        let answer = shoal_engine::tools::owner(
+            &cfg,
+            &key,
+            cfg.host_ids(),
+            17,
+            (client, 40000 + u16::from(i)),
+            (VIP.into(), PORT),
+        )
+        .expect("shoal owner");
+        if answer.starts_with("host 1 ") {
             own += PER_CLIENT as u64;
         } else {
             other += PER_CLIENT as u64;

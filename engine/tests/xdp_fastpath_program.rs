@@ -99,6 +99,7 @@ fn spec() -> ClusterSpec {
                 multiple(Affinity::Single),
             ),
         ],
+        bucket_seed: 0x5eed,
     }
 }
 
@@ -641,6 +642,7 @@ fn every_layout_shape_passes_the_verifier() {
             mode: ClusterMode::Unicast,
             ipv6_network_prefix: 64,
             rules,
+            bucket_seed: 0x5eed,
         };
         let m = Arc::new(ClusterMap::build(
             &spec,

@@ -194,6 +194,7 @@ impl Fixture {
                     affinity: Affinity::Single,
                 },
             )],
+            bucket_seed: 0x5eed,
         };
         let members: HostSet = (1..=HOSTS).map(host).collect();
         let view = View::converged(&spec, members);

@@ -454,10 +454,21 @@ impl Rig {
             }
         }
         std::fs::write(self.dir.join("flood.trafgen"), TRAFGEN_PROFILE)?;
-        std::fs::write(
-            self.dir.join("cluster.key"),
-            "5b1c0e2d3f4a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0\n",
-        )?;
+        // A key of the rig's own, private from the start: `shoal run`
+        // refuses a key file others can read.
+        use std::io::{Read as _, Write as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let key = self.dir.join("cluster.key");
+        let _ = std::fs::remove_file(&key);
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)?
+            .write_all(format!("{hex}\n").as_bytes())?;
         Ok(())
     }
 

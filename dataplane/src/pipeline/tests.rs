@@ -136,6 +136,7 @@ pub(super) fn variant_maps() -> &'static [Arc<ClusterMap>] {
             mode: ClusterMode::Multicast,
             ipv6_network_prefix: 64,
             rules,
+            bucket_seed: 0x5eed,
         };
         let hosts =
             |ids: &[u8]| -> HostSet { ids.iter().filter_map(|&i| HostId::new(i)).collect() };
@@ -195,6 +196,7 @@ pub(super) fn build_map(rules: Vec<PortRule>) -> ClusterMap {
         mode: ClusterMode::Multicast,
         ipv6_network_prefix: 64,
         rules,
+        bucket_seed: 0x5eed,
     };
     let members: HostSet = [1, 2, 3].iter().filter_map(|&i| HostId::new(i)).collect();
     let local = HostId::new(2).expect("host id");
@@ -363,6 +365,7 @@ fn build_view_map(members: &[u8]) -> Arc<ClusterMap> {
         mode: ClusterMode::Multicast,
         ipv6_network_prefix: 64,
         rules,
+        bucket_seed: 0x5eed,
     };
     let set: HostSet = members.iter().filter_map(|&i| HostId::new(i)).collect();
     let local = HostId::new(2).expect("host id");

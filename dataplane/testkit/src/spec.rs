@@ -11,6 +11,11 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 /// The IPv6 VIP of the shared fixtures.
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 
+/// The bucket seed of the shared fixtures. The dataplane takes any value;
+/// the control-plane simulator's random-event seeds were chosen and checked
+/// under this one (another sends them down other paths).
+pub const BUCKET_SEED: u64 = 0x967a_276c_516b_4211;
+
 /// Host `n`.
 ///
 /// # Panics
@@ -39,14 +44,15 @@ pub fn default_rule(affinity: Affinity) -> PortRule {
     PortRule::new(None, (0, 65535), Protocol::Both, multiple(affinity))
 }
 
-/// A unicast-mode cluster on `vips` with `rules` and a /64 IPv6 network
-/// prefix.
+/// A unicast-mode cluster on `vips` with `rules`, a /64 IPv6 network
+/// prefix and [`BUCKET_SEED`].
 pub fn unicast(vips: &[IpAddr], rules: Vec<PortRule>) -> ClusterSpec {
     ClusterSpec {
         vips: vips.to_vec(),
         mode: ClusterMode::Unicast,
         ipv6_network_prefix: 64,
         rules,
+        bucket_seed: BUCKET_SEED,
     }
 }
 

@@ -575,7 +575,9 @@ pub fn apply_reload(
                     Body::None,
                 );
             }
-            machine.handle_reload(config.spec(), now);
+            // The key is restart-only, so the running bucket seed stays.
+            let seed = machine.spec().bucket_seed;
+            machine.handle_reload(config.spec(seed), now);
             *running = running.take().map(|_| config);
             Response::new(
                 ReturnCode::Ok,

@@ -676,7 +676,7 @@ mod tests {
         let path = dir.join("cluster.toml");
         std::fs::write(&path, &original).unwrap();
         let config = shoal_config::load(&path).unwrap();
-        let spec = config.spec();
+        let spec = config.spec(0x5eed);
         let local = HostId::new(1).unwrap();
         let view = View::converged(&spec, HostSet::from_iter([local]));
         let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(

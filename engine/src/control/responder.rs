@@ -233,6 +233,7 @@ mod tests {
             mode: ClusterMode::Unicast,
             ipv6_network_prefix: 64,
             rules: vec![],
+            bucket_seed: 0x5eed,
         };
         let local = HostId::new(1).unwrap();
         let view = View::converged(&spec, HostSet::from_iter([local]));

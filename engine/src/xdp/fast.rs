@@ -653,6 +653,7 @@ mod tests {
             mode: ClusterMode::Unicast,
             ipv6_network_prefix: 64,
             rules,
+            bucket_seed: 0x5eed,
         }
     }
 

@@ -51,13 +51,18 @@ impl Lab {
     }
 
     /// Writes a cluster config for VIP `vip` naming hosts `hosts` (host `i`
-    /// has dedicated address 10.0.0.(10+i)/16) and its key; returns its path.
+    /// has dedicated address 10.0.0.(10+i)/16) and, unless it has one, a
+    /// fresh key made by `shoal keygen`; returns its path.
     pub fn config(&self, vip: &str, hosts: &[u8]) -> PathBuf {
-        std::fs::write(
-            self.dir.join("cluster.key"),
-            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-        )
-        .unwrap();
+        let key = self.dir.join("cluster.key");
+        if !key.exists() {
+            let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("keygen")
+                .arg(&key)
+                .output()
+                .expect("shoal keygen");
+            assert!(out.status.success(), "shoal keygen: {out:?}");
+        }
         let mut text = format!("[cluster]\nvips = [\"{vip}\"]\nkey_file = \"cluster.key\"\n");
         for id in hosts {
             text += &format!(

@@ -119,6 +119,7 @@ pub fn spec() -> ClusterSpec {
         rules: vec![
             web, tls, pptp, dns, ike, ike_nat, database, telnet, apps, v6_low,
         ],
+        bucket_seed: 0x5eed,
     }
 }
 
