@@ -10,7 +10,9 @@
 //! the process) are not recorded. When the namespace's cookie is known the
 //! record opens with `netns <cookie>`, which tells this namespace from a
 //! later one that reused its inode. A journal with nothing to record has no
-//! record file.
+//! record file. Reading a record back ([`leftovers`]) takes only lines of
+//! the shapes shoal writes: integer sysctls under `/proc/sys/net/`, a TAP,
+//! the NIC's own table.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -102,23 +104,56 @@ pub(super) fn record_cookie(text: &str) -> Option<u64> {
 }
 
 /// The changes of a record, newest first (the order to undo them in).
-/// Lines it does not know are logged and skipped.
-pub(super) fn leftovers(text: &str) -> Vec<Leftover> {
+///
+/// A record is a file anyone with write access to the state directory
+/// could forge, so only what shoal itself writes is taken: an integer
+/// sysctl value for a path [`restorable_sysctl`] accepts, a TAP with a
+/// valid interface name, and the NIC's own table `own_table`. Any other
+/// `sysctl`, `tap` or `nft` line is refused with a logged error; lines of
+/// unknown kinds are logged and skipped.
+pub(super) fn leftovers(text: &str, own_table: &str) -> Vec<Leftover> {
     let mut out = Vec::new();
     for line in text.lines().rev() {
         let mut parts = line.splitn(3, ' ');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("sysctl"), Some(p), Some(v)) => out.push(Leftover::Sysctl {
-                path: PathBuf::from(p),
-                previous: v.to_owned(),
-            }),
-            (Some("tap"), Some(name), None) => out.push(Leftover::Tap(name.to_owned())),
-            (Some("nft"), Some(name), None) => out.push(Leftover::NftTable(name.to_owned())),
+            (Some("sysctl"), Some(p), Some(v))
+                if restorable_sysctl(p) && v.trim().parse::<i64>().is_ok() =>
+            {
+                out.push(Leftover::Sysctl {
+                    path: PathBuf::from(p),
+                    previous: v.to_owned(),
+                })
+            }
+            (Some("tap"), Some(name), None) if super::valid_name(name) => {
+                out.push(Leftover::Tap(name.to_owned()))
+            }
+            (Some("nft"), Some(name), None) if name == own_table => {
+                out.push(Leftover::NftTable(name.to_owned()))
+            }
+            (Some("sysctl" | "tap" | "nft"), _, _) => {
+                tracing::error!(line, "refusing a state record line shoal never writes")
+            }
             (Some("netns"), Some(_), None) => {}
             _ => tracing::warn!(line, "ignoring unknown state record"),
         }
     }
     out
+}
+
+/// Whether a recorded sysctl path is one shoal may write back: absolute,
+/// under `/proc/sys/net/`, and canonical (every component a plain name, no
+/// `.` or `..`, no empty component).
+pub(super) fn restorable_sysctl(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/sys/net/") else {
+        return false;
+    };
+    rest.split('/').all(|c| {
+        !c.is_empty()
+            && c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+    })
 }
 
 /// The record's file name for `interface` in the namespace with `inode`.
@@ -158,7 +193,7 @@ mod tests {
             cidr: "10.0.0.1/32".into(),
         });
         journal.push(Step::Sysctl {
-            path: "/proc/sys/x".into(),
+            path: "/proc/sys/net/x".into(),
             previous: "1".into(),
         });
         journal.push(Step::NftTable {
@@ -167,21 +202,42 @@ mod tests {
         let text = journal.record(|| Some(7)).unwrap();
         assert_eq!(
             text,
-            "netns 7\ntap shoal0\nsysctl /proc/sys/x 1\nnft shoal_eth0\n"
+            "netns 7\ntap shoal0\nsysctl /proc/sys/net/x 1\nnft shoal_eth0\n"
         );
         assert_eq!(record_cookie(&text), Some(7));
         assert_eq!(
-            leftovers(&format!("{text}bogus line\n")),
+            leftovers(&format!("{text}bogus line\n"), "shoal_eth0"),
             vec![
                 Leftover::NftTable("shoal_eth0".into()),
                 Leftover::Sysctl {
-                    path: "/proc/sys/x".into(),
+                    path: "/proc/sys/net/x".into(),
                     previous: "1".into()
                 },
                 Leftover::Tap("shoal0".into()),
             ]
         );
         assert_eq!(record_cookie("tap shoal0\n"), None);
+    }
+
+    #[test]
+    fn only_canonical_net_sysctls_are_restorable() {
+        assert!(restorable_sysctl(
+            "/proc/sys/net/ipv4/conf/eth0.100/arp_ignore"
+        ));
+        assert!(restorable_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter"));
+        for bad in [
+            "/proc/sys/kernel/core_pattern",
+            "/proc/sys/net/",
+            "/proc/sys/net/../kernel/x",
+            "/proc/sys/net/ipv4/./x",
+            "/proc/sys/net/ipv4//x",
+            "proc/sys/net/ipv4/x",
+            "/proc/sys/netfilter/x",
+            "/etc/passwd",
+            "/proc/sys/net/ipv4/x y",
+        ] {
+            assert!(!restorable_sysctl(bad), "{bad}");
+        }
     }
 
     #[test]

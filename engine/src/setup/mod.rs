@@ -57,7 +57,8 @@
 //!
 //! Design decision: addresses, links and nftables go through the `ip` and
 //! `nft` programs (`nft -f -` with the table as text, replaced atomically in
-//! one transaction); sysctls through `/proc/sys`. These are rare,
+//! one transaction), found in the system directories and never through
+//! `PATH` ([`crate::sys::programs`]); sysctls through `/proc/sys`. These are rare,
 //! start-and-stop operations where a clear command in the log is worth more
 //! than a netlink codec. All of it sits behind the seam's
 //! [`crate::sys::host::HostOps`] so failure paths are tested without root.
@@ -141,7 +142,7 @@ pub enum SetupError {
     #[error("invalid host setup config: {0}")]
     Config(String),
     /// A program shoal needs is not installed.
-    #[error("`{tool}` is not installed (needed for {purpose}); install it, e.g. `apt-get install -y {package}`")]
+    #[error("`{tool}` is not installed in /usr/sbin, /usr/bin, /sbin or /bin (needed for {purpose}); install it, e.g. `apt-get install -y {package}`")]
     MissingTool {
         /// Program name.
         tool: &'static str,
@@ -447,7 +448,7 @@ impl HostSetup {
 
     /// Undoes the steps of a leftover record, last first.
     fn replay(&mut self, text: &str) -> Result<(), SetupError> {
-        for leftover in journal::leftovers(text) {
+        for leftover in journal::leftovers(text, &self.config.nft_table()) {
             match leftover {
                 Leftover::Sysctl { path, previous } => self.restore_sysctl(&path, &previous)?,
                 Leftover::Tap(name) => self.delete_tap(&name)?,

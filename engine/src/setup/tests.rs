@@ -243,6 +243,63 @@ fn a_record_left_by_a_deleted_namespace_with_our_inode_is_not_replayed() {
 }
 
 #[test]
+fn a_forged_record_touches_nothing_outside_shoals_own() {
+    let fake = world();
+    let outside = [
+        ("/proc/sys/kernel/core_pattern", "core"),
+        ("/proc/sys/kernel/modprobe", "/sbin/modprobe"),
+        ("/etc/passwd", "root:x:0:0::/root:/bin/sh"),
+    ];
+    for (path, v) in outside {
+        fake.0.lock().files.insert(PathBuf::from(path), v.into());
+    }
+    fake.0.lock().tables.push("filter".into());
+    fake.0.lock().links.insert("eth1".into(), "veth");
+    fake.0.lock().files.insert(
+        config().state_file(),
+        format!(
+            "netns 4096\n\
+             sysctl /proc/sys/kernel/core_pattern |/tmp/evil\n\
+             sysctl /etc/passwd evil\n\
+             sysctl /proc/sys/net/../kernel/modprobe /tmp/evil\n\
+             sysctl /proc/sys/net/ipv4/conf/./eth0/arp_ignore 5\n\
+             sysctl /proc/sys/net//ipv4/conf/eth0/arp_ignore 5\n\
+             sysctl {} 0 bad\n\
+             nft filter\n\
+             nft shoal_eth1\n\
+             tap ../eth1\n\
+             sysctl {} 3\n",
+            sysctl_v4("eth0", "arp_announce").display(),
+            sysctl_v4("eth0", "arp_ignore").display(),
+        ),
+    );
+    let mut setup = HostSetup::apply_with(Box::new(fake.clone()), config()).unwrap();
+    setup.teardown().unwrap();
+    let w = fake.0.lock();
+    for (path, v) in outside {
+        assert_eq!(
+            w.files.get(Path::new(path)).map(String::as_str),
+            Some(v),
+            "{path}"
+        );
+    }
+    assert_eq!(w.tables, vec!["filter".to_owned()], "a foreign table stays");
+    assert!(w.links.contains_key("eth1"));
+    assert!(
+        !w.log
+            .iter()
+            .any(|l| l.contains("eth1") || l.contains("filter")),
+        "{:?}",
+        w.log
+    );
+    drop(w);
+    // The one well-formed line was replayed (and teardown then put back
+    // what this run found: the replayed 3).
+    assert_eq!(value(&fake, sysctl_v4("eth0", "arp_ignore")), "3");
+    assert_eq!(value(&fake, sysctl_v4("eth0", "arp_announce")), "0");
+}
+
+#[test]
 fn records_of_deleted_namespaces_are_forgotten() {
     let fake = world();
     let live_other = own_netns_inode() + 1;

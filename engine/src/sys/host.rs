@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::afpacket::{AfPacketError, Membership, MembershipHold};
 use crate::tap::{Tap, TapConfig, TapError};
@@ -70,7 +70,8 @@ impl HostOps for Kernel {
         args: &[&str],
         stdin: Option<&str>,
     ) -> io::Result<CommandOutput> {
-        let mut cmd = Command::new(program);
+        // Found in the system directories, never through PATH.
+        let mut cmd = super::programs::command(program)?;
         cmd.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()

@@ -26,6 +26,7 @@ pub mod host;
 pub mod netns;
 pub mod packet;
 pub mod peer;
+pub mod programs;
 pub mod sched;
 pub mod signal;
 pub mod tap;
