@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod handoff;
 pub mod io;
 pub mod keyfile;
+pub mod privileges;
 pub mod replay;
 pub mod runtime;
 pub mod setup;

@@ -551,6 +551,11 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             .context("setting up the host")?;
     let backend_name = wiring.backend_name.clone();
     let guard = wiring.xdp_guard();
+    // Setup is done: from here on (every thread started below included)
+    // the engine holds only what it still needs.
+    let kept = crate::privileges::drop_after_setup(backend_name.starts_with("af_xdp"))?;
+    tracing::info!(kept = ?kept.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "dropped every other capability; no_new_privs set");
     let fast_path = wiring.fast_path();
     if let Some(f) = &fast_path {
         cell.attach_fast_path(f.clone());

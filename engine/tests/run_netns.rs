@@ -1,7 +1,8 @@
 //! `shoal run` end to end in a private pair of namespaces, on both
 //! backends: ARP for the VIP answered with the cluster MAC, a real kernel TCP
-//! connection served through the TAP, another host's share dropped, and
-//! nothing left behind after SIGTERM.
+//! connection served through the TAP, another host's share dropped, every
+//! engine thread down to the capabilities it still needs with
+//! `no_new_privs`, and nothing left behind after SIGTERM.
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
@@ -11,6 +12,30 @@ use std::process::Command;
 use std::time::Duration;
 
 use netns_run::{privileged, sh, stop, Lab};
+use shoal_engine::sys::caps::Privileges;
+
+/// The pid of the `shoal` process `ip netns exec … env … shoal` became
+/// (the same pid when both exec, else a descendant).
+fn engine_pid(spawned: u32) -> u32 {
+    let mut pid = spawned;
+    for _ in 0..4 {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "shoal" {
+            return pid;
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            Some(child) => pid = child,
+            None => break,
+        }
+    }
+    panic!("no shoal process under pid {spawned}");
+}
 
 const SERVER: &str = "import socket\n\
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
@@ -93,7 +118,31 @@ fn end_to_end(backend: &str) {
         "{stats}"
     );
 
-    // SIGTERM: everything undone.
+    // Once set up, every thread of the engine holds only what it still
+    // needs, and nothing it runs can gain more.
+    let pid = engine_pid(shoal.id());
+    let kept = shoal_engine::privileges::kept(
+        backend == "af_xdp",
+        shoal_engine::privileges::kernel_version(),
+    );
+    let mask = Privileges::mask(&kept);
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() > 1, "the engine runs its threads: {tasks:?}");
+    for task in tasks {
+        let p = Privileges::from_status(
+            &std::fs::read_to_string(task.join("status")).unwrap_or_default(),
+        );
+        assert_eq!(p.bounding, mask, "{} {p:?} kept {kept:?}", task.display());
+        assert_eq!(p.permitted & !mask, 0, "{} {p:?}", task.display());
+        assert_eq!(p.effective & !mask, 0, "{} {p:?}", task.display());
+        assert_eq!(p.ambient, 0, "{} {p:?}", task.display());
+        assert!(p.no_new_privs, "{} {p:?}", task.display());
+    }
+
+    // SIGTERM: everything undone (with the capabilities kept).
     let status = stop(&mut shoal);
     assert!(status.success(), "exit {status}: {}", log());
     let links = sh(&format!("ip -n {} link show", lab.host));

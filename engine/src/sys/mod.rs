@@ -17,11 +17,12 @@
 //! and a test double is named `Fake`: `bpf::fake::Fake`, shared by the unit
 //! tests of several callers, lives here; the others live beside the one test
 //! module that scripts them. The remaining modules ([`xsk`], [`netns`],
-//! [`peer`], [`sched`], [`signal`], [`umask`], [`wake`]) are plain safe wrappers with
-//! no fake.
+//! [`peer`], [`sched`], [`signal`], [`umask`], [`wake`], [`caps`],
+//! [`programs`]) are plain safe wrappers with no fake.
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod caps;
 pub mod host;
 pub mod netns;
 pub mod packet;
