@@ -11,7 +11,9 @@
 //!   precomputes likely views and raises it back when a real view arrives;
 //! - `CAP_BPF`, only with AF_XDP on kernels before 6.5: those check
 //!   `CAP_BPF` on every `bpf()` call (map updates on a held descriptor
-//!   included) while unprivileged BPF is disabled.
+//!   included) while unprivileged BPF is disabled;
+//! - `CAP_CHOWN`, only with an `[admin] group`: the admin socket, made
+//!   after the drop, is handed to that group.
 //!
 //! Everything else is dropped from the effective, permitted, inheritable,
 //! ambient and bounding sets, and `no_new_privs` is set, so neither the
@@ -23,13 +25,26 @@ use anyhow::{Context, Result};
 
 use crate::sys::caps::{self, Cap};
 
-/// The capabilities the running engine keeps (see the module docs): with
-/// `af_xdp` when AF_XDP and its BPF maps are in use, on a kernel of
-/// version `kernel` (major, minor; `None` when unknown, taken as old).
-pub fn kept(af_xdp: bool, kernel: Option<(u32, u32)>) -> Vec<Cap> {
+/// What decides which capabilities the running engine keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// AF_XDP and its BPF maps are in use.
+    pub af_xdp: bool,
+    /// The kernel's (major, minor) version; `None` when unknown (taken as
+    /// old).
+    pub kernel: Option<(u32, u32)>,
+    /// An `[admin] group` is configured.
+    pub admin_group: bool,
+}
+
+/// The capabilities the running engine keeps (see the module docs).
+pub fn kept(needs: Needs) -> Vec<Cap> {
     let mut keep = vec![Cap::NET_ADMIN, Cap::SYS_NICE];
-    if af_xdp && kernel.is_none_or(|v| v < (6, 5)) {
+    if needs.af_xdp && needs.kernel.is_none_or(|v| v < (6, 5)) {
         keep.push(Cap::BPF);
+    }
+    if needs.admin_group {
+        keep.push(Cap::CHOWN);
     }
     keep
 }
@@ -47,8 +62,12 @@ pub fn kernel_version() -> Option<(u32, u32)> {
 /// calling thread and the threads and programs it starts afterwards: call
 /// it on the main thread once setup is done and before the poll loops and
 /// helper threads start. Returns what was kept.
-pub fn drop_after_setup(af_xdp: bool) -> Result<Vec<Cap>> {
-    let keep = kept(af_xdp, kernel_version());
+pub fn drop_after_setup(af_xdp: bool, admin_group: bool) -> Result<Vec<Cap>> {
+    let keep = kept(Needs {
+        af_xdp,
+        kernel: kernel_version(),
+        admin_group,
+    });
     caps::restrict_to(&keep)
         .context("dropping the capabilities the running engine does not need")?;
     Ok(keep)
@@ -59,22 +78,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bpf_is_kept_only_for_af_xdp_on_old_kernels() {
-        assert_eq!(
-            kept(false, Some((5, 10))),
-            vec![Cap::NET_ADMIN, Cap::SYS_NICE]
-        );
-        assert_eq!(
-            kept(true, Some((6, 5))),
-            vec![Cap::NET_ADMIN, Cap::SYS_NICE]
-        );
-        assert_eq!(
-            kept(true, Some((6, 18))),
-            vec![Cap::NET_ADMIN, Cap::SYS_NICE]
-        );
-        assert!(kept(true, Some((6, 4))).contains(&Cap::BPF));
-        assert!(kept(true, Some((5, 15))).contains(&Cap::BPF));
-        assert!(kept(true, None).contains(&Cap::BPF));
+    fn bpf_and_chown_are_kept_only_when_needed() {
+        let needs = |af_xdp, kernel, admin_group| {
+            kept(Needs {
+                af_xdp,
+                kernel,
+                admin_group,
+            })
+        };
+        let base = vec![Cap::NET_ADMIN, Cap::SYS_NICE];
+        assert_eq!(needs(false, Some((5, 10)), false), base);
+        assert_eq!(needs(true, Some((6, 5)), false), base);
+        assert_eq!(needs(true, Some((6, 18)), false), base);
+        assert!(needs(true, Some((6, 4)), false).contains(&Cap::BPF));
+        assert!(needs(true, Some((5, 15)), false).contains(&Cap::BPF));
+        assert!(needs(true, None, false).contains(&Cap::BPF));
+        assert!(needs(false, Some((6, 18)), true).contains(&Cap::CHOWN));
+        assert!(!needs(true, Some((6, 18)), false).contains(&Cap::CHOWN));
         assert!(kernel_version().is_some());
     }
 }

@@ -553,7 +553,10 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let guard = wiring.xdp_guard();
     // Setup is done: from here on (every thread started below included)
     // the engine holds only what it still needs.
-    let kept = crate::privileges::drop_after_setup(backend_name.starts_with("af_xdp"))?;
+    let kept = crate::privileges::drop_after_setup(
+        backend_name.starts_with("af_xdp"),
+        config.admin.group.is_some(),
+    )?;
     tracing::info!(kept = ?kept.iter().map(|c| c.name()).collect::<Vec<_>>(),
         "dropped every other capability; no_new_privs set");
     let fast_path = wiring.fast_path();

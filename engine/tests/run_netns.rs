@@ -121,10 +121,11 @@ fn end_to_end(backend: &str) {
     // Once set up, every thread of the engine holds only what it still
     // needs, and nothing it runs can gain more.
     let pid = engine_pid(shoal.id());
-    let kept = shoal_engine::privileges::kept(
-        backend == "af_xdp",
-        shoal_engine::privileges::kernel_version(),
-    );
+    let kept = shoal_engine::privileges::kept(shoal_engine::privileges::Needs {
+        af_xdp: backend == "af_xdp",
+        kernel: shoal_engine::privileges::kernel_version(),
+        admin_group: false,
+    });
     let mask = Privileges::mask(&kept);
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()

@@ -23,6 +23,8 @@ use std::io;
 pub struct Cap(pub u8);
 
 impl Cap {
+    /// `CAP_CHOWN`: changing a file's owner or group.
+    pub const CHOWN: Cap = Cap(0);
     /// `CAP_NET_ADMIN`: interfaces, addresses, nftables, XDP, net sysctls.
     pub const NET_ADMIN: Cap = Cap(12);
     /// `CAP_NET_RAW`: packet and AF_XDP sockets.
@@ -39,6 +41,7 @@ impl Cap {
     /// The kernel's name of the capability, for logs and docs.
     pub fn name(self) -> String {
         match self {
+            Cap::CHOWN => "CAP_CHOWN".into(),
             Cap::NET_ADMIN => "CAP_NET_ADMIN".into(),
             Cap::NET_RAW => "CAP_NET_RAW".into(),
             Cap::SYS_ADMIN => "CAP_SYS_ADMIN".into(),
