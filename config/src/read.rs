@@ -6,6 +6,12 @@
 //! that relate two places (duplicate host IDs, rules naming hosts, overlapping
 //! rules) run after every section has been read, and are skipped for values
 //! that already failed their own check, so one mistake yields one error.
+//!
+//! The walk is one file, past the house's usual size, because it is one
+//! pass over one tree: every section's reader shares the walker's
+//! diagnostics, stand-in values and cross-section checks. The array tier's
+//! `[[service]]` sections, which relate to the rest only through ports and
+//! host names, are read in [`service`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

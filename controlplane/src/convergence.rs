@@ -8,6 +8,13 @@
 //! protocol, the view it has adopted, and the *effective view* the engine
 //! compiles into the [`shoal_dataplane::map::ClusterMap`] its poll loops use.
 //!
+//! It is one module, past the house's usual size, because its one job is one
+//! state machine: the steps of a round (propose, agree, release, adopt) read
+//! and write the same round state, and splitting them would turn that state
+//! into an interface. What is not the round lives elsewhere: liveness and
+//! exclusions in [`crate::membership`], the lone-host guard in
+//! [`crate::lone`], the wire format in [`crate::heartbeat`].
+//!
 //! # The protocol
 //!
 //! Every host proposes a view: the live, participating members of the
