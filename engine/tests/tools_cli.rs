@@ -468,14 +468,7 @@ fn run_isolated(config: &Path) -> (std::process::ExitStatus, String) {
 #[test]
 fn run_refuses_a_shared_foreign_or_sample_key_and_keygen_makes_a_good_one() {
     use std::os::unix::fs::PermissionsExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert_eq!(
-            std::env::var("SHOAL_SKIP_PRIVILEGED").as_deref(),
-            Ok("1"),
-            "needs root (set SHOAL_SKIP_PRIVILEGED=1 to skip)"
-        );
-        eprintln!("SKIP run_refuses_…: SHOAL_SKIP_PRIVILEGED=1 (needs root)");
+    if !shoal_testkit::gate::privileged("run_refuses_a_shared_foreign_or_sample_key") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("shoal-cli-key-{}", std::process::id()));
