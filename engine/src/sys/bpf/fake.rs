@@ -60,13 +60,7 @@ impl Bpf for Fake {
         if let Some(e) = self.script.map_create {
             return Err(fail("BPF_MAP_CREATE", e));
         }
-        Ok(BpfMap {
-            fd: null_fd(),
-            kind: spec.kind,
-            key_size: spec.key_size,
-            value_size: spec.value_size,
-            max_entries: spec.max_entries,
-        })
+        Ok(BpfMap::created(null_fd(), spec))
     }
 
     fn map_update(&self, map: &BpfMap, key: &[u8], value: &[u8]) -> Result<(), BpfError> {

@@ -249,13 +249,7 @@ impl Bpf for Kernel {
             ..MapCreateAttr::default()
         };
         let fd = owned_fd(sys_bpf(BPF_MAP_CREATE, &mut attr), "BPF_MAP_CREATE")?;
-        Ok(BpfMap {
-            fd,
-            kind: spec.kind,
-            key_size: spec.key_size,
-            value_size: spec.value_size,
-            max_entries: spec.max_entries,
-        })
+        Ok(BpfMap::created(fd, spec))
     }
 
     fn map_update(&self, map: &BpfMap, key: &[u8], value: &[u8]) -> Result<(), BpfError> {

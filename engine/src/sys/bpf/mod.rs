@@ -145,6 +145,18 @@ pub struct BpfMap {
 }
 
 impl BpfMap {
+    /// The map `spec` describes, behind `fd`: what every [`Bpf::map_create`]
+    /// returns once its map exists.
+    fn created(fd: OwnedFd, spec: &MapSpec) -> Self {
+        Self {
+            fd,
+            kind: spec.kind,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            max_entries: spec.max_entries,
+        }
+    }
+
     /// The map's fd (for example to embed in a program with
     /// `ld_imm64 … pseudo map fd`).
     pub fn fd(&self) -> BorrowedFd<'_> {
