@@ -51,8 +51,10 @@ enum Command {
         members: Option<String>,
         /// tcp or udp.
         proto: String,
-        /// CLIENT_IP[:PORT] ([v6]:PORT for IPv6).
-        client: String,
+        /// CLIENT_IP[:PORT] ([v6]:PORT for IPv6). With several clients,
+        /// each line starts with the client as given.
+        #[arg(required = true, num_args = 1..)]
+        client: Vec<String>,
         /// VIP[:PORT].
         vip: String,
     },
@@ -360,17 +362,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let members = tools::members(&config, members.as_deref())?;
             let proto = tools::protocol(&proto)?;
             let key = shoal_engine::keyfile::for_tools(&config)?;
-            print!(
-                "{}",
-                tools::owner(
-                    &config,
-                    &key,
-                    members,
-                    proto,
-                    tools::endpoint(&client)?,
-                    tools::endpoint(&vip)?
-                )?
-            );
+            let vip = tools::endpoint(&vip)?;
+            if let [one] = client.as_slice() {
+                let one = tools::endpoint(one)?;
+                print!("{}", tools::owner(&config, &key, members, proto, one, vip)?);
+            } else {
+                let clients = client
+                    .iter()
+                    .map(|c| Ok((c.as_str(), tools::endpoint(c)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                print!(
+                    "{}",
+                    tools::owners(&config, &key, members, proto, &clients, vip)?
+                );
+            }
         }
         Command::Map { config, members } => {
             let config = match load(&config) {

@@ -101,10 +101,35 @@ pub fn owner(
     vip: (IpAddr, u16),
 ) -> Result<String> {
     let map = converged_map(config, seed(key), members)?;
-    if !map.is_vip(vip.0) {
-        return Ok(format!("none ({} is not a VIP of this cluster)\n", vip.0));
+    Ok(owner_line(&map, proto, client, vip))
+}
+
+/// `shoal owner` with several clients: one line each, the client as given,
+/// then what [`owner`] prints for it. The map is built once, so a lab judge
+/// can ask for hundreds of clients in one call.
+pub fn owners(
+    config: &Config,
+    key: &ClusterKey,
+    members: HostSet,
+    proto: u8,
+    clients: &[(&str, (IpAddr, u16))],
+    vip: (IpAddr, u16),
+) -> Result<String> {
+    let map = converged_map(config, seed(key), members)?;
+    let mut out = String::new();
+    for (given, client) in clients {
+        out.push_str(given);
+        out.push(' ');
+        out.push_str(&owner_line(&map, proto, *client, vip));
     }
-    let o = Dataplane::owner_of(&map, proto, client.0, client.1, vip.0, vip.1);
+    Ok(out)
+}
+
+fn owner_line(map: &ClusterMap, proto: u8, client: (IpAddr, u16), vip: (IpAddr, u16)) -> String {
+    if !map.is_vip(vip.0) {
+        return format!("none ({} is not a VIP of this cluster)\n", vip.0);
+    }
+    let o = Dataplane::owner_of(map, proto, client.0, client.1, vip.0, vip.1);
     let host = o.host.map_or("none".to_string(), |h| format!("host {h}"));
     let rule = o
         .rule
@@ -112,7 +137,7 @@ pub fn owner(
             format!("rule {}", r + 1)
         });
     let bucket = o.bucket.map_or(String::new(), |b| format!(" bucket {b}"));
-    Ok(format!("{host} ({rule}{bucket})\n"))
+    format!("{host} ({rule}{bucket})\n")
 }
 
 /// `shoal map`: each rule's bucket shares per host against the configured weights.

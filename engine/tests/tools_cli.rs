@@ -115,6 +115,43 @@ fn owner_and_map_agree() {
         .output()
         .unwrap();
     assert_eq!(stdout(&again).split(' ').nth(1), line.split(' ').nth(1));
+    // Several clients in one call: one line each, prefixed by the client,
+    // each the line the single-client call prints.
+    let many = shoal()
+        .args(["owner", "--config"])
+        .arg(&cfg)
+        .args(["tcp", "10.0.1.5:40000", "10.0.1.6", "10.0.0.100:80"])
+        .output()
+        .unwrap();
+    let single = |client: &str| {
+        let out = shoal()
+            .args(["owner", "--config"])
+            .arg(&cfg)
+            .args(["tcp", client, "10.0.0.100:80"])
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    assert_eq!(
+        stdout(&many),
+        format!(
+            "10.0.1.5:40000 {}10.0.1.6 {}",
+            single("10.0.1.5:40000"),
+            single("10.0.1.6")
+        )
+    );
+    let bad = shoal()
+        .args(["owner", "--config"])
+        .arg(&cfg)
+        .args(["tcp", "10.0.1.5", "not-an-address", "10.0.0.100:80"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not-an-address"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let out = shoal()
         .args(["owner", "--config"])
         .arg(&cfg)
