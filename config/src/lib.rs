@@ -67,6 +67,7 @@
 //! [host.cores]
 //! control = 0                              # control-plane core, 0..=1023
 //! poll = [{ core = 1, queues = [0] }]      # one loop per core, each queue once
+//! proxy = [1]                              # array tier proxy workers, one per core (default: the poll cores)
 //!
 //! [[rule]]                                 # up to 32; none at all means NLB's default rule
 //! vip = "all"                              # "all" or one of cluster.vips
@@ -82,6 +83,14 @@
 //! name = "web-cache"                       # required, unique
 //! port = 8080                              # required TCP port; a [[rule]] must cover it
 //! route = "carp"                           # required: carp
+//! connect_timeout_ms = 2000                # to owner, parent or local, 1..=60000
+//! first_byte_timeout_ms = 15000            # response head within this, else 504; 1..=600000
+//! idle_timeout_s = 60                      # keep-alive idle, both sides, 1..=3600
+//! max_connections = 10000                  # client connections per host, beyond: 503; 1..=1000000
+//! connect_ports = [443]                    # CONNECT only to these ports ([] = no CONNECT)
+//! max_head_bytes = 16384                   # request head, beyond: 431; 1024..=1048576
+//! max_uri_bytes = 8192                     # request target, beyond: 414; 64..=max_head_bytes
+//! max_headers = 100                        # header fields, beyond: 431; 1..=1000
 //! [service.carp]
 //! hash = "spec"                            # spec | squid | hrw
 //! key = ["scheme", "host", "port", "path", "query"]  # URL parts hashed (TMG: ["host"])
@@ -92,6 +101,8 @@
 //! direct = ["intranet.example"]            # hosts the PAC script sends DIRECT
 //! list_ttl_s = 300                         # membership table ListTTL, 1..=86400
 //! array_name = "web-cache"                 # default: the service name
+//! probe_interval_ms = 1000                 # health probes of members/parents/local, 100..=60000
+//! down_ttl_ms = 5000                       # request-path failure keeps a member down this long, 0..=3600000
 //! # [[service.carp.parent]]                # members = "parents": upstream proxies
 //! # name = "p1.example"; address = "10.0.9.1:3128"; load_factor = 1
 //! ```
@@ -248,7 +259,8 @@ impl Config {
     /// The keys whose values differ between this (running) configuration
     /// and `next` but that a running host cannot take without a restart
     /// (`shoal reload` applies `[[rule]]` sections and weights only): the
-    /// `[cluster]` keys, `[heartbeat]`, `[descriptors]`, `[io]` and `[admin]` keys, and
+    /// `[cluster]` keys, `[heartbeat]`, `[descriptors]`, `[io]` and `[admin]` keys, the
+    /// `[[service]]` sections, and
     /// host `local`'s `interface`, `dedicated` and `cores`. Empty when
     /// `next` can be reloaded.
     pub fn restart_only_changes(&self, next: &Config, local: HostId) -> Vec<&'static str> {
@@ -276,6 +288,7 @@ impl Config {
         check("descriptors", self.descriptors != next.descriptors);
         check("io", self.io != next.io);
         check("admin.group", self.admin.group != next.admin.group);
+        check("service", self.services != next.services);
         match (self.host(local), next.host(local)) {
             (Some(a), Some(b)) => {
                 check("host.interface", a.interface != b.interface);

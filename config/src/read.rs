@@ -85,7 +85,7 @@ const IO_KEYS: &[&str] = &[
     "xdp_zero_copy",
 ];
 const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores", "name"];
-const CORES_KEYS: &[&str] = &["control", "poll"];
+const CORES_KEYS: &[&str] = &["control", "poll", "proxy"];
 const POLL_KEYS: &[&str] = &["core", "queues"];
 const RULE_KEYS: &[&str] = &[
     "vip",
@@ -803,20 +803,62 @@ impl Reader<'_, '_> {
     }
 
     fn cores(&mut self, t: &Table<'_>) -> CoreMap {
-        let d = CoreMap::default();
-        let control = self.int(t, "control", &CORE_RANGE, d.control);
-        let Some(entry) = t.entry("poll") else {
-            return CoreMap {
-                control,
-                poll: d.poll,
+        let control = self.int(t, "control", &CORE_RANGE, CoreMap::default().control);
+        let poll = self.poll_loops(t);
+        let proxy = match t.entry("proxy") {
+            None => poll.iter().map(|p| p.core).collect(),
+            Some(e) => self.proxy_cores(&e.item, &t.key_path("proxy")),
+        };
+        CoreMap {
+            control,
+            poll,
+            proxy,
+        }
+    }
+
+    /// `proxy`: distinct cores, at least one.
+    fn proxy_cores(&mut self, item: &Item, key: &str) -> Vec<usize> {
+        let default = CoreMap::default().proxy;
+        let Some(items) = self.array_item(item, key, "core numbers") else {
+            return default;
+        };
+        if items.is_empty() {
+            self.diag
+                .at(item.span.start, key, "at least one proxy core is required");
+            return default;
+        }
+        let mut out: Vec<usize> = Vec::new();
+        for element in items {
+            let Ok(c) = self.int_item(element, key, &CORE_RANGE) else {
+                continue;
             };
+            let c = c as usize;
+            if out.contains(&c) {
+                self.diag.at(
+                    element.span.start,
+                    key,
+                    format!("core {c} is named twice; one proxy worker per core"),
+                );
+            } else {
+                out.push(c);
+            }
+        }
+        if out.is_empty() {
+            default
+        } else {
+            out
+        }
+    }
+
+    /// `poll`: the poll loops (default: one on core 0 for queue 0).
+    fn poll_loops(&mut self, t: &Table<'_>) -> Vec<PollLoop> {
+        let d = CoreMap::default();
+        let Some(entry) = t.entry("poll") else {
+            return d.poll;
         };
         let key = t.key_path("poll");
         let Some(items) = self.array_item(&entry.item, &key, "{ core, queues } tables") else {
-            return CoreMap {
-                control,
-                poll: d.poll,
-            };
+            return d.poll;
         };
         if items.is_empty() {
             self.diag.at(
@@ -887,7 +929,7 @@ impl Reader<'_, '_> {
                 poll.push(PollLoop { core, queues });
             }
         }
-        CoreMap { control, poll }
+        poll
     }
 
     fn rules(&mut self, root: &Table<'_>) -> Vec<RuleDraft> {

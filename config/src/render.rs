@@ -135,6 +135,11 @@ pub(crate) fn render(c: &Config) -> String {
             )
         });
         let _ = writeln!(out, "poll = {poll}");
+        let _ = writeln!(
+            out,
+            "proxy = {}",
+            list(&host.cores.proxy, |c| c.to_string())
+        );
     }
 
     for rule in &c.rules {
@@ -186,6 +191,19 @@ fn render_service(out: &mut String, s: &ServiceSection) {
     let _ = writeln!(out, "\n[[service]]");
     let _ = writeln!(out, "name = {}", quote(&s.name));
     let _ = writeln!(out, "port = {}", s.port);
+    let l = &s.limits;
+    let _ = writeln!(out, "connect_timeout_ms = {}", l.connect_timeout_ms);
+    let _ = writeln!(out, "first_byte_timeout_ms = {}", l.first_byte_timeout_ms);
+    let _ = writeln!(out, "idle_timeout_s = {}", l.idle_timeout_s);
+    let _ = writeln!(out, "max_connections = {}", l.max_connections);
+    let _ = writeln!(
+        out,
+        "connect_ports = {}",
+        list(&l.connect_ports, |p| p.to_string())
+    );
+    let _ = writeln!(out, "max_head_bytes = {}", l.max_head_bytes);
+    let _ = writeln!(out, "max_uri_bytes = {}", l.max_uri_bytes);
+    let _ = writeln!(out, "max_headers = {}", l.max_headers);
     let ServiceRoute::Carp(c) = &s.route;
     let _ = writeln!(out, "route = \"carp\"");
     let _ = writeln!(out, "[service.carp]");
@@ -196,6 +214,8 @@ fn render_service(out: &mut String, s: &ServiceSection) {
     let _ = writeln!(out, "direct = {}", patterns(&c.direct));
     let _ = writeln!(out, "list_ttl_s = {}", c.list_ttl_s);
     let _ = writeln!(out, "array_name = {}", quote(&c.array_name));
+    let _ = writeln!(out, "probe_interval_ms = {}", c.probe_interval_ms);
+    let _ = writeln!(out, "down_ttl_ms = {}", c.down_ttl_ms);
     match &c.members {
         CarpMembers::Cluster {
             local,

@@ -312,10 +312,15 @@ pub struct CoreMap {
     pub control: usize,
     /// Poll loops; no core and no queue appears twice.
     pub poll: Vec<PollLoop>,
+    /// Cores of the array tier's proxy workers, one worker per core, none
+    /// twice, at least one (default: the poll loops' cores). Used only when
+    /// the configuration has a `[[service]]`.
+    pub proxy: Vec<usize>,
 }
 
 impl Default for CoreMap {
-    /// The control plane and one poll loop for queue 0, both on core 0.
+    /// The control plane, one poll loop for queue 0 and one proxy worker,
+    /// all on core 0.
     fn default() -> Self {
         Self {
             control: 0,
@@ -323,6 +328,7 @@ impl Default for CoreMap {
                 core: 0,
                 queues: vec![0],
             }],
+            proxy: vec![0],
         }
     }
 }

@@ -29,6 +29,30 @@ pub const LIST_TTL_RANGE: RangeInclusive<i64> = 1..=86_400;
 pub const DEFAULT_LIST_TTL_S: u32 = 300;
 /// Longest service, member, parent and array name.
 pub const MAX_NAME_LEN: usize = 255;
+/// Accepted `connect_timeout_ms` (up to one minute).
+pub const CONNECT_TIMEOUT_RANGE: RangeInclusive<i64> = 1..=60_000;
+/// Accepted `first_byte_timeout_ms` (up to ten minutes).
+pub const FIRST_BYTE_TIMEOUT_RANGE: RangeInclusive<i64> = 1..=600_000;
+/// Accepted `idle_timeout_s` (up to one hour).
+pub const IDLE_TIMEOUT_RANGE: RangeInclusive<i64> = 1..=3_600;
+/// Accepted `max_connections`.
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<i64> = 1..=1_000_000;
+/// Accepted `connect_ports` entries.
+pub const CONNECT_PORT_RANGE: RangeInclusive<i64> = 1..=65_535;
+/// Accepted `max_head_bytes` (1 KiB to 1 MiB).
+pub const MAX_HEAD_BYTES_RANGE: RangeInclusive<i64> = 1_024..=1_048_576;
+/// Accepted `max_uri_bytes` (at most `max_head_bytes` too).
+pub const MAX_URI_BYTES_RANGE: RangeInclusive<i64> = 64..=1_048_576;
+/// Accepted `max_headers`.
+pub const MAX_HEADERS_RANGE: RangeInclusive<i64> = 1..=1_000;
+/// Accepted `probe_interval_ms` (100 ms to one minute).
+pub const PROBE_INTERVAL_RANGE: RangeInclusive<i64> = 100..=60_000;
+/// Accepted `down_ttl_ms` (up to one hour).
+pub const DOWN_TTL_RANGE: RangeInclusive<i64> = 0..=3_600_000;
+/// Default `probe_interval_ms`.
+pub const DEFAULT_PROBE_INTERVAL_MS: u32 = 1_000;
+/// Default `down_ttl_ms`.
+pub const DEFAULT_DOWN_TTL_MS: u32 = 5_000;
 
 /// One `[[service]]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +63,47 @@ pub struct ServiceSection {
     pub port: u16,
     /// How requests are routed.
     pub route: ServiceRoute,
+    /// Timeouts and limits of the proxy serving it.
+    pub limits: ServiceLimits,
+}
+
+/// A service's operator limits: timeouts, connection and head bounds,
+/// CONNECT ports. [`Default`] holds the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// `connect_timeout_ms`: connecting to an owner, parent or `local`.
+    pub connect_timeout_ms: u32,
+    /// `first_byte_timeout_ms`: the response head must start within this
+    /// after the request was sent (else 504).
+    pub first_byte_timeout_ms: u32,
+    /// `idle_timeout_s`: keep-alive idle time, both sides.
+    pub idle_timeout_s: u32,
+    /// `max_connections`: client connections per host (beyond: 503).
+    pub max_connections: u32,
+    /// `connect_ports`: the ports CONNECT may reach (empty: no CONNECT).
+    pub connect_ports: Vec<u16>,
+    /// `max_head_bytes`: largest request head (431 beyond).
+    pub max_head_bytes: u32,
+    /// `max_uri_bytes`: longest request target (414 beyond); at most
+    /// `max_head_bytes`.
+    pub max_uri_bytes: u32,
+    /// `max_headers`: most header fields in a request head (431 beyond).
+    pub max_headers: u32,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            first_byte_timeout_ms: 15_000,
+            idle_timeout_s: 60,
+            max_connections: 10_000,
+            connect_ports: vec![443],
+            max_head_bytes: 16_384,
+            max_uri_bytes: 8_192,
+            max_headers: 100,
+        }
+    }
 }
 
 /// `route` and its settings.
@@ -65,6 +130,12 @@ pub struct CarpSection {
     pub list_ttl_s: u32,
     /// `ArrayName` of the membership table (default: the service name).
     pub array_name: String,
+    /// `probe_interval_ms`: how often members, parents and `local` are
+    /// health-probed.
+    pub probe_interval_ms: u32,
+    /// `down_ttl_ms`: how long a member that failed on the request path
+    /// stays down before it is probed back.
+    pub down_ttl_ms: u32,
 }
 
 /// `members` and what it brings.

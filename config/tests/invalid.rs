@@ -65,6 +65,14 @@ fn service(carp: &str) -> String {
     ))
 }
 
+/// A `[[service]]` on port 80 whose service-level `keys` start at line 12,
+/// followed by a parents `[service.carp]`.
+fn service_keys(keys: &str) -> String {
+    with(&format!(
+        "[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n{keys}[service.carp]\n{PARENT}"
+    ))
+}
+
 const PARENT: &str =
     "members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n";
 
@@ -174,6 +182,21 @@ fn cases() -> Vec<Case> {
         case("duplicate service port", with(&format!("[[service]]\nname = \"a\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}[[service]]\nname = \"b\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(19), "service[2].port", "port 80 is already service \"a\"'s"),
         case("no poll loop", with("[host.cores]\npoll = []\n"), Some(9), "host[1].cores.poll", "at least one poll loop"),
         case("core above range", with("[host.cores]\ncontrol = 5000\n"), Some(9), "host[1].cores.control", "expected 0..=1023"),
+        case("no proxy core", with("[host.cores]\nproxy = []\n"), Some(9), "host[1].cores.proxy", "at least one proxy core"),
+        case("proxy core twice", with("[host.cores]\nproxy = [1, 2, 1]\n"), Some(9), "host[1].cores.proxy", "core 1 is named twice"),
+        case("proxy core above range", with("[host.cores]\nproxy = [1024]\n"), Some(9), "host[1].cores.proxy", "expected 0..=1023"),
+        case("connect timeout zero", service_keys("connect_timeout_ms = 0\n"), Some(12), "service[1].connect_timeout_ms", "expected 1..=60000"),
+        case("first byte timeout too long", service_keys("first_byte_timeout_ms = 600001\n"), Some(12), "service[1].first_byte_timeout_ms", "expected 1..=600000"),
+        case("idle timeout zero", service_keys("idle_timeout_s = 0\n"), Some(12), "service[1].idle_timeout_s", "expected 1..=3600"),
+        case("no connections", service_keys("max_connections = 0\n"), Some(12), "service[1].max_connections", "expected 1..=1000000"),
+        case("connect port zero", service_keys("connect_ports = [443, 0]\n"), Some(12), "service[1].connect_ports", "expected 1..=65535"),
+        case("connect port twice", service_keys("connect_ports = [443, 443]\n"), Some(12), "service[1].connect_ports", "port 443 is named twice"),
+        case("connect ports not a list", service_keys("connect_ports = 443\n"), Some(12), "service[1].connect_ports", "expected an array of port numbers"),
+        case("head limit too small", service_keys("max_head_bytes = 100\n"), Some(12), "service[1].max_head_bytes", "expected 1024..=1048576"),
+        case("uri limit above head limit", service_keys("max_head_bytes = 2048\nmax_uri_bytes = 4096\n"), Some(13), "service[1].max_uri_bytes", "above max_head_bytes (2048)"),
+        case("no headers", service_keys("max_headers = 0\n"), Some(12), "service[1].max_headers", "expected 1..=1000"),
+        case("probe interval too short", service(&format!("probe_interval_ms = 10\n{PARENT}")), Some(13), "service[1].carp.probe_interval_ms", "expected 100..=60000"),
+        case("down ttl negative", service(&format!("down_ttl_ms = -1\n{PARENT}")), Some(13), "service[1].carp.down_ttl_ms", "expected 0..=3600000"),
         case("empty rule list", format!("rule = []\n{BASE}"), Some(1), "rule", "an empty rule list covers nothing"),
     ]
 }

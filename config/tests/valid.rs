@@ -422,7 +422,21 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     let t = RequestTarget::parse_absolute(b"http://www.example.org/").unwrap();
     assert!(router.carp.owner(&t).is_some());
 
+    assert_eq!(carp.probe_interval_ms, 500);
+    assert_eq!(carp.down_ttl_ms, DEFAULT_DOWN_TTL_MS);
+    assert_eq!(web.limits.connect_ports, [443, 563]);
+    assert_eq!(web.limits.max_connections, 20_000);
+    assert_eq!(web.limits.first_byte_timeout_ms, 15_000);
+    assert_eq!(c.host(id(1)).unwrap().cores.proxy, [1, 2]);
+    assert_eq!(
+        c.host(id(2)).unwrap().cores.proxy,
+        [0],
+        "proxy cores default to the poll cores"
+    );
+
     let up = c.service("upstream").unwrap();
+    assert_eq!(up.limits, ServiceLimits::default());
+    assert_eq!(up.carp().probe_interval_ms, DEFAULT_PROBE_INTERVAL_MS);
     assert_eq!(up.carp().hash, HashMode::Hrw);
     assert_eq!(up.carp().key, KeyParts::HOST);
     assert_eq!(up.carp().list_ttl_s, DEFAULT_LIST_TTL_S);

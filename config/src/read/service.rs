@@ -14,7 +14,20 @@ use super::{HostDraft, Item, Node, Reader, Table};
 use crate::sections::RuleSection;
 use crate::service::*;
 
-const SERVICE_KEYS: &[&str] = &["name", "port", "route", "carp"];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "port",
+    "route",
+    "carp",
+    "connect_timeout_ms",
+    "first_byte_timeout_ms",
+    "idle_timeout_s",
+    "max_connections",
+    "connect_ports",
+    "max_head_bytes",
+    "max_uri_bytes",
+    "max_headers",
+];
 const CARP_KEYS: &[&str] = &[
     "hash",
     "key",
@@ -26,6 +39,8 @@ const CARP_KEYS: &[&str] = &[
     "direct",
     "list_ttl_s",
     "array_name",
+    "probe_interval_ms",
+    "down_ttl_ms",
 ];
 const PARENT_KEYS: &[&str] = &["name", "address", "load_factor"];
 const ROUTES: &[(&str, ())] = &[("carp", ())];
@@ -99,6 +114,7 @@ impl Reader<'_, '_> {
                 (_, Some(e)) => self.carp(&e.item, &t.key_path("carp"), hosts, hosts_sound),
                 (None, None) => None,
             };
+            let limits = self.limits(&t);
             if let Some((carp, span)) = &carp {
                 if matches!(carp.members, CarpMembers::Cluster { .. }) {
                     cluster_service.get_or_insert(*span);
@@ -113,11 +129,78 @@ impl Reader<'_, '_> {
                     name,
                     port: p,
                     route: ServiceRoute::Carp(carp),
+                    limits,
                 });
             }
         }
         if let Some(span) = cluster_service {
             self.member_names(hosts, hosts_sound, span, &out);
+        }
+        out
+    }
+
+    /// The service's operator limits, defaults filled in.
+    fn limits(&mut self, t: &Table<'_>) -> ServiceLimits {
+        let d = ServiceLimits::default();
+        let max_head_bytes = self.int(t, "max_head_bytes", &MAX_HEAD_BYTES_RANGE, d.max_head_bytes);
+        let mut max_uri_bytes = self.int(t, "max_uri_bytes", &MAX_URI_BYTES_RANGE, d.max_uri_bytes);
+        if max_uri_bytes > max_head_bytes {
+            if let Some(e) = t.entry("max_uri_bytes") {
+                self.diag.at(
+                    e.item.span.start,
+                    t.key_path("max_uri_bytes"),
+                    format!("{max_uri_bytes} is above max_head_bytes ({max_head_bytes}); the target is part of the head"),
+                );
+            }
+            max_uri_bytes = max_head_bytes;
+        }
+        ServiceLimits {
+            connect_timeout_ms: self.int(
+                t,
+                "connect_timeout_ms",
+                &CONNECT_TIMEOUT_RANGE,
+                d.connect_timeout_ms,
+            ),
+            first_byte_timeout_ms: self.int(
+                t,
+                "first_byte_timeout_ms",
+                &FIRST_BYTE_TIMEOUT_RANGE,
+                d.first_byte_timeout_ms,
+            ),
+            idle_timeout_s: self.int(t, "idle_timeout_s", &IDLE_TIMEOUT_RANGE, d.idle_timeout_s),
+            max_connections: self.int(
+                t,
+                "max_connections",
+                &MAX_CONNECTIONS_RANGE,
+                d.max_connections,
+            ),
+            connect_ports: match t.entry("connect_ports") {
+                None => d.connect_ports,
+                Some(e) => self.connect_ports(&e.item, &t.key_path("connect_ports")),
+            },
+            max_head_bytes,
+            max_uri_bytes,
+            max_headers: self.int(t, "max_headers", &MAX_HEADERS_RANGE, d.max_headers),
+        }
+    }
+
+    /// A list of distinct TCP ports (may be empty).
+    fn connect_ports(&mut self, item: &Item, key: &str) -> Vec<u16> {
+        let mut out: Vec<u16> = Vec::new();
+        let Some(items) = self.array_item(item, key, "port numbers") else {
+            return out;
+        };
+        for element in items {
+            let Ok(p) = self.int_item(element, key, &CONNECT_PORT_RANGE) else {
+                continue;
+            };
+            let p = p as u16;
+            if out.contains(&p) {
+                self.diag
+                    .at(element.span.start, key, format!("port {p} is named twice"));
+            } else {
+                out.push(p);
+            }
         }
         out
     }
@@ -194,7 +277,16 @@ impl Reader<'_, '_> {
             None => String::new(),
             Some(_) => self.name_key(&t, "array_name").unwrap_or_default(),
         };
+        let probe_interval_ms = self.int(
+            &t,
+            "probe_interval_ms",
+            &PROBE_INTERVAL_RANGE,
+            DEFAULT_PROBE_INTERVAL_MS,
+        );
+        let down_ttl_ms = self.int(&t, "down_ttl_ms", &DOWN_TTL_RANGE, DEFAULT_DOWN_TTL_MS);
         let section = CarpSection {
+            probe_interval_ms,
+            down_ttl_ms,
             hash,
             key,
             members: members?,
