@@ -89,7 +89,7 @@
 //! max_connections = 10000                  # client connections per host, beyond: 503; 1..=1000000
 //! connect_ports = [443]                    # CONNECT only to these ports ([] = no CONNECT)
 //! max_head_bytes = 16384                   # request head, beyond: 431; 1024..=1048576
-//! max_uri_bytes = 8192                     # request target, beyond: 414; 64..=max_head_bytes
+//! max_uri_bytes = 8192                     # request target, beyond: 414; 64..=65000, at most max_head_bytes
 //! max_headers = 100                        # header fields, beyond: 431; 1..=1000
 //! [service.carp]
 //! hash = "spec"                            # spec | squid | hrw

@@ -41,8 +41,9 @@ pub const MAX_CONNECTIONS_RANGE: RangeInclusive<i64> = 1..=1_000_000;
 pub const CONNECT_PORT_RANGE: RangeInclusive<i64> = 1..=65_535;
 /// Accepted `max_head_bytes` (1 KiB to 1 MiB).
 pub const MAX_HEAD_BYTES_RANGE: RangeInclusive<i64> = 1_024..=1_048_576;
-/// Accepted `max_uri_bytes` (at most `max_head_bytes` too).
-pub const MAX_URI_BYTES_RANGE: RangeInclusive<i64> = 64..=1_048_576;
+/// Accepted `max_uri_bytes` (at most `max_head_bytes` too, and under the
+/// HTTP library's own bound of 65,534).
+pub const MAX_URI_BYTES_RANGE: RangeInclusive<i64> = 64..=65_000;
 /// Accepted `max_headers`.
 pub const MAX_HEADERS_RANGE: RangeInclusive<i64> = 1..=1_000;
 /// Accepted `probe_interval_ms` (100 ms to one minute).

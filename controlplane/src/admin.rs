@@ -341,6 +341,10 @@ pub struct QueryReport {
     pub blocked_reason: Option<String>,
     /// Heartbeat counters.
     pub counters: MembershipCounters,
+    /// The array tier's counters per service (the engine's `services`
+    /// object, as in its `--stats` file); absent without `[[service]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<serde_json::Value>,
 }
 
 /// One rule as `queryport` shows it.
@@ -528,6 +532,7 @@ impl Machine {
             last_convergence_ns: self.last_convergence_ns,
             blocked_reason: self.lone_view_withheld_because().map(|w| w.to_string()),
             counters: self.counters().clone(),
+            services: None,
         }
     }
 

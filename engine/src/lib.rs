@@ -13,6 +13,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod array;
 pub mod bootcount;
 pub mod control;
 pub mod fastpath;

@@ -15,6 +15,8 @@
 //!   publishes maps, and writes the counters file. With the control plane
 //!   (heartbeats, convergence) it also runs the membership machine; until
 //!   then `--static-view` takes every configured host as live.
+//! * With `[[service]]` sections, the array tier's proxy workers
+//!   (`shoal-proxy-<core>`) and its health thread; see [`crate::array`].
 //! * Shutdown: SIGINT or SIGTERM set a flag every loop checks per batch;
 //!   everything shoal set up is undone on the way out.
 
@@ -551,6 +553,15 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             .context("setting up the host")?;
     let backend_name = wiring.backend_name.clone();
     let guard = wiring.xdp_guard();
+    // The array tier's listeners (VIPs live on the TAP from here on) are
+    // made before privileges go; its threads start after.
+    let array = match crate::array::Bound::bind(&config, local, key.as_bytes(), cell.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            wiring.tear_down();
+            return Err(e.context("starting the array tier"));
+        }
+    };
     // Setup is done: from here on (every thread started below included)
     // the engine holds only what it still needs.
     let kept = crate::privileges::drop_after_setup(
@@ -604,6 +615,18 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 .context("spawning a poll loop")?,
         );
     }
+    let array = match array.map(crate::array::Bound::start).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            STOP.store(true, Ordering::SeqCst);
+            bells.ring();
+            for t in threads {
+                let _ = t.join();
+            }
+            wiring.tear_down();
+            return Err(e);
+        }
+    };
     let _ = core_affinity::set_for_current(core_affinity::CoreId {
         id: host.cores.control,
     });
@@ -642,6 +665,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             );
             if clustered.is_some() {
                 json["admin"] = admin_counters.to_json();
+            }
+            if let Some(a) = &array {
+                json["services"] = a.counters_json();
             }
             let tmp = path.with_extension("tmp");
             if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
@@ -718,6 +744,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             control,
         );
         c.set_running_config(config.clone());
+        if let Some(a) = &array {
+            c.set_services(a.reader());
+        }
         c.run(&inbox, &admin_rx, &STOP, |c| {
             if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
@@ -738,8 +767,13 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    let services = array.map(|a| {
+        let json = a.counters_json();
+        a.stop();
+        json
+    });
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
-    let json = match (&clustered, &static_responder) {
+    let mut json = match (&clustered, &static_responder) {
         (Some(c), _) => with_cluster(
             counters_json(
                 local,
@@ -753,6 +787,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         (None, Some(r)) => counters_json(local, &backend_name, &snapshot, r, guard.as_ref()),
         (None, None) => serde_json::Value::Null,
     };
+    if let (Some(services), Some(object)) = (services, json.as_object_mut()) {
+        object.insert("services".into(), services);
+    }
     if let Some(path) = &args.stats {
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);
     }

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use shoal_controlplane::admin::Body;
 use shoal_controlplane::{Event, Machine, Request, Response};
 use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
@@ -93,6 +94,8 @@ pub struct ControlLoop {
     /// The configuration in force, when known (see
     /// [`ControlLoop::set_running_config`]).
     running: Option<shoal_config::Config>,
+    /// The array tier's counters, for `query` and `display`.
+    services: Option<crate::array::ServicesReader>,
 }
 
 /// A fresh descriptor table asked of every poll loop.
@@ -154,6 +157,7 @@ impl ControlLoop {
             reset_on_install: false,
             resetting: None,
             running: None,
+            services: None,
         }
     }
 
@@ -194,7 +198,20 @@ impl ControlLoop {
     /// read, through [`ControlLoop::handle_reload`]).
     pub fn handle_admin(&mut self, req: &Request) -> Response {
         let now = self.now();
-        self.machine.handle_admin(req, now)
+        let mut resp = self.machine.handle_admin(req, now);
+        if let Some(reader) = &self.services {
+            match &mut resp.body {
+                Body::Query(q) | Body::Display { query: q, .. } => q.services = Some(reader.json()),
+                _ => {}
+            }
+        }
+        resp
+    }
+
+    /// Adds the array tier's `services` counters to `query` and `display`
+    /// answers.
+    pub fn set_services(&mut self, reader: crate::array::ServicesReader) {
+        self.services = Some(reader);
     }
 
     /// `reload`, with the configuration already read off this thread (see

@@ -46,7 +46,7 @@ pub struct ArrayArgs {
 }
 
 /// A CARP array as the tools see it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Array {
     /// The router.
     pub router: Router,
@@ -238,28 +238,39 @@ pub fn route(array: &Array, urls: &[String], order: bool, json: bool) -> Result<
 /// `shoal carp table`: the membership table as served (epoch 0, every
 /// member UP, state time 0, cache size 0).
 pub fn table(array: &Array) -> String {
+    table_at(array, 0, &[])
+}
+
+/// The membership table of `array` (its router's up flags) at view
+/// `epoch`, `state_times_s[i]` seconds since member `i` last changed state
+/// (0 for members past the end); what a member serves at
+/// `/array.dll?Get.Info.v1`.
+pub fn table_at(array: &Array, epoch: u64, state_times_s: &[u32]) -> String {
     let rows: Vec<TableMember> = array
         .proxies
         .iter()
-        .map(|(host, port)| TableMember {
+        .enumerate()
+        .map(|(i, (host, port))| TableMember {
             address: host.clone(),
             port: *port,
-            state_time_s: 0,
+            state_time_s: state_times_s.get(i).copied().unwrap_or(0),
             cache_mb: 0,
         })
         .collect();
-    let agent = concat!("shoal/", env!("CARGO_PKG_VERSION"));
     membership_table(
         &ArrayInfo {
             array_name: &array.array_name,
             list_ttl_s: array.list_ttl_s,
-            epoch: 0,
-            agent,
+            epoch,
+            agent: AGENT,
         },
         &array.router.carp,
         &rows,
     )
 }
+
+/// The agent field of the membership table (§2.2.5).
+pub const AGENT: &str = concat!("shoal/", env!("CARGO_PKG_VERSION"));
 
 /// `shoal carp pac`: the PAC script as served.
 pub fn pac(array: &Array) -> String {

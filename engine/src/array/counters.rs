@@ -1,0 +1,149 @@
+//! Per-worker, per-service counters, summed when read.
+//!
+//! Each proxy worker owns one [`ServiceCounters`] per service and is the
+//! only writer (relaxed atomics, no contention); readers (the stats file,
+//! the admin socket) sum every worker's. [`service_json`] is one entry of the
+//! `services` object of the `--stats` JSON and of `shoal query --json`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Map, Value};
+
+use super::view::Snapshot;
+
+/// The error kinds counted, in the JSON's order: the head refusals
+/// ([`shoal_dataplane::array::Refusal::COUNTERS`]), then `unreachable`
+/// (502), `timeout` (504) and `overload` (503 beyond `max_connections`).
+pub const ERRORS: &[&str] = &[
+    "bad_request",
+    "uri_too_long",
+    "head_too_large",
+    "forbidden_port",
+    "loop",
+    "forged_member",
+    "unreachable",
+    "timeout",
+    "overload",
+];
+
+/// Index of an error kind in [`ERRORS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A refusal, by its counter name.
+    Refusal(&'static str),
+    /// No member, parent or local backend could be reached (502).
+    Unreachable,
+    /// The response head did not start within `first_byte_timeout_ms` (504).
+    Timeout,
+    /// A connection beyond `max_connections` (503).
+    Overload,
+}
+
+impl ErrorKind {
+    fn index(self) -> usize {
+        let name = match self {
+            ErrorKind::Refusal(n) => n,
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Overload => "overload",
+        };
+        ERRORS.iter().position(|e| *e == name).unwrap_or(0)
+    }
+}
+
+/// One worker's counters for one service.
+#[derive(Debug)]
+pub struct ServiceCounters {
+    /// Requests received (every request on every connection).
+    pub requests: AtomicU64,
+    /// Routed requests answered, by the member (or parent) that answered.
+    pub routed: Box<[AtomicU64]>,
+    /// Requests sent to this host's `local` backend (owned here, hops in,
+    /// exceptions).
+    pub local: AtomicU64,
+    /// Requests forwarded to the owning member.
+    pub hops_out: AtomicU64,
+    /// Requests received from another member with a verified header.
+    pub hops_in: AtomicU64,
+    /// Times a request moved on to the next member in order.
+    pub failovers: AtomicU64,
+    /// Array pages served (table, PAC, health).
+    pub pages: AtomicU64,
+    /// Errors answered, by [`ERRORS`] index.
+    pub errors: [AtomicU64; 9],
+}
+
+impl ServiceCounters {
+    /// Zeroed counters for `members` members.
+    pub fn new(members: usize) -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            routed: (0..members).map(|_| AtomicU64::new(0)).collect(),
+            local: AtomicU64::new(0),
+            hops_out: AtomicU64::new(0),
+            hops_in: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+            errors: Default::default(),
+        }
+    }
+
+    /// Adds one to `counter` (a field of `self`).
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one error of `kind`.
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        Self::bump(&self.errors[kind.index()]);
+    }
+
+    /// Counts a routed request answered by member `i`.
+    #[inline]
+    pub fn routed_to(&self, i: usize) {
+        if let Some(c) = self.routed.get(i) {
+            Self::bump(c);
+        }
+    }
+}
+
+fn sum(workers: &[&ServiceCounters], f: impl Fn(&ServiceCounters) -> &AtomicU64) -> u64 {
+    workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+}
+
+/// One service's JSON object: every worker's counters summed, and the
+/// members as `snapshot` shows them at `now_ms`.
+pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u64) -> Value {
+    let members = snapshot.array.router.carp.members();
+    let mut routed = Map::new();
+    for (i, m) in members.iter().enumerate() {
+        let n: u64 = workers
+            .iter()
+            .map(|w| w.routed.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .sum();
+        routed.insert(m.name.clone(), n.into());
+    }
+    let mut errors = Map::new();
+    for (i, name) in ERRORS.iter().enumerate() {
+        errors.insert((*name).into(), sum(workers, |w| &w.errors[i]).into());
+    }
+    let times = snapshot.state_times_s(now_ms);
+    let list: Vec<Value> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| json!({"name": m.name, "up": m.up, "since_s": times.get(i).copied().unwrap_or(0)}))
+        .collect();
+    json!({
+        "requests": sum(workers, |w| &w.requests),
+        "routed": routed,
+        "local": sum(workers, |w| &w.local),
+        "hops_out": sum(workers, |w| &w.hops_out),
+        "hops_in": sum(workers, |w| &w.hops_in),
+        "failovers": sum(workers, |w| &w.failovers),
+        "pages": sum(workers, |w| &w.pages),
+        "errors": errors,
+        "members": list,
+    })
+}

@@ -1,0 +1,607 @@
+//! One request through a proxy worker: the head classified, refused or
+//! routed, the request forwarded (bodies stream both ways), failover to the
+//! next member in order, and every answer counted.
+//!
+//! Guarantees: no input panics; every request gets an answer (the
+//! upstream's, or an error with its status and counter); a request whose
+//! body has started to flow upstream is never sent to a second upstream;
+//! a request that received a response byte is never retried.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use shoal_dataplane::array::{
+    classify, member, seen, ArrayPage, Decision, Form, HeadView, Refusal, MEMBER_HEADER,
+};
+use tokio::sync::mpsc;
+
+use super::counters::{ErrorKind, ServiceCounters};
+use super::health::Report;
+use super::upstream::{self, Pool, UpBody};
+use super::view::{Snapshot, ViewCell};
+use super::{ServicePlan, Upstreams, MEMBER_SKEW_MS};
+use crate::tools::carp::{pac, table_at};
+
+/// The body of a response to a client: the upstream's, or our own.
+pub(super) type ClientBody = Either<Incoming, Full<Bytes>>;
+
+/// The header naming the member (or parent) whose backend answered.
+pub const SERVED_BY: &str = "x-shoal-served-by";
+/// The header a member adds to a 503 when its `local` does not answer.
+pub const UNAVAILABLE: &str = "shoal-unavailable";
+/// The PAC content type.
+const PAC_TYPE: &str = "application/x-ns-proxy-autoconfig";
+
+/// Headers that concern one connection only (RFC 9110 §7.6.1), never
+/// forwarded; the member header is removed too and added back only on a
+/// hop this member makes.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    MEMBER_HEADER,
+];
+
+/// One service as one worker serves it.
+pub(super) struct Service {
+    pub plan: Arc<ServicePlan>,
+    pub view: Arc<ViewCell>,
+    pub cached: RefCell<(u64, Arc<Snapshot>)>,
+    pub counters: Arc<ServiceCounters>,
+    pub pool: Rc<Pool>,
+    pub reports: mpsc::Sender<Report>,
+}
+
+impl Service {
+    /// The view in force (one atomic load unless it moved).
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let mut cached = self.cached.borrow_mut();
+        self.view.load(&mut cached);
+        cached.1.clone()
+    }
+
+    /// Tells the health thread member `i` failed on the request path.
+    fn failed(&self, i: usize) {
+        let _ = self.reports.try_send(Report {
+            service: self.plan.index,
+            member: i,
+        });
+    }
+}
+
+/// Where one attempt goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hop {
+    /// This host's `local` backend; `Some(i)`: as member `i` (routed).
+    Local(Option<usize>),
+    /// Member `i` at its dedicated address, with the member header.
+    Member(usize),
+    /// Parent `i`.
+    Parent(usize),
+    /// The origin itself (`members = "parents"`, direct or exception).
+    Origin,
+}
+
+/// An error answered to the client.
+fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The answer beyond `max_connections`.
+pub(super) fn overloaded() -> Response<ClientBody> {
+    let mut r = answer(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn refused(service: &Service, refusal: Refusal) -> Response<ClientBody> {
+    service
+        .counters
+        .error(ErrorKind::Refusal(refusal.counter()));
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    answer(status, &refusal.to_string())
+}
+
+fn failure(service: &Service, kind: ErrorKind) -> Response<ClientBody> {
+    service.counters.error(kind);
+    match kind {
+        ErrorKind::Timeout => answer(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        _ => answer(StatusCode::BAD_GATEWAY, "no upstream could be reached"),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (the member header's time).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The bytes a head took on the wire, as near as the parsed parts tell:
+/// request line and every field line with their line ends.
+fn head_bytes(parts: &Parts, target: &str) -> usize {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    parts.method.as_str().len() + 1 + target.len() + 10 + fields + 2
+}
+
+/// Whether the request carries no body (none announced).
+fn bodiless(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// Serves one request (see the module docs).
+pub(super) async fn handle(
+    service: Rc<Service>,
+    req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Infallible> {
+    ServiceCounters::bump(&service.counters.requests);
+    Ok(serve(&service, req).await)
+}
+
+async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody> {
+    let plan = &*service.plan;
+    let (mut parts, body) = req.into_parts();
+    // The target as received: origin-form as is, other forms as the URI
+    // prints (scheme lower-cased by the parser).
+    let target: String = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_string())
+    } else if parts.method == Method::CONNECT {
+        parts
+            .uri
+            .authority()
+            .map_or_else(|| parts.uri.to_string(), |a| a.as_str().to_string())
+    } else {
+        parts.uri.to_string()
+    };
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().map(HeaderValue::as_bytes);
+    let head = HeadView {
+        method: parts.method.as_str().as_bytes(),
+        target: target.as_bytes(),
+        host,
+        host_count: usize::from(host.is_some()) + hosts.count(),
+        head_bytes: head_bytes(&parts, &target),
+        header_count: parts.headers.len(),
+    };
+    let form = match classify(&head, &plan.head_limits, &plan.limits.connect_ports) {
+        Ok(f) => f,
+        Err(r) => return refused(service, r),
+    };
+    if seen(
+        &plan.own_name,
+        parts
+            .headers
+            .get_all(header::VIA)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        parts
+            .headers
+            .get_all("cdn-loop")
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        return refused(service, Refusal::Loop);
+    }
+    let mut hop_in = false;
+    let mut member_values = parts.headers.get_all(MEMBER_HEADER).iter();
+    if let Some(value) = member_values.next() {
+        let verified = member_values.next().is_none()
+            && member::verify(
+                &plan.key,
+                value.as_bytes(),
+                plan.port,
+                parts.method.as_str().as_bytes(),
+                target.as_bytes(),
+                wall_ms(),
+                MEMBER_SKEW_MS,
+            )
+            .is_ok();
+        if !verified {
+            return refused(service, Refusal::ForgedMember);
+        }
+        hop_in = matches!(plan.upstreams, Upstreams::Cluster { .. });
+    }
+    let snapshot = service.snapshot();
+    let (route, upstream_target) = match &form {
+        Form::Array(page) => {
+            ServiceCounters::bump(&service.counters.pages);
+            return page_answer(plan, &snapshot, *page);
+        }
+        Form::Connect(t) => (t, target.clone()),
+        Form::Forward(t) => (t, target.clone()),
+        Form::Reverse(t) => {
+            let host = String::from_utf8_lossy(t.host());
+            let authority = match t.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.into_owned(),
+            };
+            (t, format!("http://{authority}{target}"))
+        }
+    };
+    let hops: Vec<Hop> = if hop_in {
+        ServiceCounters::bump(&service.counters.hops_in);
+        vec![Hop::Local(None)]
+    } else {
+        let routed = |i: usize| match plan.upstreams {
+            Upstreams::Cluster { own, .. } if own == i => Hop::Local(Some(i)),
+            Upstreams::Cluster { .. } => Hop::Member(i),
+            Upstreams::Parents => Hop::Parent(i),
+        };
+        match snapshot.array.router.decide(route) {
+            Decision::Direct | Decision::Exception => match plan.upstreams {
+                Upstreams::Cluster { .. } => vec![Hop::Local(None)],
+                Upstreams::Parents => vec![Hop::Origin],
+            },
+            Decision::Route(order) => order.map(routed).collect(),
+        }
+    };
+    let origin = match (&form, hops.first()) {
+        (_, Some(Hop::Origin)) => {
+            let port = route.port().unwrap_or(80);
+            let host = String::from_utf8_lossy(route.host()).into_owned();
+            Some((host, port))
+        }
+        _ => None,
+    };
+    let connect = parts.method == Method::CONNECT;
+    let uri: Uri = match upstream_target.parse() {
+        Ok(u) => u,
+        Err(_) => return refused(service, Refusal::BadRequest("request target")),
+    };
+    // The head sent upstream: hop-by-hop fields removed, `Via` added.
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    headers.append(header::VIA, plan.via.clone());
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let signature = HeaderValue::from_str(&member::sign(
+        &plan.key,
+        plan.own_host.get(),
+        plan.port,
+        wall_ms(),
+        parts.method.as_str().as_bytes(),
+        uri.to_string().as_bytes(),
+    ))
+    .ok();
+    let on_upgrade = if connect {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let retriable = bodiless(&headers);
+    let mut body = if retriable { None } else { Some(body) };
+    let attempt = Attempt {
+        method: parts.method.clone(),
+        uri,
+        headers,
+        connect,
+    };
+    let mut tried_any = false;
+    for (n, hop) in hops.iter().enumerate() {
+        let more = n + 1 < hops.len();
+        if tried_any {
+            ServiceCounters::bump(&service.counters.failovers);
+        }
+        tried_any = true;
+        let (addr, member_index) = match *hop {
+            Hop::Local(i) => match plan.upstreams {
+                Upstreams::Cluster { local, .. } => (Some(local), i),
+                Upstreams::Parents => (None, i),
+            },
+            Hop::Member(i) | Hop::Parent(i) => (plan.addresses.get(i).copied().flatten(), Some(i)),
+            Hop::Origin => (None, None),
+        };
+        let addr = match (addr, &origin) {
+            (Some(a), _) => a,
+            (None, Some((host, port))) => match resolve(host, *port).await {
+                Some(a) => a,
+                None => return failure(service, ErrorKind::Unreachable),
+            },
+            (None, None) => continue,
+        };
+        let request_body: UpBody = if retriable {
+            Either::Right(Empty::new())
+        } else {
+            match body.take() {
+                Some(b) => Either::Left(b),
+                None => return failure(service, ErrorKind::Unreachable),
+            }
+        };
+        let mut request = attempt.build(request_body, *hop == Hop::Origin);
+        if let Hop::Member(_) = hop {
+            if let Some(sig) = &signature {
+                request.headers_mut().insert(MEMBER_HEADER, sig.clone());
+            }
+        }
+        let outcome = exchange(service, addr, request, attempt.connect).await;
+        match outcome {
+            Exchange::Answered(mut resp) => {
+                if matches!(hop, Hop::Member(_))
+                    && resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && resp.headers().contains_key(UNAVAILABLE)
+                    && retriable
+                    && more
+                {
+                    if let Some(i) = member_index {
+                        service.failed(i);
+                    }
+                    continue;
+                }
+                match hop {
+                    Hop::Local(_) => ServiceCounters::bump(&service.counters.local),
+                    Hop::Member(_) => ServiceCounters::bump(&service.counters.hops_out),
+                    Hop::Parent(_) | Hop::Origin => {}
+                }
+                if let (Some(i), false) = (member_index, hop_in) {
+                    service.counters.routed_to(i);
+                }
+                let served_by = match hop {
+                    Hop::Local(_) | Hop::Origin => Some(plan.own_name.as_str()),
+                    Hop::Parent(i) => plan
+                        .array
+                        .router
+                        .carp
+                        .members()
+                        .get(*i)
+                        .map(|m| m.name.as_str()),
+                    Hop::Member(_) => None,
+                };
+                if let Err(why) = relay(&mut resp, served_by, on_upgrade, connect) {
+                    service.counters.error(ErrorKind::Unreachable);
+                    return answer(StatusCode::BAD_GATEWAY, why);
+                }
+                return resp.map(Either::Left);
+            }
+            Exchange::NotSent(returned) => {
+                // Nothing reached the upstream: the next one gets the same
+                // request, body included.
+                if let Some(i) = member_index {
+                    service.failed(i);
+                } else if let Hop::Local(None) = hop {
+                    if let Upstreams::Cluster { own, .. } = plan.upstreams {
+                        service.failed(own);
+                    }
+                }
+                if let Some(Either::Left(b)) = returned.map(Request::into_body) {
+                    body = Some(b);
+                }
+                if hop_in {
+                    service.counters.error(ErrorKind::Unreachable);
+                    let mut r =
+                        answer(StatusCode::SERVICE_UNAVAILABLE, "local backend unreachable");
+                    r.headers_mut()
+                        .insert(UNAVAILABLE, HeaderValue::from_static("local"));
+                    return r;
+                }
+            }
+            Exchange::Failed => {
+                if let Some(i) = member_index {
+                    service.failed(i);
+                }
+                if !retriable {
+                    return failure(service, ErrorKind::Unreachable);
+                }
+            }
+            Exchange::TimedOut => {
+                if let Some(i) = member_index {
+                    service.failed(i);
+                }
+                return failure(service, ErrorKind::Timeout);
+            }
+        }
+    }
+    failure(service, ErrorKind::Unreachable)
+}
+
+/// The head of the request sent upstream, rebuilt for each attempt.
+struct Attempt {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    connect: bool,
+}
+
+impl Attempt {
+    /// The request for one attempt; `origin_form` for an origin server.
+    fn build(&self, body: UpBody, origin_form: bool) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = if origin_form && !self.connect {
+            self.uri
+                .path_and_query()
+                .and_then(|p| p.as_str().parse().ok())
+                .unwrap_or_else(|| Uri::from_static("/"))
+        } else {
+            self.uri.clone()
+        };
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// What one attempt came to.
+enum Exchange {
+    /// A response head arrived.
+    Answered(Response<Incoming>),
+    /// Nothing was sent; the request comes back when it can.
+    NotSent(Option<Request<UpBody>>),
+    /// The request went out (perhaps in part) and no response head came.
+    Failed,
+    /// No response head within `first_byte_timeout_ms`.
+    TimedOut,
+}
+
+/// Sends `request` to `addr`: over an idle pooled connection when there is
+/// one (and again over a new one if that connection turns out closed before
+/// the request left), else over a new connection. `CONNECT` always gets a
+/// connection of its own.
+async fn exchange(
+    service: &Service,
+    addr: SocketAddr,
+    request: Request<UpBody>,
+    connect: bool,
+) -> Exchange {
+    let plan = &service.plan;
+    let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
+    let mut request = request;
+    let mut pooled = if connect {
+        None
+    } else {
+        service.pool.take(addr)
+    };
+    loop {
+        let from_pool = pooled.is_some();
+        let mut sender: SendRequest<UpBody> = match pooled.take() {
+            Some(s) => s,
+            None => match upstream::connect(addr, plan.connect_timeout()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "upstream unreachable");
+                    return Exchange::NotSent(Some(request));
+                }
+            },
+        };
+        match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+            Err(_) => return Exchange::TimedOut,
+            Ok(Ok(resp)) => {
+                if !connect {
+                    service.pool.put_when_ready(addr, sender);
+                }
+                return Exchange::Answered(resp);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if from_pool => request = back,
+                Some(back) => return Exchange::NotSent(Some(back)),
+                None => {
+                    tracing::debug!(%addr, error = %e.into_error(), "upstream failed");
+                    return Exchange::Failed;
+                }
+            },
+        }
+    }
+}
+
+/// Readies an upstream response for the client: hop-by-hop fields removed,
+/// `x-shoal-served-by` set (kept from the owner on a hop), and for a
+/// successful `CONNECT` the tunnel spliced. `Err` says why a 502 is to be
+/// given instead.
+fn relay(
+    resp: &mut Response<Incoming>,
+    served_by: Option<&str>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    connect: bool,
+) -> Result<(), &'static str> {
+    strip_hop_by_hop(resp.headers_mut());
+    if let Some(name) = served_by.and_then(|n| HeaderValue::from_str(n).ok()) {
+        resp.headers_mut().insert(SERVED_BY, name);
+    }
+    if connect && resp.status().is_success() {
+        let Some(client) = client_upgrade else {
+            return Err("tunnel not available");
+        };
+        let upstream = hyper::upgrade::on(&mut *resp);
+        tokio::task::spawn_local(async move {
+            let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop fields, those the `Connection` field names included.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// The first address `host:port` resolves to.
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}
+
+/// An array page from the live view.
+fn page_answer(plan: &ServicePlan, snapshot: &Snapshot, page: ArrayPage) -> Response<ClientBody> {
+    let (status, content_type, text) = match page {
+        ArrayPage::Table => (
+            StatusCode::OK,
+            "text/plain",
+            table_at(
+                &snapshot.array,
+                snapshot.epoch,
+                &snapshot.state_times_s(plan.now_ms()),
+            ),
+        ),
+        ArrayPage::Script => (StatusCode::OK, PAC_TYPE, pac(&snapshot.array)),
+        ArrayPage::Health if snapshot.local_up => (StatusCode::OK, "text/plain", "up\n".into()),
+        ArrayPage::Health => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "local backend down\n".into(),
+        ),
+    };
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(UNAVAILABLE, HeaderValue::from_static("local"));
+    }
+    r
+}

@@ -1,0 +1,177 @@
+//! One proxy worker: a pinned thread, a current-thread runtime, its own
+//! listeners, pools and counters (see the parent module for the threads).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::counters::{ErrorKind, ServiceCounters};
+use super::health::Report;
+use super::proxy::{self, Service};
+use super::upstream::Pool;
+use super::view::ViewCell;
+use super::{stopping, ServicePlan, WorkerListeners};
+
+/// Everything a worker thread starts with.
+pub(super) struct Setup {
+    pub core: usize,
+    pub listeners: WorkerListeners,
+    pub plans: Vec<Arc<ServicePlan>>,
+    pub views: Vec<Arc<ViewCell>>,
+    pub counters: Vec<Arc<ServiceCounters>>,
+    pub connections: Vec<Arc<AtomicU64>>,
+    pub reports: mpsc::Sender<Report>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How often a worker checks for shutdown.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a worker waits after a failed `accept` (descriptors exhausted).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The worker thread's body.
+pub(super) fn run(setup: Setup) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.core }) {
+        tracing::warn!(core = setup.core, "could not pin proxy worker");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, core = setup.core, "proxy worker: no runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve(setup));
+}
+
+async fn serve(setup: Setup) {
+    let Setup {
+        core,
+        listeners,
+        plans,
+        views,
+        counters,
+        connections,
+        reports,
+        stop,
+    } = setup;
+    for (i, sockets) in listeners.into_iter().enumerate() {
+        let (Some(plan), Some(view), Some(counters), Some(conns)) = (
+            plans.get(i),
+            views.get(i),
+            counters.get(i),
+            connections.get(i),
+        ) else {
+            continue;
+        };
+        let service = Rc::new(Service {
+            plan: plan.clone(),
+            cached: RefCell::new((0, view.current())),
+            view: view.clone(),
+            counters: counters.clone(),
+            pool: Rc::new(Pool::new(Duration::from_secs(u64::from(
+                plan.limits.idle_timeout_s,
+            )))),
+            reports: reports.clone(),
+        });
+        for socket in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(l, service.clone(), conns.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, core, "proxy worker: listener"),
+            }
+        }
+    }
+    while !stopping(&stop) {
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Decrements the service's connection count when the connection ends.
+struct Admitted(Arc<AtomicU64>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, service: Rc<Service>, conns: Arc<AtomicU64>) {
+    let max = u64::from(service.plan.limits.max_connections);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let admitted = Admitted(conns.clone());
+        let over = conns.fetch_add(1, Ordering::Relaxed) >= max;
+        let service = service.clone();
+        tokio::task::spawn_local(async move {
+            connection(stream, service, over).await;
+            drop(admitted);
+        });
+    }
+}
+
+/// Serves one client connection: every request on it until it closes, or
+/// (`over` the connection limit) one 503 and close.
+async fn connection(stream: tokio::net::TcpStream, service: Rc<Service>, over: bool) {
+    let limits = &service.plan.limits;
+    let mut builder = http1::Builder::new();
+    // The HTTP library's own bounds sit above the service's, so the
+    // service answers (and counts) an over-limit head itself.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
+        .max_buf_size(
+            (limits.max_head_bytes as usize)
+                .saturating_mul(2)
+                .max(16_384)
+                + 8_192,
+        )
+        .max_headers((limits.max_headers as usize).saturating_mul(2) + 16)
+        .keep_alive(!over);
+    let io = TokioIo::new(stream);
+    let result = if over {
+        let service = service.clone();
+        builder
+            .serve_connection(
+                io,
+                service_fn(move |_req| {
+                    ServiceCounters::bump(&service.counters.requests);
+                    service.counters.error(ErrorKind::Overload);
+                    std::future::ready(Ok::<_, std::convert::Infallible>(proxy::overloaded()))
+                }),
+            )
+            .await
+    } else {
+        builder
+            .serve_connection(
+                io,
+                service_fn(move |req| proxy::handle(service.clone(), req)),
+            )
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
