@@ -1,0 +1,498 @@
+//! The array tier's proxy end to end, in a private network namespace: two
+//! members (two tiers in this process, hosts 1 and 2) each with its own
+//! `local` backend, a parents service with two parents, and an origin, all
+//! small hyper servers in the test. Checks routing to the owner
+//! `Carp::order` names (forward and reverse), the signed hop between
+//! members, a forged member header, CONNECT (forbidden port, tunnel),
+//! head limits, loops, failover past a dead parent and its return, the
+//! served pages and the counters.
+//!
+//! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use shoal_config::Config;
+use shoal_dataplane::array::RequestTarget;
+use shoal_dataplane::map::{ClusterMap, View};
+use shoal_dataplane::HostId;
+use shoal_engine::array::{ArrayTier, Bound};
+use shoal_engine::handoff::MapCell;
+use shoal_testkit::gate::{require, Need};
+
+const CONFIG: &str = r#"
+[cluster]
+vips = ["10.0.0.100"]
+key_file = "unused.key"
+
+[[host]]
+id = 1
+name = "m1"
+interface = "d0"
+dedicated = ["10.0.0.11/24"]
+
+[[host]]
+id = 2
+name = "m2"
+interface = "d0"
+dedicated = ["10.0.0.12/24"]
+
+[[rule]]
+ports = [8080, 8081]
+protocol = "tcp"
+affinity = "none"
+
+[[service]]
+name = "web"
+port = 8080
+route = "carp"
+connect_ports = [443]
+max_head_bytes = 4096
+max_uri_bytes = 1024
+[service.carp]
+members = "cluster"
+local = "LOCAL"
+probe_interval_ms = 100
+down_ttl_ms = 300
+
+[[service]]
+name = "up"
+port = 8081
+route = "carp"
+connect_timeout_ms = 300
+[service.carp]
+members = "parents"
+direct = ["10.0.0.31"]
+probe_interval_ms = 100
+down_ttl_ms = 300
+[[service.carp.parent]]
+name = "p1"
+address = "10.0.0.41:3128"
+[[service.carp.parent]]
+name = "p2"
+address = "10.0.0.42:3128"
+"#;
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Deletes the namespace on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh(&format!("ip netns del {}", self.0));
+    }
+}
+
+/// A backend that answers every request with its name and what it saw,
+/// and tunnels `CONNECT` by echoing bytes back. Runs on its own thread (in
+/// the caller's namespace). While the returned flag is set it closes
+/// every connection, new or kept alive, without answering (a TCP probe
+/// still finds it listening).
+fn backend(name: &'static str, addr: SocketAddr) -> Arc<AtomicBool> {
+    let listener = std::net::TcpListener::bind(addr).expect("backend bind");
+    listener.set_nonblocking(true).unwrap();
+    let broken = Arc::new(AtomicBool::new(false));
+    let flag = broken.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if flag.load(Ordering::Relaxed) {
+                    drop(stream);
+                    continue;
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |mut req: Request<hyper::body::Incoming>| {
+                            let broken = flag.load(Ordering::Relaxed);
+                            async move {
+                                if broken {
+                                    // Closes the connection without a response.
+                                    return Err("broken");
+                                }
+                                let seen = |h: &str| {
+                                    req.headers()
+                                        .get_all(h)
+                                        .iter()
+                                        .map(|v| v.to_str().unwrap_or("?").to_string())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                };
+                                let via = seen("via");
+                                let member = seen("shoal-member");
+                                let target = req.uri().to_string();
+                                if req.method() == hyper::Method::CONNECT {
+                                    let upgrade = hyper::upgrade::on(&mut req);
+                                    tokio::spawn(async move {
+                                        if let Ok(up) = upgrade.await {
+                                            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                                        }
+                                    });
+                                }
+                                Ok(Response::builder()
+                                    .header("x-backend", name)
+                                    .header("x-via", via)
+                                    .header("x-member", member)
+                                    .header("x-target", target)
+                                    .body(Full::new(Bytes::from(name)))
+                                    .unwrap())
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+    });
+    broken
+}
+
+/// A parsed response: status, headers (lower-case names), body.
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+fn parse(raw: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Sends `request` (which asks for `Connection: close`) to `addr`.
+fn ask(addr: &str, request: &str) -> Answer {
+    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+fn get(addr: &str, target: &str, host: &str, extra: &str) -> Answer {
+    ask(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
+fn config_for(local: &str) -> Config {
+    shoal_config::parse(&CONFIG.replace("LOCAL", local), Path::new("array.toml"))
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn start(config: &Config, host: u8) -> ArrayTier {
+    let id = HostId::new(host).unwrap();
+    let spec = config.spec(7);
+    let view = View::converged(&spec, config.host_ids());
+    let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
+        &spec, &view, id, 1,
+    ))));
+    Bound::bind(config, id, &[9u8; 32], cell)
+        .expect("bind")
+        .expect("services")
+        .start()
+        .expect("start")
+}
+
+/// Polls `check` for up to 5 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[test]
+fn array_proxy_routes_hops_refuses_and_fails_over() {
+    if !require("array_proxy", &[Need::Root, Need::Netns]) {
+        return;
+    }
+    let ns = Netns(format!("shoal-t-array-{}", std::process::id()));
+    for cmd in [
+        format!("ip netns add {}", ns.0),
+        format!("ip -n {} link set lo up", ns.0),
+    ] {
+        let out = sh(&cmd);
+        assert!(!out.contains("rror"), "{cmd}: {out}");
+    }
+    for a in [
+        "10.0.0.11/24",
+        "10.0.0.12/24",
+        "10.0.0.21/24",
+        "10.0.0.22/24",
+        "10.0.0.31/24",
+        "10.0.0.41/24",
+        "10.0.0.42/24",
+        "10.0.0.100/32",
+    ] {
+        // Every address on the namespace's loopback: all of them local.
+        sh(&format!("ip -n {} addr add {a} dev lo", ns.0));
+    }
+    shoal_engine::sys::netns::run_in_named(&ns.0, scenario).expect("enter the namespace");
+}
+
+fn scenario() {
+    backend("L1", "10.0.0.21:3128".parse().unwrap());
+    backend("L2", "10.0.0.22:3128".parse().unwrap());
+    backend("P2", "10.0.0.42:3128".parse().unwrap());
+    backend("O", "10.0.0.31:8000".parse().unwrap());
+    let c1 = config_for("10.0.0.21:3128");
+    let c2 = config_for("10.0.0.22:3128");
+    let t1 = start(&c1, 1);
+    let t2 = start(&c2, 2);
+    let (m1, m2) = ("10.0.0.11:8080", "10.0.0.12:8080");
+    // Each probed the other before it listened: wait until both are up in
+    // both views.
+    for m in [m1, m2] {
+        eventually("both members UP", || {
+            get(m, "/array.dll?Get.Info.v1", "any", "")
+                .body
+                .matches(" UP ")
+                .count()
+                == 2
+        });
+    }
+
+    // Routing: each URL reaches its owner's local, whichever member got it.
+    let web = c1.service("web").unwrap();
+    let router = web.router(&web.carp_members(&c1, None)).unwrap();
+    let names = ["m1", "m2"];
+    let locals = ["L1", "L2"];
+    let mut owned = [0u32; 2];
+    let mut hops = 0u64;
+    for i in 0..40 {
+        let url = format!("http://site{i}.test/page?q={i}");
+        let owner = router
+            .carp
+            .owner(&RequestTarget::parse_absolute(url.as_bytes()).unwrap())
+            .unwrap();
+        owned[owner] += 1;
+        let via = if i % 2 == 0 { m1 } else { m2 };
+        let a = get(via, &url, &format!("site{i}.test"), "");
+        assert_eq!(a.status, 200, "{url}: {}", a.body);
+        assert_eq!(a.header("x-backend"), locals[owner], "{url}");
+        assert_eq!(a.header("x-shoal-served-by"), names[owner], "{url}");
+        assert_eq!(
+            a.header("x-member"),
+            "",
+            "the owner strips the member header"
+        );
+        // Reverse (origin-form + Host) routes the same URL the same way.
+        let r = get(via, &format!("/page?q={i}"), &format!("site{i}.test"), "");
+        assert_eq!(r.header("x-backend"), locals[owner], "reverse {url}");
+        assert!(
+            r.header("x-target").starts_with("http://"),
+            "sent as a proxy request"
+        );
+        let hopped = via != [m1, m2][owner];
+        hops += 2 * u64::from(hopped && via == m1);
+        assert_eq!(
+            a.header("x-via").contains("m1") && a.header("x-via").contains("m2"),
+            hopped,
+            "{url}: Via {}",
+            a.header("x-via")
+        );
+    }
+    assert!(
+        owned[0] > 0 && owned[1] > 0,
+        "both members own URLs: {owned:?}"
+    );
+
+    // A forged member header, a loop, head limits, CONNECT.
+    let forged = get(
+        m1,
+        "http://x.test/",
+        "x.test",
+        "shoal-member: v1.2.1.00\r\n",
+    );
+    assert_eq!(forged.status, 403);
+    let looped = get(m1, "http://x.test/", "x.test", "Via: 1.1 m1 (shoal)\r\n");
+    assert_eq!(looped.status, 508);
+    let cdn_loop = get(m1, "http://x.test/", "x.test", "CDN-Loop: m1\r\n");
+    assert_eq!(cdn_loop.status, 508);
+    let big = get(
+        m1,
+        "http://x.test/",
+        "x.test",
+        &format!("X-Big: {}\r\n", "a".repeat(5000)),
+    );
+    assert_eq!(big.status, 431);
+    let long = get(
+        m1,
+        &format!("http://x.test/{}", "a".repeat(2000)),
+        "x.test",
+        "",
+    );
+    assert_eq!(long.status, 414);
+    let smtp = ask(m1, "CONNECT x.test:25 HTTP/1.1\r\nHost: x.test:25\r\n\r\n");
+    assert_eq!(smtp.status, 403);
+    let mut tunnel = TcpStream::connect(m1).unwrap();
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    tunnel
+        .write_all(b"CONNECT secure.test:443 HTTP/1.1\r\nHost: secure.test:443\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && tunnel.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    assert_eq!(
+        parse(&head).status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tunnel.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    tunnel.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(tunnel);
+
+    // Pages from the live view.
+    let table = get(m1, "/array.dll?Get.Info.v1", "any", "");
+    assert_eq!(table.status, 200);
+    assert!(
+        table.body.starts_with("Proxy Array Information/1.0\r\n"),
+        "{}",
+        table.body
+    );
+    assert!(table.body.contains(" UP "));
+    let pac = get(m2, "/proxy.pac", "any", "");
+    assert_eq!(
+        pac.header("content-type"),
+        "application/x-ns-proxy-autoconfig"
+    );
+    assert!(pac.body.contains("FindProxyForURL"));
+
+    // Parents: p1 is dead; its URLs fail over to p2 and p1 shows DOWN.
+    let up = c1.service("up").unwrap();
+    let parents = up.router(&up.carp_members(&c1, None)).unwrap();
+    let url = (0..)
+        .map(|i| format!("http://p{i}.test/"))
+        .find(|u| {
+            parents
+                .carp
+                .owner(&RequestTarget::parse_absolute(u.as_bytes()).unwrap())
+                == Some(0)
+        })
+        .unwrap();
+    let a = get("10.0.0.11:8081", &url, "p.test", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-shoal-served-by"), "p2");
+    eventually("p1 shown DOWN", || {
+        get("10.0.0.11:8081", "/array.dll?Get.Info.v1", "any", "")
+            .body
+            .lines()
+            .any(|l| l.starts_with("p1 ") && l.contains(" DOWN "))
+    });
+    let direct = get(
+        "10.0.0.11:8081",
+        "http://10.0.0.31:8000/d",
+        "10.0.0.31:8000",
+        "",
+    );
+    assert_eq!(
+        direct.header("x-backend"),
+        "O",
+        "direct hosts go to the origin"
+    );
+    // p1 comes: probed up, and takes its URL.
+    let p1 = "10.0.0.41:3128".parse().unwrap();
+    let broken = backend("P1", p1);
+    let p1_serves = || get("10.0.0.11:8081", &url, "p.test", "").header("x-backend") == "P1";
+    eventually("p1 UP and serving", p1_serves);
+    // p1 accepts and closes without a byte (its probe still passes): the
+    // request fails over to p2 at once, and p1 is down from then on.
+    broken.store(true, Ordering::Relaxed);
+    let a = get("10.0.0.11:8081", &url, "p.test", "");
+    assert_eq!(a.header("x-shoal-served-by"), "p2", "failover: {}", a.body);
+    let table = get("10.0.0.11:8081", "/array.dll?Get.Info.v1", "any", "").body;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("p1 ") && l.contains(" DOWN ")),
+        "{table}"
+    );
+    // p1 answers again: probed back up after the hold, takes its URL back.
+    broken.store(false, Ordering::Relaxed);
+    eventually("p1 back UP and serving", p1_serves);
+
+    // Counters: host 1's view of both services.
+    let json = t1.counters_json();
+    let web = &json["web"];
+    let errors = &web["errors"];
+    for (kind, n) in [
+        ("forged_member", 1),
+        ("loop", 2),
+        ("head_too_large", 1),
+        ("uri_too_long", 1),
+        ("forbidden_port", 1),
+    ] {
+        assert_eq!(errors[kind], n, "{kind}: {json}");
+    }
+    assert!(web["hops_out"].as_u64().unwrap() >= hops, "{json}");
+    assert!(web["pages"].as_u64().unwrap() >= 1);
+    assert!(web["routed"]["m1"].as_u64().unwrap() > 0 && web["routed"]["m2"].as_u64().unwrap() > 0);
+    let hops_in = t2.counters_json()["web"]["hops_in"].as_u64().unwrap();
+    assert!(hops_in >= hops, "hops verified at m2: {hops_in} of {hops}");
+    let up = &json["up"];
+    assert!(up["failovers"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(up["members"][0]["name"], "p1");
+    assert_eq!(up["members"][0]["up"], true);
+    t1.stop();
+    t2.stop();
+}
