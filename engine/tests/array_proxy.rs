@@ -48,7 +48,7 @@ interface = "d0"
 dedicated = ["10.0.0.12/24"]
 
 [[rule]]
-ports = [8080, 8081]
+ports = [8080, 8082]
 protocol = "tcp"
 affinity = "none"
 
@@ -81,6 +81,18 @@ address = "10.0.0.41:3128"
 [[service.carp.parent]]
 name = "p2"
 address = "10.0.0.42:3128"
+
+[[service]]
+name = "stall"
+port = 8082
+route = "carp"
+first_byte_timeout_ms = 300
+max_connections = 1
+[service.carp]
+members = "parents"
+[[service.carp.parent]]
+name = "s1"
+address = "10.0.0.43:3128"
 "#;
 
 fn sh(cmd: &str) -> String {
@@ -275,6 +287,7 @@ fn array_proxy_routes_hops_refuses_and_fails_over() {
         "10.0.0.31/24",
         "10.0.0.41/24",
         "10.0.0.42/24",
+        "10.0.0.43/24",
         "10.0.0.100/32",
     ] {
         // Every address on the namespace's loopback: all of them local.
@@ -288,6 +301,8 @@ fn scenario() {
     backend("L2", "10.0.0.22:3128".parse().unwrap());
     backend("P2", "10.0.0.42:3128".parse().unwrap());
     backend("O", "10.0.0.31:8000".parse().unwrap());
+    // Accepts (the kernel completes the handshake) and never answers.
+    let stall = std::net::TcpListener::bind("10.0.0.43:3128").unwrap();
     let c1 = config_for("10.0.0.21:3128");
     let c2 = config_for("10.0.0.22:3128");
     let t1 = start(&c1, 1);
@@ -471,7 +486,21 @@ fn scenario() {
     broken.store(false, Ordering::Relaxed);
     eventually("p1 back UP and serving", p1_serves);
 
-    // Counters: host 1's view of both services.
+    // A parent that accepts and never answers: 504 after the first-byte
+    // timeout, not sent anywhere else. Beyond max_connections: 503.
+    let started = Instant::now();
+    let slow = get("10.0.0.11:8082", "http://slow.test/", "slow.test", "");
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let mut held = TcpStream::connect("10.0.0.11:8082").unwrap();
+    held.write_all(b"GET http://slow.test/ HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let over = get("10.0.0.11:8082", "/array.dll?Get.Info.v1", "any", "");
+    assert_eq!(over.status, 503, "{}", over.body);
+    drop((held, stall));
+
+    // Counters: host 1's view of every service.
     let json = t1.counters_json();
     let web = &json["web"];
     let errors = &web["errors"];
@@ -493,6 +522,10 @@ fn scenario() {
     assert!(up["failovers"].as_u64().unwrap() >= 1, "{json}");
     assert_eq!(up["members"][0]["name"], "p1");
     assert_eq!(up["members"][0]["up"], true);
+    let stall = &json["stall"]["errors"];
+    assert_eq!(stall["timeout"], 1, "{json}");
+    assert_eq!(stall["overload"], 1, "{json}");
+    assert_eq!(json["stall"]["failovers"], 0, "{json}");
     t1.stop();
     t2.stop();
 }
