@@ -1,0 +1,95 @@
+//! `shoal run` with a `[[service]]`, end to end in the namespace lab: the
+//! proxy worker threads are named and hold no capability beyond the
+//! engine's, a client's request to the VIP through the packet engine is
+//! routed to the `local` backend, the table is served, the `services`
+//! counters reach the stats file, and SIGTERM stops everything.
+//!
+//! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
+
+mod netns_run;
+
+use std::process::Command;
+use std::time::Duration;
+
+use netns_run::{privileged, sh, stop, Lab};
+
+/// The `local` backend: one fixed answer per connection.
+const LOCAL: &str = "import socket\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('127.0.0.1', 3128)); s.listen(64)\n\
+while True:\n    c, _ = s.accept(); c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nConnection: close\\r\\n\\r\\nlocal'); c.close()\n";
+
+/// Prints the proxy's answer to `TARGET` on the VIP's service port.
+const CLIENT: &str = "import socket, sys\n\
+s = socket.create_connection(('10.0.0.100', 8080), timeout=5)\n\
+s.sendall(('GET %s HTTP/1.1\\r\\nHost: a.test\\r\\nConnection: close\\r\\n\\r\\n' % sys.argv[1]).encode())\n\
+out = b''\n\
+while True:\n    d = s.recv(65536)\n    if not d: break\n    out += d\n\
+print(out.decode(errors='replace'))\n";
+
+fn ask(lab: &Lab, target: &str) -> String {
+    sh(&format!(
+        "ip netns exec {} python3 -c \"{}\" '{target}'",
+        lab.client,
+        CLIENT.replace('"', "\\\"")
+    ))
+}
+
+#[test]
+fn run_serves_a_carp_service_on_the_vip() {
+    if !privileged("array_run_netns") {
+        return;
+    }
+    let lab = Lab::new(&format!("shoal-t-arun-{}", std::process::id()));
+    // Complete checksums on the wire, as a real NIC would deliver.
+    sh(&format!(
+        "ip netns exec {} ethtool -K eth0 tx off",
+        lab.client
+    ));
+    let config = lab.config("10.0.0.100", &[1]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("[[host]]\nid = 1\n", "[[host]]\nid = 1\nname = \"m1\"\n");
+    text += "\n[[service]]\nname = \"web\"\nport = 8080\nroute = \"carp\"\n\
+             [service.carp]\nlocal = \"127.0.0.1:3128\"\nprobe_interval_ms = 100\n";
+    std::fs::write(&config, text).unwrap();
+    let mut local = Command::new("ip")
+        .args(["netns", "exec", &lab.host, "python3", "-c", LOCAL])
+        .spawn()
+        .expect("local backend");
+    let mut shoal = lab.start(&config, "af_packet", &[]);
+
+    let pid = sh(&format!("pgrep -n -x shoal -P {}", shoal.id()));
+    let pid = pid.trim().parse::<u32>().unwrap_or(shoal.id());
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "shoal-proxy-0"),
+        "proxy worker thread: {names:?}"
+    );
+
+    let answer = ask(&lab, "http://a.test/x");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        lab.log()
+    );
+    assert!(answer.contains("x-shoal-served-by: m1"), "{answer}");
+    let table = ask(&lab, "/array.dll?Get.Info.v1");
+    assert!(table.contains("Proxy Array Information/1.0"), "{table}");
+    assert!(table.contains("m1 10.0.0.11 8080 "), "{table}");
+
+    std::thread::sleep(Duration::from_millis(1200));
+    let stats = lab.stats();
+    let web = &stats["services"]["web"];
+    assert!(web["requests"].as_u64().unwrap_or(0) >= 2, "{stats}");
+    assert_eq!(web["routed"]["m1"].as_u64(), Some(1), "{stats}");
+    assert_eq!(web["pages"].as_u64(), Some(1), "{stats}");
+
+    let status = stop(&mut shoal);
+    assert!(status.success(), "exit {status}: {}", lab.log());
+    let _ = local.kill();
+    let _ = local.wait();
+}
