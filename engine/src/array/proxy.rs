@@ -294,15 +294,8 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             }
         }
     }
-    let signature = HeaderValue::from_str(&member::sign(
-        &plan.key,
-        plan.own_host.get(),
-        plan.port,
-        wall_ms(),
-        parts.method.as_str().as_bytes(),
-        uri.to_string().as_bytes(),
-    ))
-    .ok();
+    // Signed once, on the first hop to another member.
+    let mut signature: Option<HeaderValue> = None;
     let on_upgrade = if connect {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -347,11 +340,23 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                 None => return failure(service, ErrorKind::Unreachable),
             }
         };
+        if *hop == Hop::Origin && connect {
+            return tunnel_direct(service, addr, on_upgrade).await;
+        }
         let mut request = attempt.build(request_body, *hop == Hop::Origin);
         if let Hop::Member(_) = hop {
-            if let Some(sig) = &signature {
-                request.headers_mut().insert(MEMBER_HEADER, sig.clone());
-            }
+            let sig = signature.get_or_insert_with(|| {
+                HeaderValue::from_str(&member::sign(
+                    &plan.key,
+                    plan.own_host.get(),
+                    plan.port,
+                    wall_ms(),
+                    attempt.method.as_str().as_bytes(),
+                    attempt.uri.to_string().as_bytes(),
+                ))
+                .unwrap_or_else(|_| HeaderValue::from_static("unsigned"))
+            });
+            request.headers_mut().insert(MEMBER_HEADER, sig.clone());
         }
         let outcome = exchange(service, addr, request, attempt.connect).await;
         match outcome {
@@ -550,6 +555,39 @@ fn relay(
         });
     }
     Ok(())
+}
+
+/// A `CONNECT` the origin serves itself (`members = "parents"`, a direct
+/// or exception host): a TCP connection to `addr`, 200 to the client, then
+/// bytes copied both ways.
+async fn tunnel_direct(
+    service: &Service,
+    addr: SocketAddr,
+    client: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ClientBody> {
+    let stream = match upstream::tcp(addr, service.plan.connect_timeout()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "CONNECT target unreachable");
+            return failure(service, ErrorKind::Unreachable);
+        }
+    };
+    let Some(client) = client else {
+        return failure(service, ErrorKind::Unreachable);
+    };
+    tokio::task::spawn_local(async move {
+        let Ok(client) = client.await else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut stream = stream;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+    });
+    let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+    if let Ok(name) = HeaderValue::from_str(&service.plan.own_name) {
+        r.headers_mut().insert(SERVED_BY, name);
+    }
+    r
 }
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
