@@ -487,6 +487,9 @@ fn scenario() {
         "O",
         "direct hosts go to the origin"
     );
+    assert_eq!(direct.header("x-target"), "/d", "origin-form to an origin");
+    echo("10.0.0.31:443");
+    tunnel("10.0.0.11:8081", "10.0.0.31:443");
     // p1 comes: probed up, and takes its URL.
     let p1 = "10.0.0.41:3128".parse().unwrap();
     let broken = backend("P1", p1);
