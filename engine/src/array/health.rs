@@ -60,14 +60,14 @@ impl Tracked {
     fn publish(&mut self, members: HostSet, epoch: u64, epoch_moved: bool, now: u64) {
         let mut array = self.plan.array.clone();
         let mut changed = epoch_moved;
-        for i in 0..self.up.len() {
-            let in_view = self.plan.hosts[i].is_none_or(|h| members.contains(h));
-            let up = in_view && self.health.is_up(i);
-            if up != self.up[i] {
-                self.up[i] = up;
-                self.since[i] = now;
+        for (i, (was, since)) in self.up.iter_mut().zip(self.since.iter_mut()).enumerate() {
+            let up = in_view(&self.plan, i, members) && self.health.is_up(i);
+            if up != *was {
+                *was = up;
+                *since = now;
                 changed = true;
-                tracing::info!(service = %self.plan.name, member = %array.router.carp.members()[i].name, up, "array member state");
+                let name = array.router.carp.members().get(i).map(|m| m.name.clone());
+                tracing::info!(service = %self.plan.name, member = ?name, up, "array member state");
             }
             array.router.carp.set_up(i, up);
         }
@@ -85,6 +85,13 @@ impl Tracked {
             local_up,
         });
     }
+}
+
+/// Whether member `i` is in the cluster's view (parents always are).
+fn in_view(plan: &ServicePlan, i: usize, members: HostSet) -> bool {
+    plan.hosts
+        .get(i)
+        .is_some_and(|h| h.is_none_or(|h| members.contains(h)))
 }
 
 /// The health thread's body.
@@ -154,8 +161,7 @@ async fn watch(setup: Setup) {
             let due: Vec<usize> = t.health.due(now).collect();
             for m in due {
                 t.health.mark_sent(m, now);
-                let in_view = t.plan.hosts[m].is_none_or(|h| members.contains(h));
-                if !in_view {
+                if !in_view(&t.plan, m, members) {
                     // Not in the cluster's view: down whatever a probe says.
                     continue;
                 }

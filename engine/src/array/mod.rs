@@ -406,13 +406,13 @@ impl ServicesReader {
     /// summed and the members as the live view shows them.
     pub fn json(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
-        for (i, plan) in self.plans.iter().enumerate() {
+        for (i, (plan, view)) in self.plans.iter().zip(&self.views).enumerate() {
             let workers: Vec<&ServiceCounters> = self
                 .counters
                 .iter()
                 .filter_map(|w| w.get(i).map(|c| &**c))
                 .collect();
-            let snapshot = self.views[i].current();
+            let snapshot = view.current();
             out.insert(
                 plan.name.clone(),
                 counters::service_json(&workers, &snapshot, plan.now_ms()),

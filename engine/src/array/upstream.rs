@@ -58,6 +58,16 @@ impl Pool {
         None
     }
 
+    /// Closes every connection idle longer than the idle timeout (or
+    /// closed by the upstream).
+    pub(super) fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain(|(s, since)| since.elapsed() < timeout && !s.is_closed());
+            !list.is_empty()
+        });
+    }
+
     /// Returns `sender` to the pool once its current exchange is over (the
     /// response read to the end); dropped when that fails or the pool for
     /// `addr` is full.

@@ -34,6 +34,8 @@ pub(super) struct Setup {
 
 /// How often a worker checks for shutdown.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// Every how many stop checks idle upstream connections are swept (1 s).
+const SWEEP_ROUNDS: u32 = 10;
 /// How long a worker waits after a failed `accept` (descriptors exhausted).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -67,6 +69,7 @@ async fn serve(setup: Setup) {
         reports,
         stop,
     } = setup;
+    let mut pools = Vec::new();
     for (i, sockets) in listeners.into_iter().enumerate() {
         let (Some(plan), Some(view), Some(counters), Some(conns)) = (
             plans.get(i),
@@ -86,6 +89,7 @@ async fn serve(setup: Setup) {
             )))),
             reports: reports.clone(),
         });
+        pools.push(service.pool.clone());
         for socket in sockets {
             match TcpListener::from_std(socket) {
                 Ok(l) => {
@@ -95,8 +99,16 @@ async fn serve(setup: Setup) {
             }
         }
     }
+    let mut rounds = 0u32;
     while !stopping(&stop) {
         tokio::time::sleep(STOP_POLL).await;
+        rounds += 1;
+        if rounds >= SWEEP_ROUNDS {
+            rounds = 0;
+            for pool in &pools {
+                pool.sweep();
+            }
+        }
     }
 }
 
