@@ -12,6 +12,8 @@
 //! * [`lone`]: a host never serves alone while heartbeats for its cluster
 //!   fail authentication.
 //! * [`admin`]: NLB's verbs and return codes, JSON-per-line wire format.
+//! * [`health`]: an array service's members up or down from request-path
+//!   failures and probes, and when to probe them (times in milliseconds).
 //!
 //! # Sans-IO
 //!
@@ -63,10 +65,12 @@
 
 pub mod admin;
 pub mod convergence;
+pub mod health;
 pub mod heartbeat;
 pub mod lone;
 pub mod membership;
 
 pub use admin::{Request, Response, ReturnCode};
 pub use convergence::{Config, Event, Machine};
+pub use health::{Health, HealthConfig};
 pub use heartbeat::{bucket_seed, Heartbeat, HeartbeatError, HostState, Phase};

@@ -2,10 +2,13 @@
 //! request, starting with the Cache Array Routing Protocol
 //! (draft-vinod-carp-v1-03).
 //!
-//! Owns: the routing key taken from a request head ([`target`]), CARP's
-//! hashes, multipliers and failover order in three modes ([`carp`]), the
-//! route decision with exception and direct host patterns ([`router`]), and
-//! the membership table and PAC script an array publishes ([`render`]).
+//! Owns: the routing key taken from a request head ([`target`]), what a
+//! request head asks for and why it is refused ([`head`]), CARP's hashes,
+//! multipliers and failover order in three modes ([`carp`]), the route
+//! decision with exception and direct host patterns ([`router`]), the
+//! membership table and PAC script an array publishes ([`render`]), the
+//! authenticated member-to-member hop header ([`member`]) and loop
+//! detection through `Via` and `CDN-Loop` ([`hop`]).
 //!
 //! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
 //! function of the member set and the request target and does not
@@ -14,11 +17,17 @@
 #![forbid(unsafe_code)]
 
 pub mod carp;
+pub mod head;
+pub mod hop;
+pub mod member;
 pub mod render;
 pub mod router;
 pub mod target;
 
 pub use carp::{Carp, CarpError, HashMode, Member, MemberSpec, Order, MAX_MEMBERS};
+pub use head::{classify, ArrayPage, Form, HeadLimits, HeadView, Refusal};
+pub use hop::{seen, via_value};
+pub use member::{MemberError, MemberKey, MEMBER_HEADER};
 pub use render::{membership_table, pac_script, ArrayInfo, PacTargets, TableMember};
 pub use router::{Decision, DomainPattern, PatternError, Router};
 pub use target::{KeyPart, KeyParts, KeyStyle, RequestTarget, TargetError};

@@ -297,15 +297,31 @@ impl<'a> RequestTarget<'a> {
         if !ended {
             return Err(TargetError::Incomplete);
         }
-        let (host, port) = split_authority(host_header.ok_or(TargetError::NoHostHeader)?)?;
+        Self::parse_origin(
+            target,
+            host_header.ok_or(TargetError::NoHostHeader)?,
+            default_scheme,
+        )
+    }
+
+    /// An origin-form target (`/path?query`, a fragment dropped) with the
+    /// authority from a `Host` header value (`host[:port]`, surrounding
+    /// blanks ignored; an empty port is no port; a `userinfo@` prefix is
+    /// dropped as in an absolute URL) and `scheme`.
+    pub fn parse_origin(
+        target: &'a [u8],
+        host_header: &'a [u8],
+        scheme: &'a [u8],
+    ) -> Result<Self, TargetError> {
+        check_scheme(scheme)?;
+        let (host, port) = split_authority(trim(host_header))?;
         let target = match target.iter().position(|&b| b == b'#') {
             Some(i) => &target[..i],
             None => target,
         };
         let (path, query) = split_query(target);
-        check_scheme(default_scheme)?;
         Ok(Self {
-            scheme: default_scheme,
+            scheme,
             host,
             port,
             path,
