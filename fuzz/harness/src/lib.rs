@@ -13,7 +13,7 @@
 //! crate builds and tests on plain stable, so the checks and the seed
 //! builder are compiled, linted and unit tested like every other crate.
 //!
-//! Adding a target (the heartbeat decoder is next): a module here with a
+//! Adding a target: a module here with a
 //! `check(input)`, a three-line file in `fuzz/fuzz_targets/` calling it, a
 //! `[[bin]]` entry in `fuzz/Cargo.toml`, and, if it has seeds, a case in
 //! `src/bin/seeds.rs`.
@@ -25,6 +25,8 @@
 
 pub mod classify;
 pub mod config;
+pub mod head;
+pub mod member;
 pub mod pcap;
 pub mod route;
 pub mod seeds;

@@ -12,7 +12,8 @@
 //!   addressed to the fuzzed cluster;
 //! - `config`: every `*.toml` in the configs directory;
 //! - `pcap`: every capture in the tcpdump directory up to 16 KiB, plus
-//!   synthesized pcapng files.
+//!   synthesized pcapng files;
+//! - `head` and `member`: the synthesized inputs of their harness modules.
 //!
 //! A target without seeds is reported and skipped, so new targets need no
 //! change here until they have seeds. Exit status 2 on bad usage, 1 when a
@@ -28,7 +29,7 @@ use shoal_fuzz_harness::seeds::{capture_files, cluster_frames, Corpus};
 /// every libFuzzer execution for little new coverage.
 const MAX_PCAP_SEED: usize = 16 * 1024;
 
-const TARGETS_WITH_SEEDS: [&str; 3] = ["classify", "config", "pcap"];
+const TARGETS_WITH_SEEDS: [&str; 5] = ["classify", "config", "pcap", "head", "member"];
 
 struct Args {
     out: PathBuf,
@@ -148,6 +149,13 @@ fn seed_pcap(corpus: &mut Corpus, tcpdump: Option<&Path>) -> Result<String, Stri
     ))
 }
 
+fn seed_synthesized(corpus: &mut Corpus, inputs: Vec<Vec<u8>>) -> Result<String, String> {
+    for input in &inputs {
+        corpus.add(input).map_err(|e| e.to_string())?;
+    }
+    Ok(format!("{} synthesized inputs", inputs.len()))
+}
+
 fn run(args: &Args) -> Result<(), String> {
     for target in &args.targets {
         if !TARGETS_WITH_SEEDS.contains(&target.as_str()) {
@@ -159,6 +167,8 @@ fn run(args: &Args) -> Result<(), String> {
         let what = match target.as_str() {
             "classify" => seed_classify(&mut corpus, args.tcpdump.as_deref())?,
             "config" => seed_config(&mut corpus, args.configs.as_deref())?,
+            "head" => seed_synthesized(&mut corpus, shoal_fuzz_harness::head::seeds())?,
+            "member" => seed_synthesized(&mut corpus, shoal_fuzz_harness::member::seeds())?,
             _ => seed_pcap(&mut corpus, args.tcpdump.as_deref())?,
         };
         println!(
