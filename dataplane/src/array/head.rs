@@ -90,7 +90,9 @@ pub struct HeadView<'a> {
 /// What a request is, once its head passes [`classify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form<'a> {
-    /// Absolute-form: a forward-proxy request for this URL.
+    /// Absolute-form: a forward-proxy request for this URL, its scheme as
+    /// received (which schemes to serve is the proxy's choice; an array page
+    /// asked for by absolute URL is a URL like any other here).
     Forward(RequestTarget<'a>),
     /// Origin-form with a `Host`: a reverse-proxy request (scheme `http`).
     Reverse(RequestTarget<'a>),
@@ -147,6 +149,14 @@ impl ArrayPage {
             .map(|(_, p)| *p)
     }
 
+    /// The `Content-Type` the page is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ArrayPage::Table | ArrayPage::Health => "text/plain",
+            ArrayPage::Script => "application/x-ns-proxy-autoconfig",
+        }
+    }
+
     /// The page's canonical target (the first that names it in
     /// [`ArrayPage::TARGETS`]).
     pub fn target(self) -> &'static str {
@@ -159,6 +169,11 @@ impl ArrayPage {
 }
 
 /// Why a request is answered with an error instead of being served.
+///
+/// [`classify`] returns the first four; the proxy answers
+/// [`Refusal::Loop`] when [`crate::array::hop::seen`] finds its own name and
+/// [`Refusal::ForgedMember`] when a `shoal-member` header does not pass
+/// [`crate::array::member::verify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Refusal {
     /// The head is malformed; the text says how (400).
@@ -422,6 +437,14 @@ mod tests {
             "reverse http://a/ARRAY.DLL?Get.Info.v1"
         );
         assert_eq!(ArrayPage::Health.target(), "/array.dll?Get.Health");
+        assert_eq!(
+            ArrayPage::Script.content_type(),
+            "application/x-ns-proxy-autoconfig"
+        );
+        assert_eq!(ArrayPage::Table.content_type(), "text/plain");
+        for page in [ArrayPage::Table, ArrayPage::Script, ArrayPage::Health] {
+            assert_eq!(ArrayPage::from_target(page.target().as_bytes()), Some(page));
+        }
         assert_eq!(
             ArrayPage::from_target(b"/array.dll?Get.Health"),
             Some(ArrayPage::Health)
