@@ -37,6 +37,20 @@
 //! pingora's health checks; `rise` and `fall` of 0 are taken as 1, and a
 //! `probe_interval_ms` of 0 as 1.
 
+//!
+//! # How the engine drives this
+//!
+//! ```text
+//! let mut health = Health::new(members.len(), cfg, now_ms());
+//! // request path: connect failure or timeout before any response byte
+//! if health.failed(i, now_ms()) { router.carp.set_up(i, false); }
+//! // probe task, woken at health.next_deadline() or by a probe's result
+//! for i in health.due(now).collect::<Vec<_>>() { health.mark_sent(i, now); spawn probe(i); }
+//! on probe result (ok, or false on error or timeout):
+//!     if health.probed(i, ok, now_ms()) { router.carp.set_up(i, health.is_up(i)); }
+//! // the table's state time: health.since(i)
+//! ```
+
 /// How members are probed and how long a failure holds one down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HealthConfig {

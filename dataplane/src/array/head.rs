@@ -90,7 +90,9 @@ pub struct HeadView<'a> {
 /// What a request is, once its head passes [`classify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form<'a> {
-    /// Absolute-form: a forward-proxy request for this URL.
+    /// Absolute-form: a forward-proxy request for this URL, its scheme as
+    /// received (which schemes to serve is the proxy's choice; an array page
+    /// asked for by absolute URL is a URL like any other here).
     Forward(RequestTarget<'a>),
     /// Origin-form with a `Host`: a reverse-proxy request (scheme `http`).
     Reverse(RequestTarget<'a>),
@@ -147,6 +149,14 @@ impl ArrayPage {
             .map(|(_, p)| *p)
     }
 
+    /// The `Content-Type` the page is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ArrayPage::Table | ArrayPage::Health => "text/plain",
+            ArrayPage::Script => "application/x-ns-proxy-autoconfig",
+        }
+    }
+
     /// The page's canonical target (the first that names it in
     /// [`ArrayPage::TARGETS`]).
     pub fn target(self) -> &'static str {
@@ -159,6 +169,11 @@ impl ArrayPage {
 }
 
 /// Why a request is answered with an error instead of being served.
+///
+/// [`classify`] returns the first four; the proxy answers
+/// [`Refusal::Loop`] when [`crate::array::hop::seen`] finds its own name and
+/// [`Refusal::ForgedMember`] when a `shoal-member` header does not pass
+/// [`crate::array::member::verify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Refusal {
     /// The head is malformed; the text says how (400).
@@ -423,6 +438,14 @@ mod tests {
         );
         assert_eq!(ArrayPage::Health.target(), "/array.dll?Get.Health");
         assert_eq!(
+            ArrayPage::Script.content_type(),
+            "application/x-ns-proxy-autoconfig"
+        );
+        assert_eq!(ArrayPage::Table.content_type(), "text/plain");
+        for page in [ArrayPage::Table, ArrayPage::Script, ArrayPage::Health] {
+            assert_eq!(ArrayPage::from_target(page.target().as_bytes()), Some(page));
+        }
+        assert_eq!(
             ArrayPage::from_target(b"/array.dll?Get.Health"),
             Some(ArrayPage::Health)
         );
@@ -535,7 +558,77 @@ mod tests {
         );
     }
 
+    /// A routable target's key, as `classify` gives it from a view and as
+    /// `RequestTarget::from_head` gives it from the raw head.
+    fn both_keys(
+        method: &str,
+        target: &str,
+        host: Option<&str>,
+    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        use crate::array::{KeyParts, KeyStyle};
+        let hosts: Vec<&str> = host.into_iter().collect();
+        let v = view(method, target, &hosts);
+        let from_view = classify(&v, &HeadLimits::DEFAULT, &[443])
+            .ok()
+            .and_then(|f| {
+                f.target()
+                    .map(|t| t.key_bytes(KeyParts::ALL, KeyStyle::Canonical))
+            });
+        let raw = match host {
+            Some(h) => format!("{method} {target} HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+            None => format!("{method} {target} HTTP/1.1\r\n\r\n"),
+        };
+        let from_raw = RequestTarget::from_head(raw.as_bytes(), b"http")
+            .ok()
+            .map(|t| t.key_bytes(KeyParts::ALL, KeyStyle::Canonical));
+        (from_view, from_raw)
+    }
+
+    #[test]
+    fn the_proxy_and_the_tools_key_a_head_alike() {
+        for (m, t, h) in [
+            ("GET", "http://A.example:8080/p?q#f", Some("x")),
+            ("GET", "/p?q", Some("A.Example:81")),
+            ("GET", "/", Some("a")),
+            ("CONNECT", "a.example:443", None),
+        ] {
+            let (view, raw) = both_keys(m, t, h);
+            assert!(view.is_some(), "{m} {t}");
+            assert_eq!(view, raw, "{m} {t} {h:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn routable_heads_key_alike_from_a_view_and_from_raw_bytes(
+            connect in any::<bool>(),
+            scheme in prop_oneof![Just(""), Just("http://"), Just("HTTPS://")],
+            host in "[a-zA-Z0-9.-]{1,12}",
+            port in proptest::option::of(prop_oneof![Just(80u16), Just(443), any::<u16>()]),
+            path in "(/[a-zA-Z0-9%._~-]{0,8}){0,3}",
+            query in proptest::option::of("[a-zA-Z0-9=&%]{0,8}"),
+            host_header in proptest::option::of("[a-zA-Z0-9.-]{1,12}(:[0-9]{1,5})?"),
+        ) {
+            let authority = match port {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            };
+            let (method, target) = if connect {
+                ("CONNECT", authority)
+            } else {
+                let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+                let p = if path.is_empty() && scheme.is_empty() { "/".to_owned() } else { path };
+                let t = if scheme.is_empty() { format!("{p}{q}") } else { format!("{scheme}{authority}{p}{q}") };
+                ("GET", t)
+            };
+            let (view, raw) = both_keys(method, &target, host_header.as_deref());
+            // Where classify routes, the tools route the same key; (classify
+            // refuses more: forbidden ports, pages, a missing Host.)
+            if view.is_some() {
+                prop_assert_eq!(&view, &raw, "{} {} {:?}", method, target, host_header);
+            }
+        }
+
         #[test]
         fn classify_never_panics_and_is_deterministic(
             method in proptest::collection::vec(any::<u8>(), 0..10),

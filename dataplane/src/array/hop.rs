@@ -18,10 +18,10 @@ pub fn via_value(own_name: &str) -> String {
 /// Whether a request already passed the member named `own_name`: its name
 /// is the received-by of an entry of one of the `Via` header values, or the
 /// cdn-id of an entry of one of the `CDN-Loop` header values.
-pub fn seen<'v>(
+pub fn seen<'v, 'c>(
     own_name: &str,
     via_values: impl Iterator<Item = &'v [u8]>,
-    cdn_loop_values: impl Iterator<Item = &'v [u8]>,
+    cdn_loop_values: impl Iterator<Item = &'c [u8]>,
 ) -> bool {
     let name = own_name.as_bytes();
     if name.is_empty() {
