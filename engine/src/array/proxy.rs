@@ -41,8 +41,6 @@ pub(super) type ClientBody = Either<Incoming, Full<Bytes>>;
 pub const SERVED_BY: &str = "x-shoal-served-by";
 /// The header a member adds to a 503 when its `local` does not answer.
 pub const UNAVAILABLE: &str = "shoal-unavailable";
-/// The PAC content type.
-const PAC_TYPE: &str = "application/x-ns-proxy-autoconfig";
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never
 /// forwarded; the member header is removed too and added back only on a
@@ -391,7 +389,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                         .map(|m| m.name.as_str()),
                     Hop::Member(_) => None,
                 };
-                if let Err(why) = relay(&mut resp, served_by, on_upgrade, connect) {
+                if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, connect) {
                     service.counters.error(ErrorKind::Unreachable);
                     return answer(StatusCode::BAD_GATEWAY, why);
                 }
@@ -527,16 +525,18 @@ async fn exchange(
 }
 
 /// Readies an upstream response for the client: hop-by-hop fields removed,
-/// `x-shoal-served-by` set (kept from the owner on a hop), and for a
+/// this member's `Via` entry added, `x-shoal-served-by` set (kept from the owner on a hop), and for a
 /// successful `CONNECT` the tunnel spliced. `Err` says why a 502 is to be
 /// given instead.
 fn relay(
     resp: &mut Response<Incoming>,
+    via: &HeaderValue,
     served_by: Option<&str>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     connect: bool,
 ) -> Result<(), &'static str> {
     strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().append(header::VIA, via.clone());
     if let Some(name) = served_by.and_then(|n| HeaderValue::from_str(n).ok()) {
         resp.headers_mut().insert(SERVED_BY, name);
     }
@@ -615,28 +615,28 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 
 /// An array page from the live view.
 fn page_answer(plan: &ServicePlan, snapshot: &Snapshot, page: ArrayPage) -> Response<ClientBody> {
-    let (status, content_type, text) = match page {
+    let (status, text) = match page {
         ArrayPage::Table => (
             StatusCode::OK,
-            "text/plain",
             table_at(
                 &snapshot.array,
                 snapshot.epoch,
                 &snapshot.state_times_s(plan.now_ms()),
             ),
         ),
-        ArrayPage::Script => (StatusCode::OK, PAC_TYPE, pac(&snapshot.array)),
-        ArrayPage::Health if snapshot.local_up => (StatusCode::OK, "text/plain", "up\n".into()),
+        ArrayPage::Script => (StatusCode::OK, pac(&snapshot.array)),
+        ArrayPage::Health if snapshot.local_up => (StatusCode::OK, "up\n".into()),
         ArrayPage::Health => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
             "local backend down\n".into(),
         ),
     };
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(page.content_type()),
+    );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(UNAVAILABLE, HeaderValue::from_static("local"));
