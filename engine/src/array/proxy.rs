@@ -7,6 +7,7 @@
 //! body has started to flow upstream is never sent to a second upstream;
 //! a request that received a response byte is never retried.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -173,18 +174,14 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
     let (mut parts, body) = req.into_parts();
     // The target as received: origin-form as is, other forms as the URI
     // prints (scheme lower-cased by the parser).
-    let target: String = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_string())
-    } else if parts.method == Method::CONNECT {
-        parts
-            .uri
-            .authority()
-            .map_or_else(|| parts.uri.to_string(), |a| a.as_str().to_string())
-    } else {
-        parts.uri.to_string()
+    let target: Cow<'_, str> = match (
+        parts.uri.scheme(),
+        parts.uri.authority(),
+        parts.uri.path_and_query(),
+    ) {
+        (None, None, Some(p)) => Cow::Borrowed(p.as_str()),
+        (None, Some(a), _) if parts.method == Method::CONNECT => Cow::Borrowed(a.as_str()),
+        _ => Cow::Owned(parts.uri.to_string()),
     };
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next().map(HeaderValue::as_bytes);
@@ -235,20 +232,29 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         hop_in = matches!(plan.upstreams, Upstreams::Cluster { .. });
     }
     let snapshot = service.snapshot();
-    let (route, upstream_target) = match &form {
+    // The target sent upstream: as received, but origin-form becomes
+    // absolute-form (every upstream but an origin is a proxy).
+    let (route, uri) = match &form {
         Form::Array(page) => {
             ServiceCounters::bump(&service.counters.pages);
             return page_answer(plan, &snapshot, *page);
         }
-        Form::Connect(t) => (t, target.clone()),
-        Form::Forward(t) => (t, target.clone()),
+        Form::Connect(t) | Form::Forward(t) => (t, parts.uri.clone()),
         Form::Reverse(t) => {
             let host = String::from_utf8_lossy(t.host());
+            let host = if host.contains(':') && !host.starts_with('[') {
+                Cow::Owned(format!("[{host}]"))
+            } else {
+                host
+            };
             let authority = match t.port() {
                 Some(p) => format!("{host}:{p}"),
                 None => host.into_owned(),
             };
-            (t, format!("http://{authority}{target}"))
+            match format!("http://{authority}{target}").parse::<Uri>() {
+                Ok(u) => (t, u),
+                Err(_) => return refused(service, Refusal::BadRequest("malformed Host header")),
+            }
         }
     };
     let hops: Vec<Hop> = if hop_in {
@@ -277,10 +283,6 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         _ => None,
     };
     let connect = parts.method == Method::CONNECT;
-    let uri: Uri = match upstream_target.parse() {
-        Ok(u) => u,
-        Err(_) => return refused(service, Refusal::BadRequest("request target")),
-    };
     // The head sent upstream: hop-by-hop fields removed, `Via` added.
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
