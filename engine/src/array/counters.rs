@@ -147,3 +147,81 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
         "members": list,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::carp::{array, ArrayArgs};
+
+    fn snapshot() -> Snapshot {
+        let args = ArrayArgs {
+            member: vec!["a=1".into(), "b=2".into()],
+            ..ArrayArgs::default()
+        };
+        let mut array = array(&args, None, None).unwrap();
+        array.router.carp.set_up(1, false);
+        Snapshot {
+            epoch: 3,
+            array,
+            since_ms: vec![0, 4_000],
+            local_up: true,
+        }
+    }
+
+    #[test]
+    fn workers_are_summed_under_the_documented_keys() {
+        let (w1, w2) = (ServiceCounters::new(2), ServiceCounters::new(2));
+        ServiceCounters::bump(&w1.requests);
+        ServiceCounters::bump(&w2.requests);
+        w1.routed_to(0);
+        w2.routed_to(1);
+        w2.routed_to(7);
+        w1.error(ErrorKind::Refusal("loop"));
+        w2.error(ErrorKind::Timeout);
+        w2.error(ErrorKind::Overload);
+        let json = service_json(&[&w1, &w2], &snapshot(), 10_500);
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "errors",
+                "failovers",
+                "hops_in",
+                "hops_out",
+                "local",
+                "members",
+                "pages",
+                "requests",
+                "routed"
+            ]
+        );
+        assert_eq!(json["requests"], 2);
+        assert_eq!(json["routed"], json!({"a": 1, "b": 1}));
+        let errors = json["errors"].as_object().unwrap();
+        assert_eq!(errors.len(), ERRORS.len());
+        assert_eq!(errors["loop"], 1);
+        assert_eq!(errors["timeout"], 1);
+        assert_eq!(errors["overload"], 1);
+        assert_eq!(errors["unreachable"], 0);
+        assert_eq!(
+            json["members"],
+            json!([{"name": "a", "up": true, "since_s": 10}, {"name": "b", "up": false, "since_s": 6}])
+        );
+    }
+
+    #[test]
+    fn every_refusal_has_its_counter() {
+        for name in shoal_dataplane::array::Refusal::COUNTERS {
+            assert_eq!(
+                ErrorKind::Refusal(name).index(),
+                ERRORS.iter().position(|e| e == name).unwrap()
+            );
+        }
+    }
+}
