@@ -343,22 +343,34 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         if *hop == Hop::Origin && connect {
             return tunnel_direct(service, addr, on_upgrade).await;
         }
-        let mut request = attempt.build(request_body, *hop == Hop::Origin);
-        if let Hop::Member(_) = hop {
-            let sig = signature.get_or_insert_with(|| {
-                HeaderValue::from_str(&member::sign(
-                    &plan.key,
-                    plan.own_host.get(),
-                    plan.port,
-                    wall_ms(),
-                    attempt.method.as_str().as_bytes(),
-                    attempt.uri.to_string().as_bytes(),
-                ))
-                .unwrap_or_else(|_| HeaderValue::from_static("unsigned"))
-            });
-            request.headers_mut().insert(MEMBER_HEADER, sig.clone());
-        }
-        let outcome = exchange(service, addr, request, attempt.connect).await;
+        let mut request_body = Some(request_body);
+        let mut fresh = attempt.connect;
+        let outcome = loop {
+            let body = request_body
+                .take()
+                .unwrap_or_else(|| Either::Right(Empty::new()));
+            let mut request = attempt.build(body, *hop == Hop::Origin);
+            if let Hop::Member(_) = hop {
+                let sig = signature.get_or_insert_with(|| {
+                    HeaderValue::from_str(&member::sign(
+                        &plan.key,
+                        plan.own_host.get(),
+                        plan.port,
+                        wall_ms(),
+                        attempt.method.as_str().as_bytes(),
+                        attempt.uri.to_string().as_bytes(),
+                    ))
+                    .unwrap_or_else(|_| HeaderValue::from_static("unsigned"))
+                });
+                request.headers_mut().insert(MEMBER_HEADER, sig.clone());
+            }
+            match exchange(service, addr, request, fresh).await {
+                // A kept-alive connection the upstream had closed: the
+                // same upstream again, over a new connection.
+                Exchange::Failed { pooled: true } if retriable && !fresh => fresh = true,
+                other => break other,
+            }
+        };
         match outcome {
             Exchange::Answered(mut resp) => {
                 if matches!(hop, Hop::Member(_))
@@ -419,7 +431,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     return r;
                 }
             }
-            Exchange::Failed => {
+            Exchange::Failed { .. } => {
                 if let Some(i) = member_index {
                     service.failed(i);
                 }
@@ -470,30 +482,30 @@ enum Exchange {
     Answered(Response<Incoming>),
     /// Nothing was sent; the request comes back when it can.
     NotSent(Option<Request<UpBody>>),
-    /// The request went out (perhaps in part) and no response head came.
-    Failed,
+    /// The request went out (perhaps in part) and no response head came;
+    /// `pooled` when over a kept-alive connection.
+    Failed {
+        /// Whether the connection came from the pool.
+        pooled: bool,
+    },
     /// No response head within `first_byte_timeout_ms`.
     TimedOut,
 }
 
 /// Sends `request` to `addr`: over an idle pooled connection when there is
 /// one (and again over a new one if that connection turns out closed before
-/// the request left), else over a new connection. `CONNECT` always gets a
-/// connection of its own.
+/// the request left), else over a new connection. `fresh` (always for
+/// `CONNECT`) asks for a connection of its own, never pooled after.
 async fn exchange(
     service: &Service,
     addr: SocketAddr,
     request: Request<UpBody>,
-    connect: bool,
+    fresh: bool,
 ) -> Exchange {
     let plan = &service.plan;
     let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
     let mut request = request;
-    let mut pooled = if connect {
-        None
-    } else {
-        service.pool.take(addr)
-    };
+    let mut pooled = if fresh { None } else { service.pool.take(addr) };
     loop {
         let from_pool = pooled.is_some();
         let mut sender: SendRequest<UpBody> = match pooled.take() {
@@ -509,7 +521,7 @@ async fn exchange(
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return Exchange::TimedOut,
             Ok(Ok(resp)) => {
-                if !connect {
+                if !fresh {
                     service.pool.put_when_ready(addr, sender);
                 }
                 return Exchange::Answered(resp);
@@ -519,7 +531,7 @@ async fn exchange(
                 Some(back) => return Exchange::NotSent(Some(back)),
                 None => {
                     tracing::debug!(%addr, error = %e.into_error(), "upstream failed");
-                    return Exchange::Failed;
+                    return Exchange::Failed { pooled: from_pool };
                 }
             },
         }
