@@ -9,9 +9,11 @@
 mod netns_run;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netns_run::{privileged, sh, stop, Lab};
+use shoal_controlplane::admin::Body;
+use shoal_controlplane::{Request, ReturnCode};
 
 /// The `local` backend: one fixed answer per connection.
 const LOCAL: &str = "import socket\n\
@@ -35,12 +37,10 @@ fn ask(lab: &Lab, target: &str) -> String {
     ))
 }
 
-#[test]
-fn run_serves_a_carp_service_on_the_vip() {
-    if !privileged("array_run_netns") {
-        return;
-    }
-    let lab = Lab::new(&format!("shoal-t-arun-{}", std::process::id()));
+/// The lab with a one-host cluster config (member `m1`, heartbeats every
+/// 50 ms) serving `web` on port 8080 with `local` on 127.0.0.1:3128.
+fn lab_with_service(name: &str) -> (Lab, std::path::PathBuf) {
+    let lab = Lab::new(&format!("shoal-t-{name}-{}", std::process::id()));
     // Complete checksums on the wire, as a real NIC would deliver.
     sh(&format!(
         "ip netns exec {} ethtool -K eth0 tx off",
@@ -49,9 +49,18 @@ fn run_serves_a_carp_service_on_the_vip() {
     let config = lab.config("10.0.0.100", &[1]);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text = text.replace("[[host]]\nid = 1\n", "[[host]]\nid = 1\nname = \"m1\"\n");
-    text += "\n[[service]]\nname = \"web\"\nport = 8080\nroute = \"carp\"\n\
-             [service.carp]\nlocal = \"127.0.0.1:3128\"\nprobe_interval_ms = 100\n";
+    text += "\n[heartbeat]\nperiod_ms = 50\n\n[[service]]\nname = \"web\"\nport = 8080\n\
+             route = \"carp\"\n[service.carp]\nlocal = \"127.0.0.1:3128\"\nprobe_interval_ms = 100\n";
     std::fs::write(&config, text).unwrap();
+    (lab, config)
+}
+
+#[test]
+fn run_serves_a_carp_service_on_the_vip() {
+    if !privileged("array_run_netns") {
+        return;
+    }
+    let (lab, config) = lab_with_service("arun");
     let mut local = Command::new("ip")
         .args(["netns", "exec", &lab.host, "python3", "-c", LOCAL])
         .spawn()
@@ -88,6 +97,50 @@ fn run_serves_a_carp_service_on_the_vip() {
     assert_eq!(web["routed"]["m1"].as_u64(), Some(1), "{stats}");
     assert_eq!(web["pages"].as_u64(), Some(1), "{stats}");
 
+    let status = stop(&mut shoal);
+    assert!(status.success(), "exit {status}: {}", lab.log());
+    let _ = local.kill();
+    let _ = local.wait();
+}
+
+#[test]
+fn query_reports_the_services_of_a_converged_member() {
+    if !privileged("array_run_netns") {
+        return;
+    }
+    let (lab, config) = lab_with_service("aqry");
+    let mut local = Command::new("ip")
+        .args(["netns", "exec", &lab.host, "python3", "-c", LOCAL])
+        .spawn()
+        .expect("local backend");
+    let mut shoal = lab.start_clustered(&config, "af_packet");
+    let socket = lab.admin_socket();
+    let call = |req: &Request| shoal_engine::control::call(&socket, req);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        call(&Request::Query).map(|r| r.code),
+        Ok(ReturnCode::Converged | ReturnCode::Default)
+    ) {
+        assert!(Instant::now() < deadline, "never converged: {}", lab.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The member joins the array with the converged view.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = ask(&lab, "http://a.test/x");
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer}\n{}", lab.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = call(&Request::Query).expect("query");
+    let Body::Query(q) = r.body else {
+        panic!("query answered {r:?}");
+    };
+    let web = &q.services.expect("services in query")["web"];
+    assert!(web["routed"]["m1"].as_u64().unwrap_or(0) >= 1, "{web}");
+    assert_eq!(web["members"][0]["up"], true, "{web}");
     let status = stop(&mut shoal);
     assert!(status.success(), "exit {status}: {}", lab.log());
     let _ = local.kill();
