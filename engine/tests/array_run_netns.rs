@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use netns_run::{privileged, sh, stop, Lab};
 use shoal_controlplane::admin::Body;
 use shoal_controlplane::{Request, ReturnCode};
+use shoal_engine::sys::caps::Privileges;
 
 /// The `local` backend: one fixed answer per connection.
 const LOCAL: &str = "import socket\n\
@@ -69,15 +70,35 @@ fn run_serves_a_carp_service_on_the_vip() {
 
     let pid = sh(&format!("pgrep -n -x shoal -P {}", shoal.id()));
     let pid = pid.trim().parse::<u32>().unwrap_or(shoal.id());
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    let names: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t.join("comm")).ok())
         .map(|c| c.trim().to_string())
         .collect();
     assert!(
         names.iter().any(|n| n == "shoal-proxy-0"),
         "proxy worker thread: {names:?}"
     );
+    // The tier's threads start after the drop: none holds more than the
+    // engine keeps.
+    let kept = shoal_engine::privileges::kept(shoal_engine::privileges::Needs {
+        af_xdp: false,
+        kernel: shoal_engine::privileges::kernel_version(),
+        admin_group: false,
+    });
+    let mask = Privileges::mask(&kept);
+    for task in &tasks {
+        let p = Privileges::from_status(
+            &std::fs::read_to_string(task.join("status")).unwrap_or_default(),
+        );
+        assert_eq!(p.permitted & !mask, 0, "{} {p:?}", task.display());
+        assert_eq!(p.effective & !mask, 0, "{} {p:?}", task.display());
+        assert!(p.no_new_privs, "{} {p:?}", task.display());
+    }
 
     let answer = ask(&lab, "http://a.test/x");
     assert!(
