@@ -342,7 +342,7 @@ fn array_proxy_routes_hops_refuses_and_fails_over() {
 
 fn scenario() {
     backend("L1", "10.0.0.21:3128".parse().unwrap());
-    backend("L2", "10.0.0.22:3128".parse().unwrap());
+    let l2_broken = backend("L2", "10.0.0.22:3128".parse().unwrap());
     backend("P2", "10.0.0.42:3128".parse().unwrap());
     backend("O", "10.0.0.31:8000".parse().unwrap());
     // Accepts (the kernel completes the handshake) and never answers.
@@ -408,6 +408,29 @@ fn scenario() {
         owned[0] > 0 && owned[1] > 0,
         "both members own URLs: {owned:?}"
     );
+
+    // m2's local stops answering: a hop to m2 gets 503 shoal-unavailable
+    // and m1 serves the URL from the next in order; m2 serves its own URLs
+    // through m1 too. When L2 answers again, m2 takes its URLs back.
+    let m2_url = (0..)
+        .map(|i| format!("http://own{i}.test/"))
+        .find(|u| {
+            router
+                .carp
+                .owner(&RequestTarget::parse_absolute(u.as_bytes()).unwrap())
+                == Some(1)
+        })
+        .unwrap();
+    l2_broken.store(true, Ordering::Relaxed);
+    for via in [m1, m2] {
+        let a = get(via, &m2_url, "own.test", "");
+        assert_eq!(a.status, 200, "{via}: {}", a.body);
+        assert_eq!(a.header("x-backend"), "L1", "{via}: next in order");
+    }
+    l2_broken.store(false, Ordering::Relaxed);
+    eventually("m2 takes its URL back", || {
+        get(m1, &m2_url, "own.test", "").header("x-backend") == "L2"
+    });
 
     // A forged member header, a loop, head limits, CONNECT.
     let forged = get(
@@ -539,6 +562,7 @@ fn scenario() {
     }
     assert!(web["hops_out"].as_u64().unwrap() >= hops, "{json}");
     assert!(web["pages"].as_u64().unwrap() >= 1);
+    assert!(web["failovers"].as_u64().unwrap() >= 1, "past m2's 503: {json}");
     assert!(web["routed"]["m1"].as_u64().unwrap() > 0 && web["routed"]["m2"].as_u64().unwrap() > 0);
     let hops_in = t2.counters_json()["web"]["hops_in"].as_u64().unwrap();
     assert!(hops_in >= hops, "hops verified at m2: {hops_in} of {hops}");

@@ -379,9 +379,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     && retriable
                     && more
                 {
-                    if let Some(i) = member_index {
-                        service.failed(i);
-                    }
+                    blame(service, *hop);
                     continue;
                 }
                 match hop {
@@ -412,42 +410,42 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             Exchange::NotSent(returned) => {
                 // Nothing reached the upstream: the next one gets the same
                 // request, body included.
-                if let Some(i) = member_index {
-                    service.failed(i);
-                } else if let Hop::Local(None) = hop {
-                    if let Upstreams::Cluster { own, .. } = plan.upstreams {
-                        service.failed(own);
-                    }
-                }
+                blame(service, *hop);
                 if let Some(Either::Left(b)) = returned.map(Request::into_body) {
                     body = Some(b);
                 }
-                if hop_in {
-                    service.counters.error(ErrorKind::Unreachable);
-                    let mut r =
-                        answer(StatusCode::SERVICE_UNAVAILABLE, "local backend unreachable");
-                    r.headers_mut()
-                        .insert(UNAVAILABLE, HeaderValue::from_static("local"));
-                    return r;
-                }
             }
             Exchange::Failed { .. } => {
-                if let Some(i) = member_index {
-                    service.failed(i);
-                }
+                blame(service, *hop);
                 if !retriable {
                     return failure(service, ErrorKind::Unreachable);
                 }
             }
             Exchange::TimedOut => {
-                if let Some(i) = member_index {
-                    service.failed(i);
-                }
+                blame(service, *hop);
                 return failure(service, ErrorKind::Timeout);
             }
         }
     }
+    if hop_in {
+        // The sending member tries the next in order.
+        service.counters.error(ErrorKind::Unreachable);
+        let mut r = answer(StatusCode::SERVICE_UNAVAILABLE, "local backend unreachable");
+        r.headers_mut()
+            .insert(UNAVAILABLE, HeaderValue::from_static("local"));
+        return r;
+    }
     failure(service, ErrorKind::Unreachable)
+}
+
+/// Reports the member behind `hop` failed on the request path: the member
+/// or parent, or this host's own member when its `local` failed.
+fn blame(service: &Service, hop: Hop) {
+    match (hop, &service.plan.upstreams) {
+        (Hop::Member(i) | Hop::Parent(i) | Hop::Local(Some(i)), _) => service.failed(i),
+        (Hop::Local(None), Upstreams::Cluster { own, .. }) => service.failed(*own),
+        _ => {}
+    }
 }
 
 /// The head of the request sent upstream, rebuilt for each attempt.
