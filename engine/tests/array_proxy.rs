@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,10 @@ impl Drop for Netns {
     }
 }
 
+/// Connections on which a backend served at least one request (probes
+/// that only connect are not counted).
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
 /// A backend that answers every request with its name and what it saw,
 /// and tunnels `CONNECT` by echoing bytes back. Runs on its own thread (in
 /// the caller's namespace). While the returned flag is set it closes
@@ -135,10 +139,14 @@ fn backend(name: &'static str, addr: SocketAddr) -> Arc<AtomicBool> {
                     continue;
                 }
                 let flag = flag.clone();
+                let first = Arc::new(AtomicBool::new(true));
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |mut req: Request<hyper::body::Incoming>| {
                             let broken = flag.load(Ordering::Relaxed);
+                            if first.swap(false, Ordering::Relaxed) {
+                                ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                            }
                             async move {
                                 if broken {
                                     // Closes the connection without a response.
@@ -227,6 +235,21 @@ fn echo(addr: &str) {
             });
         }
     });
+}
+
+/// One request on a kept-alive connection; the answer's status and body.
+fn keep_alive_get(s: &mut TcpStream, url: &str) -> (u16, String) {
+    s.write_all(format!("GET {url} HTTP/1.1\r\nHost: k.test\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let a = parse(&head);
+    let mut body = vec![0u8; a.header("content-length").parse().unwrap_or(0)];
+    s.read_exact(&mut body).unwrap();
+    (a.status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A parsed response: status, headers (lower-case names), body.
@@ -409,6 +432,25 @@ fn scenario() {
         "both members own URLs: {owned:?}"
     );
 
+    // Keep-alive on both sides: 50 requests on one client connection, a
+    // URL of each owner, take a handful of upstream connections.
+    let before = ACCEPTED.load(Ordering::Relaxed);
+    let mut client = TcpStream::connect(m1).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..50 {
+        let (status, body) = keep_alive_get(
+            &mut client,
+            &format!("http://site{}.test/page?q={}", i % 2, i % 2),
+        );
+        assert_eq!(status, 200);
+        assert!(body == "L1" || body == "L2", "{body}");
+    }
+    drop(client);
+    let opened = ACCEPTED.load(Ordering::Relaxed) - before;
+    assert!(opened <= 2, "{opened} upstream connections for 50 requests");
+
     // m2's local stops answering: a hop to m2 gets 503 shoal-unavailable
     // and m1 serves the URL from the next in order; m2 serves its own URLs
     // through m1 too. When L2 answers again, m2 takes its URLs back.
@@ -562,7 +604,10 @@ fn scenario() {
     }
     assert!(web["hops_out"].as_u64().unwrap() >= hops, "{json}");
     assert!(web["pages"].as_u64().unwrap() >= 1);
-    assert!(web["failovers"].as_u64().unwrap() >= 1, "past m2's 503: {json}");
+    assert!(
+        web["failovers"].as_u64().unwrap() >= 1,
+        "past m2's 503: {json}"
+    );
     assert!(web["routed"]["m1"].as_u64().unwrap() > 0 && web["routed"]["m2"].as_u64().unwrap() > 0);
     let hops_in = t2.counters_json()["web"]["hops_in"].as_u64().unwrap();
     assert!(hops_in >= hops, "hops verified at m2: {hops_in} of {hops}");
