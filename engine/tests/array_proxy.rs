@@ -500,6 +500,10 @@ fn scenario() {
         "",
     );
     assert_eq!(long.status, 414);
+    let hostless = ask(m1, "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(hostless.status, 400, "origin-form without Host");
+    let garbage = ask(m1, "\u{1}\u{0} junk\r\n\r\n");
+    assert_eq!(garbage.status, 400, "a head that does not parse");
     let smtp = ask(m1, "CONNECT x.test:25 HTTP/1.1\r\nHost: x.test:25\r\n\r\n");
     assert_eq!(smtp.status, 403);
     tunnel(m1, "secure.test:443");
@@ -594,6 +598,7 @@ fn scenario() {
     let web = &json["web"];
     let errors = &web["errors"];
     for (kind, n) in [
+        ("bad_request", 2),
         ("forged_member", 1),
         ("loop", 2),
         ("head_too_large", 1),

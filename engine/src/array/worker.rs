@@ -175,6 +175,7 @@ async fn connection(stream: tokio::net::TcpStream, service: Rc<Service>, over: b
             )
             .await
     } else {
+        let service = service.clone();
         builder
             .serve_connection(
                 io,
@@ -184,6 +185,17 @@ async fn connection(stream: tokio::net::TcpStream, service: Rc<Service>, over: b
             .await
     };
     if let Err(e) = result {
+        // A head the HTTP library could not parse was answered by it (400,
+        // or 431 past its own bounds, which sit above the service's):
+        // counted here.
+        let counters = &service.counters;
+        if e.is_parse_too_large() {
+            ServiceCounters::bump(&counters.requests);
+            counters.error(ErrorKind::Refusal("head_too_large"));
+        } else if e.is_parse() {
+            ServiceCounters::bump(&counters.requests);
+            counters.error(ErrorKind::Refusal("bad_request"));
+        }
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
