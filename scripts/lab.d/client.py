@@ -24,6 +24,10 @@ Subcommands (results are JSON on stdout; diagnostics on stderr):
   connection (start time, result, host, latency) then a summary line.
 * ``probe``  rounds of one request per client address until the answers are
   complete, cover the expected hosts and are stable; exit 0 when ready.
+* ``proxy``  given URLs through an HTTP proxy (the array tier's VIP, a
+  member's address, or DIRECT per URL), a new connection each; reports
+  answers by status, by ``x-shoal-served-by`` and by Squid's ``X-Cache``
+  (HIT/MISS), and with ``--per-url`` each URL's result.
 
 Contract: one thread, one ``selectors`` loop for every subcommand, so
 thousands of sockets cost one descriptor each. A reset is an RST seen by
@@ -245,9 +249,10 @@ class HttpTally:
         }
 
 
-def run_fetches(starts, sources, args, run_id, on_done):
+def run_fetches(starts, sources, args, run_id, on_done, make=None):
     """Drive fetches: ``starts`` yields (due_time_or_None, index); a fetch
-    starts when it is due and fewer than ``args.concurrency`` are in flight."""
+    starts when it is due and fewer than ``args.concurrency`` are in flight.
+    ``make(sel, src, index, now)`` builds a fetch (default: ``Fetch``)."""
     sel = selectors.DefaultSelector()
     active = set()
     pending = None
@@ -266,7 +271,10 @@ def run_fetches(starts, sources, args, run_id, on_done):
                 break
             pending = None
             src = sources[index % len(sources)]
-            fetch = Fetch(sel, src, args.vip, args.port, "%s-%d" % (run_id, index), args.timeout, now)
+            if make is None:
+                fetch = Fetch(sel, src, args.vip, args.port, "%s-%d" % (run_id, index), args.timeout, now)
+            else:
+                fetch = make(sel, src, index, now)
             fetch.index = index
             if fetch.result is not None:
                 on_done(fetch)
@@ -709,6 +717,214 @@ def cmd_hold(args):
 
 
 # --------------------------------------------------------------------------
+# Proxy: requests for given URLs through an HTTP proxy (the array tier).
+
+
+class ProxyFetch:
+    """One request over a fresh connection to ``proxy`` (``host:port``), or
+    straight to the URL's host (``DIRECT``, resolved with ``resolve``):
+    absolute-form through a proxy, origin-form directly, authority-form for
+    CONNECT. Reads the answer to its end (``Content-Length``, or the close)
+    and keeps its status and the headers the array judges read."""
+
+    def __init__(self, sel, src, url, proxy, method, headers, resolve, timeout, now):
+        self.sel = sel
+        self.src = src
+        self.url = url
+        self.proxy = proxy
+        self.method = method
+        self.started = now
+        self.deadline = now + timeout
+        self.result = None
+        self.detail = None
+        self.status = None
+        self.head = {}
+        self.body = b""
+        self.sock = None
+        self.inbuf = b""
+        if method == "CONNECT":
+            target = host = url
+        else:
+            rest = url.split("://", 1)[-1]
+            host, slash, path = rest.partition("/")
+            target = url if proxy != "DIRECT" else "/" + path if slash else "/"
+        lines = ["%s %s HTTP/1.1" % (method, target), "Host: %s" % host]
+        lines += headers
+        lines += ["Connection: close", "User-Agent: shoal-lab", "", ""]
+        self.request = "\r\n".join(lines).encode("latin-1")
+        if proxy == "DIRECT":
+            name, _, port = host.partition(":")
+            dst = (resolve.get(name.lower(), name), int(port or 80))
+        else:
+            addr, _, port = proxy.rpartition(":")
+            dst = (addr, int(port))
+        try:
+            self.sock = stream_socket(src) if src else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setblocking(False)
+        except OSError as err:
+            self.sock = None
+            self.finish(classify(err.errno), errname(err.errno), now)
+            return
+        code = self.sock.connect_ex(dst)
+        if code not in (0, errno.EINPROGRESS):
+            self.finish(classify(code), errname(code), now)
+            return
+        self.state = "connecting"
+        sel.register(self.sock, selectors.EVENT_WRITE, self)
+
+    def on_event(self, mask, now):
+        if self.state == "connecting":
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self.finish(classify(code), errname(code), now)
+                return
+            self.state = "sending"
+        if self.state == "sending":
+            try:
+                sent = self.sock.send(self.request)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self.finish(classify(err.errno), errname(err.errno), now)
+                return
+            self.request = self.request[sent:]
+            if not self.request:
+                self.state = "reading"
+                self.sel.modify(self.sock, selectors.EVENT_READ, self)
+            return
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            # An answer already complete before the reset still counts.
+            if not self.parse(now, final=True):
+                self.finish(classify(err.errno), errname(err.errno), now)
+            return
+        self.inbuf += data
+        if len(self.inbuf) > 1 << 20:
+            self.finish("error", "oversized_answer", now)
+            return
+        if not self.parse(now, final=not data) and not data:
+            self.finish("error", "truncated_answer", now)
+
+    def parse(self, now, final):
+        """True once the answer is complete (and recorded)."""
+        head, sep, body = self.inbuf.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        status = lines[0].split(" ")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        length = headers.get("content-length")
+        if self.method == "CONNECT" or self.method == "HEAD":
+            body = b""
+        elif length is not None and length.isdigit():
+            if len(body) < int(length):
+                return False
+            body = body[: int(length)]
+        elif not final:
+            return False
+        self.status = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+        self.head = headers
+        self.body = body
+        self.finish("ok", None, now)
+        return True
+
+    def check_timeout(self, now):
+        if self.result is None and now >= self.deadline:
+            self.finish("timeout", "deadline", now)
+
+    def finish(self, result, detail, now):
+        if self.result is not None:
+            return
+        self.result = result
+        self.detail = detail
+        self.finished = now
+        if self.sock is not None:
+            try:
+                self.sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.sock.close()
+
+
+def cache_verdict(value):
+    """HIT, MISS or "-" from a Squid ``X-Cache`` header value."""
+    word = (value or "").split(" ", 1)[0].upper()
+    return word if word in ("HIT", "MISS") else "-"
+
+
+def cmd_proxy(args):
+    """Every URL of --urls (``URL`` or ``URL<TAB>PROXY`` per line, PROXY
+    ``host:port`` or ``DIRECT``) once, through --proxy unless the line names
+    its own. Reports answers by status, by ``x-shoal-served-by`` and by
+    Squid's ``X-Cache``; --per-url adds each URL's result."""
+    rows = []
+    with open(args.urls) if args.urls != "-" else sys.stdin as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            url, _, via = line.partition("\t")
+            rows.append((url, via or args.proxy))
+    resolve = {}
+    if args.resolve:
+        with open(args.resolve) as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                for name in fields[1:]:
+                    resolve[name.lower()] = fields[0]
+    sources = [s for s in args.sources.split(",") if s] if args.sources else (
+        pick_sources(args) if args.clients else [None])
+    headers = list(args.header or [])
+    results = [None] * len(rows)
+    tally = {"requests": 0, "answered": 0, "resets": 0, "timeouts": 0, "errors": 0, "by_status": {},
+             "by_served_by": {}, "by_cache": {}, "by_error": {}}
+
+    def make(sel, src, index, now):
+        url, via = rows[index]
+        fetch = ProxyFetch(sel, src, url, via, args.method, headers, resolve, args.timeout, now)
+        fetch.index = index
+        return fetch
+
+    def done(fetch):
+        tally["requests"] += 1
+        url, via = rows[fetch.index]
+        row = {"url": url, "proxy": via, "result": fetch.result}
+        if fetch.result == "ok":
+            tally["answered"] += 1
+            status = str(fetch.status)
+            served = fetch.head.get("x-shoal-served-by", "-")
+            cache = cache_verdict(fetch.head.get("x-cache"))
+            tally["by_status"][status] = tally["by_status"].get(status, 0) + 1
+            if fetch.status == 200:
+                tally["by_served_by"][served] = tally["by_served_by"].get(served, 0) + 1
+                tally["by_cache"][cache] = tally["by_cache"].get(cache, 0) + 1
+            row.update({"status": fetch.status, "served_by": served, "cache": cache,
+                        "body": fetch.body[:200].decode("latin-1")})
+            for name in args.keep_header or []:
+                row[name.lower()] = fetch.head.get(name.lower())
+        else:
+            tally[{"reset": "resets", "timeout": "timeouts"}.get(fetch.result, "errors")] += 1
+            key = fetch.detail or fetch.result
+            tally["by_error"][key] = tally["by_error"].get(key, 0) + 1
+            row["detail"] = fetch.detail
+        results[fetch.index] = row
+
+    began = time.monotonic()
+    run_fetches(((None, i) for i in range(len(rows))), sources, args, None, done, make=make)
+    tally["duration_s"] = round(time.monotonic() - began, 3)
+    if args.per_url:
+        tally["results"] = results
+    dump(tally)
+    return 0
+
+
+# --------------------------------------------------------------------------
 
 
 def main():
@@ -753,6 +969,20 @@ def main():
     p.add_argument("--size", type=int, default=16, help="padding bytes per datagram")
     p.add_argument("--wait", type=float, default=2.0, help="seconds to collect replies after the last send")
     p.set_defaults(func=cmd_udp)
+
+    p = sub.add_parser("proxy", help="given URLs through an HTTP proxy (or DIRECT), a connection each")
+    p.add_argument("--urls", required=True, help="file of URL or URL<TAB>PROXY lines (- for stdin)")
+    p.add_argument("--proxy", default="10.0.0.100:8080", help="host:port, or DIRECT")
+    p.add_argument("--resolve", help="hosts file for DIRECT lines")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--header", action="append", help="'Name: value' added to every request (repeatable)")
+    p.add_argument("--keep-header", action="append", help="answer header copied into --per-url rows")
+    p.add_argument("--clients", type=int, default=300, help="use the first K client addresses (0: any)")
+    p.add_argument("--sources", help="comma-separated source addresses instead of --clients")
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--per-url", action="store_true", help="report each URL's result")
+    p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("hold", help="M long-lived connections, pinged")
     common(p, 7000)

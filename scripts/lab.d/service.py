@@ -13,8 +13,9 @@ answers on the VIP (which shoal puts on its TAP) and on the dedicated address:
   (long-lived connections for failover and drain tests). Port 1723 runs
   the same echo: it stands in for a PPTP control connection, whose GRE
   stream the cluster must keep on the same host.
-* UDP echo on port 7001: each datagram is answered with ``I <payload>``;
-  the first token of every datagram is logged to ``<log-dir>/udp-hI.log``.
+* UDP echo on ports 7001 and 4000: each datagram is answered with
+  ``I <payload>``; the first token of every datagram is logged to
+  ``<log-dir>/udp-hI.log``.
 
 Contract: one process, one thread, a ``selectors`` loop, so thousands of
 concurrent connections cost one file descriptor each and nothing else (the
@@ -256,15 +257,18 @@ class Service:
             sock.listen(4096)
             sock.setblocking(False)
             self.sel.register(sock, selectors.EVENT_READ, Listener(self, sock, kind))
-        usock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        except OSError:
-            pass
-        usock.bind((args.bind, args.udp_port))
-        usock.setblocking(False)
-        self.sel.register(usock, selectors.EVENT_READ, UdpEcho(self, usock))
+        for port in (args.udp_port, args.udp_port_2):
+            if not port:
+                continue
+            usock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            except OSError:
+                pass
+            usock.bind((args.bind, port))
+            usock.setblocking(False)
+            self.sel.register(usock, selectors.EVENT_READ, UdpEcho(self, usock))
 
     def log(self, text):
         sys.stderr.write("service h%d: %s\n" % (self.host_id, text))
@@ -310,6 +314,8 @@ def main():
     parser.add_argument("--line-port", type=int, default=7000)
     parser.add_argument("--udp-port", type=int, default=7001)
     parser.add_argument("--pptp-port", type=int, default=1723, help="a second line echo (0: none)")
+    parser.add_argument("--udp-port-2", type=int, default=4000,
+                        help="a second UDP echo, inside seed 000's WLBS rule range 1024-5000 (0: none)")
     parser.add_argument("--log-dir", default="/tmp/shoal-lab")
     parser.add_argument("--pid-file")
     args = parser.parse_args()
