@@ -420,7 +420,42 @@ fn carp_table_and_pac_from_a_config_service_are_as_served() {
         env!("CARGO_PKG_VERSION")
     )));
     assert!(table.contains("\r\n10.0.0.13 10.0.0.13 8080 "));
-    assert!(!table.contains("cache2"));
+    // A host outside --members stays in the array, DOWN, as the proxy
+    // shows a host outside the view.
+    assert!(table.contains(&format!(
+        "cache2.lab.example 10.0.0.12 8080 http://10.0.0.12:8080/array.dll?Get.Info.v1 shoal/{} 0 DOWN 1 0\r\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    // Routing with a member down is the full order without it: the
+    // multipliers stay those of the configured array, so only the down
+    // member's URLs move.
+    let route = |members: Option<&str>| {
+        let mut cmd = shoal();
+        cmd.args(["carp", "route", "--order", "--config"])
+            .arg(&config)
+            .args(["--service", "web-cache"]);
+        if let Some(m) = members {
+            cmd.args(["--members", m]);
+        }
+        let urls: Vec<String> = (0..200)
+            .map(|i| format!("http://h{}.example/p/{i}?q={}", i % 7, i * 31))
+            .collect();
+        stdout(&cmd.args(&urls).output().unwrap())
+    };
+    let full = route(None);
+    let without2 = route(Some("1,3"));
+    let mut moved = 0;
+    for (a, b) in full.lines().zip(without2.lines()) {
+        let (url, order) = a.split_once('\t').unwrap();
+        let kept: Vec<&str> = order
+            .split(' ')
+            .filter(|m| *m != "cache2.lab.example")
+            .collect();
+        assert_eq!(b, format!("{url}\t{}", kept.join(" ")));
+        moved += usize::from(order.starts_with("cache2."));
+    }
+    assert!(moved > 0, "no URL was cache2's");
 
     let out = shoal()
         .args(["carp", "pac", "--config"])

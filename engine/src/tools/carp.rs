@@ -31,7 +31,9 @@ pub struct ArrayArgs {
     /// The `[[service]]` name in --config.
     #[arg(long, requires = "config")]
     pub service: Option<String>,
-    /// Live cluster members by host ID (default: every configured host), e.g. 1,2,3.
+    /// Live cluster members by host ID (default: every configured host), e.g.
+    /// 1,2,3; the other hosts stay in the array marked down, as the proxy
+    /// marks hosts outside the view.
     #[arg(long, requires = "config")]
     pub members: Option<String>,
     /// A member NAME=LOAD (repeatable); replaces the configuration's members.
@@ -103,6 +105,7 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
         Some(k) => KeyParts::parse_list(k).map_err(|e| anyhow!("--key {k:?}: {e}"))?,
         None => service.map_or(KeyParts::ALL, |s| s.carp().key),
     };
+    let mut down: Vec<usize> = Vec::new();
     let (specs, proxies): (Vec<MemberSpec>, Vec<(String, u16)>) = if !args.member.is_empty() {
         let specs = args
             .member
@@ -126,7 +129,16 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
             }
             (None, _) => None,
         };
-        let members = service.carp_members(config, set);
+        // Every configured member stays in the array: hosts outside
+        // `--members` are marked down below, as the proxy marks hosts
+        // outside the view, so multipliers and failover orders match it.
+        let members = service.carp_members(config, None);
+        down = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| matches!((set, m.host), (Some(set), Some(h)) if !set.contains(h)))
+            .map(|(i, _)| i)
+            .collect();
         let specs = members
             .iter()
             .map(|m| MemberSpec::new(m.name.clone(), m.load_factor))
@@ -145,6 +157,9 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
         bail!("the array has no members");
     }
     let mut router = Router::new(Carp::new(hash, key, &specs)?);
+    for i in down {
+        router.carp.set_up(i, false);
+    }
     let (exception_proxy, array_name, list_ttl_s) = match (config, service) {
         (Some(c), Some(s)) => {
             router.exceptions = s.carp().exceptions.clone();
