@@ -395,18 +395,35 @@ impl Carp {
 
     /// Every member's score for `target`, best first (down members
     /// included, then skipped by the iterator). Bounded work: one key hash
-    /// (one per member in `squid` mode) and one combine per member.
+    /// (one per member in `squid` mode) and one combine per member, the
+    /// best found in the same pass; the rest of the order is sorted only
+    /// when the iterator goes past the first member (a failover).
+    #[inline]
     pub fn order(&self, target: &RequestTarget<'_>) -> Order<'_> {
-        let mut scores = [Scored::default(); MAX_MEMBERS];
+        let mut combines = [0u32; MAX_MEMBERS];
+        // The best so far: a score's bits order like the score itself
+        // (scores are non-negative and never NaN), and members are visited
+        // by rank, so keeping the first of equal scores is the tie-break.
+        let (mut best, mut best_bits) = (0usize, 0u64);
+        let mut keep = |i: usize, combine: u32, m: &Member| {
+            let bits = (f64::from(combine) * m.multiplier).to_bits();
+            if bits > best_bits {
+                best_bits = bits;
+                best = i;
+            }
+            combines[i] = combine;
+        };
         match self.mode {
-            HashMode::Spec | HashMode::Hrw => {
+            HashMode::Spec => {
                 let url = self.url_hash(target);
                 for (i, m) in self.members.iter().enumerate() {
-                    let c = match self.mode {
-                        HashMode::Spec => carp_combine(url, m.hash),
-                        _ => hrw_combine(url, m.hash),
-                    };
-                    scores[i] = Scored::new(c, m, i);
+                    keep(i, carp_combine(url, m.hash), m);
+                }
+            }
+            HashMode::Hrw => {
+                let url = self.url_hash(target);
+                for (i, m) in self.members.iter().enumerate() {
+                    keep(i, hrw_combine(url, m.hash), m);
                 }
             }
             HashMode::Squid => {
@@ -415,18 +432,25 @@ impl Carp {
                     target.feed_key(self.key, KeyStyle::Squid, &mut |b| {
                         url = carp_step(url, squid_byte(b))
                     });
-                    let m = &self.members[i as usize];
-                    scores[i as usize] = Scored::new(carp_combine(url, m.hash), m, i as usize);
+                    let i = usize::from(i);
+                    let m = &self.members[i];
+                    keep(i, carp_combine(url, m.hash), m);
+                }
+                if best_bits == 0 {
+                    // Every score is 0: the lowest rank wins.
+                    best = self.by_rank.first().map_or(0, |&i| usize::from(i));
                 }
             }
         }
-        let n = self.members.len();
-        scores[..n].sort_unstable_by(Scored::cmp_best_first);
+        let mut ranked = [0u8; MAX_MEMBERS];
+        ranked[0] = best as u8;
         Order {
             carp: self,
-            scores,
-            len: n as u8,
+            combines,
+            ranked,
+            len: self.members.len() as u8,
             next: 0,
+            sorted: false,
         }
     }
 
@@ -468,30 +492,67 @@ impl Scored {
 
 /// The members for one URL, best first, skipping members marked down: the
 /// owner, then its fallbacks in failover order (draft §3.5).
+///
+/// Holds each member's combine value and the best member; the full order
+/// is sorted the first time the iterator goes past the best, so a decision
+/// whose owner is up never sorts.
 #[derive(Clone, Debug)]
 pub struct Order<'c> {
     carp: &'c Carp,
-    scores: [Scored; MAX_MEMBERS],
+    /// By member index.
+    combines: [u32; MAX_MEMBERS],
+    /// Member indices best first: `ranked[0]` always, the rest once
+    /// `sorted`.
+    ranked: [u8; MAX_MEMBERS],
     len: u8,
     next: u8,
+    sorted: bool,
 }
 
 impl Order<'_> {
-    /// Every member's score, best first, down members included.
-    pub fn scores(&self) -> &[Scored] {
-        &self.scores[..self.len as usize]
+    /// Every member's score, best first, down members included (built on
+    /// each call: for tools and tests, not the request path).
+    pub fn scores(&self) -> Vec<Scored> {
+        let mut v: Vec<Scored> = self
+            .carp
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Scored::new(self.combines[i], m, i))
+            .collect();
+        v.sort_unstable_by(Scored::cmp_best_first);
+        v
+    }
+
+    /// Fills `ranked` with the whole order.
+    fn sort(&mut self) {
+        let mut all = [Scored::default(); MAX_MEMBERS];
+        let n = usize::from(self.len);
+        for (i, m) in self.carp.members.iter().enumerate() {
+            all[i] = Scored::new(self.combines[i], m, i);
+        }
+        all[..n].sort_unstable_by(Scored::cmp_best_first);
+        debug_assert_eq!(all.first().map(|s| s.index), self.ranked.first().copied());
+        for (r, s) in self.ranked.iter_mut().zip(&all[..n]) {
+            *r = s.index;
+        }
+        self.sorted = true;
     }
 }
 
 impl Iterator for Order<'_> {
     type Item = usize;
 
+    #[inline]
     fn next(&mut self) -> Option<usize> {
         while self.next < self.len {
-            let s = self.scores[self.next as usize];
+            if self.next == 1 && !self.sorted {
+                self.sort();
+            }
+            let i = usize::from(self.ranked[usize::from(self.next)]);
             self.next += 1;
-            if self.carp.members[s.index as usize].up {
-                return Some(s.index as usize);
+            if self.carp.members[i].up {
+                return Some(i);
             }
         }
         None

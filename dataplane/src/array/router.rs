@@ -145,6 +145,7 @@ impl Router {
     }
 
     /// Decides `target`.
+    #[inline]
     pub fn decide(&self, target: &RequestTarget<'_>) -> Decision<'_> {
         let host = target.host();
         if self.direct.iter().any(|p| p.matches(host)) {
