@@ -1,4 +1,4 @@
-//! shoal's benchmarks: `shoal-bench pipeline|wire|scaling|disruption|failover|all`,
+//! shoal's benchmarks: `shoal-bench pipeline|wire|scaling|disruption|failover|array|all`,
 //! which `shoal bench …` runs.
 //!
 //! # What this crate owns
@@ -16,6 +16,9 @@
 //!   under the lab lock `/tmp/shoal-lab.lock`) at 1000, 100 and 50 ms
 //!   heartbeat periods: time until its clients are served again, until the
 //!   survivors converge, and resets on surviving connections.
+//! * [`array`]: the array tier's CARP routing: decisions per second per
+//!   core in memory, and `wrk` against shoal's CARP service, HAProxy, nginx
+//!   and Squid, each on one core in front of the same origins.
 //! * [`report`]: the markdown table and SVG plots under `perf/results/`,
 //!   stamped with the [`machine`].
 //!
@@ -35,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod array;
 pub mod disruption;
 pub mod failover;
 pub mod frames;
@@ -76,6 +80,9 @@ pub enum Bench {
     /// SIGKILL of a host in the namespace lab at 1000/100/50 ms periods
     /// (`--rounds`: repetitions per period, default 3).
     Failover(Common),
+    /// CARP routing: decisions/s in memory (4/16/64 members, each hash
+    /// mode), and wrk against shoal, HAProxy, nginx and Squid on one core.
+    Array(Common),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -155,9 +162,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Scaling(c) => (c, &["scaling"]),
         Bench::Disruption(c) => (c, &["disruption"]),
         Bench::Failover(c) => (c, &["failover"]),
+        Bench::Array(c) => (c, &["array"]),
         Bench::All(c) => (
             c,
-            &["disruption", "pipeline", "wire", "scaling", "failover"],
+            &[
+                "disruption",
+                "pipeline",
+                "wire",
+                "scaling",
+                "failover",
+                "array",
+            ],
         ),
         Bench::CallgrindWorker { entries, frames } => {
             return pipeline::callgrind_worker(*entries, *frames);
@@ -221,6 +236,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ))?;
                 emit(common, quiet, &r, failover::text(&r))?;
                 results.failover = Some(r);
+            }
+            "array" => {
+                signals::catch_interrupts();
+                let r = array::run(&array::ArrayOptions {
+                    routing_seconds: common.seconds(1.0, 0.05),
+                    wire_seconds: common.seconds(5.0, 2.0),
+                    rounds: common.rounds(),
+                    smoke: common.smoke,
+                })?;
+                emit(common, quiet, &r, array::text(&r))?;
+                results.array = Some(r);
             }
             _ => {}
         }

@@ -14,6 +14,7 @@ use plotters::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::array::ArrayReport;
 use crate::disruption::DisruptionReport;
 use crate::failover::FailoverReport;
 use crate::machine::Machine;
@@ -37,6 +38,8 @@ pub struct Results {
     pub disruption: Option<DisruptionReport>,
     /// `failover.json`.
     pub failover: Option<FailoverReport>,
+    /// `array.json`.
+    pub array: Option<ArrayReport>,
 }
 
 fn load<T: DeserializeOwned>(dir: &Path, name: &str) -> Option<T> {
@@ -63,6 +66,7 @@ impl Results {
             scaling: load(dir, "scaling.json"),
             disruption: load(dir, "disruption.json"),
             failover: load(dir, "failover.json"),
+            array: load(dir, "array.json"),
         }
     }
 
@@ -78,6 +82,7 @@ impl Results {
         save(dir, "scaling.json", &self.scaling)?;
         save(dir, "disruption.json", &self.disruption)?;
         save(dir, "failover.json", &self.failover)?;
+        save(dir, "array.json", &self.array)?;
         let stamp = self
             .machine
             .as_ref()
@@ -250,6 +255,9 @@ impl Results {
         }
         if let Some(f) = &self.failover {
             s += &crate::failover::markdown(f);
+        }
+        if let Some(a) = &self.array {
+            s += &crate::array::markdown(a);
         }
         s
     }

@@ -1,0 +1,77 @@
+//! `shoal bench array`: the array tier's CARP routing, in memory and on
+//! the wire.
+//!
+//! Owns: [`ArrayReport`] (`array.json`), [`run`], its text and markdown.
+//! * [`routing`]: routing decisions per second per core through
+//!   `Router::decide`, 4/16/64 members, every hash mode.
+//! * [`wire`]: `wrk` against shoal's CARP service, HAProxy, nginx and
+//!   Squid, each pinned to one core in front of the same origin servers,
+//!   in network namespaces of its own.
+//!
+//! A bench, not a test: it fails only when something is broken (a
+//! namespace cannot be made, HAProxy, nginx or Squid will not serve),
+//! never on a figure.
+
+#![forbid(unsafe_code)]
+
+pub mod routing;
+pub mod wire;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The whole report (`array.json`): the wire half's keys (`cases[]` and
+/// the rest) at the top, the in-memory half under `routing`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArrayReport {
+    /// In memory.
+    pub routing: routing::RoutingReport,
+    /// On the wire.
+    #[serde(flatten)]
+    pub wire: wire::WireArrayReport,
+}
+
+/// Options.
+#[derive(Clone, Debug)]
+pub struct ArrayOptions {
+    /// In-memory seconds per case and round.
+    pub routing_seconds: f64,
+    /// On-the-wire seconds per frontend and round.
+    pub wire_seconds: f64,
+    /// Rounds.
+    pub rounds: usize,
+    /// A short run for CI.
+    pub smoke: bool,
+}
+
+/// Runs both halves.
+///
+/// # Errors
+/// When a half is broken (never on a figure).
+pub fn run(opts: &ArrayOptions) -> Result<ArrayReport> {
+    let routing = routing::run(&routing::RoutingOptions {
+        seconds: opts.routing_seconds,
+        rounds: opts.rounds,
+    })?;
+    let wire = wire::run(&wire::WireOptions {
+        seconds: opts.wire_seconds,
+        rounds: opts.rounds,
+        connections: 50,
+        warmup: if opts.smoke { 1.0 } else { 2.0 },
+    })?;
+    Ok(ArrayReport { routing, wire })
+}
+
+/// The text summary.
+pub fn text(r: &ArrayReport) -> String {
+    format!("{}{}", routing::text(&r.routing), wire::text(&r.wire))
+}
+
+/// The markdown section of results.md.
+pub fn markdown(r: &ArrayReport) -> String {
+    format!(
+        "## Array (CARP)\n\n{}{}",
+        routing::markdown(&r.routing),
+        wire::markdown(&r.wire)
+    )
+}
