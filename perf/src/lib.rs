@@ -82,7 +82,7 @@ pub enum Bench {
     Failover(Common),
     /// CARP routing: decisions/s in memory (4/16/64 members, each hash
     /// mode), and wrk against shoal, HAProxy, nginx and Squid on one core.
-    Array(Common),
+    Array(ArrayArgs),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -95,6 +95,18 @@ pub enum Bench {
         #[arg(long)]
         frames: usize,
     },
+}
+
+/// `shoal bench array`'s options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ArrayArgs {
+    /// Options every bench takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// Run one half only: `routing` (in memory) or `wire` (wrk against the
+    /// frontends).
+    #[arg(long, value_parser = ["routing", "wire"])]
+    pub only: Option<String>,
 }
 
 /// Options every bench takes.
@@ -162,7 +174,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Scaling(c) => (c, &["scaling"]),
         Bench::Disruption(c) => (c, &["disruption"]),
         Bench::Failover(c) => (c, &["failover"]),
-        Bench::Array(c) => (c, &["array"]),
+        Bench::Array(a) => (&a.common, &["array"]),
         Bench::All(c) => (
             c,
             &[
@@ -239,12 +251,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             "array" => {
                 signals::catch_interrupts();
-                let r = array::run(&array::ArrayOptions {
-                    routing_seconds: common.seconds(1.0, 0.05),
-                    wire_seconds: common.seconds(5.0, 2.0),
-                    rounds: common.rounds(),
-                    smoke: common.smoke,
-                })?;
+                let only = match &args.bench {
+                    Bench::Array(a) => a.only.clone(),
+                    _ => None,
+                };
+                let r = array::run(
+                    &array::ArrayOptions {
+                        only,
+                        routing_seconds: common.seconds(1.0, 0.05),
+                        wire_seconds: common.seconds(5.0, 2.0),
+                        rounds: common.rounds(),
+                        smoke: common.smoke,
+                    },
+                    results.array.as_ref(),
+                )?;
                 emit(common, quiet, &r, array::text(&r))?;
                 results.array = Some(r);
             }

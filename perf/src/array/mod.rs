@@ -34,6 +34,9 @@ pub struct ArrayReport {
 /// Options.
 #[derive(Clone, Debug)]
 pub struct ArrayOptions {
+    /// `routing` or `wire`: that half only (the other keeps what the
+    /// results directory held, or is empty).
+    pub only: Option<String>,
     /// In-memory seconds per case and round.
     pub routing_seconds: f64,
     /// On-the-wire seconds per frontend and round.
@@ -48,30 +51,49 @@ pub struct ArrayOptions {
 ///
 /// # Errors
 /// When a half is broken (never on a figure).
-pub fn run(opts: &ArrayOptions) -> Result<ArrayReport> {
-    let routing = routing::run(&routing::RoutingOptions {
-        seconds: opts.routing_seconds,
-        rounds: opts.rounds,
-    })?;
-    let wire = wire::run(&wire::WireOptions {
-        seconds: opts.wire_seconds,
-        rounds: opts.rounds,
-        connections: 50,
-        warmup: if opts.smoke { 1.0 } else { 2.0 },
-    })?;
+pub fn run(opts: &ArrayOptions, previous: Option<&ArrayReport>) -> Result<ArrayReport> {
+    let only = opts.only.as_deref();
+    let routing = if only == Some("wire") {
+        previous.map(|p| p.routing.clone()).unwrap_or_default()
+    } else {
+        routing::run(&routing::RoutingOptions {
+            seconds: opts.routing_seconds,
+            rounds: opts.rounds,
+        })?
+    };
+    let wire = if only == Some("routing") {
+        previous.map(|p| p.wire.clone()).unwrap_or_default()
+    } else {
+        wire::run(&wire::WireOptions {
+            seconds: opts.wire_seconds,
+            rounds: opts.rounds,
+            connections: 50,
+            warmup: if opts.smoke { 1.0 } else { 2.0 },
+        })?
+    };
     Ok(ArrayReport { routing, wire })
 }
 
 /// The text summary.
 pub fn text(r: &ArrayReport) -> String {
-    format!("{}{}", routing::text(&r.routing), wire::text(&r.wire))
+    let mut s = String::new();
+    if !r.routing.cases.is_empty() {
+        s += &routing::text(&r.routing);
+    }
+    if !r.wire.cases.is_empty() {
+        s += &wire::text(&r.wire);
+    }
+    s
 }
 
 /// The markdown section of results.md.
 pub fn markdown(r: &ArrayReport) -> String {
-    format!(
-        "## Array (CARP)\n\n{}{}",
-        routing::markdown(&r.routing),
-        wire::markdown(&r.wire)
-    )
+    let mut s = String::from("## Array (CARP)\n\n");
+    if !r.routing.cases.is_empty() {
+        s += &routing::markdown(&r.routing);
+    }
+    if !r.wire.cases.is_empty() {
+        s += &wire::markdown(&r.wire);
+    }
+    s
 }

@@ -63,7 +63,7 @@ pub struct RoutingCase {
 }
 
 /// The in-memory report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RoutingReport {
     /// URLs in the pool.
     pub urls: usize,

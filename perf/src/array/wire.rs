@@ -28,7 +28,9 @@
 //!
 //! * `shoal`: `shoal run` as the one host of a cluster (static view) with
 //!   a CARP service (`members = "parents"`, the four origins as parents,
-//!   `spec` hash, one proxy core, CPU 1), reached at the cluster's VIP.
+//!   `spec` hash), reached at the cluster's VIP; its control thread, poll
+//!   loop and proxy thread all on CPU 1, so the whole process is pinned to
+//!   one core like the others.
 //!   Counted: the CPU time of its `shoal-proxy-*` threads, which do the
 //!   HTTP work the other frontends' processes do; the whole process
 //!   (control plane and the packet engine's poll loop, which the other
@@ -123,7 +125,7 @@ impl Frontend {
     fn setup(self) -> &'static str {
         match self {
             Frontend::Shoal => {
-                "shoal run, one host (static view), [[service]] route = \"carp\", members = \"parents\", hash = \"spec\", proxy core 1"
+                "shoal run, one host (static view), [[service]] route = \"carp\", members = \"parents\", hash = \"spec\"; control, poll and proxy on the frontend core; wrk to the VIP"
             }
             Frontend::Haproxy => "balance uri, hash-type consistent, nbthread 1, http-reuse always",
             Frontend::Nginx => "hash $request_uri consistent, 1 worker, upstream keepalive 64",
@@ -178,7 +180,7 @@ pub struct FrontendCase {
 }
 
 /// The on-the-wire report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WireArrayReport {
     /// Measured seconds per frontend and round.
     pub seconds: f64,
@@ -484,14 +486,14 @@ fn squid_conf(dir: &Path) -> String {
     )
 }
 
-fn shoal_conf(dir: &Path, fe_cpu: usize, other_cpu: usize) -> String {
+fn shoal_conf(dir: &Path, cpu: usize) -> String {
     let (_, port) = Frontend::Shoal.address();
     let mut text = format!(
         "# shoal bench array: one host, a CARP service over the four origins.\n\
          [cluster]\nvips = [\"{SHOAL_VIP}\"]\nkey_file = \"{}\"\n\n\
          [[host]]\nid = 1\nname = \"frontend.bench.example\"\ninterface = \"sbafe0\"\n\
          dedicated = [\"{FE_ADDR}/24\"]\n\
-         [host.cores]\ncontrol = {other_cpu}\npoll = [{{ core = {other_cpu}, queues = [0] }}]\nproxy = [{fe_cpu}]\n\n\
+         [host.cores]\ncontrol = {cpu}\npoll = [{{ core = {cpu}, queues = [0] }}]\nproxy = [{cpu}]\n\n\
          [[rule]]\nports = [{port}, {port}]\nprotocol = \"tcp\"\naffinity = \"none\"\n\n\
          [[service]]\nname = \"bench\"\nport = {port}\nroute = \"carp\"\n\
          [service.carp]\nhash = \"spec\"\nmembers = \"parents\"\n",
@@ -542,7 +544,7 @@ impl Running {
 }
 
 /// Starts `fe` pinned to `fe_cpu`.
-fn start(fe: Frontend, dir: &Path, fe_cpu: usize, other_cpu: usize) -> Result<Running> {
+fn start(fe: Frontend, dir: &Path, fe_cpu: usize) -> Result<Running> {
     let cpu = fe_cpu.to_string();
     let pinned = |program: &str| {
         let mut c = in_ns(FE_NS, "taskset");
@@ -579,7 +581,7 @@ fn start(fe: Frontend, dir: &Path, fe_cpu: usize, other_cpu: usize) -> Result<Ru
             let bin = crate::shoal_binary()?;
             write_key(&dir.join("cluster.key"))?;
             let conf = dir.join("shoal.toml");
-            std::fs::write(&conf, shoal_conf(dir, fe_cpu, other_cpu))?;
+            std::fs::write(&conf, shoal_conf(dir, fe_cpu))?;
             let mut c = in_ns(FE_NS, "env");
             c.arg("NO_COLOR=1")
                 .arg(bin)
@@ -794,7 +796,7 @@ pub fn run(opts: &WireOptions) -> Result<WireArrayReport> {
     let mut cases: Vec<FrontendCase> = Vec::new();
     for fe in Frontend::ALL {
         let v = version(fe);
-        let started = start(fe, &dir, fe_cpu, client_cpu).and_then(|r| {
+        let started = start(fe, &dir, fe_cpu).and_then(|r| {
             let w = wrk(fe, &dir, client_cpu, opts.connections, opts.warmup)?;
             let good = w.requests.saturating_sub(w.status);
             if good == 0 {
@@ -975,6 +977,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_frontend_not_run_is_reported_with_its_reason_and_no_figure() {
+        let mut h = not_run(Frontend::Haproxy, "HAProxy 2.6".into(), String::new());
+        h.not_run = None;
+        h.rps = 1000.0;
+        h.cpu_ns_per_request = 2000.0;
+        h.rps_vs_haproxy = Some(1.0);
+        let r = WireArrayReport {
+            cases: vec![
+                not_run(Frontend::Shoal, String::new(), "no proxy | here".into()),
+                h,
+            ],
+            ..WireArrayReport::default()
+        };
+        let md = markdown(&r);
+        assert!(md.contains("| shoal | not run: no proxy / here |"), "{md}");
+        assert!(md.contains("| haproxy | 1000 | 2000 |"), "{md}");
+        assert!(text(&r).contains("shoal    not run: no proxy | here"));
+    }
+
+    #[test]
     fn wrk_counters_parse() {
         let out = "Running 1s test\nWRKJSON {\"requests\":10,\"duration_us\":1000000,\"connect\":0,\"read\":1,\"write\":0,\"status\":2,\"timeout\":0,\"p50_us\":120,\"p99_us\":900}\n";
         let w = parse_wrk(out).unwrap();
@@ -1000,7 +1022,7 @@ mod tests {
             haproxy_conf(),
             nginx_frontend_conf(dir),
             squid_conf(dir),
-            shoal_conf(dir, 1, 0),
+            shoal_conf(dir, 1),
         ] {
             for o in ORIGINS {
                 assert!(text.contains(o), "{o} missing from {text}");
