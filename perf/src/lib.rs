@@ -16,7 +16,7 @@
 //!   under the lab lock `/tmp/shoal-lab.lock`) at 1000, 100 and 50 ms
 //!   heartbeat periods: time until its clients are served again, until the
 //!   survivors converge, and resets on surviving connections.
-//! * [`array`]: the array tier's CARP routing: decisions per second per
+//! * [`mod@array`]: the array tier's CARP routing: decisions per second per
 //!   core in memory, and `wrk` against shoal's CARP service, HAProxy, nginx
 //!   and Squid, each on one core in front of the same origins.
 //! * [`report`]: the markdown table and SVG plots under `perf/results/`,
