@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 /// the rest) at the top, the in-memory half under `routing`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ArrayReport {
+    /// The machine this report was measured on (results.md's stamp names
+    /// the latest run of any bench; this one stays with the figures).
+    pub machine: Option<crate::machine::Machine>,
     /// In memory.
     pub routing: routing::RoutingReport,
     /// On the wire.
@@ -71,7 +74,11 @@ pub fn run(opts: &ArrayOptions, previous: Option<&ArrayReport>) -> Result<ArrayR
             warmup: if opts.smoke { 1.0 } else { 2.0 },
         })?
     };
-    Ok(ArrayReport { routing, wire })
+    Ok(ArrayReport {
+        machine: Some(crate::machine::Machine::describe()),
+        routing,
+        wire,
+    })
 }
 
 /// The text summary.
@@ -89,6 +96,9 @@ pub fn text(r: &ArrayReport) -> String {
 /// The markdown section of results.md.
 pub fn markdown(r: &ArrayReport) -> String {
     let mut s = String::from("## Array (CARP)\n\n");
+    if let Some(m) = &r.machine {
+        s += &format!("Measured on: {}.\n\n", m.line());
+    }
     if !r.routing.cases.is_empty() {
         s += &routing::markdown(&r.routing);
     }
