@@ -55,6 +55,7 @@ pub struct ArrayOptions {
 /// # Errors
 /// When a half is broken (never on a figure).
 pub fn run(opts: &ArrayOptions, previous: Option<&ArrayReport>) -> Result<ArrayReport> {
+    let machine = Some(crate::machine::Machine::describe());
     let only = opts.only.as_deref();
     let routing = if only == Some("wire") {
         previous.map(|p| p.routing.clone()).unwrap_or_default()
@@ -75,7 +76,7 @@ pub fn run(opts: &ArrayOptions, previous: Option<&ArrayReport>) -> Result<ArrayR
         })?
     };
     Ok(ArrayReport {
-        machine: Some(crate::machine::Machine::describe()),
+        machine,
         routing,
         wire,
     })
