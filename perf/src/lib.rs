@@ -116,7 +116,7 @@ pub struct Common {
     #[arg(long)]
     pub json: bool,
     /// Measured seconds per case and round (defaults: pipeline 1, wire and
-    /// scaling 5).
+    /// scaling 5; array 1 per routing case and 5 per frontend).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Interleaved rounds (default 3; 1 with --smoke).
