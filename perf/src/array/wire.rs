@@ -49,6 +49,10 @@
 //! origin-form with a `Host` header, 2,000 URLs of the in-memory mix
 //! ([`super::routing::url_mix`]), so every frontend hashes realistic keys.
 //! Rounds interleave the frontends; medians over rounds.
+//!
+//! The namespaces are shared state: the wire half takes the lab lock
+//! (`/tmp/shoal-lab.lock`, as `failover` does) while they exist, so run
+//! it without an outer `flock` on that file.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +64,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::failover::LabLock;
 use crate::rig::{group_members, in_ns, sh, write_in_ns, Proc};
 use crate::signals::pause;
 use crate::stats::median;
@@ -260,6 +265,9 @@ pub fn remove_leftovers() {
 /// The three namespaces; removed on drop.
 struct Net {
     dir: PathBuf,
+    /// Held for the namespaces' lifetime: two runs would tear down each
+    /// other's `shoal-ba-*` namespaces. Dropped after them (field order).
+    _lock: LabLock,
 }
 
 impl Net {
@@ -275,13 +283,14 @@ impl Net {
                 missing.join(", ")
             );
         }
+        let lock = LabLock::take("bench array")?;
         remove_leftovers();
         let dir = std::env::temp_dir().join(format!("shoal-bench-array-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // Squid drops to its own user and writes its log here.
         sh(Command::new("chmod").arg("777").arg(&dir))?;
-        let net = Net { dir };
+        let net = Net { dir, _lock: lock };
         net.build()?;
         Ok(net)
     }
