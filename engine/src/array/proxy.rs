@@ -24,7 +24,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use shoal_dataplane::array::{
-    classify, member, seen, ArrayPage, Decision, Form, HeadView, Refusal, MEMBER_HEADER,
+    classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, MEMBER_HEADER,
 };
 use tokio::sync::mpsc;
 
@@ -97,6 +97,37 @@ enum Hop {
     Parent(usize),
     /// The origin itself (`members = "parents"`, direct or exception).
     Origin,
+}
+
+/// The hops of one request, in order: one, or a route's members taken
+/// from the [`Order`] one at a time, so a request whose owner answers
+/// never computes its fallbacks.
+enum Hops<'s> {
+    /// A single hop (this host's `local`, the origin), until taken.
+    One(Option<Hop>),
+    /// The route's members, owner first, down members skipped.
+    Route {
+        order: Order<'s>,
+        upstreams: &'s Upstreams,
+    },
+}
+
+impl Iterator for Hops<'_> {
+    type Item = Hop;
+
+    fn next(&mut self) -> Option<Hop> {
+        match self {
+            Hops::One(hop) => hop.take(),
+            Hops::Route { order, upstreams } => {
+                let i = order.next()?;
+                Some(match upstreams {
+                    Upstreams::Cluster { own, .. } if *own == i => Hop::Local(Some(i)),
+                    Upstreams::Cluster { .. } => Hop::Member(i),
+                    Upstreams::Parents => Hop::Parent(i),
+                })
+            }
+        }
+    }
 }
 
 /// An error answered to the client.
@@ -257,25 +288,24 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             }
         }
     };
-    let hops: Vec<Hop> = if hop_in {
+    let mut hops = if hop_in {
         ServiceCounters::bump(&service.counters.hops_in);
-        vec![Hop::Local(None)]
+        Hops::One(Some(Hop::Local(None)))
     } else {
-        let routed = |i: usize| match plan.upstreams {
-            Upstreams::Cluster { own, .. } if own == i => Hop::Local(Some(i)),
-            Upstreams::Cluster { .. } => Hop::Member(i),
-            Upstreams::Parents => Hop::Parent(i),
-        };
         match snapshot.array.router.decide(route) {
             Decision::Direct | Decision::Exception => match plan.upstreams {
-                Upstreams::Cluster { .. } => vec![Hop::Local(None)],
-                Upstreams::Parents => vec![Hop::Origin],
+                Upstreams::Cluster { .. } => Hops::One(Some(Hop::Local(None))),
+                Upstreams::Parents => Hops::One(Some(Hop::Origin)),
             },
-            Decision::Route(order) => order.map(routed).collect(),
+            Decision::Route(order) => Hops::Route {
+                order,
+                upstreams: &plan.upstreams,
+            },
         }
-    };
-    let origin = match (&form, hops.first()) {
-        (_, Some(Hop::Origin)) => {
+    }
+    .peekable();
+    let origin = match hops.peek() {
+        Some(Hop::Origin) => {
             let port = route.port().unwrap_or(80);
             let host = String::from_utf8_lossy(route.host()).into_owned();
             Some((host, port))
@@ -310,8 +340,8 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         connect,
     };
     let mut tried_any = false;
-    for (n, hop) in hops.iter().enumerate() {
-        let more = n + 1 < hops.len();
+    while let Some(hop) = hops.next() {
+        let hop = &hop;
         if tried_any {
             ServiceCounters::bump(&service.counters.failovers);
         }
@@ -377,7 +407,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     && resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(UNAVAILABLE)
                     && retriable
-                    && more
+                    && hops.peek().is_some()
                 {
                     blame(service, *hop);
                     continue;
