@@ -30,13 +30,13 @@ use tokio::sync::mpsc;
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
-use super::upstream::{self, Pool, UpBody};
+use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
 use super::view::{Snapshot, ViewCell};
 use super::{ServicePlan, Upstreams, MEMBER_SKEW_MS};
 use crate::tools::carp::{pac, table_at};
 
 /// The body of a response to a client: the upstream's, or our own.
-pub(super) type ClientBody = Either<Incoming, Full<Bytes>>;
+pub(super) type ClientBody = Either<Returning, Full<Bytes>>;
 
 /// The header naming the member (or parent) whose backend answered.
 pub const SERVED_BY: &str = "x-shoal-served-by";
@@ -402,7 +402,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             }
         };
         match outcome {
-            Exchange::Answered(mut resp) => {
+            Exchange::Answered(mut resp, check_in) => {
                 if matches!(hop, Hop::Member(_))
                     && resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(UNAVAILABLE)
@@ -435,7 +435,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     service.counters.error(ErrorKind::Unreachable);
                     return answer(StatusCode::BAD_GATEWAY, why);
                 }
-                return resp.map(Either::Left);
+                return resp.map(|b| Either::Left(Returning::new(b, check_in)));
             }
             Exchange::NotSent(returned) => {
                 // Nothing reached the upstream: the next one gets the same
@@ -506,8 +506,9 @@ impl Attempt {
 
 /// What one attempt came to.
 enum Exchange {
-    /// A response head arrived.
-    Answered(Response<Incoming>),
+    /// A response head arrived; its connection goes back to the pool
+    /// per the check-in once its body was read.
+    Answered(Response<Incoming>, Option<CheckIn>),
     /// Nothing was sent; the request comes back when it can.
     NotSent(Option<Request<UpBody>>),
     /// The request went out (perhaps in part) and no response head came;
@@ -549,10 +550,12 @@ async fn exchange(
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return Exchange::TimedOut,
             Ok(Ok(resp)) => {
-                if !fresh {
-                    service.pool.put_when_ready(addr, sender);
-                }
-                return Exchange::Answered(resp);
+                let check_in = (!fresh).then(|| CheckIn {
+                    pool: service.pool.clone(),
+                    addr,
+                    sender,
+                });
+                return Exchange::Answered(resp, check_in);
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if from_pool => request = back,
