@@ -15,16 +15,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use shoal_dataplane::array::{
-    classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, MEMBER_HEADER,
+    classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, RequestTarget,
+    MEMBER_HEADER,
 };
 use tokio::sync::mpsc;
 
@@ -40,6 +42,8 @@ pub(super) type ClientBody = Either<Returning, Full<Bytes>>;
 
 /// The header naming the member (or parent) whose backend answered.
 pub const SERVED_BY: &str = "x-shoal-served-by";
+/// [`SERVED_BY`] as a header name.
+const SERVED_BY_NAME: HeaderName = HeaderName::from_static(SERVED_BY);
 /// The header a member adds to a 503 when its `local` does not answer.
 pub const UNAVAILABLE: &str = "shoal-unavailable";
 
@@ -183,6 +187,75 @@ fn head_bytes(parts: &Parts, target: &str) -> usize {
     parts.method.as_str().len() + 1 + target.len() + 10 + fields + 2
 }
 
+/// The longest URI the `http` crate parses.
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+
+/// The absolute-form URI an origin-form request with `Host` goes upstream
+/// as: `http://`, the host (bracketed when an IPv6 literal came bare) and
+/// explicit port of `t`, then `target` as received (`path_and_query`, its
+/// parsed form). `None` when that is no URI. One allocation: the
+/// authority; the path and query are shared with the received URI.
+fn reverse_uri(
+    path_and_query: Option<&PathAndQuery>,
+    target: &str,
+    t: &RequestTarget<'_>,
+) -> Option<Uri> {
+    let path_and_query = path_and_query.filter(|p| p.as_str() == target && target.starts_with('/'));
+    let Some(path_and_query) = path_and_query else {
+        // Not a received origin-form target: the URI as text.
+        let host = String::from_utf8_lossy(t.host());
+        let host = if host.contains(':') && !host.starts_with('[') {
+            Cow::Owned(format!("[{host}]"))
+        } else {
+            host
+        };
+        let authority = match t.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.into_owned(),
+        };
+        return format!("http://{authority}{target}").parse().ok();
+    };
+    let host = t.host();
+    let bracket = host.contains(&b':') && host.first() != Some(&b'[');
+    let mut port = [0u8; 6];
+    let port = match t.port() {
+        Some(p) => {
+            let mut at = port.len();
+            let mut n = p;
+            loop {
+                at -= 1;
+                port[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            at -= 1;
+            port[at] = b':';
+            &port[at..]
+        }
+        None => &[][..],
+    };
+    let len = host.len() + 2 * usize::from(bracket) + port.len();
+    if "http://".len() + len + target.len() > MAX_URI_LEN {
+        return None;
+    }
+    let mut authority = BytesMut::with_capacity(len);
+    if bracket {
+        authority.put_u8(b'[');
+    }
+    authority.put_slice(host);
+    if bracket {
+        authority.put_u8(b']');
+    }
+    authority.put_slice(port);
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(Authority::from_maybe_shared(authority.freeze()).ok()?);
+    uri.path_and_query = Some(path_and_query.clone());
+    Uri::from_parts(uri).ok()
+}
+
 /// Whether the request carries no body (none announced).
 fn bodiless(headers: &HeaderMap) -> bool {
     !headers.contains_key(header::TRANSFER_ENCODING)
@@ -271,22 +344,10 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             return page_answer(plan, &snapshot, *page);
         }
         Form::Connect(t) | Form::Forward(t) => (t, parts.uri.clone()),
-        Form::Reverse(t) => {
-            let host = String::from_utf8_lossy(t.host());
-            let host = if host.contains(':') && !host.starts_with('[') {
-                Cow::Owned(format!("[{host}]"))
-            } else {
-                host
-            };
-            let authority = match t.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.into_owned(),
-            };
-            match format!("http://{authority}{target}").parse::<Uri>() {
-                Ok(u) => (t, u),
-                Err(_) => return refused(service, Refusal::BadRequest("malformed Host header")),
-            }
-        }
+        Form::Reverse(t) => match reverse_uri(parts.uri.path_and_query(), &target, t) {
+            Some(u) => (t, u),
+            None => return refused(service, Refusal::BadRequest("malformed Host header")),
+        },
     };
     let mut hops = if hop_in {
         ServiceCounters::bump(&service.counters.hops_in);
@@ -421,14 +482,8 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     service.counters.routed_to(i);
                 }
                 let served_by = match hop {
-                    Hop::Local(_) | Hop::Origin => Some(plan.own_name.as_str()),
-                    Hop::Parent(i) => plan
-                        .array
-                        .router
-                        .carp
-                        .members()
-                        .get(*i)
-                        .map(|m| m.name.as_str()),
+                    Hop::Local(_) | Hop::Origin => plan.own_name_value.as_ref(),
+                    Hop::Parent(i) => plan.name_values.get(*i).and_then(Option::as_ref),
                     Hop::Member(_) => None,
                 };
                 if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, connect) {
@@ -576,14 +631,14 @@ async fn exchange(
 fn relay(
     resp: &mut Response<Incoming>,
     via: &HeaderValue,
-    served_by: Option<&str>,
+    served_by: Option<&HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     connect: bool,
 ) -> Result<(), &'static str> {
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().append(header::VIA, via.clone());
-    if let Some(name) = served_by.and_then(|n| HeaderValue::from_str(n).ok()) {
-        resp.headers_mut().insert(SERVED_BY, name);
+    if let Some(name) = served_by {
+        resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
     if connect && resp.status().is_success() {
         let Some(client) = client_upgrade else {
@@ -629,8 +684,8 @@ async fn tunnel_direct(
         let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
     });
     let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
-    if let Ok(name) = HeaderValue::from_str(&service.plan.own_name) {
-        r.headers_mut().insert(SERVED_BY, name);
+    if let Some(name) = &service.plan.own_name_value {
+        r.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
     r
 }
@@ -712,6 +767,43 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "host"]);
+    }
+
+    #[test]
+    fn a_reverse_uri_is_the_text_form_parsed() {
+        let cases: [(&[u8], Option<u16>, &str); 7] = [
+            (b"a.test", None, "/"),
+            (b"A.Test", Some(8080), "/x/y?q=1&r"),
+            (b"[::1]", Some(80), "/p"),
+            (b"10.0.0.1", Some(0), "/%20a"),
+            (b"a{b", None, "/"),
+            (b"caf\xc3\xa9", None, "/"),
+            (b"\xff", Some(1), "/"),
+        ];
+        for (host, port, target) in cases {
+            let t = RequestTarget::from_parts(b"http", host, port, b"/", None).unwrap();
+            let authority = {
+                let h = String::from_utf8_lossy(host);
+                match port {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.into_owned(),
+                }
+            };
+            let text = format!("http://{authority}{target}").parse::<Uri>().ok();
+            let received: Uri = target.parse().unwrap();
+            let built = reverse_uri(received.path_and_query(), target, &t);
+            assert_eq!(built, text, "{host:?} {port:?} {target}");
+            if let Some(u) = built {
+                assert_eq!(u.to_string(), format!("http://{authority}{target}"));
+            }
+        }
+        let t = RequestTarget::from_parts(b"http", b"a.test", None, b"/", None).unwrap();
+        let long = format!("/{}", "a".repeat(MAX_URI_LEN - "http://a.test".len()));
+        let received: Uri = long.parse().unwrap();
+        assert!(reverse_uri(received.path_and_query(), &long, &t).is_none());
+        let fits = &long[..long.len() - 1];
+        let received: Uri = fits.parse().unwrap();
+        assert!(reverse_uri(received.path_and_query(), fits, &t).is_some());
     }
 
     #[test]
