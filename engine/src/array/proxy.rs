@@ -50,18 +50,23 @@ pub const UNAVAILABLE: &str = "shoal-unavailable";
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never
 /// forwarded; the member header is removed too and added back only on a
 /// hop this member makes.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    MEMBER_HEADER,
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    MEMBER_NAME,
 ];
+
+/// [`MEMBER_HEADER`] as a header name.
+const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
+/// RFC 8586's `CDN-Loop`.
+const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 /// One service as one worker serves it.
 pub(super) struct Service {
@@ -310,14 +315,14 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             .map(HeaderValue::as_bytes),
         parts
             .headers
-            .get_all("cdn-loop")
+            .get_all(CDN_LOOP)
             .iter()
             .map(HeaderValue::as_bytes),
     ) {
         return refused(service, Refusal::Loop);
     }
     let mut hop_in = false;
-    let mut member_values = parts.headers.get_all(MEMBER_HEADER).iter();
+    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
     if let Some(value) = member_values.next() {
         let verified = member_values.next().is_none()
             && member::verify(
@@ -453,7 +458,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     ))
                     .unwrap_or_else(|_| HeaderValue::from_static("unsigned"))
                 });
-                request.headers_mut().insert(MEMBER_HEADER, sig.clone());
+                request.headers_mut().insert(MEMBER_NAME, sig.clone());
             }
             match exchange(service, addr, request, fresh).await {
                 // A kept-alive connection the upstream had closed: the
@@ -692,18 +697,30 @@ async fn tunnel_direct(
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads carry none but `Connection`: one pass over the names
+    // decides, and the hop-by-hop fields a `Connection` names (such as
+    // `keep-alive`) are removed with the others, without a name made.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
     }
 }
 
@@ -767,6 +784,31 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "host"]);
+    }
+
+    #[test]
+    fn connection_names_are_removed_in_any_case_and_other_heads_are_kept() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "Close, KEEP-ALIVE, X-Private, ,"),
+            ("close", "1"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("shoal-member", "v1"),
+            ("server", "s"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["server"]);
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a.test"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.append(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
