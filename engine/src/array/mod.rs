@@ -113,6 +113,10 @@ pub struct ServicePlan {
     pub own_name: String,
     /// The `Via` entry this host adds.
     pub via: HeaderValue,
+    /// This host's member name as a header value (`None` when it is none).
+    pub own_name_value: Option<HeaderValue>,
+    /// Per member (or parent), its name as a header value.
+    pub name_values: Vec<Option<HeaderValue>>,
     /// This host's ID (the member header's sender).
     pub own_host: HostId,
     /// Per member, its host ID (`members = "cluster"`).
@@ -197,6 +201,14 @@ impl ServicePlan {
             hosts: members.iter().map(|m| m.host).collect(),
             via: HeaderValue::from_str(&via_value(&own_name))
                 .context("the member name is not a header value")?,
+            own_name_value: HeaderValue::from_str(&own_name).ok(),
+            name_values: array
+                .router
+                .carp
+                .members()
+                .iter()
+                .map(|m| HeaderValue::from_str(&m.name).ok())
+                .collect(),
             own_name,
             own_host: host,
             key,

@@ -15,49 +15,58 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use shoal_dataplane::array::{
-    classify, member, seen, ArrayPage, Decision, Form, HeadView, Refusal, MEMBER_HEADER,
+    classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, RequestTarget,
+    MEMBER_HEADER,
 };
 use tokio::sync::mpsc;
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
-use super::upstream::{self, Pool, UpBody};
+use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
 use super::view::{Snapshot, ViewCell};
 use super::{ServicePlan, Upstreams, MEMBER_SKEW_MS};
 use crate::tools::carp::{pac, table_at};
 
 /// The body of a response to a client: the upstream's, or our own.
-pub(super) type ClientBody = Either<Incoming, Full<Bytes>>;
+pub(super) type ClientBody = Either<Returning, Full<Bytes>>;
 
 /// The header naming the member (or parent) whose backend answered.
 pub const SERVED_BY: &str = "x-shoal-served-by";
+/// [`SERVED_BY`] as a header name.
+const SERVED_BY_NAME: HeaderName = HeaderName::from_static(SERVED_BY);
 /// The header a member adds to a 503 when its `local` does not answer.
 pub const UNAVAILABLE: &str = "shoal-unavailable";
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never
 /// forwarded; the member header is removed too and added back only on a
 /// hop this member makes.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    MEMBER_HEADER,
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    MEMBER_NAME,
 ];
+
+/// [`MEMBER_HEADER`] as a header name.
+const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
+/// RFC 8586's `CDN-Loop`.
+const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 /// One service as one worker serves it.
 pub(super) struct Service {
@@ -97,6 +106,37 @@ enum Hop {
     Parent(usize),
     /// The origin itself (`members = "parents"`, direct or exception).
     Origin,
+}
+
+/// The hops of one request, in order: one, or a route's members taken
+/// from the [`Order`] one at a time, so a request whose owner answers
+/// never computes its fallbacks.
+enum Hops<'s> {
+    /// A single hop (this host's `local`, the origin), until taken.
+    One(Option<Hop>),
+    /// The route's members, owner first, down members skipped.
+    Route {
+        order: Order<'s>,
+        upstreams: &'s Upstreams,
+    },
+}
+
+impl Iterator for Hops<'_> {
+    type Item = Hop;
+
+    fn next(&mut self) -> Option<Hop> {
+        match self {
+            Hops::One(hop) => hop.take(),
+            Hops::Route { order, upstreams } => {
+                let i = order.next()?;
+                Some(match upstreams {
+                    Upstreams::Cluster { own, .. } if *own == i => Hop::Local(Some(i)),
+                    Upstreams::Cluster { .. } => Hop::Member(i),
+                    Upstreams::Parents => Hop::Parent(i),
+                })
+            }
+        }
+    }
 }
 
 /// An error answered to the client.
@@ -150,6 +190,75 @@ fn head_bytes(parts: &Parts, target: &str) -> usize {
         .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
         .sum();
     parts.method.as_str().len() + 1 + target.len() + 10 + fields + 2
+}
+
+/// The longest URI the `http` crate parses.
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+
+/// The absolute-form URI an origin-form request with `Host` goes upstream
+/// as: `http://`, the host (bracketed when an IPv6 literal came bare) and
+/// explicit port of `t`, then `target` as received (`path_and_query`, its
+/// parsed form). `None` when that is no URI. One allocation: the
+/// authority; the path and query are shared with the received URI.
+fn reverse_uri(
+    path_and_query: Option<&PathAndQuery>,
+    target: &str,
+    t: &RequestTarget<'_>,
+) -> Option<Uri> {
+    let path_and_query = path_and_query.filter(|p| p.as_str() == target && target.starts_with('/'));
+    let Some(path_and_query) = path_and_query else {
+        // Not a received origin-form target: the URI as text.
+        let host = String::from_utf8_lossy(t.host());
+        let host = if host.contains(':') && !host.starts_with('[') {
+            Cow::Owned(format!("[{host}]"))
+        } else {
+            host
+        };
+        let authority = match t.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.into_owned(),
+        };
+        return format!("http://{authority}{target}").parse().ok();
+    };
+    let host = t.host();
+    let bracket = host.contains(&b':') && host.first() != Some(&b'[');
+    let mut port = [0u8; 6];
+    let port = match t.port() {
+        Some(p) => {
+            let mut at = port.len();
+            let mut n = p;
+            loop {
+                at -= 1;
+                port[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            at -= 1;
+            port[at] = b':';
+            &port[at..]
+        }
+        None => &[][..],
+    };
+    let len = host.len() + 2 * usize::from(bracket) + port.len();
+    if "http://".len() + len + target.len() > MAX_URI_LEN {
+        return None;
+    }
+    let mut authority = BytesMut::with_capacity(len);
+    if bracket {
+        authority.put_u8(b'[');
+    }
+    authority.put_slice(host);
+    if bracket {
+        authority.put_u8(b']');
+    }
+    authority.put_slice(port);
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(Authority::from_maybe_shared(authority.freeze()).ok()?);
+    uri.path_and_query = Some(path_and_query.clone());
+    Uri::from_parts(uri).ok()
 }
 
 /// Whether the request carries no body (none announced).
@@ -206,14 +315,14 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             .map(HeaderValue::as_bytes),
         parts
             .headers
-            .get_all("cdn-loop")
+            .get_all(CDN_LOOP)
             .iter()
             .map(HeaderValue::as_bytes),
     ) {
         return refused(service, Refusal::Loop);
     }
     let mut hop_in = false;
-    let mut member_values = parts.headers.get_all(MEMBER_HEADER).iter();
+    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
     if let Some(value) = member_values.next() {
         let verified = member_values.next().is_none()
             && member::verify(
@@ -240,42 +349,29 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             return page_answer(plan, &snapshot, *page);
         }
         Form::Connect(t) | Form::Forward(t) => (t, parts.uri.clone()),
-        Form::Reverse(t) => {
-            let host = String::from_utf8_lossy(t.host());
-            let host = if host.contains(':') && !host.starts_with('[') {
-                Cow::Owned(format!("[{host}]"))
-            } else {
-                host
-            };
-            let authority = match t.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.into_owned(),
-            };
-            match format!("http://{authority}{target}").parse::<Uri>() {
-                Ok(u) => (t, u),
-                Err(_) => return refused(service, Refusal::BadRequest("malformed Host header")),
-            }
-        }
+        Form::Reverse(t) => match reverse_uri(parts.uri.path_and_query(), &target, t) {
+            Some(u) => (t, u),
+            None => return refused(service, Refusal::BadRequest("malformed Host header")),
+        },
     };
-    let hops: Vec<Hop> = if hop_in {
+    let mut hops = if hop_in {
         ServiceCounters::bump(&service.counters.hops_in);
-        vec![Hop::Local(None)]
+        Hops::One(Some(Hop::Local(None)))
     } else {
-        let routed = |i: usize| match plan.upstreams {
-            Upstreams::Cluster { own, .. } if own == i => Hop::Local(Some(i)),
-            Upstreams::Cluster { .. } => Hop::Member(i),
-            Upstreams::Parents => Hop::Parent(i),
-        };
         match snapshot.array.router.decide(route) {
             Decision::Direct | Decision::Exception => match plan.upstreams {
-                Upstreams::Cluster { .. } => vec![Hop::Local(None)],
-                Upstreams::Parents => vec![Hop::Origin],
+                Upstreams::Cluster { .. } => Hops::One(Some(Hop::Local(None))),
+                Upstreams::Parents => Hops::One(Some(Hop::Origin)),
             },
-            Decision::Route(order) => order.map(routed).collect(),
+            Decision::Route(order) => Hops::Route {
+                order,
+                upstreams: &plan.upstreams,
+            },
         }
-    };
-    let origin = match (&form, hops.first()) {
-        (_, Some(Hop::Origin)) => {
+    }
+    .peekable();
+    let origin = match hops.peek() {
+        Some(Hop::Origin) => {
             let port = route.port().unwrap_or(80);
             let host = String::from_utf8_lossy(route.host()).into_owned();
             Some((host, port))
@@ -310,8 +406,8 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         connect,
     };
     let mut tried_any = false;
-    for (n, hop) in hops.iter().enumerate() {
-        let more = n + 1 < hops.len();
+    while let Some(hop) = hops.next() {
+        let hop = &hop;
         if tried_any {
             ServiceCounters::bump(&service.counters.failovers);
         }
@@ -362,7 +458,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     ))
                     .unwrap_or_else(|_| HeaderValue::from_static("unsigned"))
                 });
-                request.headers_mut().insert(MEMBER_HEADER, sig.clone());
+                request.headers_mut().insert(MEMBER_NAME, sig.clone());
             }
             match exchange(service, addr, request, fresh).await {
                 // A kept-alive connection the upstream had closed: the
@@ -372,12 +468,12 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             }
         };
         match outcome {
-            Exchange::Answered(mut resp) => {
+            Exchange::Answered(mut resp, check_in) => {
                 if matches!(hop, Hop::Member(_))
                     && resp.status() == StatusCode::SERVICE_UNAVAILABLE
                     && resp.headers().contains_key(UNAVAILABLE)
                     && retriable
-                    && more
+                    && hops.peek().is_some()
                 {
                     blame(service, *hop);
                     continue;
@@ -391,21 +487,15 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     service.counters.routed_to(i);
                 }
                 let served_by = match hop {
-                    Hop::Local(_) | Hop::Origin => Some(plan.own_name.as_str()),
-                    Hop::Parent(i) => plan
-                        .array
-                        .router
-                        .carp
-                        .members()
-                        .get(*i)
-                        .map(|m| m.name.as_str()),
+                    Hop::Local(_) | Hop::Origin => plan.own_name_value.as_ref(),
+                    Hop::Parent(i) => plan.name_values.get(*i).and_then(Option::as_ref),
                     Hop::Member(_) => None,
                 };
                 if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, connect) {
                     service.counters.error(ErrorKind::Unreachable);
                     return answer(StatusCode::BAD_GATEWAY, why);
                 }
-                return resp.map(Either::Left);
+                return resp.map(|b| Either::Left(Returning::new(b, check_in)));
             }
             Exchange::NotSent(returned) => {
                 // Nothing reached the upstream: the next one gets the same
@@ -476,8 +566,9 @@ impl Attempt {
 
 /// What one attempt came to.
 enum Exchange {
-    /// A response head arrived.
-    Answered(Response<Incoming>),
+    /// A response head arrived; its connection goes back to the pool
+    /// per the check-in once its body was read.
+    Answered(Response<Incoming>, Option<CheckIn>),
     /// Nothing was sent; the request comes back when it can.
     NotSent(Option<Request<UpBody>>),
     /// The request went out (perhaps in part) and no response head came;
@@ -519,10 +610,12 @@ async fn exchange(
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return Exchange::TimedOut,
             Ok(Ok(resp)) => {
-                if !fresh {
-                    service.pool.put_when_ready(addr, sender);
-                }
-                return Exchange::Answered(resp);
+                let check_in = (!fresh).then(|| CheckIn {
+                    pool: service.pool.clone(),
+                    addr,
+                    sender,
+                });
+                return Exchange::Answered(resp, check_in);
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if from_pool => request = back,
@@ -543,14 +636,14 @@ async fn exchange(
 fn relay(
     resp: &mut Response<Incoming>,
     via: &HeaderValue,
-    served_by: Option<&str>,
+    served_by: Option<&HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     connect: bool,
 ) -> Result<(), &'static str> {
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().append(header::VIA, via.clone());
-    if let Some(name) = served_by.and_then(|n| HeaderValue::from_str(n).ok()) {
-        resp.headers_mut().insert(SERVED_BY, name);
+    if let Some(name) = served_by {
+        resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
     if connect && resp.status().is_success() {
         let Some(client) = client_upgrade else {
@@ -596,26 +689,38 @@ async fn tunnel_direct(
         let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
     });
     let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
-    if let Ok(name) = HeaderValue::from_str(&service.plan.own_name) {
-        r.headers_mut().insert(SERVED_BY, name);
+    if let Some(name) = &service.plan.own_name_value {
+        r.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
     r
 }
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads carry none but `Connection`: one pass over the names
+    // decides, and the hop-by-hop fields a `Connection` names (such as
+    // `keep-alive`) are removed with the others, without a name made.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
     }
 }
 
@@ -679,6 +784,68 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "host"]);
+    }
+
+    #[test]
+    fn connection_names_are_removed_in_any_case_and_other_heads_are_kept() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "Close, KEEP-ALIVE, X-Private, ,"),
+            ("close", "1"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("shoal-member", "v1"),
+            ("server", "s"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["server"]);
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a.test"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.append(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn a_reverse_uri_is_the_text_form_parsed() {
+        let cases: [(&[u8], Option<u16>, &str); 7] = [
+            (b"a.test", None, "/"),
+            (b"A.Test", Some(8080), "/x/y?q=1&r"),
+            (b"[::1]", Some(80), "/p"),
+            (b"10.0.0.1", Some(0), "/%20a"),
+            (b"a{b", None, "/"),
+            (b"caf\xc3\xa9", None, "/"),
+            (b"\xff", Some(1), "/"),
+        ];
+        for (host, port, target) in cases {
+            let t = RequestTarget::from_parts(b"http", host, port, b"/", None).unwrap();
+            let authority = {
+                let h = String::from_utf8_lossy(host);
+                match port {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.into_owned(),
+                }
+            };
+            let text = format!("http://{authority}{target}").parse::<Uri>().ok();
+            let received: Uri = target.parse().unwrap();
+            let built = reverse_uri(received.path_and_query(), target, &t);
+            assert_eq!(built, text, "{host:?} {port:?} {target}");
+            if let Some(u) = built {
+                assert_eq!(u.to_string(), format!("http://{authority}{target}"));
+            }
+        }
+        let t = RequestTarget::from_parts(b"http", b"a.test", None, b"/", None).unwrap();
+        let long = format!("/{}", "a".repeat(MAX_URI_LEN - "http://a.test".len()));
+        let received: Uri = long.parse().unwrap();
+        assert!(reverse_uri(received.path_and_query(), &long, &t).is_none());
+        let fits = &long[..long.len() - 1];
+        let received: Uri = fits.parse().unwrap();
+        assert!(reverse_uri(received.path_and_query(), fits, &t).is_some());
     }
 
     #[test]

@@ -4,19 +4,25 @@
 //!
 //! Guarantees: a pooled connection is handed out only when idle and
 //! younger than the idle timeout; a connection goes back to the pool only
-//! once its response was read to the end; a connect attempt never takes
-//! longer than its timeout.
+//! once its response was read to the end (its body, a [`Returning`], puts
+//! it back when dropped there: no task per request); a connect attempt
+//! never takes longer than its timeout. Idle ages are read on the pool's
+//! clock, which the worker refreshes every [`CLOCK_TICK`] (no clock read
+//! per request); a connection is handed out only while its age plus one
+//! tick is under the idle timeout.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -24,17 +30,22 @@ use tokio::net::TcpStream;
 /// The body of a request sent upstream: the client's, or none.
 pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
 
-/// An idle connection and since when it is idle.
+/// An idle connection and since when it is idle (on the pool's clock).
 type Idle = (SendRequest<UpBody>, Instant);
 
 /// Idle connections kept per upstream address.
 const IDLE_PER_ADDRESS: usize = 64;
+
+/// How often the worker refreshes every pool's clock ([`Pool::tick`]).
+pub(super) const CLOCK_TICK: Duration = Duration::from_millis(100);
 
 /// A worker's idle upstream connections, by address.
 #[derive(Debug)]
 pub(super) struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
     idle_timeout: Duration,
+    /// The worker's coarse clock: at most about [`CLOCK_TICK`] behind.
+    clock: Cell<Instant>,
 }
 
 impl Pool {
@@ -43,7 +54,19 @@ impl Pool {
         Self {
             idle: RefCell::new(HashMap::new()),
             idle_timeout,
+            clock: Cell::new(Instant::now()),
         }
+    }
+
+    /// Sets the pool's clock to `now` (the worker, every [`CLOCK_TICK`]).
+    pub(super) fn tick(&self, now: Instant) {
+        self.clock.set(now);
+    }
+
+    /// Whether a connection idle since `since` may still be used: its age
+    /// plus one tick (how far the clock may lag) under the idle timeout.
+    fn fresh(&self, since: Instant) -> bool {
+        self.clock.get().saturating_duration_since(since) + CLOCK_TICK < self.idle_timeout
     }
 
     /// An idle connection to `addr`, if one is ready.
@@ -51,7 +74,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout && sender.is_ready() && !sender.is_closed() {
+            if self.fresh(since) && sender.is_ready() && !sender.is_closed() {
                 return Some(sender);
             }
         }
@@ -61,34 +84,93 @@ impl Pool {
     /// Closes every connection idle longer than the idle timeout (or
     /// closed by the upstream).
     pub(super) fn sweep(&self) {
-        let timeout = self.idle_timeout;
         self.idle.borrow_mut().retain(|_, list| {
-            list.retain(|(s, since)| since.elapsed() < timeout && !s.is_closed());
+            list.retain(|(s, since)| self.fresh(*since) && !s.is_closed());
             !list.is_empty()
         });
     }
 
-    /// Returns `sender` to the pool once its current exchange is over (the
-    /// response read to the end); dropped when that fails or the pool for
-    /// `addr` is full.
-    pub(super) fn put_when_ready(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        mut sender: SendRequest<UpBody>,
-    ) {
-        let pool = self.clone();
-        tokio::task::spawn_local(async move {
-            if sender.ready().await.is_err() {
-                return;
+    /// Keeps `sender`, whose exchange is over, for the next request to
+    /// `addr`; dropped (closed) when the pool for `addr` is full of
+    /// connections still usable.
+    fn put(&self, addr: SocketAddr, sender: SendRequest<UpBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= IDLE_PER_ADDRESS {
+            list.retain(|(s, since)| self.fresh(*since) && !s.is_closed());
+        }
+        if list.len() < IDLE_PER_ADDRESS {
+            list.push((sender, self.clock.get()));
+        }
+    }
+}
+
+/// Where a response's connection goes back to.
+pub(super) struct CheckIn {
+    /// The worker's pool for the service.
+    pub pool: Rc<Pool>,
+    /// The upstream's address.
+    pub addr: SocketAddr,
+    /// The connection the response came over.
+    pub sender: SendRequest<UpBody>,
+}
+
+/// An upstream's response body, relayed to the client as it comes; when
+/// dropped after its end was read, its connection goes back to the pool
+/// (dropped before, the connection closes with it).
+pub(super) struct Returning {
+    body: Incoming,
+    ended: bool,
+    check_in: Option<CheckIn>,
+}
+
+impl Returning {
+    /// `body`, returning its connection per `check_in` (`None`: a
+    /// connection of its own, never pooled).
+    pub(super) fn new(body: Incoming, check_in: Option<CheckIn>) -> Self {
+        Self {
+            body,
+            ended: false,
+            check_in,
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if self.ended || self.body.is_end_stream() {
+            if let Some(c) = self.check_in.take() {
+                c.pool.put(c.addr, c.sender);
             }
-            let timeout = pool.idle_timeout;
-            let mut idle = pool.idle.borrow_mut();
-            let list = idle.entry(addr).or_default();
-            list.retain(|(s, since)| since.elapsed() < timeout && !s.is_closed());
-            if list.len() < IDLE_PER_ADDRESS {
-                list.push((sender, Instant::now()));
-            }
-        });
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
 use super::proxy::{self, Service};
-use super::upstream::Pool;
+use super::upstream::{self, Pool};
 use super::view::ViewCell;
 use super::{stopping, ServicePlan, WorkerListeners};
 
@@ -32,8 +32,9 @@ pub(super) struct Setup {
     pub stop: Arc<AtomicBool>,
 }
 
-/// How often a worker checks for shutdown.
-const STOP_POLL: Duration = Duration::from_millis(100);
+/// How often a worker checks for shutdown and refreshes its pools'
+/// clocks (the pools count on that period).
+const STOP_POLL: Duration = upstream::CLOCK_TICK;
 /// Every how many stop checks idle upstream connections are swept (1 s).
 const SWEEP_ROUNDS: u32 = 10;
 /// How long a worker waits after a failed `accept` (descriptors exhausted).
@@ -102,6 +103,10 @@ async fn serve(setup: Setup) {
     let mut rounds = 0u32;
     while !stopping(&stop) {
         tokio::time::sleep(STOP_POLL).await;
+        let now = std::time::Instant::now();
+        for pool in &pools {
+            pool.tick(now);
+        }
         rounds += 1;
         if rounds >= SWEEP_ROUNDS {
             rounds = 0;
