@@ -110,7 +110,12 @@ enum Hop {
 
 /// The hops of one request, in order: one, or a route's members taken
 /// from the [`Order`] one at a time, so a request whose owner answers
-/// never computes its fallbacks.
+/// never computes its fallbacks. It lives on the request's stack for the
+/// request's life: boxing the order would cost an allocation per request.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, on its stack; a Box would allocate per request"
+)]
 enum Hops<'s> {
     /// A single hop (this host's `local`, the origin), until taken.
     One(Option<Hop>),
