@@ -297,12 +297,12 @@ impl Config {
         check("io", self.io != next.io);
         check("admin.group", self.admin.group != next.admin.group);
         check("service", self.services != next.services);
-        let frontend = |c: &Config| -> Vec<_> {
+        fn frontend(c: &Config) -> Vec<(&[InstanceSection], &InstanceProbeSection, Option<&HealthSection>, u32)> {
             c.rules
                 .iter()
-                .map(|r| (&r.instances, &r.instance_probe, &r.health, r.hold_ms))
+                .map(|r| (&r.instances[..], &r.instance_probe, r.health.as_ref(), r.hold_ms))
                 .collect()
-        };
+        }
         check(
             "rule.instances, instance_probe, health or hold_ms",
             frontend(self) != frontend(next),
