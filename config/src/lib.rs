@@ -147,11 +147,11 @@ use std::path::{Path, PathBuf};
 use shoal_dataplane::{ClusterSpec, FilterMode, HostId, HostSet, PortRule, MAX_HOSTS};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use frontend::*;
 pub use key::{
     format_cluster_key, key_file_problems, parse_cluster_key, ClusterKey, KeyFileProblem,
     KeyFormatError, CLUSTER_KEY_LEN, EXAMPLE_KEY_FILE,
 };
-pub use frontend::*;
 pub use sections::*;
 pub use service::*;
 
@@ -297,10 +297,24 @@ impl Config {
         check("io", self.io != next.io);
         check("admin.group", self.admin.group != next.admin.group);
         check("service", self.services != next.services);
-        fn frontend(c: &Config) -> Vec<(&[InstanceSection], &InstanceProbeSection, Option<&HealthSection>, u32)> {
+        fn frontend(
+            c: &Config,
+        ) -> Vec<(
+            &[InstanceSection],
+            &InstanceProbeSection,
+            Option<&HealthSection>,
+            u32,
+        )> {
             c.rules
                 .iter()
-                .map(|r| (&r.instances[..], &r.instance_probe, r.health.as_ref(), r.hold_ms))
+                .map(|r| {
+                    (
+                        &r.instances[..],
+                        &r.instance_probe,
+                        r.health.as_ref(),
+                        r.hold_ms,
+                    )
+                })
                 .collect()
         }
         check(

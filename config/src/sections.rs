@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::frontend::{InstanceProbeSection, InstanceSection, HealthSection, DEFAULT_HOLD_MS};
+use crate::frontend::{HealthSection, InstanceProbeSection, InstanceSection, DEFAULT_HOLD_MS};
 use shoal_dataplane::{Affinity, ClusterMode, FilterMode, HostId, Protocol, DEFAULT_WEIGHT};
 
 /// Accepted `cluster.ipv6_network_prefix` values.

@@ -1741,7 +1741,10 @@ fn a_host_leaves_a_rule_when_its_service_dies_and_comes_back() {
     sim.converge(t, 30 * period, "leave");
     sim.probe(8);
     let during = owners(&sim);
-    assert!(!during.contains(&Some(host(2))), "host 2 still takes rule 0");
+    assert!(
+        !during.contains(&Some(host(2))),
+        "host 2 still takes rule 0"
+    );
     // Only host 2's share moved.
     for (a, b) in before.iter().zip(&during) {
         if *a != Some(host(2)) {

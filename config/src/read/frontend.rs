@@ -170,8 +170,11 @@ impl Reader<'_, '_> {
             return Vec::new();
         };
         if items.is_empty() {
-            self.diag
-                .at(item.span.start, key, "an empty instance list; omit `instances`");
+            self.diag.at(
+                item.span.start,
+                key,
+                "an empty instance list; omit `instances`",
+            );
         }
         if items.len() > MAX_INSTANCES {
             self.diag.at(
@@ -185,13 +188,14 @@ impl Reader<'_, '_> {
         for (i, it) in items.iter().enumerate().take(MAX_INSTANCES) {
             let ik = format!("{key}[{}]", i + 1);
             let inst = match &it.node {
-                Node::Integer(_) => self
-                    .int_item(it, &ik, &INSTANCE_PORT_RANGE)
-                    .ok()
-                    .map(|p| InstanceSection {
-                        port: p as u16,
-                        weight: 1,
-                    }),
+                Node::Integer(_) => {
+                    self.int_item(it, &ik, &INSTANCE_PORT_RANGE)
+                        .ok()
+                        .map(|p| InstanceSection {
+                            port: p as u16,
+                            weight: 1,
+                        })
+                }
                 Node::Table(_) => {
                     let Some(t) = self.as_table(it, ik.clone(), INSTANCE_KEYS) else {
                         continue;

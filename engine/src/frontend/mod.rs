@@ -59,9 +59,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use parking_lot::Mutex;
 use shoal_config::{Config, ProbeKind, ProbeTimingSection, RuleSection};
-use shoal_controlplane::rule_health::{
-    ProbeTiming, Reason, RuleHealth, RuleHealthConfig, Target,
-};
+use shoal_controlplane::rule_health::{ProbeTiming, Reason, RuleHealth, RuleHealthConfig, Target};
 use shoal_dataplane::instances::{Instance, InstanceTable};
 
 use crate::sys::host::{HostOps, Kernel};
@@ -401,7 +399,11 @@ impl Runner {
             serving = watched.health.serving(),
             reason = watched.health.reason().as_str(),
             "rule health: {}",
-            if left.is_some() { "leaving the rule" } else { "taking the rule back" }
+            if left.is_some() {
+                "leaving the rule"
+            } else {
+                "taking the rule back"
+            }
         );
         let _ = self.change_tx.send((watched.rule, left));
     }
@@ -535,7 +537,10 @@ mod tests {
         });
         assert!(probe(addr, &ProbeKind::Http { path: "/h".into() }, t));
         server.join().unwrap();
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         assert!(!probe(closed, &ProbeKind::Tcp, t));
     }
 }

@@ -163,7 +163,10 @@ mod tests {
     #[test]
     fn the_hash_follows_the_affinity() {
         let t = ruleset("shoal_fe_eth0", &[rule("10.0.0.100", Affinity::None)]);
-        assert!(t.contains("typeof numgen inc mod 1024 : ip daddr . tcp dport"), "{t}");
+        assert!(
+            t.contains("typeof numgen inc mod 1024 : ip daddr . tcp dport"),
+            "{t}"
+        );
         assert!(t.contains(
             "ip daddr 10.0.0.100 tcp dport 3128 dnat ip to jhash ip saddr . tcp sport mod 1024 seed 0x5348 map @r2"
         ), "{t}");
@@ -180,8 +183,14 @@ mod tests {
     fn the_map_names_every_bucket_of_a_live_instance() {
         let r = rule("10.0.0.100", Affinity::None);
         let t = InstanceTable::build(&[
-            Instance { port: 3128, weight: 1 },
-            Instance { port: 3129, weight: 0 },
+            Instance {
+                port: 3128,
+                weight: 1,
+            },
+            Instance {
+                port: 3129,
+                weight: 0,
+            },
         ]);
         let s = map_update("x", &r, &t);
         assert!(s.starts_with("flush map inet x r2\n"));
