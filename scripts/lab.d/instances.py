@@ -14,7 +14,9 @@
         one HTTP request; prints one JSON object: ok, failed, by_host,
         by_instance ("host:port" -> count), errors by kind, and (with
         --events) every attempt as [unix time, "host:port" or null].
-        --rate R spaces the starts at R per second (a stream).
+        --rate R spaces the starts at R per second (a stream). --url U
+        sends ``GET U`` in proxy form, for instances that are proxies (a
+        Squid instance names itself ``inst-H-P`` in its Via header).
 
     instances.py hold --vip V --port 3128 --connections N [--seconds S]
         N long-lived line-echo connections, a line on each every 0.2 s,
@@ -107,13 +109,17 @@ def sources():
     return ["10.0.1.%d" % i for i in range(1, 151)] + ["10.0.2.%d" % i for i in range(1, 151)]
 
 
-def one_request(vip, port, src, timeout):
+def one_request(vip, port, src, timeout, url=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.bind((src, 0))
         s.connect((vip, port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+        if url:
+            s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                       % (url, url.split("/")[2])).encode())
+        else:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
             chunk = s.recv(4096)
@@ -126,6 +132,10 @@ def one_request(vip, port, src, timeout):
                 host = line.split(b":", 1)[1].strip().decode()
             if line.lower().startswith(b"x-shoal-instance:"):
                 inst = line.split(b":", 1)[1].strip().decode()
+            # A Squid instance names itself in Via: "1.1 inst-H-P (squid/...)".
+            if line.lower().startswith(b"via:") and b"inst-" in line:
+                name = line.split(b"inst-", 1)[1].split()[0].decode()
+                host, inst = name.split("-")[:2]
         if host is None or inst is None:
             return None, "no_answer"
         return "%s:%s" % (host, inst), None
@@ -160,7 +170,7 @@ def connect(args):
                 if delay > 0:
                     time.sleep(delay)
             t = time.time()
-            got, err = one_request(args.vip, args.port, srcs[i % len(srcs)], args.timeout)
+            got, err = one_request(args.vip, args.port, srcs[i % len(srcs)], args.timeout, args.url)
             results[i] = (t, got, err)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
@@ -248,6 +258,7 @@ def main():
     c.add_argument("--rate", type=float, default=0)
     c.add_argument("--timeout", type=float, default=2.0)
     c.add_argument("--events", action="store_true")
+    c.add_argument("--url", help="send GET URL in proxy form (instances that are proxies, e.g. Squid)")
     h = sub.add_parser("hold")
     h.add_argument("--vip", default="10.0.0.100")
     h.add_argument("--port", type=int, default=3128)
