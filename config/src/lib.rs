@@ -78,6 +78,12 @@
 //! weights = { 3 = 100 }                    # per-host weight overrides (multiple only)
 //! extended_affinity_s = 0                  # 0..=86400, 0 = off (multiple only)
 //! # priorities = { 1 = 2, 2 = 1 }          # single only: 1..=64, distinct; default = host ID
+//! # instances = [3129, { port = 3130, weight = 2 }]  # local frontend instances (TCP, one port, one VIP), up to 64
+//! hold_ms = 10000                          # least time out of a rule left for its health, 0..=3600000
+//! # [rule.instance_probe]                  # with instances: kind = "tcp" | "http" (+ path = "/")
+//! # interval_ms = 1000; timeout_ms = 500; fall = 3; rise = 2   # 100..=60000, 10..=60000 (<= interval), 1..=100
+//! # [rule.health]                          # the local service: tcp = "ADDR:PORT" or url = "http://ADDR:PORT/PATH"
+//! # interval_ms = 1000; timeout_ms = 500; fall = 3; rise = 2
 //!
 //! [[service]]                              # array tier services (up to one per port)
 //! name = "web-cache"                       # required, unique
@@ -128,6 +134,7 @@
 
 mod document;
 mod error;
+mod frontend;
 mod key;
 mod read;
 mod render;
@@ -140,6 +147,7 @@ use std::path::{Path, PathBuf};
 use shoal_dataplane::{ClusterSpec, FilterMode, HostId, HostSet, PortRule, MAX_HOSTS};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use frontend::*;
 pub use key::{
     format_cluster_key, key_file_problems, parse_cluster_key, ClusterKey, KeyFileProblem,
     KeyFormatError, CLUSTER_KEY_LEN, EXAMPLE_KEY_FILE,
@@ -289,6 +297,30 @@ impl Config {
         check("io", self.io != next.io);
         check("admin.group", self.admin.group != next.admin.group);
         check("service", self.services != next.services);
+        fn frontend(
+            c: &Config,
+        ) -> Vec<(
+            &[InstanceSection],
+            &InstanceProbeSection,
+            Option<&HealthSection>,
+            u32,
+        )> {
+            c.rules
+                .iter()
+                .map(|r| {
+                    (
+                        &r.instances[..],
+                        &r.instance_probe,
+                        r.health.as_ref(),
+                        r.hold_ms,
+                    )
+                })
+                .collect()
+        }
+        check(
+            "rule.instances, instance_probe, health or hold_ms",
+            frontend(self) != frontend(next),
+        );
         match (self.host(local), next.host(local)) {
             (Some(a), Some(b)) => {
                 check("host.interface", a.interface != b.interface);

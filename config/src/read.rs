@@ -28,6 +28,7 @@ use crate::sections::names::{self, RuleMode};
 use crate::sections::*;
 use crate::Config;
 
+mod frontend;
 mod service;
 
 /// Parses and validates `text`, read from `path`.
@@ -96,6 +97,10 @@ const RULE_KEYS: &[&str] = &[
     "weights",
     "priorities",
     "extended_affinity_s",
+    "instances",
+    "instance_probe",
+    "health",
+    "hold_ms",
 ];
 
 /// The entries of one table, with which of them the schema has consumed.
@@ -134,6 +139,8 @@ struct RuleDraft {
     weights: Vec<(HostId, u8, Range<usize>)>,
     priorities: Vec<(HostId, u8, Range<usize>)>,
     extended_affinity_s: u32,
+    /// `instances`, `instance_probe`, `health`, `hold_ms`.
+    frontend: frontend::FrontendDraft,
     /// Whether every field read cleanly; cross-checks skip broken rules.
     sound: bool,
 }
@@ -980,6 +987,7 @@ impl Reader<'_, '_> {
             weights: Vec::new(),
             priorities: Vec::new(),
             extended_affinity_s: 0,
+            frontend: frontend::FrontendDraft::default(),
             sound: true,
         };
         if let Some(e) = t.entry("vip") {
@@ -1048,6 +1056,7 @@ impl Reader<'_, '_> {
         }
         draft.extended_affinity_s =
             self.int(&t, "extended_affinity_s", &EXTENDED_AFFINITY_RANGE, 0);
+        draft.frontend = self.frontend(&t);
         draft.sound = self.diag_len() == errors_before;
         Some(draft)
     }
@@ -1229,8 +1238,13 @@ impl Reader<'_, '_> {
                 weights,
                 priorities,
                 extended_affinity_s: d.extended_affinity_s,
+                instances: d.frontend.instances.clone(),
+                instance_probe: d.frontend.instance_probe.clone(),
+                health: d.frontend.health.clone(),
+                hold_ms: d.frontend.hold_ms,
             };
             if d.sound {
+                self.check_frontend(d, &key);
                 let port_rule =
                     PortRule::new(d.vip, (d.port_start, d.port_end), d.protocol, d.mode);
                 for (other, other_rule) in &placed {

@@ -179,12 +179,61 @@ pub(crate) fn render(c: &Config) -> String {
             }
             FilterMode::Disabled => {}
         }
+        render_frontend(&mut out, rule);
     }
 
     for service in &c.services {
         render_service(&mut out, service);
     }
     out
+}
+
+fn render_frontend(out: &mut String, rule: &crate::RuleSection) {
+    use crate::frontend::{ProbeKind, ProbeTimingSection};
+    let timing = |out: &mut String, t: &ProbeTimingSection| {
+        let _ = writeln!(out, "interval_ms = {}", t.interval_ms);
+        let _ = writeln!(out, "timeout_ms = {}", t.timeout_ms);
+        let _ = writeln!(out, "fall = {}", t.fall);
+        let _ = writeln!(out, "rise = {}", t.rise);
+    };
+    let _ = writeln!(out, "hold_ms = {}", rule.hold_ms);
+    if !rule.instances.is_empty() {
+        let _ = writeln!(
+            out,
+            "instances = {}",
+            list(&rule.instances, |i| format!(
+                "{{ port = {}, weight = {} }}",
+                i.port, i.weight
+            ))
+        );
+        let _ = writeln!(out, "[rule.instance_probe]");
+        match &rule.instance_probe.kind {
+            ProbeKind::Tcp => {
+                let _ = writeln!(out, "kind = \"tcp\"");
+            }
+            ProbeKind::Http { path } => {
+                let _ = writeln!(out, "kind = \"http\"");
+                let _ = writeln!(out, "path = {}", quote(path));
+            }
+        }
+        timing(out, &rule.instance_probe.timing);
+    }
+    if let Some(h) = &rule.health {
+        let _ = writeln!(out, "[rule.health]");
+        match &h.kind {
+            ProbeKind::Tcp => {
+                let _ = writeln!(out, "tcp = {}", quote(&h.address.to_string()));
+            }
+            ProbeKind::Http { path } => {
+                let _ = writeln!(
+                    out,
+                    "url = {}",
+                    quote(&format!("http://{}{}", h.address, path))
+                );
+            }
+        }
+        timing(out, &h.timing);
+    }
 }
 
 fn render_service(out: &mut String, s: &ServiceSection) {

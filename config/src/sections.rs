@@ -13,6 +13,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::frontend::{HealthSection, InstanceProbeSection, InstanceSection, DEFAULT_HOLD_MS};
 use shoal_dataplane::{Affinity, ClusterMode, FilterMode, HostId, Protocol, DEFAULT_WEIGHT};
 
 /// Accepted `cluster.ipv6_network_prefix` values.
@@ -383,6 +384,17 @@ pub struct RuleSection {
     pub priorities: BTreeMap<HostId, u8>,
     /// Extended affinity timeout in seconds (0 = off); multiple-host rules only.
     pub extended_affinity_s: u32,
+    /// `instances`: local frontend instances this host spreads the rule's
+    /// connections over (empty: none, the service listens on the rule's
+    /// port itself).
+    pub instances: Vec<InstanceSection>,
+    /// `[rule.instance_probe]`: how instances are probed.
+    pub instance_probe: InstanceProbeSection,
+    /// `[rule.health]`: the probe of the rule's local service.
+    pub health: Option<HealthSection>,
+    /// `hold_ms`: least time a host stays out of a rule it left for its
+    /// service's health.
+    pub hold_ms: u32,
 }
 
 impl RuleSection {
@@ -400,6 +412,10 @@ impl RuleSection {
             weights: hosts.iter().map(|h| (h.id, h.weight)).collect(),
             priorities: BTreeMap::new(),
             extended_affinity_s: 0,
+            instances: Vec::new(),
+            instance_probe: InstanceProbeSection::default(),
+            health: None,
+            hold_ms: DEFAULT_HOLD_MS,
         }
     }
 }

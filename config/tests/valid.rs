@@ -18,6 +18,7 @@ const EXAMPLES: &[&str] = &[
     "ipv6.toml",
     "rules.toml",
     "carp.toml",
+    "instances.toml",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -445,4 +446,26 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     assert_eq!(parents[1].load_factor, 3);
     assert_eq!(parents[1].address, Some("10.0.9.2:3128".parse().unwrap()));
     assert_eq!(c.member_name(id(3)).as_deref(), Some("10.0.0.13"));
+}
+
+#[test]
+fn instances_example_reads_its_instances_probe_and_health() {
+    use shoal_config::{InstanceSection, ProbeKind};
+    let c = load_example("instances.toml");
+    let r = &c.rules[0];
+    assert_eq!(
+        r.instances,
+        (3128..=3131)
+            .map(|port| InstanceSection { port, weight: 1 })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(r.instance_probe.kind, ProbeKind::Tcp);
+    assert_eq!(r.instance_probe.timing.interval_ms, 250);
+    assert_eq!(r.instance_probe.timing.fall, 2);
+    let h = r.health.as_ref().unwrap();
+    assert_eq!(h.address, "10.0.0.100:80".parse().unwrap());
+    assert_eq!(h.kind, ProbeKind::Http { path: "/".into() });
+    assert_eq!(r.hold_ms, 5000);
+    assert!(c.rules[1].instances.is_empty() && c.rules[1].health.is_none());
+    assert_eq!(c.rules[1].hold_ms, shoal_config::DEFAULT_HOLD_MS);
 }

@@ -345,6 +345,24 @@ pub struct QueryReport {
     /// object, as in its `--stats` file); absent without `[[service]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<serde_json::Value>,
+    /// Rules this host has left because their local service (or every
+    /// frontend instance) is down, with why (see
+    /// [`crate::rule_health`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules_left: Vec<RuleLeft>,
+    /// The engine's rule health and instance state (its `--stats` file's
+    /// `rule_health` object); absent without `health` or `instances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_health: Option<serde_json::Value>,
+}
+
+/// A rule this host has left for its service's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleLeft {
+    /// Rule index.
+    pub rule: usize,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// One rule as `queryport` shows it.
@@ -358,7 +376,8 @@ pub struct PortReport {
     pub port_start: u16,
     /// Last port.
     pub port_end: u16,
-    /// `enabled`, `disabled` or `draining`.
+    /// `enabled`, `disabled`, `draining` or `left` (its service is down:
+    /// see `query`'s `rules_left`).
     pub status: String,
     /// This host's configured weight.
     pub weight: u8,
@@ -533,6 +552,15 @@ impl Machine {
             blocked_reason: self.lone_view_withheld_because().map(|w| w.to_string()),
             counters: self.counters().clone(),
             services: None,
+            rules_left: (0..self.spec.rules.len())
+                .filter_map(|r| {
+                    self.rule_left(r).map(|why| RuleLeft {
+                        rule: r,
+                        reason: why.as_str().to_string(),
+                    })
+                })
+                .collect(),
+            rule_health: None,
         }
     }
 
@@ -553,6 +581,8 @@ impl Machine {
                     "disabled"
                 } else if draining & (1 << i) != 0 {
                     "draining"
+                } else if self.rule_left(i).is_some() {
+                    "left"
                 } else {
                     "enabled"
                 }

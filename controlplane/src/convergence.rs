@@ -111,6 +111,7 @@ use crate::heartbeat::{
 };
 use crate::lone::{LoneGuard, Screened, Suspicion, MIN_SUSPICION_NS};
 use crate::membership::{Membership, MembershipCounters, Notice, Standing};
+use crate::rule_health::Reason;
 
 /// Nanoseconds per second.
 const SEC: u64 = 1_000_000_000;
@@ -314,6 +315,10 @@ pub(crate) struct Settings {
     pub(crate) draining: [Option<u64>; MAX_RULES],
     /// `drainstop` in progress since.
     pub(crate) host_drain: Option<u64>,
+    /// Rules this host has left because their service is unhealthy, with
+    /// why (see [`crate::rule_health`]): weight 0, like a drain that never
+    /// finishes, until the engine says the service is back.
+    pub(crate) left: [Option<Reason>; MAX_RULES],
 }
 
 #[derive(Clone, Debug)]
@@ -488,6 +493,7 @@ impl Machine {
                 disabled: 0,
                 draining: [None; MAX_RULES],
                 host_drain: None,
+                left: [None; MAX_RULES],
             },
             load: [None; MAX_RULES],
             adopted: None,
@@ -696,6 +702,26 @@ impl Machine {
         self.update(now);
     }
 
+    /// The health of `rule`'s local service changed (see
+    /// [`crate::rule_health`]): `Some(reason)` leaves the rule (weight 0
+    /// for new connections at once, existing connections stay where they
+    /// are, as in a drain, but the rule is never disabled), `None` takes it
+    /// back through agreement, like raising a weight. Out of range: ignored.
+    pub fn handle_rule_health(&mut self, rule: usize, left: Option<Reason>, now: u64) {
+        if rule >= self.rules() {
+            return;
+        }
+        if self.settings.left[rule] != left {
+            self.settings.left[rule] = left;
+            self.update(now);
+        }
+    }
+
+    /// Why this host has left `rule` for its service's health, if it has.
+    pub fn rule_left(&self, rule: usize) -> Option<Reason> {
+        self.settings.left.get(rule).copied().flatten()
+    }
+
     /// Replaces the spec (`reload`). Weights take effect as a weight change;
     /// a change of rules (fingerprint) starts over from taking no new
     /// connections and joins whichever rules win the vote.
@@ -715,6 +741,9 @@ impl Machine {
             self.settings.disabled &= rules_mask(rules);
             for d in self.settings.draining.iter_mut().skip(rules) {
                 *d = None;
+            }
+            for l in self.settings.left.iter_mut().skip(rules) {
+                *l = None;
             }
             self.load = [None; MAX_RULES];
             self.local_dirty = vec![GroupBits::default(); rules];
@@ -841,7 +870,10 @@ impl Machine {
 
     /// The weight this host advertises for rule `r`.
     fn advertised_weight(&self, r: usize) -> u8 {
-        if self.draining_mask() & (1 << r) != 0 || self.settings.disabled & (1 << r) != 0 {
+        if self.draining_mask() & (1 << r) != 0
+            || self.settings.disabled & (1 << r) != 0
+            || self.settings.left.get(r).is_some_and(Option::is_some)
+        {
             0
         } else {
             self.settings.weights[r]

@@ -12,6 +12,8 @@
 //! * [`lone`]: a host never serves alone while heartbeats for its cluster
 //!   fail authentication.
 //! * [`admin`]: NLB's verbs and return codes, JSON-per-line wire format.
+//! * [`rule_health`]: whether this host serves a port rule, from probes of
+//!   its local service and frontend instances, with a minimum hold time.
 //! * [`health`]: an array service's members up or down from request-path
 //!   failures and probes, and when to probe them (times in milliseconds).
 //!
@@ -69,6 +71,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod lone;
 pub mod membership;
+pub mod rule_health;
 
 pub use admin::{Request, Response, ReturnCode};
 pub use convergence::{Config, Event, Machine};

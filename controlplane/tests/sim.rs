@@ -1711,3 +1711,52 @@ fn hosts_with_clocks_off_by_seconds_join_and_say_so() {
     }
     sim.probe(32);
 }
+
+/// A host whose service for a rule dies leaves that rule through the
+/// normal convergence (its new connections go to the others, the flows it
+/// holds stay with it: the probes after every map change check both), and
+/// takes its share back when the service returns.
+#[test]
+fn a_host_leaves_a_rule_when_its_service_dies_and_comes_back() {
+    use shoal_controlplane::rule_health::Reason;
+    let period = 100 * MS;
+    let mut sim = Sim::new(61, period, 3, 3);
+    let t0 = sim.now;
+    sim.converge(t0, 30 * period, "cold start");
+    sim.probe(64);
+    let owners = |sim: &Sim| -> Vec<Option<HostId>> {
+        (0..600u16)
+            .map(|k| sim.syn_owner(Ipv4Addr::new(10, 9, (k >> 8) as u8, k as u8), 1000 + k, 80))
+            .collect()
+    };
+    let before = owners(&sim);
+    assert!(before.contains(&Some(host(2))));
+    let now = sim.now;
+    let i = sim.node_index(host(2)).unwrap();
+    sim.nodes[i]
+        .m
+        .handle_rule_health(0, Some(Reason::ServiceDown), now);
+    assert_eq!(sim.nodes[i].m.rule_left(0), Some(Reason::ServiceDown));
+    let t = sim.now;
+    sim.converge(t, 30 * period, "leave");
+    sim.probe(8);
+    let during = owners(&sim);
+    assert!(
+        !during.contains(&Some(host(2))),
+        "host 2 still takes rule 0"
+    );
+    // Only host 2's share moved.
+    for (a, b) in before.iter().zip(&during) {
+        if *a != Some(host(2)) {
+            assert_eq!(a, b);
+        }
+    }
+    // Other rules untouched.
+    assert!(sim.rule_enabled_on(host(2), 443));
+    let now = sim.now;
+    sim.nodes[i].m.handle_rule_health(0, None, now);
+    let t = sim.now;
+    sim.converge(t, 30 * period, "return");
+    sim.probe(8);
+    assert_eq!(owners(&sim), before);
+}

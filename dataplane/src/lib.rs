@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod descriptor;
 pub mod fastpath;
 pub mod hash;
+pub mod instances;
 pub mod mac;
 pub mod map;
 pub mod model;

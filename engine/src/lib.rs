@@ -17,6 +17,7 @@ pub mod array;
 pub mod bootcount;
 pub mod control;
 pub mod fastpath;
+pub mod frontend;
 pub mod handoff;
 pub mod io;
 pub mod keyfile;

@@ -627,6 +627,29 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             return Err(e);
         }
     };
+    // Rule health and frontend instances: probes, and the NAT map over
+    // the live instances (the table is made here, after the drop, with
+    // the CAP_NET_ADMIN the engine keeps to undo setup).
+    let seed = spec.bucket_seed;
+    let frontend = match crate::frontend::Frontend::start(
+        &config,
+        &host.interface,
+        (seed ^ (seed >> 32)) as u32,
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            STOP.store(true, Ordering::SeqCst);
+            bells.ring();
+            for t in threads {
+                let _ = t.join();
+            }
+            if let Some(a) = array {
+                a.stop();
+            }
+            wiring.tear_down();
+            return Err(e);
+        }
+    };
     let _ = core_affinity::set_for_current(core_affinity::CoreId {
         id: host.cores.control,
     });
@@ -668,6 +691,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             }
             if let Some(a) = &array {
                 json["services"] = a.counters_json();
+            }
+            if let Some(f) = &frontend {
+                json["rule_health"] = f.reader().lock().clone();
             }
             let tmp = path.with_extension("tmp");
             if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
@@ -747,7 +773,15 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         if let Some(a) = &array {
             c.set_services(a.reader());
         }
+        if let Some(f) = &frontend {
+            c.set_rule_health(f.reader());
+        }
         c.run(&inbox, &admin_rx, &STOP, |c| {
+            if let Some(f) = &frontend {
+                for (rule, left) in f.changes() {
+                    c.handle_rule_health(rule, left);
+                }
+            }
             if last_report.elapsed() >= crate::control::IGMP_REPORT_INTERVAL {
                 last_report = Instant::now();
                 c.responder.report_membership();
@@ -772,6 +806,11 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         a.stop();
         json
     });
+    let rule_health = frontend.map(|f| {
+        let json = f.reader().lock().clone();
+        f.stop();
+        json
+    });
     let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
     let mut json = match (&clustered, &static_responder) {
         (Some(c), _) => with_cluster(
@@ -789,6 +828,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     };
     if let (Some(services), Some(object)) = (services, json.as_object_mut()) {
         object.insert("services".into(), services);
+    }
+    if let (Some(rule_health), Some(object)) = (rule_health, json.as_object_mut()) {
+        object.insert("rule_health".into(), rule_health);
     }
     if let Some(path) = &args.stats {
         let _ = std::fs::write(path, serde_json::to_vec_pretty(&json)?);

@@ -96,6 +96,8 @@ pub struct ControlLoop {
     running: Option<shoal_config::Config>,
     /// The array tier's counters, for `query` and `display`.
     services: Option<crate::array::ServicesReader>,
+    /// Rule health and instances, for `query` and `display`.
+    rule_health: Option<crate::frontend::FrontendReader>,
 }
 
 /// A fresh descriptor table asked of every poll loop.
@@ -158,6 +160,7 @@ impl ControlLoop {
             resetting: None,
             running: None,
             services: None,
+            rule_health: None,
         }
     }
 
@@ -205,7 +208,32 @@ impl ControlLoop {
                 _ => {}
             }
         }
+        if let Some(reader) = &self.rule_health {
+            match &mut resp.body {
+                Body::Query(q) | Body::Display { query: q, .. } => {
+                    q.rule_health = Some(reader.lock().clone())
+                }
+                _ => {}
+            }
+        }
         resp
+    }
+
+    /// Adds the frontend thread's `rule_health` state to `query` and
+    /// `display` answers.
+    pub fn set_rule_health(&mut self, reader: crate::frontend::FrontendReader) {
+        self.rule_health = Some(reader);
+    }
+
+    /// A rule's service health changed (see [`crate::frontend`]):
+    /// `Some(reason)` leaves the rule, `None` takes it back.
+    pub fn handle_rule_health(
+        &mut self,
+        rule: usize,
+        left: Option<shoal_controlplane::rule_health::Reason>,
+    ) {
+        let now = self.now();
+        self.machine.handle_rule_health(rule, left, now);
     }
 
     /// Adds the array tier's `services` counters to `query` and `display`
