@@ -29,6 +29,7 @@ use crate::sections::*;
 use crate::Config;
 
 mod service;
+mod sticky;
 
 /// Parses and validates `text`, read from `path`.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
