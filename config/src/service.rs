@@ -114,7 +114,7 @@ pub enum ServiceRoute {
     /// `route = "carp"` with `[service.carp]`.
     Carp(CarpSection),
     /// `route = "sticky"` with `[service.sticky]`.
-    Sticky(StickySection),
+    Sticky(Box<StickySection>),
 }
 
 /// Accepted `hop_limit`.
@@ -263,7 +263,7 @@ impl ServiceSection {
     /// The sticky settings, for `route = "sticky"`.
     pub fn sticky(&self) -> Option<&StickySection> {
         match &self.route {
-            ServiceRoute::Sticky(s) => Some(s),
+            ServiceRoute::Sticky(s) => Some(&**s),
             ServiceRoute::Carp(_) => None,
         }
     }

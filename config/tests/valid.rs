@@ -470,14 +470,13 @@ fn sticky_services_parse_with_defaults() {
     assert_eq!(members.len(), 3);
     assert_eq!(members[1].address, Some("10.0.0.12:80".parse().unwrap()));
 
-    let text = format!(
-        "{}",
-        std::fs::read_to_string(example("sticky.toml"))
-            .unwrap()
-            .split("[service.sticky]")
-            .next()
-            .unwrap()
-    ) + "[service.sticky]\nlocal = \"127.0.0.1:8080\"\ntls = { cert = \"a.crt\", key = \"a.key\" }\n[[service.sticky.ocf]]\nname = \"other-1\"\naddress = \"10.9.0.1:80\"\n";
+    let text = std::fs::read_to_string(example("sticky.toml"))
+        .unwrap()
+        .split("[service.sticky]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[service.sticky]\nlocal = \"127.0.0.1:8080\"\ntls = { cert = \"a.crt\", key = \"a.key\" }\n[[service.sticky.ocf]]\nname = \"other-1\"\naddress = \"10.9.0.1:80\"\n";
     let d = parse(&text, &example("sticky.toml")).unwrap();
     assert_round_trip(&d);
     let s = d.services[0].sticky().unwrap();

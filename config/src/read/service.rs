@@ -143,7 +143,7 @@ impl Reader<'_, '_> {
                         }
                         Some(e) => self
                             .sticky(&e.item, &t.key_path("sticky"))
-                            .map(|(s, span)| (ServiceRoute::Sticky(s), span)),
+                            .map(|(s, span)| (ServiceRoute::Sticky(Box::new(s)), span)),
                     }
                 }
             };

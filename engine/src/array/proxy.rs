@@ -111,6 +111,10 @@ enum Hop {
 /// The hops of one request, in order: one, or a route's members taken
 /// from the [`Order`] one at a time, so a request whose owner answers
 /// never computes its fallbacks.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the order lives on the caller's stack: boxing it would allocate per request"
+)]
 enum Hops<'s> {
     /// A single hop (this host's `local`, the origin), until taken.
     One(Option<Hop>),

@@ -573,7 +573,7 @@ async fn serve(
         }
         let outcome = send(service, client, addr, request, bound_auth).await;
         match outcome {
-            Sent::Answered(mut resp, check_in, bound) => {
+            Outcome::Answered(mut resp, check_in, bound) => {
                 if bound {
                     StickyCounters::bump(&counters.bound);
                 }
@@ -641,7 +641,7 @@ async fn serve(
                     Either::Left(r)
                 });
             }
-            Sent::NotSent(returned) => {
+            Outcome::NotSent(returned) => {
                 if let Some(Either::Left(b)) = returned.map(Request::into_body) {
                     body = Some(b);
                 }
@@ -660,7 +660,7 @@ async fn serve(
                     }
                 }
             }
-            Sent::Failed => {
+            Outcome::Failed => {
                 StickyCounters::bump(&counters.failed);
                 return match dest {
                     Dest::Local => failure(service, ErrorKind::Unreachable),
@@ -676,7 +676,7 @@ async fn serve(
                     }
                 };
             }
-            Sent::TimedOut => {
+            Outcome::TimedOut => {
                 StickyCounters::bump(&counters.failed);
                 if let Dest::Member { .. } = dest {
                     counters.error(StickyError::OwnerTimeout);
@@ -720,7 +720,7 @@ fn cookie_state<'h>(
 }
 
 /// What one send came to.
-enum Sent {
+enum Outcome {
     /// A response head; the connection's check-in; whether it went over a
     /// bound connection.
     Answered(Response<Incoming>, Option<CheckIn>, bool),
@@ -742,7 +742,7 @@ async fn send(
     addr: SocketAddr,
     request: Request<UpBody>,
     bound_auth: bool,
-) -> Sent {
+) -> Outcome {
     let bound = client.bound.borrow_mut().take();
     let bound = match bound {
         Some((a, s)) if a == addr && !s.is_closed() => Some(s),
@@ -758,14 +758,14 @@ async fn send(
                     // The handshake goes on over this connection: it is
                     // the client connection's from now on.
                     *client.bound.borrow_mut() = Some((addr, c.sender));
-                    return Sent::Answered(resp, None, true);
+                    return Outcome::Answered(resp, None, true);
                 }
             }
-            Sent::Answered(resp, check_in, false)
+            Outcome::Answered(resp, check_in, false)
         }
-        Exchange::NotSent(r) => Sent::NotSent(r),
-        Exchange::Failed { .. } => Sent::Failed,
-        Exchange::TimedOut => Sent::TimedOut,
+        Exchange::NotSent(r) => Outcome::NotSent(r),
+        Exchange::Failed { .. } => Outcome::Failed,
+        Exchange::TimedOut => Outcome::TimedOut,
     }
 }
 
@@ -777,7 +777,7 @@ async fn send_bound(
     addr: SocketAddr,
     request: Request<UpBody>,
     bound: Option<SendRequest<UpBody>>,
-) -> Sent {
+) -> Outcome {
     let plan = &service.plan;
     let mut sender = match bound {
         Some(s) => s,
@@ -785,23 +785,23 @@ async fn send_bound(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "upstream unreachable");
-                return Sent::NotSent(Some(request));
+                return Outcome::NotSent(Some(request));
             }
         },
     };
     let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
     if sender.ready().await.is_err() {
-        return Sent::NotSent(Some(request));
+        return Outcome::NotSent(Some(request));
     }
     match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
-        Err(_) => Sent::TimedOut,
+        Err(_) => Outcome::TimedOut,
         Ok(Ok(resp)) => {
             *client.bound.borrow_mut() = Some((addr, sender));
-            Sent::Answered(resp, None, true)
+            Outcome::Answered(resp, None, true)
         }
         Ok(Err(mut e)) => match e.take_message() {
-            Some(back) => Sent::NotSent(Some(back)),
-            None => Sent::Failed,
+            Some(back) => Outcome::NotSent(Some(back)),
+            None => Outcome::Failed,
         },
     }
 }
