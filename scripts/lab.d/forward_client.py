@@ -15,7 +15,8 @@ shoal-client.
 
 A record: session, src, status, the application's JSON (host, count ...),
 set_cookie (every Set-Cookie value), served_by, error (a failed or
-truncated exchange).
+truncated exchange), retried (in sessions and continue: the reset that
+made the client send the request once more).
 """
 
 import argparse
@@ -74,6 +75,13 @@ def run_sessions(a, sessions):
         for s in sessions:
             src = rnd.choice(addrs)
             rec = request(a.port, src, a.path, cookies=s["cookies"])
+            if rec.get("error", "").startswith(("ConnectionResetError", "ConnectionRefusedError")):
+                # A connection reset before any answer (the cluster moving
+                # buckets): a client retries it, as a browser does; a request
+                # the application had counted would show as a skipped count.
+                first = rec["error"]
+                rec = request(a.port, src, a.path, cookies=s["cookies"])
+                rec["retried"] = first
             rec["session"] = s["id"]
             absorb(s["cookies"], rec)
             out.append(rec)

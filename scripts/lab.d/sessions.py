@@ -12,6 +12,7 @@ X-Shoal-Forwarded-By, and whether any shoal-member / shoal-hops header
 reached it. Special paths, for the error cases:
   /slow?ms=N   answers after N ms
   /drip?ms=N   sends the head and 10 chunks of a 10-chunk body, N ms apart
+  (with --mark-dir D, /slow and /drip touch D/fwd-<path>-started first)
   /auth        NTLM-like handshake: 401 + WWW-Authenticate: NTLM unless the
                request has Authorization; reports the peer port (which
                upstream connection served it)
@@ -33,6 +34,7 @@ LOCK = threading.Lock()
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     host_id = 0
+    mark_dir = None
 
     def log_message(self, *args):
         pass
@@ -78,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/auth" and not self.headers.get("Authorization"):
             status = 401
             extra.append(("WWW-Authenticate", "NTLM"))
+        if url.path in ("/slow", "/drip") and self.mark_dir:
+            open("%s/fwd-%s-started" % (self.mark_dir, url.path[1:]), "w").close()
         if url.path == "/slow":
             time.sleep(int(query.get("ms", "1000")) / 1000)
         data = (json.dumps(body) + "\n").encode()
@@ -108,7 +112,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host-id", type=int, required=True)
     p.add_argument("--listen", default="127.0.0.1:8081")
+    p.add_argument("--mark-dir")
     a = p.parse_args()
+    Handler.mark_dir = a.mark_dir
     host, _, port = a.listen.rpartition(":")
     Handler.host_id = a.host_id
     server = ThreadingHTTPServer((host, int(port)), Handler)

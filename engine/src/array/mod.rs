@@ -8,7 +8,10 @@
 //! ([`shoal_dataplane::array::member`]), who owns a URL and who follows
 //! ([`shoal_dataplane::array::Router`]), the table and the PAC
 //! ([`crate::tools::carp`] over [`shoal_dataplane::array::render`]), and
-//! member health ([`shoal_controlplane::Health`]).
+//! member health ([`shoal_controlplane::Health`]). A sticky service
+//! (`route = "sticky"`) serves its connections on [`sticky`]'s request path
+//! (the forwarder's decision is [`shoal_dataplane::array::sticky`]'s); its
+//! members, probes and live view are a cluster CARP service's.
 //!
 //! # Threads and what they share
 //!
