@@ -253,6 +253,10 @@ fn wrk(dir: &Path, port: u16, cookie: &str, connections: usize, seconds: f64) ->
     serde_json::from_str(line).with_context(|| format!("parsing {line}"))
 }
 
+/// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
+/// errors.
+type Sample = (f64, f64, f64, f64, u64);
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -360,7 +364,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     for (_, port, c) in &cases {
         wrk(&dir, *port, c, connections, 1.0)?;
     }
-    let mut samples: Vec<Vec<(f64, f64, f64, f64, u64)>> = vec![Vec::new(); cases.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
     for _ in 0..opts.rounds {
         for (i, (name, port, c)) in cases.iter().enumerate() {
             let cpu = || -> u64 {
