@@ -805,3 +805,53 @@ async fn send_bound(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(values: &[&'static str]) -> bool {
+        let mut h = hyper::HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_static(v));
+        }
+        connection_bound(h.get_all(header::AUTHORIZATION))
+    }
+
+    #[test]
+    fn ntlm_and_negotiate_bind_the_connection_and_other_schemes_do_not() {
+        assert!(bound(&["NTLM TlRMTVNTUAABAAAA"]));
+        assert!(bound(&["negotiate YIIx"]));
+        assert!(bound(&["Basic YTpi", "Negotiate"]));
+        assert!(!bound(&["Basic YTpi"]));
+        assert!(!bound(&["Bearer x.y.z"]));
+        assert!(!bound(&["NTLMx"]));
+        assert!(!bound(&[]));
+    }
+
+    #[test]
+    fn sticky_errors_are_indexed_in_order() {
+        let all = [
+            StickyError::BadCookie,
+            StickyError::ExpiredCookie,
+            StickyError::OwnerOffline,
+            StickyError::ConnectFailed,
+            StickyError::OwnerFailed,
+            StickyError::OwnerAborted,
+            StickyError::OwnerTimeout,
+            StickyError::HopLimit,
+        ];
+        assert_eq!(all.len(), ERRORS.len());
+        let c = StickyCounters::default();
+        for e in all {
+            c.error(e);
+        }
+        let mut json = serde_json::json!({"errors": {"unreachable": 0}});
+        add_json(&mut json, &[&c]);
+        for name in ERRORS {
+            assert_eq!(json["errors"][*name], 1, "{name}");
+        }
+        assert_eq!(json["errors"]["unreachable"], 0);
+        assert_eq!(json["forwarded"], 0);
+    }
+}
