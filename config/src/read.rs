@@ -30,6 +30,7 @@ use crate::Config;
 
 mod frontend;
 mod service;
+mod sticky;
 
 /// Parses and validates `text`, read from `path`.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {

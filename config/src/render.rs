@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use shoal_dataplane::{FilterMode, HostId};
 
 use crate::sections::names::{self, RuleMode};
-use crate::service::{CarpMembers, ServiceRoute, ServiceSection};
+use crate::service::{CarpMembers, ServiceRoute, ServiceSection, StickySection};
 use crate::Config;
 
 fn quote(s: &str) -> String {
@@ -253,7 +253,13 @@ fn render_service(out: &mut String, s: &ServiceSection) {
     let _ = writeln!(out, "max_head_bytes = {}", l.max_head_bytes);
     let _ = writeln!(out, "max_uri_bytes = {}", l.max_uri_bytes);
     let _ = writeln!(out, "max_headers = {}", l.max_headers);
-    let ServiceRoute::Carp(c) = &s.route;
+    let c = match &s.route {
+        ServiceRoute::Carp(c) => c,
+        ServiceRoute::Sticky(sticky) => {
+            render_sticky(out, sticky);
+            return;
+        }
+    };
     let _ = writeln!(out, "route = \"carp\"");
     let _ = writeln!(out, "[service.carp]");
     let _ = writeln!(out, "hash = \"{}\"", c.hash.name());
@@ -287,5 +293,70 @@ fn render_service(out: &mut String, s: &ServiceSection) {
                 let _ = writeln!(out, "load_factor = {}", p.load_factor);
             }
         }
+    }
+}
+
+fn name_of<T: PartialEq + Copy>(names: &[(&'static str, T)], v: T) -> &'static str {
+    names.iter().find(|(_, x)| *x == v).map_or("", |(n, _)| *n)
+}
+
+fn render_sticky(out: &mut String, s: &StickySection) {
+    use shoal_dataplane::array::sticky::{Coherence, OwnerFailure, StaticRule};
+    let p = &s.policy;
+    let _ = writeln!(out, "route = \"sticky\"");
+    let _ = writeln!(out, "[service.sticky]");
+    let _ = writeln!(out, "local = {}", quote(&s.local.to_string()));
+    let _ = writeln!(out, "cookie = {}", quote(&s.cookie));
+    let _ = writeln!(out, "cookie_max_age_s = {}", s.cookie_max_age_s);
+    let _ = writeln!(
+        out,
+        "coherence = {}",
+        quote(name_of(Coherence::NAMES, p.coherence))
+    );
+    let _ = writeln!(
+        out,
+        "session_cookies = {}",
+        list(&p.session_cookies, |g| quote(g.as_str()))
+    );
+    let _ = writeln!(
+        out,
+        "static = {}",
+        list(&p.statics, |r| match r {
+            StaticRule::Extension(e) => quote(&format!(".{e}")),
+            StaticRule::Path(g) => quote(g.as_str()),
+        })
+    );
+    let _ = writeln!(
+        out,
+        "controller = {{ paths = {}, methods = {} }}",
+        list(&p.controller.paths, |g| quote(g.as_str())),
+        list(&p.controller.methods, |m| quote(m))
+    );
+    let _ = writeln!(
+        out,
+        "on_owner_failure = {}",
+        quote(name_of(OwnerFailure::NAMES, p.on_owner_failure))
+    );
+    let _ = writeln!(
+        out,
+        "trusted_proxies = {}",
+        list(&s.trusted_proxies, |n| quote(&n.to_string()))
+    );
+    let _ = writeln!(out, "hop_limit = {}", p.hop_limit);
+    let _ = writeln!(out, "backend_tls = {}", s.backend_tls);
+    let _ = writeln!(out, "probe_interval_ms = {}", s.array.probe_interval_ms);
+    let _ = writeln!(out, "down_ttl_ms = {}", s.array.down_ttl_ms);
+    if let Some(tls) = &s.tls {
+        let _ = writeln!(
+            out,
+            "tls = {{ cert = {}, key = {} }}",
+            quote(&tls.cert.to_string_lossy()),
+            quote(&tls.key.to_string_lossy())
+        );
+    }
+    for o in &s.ocf {
+        let _ = writeln!(out, "[[service.sticky.ocf]]");
+        let _ = writeln!(out, "name = {}", quote(&o.name));
+        let _ = writeln!(out, "address = {}", quote(&o.address.to_string()));
     }
 }

@@ -1,7 +1,7 @@
 //! `[[service]]`: the array tier's services, and how a CARP service's
 //! member set is built from the configuration.
 //!
-//! Owns: [`ServiceSection`], [`CarpSection`] and the conversions to the
+//! Owns: [`ServiceSection`], [`CarpSection`], [`StickySection`] and the conversions to the
 //! dataplane's [`Router`]. Guarantees: a section that came out of
 //! [`crate::parse`] builds a router for any non-empty set of its members
 //! (names unique, squid shares in range, at most 64 members).
@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
+use shoal_dataplane::array::sticky::{Policy, TrustedNet};
 use shoal_dataplane::array::{
     Carp, CarpError, DomainPattern, HashMode, KeyParts, MemberSpec, Router,
 };
@@ -112,6 +113,59 @@ impl Default for ServiceLimits {
 pub enum ServiceRoute {
     /// `route = "carp"` with `[service.carp]`.
     Carp(CarpSection),
+    /// `route = "sticky"` with `[service.sticky]`.
+    Sticky(Box<StickySection>),
+}
+
+/// Accepted `hop_limit`.
+pub const HOP_LIMIT_RANGE: RangeInclusive<i64> = 1..=8;
+/// Accepted `cookie_max_age_s` (one minute to a year).
+pub const COOKIE_MAX_AGE_RANGE: RangeInclusive<i64> = 60..=31_536_000;
+
+/// `[service.sticky]`: sticky sessions with the request forwarder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StickySection {
+    /// Where this member serves its own requests (`local`).
+    pub local: SocketAddr,
+    /// The cookie's name (`cookie`, default `RQFW`).
+    pub cookie: String,
+    /// `cookie_max_age_s`: a cookie older than this is refused (and the
+    /// `Max-Age` it is set with).
+    pub cookie_max_age_s: u32,
+    /// `coherence`, `session_cookies`, `static`, `controller`,
+    /// `on_owner_failure`, `hop_limit` and the `ocf` names.
+    pub policy: Policy,
+    /// `[[service.sticky.ocf]]`: out-of-cluster members, name and address
+    /// (the order of [`Policy::ocf`]).
+    pub ocf: Vec<OcfMember>,
+    /// `trusted_proxies`: peers whose forwarding fields are believed.
+    pub trusted_proxies: Vec<TrustedNet>,
+    /// `tls = { cert, key }`: PEM files; the service terminates TLS.
+    pub tls: Option<TlsFiles>,
+    /// `backend_tls`: hops between members over TLS.
+    pub backend_tls: bool,
+    /// The member set as the array tier tracks it: the cluster's hosts,
+    /// each serving its own requests at `local`, health-probed every
+    /// `probe_interval_ms` like a CARP service with `members = "cluster"`.
+    pub array: CarpSection,
+}
+
+/// One out-of-cluster member a cookie may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OcfMember {
+    /// The name cookies carry.
+    pub name: String,
+    /// Where to forward its requests.
+    pub address: SocketAddr,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `cert`.
+    pub cert: std::path::PathBuf,
+    /// `key`.
+    pub key: std::path::PathBuf,
 }
 
 /// `[service.carp]`.
@@ -197,10 +251,20 @@ impl Config {
 }
 
 impl ServiceSection {
-    /// The CARP settings.
+    /// The CARP settings (for a sticky service, its member set as a CARP
+    /// service over the cluster: see [`StickySection::array`]).
     pub fn carp(&self) -> &CarpSection {
         match &self.route {
             ServiceRoute::Carp(c) => c,
+            ServiceRoute::Sticky(s) => &s.array,
+        }
+    }
+
+    /// The sticky settings, for `route = "sticky"`.
+    pub fn sticky(&self) -> Option<&StickySection> {
+        match &self.route {
+            ServiceRoute::Sticky(s) => Some(&**s),
+            ServiceRoute::Carp(_) => None,
         }
     }
 

@@ -76,6 +76,19 @@ fn service_keys(keys: &str) -> String {
 const PARENT: &str =
     "members = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n";
 
+/// A sticky `[[service]]` on port 80 whose `[service.sticky]` keys start
+/// at line 15 (after `local`; the table at line 13).
+fn sticky(keys: &str) -> String {
+    let local = if keys.is_empty() {
+        ""
+    } else {
+        "local = \"127.0.0.1:8080\"\n"
+    };
+    format!(
+        "{BASE}name = \"h1\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n[service.sticky]\n{local}{keys}"
+    )
+}
+
 fn cases() -> Vec<Case> {
     let mut many_hosts = String::from(BASE);
     for id in 2..=65 {
@@ -175,7 +188,20 @@ fn cases() -> Vec<Case> {
         case("duplicate queues", with("[host.cores]\npoll = [{ core = 1, queues = [0] },\n  { core = 2, queues = [3, 0] }]\n"), Some(10), "host[1].cores.poll[2].queues", "queue 0 is already polled by host[1].cores.poll[1]"),
         case("service port not covered by a rule", with(&format!("[[rule]]\nports = 81\nprotocol = \"tcp\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(13), "service[1].port", "no [[rule]] covers TCP port 80"),
         case("service port covered only for UDP", with(&format!("[[rule]]\nprotocol = \"udp\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(12), "service[1].port", "no [[rule]] covers TCP port 80"),
-        case("unknown route", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n"), Some(11), "service[1].route", "\"sticky\" is not one of \"carp\""),
+        case("unknown route", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"cdn\"\n"), Some(11), "service[1].route", "\"cdn\" is not one of \"carp\", \"sticky\""),
+        case("sticky without its table", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n"), Some(8), "service[1].sticky", "required key is missing"),
+        case("sticky without local", sticky(""), Some(13), "service[1].sticky.local", "required key is missing"),
+        case("sticky bad coherence", sticky("coherence = \"often\"\n"), Some(15), "service[1].sticky.coherence", "\"often\" is not one of \"always\", \"session\""),
+        case("sticky session without cookies", sticky("coherence = \"session\"\n"), Some(15), "service[1].sticky.session_cookies", "needs at least one session cookie name"),
+        case("sticky bad static", sticky("static = [\"gif\"]\n"), Some(15), "service[1].sticky.static", "expected an extension"),
+        case("sticky bad trusted proxy", sticky("trusted_proxies = [\"10.0.0.0/40\"]\n"), Some(15), "service[1].sticky.trusted_proxies", "the prefix must be 0 to 32"),
+        case("sticky hop limit zero", sticky("hop_limit = 0\n"), Some(15), "service[1].sticky.hop_limit", "expected 1..=8"),
+        case("sticky bad owner failure", sticky("on_owner_failure = \"retry\"\n"), Some(15), "service[1].sticky.on_owner_failure", "\"retry\" is not one of \"repin\", \"strict\""),
+        case("sticky bad cookie name", sticky("cookie = \"a;b\"\n"), Some(15), "service[1].sticky.cookie", "is not a cookie name"),
+        case("sticky controller path", sticky("controller = { paths = [\"admin\"] }\n"), Some(15), "service[1].sticky.controller.paths", "must start with"),
+        case("sticky tls without key", sticky("tls = { cert = \"a.crt\" }\n"), Some(15), "service[1].sticky.tls.key", "required key is missing"),
+        case("sticky ocf names a host", sticky("[[service.sticky.ocf]]\nname = \"h2\"\naddress = \"10.9.0.1:80\"\n"), Some(16), "service[1].sticky.ocf[1].name", "not h<digits>"),
+        case("sticky with a carp table", with("name = \"h1\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n[service.carp]\nlocal = \"127.0.0.1:1\"\n[service.sticky]\nlocal = \"127.0.0.1:1\"\n"), Some(13), "service[1].carp", "needs route = \"carp\""),
         case("service without a port", with("[[service]]\nname = \"c\"\nroute = \"carp\"\n[service.carp]\nmembers = \"parents\"\n[[service.carp.parent]]\nname = \"p\"\naddress = \"10.0.9.1:3128\"\n"), Some(8), "service[1].port", "required key is missing"),
         case("unknown hash", service(&format!("hash = \"md5\"\n{PARENT}")), Some(13), "service[1].carp.hash", "\"md5\" is not one of \"spec\", \"squid\", \"hrw\""),
         case("unknown key part", service(&format!("key = [\"host\", \"fragment\"]\n{PARENT}")), Some(13), "service[1].carp.key", "\"fragment\" is not one of \"scheme\", \"host\", \"port\", \"path\", \"query\""),

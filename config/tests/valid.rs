@@ -19,6 +19,7 @@ const EXAMPLES: &[&str] = &[
     "rules.toml",
     "carp.toml",
     "instances.toml",
+    "sticky.toml",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -468,4 +469,43 @@ fn instances_example_reads_its_instances_probe_and_health() {
     assert_eq!(r.hold_ms, 5000);
     assert!(c.rules[1].instances.is_empty() && c.rules[1].health.is_none());
     assert_eq!(c.rules[1].hold_ms, shoal_config::DEFAULT_HOLD_MS);
+}
+
+#[test]
+fn sticky_services_parse_with_defaults() {
+    use shoal_dataplane::array::sticky::{Coherence, OwnerFailure, DEFAULT_MAX_AGE_S};
+    let c = load_example("sticky.toml");
+    let shop = c.service("shop").unwrap();
+    let s = shop.sticky().expect("a sticky service");
+    assert_eq!(s.local, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(s.cookie, "RQFW");
+    assert_eq!(s.cookie_max_age_s, 28_800);
+    assert_eq!(s.policy.coherence, Coherence::Session);
+    assert_eq!(s.policy.session_cookies.len(), 3);
+    assert_eq!(s.policy.statics.len(), 5);
+    assert_eq!(s.policy.controller.methods.len(), 7);
+    assert_eq!(s.policy.on_owner_failure, OwnerFailure::Repin);
+    assert_eq!(s.policy.hop_limit, 1);
+    assert_eq!(s.trusted_proxies.len(), 1);
+    assert!(s.tls.is_none());
+    // Its member set is the cluster's hosts at their dedicated addresses.
+    let members = shop.carp_members(&c, None);
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[1].address, Some("10.0.0.12:80".parse().unwrap()));
+
+    let text = std::fs::read_to_string(example("sticky.toml"))
+        .unwrap()
+        .split("[service.sticky]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[service.sticky]\nlocal = \"127.0.0.1:8080\"\ntls = { cert = \"a.crt\", key = \"a.key\" }\n[[service.sticky.ocf]]\nname = \"other-1\"\naddress = \"10.9.0.1:80\"\n";
+    let d = parse(&text, &example("sticky.toml")).unwrap();
+    assert_round_trip(&d);
+    let s = d.services[0].sticky().unwrap();
+    assert_eq!(s.cookie, "RQFW");
+    assert_eq!(u64::from(s.cookie_max_age_s), DEFAULT_MAX_AGE_S);
+    assert_eq!(s.policy.coherence, Coherence::Always);
+    assert_eq!(s.policy.ocf, ["other-1"]);
+    assert_eq!(s.tls.as_ref().unwrap().cert, PathBuf::from("a.crt"));
 }

@@ -41,6 +41,7 @@
 pub mod array;
 pub mod disruption;
 pub mod failover;
+pub mod forward;
 pub mod frames;
 pub mod machine;
 pub mod pipeline;
@@ -83,6 +84,9 @@ pub enum Bench {
     /// CARP routing: decisions/s in memory (4/16/64 members, each hash
     /// mode), and wrk against shoal, HAProxy, nginx and Squid on one core.
     Array(ArrayArgs),
+    /// Sticky sessions: a request served locally, a forwarded one, and
+    /// HAProxy's cookie insert, wrk through the namespace lab.
+    Forward(Common),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -175,6 +179,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Disruption(c) => (c, &["disruption"]),
         Bench::Failover(c) => (c, &["failover"]),
         Bench::Array(a) => (&a.common, &["array"]),
+        Bench::Forward(c) => (c, &["forward"]),
         Bench::All(c) => (
             c,
             &[
@@ -184,6 +189,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "scaling",
                 "failover",
                 "array",
+                "forward",
             ],
         ),
         Bench::CallgrindWorker { entries, frames } => {
@@ -267,6 +273,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 )?;
                 emit(common, quiet, &r, array::text(&r))?;
                 results.array = Some(r);
+            }
+            "forward" => {
+                signals::catch_interrupts();
+                let r = forward::run(&forward::ForwardOptions {
+                    seconds: common.seconds(5.0, 1.0),
+                    rounds: common.rounds(),
+                    smoke: common.smoke,
+                })?;
+                emit(common, quiet, &r, forward::text(&r))?;
+                if let Some(dir) = &common.out {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::write(dir.join("forward.json"), serde_json::to_string_pretty(&r)?)?;
+                    std::fs::write(dir.join("forward.md"), forward::markdown(&r))?;
+                }
             }
             _ => {}
         }

@@ -19,6 +19,7 @@ const SERVICE_KEYS: &[&str] = &[
     "port",
     "route",
     "carp",
+    "sticky",
     "connect_timeout_ms",
     "first_byte_timeout_ms",
     "idle_timeout_s",
@@ -43,7 +44,8 @@ const CARP_KEYS: &[&str] = &[
     "down_ttl_ms",
 ];
 const PARENT_KEYS: &[&str] = &["name", "address", "load_factor"];
-const ROUTES: &[(&str, ())] = &[("carp", ())];
+/// The route kinds: `true` for CARP, `false` for sticky.
+const ROUTES: &[(&str, bool)] = &[("carp", true), ("sticky", false)];
 const MEMBER_KINDS: &[(&str, bool)] = &[("cluster", true), ("parents", false)];
 
 impl Reader<'_, '_> {
@@ -106,29 +108,72 @@ impl Reader<'_, '_> {
                 }
                 Some(e) => self.choice_item(&e.item, &t.key_path("route"), ROUTES),
             };
-            let carp = match (route, t.entry("carp")) {
-                (Some(()), None) => {
-                    self.missing(&t, "carp");
-                    None
+            let section = match route {
+                Some(true) | None => {
+                    if let (Some(true), Some(e)) = (route, t.entry("sticky")) {
+                        self.diag.at(
+                            e.key_span.start,
+                            t.key_path("sticky"),
+                            "[service.sticky] needs route = \"sticky\"",
+                        );
+                    }
+                    match (route, t.entry("carp")) {
+                        (Some(_), None) => {
+                            self.missing(&t, "carp");
+                            None
+                        }
+                        (_, Some(e)) => self
+                            .carp(&e.item, &t.key_path("carp"), hosts, hosts_sound)
+                            .map(|(c, span)| (ServiceRoute::Carp(c), span)),
+                        (None, None) => None,
+                    }
                 }
-                (_, Some(e)) => self.carp(&e.item, &t.key_path("carp"), hosts, hosts_sound),
-                (None, None) => None,
+                Some(false) => {
+                    if let Some(e) = t.entry("carp") {
+                        self.diag.at(
+                            e.key_span.start,
+                            t.key_path("carp"),
+                            "[service.carp] needs route = \"carp\"",
+                        );
+                    }
+                    match t.entry("sticky") {
+                        None => {
+                            self.missing(&t, "sticky");
+                            None
+                        }
+                        Some(e) => self
+                            .sticky(&e.item, &t.key_path("sticky"))
+                            .map(|(s, span)| (ServiceRoute::Sticky(Box::new(s)), span)),
+                    }
+                }
             };
             let limits = self.limits(&t);
-            if let Some((carp, span)) = &carp {
-                if matches!(carp.members, CarpMembers::Cluster { .. }) {
+            if let Some((route, span)) = &section {
+                let cluster = match route {
+                    ServiceRoute::Carp(c) => matches!(c.members, CarpMembers::Cluster { .. }),
+                    ServiceRoute::Sticky(_) => true,
+                };
+                if cluster {
                     cluster_service.get_or_insert(*span);
                 }
             }
-            if let (Some(name), Some((p, _)), Some((carp, _))) = (name, port, carp) {
-                let mut carp = carp;
-                if carp.array_name.is_empty() {
-                    carp.array_name = name.clone();
-                }
+            if let (Some(name), Some((p, _)), Some((route, _))) = (name, port, section) {
+                let route = match route {
+                    ServiceRoute::Carp(mut carp) => {
+                        if carp.array_name.is_empty() {
+                            carp.array_name = name.clone();
+                        }
+                        ServiceRoute::Carp(carp)
+                    }
+                    ServiceRoute::Sticky(mut sticky) => {
+                        sticky.array.array_name = name.clone();
+                        ServiceRoute::Sticky(sticky)
+                    }
+                };
                 out.push(ServiceSection {
                     name,
                     port: p,
-                    route: ServiceRoute::Carp(carp),
+                    route,
                     limits,
                 });
             }
@@ -338,7 +383,7 @@ impl Reader<'_, '_> {
         }
     }
 
-    fn socket_addr(&mut self, item: &Item, key: &str) -> Option<SocketAddr> {
+    pub(super) fn socket_addr(&mut self, item: &Item, key: &str) -> Option<SocketAddr> {
         let text = self.string_item(item, key)?;
         match text.parse::<SocketAddr>() {
             Ok(a) if unroutable(a.ip()) || a.port() == 0 => {

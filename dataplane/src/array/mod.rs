@@ -8,7 +8,8 @@
 //! decision with exception and direct host patterns ([`router`]), the
 //! membership table and PAC script an array publishes ([`render`]), the
 //! authenticated member-to-member hop header ([`member`]) and loop
-//! detection through `Via` and `CDN-Loop` ([`hop`]).
+//! detection through `Via` and `CDN-Loop` ([`hop`]); sticky sessions with
+//! the request forwarder ([`sticky`]).
 //!
 //! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
 //! function of the member set and the request target and does not
@@ -22,6 +23,7 @@ pub mod hop;
 pub mod member;
 pub mod render;
 pub mod router;
+pub mod sticky;
 pub mod target;
 
 pub use carp::{Carp, CarpError, HashMode, Member, MemberSpec, Order, MAX_MEMBERS};

@@ -71,6 +71,8 @@ pub struct ServiceCounters {
     pub pages: AtomicU64,
     /// Errors answered, by [`ERRORS`] index.
     pub errors: [AtomicU64; 9],
+    /// A sticky service's own counters (zero for others).
+    pub sticky: super::sticky::StickyCounters,
 }
 
 impl ServiceCounters {
@@ -85,6 +87,7 @@ impl ServiceCounters {
             failovers: AtomicU64::new(0),
             pages: AtomicU64::new(0),
             errors: Default::default(),
+            sticky: Default::default(),
         }
     }
 

@@ -8,7 +8,10 @@
 //! ([`shoal_dataplane::array::member`]), who owns a URL and who follows
 //! ([`shoal_dataplane::array::Router`]), the table and the PAC
 //! ([`crate::tools::carp`] over [`shoal_dataplane::array::render`]), and
-//! member health ([`shoal_controlplane::Health`]).
+//! member health ([`shoal_controlplane::Health`]). A sticky service
+//! (`route = "sticky"`) serves its connections on [`sticky`]'s request path
+//! (the forwarder's decision is [`shoal_dataplane::array::sticky`]'s); its
+//! members, probes and live view are a cluster CARP service's.
 //!
 //! # Threads and what they share
 //!
@@ -60,6 +63,7 @@ use crate::tools::carp::{array, Array, ArrayArgs};
 pub mod counters;
 mod health;
 mod proxy;
+pub mod sticky;
 mod upstream;
 pub mod view;
 mod worker;
@@ -131,6 +135,8 @@ pub struct ServicePlan {
     pub listen: Vec<SocketAddr>,
     /// The engine clock's origin (`since` times are milliseconds from it).
     pub start: Instant,
+    /// For `route = "sticky"`, the forwarder's plan.
+    pub sticky: Option<sticky::StickyPlan>,
 }
 
 impl ServicePlan {
@@ -221,6 +227,7 @@ impl ServicePlan {
             },
             listen,
             start,
+            sticky: None,
         })
     }
 
@@ -296,7 +303,16 @@ impl Bound {
             .services
             .iter()
             .enumerate()
-            .map(|(i, s)| ServicePlan::new(config, i, s, host, key.clone(), start).map(Arc::new))
+            .map(|(i, s)| {
+                let mut plan = ServicePlan::new(config, i, s, host, key.clone(), start)?;
+                if let Some(section) = s.sticky() {
+                    plan.sticky = Some(
+                        sticky::StickyPlan::new(section, config, cluster_key)
+                            .with_context(|| format!("service {:?}", s.name))?,
+                    );
+                }
+                Ok(Arc::new(plan))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut listeners = Vec::with_capacity(cores.len());
         for _ in &cores {
@@ -425,10 +441,12 @@ impl ServicesReader {
                 .filter_map(|w| w.get(i).map(|c| &**c))
                 .collect();
             let snapshot = view.current();
-            out.insert(
-                plan.name.clone(),
-                counters::service_json(&workers, &snapshot, plan.now_ms()),
-            );
+            let mut json = counters::service_json(&workers, &snapshot, plan.now_ms());
+            if plan.sticky.is_some() {
+                let sticky: Vec<_> = workers.iter().map(|w| &w.sticky).collect();
+                sticky::add_json(&mut json, &sticky);
+            }
+            out.insert(plan.name.clone(), json);
         }
         serde_json::Value::Object(out)
     }

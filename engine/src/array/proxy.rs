@@ -43,7 +43,7 @@ pub(super) type ClientBody = Either<Returning, Full<Bytes>>;
 /// The header naming the member (or parent) whose backend answered.
 pub const SERVED_BY: &str = "x-shoal-served-by";
 /// [`SERVED_BY`] as a header name.
-const SERVED_BY_NAME: HeaderName = HeaderName::from_static(SERVED_BY);
+pub(super) const SERVED_BY_NAME: HeaderName = HeaderName::from_static(SERVED_BY);
 /// The header a member adds to a 503 when its `local` does not answer.
 pub const UNAVAILABLE: &str = "shoal-unavailable";
 
@@ -64,9 +64,9 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// [`MEMBER_HEADER`] as a header name.
-const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
+pub(super) const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
 /// RFC 8586's `CDN-Loop`.
-const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 /// One service as one worker serves it.
 pub(super) struct Service {
@@ -80,14 +80,14 @@ pub(super) struct Service {
 
 impl Service {
     /// The view in force (one atomic load unless it moved).
-    fn snapshot(&self) -> Arc<Snapshot> {
+    pub(super) fn snapshot(&self) -> Arc<Snapshot> {
         let mut cached = self.cached.borrow_mut();
         self.view.load(&mut cached);
         cached.1.clone()
     }
 
     /// Tells the health thread member `i` failed on the request path.
-    fn failed(&self, i: usize) {
+    pub(super) fn failed(&self, i: usize) {
         let _ = self.reports.try_send(Report {
             service: self.plan.index,
             member: i,
@@ -145,7 +145,7 @@ impl Iterator for Hops<'_> {
 }
 
 /// An error answered to the client.
-fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
+pub(super) fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -163,7 +163,7 @@ pub(super) fn overloaded() -> Response<ClientBody> {
     r
 }
 
-fn refused(service: &Service, refusal: Refusal) -> Response<ClientBody> {
+pub(super) fn refused(service: &Service, refusal: Refusal) -> Response<ClientBody> {
     service
         .counters
         .error(ErrorKind::Refusal(refusal.counter()));
@@ -171,7 +171,7 @@ fn refused(service: &Service, refusal: Refusal) -> Response<ClientBody> {
     answer(status, &refusal.to_string())
 }
 
-fn failure(service: &Service, kind: ErrorKind) -> Response<ClientBody> {
+pub(super) fn failure(service: &Service, kind: ErrorKind) -> Response<ClientBody> {
     service.counters.error(kind);
     match kind {
         ErrorKind::Timeout => answer(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
@@ -180,7 +180,7 @@ fn failure(service: &Service, kind: ErrorKind) -> Response<ClientBody> {
 }
 
 /// Wall-clock milliseconds since the Unix epoch (the member header's time).
-fn wall_ms() -> u64 {
+pub(super) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -188,7 +188,7 @@ fn wall_ms() -> u64 {
 
 /// The bytes a head took on the wire, as near as the parsed parts tell:
 /// request line and every field line with their line ends.
-fn head_bytes(parts: &Parts, target: &str) -> usize {
+pub(super) fn head_bytes(parts: &Parts, target: &str) -> usize {
     let fields: usize = parts
         .headers
         .iter()
@@ -267,7 +267,7 @@ fn reverse_uri(
 }
 
 /// Whether the request carries no body (none announced).
-fn bodiless(headers: &HeaderMap) -> bool {
+pub(super) fn bodiless(headers: &HeaderMap) -> bool {
     !headers.contains_key(header::TRANSFER_ENCODING)
         && headers
             .get(header::CONTENT_LENGTH)
@@ -570,7 +570,7 @@ impl Attempt {
 }
 
 /// What one attempt came to.
-enum Exchange {
+pub(super) enum Exchange {
     /// A response head arrived; its connection goes back to the pool
     /// per the check-in once its body was read.
     Answered(Response<Incoming>, Option<CheckIn>),
@@ -590,7 +590,7 @@ enum Exchange {
 /// one (and again over a new one if that connection turns out closed before
 /// the request left), else over a new connection. `fresh` (always for
 /// `CONNECT`) asks for a connection of its own, never pooled after.
-async fn exchange(
+pub(super) async fn exchange(
     service: &Service,
     addr: SocketAddr,
     request: Request<UpBody>,
@@ -701,7 +701,7 @@ async fn tunnel_direct(
 }
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads carry none but `Connection`: one pass over the names
     // decides, and the hop-by-hop fields a `Connection` names (such as
     // `keep-alive`) are removed with the others, without a name made.
@@ -736,7 +736,11 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 }
 
 /// An array page from the live view.
-fn page_answer(plan: &ServicePlan, snapshot: &Snapshot, page: ArrayPage) -> Response<ClientBody> {
+pub(super) fn page_answer(
+    plan: &ServicePlan,
+    snapshot: &Snapshot,
+    page: ArrayPage,
+) -> Response<ClientBody> {
     let (status, text) = match page {
         ArrayPage::Table => (
             StatusCode::OK,

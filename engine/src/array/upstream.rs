@@ -125,6 +125,8 @@ pub(super) struct Returning {
     body: Incoming,
     ended: bool,
     check_in: Option<CheckIn>,
+    /// Called once if the body fails (the upstream broke off).
+    on_error: Option<Rc<dyn Fn()>>,
 }
 
 impl Returning {
@@ -135,7 +137,14 @@ impl Returning {
             body,
             ended: false,
             check_in,
+            on_error: None,
         }
+    }
+
+    /// Calls `f` once if the body fails before its end.
+    pub(super) fn on_error(mut self, f: Rc<dyn Fn()>) -> Self {
+        self.on_error = Some(f);
+        self
     }
 }
 
@@ -149,8 +158,14 @@ impl Body for Returning {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
+        match &frame {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = this.on_error.take() {
+                    f();
+                }
+            }
+            _ => {}
         }
         frame
     }

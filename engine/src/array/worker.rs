@@ -130,19 +130,20 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>, conns: Arc<Ato
     let max = u64::from(service.plan.limits.max_connections);
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let admitted = Admitted(conns.clone());
         let over = conns.fetch_add(1, Ordering::Relaxed) >= max;
         let service = service.clone();
         tokio::task::spawn_local(async move {
-            connection(stream, service, over).await;
+            connection(stream, peer, service, over).await;
             drop(admitted);
         });
     }
@@ -150,7 +151,12 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>, conns: Arc<Ato
 
 /// Serves one client connection: every request on it until it closes, or
 /// (`over` the connection limit) one 503 and close.
-async fn connection(stream: tokio::net::TcpStream, service: Rc<Service>, over: bool) {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    service: Rc<Service>,
+    over: bool,
+) {
     let limits = &service.plan.limits;
     let mut builder = http1::Builder::new();
     // The HTTP library's own bounds sit above the service's, so the
@@ -166,6 +172,9 @@ async fn connection(stream: tokio::net::TcpStream, service: Rc<Service>, over: b
         )
         .max_headers((limits.max_headers as usize).saturating_mul(2) + 16)
         .keep_alive(!over);
+    if service.plan.sticky.is_some() && !over {
+        return super::sticky::connection(stream, peer, service, builder).await;
+    }
     let io = TokioIo::new(stream);
     let result = if over {
         let service = service.clone();

@@ -30,3 +30,4 @@ pub mod member;
 pub mod pcap;
 pub mod route;
 pub mod seeds;
+pub mod sticky;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use shoal_fuzz_harness::classify::Segment;
-use shoal_fuzz_harness::{config, head, member, pcap, route};
+use shoal_fuzz_harness::{config, head, member, pcap, route, sticky};
 
 fn inputs(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     if path.is_dir() {
@@ -64,6 +64,7 @@ fn run(target: &str, paths: &[PathBuf]) -> Result<(), String> {
             "route" => route::check(&input),
             "head" => head::check(&input),
             "member" => member::check(&input),
+            "sticky" => sticky::check(&input),
             _ => return Err(format!("no check for target {target}")),
         }
     }

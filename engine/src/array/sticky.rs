@@ -1,0 +1,857 @@
+//! The request path of a sticky service (`route = "sticky"`): the request
+//! forwarder of seed 002 on the array tier.
+//!
+//! Every decision is the dataplane's ([`shoal_dataplane::array::sticky`]):
+//! whether the cookie checks, who the client is, whether to serve here,
+//! forward, or refuse, and whether the answer gets a cookie. This module
+//! moves the bytes: it reads the head, asks, sends the request to `local`
+//! or over a signed hop to the owner's dedicated address, and relays the
+//! answer with the cookie set.
+//!
+//! Guarantees:
+//! - Client-supplied forwarding fields (`Forwarded`, `X-Forwarded-*`,
+//!   `X-Real-IP`) and shoal's own (`shoal-member`, `shoal-hops`,
+//!   `x-shoal-forwarded-by`) never reach the application from a client:
+//!   they are removed and rebuilt from the peer address, believed only as
+//!   far as `trusted_proxies` reach; on a verified hop the sending member's
+//!   fields are kept and `x-shoal-forwarded-by` names it.
+//! - The seed's error cases (Table 5.2): an owner that answers, with any
+//!   status, is relayed as is; an owner not in the view, or whose connection
+//!   fails before a request byte left, is re-pinned here (or 503 under
+//!   `strict`); a connection that fails after request bytes left is a 502
+//!   that says so; once response headers were relayed, a failure aborts the
+//!   client connection (the body is never completed short); the hop limit
+//!   is a 502 that says so. Each is counted.
+//! - Connection-bound authentication: once a request on a client
+//!   connection carries `Authorization: NTLM` or `Negotiate` (or the
+//!   application asks for one), the upstream connection that served it is
+//!   kept for that client connection alone and every later request on it
+//!   goes there, never through the pool.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+use shoal_config::{Config, StickySection};
+use shoal_dataplane::array::sticky::{
+    self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
+    TrustedNet, View,
+};
+use shoal_dataplane::array::{classify, member, seen, Form, HeadView, Refusal};
+use shoal_dataplane::{HostId, HostSet};
+
+use super::counters::{ErrorKind, ServiceCounters};
+use super::proxy::{
+    answer, bodiless, exchange, failure, head_bytes, page_answer, refused, strip_hop_by_hop,
+    wall_ms, ClientBody, Exchange, Service, CDN_LOOP, MEMBER_NAME, SERVED_BY_NAME,
+};
+use super::upstream::{self, CheckIn, Returning, UpBody};
+use super::MEMBER_SKEW_MS;
+
+/// The hop count a member adds to a request it forwards (trusted only with
+/// a verified member header).
+const HOPS: HeaderName = HeaderName::from_static("shoal-hops");
+/// The member that forwarded the request, as the application sees it.
+pub const FORWARDED_BY: &str = "x-shoal-forwarded-by";
+const FORWARDED_BY_NAME: HeaderName = HeaderName::from_static(FORWARDED_BY);
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Client-supplied fields removed unless a trusted proxy or a member sent
+/// them (`Forwarded` and `X-Forwarded-For` are rebuilt).
+const CLIENT_FIELDS: [HeaderName; 5] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    FORWARDED_BY_NAME,
+    HOPS,
+];
+
+/// The error kinds a sticky service counts beside the tier's, in the
+/// `errors` object of its stats entry.
+pub const ERRORS: &[&str] = &[
+    "bad_cookie",
+    "expired_cookie",
+    "owner_offline",
+    "connect_failed",
+    "owner_failed",
+    "owner_aborted",
+    "owner_timeout",
+    "hop_limit",
+];
+
+/// A sticky error kind (index into [`ERRORS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StickyError {
+    /// A cookie that failed its check (malformed, forged, from the future).
+    BadCookie,
+    /// A cookie past its maximum age.
+    ExpiredCookie,
+    /// The owner a cookie names is not in the live view.
+    OwnerOffline,
+    /// The connection to the owner failed before a request byte was sent.
+    ConnectFailed,
+    /// The owner's connection failed after request bytes were sent (502).
+    OwnerFailed,
+    /// The owner's connection failed after the response head was relayed
+    /// (client connection aborted).
+    OwnerAborted,
+    /// The owner sent no response head in time (504).
+    OwnerTimeout,
+    /// The hop limit was reached (502).
+    HopLimit,
+}
+
+/// The seed's Table 5.4 for one worker and one service, and the errors of
+/// [`ERRORS`].
+#[derive(Debug, Default)]
+pub struct StickyCounters {
+    /// Dynamic requests with a valid cookie naming the serving host.
+    pub coherent: AtomicU64,
+    /// Dynamic requests without one, served here.
+    pub dynamic: AtomicU64,
+    /// Requests matching `static`.
+    pub statics: AtomicU64,
+    /// Controller requests served here.
+    pub controller: AtomicU64,
+    /// Requests forwarded to another member and answered by it.
+    pub forwarded: AtomicU64,
+    /// Requests answered with an error by the forwarder.
+    pub failed: AtomicU64,
+    /// Responses that got a cookie naming this host.
+    pub pinned: AtomicU64,
+    /// Cookies moved to this host because their owner was unavailable.
+    pub repinned: AtomicU64,
+    /// Requests sent over an upstream connection bound to the client's.
+    pub bound: AtomicU64,
+    /// Errors by [`ERRORS`] index.
+    pub errors: [AtomicU64; 8],
+}
+
+impl StickyCounters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn error(&self, e: StickyError) {
+        Self::bump(&self.errors[e as usize]);
+    }
+}
+
+/// Adds a sticky service's counters, every worker's summed, to its stats
+/// object (`services.<name>`): `coherent`, `dynamic`, `static`,
+/// `controller`, `forwarded`, `failed`, `pinned`, `repinned`, `bound`, and
+/// [`ERRORS`] in its `errors` object.
+pub fn add_json(object: &mut Value, workers: &[&StickyCounters]) {
+    let sum = |f: &dyn Fn(&StickyCounters) -> &AtomicU64| -> u64 {
+        workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+    };
+    let Some(o) = object.as_object_mut() else {
+        return;
+    };
+    o.insert("coherent".into(), sum(&|w| &w.coherent).into());
+    o.insert("dynamic".into(), sum(&|w| &w.dynamic).into());
+    o.insert("static".into(), sum(&|w| &w.statics).into());
+    o.insert("controller".into(), sum(&|w| &w.controller).into());
+    o.insert("forwarded".into(), sum(&|w| &w.forwarded).into());
+    o.insert("failed".into(), sum(&|w| &w.failed).into());
+    o.insert("pinned".into(), sum(&|w| &w.pinned).into());
+    o.insert("repinned".into(), sum(&|w| &w.repinned).into());
+    o.insert("bound".into(), sum(&|w| &w.bound).into());
+    let errors = o
+        .entry("errors")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(errors) = errors.as_object_mut() {
+        for (i, name) in ERRORS.iter().enumerate() {
+            errors.insert((*name).into(), sum(&|w| &w.errors[i]).into());
+        }
+    }
+}
+
+/// A sticky service as every thread sees it; never changes.
+#[derive(Debug)]
+pub struct StickyPlan {
+    /// The decision's policy.
+    pub policy: Policy,
+    /// The cookie's name.
+    pub cookie: String,
+    /// The cookie key.
+    pub key: CookieKey,
+    /// Maximum cookie age, seconds.
+    pub max_age_s: u64,
+    /// Peers whose forwarding fields are believed.
+    pub trusted: Vec<TrustedNet>,
+    /// Per `ocf` member, its address.
+    pub ocf: Vec<SocketAddr>,
+    /// Per member (host) index, its name as a header value.
+    pub names: Vec<(HostId, HeaderValue)>,
+}
+
+impl StickyPlan {
+    /// The plan of `section` for a cluster keyed with `cluster_key`.
+    pub fn new(
+        section: &StickySection,
+        config: &Config,
+        cluster_key: &[u8],
+    ) -> anyhow::Result<Self> {
+        if section.tls.is_some() || section.backend_tls {
+            anyhow::bail!("tls and backend_tls are not implemented in this build: terminate TLS in front of shoal");
+        }
+        Ok(StickyPlan {
+            policy: section.policy.clone(),
+            cookie: section.cookie.clone(),
+            key: CookieKey::derive(cluster_key),
+            max_age_s: u64::from(section.cookie_max_age_s),
+            trusted: section.trusted_proxies.clone(),
+            ocf: section.ocf.iter().map(|o| o.address).collect(),
+            names: config
+                .hosts
+                .iter()
+                .filter_map(|h| {
+                    let n = config.member_name(h.id)?;
+                    Some((h.id, HeaderValue::from_str(&n).ok()?))
+                })
+                .collect(),
+        })
+    }
+
+    fn name_of(&self, host: HostId) -> Option<&HeaderValue> {
+        self.names.iter().find(|(h, _)| *h == host).map(|(_, v)| v)
+    }
+}
+
+/// One client connection: its peer and, once connection-bound
+/// authentication began on it, the upstream connection bound to it.
+#[derive(Debug)]
+pub(super) struct Client {
+    peer: SocketAddr,
+    bound: RefCell<Option<(SocketAddr, SendRequest<UpBody>)>>,
+}
+
+/// Serves one client connection of a sticky service (the worker's
+/// `connection` for `route = "sticky"`).
+pub(super) async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: Rc<Service>,
+    builder: http1::Builder,
+) {
+    let client = Rc::new(Client {
+        peer,
+        bound: RefCell::new(None),
+    });
+    let io = TokioIo::new(stream);
+    let svc = service.clone();
+    let result = builder
+        .serve_connection(
+            io,
+            service_fn(move |req| {
+                let (service, client) = (svc.clone(), client.clone());
+                async move {
+                    ServiceCounters::bump(&service.counters.requests);
+                    let Some(plan) = service.plan.sticky.as_ref() else {
+                        return Ok::<_, std::convert::Infallible>(answer(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "not a sticky service",
+                        ));
+                    };
+                    Ok(serve(&service, plan, req, &client).await)
+                }
+            }),
+        )
+        .await;
+    if let Err(e) = result {
+        let counters = &service.counters;
+        if e.is_parse_too_large() {
+            ServiceCounters::bump(&counters.requests);
+            counters.error(ErrorKind::Refusal("head_too_large"));
+        } else if e.is_parse() {
+            ServiceCounters::bump(&counters.requests);
+            counters.error(ErrorKind::Refusal("bad_request"));
+        }
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Whether an `Authorization` or `WWW-Authenticate` value starts a
+/// connection-bound scheme (NTLM, Negotiate).
+fn connection_bound(values: header::GetAll<'_, HeaderValue>) -> bool {
+    values.iter().any(|v| {
+        let v = v.as_bytes();
+        let scheme = v.split(|&b| b == b' ').next().unwrap_or(v);
+        scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
+    })
+}
+
+/// Where one request goes.
+enum Dest {
+    /// This host's `local`.
+    Local,
+    /// A member at `addr`, signed with `port` (`index`: the member's index
+    /// among the service's members, for health reports).
+    Member {
+        addr: SocketAddr,
+        index: Option<usize>,
+    },
+}
+
+async fn serve(
+    service: &Service,
+    sp: &StickyPlan,
+    req: Request<Incoming>,
+    client: &Client,
+) -> Response<ClientBody> {
+    let plan = &*service.plan;
+    let counters = &service.counters.sticky;
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let target: String = match (parts.uri.scheme(), parts.uri.authority()) {
+        (None, None) => path_and_query.clone(),
+        _ => parts.uri.to_string(),
+    };
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().map(HeaderValue::as_bytes);
+    let head = HeadView {
+        method: parts.method.as_str().as_bytes(),
+        target: target.as_bytes(),
+        host,
+        host_count: usize::from(host.is_some()) + hosts.count(),
+        head_bytes: head_bytes(&parts, &target),
+        header_count: parts.headers.len(),
+    };
+    let snapshot = service.snapshot();
+    match classify(&head, &plan.head_limits, &[]) {
+        Ok(Form::Array(page)) => {
+            ServiceCounters::bump(&service.counters.pages);
+            return page_answer(plan, &snapshot, page);
+        }
+        Ok(Form::Reverse(_) | Form::Forward(_)) => {}
+        Ok(Form::Connect(_)) => {
+            return refused(
+                service,
+                Refusal::BadRequest("a sticky service does not tunnel"),
+            )
+        }
+        Err(r) => return refused(service, r),
+    }
+    let original_host = parts.headers.get(header::HOST).cloned();
+    if seen(
+        &plan.own_name,
+        parts
+            .headers
+            .get_all(header::VIA)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        parts
+            .headers
+            .get_all(CDN_LOOP)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        return refused(service, Refusal::Loop);
+    }
+    // A verified member header makes this a hop: its sender is authentic.
+    let mut from_member: Option<HostId> = None;
+    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
+    if let Some(value) = member_values.next() {
+        let verified = if member_values.next().is_none() {
+            member::verify(
+                &plan.key,
+                value.as_bytes(),
+                plan.port,
+                parts.method.as_str().as_bytes(),
+                path_and_query.as_bytes(),
+                wall_ms(),
+                MEMBER_SKEW_MS,
+            )
+            .ok()
+        } else {
+            None
+        };
+        match verified.and_then(HostId::new) {
+            Some(h) => from_member = Some(h),
+            None => return refused(service, Refusal::ForgedMember),
+        }
+        ServiceCounters::bump(&service.counters.hops_in);
+    }
+    let hops: u8 = match from_member {
+        None => 0,
+        Some(_) => parts
+            .headers
+            .get(HOPS)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1),
+    };
+    let now_s = wall_ms() / 1000;
+    // Cheap clones (shared bytes): the head is rebuilt below.
+    let cookie_fields: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let cookie_state = cookie_state(&cookie_fields, sp, plan.port, now_s);
+    if let CookieState::Refused(e) = cookie_state {
+        counters.error(match e.counter() {
+            "expired_cookie" => StickyError::ExpiredCookie,
+            _ => StickyError::BadCookie,
+        });
+    }
+    let live: HostSet = plan
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| snapshot.is_up(*i))
+        .filter_map(|(_, h)| *h)
+        .collect();
+    let view = View {
+        own: plan.own_host,
+        live,
+    };
+    let path = parts.uri.path().as_bytes();
+    let request = sticky::Request {
+        method: parts.method.as_str().as_bytes(),
+        path,
+        cookie: cookie_state,
+        hops,
+    };
+    let mut route = sticky::decide(&sp.policy, &view, &request);
+    if matches!(
+        (route, cookie_state),
+        (
+            Route::Local { repinned: true, .. } | Route::OwnerUnavailable,
+            _
+        )
+    ) {
+        counters.error(StickyError::OwnerOffline);
+    }
+    let coherent = matches!(
+        cookie_state,
+        CookieState::Valid(c) if c.owner == Owner::Host(plan.own_host)
+    );
+    let stale = matches!(
+        cookie_state,
+        CookieState::Valid(c) if now_s.saturating_sub(c.issued_s) > sp.max_age_s / 2
+    );
+
+    // The head sent on: hop-by-hop fields gone, forwarding fields rebuilt.
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    for n in &CLIENT_FIELDS {
+        headers.remove(n);
+    }
+    match from_member {
+        Some(h) => {
+            if let Some(name) = sp.name_of(h) {
+                headers.insert(FORWARDED_BY_NAME, name.clone());
+            }
+        }
+        None => {
+            let peer = client.peer.ip();
+            let believed = sp.trusted.iter().any(|n| n.contains(peer));
+            let nodes = if !believed {
+                Vec::new()
+            } else if headers.contains_key(FORWARDED) {
+                forwarded::forwarded_for(
+                    headers.get_all(FORWARDED).iter().map(HeaderValue::as_bytes),
+                )
+            } else {
+                forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
+            };
+            let chain = forwarded::client_chain(canonical(peer), &sp.trusted, &nodes);
+            headers.remove(FORWARDED);
+            headers.remove(XFF);
+            if let Ok(v) = HeaderValue::from_str(&forwarded::render_xff(&chain)) {
+                headers.insert(XFF, v);
+            }
+            let fwd = forwarded::render_forwarded(
+                &chain,
+                original_host.as_ref().map(HeaderValue::as_bytes),
+                "http",
+            );
+            if let Ok(v) = HeaderValue::from_str(&fwd) {
+                headers.insert(FORWARDED, v);
+            }
+        }
+    }
+    headers.append(header::VIA, plan.via.clone());
+    let uri: Uri = path_and_query
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let retriable = bodiless(&headers);
+    let mut body = Some(body);
+    let bound_auth = connection_bound(headers.get_all(header::AUTHORIZATION));
+
+    loop {
+        let (dest, class, pinnable, repinned) = match route {
+            Route::HopLimit => {
+                counters.error(StickyError::HopLimit);
+                StickyCounters::bump(&counters.failed);
+                return answer(
+                    StatusCode::BAD_GATEWAY,
+                    "hop limit reached: the request was already forwarded between members",
+                );
+            }
+            Route::OwnerUnavailable => {
+                StickyCounters::bump(&counters.failed);
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the member that owns this session is unavailable",
+                );
+            }
+            Route::Local {
+                class,
+                pinnable,
+                repinned,
+            } => (Dest::Local, Some(class), pinnable, repinned),
+            Route::Forward { to, .. } => {
+                let (addr, index) = match to {
+                    Target::Host(h) => {
+                        let i = plan.hosts.iter().position(|x| *x == Some(h));
+                        (i.and_then(|i| plan.addresses.get(i).copied().flatten()), i)
+                    }
+                    Target::Ocf(i, _) => (sp.ocf.get(i).copied(), None),
+                };
+                match addr {
+                    Some(addr) => (Dest::Member { addr, index }, None, false, false),
+                    None => {
+                        route = sticky::unreachable_owner(&sp.policy);
+                        counters.error(StickyError::OwnerOffline);
+                        continue;
+                    }
+                }
+            }
+        };
+        let (addr, member_index) = match &dest {
+            Dest::Local => match plan.upstreams {
+                super::Upstreams::Cluster { local, .. } => (local, None),
+                super::Upstreams::Parents => return failure(service, ErrorKind::Unreachable),
+            },
+            Dest::Member { addr, index } => (*addr, *index),
+        };
+        let up_body: UpBody = if retriable {
+            Either::Right(Empty::new())
+        } else {
+            match body.take() {
+                Some(b) => Either::Left(b),
+                None => return failure(service, ErrorKind::Unreachable),
+            }
+        };
+        let mut request = Request::new(up_body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers.clone();
+        if let Dest::Member { addr, .. } = dest {
+            let sig = member::sign(
+                &plan.key,
+                plan.own_host.get(),
+                addr.port(),
+                wall_ms(),
+                parts.method.as_str().as_bytes(),
+                path_and_query.as_bytes(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&sig) {
+                request.headers_mut().insert(MEMBER_NAME, v);
+            }
+            request
+                .headers_mut()
+                .insert(HOPS, HeaderValue::from(u16::from(hops) + 1));
+        }
+        let outcome = send(service, client, addr, request, bound_auth).await;
+        match outcome {
+            Outcome::Answered(mut resp, check_in, bound) => {
+                if bound {
+                    StickyCounters::bump(&counters.bound);
+                }
+                strip_hop_by_hop(resp.headers_mut());
+                resp.headers_mut().append(header::VIA, plan.via.clone());
+                match class {
+                    None => {
+                        StickyCounters::bump(&counters.forwarded);
+                        ServiceCounters::bump(&service.counters.hops_out);
+                        if let Some(i) = member_index {
+                            service.counters.routed_to(i);
+                        }
+                    }
+                    Some(class) => {
+                        ServiceCounters::bump(&service.counters.local);
+                        StickyCounters::bump(match class {
+                            Class::Static => &counters.statics,
+                            Class::Controller => &counters.controller,
+                            Class::Coherent => &counters.coherent,
+                            Class::Dynamic => &counters.dynamic,
+                        });
+                        if let Some(name) = &plan.own_name_value {
+                            resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
+                        }
+                        let set = resp
+                            .headers()
+                            .get_all(header::SET_COOKIE)
+                            .iter()
+                            .filter_map(|v| cookie::set_cookie_name(v.as_bytes()))
+                            .collect::<Vec<_>>();
+                        let pin = sticky::pin(&sp.policy, pinnable, repinned, coherent, stale, set);
+                        if pin {
+                            StickyCounters::bump(&counters.pinned);
+                            if repinned {
+                                StickyCounters::bump(&counters.repinned);
+                            }
+                            let value = cookie::issue(
+                                &sp.key,
+                                Owner::Host(plan.own_host),
+                                plan.port,
+                                now_s,
+                            );
+                            let text = format!(
+                                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                                sp.cookie, sp.max_age_s
+                            );
+                            if let Ok(v) = HeaderValue::from_str(&text) {
+                                resp.headers_mut().append(header::SET_COOKIE, v);
+                            }
+                        }
+                    }
+                }
+                let watched = class.is_none().then(|| {
+                    let c = service.counters.clone();
+                    Rc::new(move || {
+                        c.sticky.error(StickyError::OwnerAborted);
+                        StickyCounters::bump(&c.sticky.failed);
+                    }) as Rc<dyn Fn()>
+                });
+                return resp.map(|b| {
+                    let mut r = Returning::new(b, check_in);
+                    if let Some(w) = watched {
+                        r = r.on_error(w);
+                    }
+                    Either::Left(r)
+                });
+            }
+            Outcome::NotSent(returned) => {
+                if let Some(Either::Left(b)) = returned.map(Request::into_body) {
+                    body = Some(b);
+                }
+                match dest {
+                    Dest::Local => return failure(service, ErrorKind::Unreachable),
+                    Dest::Member { .. } => {
+                        if let Some(i) = member_index {
+                            service.failed(i);
+                        }
+                        counters.error(StickyError::ConnectFailed);
+                        if body.is_none() && !retriable {
+                            StickyCounters::bump(&counters.failed);
+                            return answer(StatusCode::BAD_GATEWAY, "the session's owner could not be reached and the request body is gone");
+                        }
+                        route = sticky::unreachable_owner(&sp.policy);
+                    }
+                }
+            }
+            Outcome::Failed => {
+                StickyCounters::bump(&counters.failed);
+                return match dest {
+                    Dest::Local => failure(service, ErrorKind::Unreachable),
+                    Dest::Member { .. } => {
+                        if let Some(i) = member_index {
+                            service.failed(i);
+                        }
+                        counters.error(StickyError::OwnerFailed);
+                        answer(
+                            StatusCode::BAD_GATEWAY,
+                            "the session's owner failed after the request was sent to it; the request may have been processed",
+                        )
+                    }
+                };
+            }
+            Outcome::TimedOut => {
+                StickyCounters::bump(&counters.failed);
+                if let Dest::Member { .. } = dest {
+                    counters.error(StickyError::OwnerTimeout);
+                }
+                return failure(service, ErrorKind::Timeout);
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 peers as IPv4 (dual-stack listeners).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The request's cookie: the first value of the service's cookie that
+/// checks; else the first refusal; else absent.
+fn cookie_state<'h>(
+    fields: &'h [HeaderValue],
+    sp: &'h StickyPlan,
+    port: u16,
+    now_s: u64,
+) -> CookieState<'h> {
+    let mut state = CookieState::Absent;
+    for field in fields {
+        for value in cookie::cookie_values(field.as_bytes(), sp.cookie.as_bytes()) {
+            match cookie::check(&sp.key, value, port, now_s, sp.max_age_s) {
+                Ok(c) => return CookieState::Valid(c),
+                Err(e) => {
+                    if state == CookieState::Absent {
+                        state = CookieState::Refused(e);
+                    }
+                }
+            }
+        }
+    }
+    state
+}
+
+/// What one send came to.
+enum Outcome {
+    /// A response head; the connection's check-in; whether it went over a
+    /// bound connection.
+    Answered(Response<Incoming>, Option<CheckIn>, bool),
+    /// Nothing was sent.
+    NotSent(Option<Request<UpBody>>),
+    /// Sent (perhaps in part), no response head.
+    Failed,
+    /// No response head in time.
+    TimedOut,
+}
+
+/// Sends `request` to `addr`: over the client connection's bound upstream
+/// when it has one for `addr`, else through the pool; a response that
+/// starts connection-bound authentication (or a request that carries it)
+/// binds the connection it came over to the client connection.
+async fn send(
+    service: &Service,
+    client: &Client,
+    addr: SocketAddr,
+    request: Request<UpBody>,
+    bound_auth: bool,
+) -> Outcome {
+    let bound = client.bound.borrow_mut().take();
+    let bound = match bound {
+        Some((a, s)) if a == addr && !s.is_closed() => Some(s),
+        _ => None,
+    };
+    if bound.is_some() || bound_auth {
+        return send_bound(service, client, addr, request, bound).await;
+    }
+    match exchange(service, addr, request, false).await {
+        Exchange::Answered(resp, check_in) => {
+            if connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE)) {
+                if let Some(c) = check_in {
+                    // The handshake goes on over this connection: it is
+                    // the client connection's from now on.
+                    *client.bound.borrow_mut() = Some((addr, c.sender));
+                    return Outcome::Answered(resp, None, true);
+                }
+            }
+            Outcome::Answered(resp, check_in, false)
+        }
+        Exchange::NotSent(r) => Outcome::NotSent(r),
+        Exchange::Failed { .. } => Outcome::Failed,
+        Exchange::TimedOut => Outcome::TimedOut,
+    }
+}
+
+/// Sends over the client connection's own upstream connection (made when
+/// there is none yet) and keeps it bound.
+async fn send_bound(
+    service: &Service,
+    client: &Client,
+    addr: SocketAddr,
+    request: Request<UpBody>,
+    bound: Option<SendRequest<UpBody>>,
+) -> Outcome {
+    let plan = &service.plan;
+    let mut sender = match bound {
+        Some(s) => s,
+        None => match upstream::connect(addr, plan.connect_timeout()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "upstream unreachable");
+                return Outcome::NotSent(Some(request));
+            }
+        },
+    };
+    let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
+    if sender.ready().await.is_err() {
+        return Outcome::NotSent(Some(request));
+    }
+    match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Ok(resp)) => {
+            *client.bound.borrow_mut() = Some((addr, sender));
+            Outcome::Answered(resp, None, true)
+        }
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(back) => Outcome::NotSent(Some(back)),
+            None => Outcome::Failed,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(values: &[&'static str]) -> bool {
+        let mut h = hyper::HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_static(v));
+        }
+        connection_bound(h.get_all(header::AUTHORIZATION))
+    }
+
+    #[test]
+    fn ntlm_and_negotiate_bind_the_connection_and_other_schemes_do_not() {
+        assert!(bound(&["NTLM TlRMTVNTUAABAAAA"]));
+        assert!(bound(&["negotiate YIIx"]));
+        assert!(bound(&["Basic YTpi", "Negotiate"]));
+        assert!(!bound(&["Basic YTpi"]));
+        assert!(!bound(&["Bearer x.y.z"]));
+        assert!(!bound(&["NTLMx"]));
+        assert!(!bound(&[]));
+    }
+
+    #[test]
+    fn sticky_errors_are_indexed_in_order() {
+        let all = [
+            StickyError::BadCookie,
+            StickyError::ExpiredCookie,
+            StickyError::OwnerOffline,
+            StickyError::ConnectFailed,
+            StickyError::OwnerFailed,
+            StickyError::OwnerAborted,
+            StickyError::OwnerTimeout,
+            StickyError::HopLimit,
+        ];
+        assert_eq!(all.len(), ERRORS.len());
+        let c = StickyCounters::default();
+        for e in all {
+            c.error(e);
+        }
+        let mut json = serde_json::json!({"errors": {"unreachable": 0}});
+        add_json(&mut json, &[&c]);
+        for name in ERRORS {
+            assert_eq!(json["errors"][*name], 1, "{name}");
+        }
+        assert_eq!(json["errors"]["unreachable"], 0);
+        assert_eq!(json["forwarded"], 0);
+    }
+}

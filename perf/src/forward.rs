@@ -1,0 +1,452 @@
+//! `shoal bench forward`: what a sticky service's forward costs, beside a
+//! request served locally and HAProxy's cookie stickiness (`cookie …
+//! insert`), in one run with the same application servers and load.
+//!
+//! The rig is the namespace lab (`scripts/lab up --config
+//! scripts/lab.d/forward.toml --hosts 2`, the lab lock held while its
+//! namespaces exist): two hosts, each with nginx as the application
+//! (`return 200`) on 127.0.0.1:8081 and on its dedicated address at 8082.
+//! wrk runs in the client namespace from one address, which Single
+//! affinity maps to one host, the *receiver*:
+//!
+//! - `local`: `Cookie: RQFW=` naming the receiver: served by its nginx;
+//! - `forwarded`: the cookie names the other host: every request takes the
+//!   signed hop to it;
+//! - `haproxy_cookie_insert`: HAProxy on the receiver (port 8002,
+//!   `cookie SRV insert indirect nocache`, both nginx as servers) with
+//!   `Cookie: SRV=` naming the receiver's server.
+//!
+//! CPU per request is the schedstat CPU time of every `shoal-proxy-*`
+//! thread on both hosts (a forward costs on the receiver and the owner),
+//! or of every HAProxy thread, over wrk's requests. Latency percentiles are
+//! wrk's. Cases are interleaved for `rounds` rounds and each figure is the
+//! median.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use shoal_dataplane::array::sticky::cookie::issue;
+use shoal_dataplane::array::sticky::{CookieKey, Owner};
+use shoal_dataplane::HostId;
+
+use crate::failover::LabLock;
+use crate::rig::{in_ns, sh};
+
+/// The lab's VIP and the sticky service's port.
+const VIP: &str = "10.0.0.100";
+const PORT: u16 = 8000;
+const HAPROXY_PORT: u16 = 8002;
+const LAB_DIR: &str = "/tmp/shoal-lab";
+
+/// One case's figures (medians over the rounds).
+#[derive(Clone, Debug, Serialize)]
+pub struct ForwardCase {
+    /// `local`, `forwarded` or `haproxy_cookie_insert`.
+    pub case: String,
+    /// Requests per second.
+    pub rps: f64,
+    /// Frontend CPU nanoseconds per request.
+    pub cpu_ns_per_request: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Non-2xx answers and socket errors over all rounds.
+    pub errors: u64,
+}
+
+/// The report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForwardReport {
+    /// Per case.
+    pub cases: Vec<ForwardCase>,
+    /// forwarded ÷ local CPU per request.
+    pub forward_cpu_ratio: f64,
+    /// local ÷ HAProxy CPU per request.
+    pub local_vs_haproxy_cpu_ratio: f64,
+    /// wrk connections.
+    pub connections: usize,
+    /// Seconds per case and round.
+    pub seconds: f64,
+    /// Rounds.
+    pub rounds: usize,
+    /// Whether this was a smoke run.
+    pub smoke: bool,
+}
+
+/// Options.
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    /// Seconds per case and round.
+    pub seconds: f64,
+    /// Interleaved rounds.
+    pub rounds: usize,
+    /// A smoke run.
+    pub smoke: bool,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The lab, up for the bench's lifetime; torn down on drop (before the
+/// lock is released: field order).
+struct Lab {
+    _lock: LabLock,
+}
+
+impl Lab {
+    fn up(shoal: &Path) -> Result<Lab> {
+        let lock = LabLock::take("bench forward")?;
+        let lab = Lab { _lock: lock };
+        let config = repo().join("scripts/lab.d/forward.toml");
+        let mut c = Command::new(repo().join("scripts/lab"));
+        c.args(["up", "--config"])
+            .arg(&config)
+            .args(["--hosts", "2"])
+            .env("SHOAL_BIN", shoal);
+        sh(&mut c).context("scripts/lab up for the forward bench")?;
+        Ok(lab)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/lab"))
+            .arg("down")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn nginx_conf(dir: &Path, host: u8) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx-h{host}.pid;\nerror_log {d}/nginx-h{host}.err warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body-h{host};\n  proxy_temp_path {d}/proxy-h{host};\n  fastcgi_temp_path {d}/fcgi-h{host};\n  uwsgi_temp_path {d}/uwsgi-h{host};\n  scgi_temp_path {d}/scgi-h{host};\n  keepalive_requests 1000000;\n\
+         server {{\n    listen 127.0.0.1:8081;\n    listen 10.0.0.{}:8082;\n    location / {{ return 200 \"h{host}\\n\"; }}\n  }}\n}}\n",
+        10 + u16::from(host)
+    )
+}
+
+fn haproxy_conf() -> String {
+    "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+     frontend fe\n  bind 0.0.0.0:8002\n  default_backend apps\n\
+     backend apps\n  cookie SRV insert indirect nocache\n  http-reuse always\n\
+       server s1 10.0.0.11:8082 cookie s1\n  server s2 10.0.0.12:8082 cookie s2\n"
+        .to_string()
+}
+
+/// A started process in a namespace, killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(ns: &str, program: &str, args: &[&str], log: &Path) -> Result<Running> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let child = in_ns(ns, program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    Ok(Running(child))
+}
+
+fn wait_port(ns: &str, port: u16) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = sh(in_ns(ns, "ss").args(["-Hltn", &format!("sport = :{port}")]))?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("nothing listens on port {port} in {ns} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// CPU nanoseconds of `pid`'s threads whose name starts with `prefix`.
+fn cpu_ns(pid: u32, prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            prefix.is_empty()
+                || std::fs::read_to_string(t.path().join("comm"))
+                    .unwrap_or_default()
+                    .starts_with(prefix)
+        })
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn shoal_pid(host: u8) -> Result<u32> {
+    let text = std::fs::read_to_string(format!("{LAB_DIR}/h{host}.pid"))?;
+    text.trim().parse().context("a shoal pid")
+}
+
+const WRK_LUA: &str = r#"
+local cookie = os.getenv("FWD_COOKIE")
+wrk.headers["Cookie"] = cookie
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRKJSON {\"requests\":%d,\"duration_us\":%d,\"errors\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#;
+
+#[derive(serde::Deserialize)]
+struct WrkOut {
+    requests: u64,
+    duration_us: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn wrk(dir: &Path, port: u16, cookie: &str, connections: usize, seconds: f64) -> Result<WrkOut> {
+    let mut c = in_ns("shoal-client", "env");
+    c.arg(format!("FWD_COOKIE={cookie}"))
+        .args([
+            "wrk",
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{}s", seconds.max(1.0).round() as u64),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(dir.join("fwd.lua"))
+        .arg(format!("http://{VIP}:{port}/app"));
+    let out = sh(&mut c).context("wrk")?;
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("WRKJSON "))
+        .with_context(|| format!("no WRKJSON line in wrk's output: {out}"))?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+}
+
+/// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
+/// errors.
+type Sample = (f64, f64, f64, f64, u64);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Which host the client's main address lands on: the host named by
+/// `x-shoal-served-by` of a cookie-less request.
+fn receiver() -> Result<u8> {
+    let out = sh(in_ns("shoal-client", "curl").args([
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://{VIP}:{PORT}/probe"),
+    ]))?;
+    for line in out.lines() {
+        let l = line.to_ascii_lowercase();
+        if let Some(v) = l.strip_prefix("x-shoal-served-by:") {
+            return match v.trim() {
+                "web1" => Ok(1),
+                "web2" => Ok(2),
+                other => bail!("served by {other:?}"),
+            };
+        }
+    }
+    bail!("no x-shoal-served-by in {out}")
+}
+
+/// Runs the bench.
+///
+/// # Errors
+/// When the rig cannot be set up (a tool missing, the lab not coming up).
+pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
+    for tool in ["wrk", "haproxy", "nginx", "curl"] {
+        if sh(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
+            bail!("missing tool {tool}; scripts/bench installs it");
+        }
+    }
+    let shoal = crate::shoal_binary()?;
+    let dir = std::env::temp_dir().join(format!("shoal-bench-forward-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("fwd.lua"), WRK_LUA)?;
+    let lab = Lab::up(&shoal)?;
+    let mut procs = Vec::new();
+    for h in [1u8, 2] {
+        for sub in ["body", "proxy", "fcgi", "uwsgi", "scgi"] {
+            std::fs::create_dir_all(dir.join(format!("{sub}-h{h}")))?;
+        }
+        let conf = dir.join(format!("nginx-h{h}.conf"));
+        std::fs::write(&conf, nginx_conf(&dir, h))?;
+        let ns = format!("shoal-h{h}");
+        procs.push(spawn(
+            &ns,
+            "nginx",
+            &["-c", &conf.to_string_lossy()],
+            &dir.join(format!("nginx-h{h}.log")),
+        )?);
+        wait_port(&ns, 8081)?;
+    }
+    // The sticky service sees its local up once probed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let recv = receiver()?;
+    let other = 3 - recv;
+    let ns = format!("shoal-h{recv}");
+    std::fs::write(dir.join("haproxy.cfg"), haproxy_conf())?;
+    let haproxy = spawn(
+        &ns,
+        "haproxy",
+        &["-db", "-f", &dir.join("haproxy.cfg").to_string_lossy()],
+        &dir.join("haproxy.log"),
+    )?;
+    wait_port(&ns, HAPROXY_PORT)?;
+    let key_text = std::fs::read_to_string(format!("{LAB_DIR}/cluster.key"))?;
+    let cluster_key = shoal_config::parse_cluster_key(&key_text)
+        .map_err(|e| anyhow::anyhow!("the lab's key: {e}"))?;
+    let key = CookieKey::derive(cluster_key.as_bytes());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let cookie = |h: u8| -> Result<String> {
+        let host = HostId::new(h).context("a host id")?;
+        Ok(format!(
+            "RQFW={}",
+            issue(&key, Owner::Host(host), PORT, now_s)
+        ))
+    };
+    let cases: Vec<(&str, u16, String)> = vec![
+        ("local", PORT, cookie(recv)?),
+        ("forwarded", PORT, cookie(other)?),
+        (
+            "haproxy_cookie_insert",
+            HAPROXY_PORT,
+            format!("SRV=s{recv}"),
+        ),
+    ];
+    let pids = [shoal_pid(1)?, shoal_pid(2)?];
+    let haproxy_pid = haproxy.0.id();
+    let connections = 20;
+    // Warm-up: every path once, so pools and caches are in place.
+    for (_, port, c) in &cases {
+        wrk(&dir, *port, c, connections, 1.0)?;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+    for _ in 0..opts.rounds {
+        for (i, (name, port, c)) in cases.iter().enumerate() {
+            let cpu = || -> u64 {
+                if *name == "haproxy_cookie_insert" {
+                    cpu_ns(haproxy_pid, "")
+                } else {
+                    pids.iter().map(|p| cpu_ns(*p, "shoal-proxy")).sum()
+                }
+            };
+            let before = cpu();
+            let w = wrk(&dir, *port, c, connections, opts.seconds)?;
+            let used = cpu().saturating_sub(before);
+            let n = w.requests.max(1) as f64;
+            samples[i].push((
+                w.requests as f64 / (w.duration_us.max(1) as f64 / 1e6),
+                used as f64 / n,
+                w.p50_us as f64 / 1000.0,
+                w.p99_us as f64 / 1000.0,
+                w.errors,
+            ));
+        }
+    }
+    drop(haproxy);
+    drop(procs);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out: Vec<ForwardCase> = cases
+        .iter()
+        .zip(samples)
+        .map(|((name, _, _), s)| ForwardCase {
+            case: (*name).to_string(),
+            rps: median(s.iter().map(|x| x.0).collect()),
+            cpu_ns_per_request: median(s.iter().map(|x| x.1).collect()),
+            p50_ms: median(s.iter().map(|x| x.2).collect()),
+            p99_ms: median(s.iter().map(|x| x.3).collect()),
+            errors: s.iter().map(|x| x.4).sum(),
+        })
+        .collect();
+    let cpu = |n: &str| {
+        out.iter()
+            .find(|c| c.case == n)
+            .map_or(0.0, |c| c.cpu_ns_per_request)
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    Ok(ForwardReport {
+        forward_cpu_ratio: ratio(cpu("forwarded"), cpu("local")),
+        local_vs_haproxy_cpu_ratio: ratio(cpu("local"), cpu("haproxy_cookie_insert")),
+        cases: out,
+        connections,
+        seconds: opts.seconds,
+        rounds: opts.rounds,
+        smoke: opts.smoke,
+    })
+}
+
+/// The report as text.
+pub fn text(r: &ForwardReport) -> String {
+    let mut s = format!(
+        "forward: {} rounds x {:.0} s, wrk {} connections{}\n",
+        r.rounds,
+        r.seconds,
+        r.connections,
+        if r.smoke { " (smoke)" } else { "" }
+    );
+    s += &markdown(r);
+    s
+}
+
+/// The report as a markdown table.
+pub fn markdown(r: &ForwardReport) -> String {
+    let mut s = String::from(
+        "| case | requests/s | CPU ns/request | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for c in &r.cases {
+        s += &format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} |\n",
+            c.case, c.rps, c.cpu_ns_per_request, c.p50_ms, c.p99_ms, c.errors
+        );
+    }
+    s += &format!(
+        "\nforwarded / local CPU per request: {:.2}; local / HAProxy: {:.2}\n",
+        r.forward_cpu_ratio, r.local_vs_haproxy_cpu_ratio
+    );
+    s
+}
