@@ -8,7 +8,8 @@
 //! decision with exception and direct host patterns ([`router`]), the
 //! membership table and PAC script an array publishes ([`render`]), the
 //! authenticated member-to-member hop header ([`member`]) and loop
-//! detection through `Via` and `CDN-Loop` ([`hop`]).
+//! detection through `Via` and `CDN-Loop` ([`hop`]), and the back-end
+//! pickers of `route = "clb"` services ([`clb`]).
 //!
 //! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
 //! function of the member set and the request target and does not
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod carp;
+pub mod clb;
 pub mod head;
 pub mod hop;
 pub mod member;
@@ -25,6 +27,7 @@ pub mod router;
 pub mod target;
 
 pub use carp::{Carp, CarpError, HashMode, Member, MemberSpec, Order, MAX_MEMBERS};
+pub use clb::{Balancer, BalancerConfig, PeakEwma, Policy, Rng, MAX_BACKENDS};
 pub use head::{classify, ArrayPage, Form, HeadLimits, HeadView, Refusal};
 pub use hop::{seen, via_value};
 pub use member::{MemberError, MemberKey, MEMBER_HEADER};
