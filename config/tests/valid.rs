@@ -398,7 +398,7 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     assert_eq!(c.services.len(), 2);
     let web = c.service("web-cache").unwrap();
     assert_eq!(web.port, 8080);
-    let carp = web.carp();
+    let carp = web.carp().unwrap();
     assert_eq!(carp.hash, HashMode::Spec);
     assert_eq!(carp.key, KeyParts::ALL);
     assert_eq!(
@@ -436,10 +436,13 @@ fn carp_services_parse_with_defaults_and_build_routers() {
 
     let up = c.service("upstream").unwrap();
     assert_eq!(up.limits, ServiceLimits::default());
-    assert_eq!(up.carp().probe_interval_ms, DEFAULT_PROBE_INTERVAL_MS);
-    assert_eq!(up.carp().hash, HashMode::Hrw);
-    assert_eq!(up.carp().key, KeyParts::HOST);
-    assert_eq!(up.carp().list_ttl_s, DEFAULT_LIST_TTL_S);
+    assert_eq!(
+        up.carp().unwrap().probe_interval_ms,
+        DEFAULT_PROBE_INTERVAL_MS
+    );
+    assert_eq!(up.carp().unwrap().hash, HashMode::Hrw);
+    assert_eq!(up.carp().unwrap().key, KeyParts::HOST);
+    assert_eq!(up.carp().unwrap().list_ttl_s, DEFAULT_LIST_TTL_S);
     let parents = up.carp_members(&c, None);
     assert_eq!(parents[1].name, "parent2.example.net");
     assert_eq!(parents[1].load_factor, 3);

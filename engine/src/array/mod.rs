@@ -57,6 +57,7 @@ use shoal_dataplane::HostId;
 use crate::handoff::MapCell;
 use crate::tools::carp::{array, Array, ArrayArgs};
 
+mod clb;
 pub mod counters;
 mod health;
 mod proxy;
@@ -95,7 +96,7 @@ pub enum Upstreams {
 /// One service as every thread of the tier sees it; never changes.
 #[derive(Debug)]
 pub struct ServicePlan {
-    /// Index among the configuration's services.
+    /// Index among the tier's CARP services.
     pub index: usize,
     /// Service name.
     pub name: String,
@@ -163,7 +164,10 @@ impl ServicePlan {
         let own_name = config
             .member_name(host)
             .unwrap_or_else(|| format!("host{}", host.get()));
-        let upstreams = match &service.carp().members {
+        let carp = service
+            .carp()
+            .ok_or_else(|| anyhow!("service {:?} is not a CARP service", service.name))?;
+        let upstreams = match &carp.members {
             CarpMembers::Cluster { local, .. } => Upstreams::Cluster {
                 local: *local,
                 own: members
@@ -185,7 +189,6 @@ impl ServicePlan {
             .collect();
         listen.dedup();
         let limits = service.limits.clone();
-        let carp = service.carp();
         Ok(ServicePlan {
             index,
             name: service.name.clone(),
@@ -253,6 +256,8 @@ pub struct Bound {
     listeners: Vec<WorkerListeners>,
     cell: Arc<MapCell>,
     views: Vec<Arc<ViewCell>>,
+    /// The `route = "clb"` services.
+    clb: clb::ClbBound,
 }
 
 /// One listening socket: `SO_REUSEADDR` and `SO_REUSEPORT` (one per worker
@@ -295,9 +300,11 @@ impl Bound {
         let plans = config
             .services
             .iter()
+            .filter(|s| s.carp().is_some())
             .enumerate()
             .map(|(i, s)| ServicePlan::new(config, i, s, host, key.clone(), start).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
+        let clb = clb::ClbBound::bind(config, host, start)?;
         let mut listeners = Vec::with_capacity(cores.len());
         for _ in &cores {
             let mut per_service = Vec::with_capacity(plans.len());
@@ -323,15 +330,19 @@ impl Bound {
             listeners,
             cell,
             views,
+            clb,
         }))
     }
 
     /// Every address the workers listen on, per service.
     pub fn listen_addrs(&self) -> Vec<(String, Vec<SocketAddr>)> {
-        self.plans
+        let mut out: Vec<(String, Vec<SocketAddr>)> = self
+            .plans
             .iter()
             .map(|p| (p.name.clone(), p.listen.clone()))
-            .collect()
+            .collect();
+        out.extend(self.clb.listen_addrs());
+        out
     }
 
     /// Starts the workers and the health thread.
@@ -382,12 +393,15 @@ impl Bound {
                 .spawn(move || health::run(probe))
                 .context("spawning the array health thread")?,
         );
+        let (clb_threads, clb) = self.clb.start(stop.clone())?;
+        threads.extend(clb_threads);
         tracing::info!(workers = self.cores.len(), services = ?self.plans.iter().map(|p| (&p.name, &p.listen)).collect::<Vec<_>>(), "array tier running");
         Ok(ArrayTier {
             counters: ServicesReader {
                 plans: self.plans,
                 views: self.views,
                 counters,
+                clb,
             },
             threads,
             stop,
@@ -411,6 +425,8 @@ pub struct ServicesReader {
     views: Vec<Arc<ViewCell>>,
     /// Per worker, per service.
     counters: Vec<Vec<Arc<ServiceCounters>>>,
+    /// The `route = "clb"` services' counters.
+    clb: clb::ClbReader,
 }
 
 impl ServicesReader {
@@ -430,6 +446,7 @@ impl ServicesReader {
                 counters::service_json(&workers, &snapshot, plan.now_ms()),
             );
         }
+        self.clb.add_json(&mut out);
         serde_json::Value::Object(out)
     }
 

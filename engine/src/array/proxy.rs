@@ -140,7 +140,7 @@ impl Iterator for Hops<'_> {
 }
 
 /// An error answered to the client.
-fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
+pub(super) fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -696,7 +696,7 @@ async fn tunnel_direct(
 }
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads carry none but `Connection`: one pass over the names
     // decides, and the hop-by-hop fields a `Connection` names (such as
     // `keep-alive`) are removed with the others, without a name made.
