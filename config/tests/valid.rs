@@ -18,6 +18,7 @@ const EXAMPLES: &[&str] = &[
     "ipv6.toml",
     "rules.toml",
     "carp.toml",
+    "clb.toml",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -448,4 +449,29 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     assert_eq!(parents[1].load_factor, 3);
     assert_eq!(parents[1].address, Some("10.0.9.2:3128".parse().unwrap()));
     assert_eq!(c.member_name(id(3)).as_deref(), Some("10.0.0.13"));
+}
+
+#[test]
+fn the_clb_example_has_its_policies_defaults_and_backends() {
+    use shoal_dataplane::array::Policy;
+    let c = load_example("clb.toml");
+    let app = c.service("app").and_then(|s| s.clb()).unwrap();
+    assert_eq!(app.policy, Policy::PeakEwma);
+    assert_eq!(app.backends.len(), 4);
+    assert_eq!(app.backends[0].address, "10.0.0.31:8000".parse().unwrap());
+    assert_eq!(app.backends[0].weight, 1);
+    assert_eq!(app.probe.to_string(), "GET /health");
+    assert_eq!(app.eject_ms, 2000);
+    let rr = c.service("app-rr").and_then(|s| s.clb()).unwrap();
+    assert_eq!(rr.policy, Policy::RoundRobin);
+    assert_eq!(rr.poll_ms, DEFAULT_POLL_MS);
+    assert_eq!(rr.probe_timeout_ms, DEFAULT_PROBE_TIMEOUT_MS);
+    assert_eq!(rr.retries, DEFAULT_RETRIES);
+    assert_eq!((rr.fall, rr.rise), (DEFAULT_FALL, DEFAULT_RISE));
+    assert_eq!(rr.decay_ms, DEFAULT_DECAY_MS);
+    assert!(c.service("app").unwrap().carp().is_none());
+    assert_eq!(
+        c.service("app-clb").and_then(|s| s.clb()).unwrap().policy,
+        Policy::Clb
+    );
 }
