@@ -4,20 +4,22 @@
     clb.py serve --listen ADDR:PORT --name NAME [--delay-ms D]
                  [--freeze-every S --freeze-for S]
     clb.py load --url http://HOST:PORT/PATH --rate R --seconds S
-                [--source ADDR ...] [--connections N] [--timeout S]
+                [--source ADDR ...] [--timeout S]
 
 serve: an asyncio HTTP/1.1 server with keep-alive. Every request (the
 probe path too) is answered after D ms with the body NAME; with
 --freeze-every, the server answers nothing from second k*S to k*S+F after
 it started (requests arriving then wait until the freeze ends), as a
-server stalled by garbage collection or a full disk would.
+server stalled by garbage collection or a full disk would. On SIGTERM it
+stops listening at once (new connections are refused), closes its idle
+connections, answers the requests it holds, and exits.
 
 load: an open-loop generator: request k is due at start + k/R, whatever
 happened to the earlier ones, and its latency is measured from when it was
 due (so a stalled server shows up in the tail instead of slowing the
-offered load: no coordinated omission). Requests go over up to N
-keep-alive connections (new ones opened as needed), bound to the
---source addresses in turn. Prints one JSON object: sent, ok, statuses,
+offered load: no coordinated omission). Requests go over keep-alive
+connections (a new one whenever none is idle), bound to the --source
+addresses in turn. Prints one JSON object: sent, ok, statuses,
 errors, served_by counts, latency percentiles (ms), and per 100 ms slot
 which back ends served.
 """
@@ -25,6 +27,7 @@ which back ends served.
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 
@@ -44,10 +47,15 @@ async def serve(args):
             if phase < args.freeze_for:
                 await asyncio.sleep(args.freeze_for - phase)
 
+    conns = {}  # writer -> busy
+    stopping = asyncio.Event()
+
     async def handle(reader, writer):
+        conns[writer] = False
         try:
-            while True:
+            while not stopping.is_set():
                 head = await reader.readuntil(b"\r\n\r\n")
+                conns[writer] = True
                 length = 0
                 close = False
                 for line in head.split(b"\r\n")[1:]:
@@ -63,18 +71,30 @@ async def serve(args):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n%s\r\n%s"
                              % (len(body), b"Connection: close\r\n" if close else b"", body))
                 await writer.drain()
+                conns[writer] = False
                 if close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
+            conns.pop(writer, None)
             writer.close()
 
     host, _, port = args.listen.rpartition(":")
     server = await asyncio.start_server(handle, host, int(port), backlog=1024, reuse_address=True)
     print("listening %s" % args.listen, flush=True)
-    async with server:
-        await server.serve_forever()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    await stopping.wait()
+    # SIGTERM: stop listening (new connections are refused), close idle
+    # connections, let the busy ones answer, then exit.
+    server.close()
+    for writer, busy in list(conns.items()):
+        if not busy:
+            writer.close()
+    deadline = time.monotonic() + 3
+    while any(conns.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------- load
@@ -204,7 +224,6 @@ def main():
     l.add_argument("--rate", type=float, required=True)
     l.add_argument("--seconds", type=float, required=True)
     l.add_argument("--source", action="append")
-    l.add_argument("--connections", type=int, default=64)
     l.add_argument("--timeout", type=float, default=10.0)
     args = p.parse_args()
     if args.cmd == "serve":
