@@ -4,7 +4,7 @@
     clb.py serve --listen ADDR:PORT --name NAME [--delay-ms D]
                  [--freeze-every S --freeze-for S]
     clb.py load --url http://HOST:PORT/PATH --rate R --seconds S
-                [--source ADDR ...] [--timeout S]
+                [--source ADDR ...] [--timeout S] [--close]
 
 serve: an asyncio HTTP/1.1 server with keep-alive. Every request (the
 probe path too) is answered after D ms with the body NAME; with
@@ -36,6 +36,7 @@ import time
 
 async def serve(args):
     start = time.monotonic()
+    print("started %.6f" % time.time(), flush=True)
     body = args.name.encode()
 
     async def pause():
@@ -112,7 +113,8 @@ async def load(args):
     path = "/" + path
     host, _, port = hostport.rpartition(":")
     port = int(port)
-    request = ("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, hostport)).encode()
+    request = ("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (
+        path, hostport, "Connection: close\r\n" if args.close else "")).encode()
     idle = []
     open_count = 0
     sources = args.source or [None]
@@ -120,6 +122,7 @@ async def load(args):
     results = []  # (due offset s, latency ms or None, status or error, served_by)
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
+    start_epoch = time.time() + (start - loop.time())
     total = int(args.rate * args.seconds)
 
     async def connection():
@@ -195,6 +198,8 @@ async def load(args):
     elapsed = loop.time() - start
     out = {
         "sent": total,
+        "start_epoch": start_epoch,
+        "failed_due": [round(r[0], 3) for r in results if r[2] != 200],
         "ok": len(ok),
         "statuses": statuses,
         "served_by": served,
@@ -225,6 +230,7 @@ def main():
     l.add_argument("--seconds", type=float, required=True)
     l.add_argument("--source", action="append")
     l.add_argument("--timeout", type=float, default=10.0)
+    l.add_argument("--close", action="store_true", help="one connection per request")
     args = p.parse_args()
     if args.cmd == "serve":
         asyncio.run(serve(args))
