@@ -174,13 +174,11 @@ impl ResponseTimes {
         s.probing = false;
         s.response_us = response_us;
         match (response_us, s.ejected_until) {
-            (Some(_), Some(until)) => {
-                if now >= until {
-                    s.rises += 1;
-                    if s.rises >= rise {
-                        s.ejected_until = None;
-                        s.failures = 0;
-                    }
+            (Some(_), Some(until)) if now >= until => {
+                s.rises += 1;
+                if s.rises >= rise {
+                    s.ejected_until = None;
+                    s.failures = 0;
                 }
             }
             (None, Some(_)) => s.rises = 0,
