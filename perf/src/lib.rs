@@ -83,6 +83,9 @@ pub enum Bench {
     /// CARP routing: decisions/s in memory (4/16/64 members, each hash
     /// mode), and wrk against shoal, HAProxy, nginx and Squid on one core.
     Array(ArrayArgs),
+    /// Response-time balancing: shoal's clb policies, HAProxy leastconn
+    /// and nginx least_conn under one open load; CLB's herding simulated.
+    Clb(Common),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -175,6 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Disruption(c) => (c, &["disruption"]),
         Bench::Failover(c) => (c, &["failover"]),
         Bench::Array(a) => (&a.common, &["array"]),
+        Bench::Clb(c) => (c, &["clb"]),
         Bench::All(c) => (
             c,
             &[
@@ -184,6 +188,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "scaling",
                 "failover",
                 "array",
+                "clb",
             ],
         ),
         Bench::CallgrindWorker { entries, frames } => {
@@ -267,6 +272,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 )?;
                 emit(common, quiet, &r, array::text(&r))?;
                 results.array = Some(r);
+            }
+            "clb" => {
+                signals::catch_interrupts();
+                let r = array::clb::run(&array::clb::ClbOptions {
+                    seconds: common.seconds(20.0, 3.0),
+                    smoke: common.smoke,
+                })?;
+                emit(common, quiet, &r, array::clb::text(&r))?;
+                if let Some(dir) = &common.out {
+                    array::clb::write(&r, dir)?;
+                }
             }
             _ => {}
         }

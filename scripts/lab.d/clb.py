@@ -2,7 +2,7 @@
 """scripts/lab.d/clb.py — the CLB lab's back-end server and load generator.
 
     clb.py serve --listen ADDR:PORT --name NAME [--delay-ms D]
-                 [--freeze-every S --freeze-for S]
+                 [--freeze-every S --freeze-for S] [--workers N]
     clb.py load --url http://HOST:PORT/PATH --rate R --seconds S
                 [--source ADDR ...] [--timeout S] [--close]
 
@@ -10,7 +10,9 @@ serve: an asyncio HTTP/1.1 server with keep-alive. Every request (the
 probe path too) is answered after D ms with the body NAME; with
 --freeze-every, the server answers nothing from second k*S to k*S+F after
 it started (requests arriving then wait until the freeze ends), as a
-server stalled by garbage collection or a full disk would. On SIGTERM it
+server stalled by garbage collection or a full disk would. With --workers
+N at most N requests are served at once and the rest queue (a server with
+a capacity: 1000/D requests/s per worker). On SIGTERM it
 stops listening at once (new connections are refused), closes its idle
 connections, answers the requests it holds, and exits.
 
@@ -39,7 +41,16 @@ async def serve(args):
     print("started %.6f" % time.time(), flush=True)
     body = args.name.encode()
 
+    gate = asyncio.Semaphore(args.workers) if args.workers > 0 else None
+
     async def pause():
+        if gate is not None:
+            async with gate:
+                await work()
+        else:
+            await work()
+
+    async def work():
         if args.delay_ms > 0:
             await asyncio.sleep(args.delay_ms / 1000.0)
         if args.freeze_every > 0:
@@ -224,6 +235,8 @@ def main():
     s.add_argument("--delay-ms", type=float, default=0.0)
     s.add_argument("--freeze-every", type=float, default=0.0)
     s.add_argument("--freeze-for", type=float, default=0.0)
+    s.add_argument("--workers", type=int, default=0,
+                   help="requests served at once (0: no limit); the rest queue")
     l = sub.add_parser("load")
     l.add_argument("--url", required=True)
     l.add_argument("--rate", type=float, required=True)
