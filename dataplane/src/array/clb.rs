@@ -193,6 +193,8 @@ pub struct Balancer {
     /// Next table position (CLB).
     cursor: usize,
     rng: Rng,
+    /// Set during a pick that found no server up: every server counts.
+    panic: bool,
 }
 
 impl Balancer {
@@ -218,6 +220,7 @@ impl Balancer {
             table,
             cursor: 0,
             rng: Rng::new(seed),
+            panic: false,
         }
     }
 
@@ -301,16 +304,30 @@ impl Balancer {
     /// The server for the next request, skipping those down and those in
     /// `exclude` (bit `i` for server `i`: servers already tried); `None`
     /// when none is left. Bounded by the number of servers; no allocation.
+    ///
+    /// When no server outside `exclude` is up (for `clb`: none is in the
+    /// table), every server outside `exclude` counts as up for this pick,
+    /// and `clb` goes round robin over them: a table that emptied under
+    /// load says more about probes timing out in queues than about the
+    /// servers, and refusing everything would turn a slow tier into a
+    /// dead one (Envoy's panic threshold at 0%).
     pub fn pick(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
-        match self.config.policy {
-            Policy::Clb => self.pick_clb(exclude),
-            Policy::RoundRobin => self.pick_round_robin(exclude),
-            Policy::LeastRequest | Policy::PeakEwma => self.pick_two(now_ns, exclude),
-        }
+        let open = |i: usize| exclude & (1u64 << i) == 0;
+        self.panic = match self.config.policy {
+            Policy::Clb => !self.table.iter().any(|&i| self.servers[i].up && open(i)),
+            _ => !(0..self.servers.len()).any(|i| self.servers[i].up && open(i)),
+        };
+        let pick = match (self.config.policy, self.panic) {
+            (Policy::Clb, false) => self.pick_clb(exclude),
+            (Policy::Clb, true) | (Policy::RoundRobin, _) => self.pick_round_robin(exclude),
+            (Policy::LeastRequest | Policy::PeakEwma, _) => self.pick_two(now_ns, exclude),
+        };
+        self.panic = false;
+        pick
     }
 
     fn eligible(&self, i: usize, exclude: u64) -> bool {
-        self.servers[i].up && exclude & (1u64 << i) == 0
+        (self.panic || self.servers[i].up) && exclude & (1u64 << i) == 0
     }
 
     fn pick_clb(&mut self, exclude: u64) -> Option<usize> {
@@ -436,8 +453,26 @@ mod tests {
         b.set_up(2, false);
         assert_eq!(b.pick(0, 0), Some(0));
         assert_eq!(b.pick(0, 1 << 1), Some(0));
+        // Nothing in the table: every server not tried, round robin.
         b.set_table(&[]);
-        assert_eq!(b.pick(0, 0), None);
+        let mut seen = 0u64;
+        for _ in 0..3 {
+            seen |= 1 << b.pick(0, 1 << 1).unwrap();
+        }
+        assert_eq!(seen, 0b101);
+        assert_eq!(b.pick(0, 0b111), None);
+    }
+
+    #[test]
+    fn with_every_server_down_each_policy_still_picks() {
+        for (_, policy) in Policy::NAMES {
+            let mut b = balancer(*policy, &[1, 1]);
+            b.set_up(0, false);
+            b.set_up(1, false);
+            assert!(b.pick(0, 0).is_some(), "{policy:?}");
+            assert_eq!(b.pick(0, 0b01), Some(1), "{policy:?}");
+            assert_eq!(b.pick(0, 0b11), None, "{policy:?}");
+        }
     }
 
     #[test]
@@ -568,13 +603,18 @@ mod tests {
                 if start { b.start(i) } else { b.finish(i, lat, true, now) }
             }
             let pick = b.pick(now, exclude);
-            let candidates: Vec<usize> = (0..n)
-                .filter(|&i| up & (1 << i) != 0 && exclude & (1 << i) == 0)
+            let open: Vec<usize> = (0..n).filter(|&i| exclude & (1 << i) == 0).collect();
+            let candidates: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&i| up & (1 << i) != 0)
                 .filter(|i| policy != Policy::Clb || table.contains(i))
                 .collect();
+            // No candidate: panic, any server not excluded.
+            let allowed = if candidates.is_empty() { &open } else { &candidates };
             match pick {
-                Some(i) => prop_assert!(candidates.contains(&i)),
-                None => prop_assert!(candidates.is_empty()),
+                Some(i) => prop_assert!(allowed.contains(&i)),
+                None => prop_assert!(open.is_empty()),
             }
         }
     }

@@ -37,9 +37,9 @@
 //!
 //! # The herding plot
 //!
-//! A simulation in virtual time, not a measurement: eight front ends, each
-//! with its own [`Balancer`] over the same four single-worker servers
-//! (one slow), requests arriving at 70% of capacity spread over the front
+//! A simulation in virtual time, not a measurement: sixteen front ends,
+//! each with its own [`Balancer`] over the same four single-worker servers
+//! (alike, 4 ms each), requests arriving at 70% of capacity spread over the front
 //! ends, all front ends polling at the same instants every 200 ms and
 //! seeing the same response times (a probe waits in the server's queue).
 //! Under `clb` every front end starts each poll at the same "fastest"
@@ -103,6 +103,8 @@ pub struct ClbCase {
     /// Share of the answered requests per back end (shoal only: from
     /// `x-shoal-served-by`).
     pub shares: BTreeMap<String, f64>,
+    /// Answers by status (or client error name).
+    pub statuses: BTreeMap<String, u64>,
     /// Why it did not run.
     pub not_run: Option<String>,
 }
@@ -313,7 +315,7 @@ fn haproxy_conf() -> String {
         let _ = writeln!(servers, "  server b{} {b}:80 check", i + 1);
     }
     format!(
-        "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 2s\n\
+        "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n\
          timeout client 30s\n  timeout server 30s\n  timeout check 100ms\n  http-reuse always\n\
          frontend fe\n  bind {FE_ADDR}:{PORT}\n  default_backend be\n\
          backend be\n  balance leastconn\n  option httpchk GET /health\n\
@@ -416,22 +418,25 @@ struct LoadOut {
     p99_ms: Option<f64>,
     p999_ms: Option<f64>,
     served_by: BTreeMap<String, u64>,
+    statuses: BTreeMap<String, u64>,
 }
 
 fn load(addr: &str, rate: f64, seconds: f64, cpu: usize) -> Result<LoadOut> {
     let script = lab_script()?;
     let mut c = in_ns(CLI_NS, "taskset");
-    c.args(["-c", &cpu.to_string(), "python3"]).arg(script).args([
-        "load",
-        "--url",
-        &format!("http://{addr}:{PORT}/"),
-        "--rate",
-        &rate.to_string(),
-        "--seconds",
-        &seconds.to_string(),
-        "--timeout",
-        "5",
-    ]);
+    c.args(["-c", &cpu.to_string(), "python3"])
+        .arg(script)
+        .args([
+            "load",
+            "--url",
+            &format!("http://{addr}:{PORT}/"),
+            "--rate",
+            &rate.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+            "--timeout",
+            "5",
+        ]);
     let out = sh(&mut c).context("the load generator")?;
     let line = out.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("the load generator's report: {line}"))
@@ -457,6 +462,7 @@ fn run_case(
         sent: 0,
         ok: 0,
         shares: BTreeMap::new(),
+        statuses: BTreeMap::new(),
         not_run: None,
     };
     let result = (|| -> Result<LoadOut> {
@@ -474,6 +480,7 @@ fn run_case(
             case.p999_ms = o.p999_ms.unwrap_or(0.0);
             case.sent = o.sent;
             case.ok = o.ok;
+            case.statuses = o.statuses.clone();
             if total > 0 {
                 case.shares = o
                     .served_by
@@ -547,9 +554,10 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
 
 // ---------------------------------------------------------------- simulation
 
-/// Simulated servers' service times, ms (the third is slow).
-const SIM_SERVICE_MS: [u64; 4] = [4, 4, 20, 4];
-const SIM_FRONTS: usize = 8;
+/// Simulated servers' service times, ms: alike, so that any imbalance is
+/// the policy's.
+const SIM_SERVICE_MS: [u64; 4] = [4, 4, 4, 4];
+const SIM_FRONTS: usize = 16;
 const SIM_MS: u64 = 20_000;
 const SIM_PLOT_MS: u64 = 2_000;
 const SIM_POLL_MS: u64 = 200;
@@ -679,7 +687,7 @@ pub fn herding_svg(path: &Path) -> Result<()> {
     let title = ("sans-serif", 16).into_font().color(&BLACK);
     let small = ("sans-serif", 11).into_font().color(&BLACK);
     root.draw(&Text::new(
-        "CLB herding (simulation, virtual time): queue per server, 8 front ends polling every 200 ms, load 70%"
+        "CLB herding (simulation, virtual time): queue per server, 16 front ends polling every 200 ms, load 70%"
             .to_string(),
         (10, 8),
         title,
@@ -731,18 +739,14 @@ pub fn herding_svg(path: &Path) -> Result<()> {
                 .map(|(i, q)| {
                     let x = left
                         + ((right - left) as f64 * (i as f64 * 5.0) / SIM_PLOT_MS as f64) as i32;
-                    let y = bottom
-                        - ((panel_h - 40) as f64 * f64::from(q[s]) / f64::from(ymax)) as i32;
+                    let y =
+                        bottom - ((panel_h - 40) as f64 * f64::from(q[s]) / f64::from(ymax)) as i32;
                     (x, y)
                 })
                 .collect();
             root.draw(&PathElement::new(points, colors[s].stroke_width(1)))
                 .map_err(err)?;
-            let name = if s == 2 {
-                format!("server {} (5x slower)", s + 1)
-            } else {
-                format!("server {}", s + 1)
-            };
+            let name = format!("server {}", s + 1);
             root.draw(&Text::new(
                 name,
                 (right - 150, top + 14 + 12 * s as i32),
@@ -809,7 +813,11 @@ pub fn markdown(r: &ClbReport) -> String {
     for c in &r.cases {
         match &c.not_run {
             Some(why) => {
-                let _ = writeln!(s, "| {} | {} | not run: {why} | | | | |", c.frontend, c.policy);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | not run: {why} | | | | |",
+                    c.frontend, c.policy
+                );
             }
             None => {
                 let _ = writeln!(
@@ -820,7 +828,7 @@ pub fn markdown(r: &ClbReport) -> String {
             }
         }
     }
-    s += "\nHerding, simulated (virtual time, 8 front ends, `clb-herding.svg`):\n\n\
+    s += "\nHerding, simulated (virtual time, 16 front ends, four alike servers, `clb-herding.svg`):\n\n\
           | policy | max queue | p99 ms | herd share |\n|---|---:|---:|---:|\n";
     for h in &r.herding {
         let _ = writeln!(
@@ -838,7 +846,10 @@ pub fn markdown(r: &ClbReport) -> String {
 /// When a file cannot be written.
 pub fn write(r: &ClbReport, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("clb.json"), serde_json::to_string_pretty(r)? + "\n")?;
+    std::fs::write(
+        dir.join("clb.json"),
+        serde_json::to_string_pretty(r)? + "\n",
+    )?;
     std::fs::write(dir.join("clb.md"), markdown(r))?;
     herding_svg(&dir.join("clb-herding.svg"))
 }
