@@ -286,7 +286,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             _ => {}
         }
-        if let Some(dir) = &common.out {
+        // `clb` writes its own files (clb.json, clb.md, clb-herding.svg).
+        if let (Some(dir), false) = (&common.out, *bench == "clb") {
             results.write(dir)?;
         }
     }
