@@ -259,6 +259,24 @@ fn render_service(out: &mut String, s: &ServiceSection) {
             render_sticky(out, sticky);
             return;
         }
+        ServiceRoute::Clb(c) => {
+            let _ = writeln!(out, "route = \"clb\"");
+            let _ = writeln!(out, "policy = \"{}\"", c.policy.name());
+            let _ = writeln!(out, "poll_ms = {}", c.poll_ms);
+            let _ = writeln!(out, "probe = {}", quote(&c.probe.to_string()));
+            let _ = writeln!(out, "probe_timeout_ms = {}", c.probe_timeout_ms);
+            let _ = writeln!(out, "decay_ms = {}", c.decay_ms);
+            let _ = writeln!(out, "retries = {}", c.retries);
+            let _ = writeln!(out, "fall = {}", c.fall);
+            let _ = writeln!(out, "rise = {}", c.rise);
+            let _ = writeln!(out, "eject_ms = {}", c.eject_ms);
+            for b in &c.backends {
+                let _ = writeln!(out, "[[service.backend]]");
+                let _ = writeln!(out, "address = {}", quote(&b.address.to_string()));
+                let _ = writeln!(out, "weight = {}", b.weight);
+            }
+            return;
+        }
     };
     let _ = writeln!(out, "route = \"carp\"");
     let _ = writeln!(out, "[service.carp]");

@@ -1,8 +1,9 @@
 //! `[[service]]`: the array tier's services, and how a CARP service's
 //! member set is built from the configuration.
 //!
-//! Owns: [`ServiceSection`], [`CarpSection`], [`StickySection`] and the conversions to the
-//! dataplane's [`Router`]. Guarantees: a section that came out of
+//! Owns: [`ServiceSection`], [`CarpSection`], [`StickySection`],
+//! [`ClbSection`] and the conversions to the dataplane's [`Router`].
+//! Guarantees: a section that came out of
 //! [`crate::parse`] builds a router for any non-empty set of its members
 //! (names unique, squid shares in range, at most 64 members).
 
@@ -10,9 +11,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
-use shoal_dataplane::array::sticky::{Policy, TrustedNet};
+use shoal_dataplane::array::sticky::{Policy as StickyPolicy, TrustedNet};
 use shoal_dataplane::array::{
-    Carp, CarpError, DomainPattern, HashMode, KeyParts, MemberSpec, Router,
+    Carp, CarpError, DomainPattern, HashMode, KeyParts, MemberSpec, Policy, Router,
 };
 use shoal_dataplane::{HostId, HostSet};
 
@@ -55,6 +56,37 @@ pub const DOWN_TTL_RANGE: RangeInclusive<i64> = 0..=3_600_000;
 pub const DEFAULT_PROBE_INTERVAL_MS: u32 = 1_000;
 /// Default `down_ttl_ms`.
 pub const DEFAULT_DOWN_TTL_MS: u32 = 5_000;
+
+/// Accepted `poll_ms` of a CLB service (10 ms to one minute).
+pub const POLL_RANGE: RangeInclusive<i64> = 10..=60_000;
+/// Default `poll_ms` (Application Center's 200 ms).
+pub const DEFAULT_POLL_MS: u32 = 200;
+/// Accepted `probe_timeout_ms`.
+pub const PROBE_TIMEOUT_RANGE: RangeInclusive<i64> = 1..=60_000;
+/// Default `probe_timeout_ms`.
+pub const DEFAULT_PROBE_TIMEOUT_MS: u32 = 100;
+/// Accepted `decay_ms` (peak-EWMA's time constant).
+pub const DECAY_RANGE: RangeInclusive<i64> = 1..=600_000;
+/// Default `decay_ms`.
+pub const DEFAULT_DECAY_MS: u32 = 10_000;
+/// Accepted `retries` (further back ends tried after a refusal).
+pub const RETRIES_RANGE: RangeInclusive<i64> = 0..=8;
+/// Default `retries`.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default `fall`.
+pub const DEFAULT_FALL: u32 = 3;
+/// Default `rise`.
+pub const DEFAULT_RISE: u32 = 2;
+/// Accepted `eject_ms` (up to one hour).
+pub const EJECT_RANGE: RangeInclusive<i64> = 0..=3_600_000;
+/// Default `eject_ms`.
+pub const DEFAULT_EJECT_MS: u32 = 5_000;
+/// Accepted back-end `weight`.
+pub const BACKEND_WEIGHT_RANGE: RangeInclusive<i64> = 1..=1_000;
+/// Most `[[service.backend]]` of one service.
+pub const MAX_BACKENDS: usize = shoal_dataplane::array::MAX_BACKENDS;
+/// Default `probe`.
+pub const DEFAULT_PROBE: &str = "GET /";
 
 /// One `[[service]]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +147,81 @@ pub enum ServiceRoute {
     Carp(CarpSection),
     /// `route = "sticky"` with `[service.sticky]`.
     Sticky(Box<StickySection>),
+    /// `route = "clb"` with `[[service.backend]]`.
+    Clb(ClbSection),
+}
+
+/// A `route = "clb"` service's settings (keys of the `[[service]]` itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClbSection {
+    /// `policy` (default `peak_ewma`).
+    pub policy: Policy,
+    /// `[[service.backend]]`, in file order.
+    pub backends: Vec<BackendSection>,
+    /// `poll_ms`: time between probe rounds.
+    pub poll_ms: u32,
+    /// `probe`: the request each poll sends, `"METHOD /path"`.
+    pub probe: ProbeRequest,
+    /// `probe_timeout_ms`: a probe not answered by then failed.
+    pub probe_timeout_ms: u32,
+    /// `decay_ms`: peak-EWMA's time constant.
+    pub decay_ms: u32,
+    /// `retries`: other back ends tried after a refusal or reset before
+    /// any request byte was sent.
+    pub retries: u32,
+    /// `fall`: consecutive request failures that eject a back end.
+    pub fall: u32,
+    /// `rise`: consecutive answered probes that bring it back.
+    pub rise: u32,
+    /// `eject_ms`: how long an ejection lasts at least.
+    pub eject_ms: u32,
+}
+
+/// One `[[service.backend]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSection {
+    /// Where the back end listens.
+    pub address: SocketAddr,
+    /// Relative share (default 1).
+    pub weight: u32,
+}
+
+/// `probe = "METHOD /path"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeRequest {
+    /// An HTTP method token.
+    pub method: String,
+    /// An origin-form target (starts with `/`).
+    pub path: String,
+}
+
+impl ProbeRequest {
+    /// Parses `"METHOD /path"`; the reason when it is not that.
+    pub fn parse(text: &str) -> Result<ProbeRequest, String> {
+        let mut parts = text.split(' ');
+        let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("\"{text}\" is not \"METHOD /path\" (one space)"));
+        };
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if method.is_empty() || !method.bytes().all(token) {
+            return Err(format!("\"{method}\" is not an HTTP method"));
+        }
+        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "\"{path}\" is not a path (starts with /, printable ASCII)"
+            ));
+        }
+        Ok(ProbeRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ProbeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
 }
 
 /// Accepted `hop_limit`.
@@ -134,9 +241,9 @@ pub struct StickySection {
     pub cookie_max_age_s: u32,
     /// `coherence`, `session_cookies`, `static`, `controller`,
     /// `on_owner_failure`, `hop_limit` and the `ocf` names.
-    pub policy: Policy,
+    pub policy: StickyPolicy,
     /// `[[service.sticky.ocf]]`: out-of-cluster members, name and address
-    /// (the order of [`Policy::ocf`]).
+    /// (the order of [`StickyPolicy::ocf`]).
     pub ocf: Vec<OcfMember>,
     /// `trusted_proxies`: peers whose forwarding fields are believed.
     pub trusted_proxies: Vec<TrustedNet>,
@@ -251,12 +358,14 @@ impl Config {
 }
 
 impl ServiceSection {
-    /// The CARP settings (for a sticky service, its member set as a CARP
-    /// service over the cluster: see [`StickySection::array`]).
-    pub fn carp(&self) -> &CarpSection {
+    /// The CARP settings: a CARP service's, and for a sticky service its
+    /// member set as a CARP service over the cluster (see
+    /// [`StickySection::array`]); `None` for a CLB service.
+    pub fn carp(&self) -> Option<&CarpSection> {
         match &self.route {
-            ServiceRoute::Carp(c) => c,
-            ServiceRoute::Sticky(s) => &s.array,
+            ServiceRoute::Carp(c) => Some(c),
+            ServiceRoute::Sticky(s) => Some(&s.array),
+            ServiceRoute::Clb(_) => None,
         }
     }
 
@@ -264,15 +373,26 @@ impl ServiceSection {
     pub fn sticky(&self) -> Option<&StickySection> {
         match &self.route {
             ServiceRoute::Sticky(s) => Some(&**s),
-            ServiceRoute::Carp(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The CLB settings (`None` for another route).
+    pub fn clb(&self) -> Option<&ClbSection> {
+        match &self.route {
+            ServiceRoute::Clb(c) => Some(c),
+            _ => None,
         }
     }
 
     /// The CARP members: for `"cluster"`, the hosts in `members` (every
     /// configured host when `None`) by host ID; for `"parents"`, every
     /// parent in file order.
+    /// Empty for a service of another route.
     pub fn carp_members(&self, config: &Config, members: Option<HostSet>) -> Vec<CarpMember> {
-        let carp = self.carp();
+        let Some(carp) = self.carp() else {
+            return Vec::new();
+        };
         match &carp.members {
             CarpMembers::Cluster { load_factors, .. } => config
                 .hosts
@@ -303,9 +423,21 @@ impl ServiceSection {
         }
     }
 
-    /// The router over `members` (see [`ServiceSection::carp_members`]).
+    /// The router over `members` (see [`ServiceSection::carp_members`]);
+    /// a service of another route routes with CARP's defaults.
     pub fn router(&self, members: &[CarpMember]) -> Result<Router, CarpError> {
-        let carp = self.carp();
+        let default = CarpSection {
+            hash: HashMode::Spec,
+            key: KeyParts::ALL,
+            members: CarpMembers::Parents(Vec::new()),
+            exceptions: Vec::new(),
+            direct: Vec::new(),
+            list_ttl_s: DEFAULT_LIST_TTL_S,
+            array_name: self.name.clone(),
+            probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            down_ttl_ms: DEFAULT_DOWN_TTL_MS,
+        };
+        let carp = self.carp().unwrap_or(&default);
         let specs: Vec<MemberSpec> = members
             .iter()
             .map(|m| MemberSpec::new(m.name.clone(), m.load_factor))

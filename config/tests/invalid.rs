@@ -89,6 +89,16 @@ fn sticky(keys: &str) -> String {
     )
 }
 
+/// A `route = "clb"` `[[service]]` on port 80 (lines 8-11); `rest`
+/// starts at line 12.
+fn clb_service(rest: &str) -> String {
+    with(&format!(
+        "[[service]]\nname = \"c\"\nport = 80\nroute = \"clb\"\n{rest}"
+    ))
+}
+
+const BACKEND: &str = "[[service.backend]]\naddress = \"10.0.0.31:8000\"\n";
+
 fn cases() -> Vec<Case> {
     let mut many_hosts = String::from(BASE);
     for id in 2..=65 {
@@ -236,6 +246,18 @@ fn cases() -> Vec<Case> {
         case("no headers", service_keys("max_headers = 0\n"), Some(12), "service[1].max_headers", "expected 1..=1000"),
         case("probe interval too short", service(&format!("probe_interval_ms = 10\n{PARENT}")), Some(13), "service[1].carp.probe_interval_ms", "expected 100..=60000"),
         case("down ttl negative", service(&format!("down_ttl_ms = -1\n{PARENT}")), Some(13), "service[1].carp.down_ttl_ms", "expected 0..=3600000"),
+        case("unknown clb policy", clb_service(&format!("policy = \"fastest\"\n{BACKEND}")), Some(12), "service[1].policy", "\"fastest\" is not one of \"clb\", \"round_robin\", \"least_request\", \"peak_ewma\""),
+        case("clb without a backend", clb_service(""), Some(8), "service[1].backend", "needs at least one [[service.backend]]"),
+        case("probe without a path", clb_service(&format!("probe = \"GET health\"\n{BACKEND}")), Some(12), "service[1].probe", "\"health\" is not a path"),
+        case("probe with two spaces", clb_service(&format!("probe = \"GET  /\"\n{BACKEND}")), Some(12), "service[1].probe", "is not \"METHOD /path\""),
+        case("poll too often", clb_service(&format!("poll_ms = 5\n{BACKEND}")), Some(12), "service[1].poll_ms", "expected 10..=60000"),
+        case("too many retries", clb_service(&format!("retries = 9\n{BACKEND}")), Some(12), "service[1].retries", "expected 0..=8"),
+        case("fall zero", clb_service(&format!("fall = 0\n{BACKEND}")), Some(12), "service[1].fall", "expected 1..=100"),
+        case("backend without a port", clb_service("[[service.backend]]\naddress = \"10.0.0.31\"\n"), Some(13), "service[1].backend[1].address", "\"10.0.0.31\" is not ADDRESS:PORT"),
+        case("backend twice", clb_service(&format!("{BACKEND}{BACKEND}")), Some(15), "service[1].backend[2].address", "10.0.0.31:8000 is another back end's too"),
+        case("backend weight zero", clb_service(&format!("{BACKEND}weight = 0\n")), Some(14), "service[1].backend[1].weight", "expected 1..=1000"),
+        case("clb key on a carp service", service_keys("policy = \"clb\"\n"), Some(12), "service[1].policy", "only for route = \"clb\""),
+        case("carp table on a clb service", clb_service(&format!("{BACKEND}[service.carp]\n{PARENT}")), Some(14), "service[1].carp", "needs route = \"carp\""),
         case("empty rule list", format!("rule = []\n{BASE}"), Some(1), "rule", "an empty rule list covers nothing"),
     ]
 }

@@ -20,6 +20,7 @@ const EXAMPLES: &[&str] = &[
     "carp.toml",
     "instances.toml",
     "sticky.toml",
+    "clb.toml",
 ];
 
 fn example(name: &str) -> PathBuf {
@@ -400,7 +401,7 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     assert_eq!(c.services.len(), 2);
     let web = c.service("web-cache").unwrap();
     assert_eq!(web.port, 8080);
-    let carp = web.carp();
+    let carp = web.carp().unwrap();
     assert_eq!(carp.hash, HashMode::Spec);
     assert_eq!(carp.key, KeyParts::ALL);
     assert_eq!(
@@ -438,10 +439,13 @@ fn carp_services_parse_with_defaults_and_build_routers() {
 
     let up = c.service("upstream").unwrap();
     assert_eq!(up.limits, ServiceLimits::default());
-    assert_eq!(up.carp().probe_interval_ms, DEFAULT_PROBE_INTERVAL_MS);
-    assert_eq!(up.carp().hash, HashMode::Hrw);
-    assert_eq!(up.carp().key, KeyParts::HOST);
-    assert_eq!(up.carp().list_ttl_s, DEFAULT_LIST_TTL_S);
+    assert_eq!(
+        up.carp().unwrap().probe_interval_ms,
+        DEFAULT_PROBE_INTERVAL_MS
+    );
+    assert_eq!(up.carp().unwrap().hash, HashMode::Hrw);
+    assert_eq!(up.carp().unwrap().key, KeyParts::HOST);
+    assert_eq!(up.carp().unwrap().list_ttl_s, DEFAULT_LIST_TTL_S);
     let parents = up.carp_members(&c, None);
     assert_eq!(parents[1].name, "parent2.example.net");
     assert_eq!(parents[1].load_factor, 3);
@@ -508,4 +512,29 @@ fn sticky_services_parse_with_defaults() {
     assert_eq!(s.policy.coherence, Coherence::Always);
     assert_eq!(s.policy.ocf, ["other-1"]);
     assert_eq!(s.tls.as_ref().unwrap().cert, PathBuf::from("a.crt"));
+}
+
+#[test]
+fn the_clb_example_has_its_policies_defaults_and_backends() {
+    use shoal_dataplane::array::Policy;
+    let c = load_example("clb.toml");
+    let app = c.service("app").and_then(|s| s.clb()).unwrap();
+    assert_eq!(app.policy, Policy::PeakEwma);
+    assert_eq!(app.backends.len(), 4);
+    assert_eq!(app.backends[0].address, "10.0.0.31:8000".parse().unwrap());
+    assert_eq!(app.backends[0].weight, 1);
+    assert_eq!(app.probe.to_string(), "GET /health");
+    assert_eq!(app.eject_ms, 2000);
+    let rr = c.service("app-rr").and_then(|s| s.clb()).unwrap();
+    assert_eq!(rr.policy, Policy::RoundRobin);
+    assert_eq!(rr.poll_ms, DEFAULT_POLL_MS);
+    assert_eq!(rr.probe_timeout_ms, DEFAULT_PROBE_TIMEOUT_MS);
+    assert_eq!(rr.retries, DEFAULT_RETRIES);
+    assert_eq!((rr.fall, rr.rise), (DEFAULT_FALL, DEFAULT_RISE));
+    assert_eq!(rr.decay_ms, DEFAULT_DECAY_MS);
+    assert!(c.service("app").unwrap().carp().is_none());
+    assert_eq!(
+        c.service("app-clb").and_then(|s| s.clb()).unwrap().policy,
+        Policy::Clb
+    );
 }

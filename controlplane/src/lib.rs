@@ -71,9 +71,11 @@ pub mod health;
 pub mod heartbeat;
 pub mod lone;
 pub mod membership;
+pub mod response_time;
 pub mod rule_health;
 
 pub use admin::{Request, Response, ReturnCode};
 pub use convergence::{Config, Event, Machine};
 pub use health::{Health, HealthConfig};
 pub use heartbeat::{bucket_seed, Heartbeat, HeartbeatError, HostState, Phase};
+pub use response_time::{PollConfig, ResponseTimes};

@@ -87,6 +87,9 @@ pub enum Bench {
     /// Sticky sessions: a request served locally, a forwarded one, and
     /// HAProxy's cookie insert, wrk through the namespace lab.
     Forward(Common),
+    /// Response-time balancing: shoal's clb policies, HAProxy leastconn
+    /// and nginx least_conn under one open load; CLB's herding simulated.
+    Clb(Common),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -180,6 +183,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Failover(c) => (c, &["failover"]),
         Bench::Array(a) => (&a.common, &["array"]),
         Bench::Forward(c) => (c, &["forward"]),
+        Bench::Clb(c) => (c, &["clb"]),
         Bench::All(c) => (
             c,
             &[
@@ -190,6 +194,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "failover",
                 "array",
                 "forward",
+                "clb",
             ],
         ),
         Bench::CallgrindWorker { entries, frames } => {
@@ -288,9 +293,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     std::fs::write(dir.join("forward.md"), forward::markdown(&r))?;
                 }
             }
+            "clb" => {
+                signals::catch_interrupts();
+                let r = array::clb::run(&array::clb::ClbOptions {
+                    seconds: common.seconds(20.0, 3.0),
+                    smoke: common.smoke,
+                })?;
+                emit(common, quiet, &r, array::clb::text(&r))?;
+                if let Some(dir) = &common.out {
+                    array::clb::write(&r, dir)?;
+                }
+            }
             _ => {}
         }
-        if let Some(dir) = &common.out {
+        // `clb` writes its own files (clb.json, clb.md, clb-herding.svg).
+        if let (Some(dir), false) = (&common.out, *bench == "clb") {
             results.write(dir)?;
         }
     }

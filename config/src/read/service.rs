@@ -7,10 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use shoal_dataplane::array::{Carp, DomainPattern, HashMode, KeyPart, KeyParts, MemberSpec};
+use shoal_dataplane::array::{
+    Carp, DomainPattern, HashMode, KeyPart, KeyParts, MemberSpec, Policy,
+};
 use shoal_dataplane::{FilterMode, HostId, Protocol};
 
 use super::{HostDraft, Item, Node, Reader, Table};
+use crate::frontend::FALL_RISE_RANGE;
 use crate::sections::RuleSection;
 use crate::service::*;
 
@@ -28,7 +31,31 @@ const SERVICE_KEYS: &[&str] = &[
     "max_head_bytes",
     "max_uri_bytes",
     "max_headers",
+    "backend",
+    "policy",
+    "poll_ms",
+    "probe",
+    "probe_timeout_ms",
+    "decay_ms",
+    "retries",
+    "fall",
+    "rise",
+    "eject_ms",
 ];
+/// The `[[service]]` keys that belong to `route = "clb"`.
+const CLB_KEYS: &[&str] = &[
+    "backend",
+    "policy",
+    "poll_ms",
+    "probe",
+    "probe_timeout_ms",
+    "decay_ms",
+    "retries",
+    "fall",
+    "rise",
+    "eject_ms",
+];
+const BACKEND_KEYS: &[&str] = &["address", "weight"];
 const CARP_KEYS: &[&str] = &[
     "hash",
     "key",
@@ -44,8 +71,17 @@ const CARP_KEYS: &[&str] = &[
     "down_ttl_ms",
 ];
 const PARENT_KEYS: &[&str] = &["name", "address", "load_factor"];
-/// The route kinds: `true` for CARP, `false` for sticky.
-const ROUTES: &[(&str, bool)] = &[("carp", true), ("sticky", false)];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteKind {
+    Carp,
+    Sticky,
+    Clb,
+}
+const ROUTES: &[(&str, RouteKind)] = &[
+    ("carp", RouteKind::Carp),
+    ("sticky", RouteKind::Sticky),
+    ("clb", RouteKind::Clb),
+];
 const MEMBER_KINDS: &[(&str, bool)] = &[("cluster", true), ("parents", false)];
 
 impl Reader<'_, '_> {
@@ -108,50 +144,55 @@ impl Reader<'_, '_> {
                 }
                 Some(e) => self.choice_item(&e.item, &t.key_path("route"), ROUTES),
             };
+            if route.is_some() && route != Some(RouteKind::Clb) {
+                self.only_for_clb(&t);
+            }
+            if route.is_some() && route != Some(RouteKind::Sticky) {
+                if let Some(e) = t.entry("sticky") {
+                    self.diag.at(
+                        e.key_span.start,
+                        t.key_path("sticky"),
+                        "[service.sticky] needs route = \"sticky\"",
+                    );
+                }
+            }
+            if route.is_some() && route != Some(RouteKind::Carp) {
+                if let Some(e) = t.entry("carp") {
+                    self.diag.at(
+                        e.key_span.start,
+                        t.key_path("carp"),
+                        "[service.carp] needs route = \"carp\"",
+                    );
+                }
+            }
             let section = match route {
-                Some(true) | None => {
-                    if let (Some(true), Some(e)) = (route, t.entry("sticky")) {
-                        self.diag.at(
-                            e.key_span.start,
-                            t.key_path("sticky"),
-                            "[service.sticky] needs route = \"sticky\"",
-                        );
+                Some(RouteKind::Carp) | None => match (route, t.entry("carp")) {
+                    (Some(_), None) => {
+                        self.missing(&t, "carp");
+                        None
                     }
-                    match (route, t.entry("carp")) {
-                        (Some(_), None) => {
-                            self.missing(&t, "carp");
-                            None
-                        }
-                        (_, Some(e)) => self
-                            .carp(&e.item, &t.key_path("carp"), hosts, hosts_sound)
-                            .map(|(c, span)| (ServiceRoute::Carp(c), span)),
-                        (None, None) => None,
+                    (_, Some(e)) => self
+                        .carp(&e.item, &t.key_path("carp"), hosts, hosts_sound)
+                        .map(|(c, span)| (ServiceRoute::Carp(c), span)),
+                    (None, None) => None,
+                },
+                Some(RouteKind::Sticky) => match t.entry("sticky") {
+                    None => {
+                        self.missing(&t, "sticky");
+                        None
                     }
-                }
-                Some(false) => {
-                    if let Some(e) = t.entry("carp") {
-                        self.diag.at(
-                            e.key_span.start,
-                            t.key_path("carp"),
-                            "[service.carp] needs route = \"carp\"",
-                        );
-                    }
-                    match t.entry("sticky") {
-                        None => {
-                            self.missing(&t, "sticky");
-                            None
-                        }
-                        Some(e) => self
-                            .sticky(&e.item, &t.key_path("sticky"))
-                            .map(|(s, span)| (ServiceRoute::Sticky(Box::new(s)), span)),
-                    }
-                }
+                    Some(e) => self
+                        .sticky(&e.item, &t.key_path("sticky"))
+                        .map(|(s, span)| (ServiceRoute::Sticky(Box::new(s)), span)),
+                },
+                Some(RouteKind::Clb) => self.clb(&t).map(|c| (ServiceRoute::Clb(c), t.span.start)),
             };
             let limits = self.limits(&t);
             if let Some((route, span)) = &section {
                 let cluster = match route {
                     ServiceRoute::Carp(c) => matches!(c.members, CarpMembers::Cluster { .. }),
                     ServiceRoute::Sticky(_) => true,
+                    ServiceRoute::Clb(_) => false,
                 };
                 if cluster {
                     cluster_service.get_or_insert(*span);
@@ -169,6 +210,7 @@ impl Reader<'_, '_> {
                         sticky.array.array_name = name.clone();
                         ServiceRoute::Sticky(sticky)
                     }
+                    clb @ ServiceRoute::Clb(_) => clb,
                 };
                 out.push(ServiceSection {
                     name,
@@ -180,6 +222,117 @@ impl Reader<'_, '_> {
         }
         if let Some(span) = cluster_service {
             self.member_names(hosts, hosts_sound, span, &out);
+        }
+        out
+    }
+
+    /// Reports each CLB key on a service of another route.
+    fn only_for_clb(&mut self, t: &Table<'_>) {
+        for key in CLB_KEYS {
+            if let Some(e) = t.entry(key) {
+                self.diag.at(
+                    e.key_span.start,
+                    t.key_path(key),
+                    "only for route = \"clb\"",
+                );
+            }
+        }
+    }
+
+    /// A `route = "clb"` service's keys and `[[service.backend]]`.
+    fn clb(&mut self, t: &Table<'_>) -> Option<ClbSection> {
+        let errors = self.diag_len();
+        let policy = self.choice(t, "policy", Policy::NAMES, Policy::PeakEwma);
+        let probe = match t.entry("probe") {
+            None => ProbeRequest::parse(DEFAULT_PROBE).ok(),
+            Some(e) => {
+                let key = t.key_path("probe");
+                let text = self.string_item(&e.item, &key)?;
+                match ProbeRequest::parse(text) {
+                    Ok(p) => Some(p),
+                    Err(why) => {
+                        self.diag.at(e.item.span.start, key, why);
+                        None
+                    }
+                }
+            }
+        };
+        let section = ClbSection {
+            policy,
+            backends: self.backends(t),
+            poll_ms: self.int(t, "poll_ms", &POLL_RANGE, DEFAULT_POLL_MS),
+            probe: probe?,
+            probe_timeout_ms: self.int(
+                t,
+                "probe_timeout_ms",
+                &PROBE_TIMEOUT_RANGE,
+                DEFAULT_PROBE_TIMEOUT_MS,
+            ),
+            decay_ms: self.int(t, "decay_ms", &DECAY_RANGE, DEFAULT_DECAY_MS),
+            retries: self.int(t, "retries", &RETRIES_RANGE, DEFAULT_RETRIES),
+            fall: self.int(t, "fall", &FALL_RISE_RANGE, DEFAULT_FALL),
+            rise: self.int(t, "rise", &FALL_RISE_RANGE, DEFAULT_RISE),
+            eject_ms: self.int(t, "eject_ms", &EJECT_RANGE, DEFAULT_EJECT_MS),
+        };
+        (self.diag_len() == errors).then_some(section)
+    }
+
+    fn backends(&mut self, t: &Table<'_>) -> Vec<BackendSection> {
+        let mut out: Vec<BackendSection> = Vec::new();
+        let Some(e) = t.entry("backend") else {
+            self.diag.at(
+                t.span.start,
+                t.key_path("backend"),
+                "route = \"clb\" needs at least one [[service.backend]]",
+            );
+            return out;
+        };
+        let Node::Array(items) = &e.item.node else {
+            self.diag.at(
+                e.item.span.start,
+                t.key_path("backend"),
+                format!(
+                    "expected [[service.backend]] sections, found {}",
+                    e.item.node.kind()
+                ),
+            );
+            return out;
+        };
+        if items.len() > MAX_BACKENDS {
+            self.diag.at(
+                e.item.span.start,
+                t.key_path("backend"),
+                format!("{} back ends; at most {MAX_BACKENDS}", items.len()),
+            );
+        }
+        for (i, item) in items.iter().enumerate().take(MAX_BACKENDS) {
+            let path = format!("{}[{}]", t.key_path("backend"), i + 1);
+            let Some(b) = self.as_table(item, path, BACKEND_KEYS) else {
+                continue;
+            };
+            let address = match b.entry("address") {
+                None => {
+                    self.missing(&b, "address");
+                    None
+                }
+                Some(e) => {
+                    let a = self.socket_addr(&e.item, &b.key_path("address"));
+                    if let Some(a) = a {
+                        if out.iter().any(|o| o.address == a) {
+                            self.diag.at(
+                                e.item.span.start,
+                                b.key_path("address"),
+                                format!("{a} is another back end's too"),
+                            );
+                        }
+                    }
+                    a
+                }
+            };
+            let weight = self.int(&b, "weight", &BACKEND_WEIGHT_RANGE, 1);
+            if let Some(address) = address {
+                out.push(BackendSection { address, weight });
+            }
         }
         out
     }
@@ -567,7 +720,9 @@ impl Reader<'_, '_> {
             return;
         }
         for s in services {
-            let c = s.carp();
+            let Some(c) = s.carp() else {
+                continue;
+            };
             if let CarpMembers::Cluster { load_factors, .. } = &c.members {
                 let specs: Vec<MemberSpec> = names
                     .iter()

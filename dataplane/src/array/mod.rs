@@ -9,7 +9,8 @@
 //! membership table and PAC script an array publishes ([`render`]), the
 //! authenticated member-to-member hop header ([`member`]) and loop
 //! detection through `Via` and `CDN-Loop` ([`hop`]); sticky sessions with
-//! the request forwarder ([`sticky`]).
+//! the request forwarder ([`sticky`]), and the back-end pickers of
+//! `route = "clb"` services ([`clb`]).
 //!
 //! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
 //! function of the member set and the request target and does not
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod carp;
+pub mod clb;
 pub mod head;
 pub mod hop;
 pub mod member;
@@ -27,6 +29,7 @@ pub mod sticky;
 pub mod target;
 
 pub use carp::{Carp, CarpError, HashMode, Member, MemberSpec, Order, MAX_MEMBERS};
+pub use clb::{Balancer, BalancerConfig, PeakEwma, Policy, Rng, MAX_BACKENDS};
 pub use head::{classify, ArrayPage, Form, HeadLimits, HeadView, Refusal};
 pub use hop::{seen, via_value};
 pub use member::{MemberError, MemberKey, MEMBER_HEADER};

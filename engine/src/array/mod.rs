@@ -60,6 +60,7 @@ use shoal_dataplane::HostId;
 use crate::handoff::MapCell;
 use crate::tools::carp::{array, Array, ArrayArgs};
 
+mod clb;
 pub mod counters;
 mod health;
 mod proxy;
@@ -99,7 +100,7 @@ pub enum Upstreams {
 /// One service as every thread of the tier sees it; never changes.
 #[derive(Debug)]
 pub struct ServicePlan {
-    /// Index among the configuration's services.
+    /// Index among the tier's CARP services.
     pub index: usize,
     /// Service name.
     pub name: String,
@@ -169,7 +170,10 @@ impl ServicePlan {
         let own_name = config
             .member_name(host)
             .unwrap_or_else(|| format!("host{}", host.get()));
-        let upstreams = match &service.carp().members {
+        let carp = service
+            .carp()
+            .ok_or_else(|| anyhow!("service {:?} is not a CARP service", service.name))?;
+        let upstreams = match &carp.members {
             CarpMembers::Cluster { local, .. } => Upstreams::Cluster {
                 local: *local,
                 own: members
@@ -191,7 +195,6 @@ impl ServicePlan {
             .collect();
         listen.dedup();
         let limits = service.limits.clone();
-        let carp = service.carp();
         Ok(ServicePlan {
             index,
             name: service.name.clone(),
@@ -260,6 +263,8 @@ pub struct Bound {
     listeners: Vec<WorkerListeners>,
     cell: Arc<MapCell>,
     views: Vec<Arc<ViewCell>>,
+    /// The `route = "clb"` services.
+    clb: clb::ClbBound,
 }
 
 /// One listening socket: `SO_REUSEADDR` and `SO_REUSEPORT` (one per worker
@@ -302,6 +307,7 @@ impl Bound {
         let plans = config
             .services
             .iter()
+            .filter(|s| s.carp().is_some())
             .enumerate()
             .map(|(i, s)| {
                 let mut plan = ServicePlan::new(config, i, s, host, key.clone(), start)?;
@@ -314,6 +320,7 @@ impl Bound {
                 Ok(Arc::new(plan))
             })
             .collect::<Result<Vec<_>>>()?;
+        let clb = clb::ClbBound::bind(config, host, start)?;
         let mut listeners = Vec::with_capacity(cores.len());
         for _ in &cores {
             let mut per_service = Vec::with_capacity(plans.len());
@@ -339,15 +346,19 @@ impl Bound {
             listeners,
             cell,
             views,
+            clb,
         }))
     }
 
     /// Every address the workers listen on, per service.
     pub fn listen_addrs(&self) -> Vec<(String, Vec<SocketAddr>)> {
-        self.plans
+        let mut out: Vec<(String, Vec<SocketAddr>)> = self
+            .plans
             .iter()
             .map(|p| (p.name.clone(), p.listen.clone()))
-            .collect()
+            .collect();
+        out.extend(self.clb.listen_addrs());
+        out
     }
 
     /// Starts the workers and the health thread.
@@ -398,12 +409,15 @@ impl Bound {
                 .spawn(move || health::run(probe))
                 .context("spawning the array health thread")?,
         );
+        let (clb_threads, clb) = self.clb.start(stop.clone())?;
+        threads.extend(clb_threads);
         tracing::info!(workers = self.cores.len(), services = ?self.plans.iter().map(|p| (&p.name, &p.listen)).collect::<Vec<_>>(), "array tier running");
         Ok(ArrayTier {
             counters: ServicesReader {
                 plans: self.plans,
                 views: self.views,
                 counters,
+                clb,
             },
             threads,
             stop,
@@ -427,6 +441,8 @@ pub struct ServicesReader {
     views: Vec<Arc<ViewCell>>,
     /// Per worker, per service.
     counters: Vec<Vec<Arc<ServiceCounters>>>,
+    /// The `route = "clb"` services' counters.
+    clb: clb::ClbReader,
 }
 
 impl ServicesReader {
@@ -448,6 +464,7 @@ impl ServicesReader {
             }
             out.insert(plan.name.clone(), json);
         }
+        self.clb.add_json(&mut out);
         serde_json::Value::Object(out)
     }
 

@@ -96,14 +96,21 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
         })?),
         _ => None,
     };
+    let carp = match service {
+        Some(s) => Some(
+            s.carp()
+                .ok_or_else(|| anyhow!("--service {:?}: not a route = \"carp\" service", s.name))?,
+        ),
+        None => None,
+    };
     let hash = match &args.hash {
         Some(h) => HashMode::from_name(h)
             .ok_or_else(|| anyhow!("--hash {h:?}: expected spec, squid or hrw"))?,
-        None => service.map_or(HashMode::Spec, |s| s.carp().hash),
+        None => carp.map_or(HashMode::Spec, |c| c.hash),
     };
     let key = match &args.key {
         Some(k) => KeyParts::parse_list(k).map_err(|e| anyhow!("--key {k:?}: {e}"))?,
-        None => service.map_or(KeyParts::ALL, |s| s.carp().key),
+        None => carp.map_or(KeyParts::ALL, |c| c.key),
     };
     let mut down: Vec<usize> = Vec::new();
     let (specs, proxies): (Vec<MemberSpec>, Vec<(String, u16)>) = if !args.member.is_empty() {
@@ -116,10 +123,10 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
         let proxies = specs.iter().map(|s| (s.name.clone(), p)).collect();
         (specs, proxies)
     } else {
-        let (Some(config), Some(service)) = (config, service) else {
+        let (Some(config), Some(service), Some(carp)) = (config, service, carp) else {
             bail!("name the members: --member NAME=LOAD ..., or --config FILE --service NAME");
         };
-        let set = match (&args.members, &service.carp().members) {
+        let set = match (&args.members, &carp.members) {
             (Some(list), CarpMembers::Cluster { .. }) => Some(super::members(config, Some(list))?),
             (Some(_), CarpMembers::Parents(_)) => {
                 bail!(
@@ -160,15 +167,15 @@ pub fn array(args: &ArrayArgs, config: Option<&Config>, port: Option<u16>) -> Re
     for i in down {
         router.carp.set_up(i, false);
     }
-    let (exception_proxy, array_name, list_ttl_s) = match (config, service) {
-        (Some(c), Some(s)) => {
-            router.exceptions = s.carp().exceptions.clone();
-            router.direct = s.carp().direct.clone();
+    let (exception_proxy, array_name, list_ttl_s) = match (config, service, carp) {
+        (Some(c), Some(s), Some(carp)) => {
+            router.exceptions = carp.exceptions.clone();
+            router.direct = carp.direct.clone();
             let p = port.unwrap_or(s.port);
             (
                 Some(SocketAddr::new(c.primary_vip().into(), p).to_string()),
-                s.carp().array_name.clone(),
-                s.carp().list_ttl_s,
+                carp.array_name.clone(),
+                carp.list_ttl_s,
             )
         }
         _ => (None, "shoal".to_string(), shoal_config::DEFAULT_LIST_TTL_S),

@@ -1,7 +1,8 @@
 //! `shoal bench array`: the array tier's CARP routing, in memory and on
 //! the wire.
 //!
-//! Owns: [`ArrayReport`] (`array.json`), [`run`], its text and markdown.
+//! Owns: [`ArrayReport`] (`array.json`), [`run`], its text and markdown;
+//! [`clb`] is `shoal bench clb` (`clb.json`, its own report).
 //! * [`routing`]: routing decisions per second per core through
 //!   `Router::decide`, 4/16/64 members, every hash mode.
 //! * [`wire`]: `wrk` against shoal's CARP service, HAProxy, nginx and
@@ -14,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clb;
 pub mod routing;
 pub mod wire;
 

@@ -1,0 +1,621 @@
+//! Picking a back-end server for each request of a `route = "clb"`
+//! service: Component Load Balancing's sorted round robin (seed 002,
+//! "Component Load Balancing" through "The CLB routing process") and three
+//! policies that do not herd.
+//!
+//! Owns: [`Policy`], [`Balancer`] (one per proxy worker and service) and
+//! its peak-EWMA latency estimate. The engine hands in everything that
+//! varies: the response-time table the control plane sorted
+//! ([`Balancer::set_table`]), which servers are up ([`Balancer::set_up`]),
+//! when a request starts and ends ([`Balancer::start`],
+//! [`Balancer::finish`]) and the time (`now_ns`, any monotonic origin). A
+//! pick ([`Balancer::pick`]) is a pure function of that state and of a
+//! seeded random source; it never allocates and does work bounded by the
+//! number of servers ([`MAX_BACKENDS`]).
+//!
+//! # Policies
+//!
+//! - [`Policy::Clb`]: Application Center's rule. The table holds the
+//!   servers that answered the latest poll, fastest first; requests go down
+//!   the table in order, round robin from the fastest, and the walk
+//!   restarts at the top whenever a new table arrives. Weights are not
+//!   part of CLB and are ignored. Every front end that polls at the same
+//!   moment sees the same "fastest" server and sends its next requests
+//!   there: that is the herding this policy keeps for fidelity.
+//! - [`Policy::RoundRobin`]: smooth weighted round robin over the servers
+//!   that are up (each server's share is its weight; picks of a heavier
+//!   server are spread, not bunched).
+//! - [`Policy::LeastRequest`]: two random choices (weighted by `weight`),
+//!   the one with fewer pending requests per unit of weight wins.
+//! - [`Policy::PeakEwma`] (the default): two random choices, the lower
+//!   cost wins, where cost = peak-EWMA of observed latency × (pending + 1)
+//!   ÷ weight. The estimate jumps up to any slower observation at once
+//!   (the "peak") and decays toward faster ones, and toward zero while
+//!   idle, with time constant `decay` — the design of tower's
+//!   `load::PeakEwma`. Two random choices, rather than the global minimum,
+//!   keep several front ends with similar views from all choosing the
+//!   same server.
+//!
+//! Pending counts and latency estimates belong to one balancer (one
+//! worker); the table comes from the control plane's probes.
+#![forbid(unsafe_code)]
+
+/// Most back-end servers of one service (exclusion sets are a `u64`).
+pub const MAX_BACKENDS: usize = 64;
+
+/// How a back-end server is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    /// Sorted response-time table, round robin from the fastest.
+    Clb,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Two random choices, fewer pending requests wins.
+    LeastRequest,
+    /// Two random choices, lower peak-EWMA latency × (pending + 1) wins.
+    #[default]
+    PeakEwma,
+}
+
+impl Policy {
+    /// The configuration names.
+    pub const NAMES: &'static [(&'static str, Policy)] = &[
+        ("clb", Policy::Clb),
+        ("round_robin", Policy::RoundRobin),
+        ("least_request", Policy::LeastRequest),
+        ("peak_ewma", Policy::PeakEwma),
+    ];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Clb => "clb",
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastRequest => "least_request",
+            Policy::PeakEwma => "peak_ewma",
+        }
+    }
+}
+
+/// A small seeded random source (xorshift64*): enough to spread two
+/// random choices, reproducible from its seed in tests.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A source from `seed` (0 is replaced by a fixed odd constant).
+    pub fn new(seed: u64) -> Self {
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n` > 0), by multiply-shift.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Peak-EWMA of one server's latency, in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeakEwma {
+    estimate_ns: f64,
+    at_ns: u64,
+}
+
+impl PeakEwma {
+    /// An estimate that starts at `initial_ns` at `now_ns`.
+    pub fn new(initial_ns: u64, now_ns: u64) -> Self {
+        PeakEwma {
+            estimate_ns: initial_ns as f64,
+            at_ns: now_ns,
+        }
+    }
+
+    /// Folds in one observation: a slower one replaces the estimate; a
+    /// faster one is weighted by how much time passed since the last
+    /// update (`1 - e^(-elapsed/decay)`).
+    pub fn observe(&mut self, latency_ns: u64, now_ns: u64, decay_ns: u64) {
+        let latency = latency_ns as f64;
+        if latency > self.estimate_ns {
+            self.estimate_ns = latency;
+        } else {
+            let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
+            let keep = (-elapsed / decay_ns.max(1) as f64).exp();
+            self.estimate_ns = self.estimate_ns * keep + latency * (1.0 - keep);
+        }
+        self.at_ns = self.at_ns.max(now_ns);
+    }
+
+    /// The estimate at `now_ns`, decayed toward zero for the time since
+    /// the last observation (an idle server is tried again), without
+    /// changing the state.
+    pub fn at(&self, now_ns: u64, decay_ns: u64) -> f64 {
+        let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
+        self.estimate_ns * (-elapsed / decay_ns.max(1) as f64).exp()
+    }
+}
+
+/// One back-end server as a balancer sees it.
+#[derive(Clone, Debug)]
+struct Server {
+    weight: u32,
+    up: bool,
+    pending: u32,
+    ewma: PeakEwma,
+    /// Smooth weighted round robin's running weight.
+    current: i64,
+}
+
+/// What a balancer is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalancerConfig {
+    /// The policy.
+    pub policy: Policy,
+    /// Peak-EWMA decay time constant.
+    pub decay_ns: u64,
+    /// The latency a server is assumed to have before its first answer.
+    pub initial_latency_ns: u64,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            policy: Policy::PeakEwma,
+            decay_ns: 10_000_000_000,
+            initial_latency_ns: 1_000_000,
+        }
+    }
+}
+
+/// One worker's picker over one service's back-end servers.
+///
+/// Every server starts up; the CLB table starts as every server in
+/// configuration order until the first [`Balancer::set_table`].
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    config: BalancerConfig,
+    servers: Vec<Server>,
+    /// CLB's table: server indices, fastest first.
+    table: Vec<usize>,
+    /// Next table position (CLB).
+    cursor: usize,
+    rng: Rng,
+    /// Set during a pick that found no server up: every server counts.
+    panic: bool,
+}
+
+impl Balancer {
+    /// A balancer over servers with `weights` (at most [`MAX_BACKENDS`]
+    /// are kept; a weight of 0 is taken as 1), seeded with `seed`.
+    pub fn new(config: BalancerConfig, weights: &[u32], seed: u64, now_ns: u64) -> Self {
+        let servers: Vec<Server> = weights
+            .iter()
+            .take(MAX_BACKENDS)
+            .map(|w| Server {
+                weight: (*w).max(1),
+                up: true,
+                pending: 0,
+                ewma: PeakEwma::new(config.initial_latency_ns, now_ns),
+                current: 0,
+            })
+            .collect();
+        let mut table = Vec::with_capacity(servers.len());
+        table.extend(0..servers.len());
+        Balancer {
+            config,
+            servers,
+            table,
+            cursor: 0,
+            rng: Rng::new(seed),
+            panic: false,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Policy {
+        self.config.policy
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether there are no servers.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Replaces CLB's table with `order` (server indices, fastest first;
+    /// unknown and repeated indices are skipped) and restarts the walk at
+    /// its top. Does not allocate.
+    pub fn set_table(&mut self, order: &[usize]) {
+        self.table.clear();
+        for &i in order {
+            if i < self.servers.len() && !self.table.contains(&i) {
+                self.table.push(i);
+            }
+        }
+        self.cursor = 0;
+    }
+
+    /// CLB's table as last set.
+    pub fn table(&self) -> &[usize] {
+        &self.table
+    }
+
+    /// Marks server `i` up or down (ignored when out of range).
+    pub fn set_up(&mut self, i: usize, up: bool) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.up = up;
+        }
+    }
+
+    /// Whether server `i` is up.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.servers.get(i).is_some_and(|s| s.up)
+    }
+
+    /// Requests sent to server `i` and not yet finished.
+    pub fn pending(&self, i: usize) -> u32 {
+        self.servers.get(i).map_or(0, |s| s.pending)
+    }
+
+    /// Server `i`'s latency estimate at `now_ns`, in nanoseconds.
+    pub fn latency_ns(&self, i: usize, now_ns: u64) -> f64 {
+        self.servers
+            .get(i)
+            .map_or(0.0, |s| s.ewma.at(now_ns, self.config.decay_ns))
+    }
+
+    /// A request goes to server `i`.
+    pub fn start(&mut self, i: usize) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.pending = s.pending.saturating_add(1);
+        }
+    }
+
+    /// A request to server `i` ended after `latency_ns`; `observed` says
+    /// whether the latency is the server's (an answer) rather than a
+    /// failure that says nothing about its speed.
+    pub fn finish(&mut self, i: usize, latency_ns: u64, observed: bool, now_ns: u64) {
+        let decay = self.config.decay_ns;
+        if let Some(s) = self.servers.get_mut(i) {
+            s.pending = s.pending.saturating_sub(1);
+            if observed {
+                s.ewma.observe(latency_ns, now_ns, decay);
+            }
+        }
+    }
+
+    /// The server for the next request, skipping those down and those in
+    /// `exclude` (bit `i` for server `i`: servers already tried); `None`
+    /// when none is left. Bounded by the number of servers; no allocation.
+    ///
+    /// When no server outside `exclude` is up (for `clb`: none is in the
+    /// table), every server outside `exclude` counts as up for this pick,
+    /// and `clb` goes round robin over them: a table that emptied under
+    /// load says more about probes timing out in queues than about the
+    /// servers, and refusing everything would turn a slow tier into a
+    /// dead one (Envoy's panic threshold at 0%).
+    pub fn pick(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
+        let open = |i: usize| exclude & (1u64 << i) == 0;
+        self.panic = match self.config.policy {
+            Policy::Clb => !self.table.iter().any(|&i| self.servers[i].up && open(i)),
+            _ => !(0..self.servers.len()).any(|i| self.servers[i].up && open(i)),
+        };
+        let pick = match (self.config.policy, self.panic) {
+            (Policy::Clb, false) => self.pick_clb(exclude),
+            (Policy::Clb, true) | (Policy::RoundRobin, _) => self.pick_round_robin(exclude),
+            (Policy::LeastRequest | Policy::PeakEwma, _) => self.pick_two(now_ns, exclude),
+        };
+        self.panic = false;
+        pick
+    }
+
+    fn eligible(&self, i: usize, exclude: u64) -> bool {
+        (self.panic || self.servers[i].up) && exclude & (1u64 << i) == 0
+    }
+
+    fn pick_clb(&mut self, exclude: u64) -> Option<usize> {
+        let n = self.table.len();
+        for step in 0..n {
+            let pos = (self.cursor + step) % n;
+            let i = self.table[pos];
+            if self.eligible(i, exclude) {
+                self.cursor = (pos + 1) % n;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Smooth weighted round robin: every eligible server gains its weight,
+    /// the largest running weight wins and pays the total back.
+    fn pick_round_robin(&mut self, exclude: u64) -> Option<usize> {
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in 0..self.servers.len() {
+            if !self.eligible(i, exclude) {
+                continue;
+            }
+            let s = &mut self.servers[i];
+            s.current += i64::from(s.weight);
+            total += i64::from(s.weight);
+            let current = s.current;
+            if best.is_none_or(|b| current > self.servers[b].current) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        self.servers[b].current -= total;
+        Some(b)
+    }
+
+    /// A random eligible server, chosen in proportion to weight, other
+    /// than `not`.
+    fn weighted(&mut self, exclude: u64, not: Option<usize>) -> Option<usize> {
+        let total: u64 = (0..self.servers.len())
+            .filter(|&i| self.eligible(i, exclude) && Some(i) != not)
+            .map(|i| u64::from(self.servers[i].weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = self.rng.below(total);
+        for i in 0..self.servers.len() {
+            if !self.eligible(i, exclude) || Some(i) == not {
+                continue;
+            }
+            let w = u64::from(self.servers[i].weight);
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+        }
+        None
+    }
+
+    fn cost(&self, i: usize, now_ns: u64) -> f64 {
+        let s = &self.servers[i];
+        let load = f64::from(s.pending) + 1.0;
+        let cost = match self.config.policy {
+            Policy::PeakEwma => s.ewma.at(now_ns, self.config.decay_ns) * load,
+            _ => load,
+        };
+        cost / f64::from(s.weight)
+    }
+
+    fn pick_two(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
+        let a = self.weighted(exclude, None)?;
+        let Some(b) = self.weighted(exclude, Some(a)) else {
+            return Some(a);
+        };
+        if self.cost(b, now_ns) < self.cost(a, now_ns) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn balancer(policy: Policy, weights: &[u32]) -> Balancer {
+        Balancer::new(
+            BalancerConfig {
+                policy,
+                decay_ns: 1_000 * MS,
+                initial_latency_ns: MS,
+            },
+            weights,
+            7,
+            0,
+        )
+    }
+
+    #[test]
+    fn clb_walks_the_table_from_the_fastest_and_restarts_on_a_new_table() {
+        let mut b = balancer(Policy::Clb, &[1, 1, 1]);
+        // Seed 002's example: S3 fastest, then S1, then S2.
+        b.set_table(&[2, 0, 1]);
+        let picks: Vec<_> = (0..5).map(|_| b.pick(0, 0).unwrap()).collect();
+        assert_eq!(picks, [2, 0, 1, 2, 0]);
+        b.set_table(&[1, 2]);
+        assert_eq!(b.pick(0, 0), Some(1));
+        assert_eq!(b.pick(0, 0), Some(2));
+        assert_eq!(b.pick(0, 0), Some(1));
+    }
+
+    #[test]
+    fn clb_skips_down_and_tried_servers_and_ignores_bad_indices() {
+        let mut b = balancer(Policy::Clb, &[1, 1, 1]);
+        b.set_table(&[2, 9, 2, 0, 1]);
+        assert_eq!(b.table(), &[2, 0, 1]);
+        b.set_up(2, false);
+        assert_eq!(b.pick(0, 0), Some(0));
+        assert_eq!(b.pick(0, 1 << 1), Some(0));
+        // Nothing in the table: every server not tried, round robin.
+        b.set_table(&[]);
+        let mut seen = 0u64;
+        for _ in 0..3 {
+            seen |= 1 << b.pick(0, 1 << 1).unwrap();
+        }
+        assert_eq!(seen, 0b101);
+        assert_eq!(b.pick(0, 0b111), None);
+    }
+
+    #[test]
+    fn with_every_server_down_each_policy_still_picks() {
+        for (_, policy) in Policy::NAMES {
+            let mut b = balancer(*policy, &[1, 1]);
+            b.set_up(0, false);
+            b.set_up(1, false);
+            assert!(b.pick(0, 0).is_some(), "{policy:?}");
+            assert_eq!(b.pick(0, 0b01), Some(1), "{policy:?}");
+            assert_eq!(b.pick(0, 0b11), None, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn round_robin_shares_follow_weights_and_spread() {
+        let mut b = balancer(Policy::RoundRobin, &[5, 1, 1]);
+        let picks: Vec<_> = (0..7).map(|_| b.pick(0, 0).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 1);
+        // Smooth: the heavy server never takes all of the first five.
+        assert!(picks[..5].iter().any(|&i| i != 0), "{picks:?}");
+    }
+
+    #[test]
+    fn least_request_avoids_a_server_with_many_pending() {
+        let mut b = balancer(Policy::LeastRequest, &[1, 1, 1, 1]);
+        for _ in 0..50 {
+            b.start(0);
+        }
+        let to_zero = (0..1000).filter(|_| b.pick(0, 0) == Some(0)).count();
+        assert_eq!(to_zero, 0);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_to_a_slow_answer_and_decays_back() {
+        let mut e = PeakEwma::new(MS, 0);
+        e.observe(100 * MS, 10 * MS, 1_000 * MS);
+        assert_eq!(e.at(10 * MS, 1_000 * MS), (100 * MS) as f64);
+        // A fast answer right after moves the estimate only a little.
+        e.observe(MS, 11 * MS, 1_000 * MS);
+        assert!(e.at(11 * MS, 1_000 * MS) > (98 * MS) as f64);
+        // Many fast answers over seconds bring it down.
+        for k in 1..=100 {
+            e.observe(MS, 11 * MS + k * 50 * MS, 1_000 * MS);
+        }
+        assert!(e.at(5_011 * MS, 1_000 * MS) < (3 * MS) as f64);
+    }
+
+    #[test]
+    fn peak_ewma_sends_less_to_a_slow_server() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1, 1, 1]);
+        let mut counts = [0u32; 4];
+        let mut now = 0;
+        for _ in 0..4000 {
+            now += MS / 10;
+            let i = b.pick(now, 0).unwrap();
+            counts[i] += 1;
+            b.start(i);
+            let latency = if i == 3 { 5 * MS } else { MS };
+            b.finish(i, latency, true, now);
+        }
+        assert!(counts[3] * 4 < counts[0], "{counts:?}");
+    }
+
+    #[test]
+    fn two_choices_spread_between_equal_servers() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1, 1, 1]);
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            counts[b.pick(0, 0).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 700), "{counts:?}");
+    }
+
+    #[test]
+    fn pending_is_never_negative_and_bad_indices_are_ignored() {
+        let mut b = balancer(Policy::LeastRequest, &[1, 1]);
+        b.finish(0, MS, true, 0);
+        b.finish(7, MS, true, 0);
+        b.start(9);
+        b.set_up(9, false);
+        assert_eq!(b.pending(0), 0);
+        assert_eq!(b.pending(9), 0);
+        assert!(!b.is_up(9));
+    }
+
+    /// Several front ends, each with its own balancer and the same probe
+    /// view: after every poll, under `clb` every front end sends its next
+    /// request to the same server; under `peak_ewma` they spread.
+    #[test]
+    fn clb_herds_across_front_ends_and_peak_ewma_does_not() {
+        fn largest_herd(policy: Policy) -> u32 {
+            let mut fronts: Vec<Balancer> = (0..8)
+                .map(|k| {
+                    let config = BalancerConfig {
+                        policy,
+                        ..BalancerConfig::default()
+                    };
+                    Balancer::new(config, &[1, 1, 1, 1], k + 1, 0)
+                })
+                .collect();
+            let mut worst = 0;
+            for poll in 0..50u64 {
+                let fastest = (poll % 4) as usize;
+                let table: [usize; 4] = core::array::from_fn(|k| (fastest + k) % 4);
+                let mut per_server = [0u32; 4];
+                for f in &mut fronts {
+                    f.set_table(&table);
+                    per_server[f.pick(poll * 200 * MS, 0).unwrap()] += 1;
+                }
+                worst = worst.max(per_server.into_iter().max().unwrap_or(0));
+            }
+            worst
+        }
+        assert_eq!(largest_herd(Policy::Clb), 8);
+        assert!(largest_herd(Policy::PeakEwma) < 8);
+    }
+
+    proptest! {
+        #[test]
+        fn a_pick_is_up_not_excluded_and_in_range(
+            policy in prop::sample::select(vec![Policy::Clb, Policy::RoundRobin, Policy::LeastRequest, Policy::PeakEwma]),
+            weights in prop::collection::vec(0u32..10, 1..20),
+            up in any::<u64>(),
+            exclude in any::<u64>(),
+            table in prop::collection::vec(0usize..30, 0..30),
+            ops in prop::collection::vec((0usize..25, 0u64..1_000_000_000, any::<bool>()), 0..50),
+            seed in any::<u64>(),
+        ) {
+            let mut b = Balancer::new(BalancerConfig { policy, ..BalancerConfig::default() }, &weights, seed, 0);
+            let n = weights.len();
+            for i in 0..n {
+                b.set_up(i, up & (1 << i) != 0);
+            }
+            b.set_table(&table);
+            let mut now = 0;
+            for (i, lat, start) in ops {
+                now += lat;
+                if start { b.start(i) } else { b.finish(i, lat, true, now) }
+            }
+            let pick = b.pick(now, exclude);
+            let open: Vec<usize> = (0..n).filter(|&i| exclude & (1 << i) == 0).collect();
+            let candidates: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|&i| up & (1 << i) != 0)
+                .filter(|i| policy != Policy::Clb || table.contains(i))
+                .collect();
+            // No candidate: panic, any server not excluded.
+            let allowed = if candidates.is_empty() { &open } else { &candidates };
+            match pick {
+                Some(i) => prop_assert!(allowed.contains(&i)),
+                None => prop_assert!(open.is_empty()),
+            }
+        }
+    }
+}

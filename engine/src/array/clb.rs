@@ -1,0 +1,779 @@
+//! The runtime of `route = "clb"` services: listeners, the request path to
+//! the back-end tier, and the probes that keep each worker's response-time
+//! table.
+//!
+//! Owns sockets and tasks only. Which back end serves a request is the
+//! dataplane's [`Balancer`]; the response-time table, its rounds and
+//! ejections are the control plane's [`ResponseTimes`].
+//!
+//! # Threads
+//!
+//! One thread per `[host.cores].proxy` core, `shoal-clb-<core>`, pinned to
+//! that core beside the CARP worker, with a current-thread runtime. Each
+//! owns, per CLB service, its `SO_REUSEPORT` listeners, its upstream pool,
+//! a [`Balancer`] (pending counts and latency estimates of the requests it
+//! sent) and a [`ResponseTimes`] fed by its own probes: every front end
+//! (and every worker of it) keeps its own table, as Application Center's
+//! CLB service did on every front-end member, so losing one loses nothing.
+//! Readers of the counters sum the workers'.
+//!
+//! # Request path
+//!
+//! Pick a back end, send the request (origin form, hop-by-hop fields
+//! removed), measure the time to the response head. A back end that
+//! refuses or resets the connection before any request byte left is
+//! counted as failed and another is tried, at most `retries` more; after
+//! that the client gets 502. A request that left and got no head is 502
+//! without a retry (it may have been acted on); no head within
+//! `first_byte_timeout_ms` is 504.
+//!
+//! # Probes
+//!
+//! At every round ([`ResponseTimes::poll_round`]) each back end gets one
+//! probe (`probe`, a new connection, `Connection: close`), all at once,
+//! each under `probe_timeout_ms`: a hung server delays only its own probe.
+//! A probe answered with a status below 500 gives its response time
+//! (connect included); anything else is a failure.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Map, Value};
+use shoal_config::{ClbSection, Config, ServiceLimits};
+use shoal_controlplane::{PollConfig, ResponseTimes};
+use shoal_dataplane::array::{Balancer, BalancerConfig};
+use shoal_dataplane::HostId;
+use tokio::net::TcpListener;
+
+use super::proxy::{answer, strip_hop_by_hop, ClientBody};
+use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
+use super::{listener, stopping};
+
+/// The header naming the back end that served a response.
+const SERVED_BY: HeaderName = HeaderName::from_static("x-shoal-served-by");
+/// How often a worker checks for shutdown and ticks its pool's clock.
+const TICK: Duration = upstream::CLOCK_TICK;
+/// The latency a back end is assumed to have before its first answer.
+const INITIAL_LATENCY: Duration = Duration::from_millis(1);
+
+/// One CLB service as every thread sees it; never changes.
+#[derive(Debug)]
+pub(super) struct ClbPlan {
+    /// Service name.
+    pub name: String,
+    /// The operator's limits.
+    pub limits: ServiceLimits,
+    /// The CLB settings.
+    pub clb: ClbSection,
+    /// Back-end addresses, in configuration order.
+    pub addresses: Vec<SocketAddr>,
+    /// Back-end addresses as `x-shoal-served-by` values.
+    pub served_by: Vec<HeaderValue>,
+    /// Where the workers listen.
+    pub listen: Vec<SocketAddr>,
+    /// The engine clock's origin.
+    pub start: Instant,
+}
+
+impl ClbPlan {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// One worker's counters for one service; summed when read.
+#[derive(Debug)]
+struct Counters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    bad_gateway: AtomicU64,
+    gateway_timeout: AtomicU64,
+    backends: Vec<BackendCounters>,
+}
+
+#[derive(Debug, Default)]
+struct BackendCounters {
+    requests: AtomicU64,
+    pending: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+    /// The latest answered request's time to the response head, µs
+    /// (`u64::MAX`: none yet).
+    last_response_us: AtomicU64,
+    /// The latest probe's response time, µs (`u64::MAX`: failed or none).
+    probe_us: AtomicU64,
+    /// 1 while in this worker's table.
+    in_table: AtomicU64,
+    /// Position in this worker's table (`u64::MAX`: not in it).
+    position: AtomicU64,
+}
+
+impl Counters {
+    fn new(backends: usize) -> Self {
+        Counters {
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            bad_gateway: AtomicU64::new(0),
+            gateway_timeout: AtomicU64::new(0),
+            backends: (0..backends)
+                .map(|_| BackendCounters {
+                    last_response_us: AtomicU64::new(u64::MAX),
+                    probe_us: AtomicU64::new(u64::MAX),
+                    in_table: AtomicU64::new(1),
+                    position: AtomicU64::new(u64::MAX),
+                    ..BackendCounters::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The CLB services planned and their listeners bound, no thread started.
+#[derive(Debug, Default)]
+pub(super) struct ClbBound {
+    plans: Vec<Arc<ClbPlan>>,
+    /// Per worker: its core and, per service, its listeners.
+    workers: Vec<(usize, Vec<Vec<std::net::TcpListener>>)>,
+}
+
+impl ClbBound {
+    /// Plans every `route = "clb"` service for host `host` and binds each
+    /// worker's listeners (one worker per proxy core).
+    pub(super) fn bind(config: &Config, host: HostId, start: Instant) -> Result<ClbBound> {
+        let section = config
+            .host(host)
+            .ok_or_else(|| anyhow!("no [[host]] {host}"))?;
+        let mut plans = Vec::new();
+        for service in &config.services {
+            let Some(clb) = service.clb() else {
+                continue;
+            };
+            let mut listen: Vec<SocketAddr> = config
+                .cluster
+                .vips
+                .iter()
+                .chain(section.dedicated.first().map(|c| c.addr()).as_ref())
+                .map(|ip| SocketAddr::new(*ip, service.port))
+                .collect();
+            listen.dedup();
+            let addresses: Vec<SocketAddr> = clb.backends.iter().map(|b| b.address).collect();
+            plans.push(Arc::new(ClbPlan {
+                name: service.name.clone(),
+                limits: service.limits.clone(),
+                clb: clb.clone(),
+                served_by: addresses
+                    .iter()
+                    .map(|a| HeaderValue::from_str(&a.to_string()))
+                    .collect::<Result<_, _>>()
+                    .context("a back-end address as a header value")?,
+                addresses,
+                listen,
+                start,
+            }));
+        }
+        let mut workers = Vec::new();
+        if !plans.is_empty() {
+            for core in &section.cores.proxy {
+                let mut per_service = Vec::with_capacity(plans.len());
+                for plan in &plans {
+                    let mut sockets = Vec::with_capacity(plan.listen.len());
+                    for addr in &plan.listen {
+                        sockets.push(listener(*addr).with_context(|| {
+                            format!("service {:?}: listening on {addr}", plan.name)
+                        })?);
+                    }
+                    per_service.push(sockets);
+                }
+                workers.push((*core, per_service));
+            }
+        }
+        Ok(ClbBound { plans, workers })
+    }
+
+    /// Every address the workers listen on, per service.
+    pub(super) fn listen_addrs(&self) -> Vec<(String, Vec<SocketAddr>)> {
+        self.plans
+            .iter()
+            .map(|p| (p.name.clone(), p.listen.clone()))
+            .collect()
+    }
+
+    /// Starts the workers; they end when `stop` is set.
+    pub(super) fn start(
+        self,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Vec<std::thread::JoinHandle<()>>, ClbReader)> {
+        let mut threads = Vec::new();
+        let mut counters = Vec::new();
+        for (k, (core, listeners)) in self.workers.into_iter().enumerate() {
+            let worker: Vec<Arc<Counters>> = self
+                .plans
+                .iter()
+                .map(|p| Arc::new(Counters::new(p.addresses.len())))
+                .collect();
+            counters.push(worker.clone());
+            let plans = self.plans.clone();
+            let stop = stop.clone();
+            let seed = (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ std::process::id() as u64
+                ^ self
+                    .plans
+                    .first()
+                    .map_or(0, |p| p.start.elapsed().as_nanos() as u64);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shoal-clb-{core}"))
+                    .spawn(move || run(core, listeners, plans, worker, stop, seed))
+                    .context("spawning a clb worker")?,
+            );
+        }
+        Ok((
+            threads,
+            ClbReader {
+                plans: self.plans,
+                counters,
+            },
+        ))
+    }
+}
+
+/// Reads the CLB services' counters from any thread.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ClbReader {
+    plans: Vec<Arc<ClbPlan>>,
+    /// Per worker, per service.
+    counters: Vec<Vec<Arc<Counters>>>,
+}
+
+impl ClbReader {
+    /// Adds each CLB service's object to `out` (the `services` object).
+    pub(super) fn add_json(&self, out: &mut Map<String, Value>) {
+        for (i, plan) in self.plans.iter().enumerate() {
+            let workers: Vec<&Counters> = self
+                .counters
+                .iter()
+                .filter_map(|w| w.get(i).map(|c| &**c))
+                .collect();
+            out.insert(plan.name.clone(), service_json(plan, &workers));
+        }
+    }
+}
+
+fn service_json(plan: &ClbPlan, workers: &[&Counters]) -> Value {
+    let sum = |f: &dyn Fn(&Counters) -> &AtomicU64| -> u64 {
+        workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+    };
+    let ms = |us: u64| (us != u64::MAX).then(|| us as f64 / 1000.0);
+    let mut backends = Map::new();
+    let mut table: Vec<(u64, String)> = Vec::new();
+    for (b, addr) in plan.addresses.iter().enumerate() {
+        let bsum = |f: &dyn Fn(&BackendCounters) -> &AtomicU64| -> u64 {
+            workers
+                .iter()
+                .filter_map(|w| w.backends.get(b))
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .sum()
+        };
+        let first = workers.first().and_then(|w| w.backends.get(b));
+        let load = |f: &dyn Fn(&BackendCounters) -> &AtomicU64| {
+            first.map_or(u64::MAX, |c| f(c).load(Ordering::Relaxed))
+        };
+        let in_table = workers
+            .iter()
+            .filter_map(|w| w.backends.get(b))
+            .any(|c| c.in_table.load(Ordering::Relaxed) == 1);
+        let position = load(&|c| &c.position);
+        if position != u64::MAX {
+            table.push((position, addr.to_string()));
+        }
+        backends.insert(
+            addr.to_string(),
+            json!({
+                "weight": plan.clb.backends.get(b).map_or(1, |s| s.weight),
+                "requests": bsum(&|c| &c.requests),
+                "pending": bsum(&|c| &c.pending),
+                "failures": bsum(&|c| &c.failures),
+                "ejections": bsum(&|c| &c.ejections),
+                "last_response_ms": ms(load(&|c| &c.last_response_us)),
+                "probe_ms": ms(load(&|c| &c.probe_us)),
+                "in_table": in_table,
+            }),
+        );
+    }
+    table.sort();
+    json!({
+        "route": "clb",
+        "policy": plan.clb.policy.name(),
+        "requests": sum(&|c| &c.requests),
+        "retries": sum(&|c| &c.retries),
+        "bad_gateway": sum(&|c| &c.bad_gateway),
+        "gateway_timeout": sum(&|c| &c.gateway_timeout),
+        "table": table.into_iter().map(|(_, a)| a).collect::<Vec<_>>(),
+        "backends": backends,
+    })
+}
+
+/// One worker's state for one service.
+struct Service {
+    plan: Arc<ClbPlan>,
+    balancer: RefCell<Balancer>,
+    table: RefCell<ResponseTimes>,
+    pool: Rc<Pool>,
+    counters: Arc<Counters>,
+}
+
+impl Service {
+    /// Hands a changed table to the balancer and the counters.
+    fn apply_table(&self) {
+        let mut table = self.table.borrow_mut();
+        let Some(order) = table.poll_table() else {
+            return;
+        };
+        let mut balancer = self.balancer.borrow_mut();
+        balancer.set_table(order);
+        for (i, c) in self.counters.backends.iter().enumerate() {
+            let position = order.iter().position(|&k| k == i);
+            balancer.set_up(i, position.is_some());
+            c.in_table
+                .store(u64::from(position.is_some()), Ordering::Relaxed);
+            c.position
+                .store(position.map_or(u64::MAX, |p| p as u64), Ordering::Relaxed);
+        }
+    }
+
+    /// A request to back end `i` ended.
+    fn finished(&self, i: usize, started: Instant, answered: bool) {
+        let latency = started.elapsed();
+        let now_ns = self.plan.now_ns();
+        self.balancer
+            .borrow_mut()
+            .finish(i, latency.as_nanos() as u64, answered, now_ns);
+        let c = &self.counters.backends[i];
+        c.pending.fetch_sub(1, Ordering::Relaxed);
+        if answered {
+            c.last_response_us
+                .store(latency.as_micros() as u64, Ordering::Relaxed);
+        } else {
+            bump(&c.failures);
+        }
+        let ejected = self
+            .table
+            .borrow_mut()
+            .handle_request(i, answered, self.plan.now_ms());
+        if ejected {
+            bump(&c.ejections);
+            tracing::info!(service = %self.plan.name, backend = %self.plan.addresses[i], "back end ejected");
+            self.apply_table();
+        }
+    }
+}
+
+fn run(
+    core: usize,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    plans: Vec<Arc<ClbPlan>>,
+    counters: Vec<Arc<Counters>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        tracing::warn!(core, "could not pin clb worker");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, core, "clb worker: no runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(
+        &runtime,
+        serve(core, listeners, plans, counters, stop, seed),
+    );
+}
+
+async fn serve(
+    core: usize,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    plans: Vec<Arc<ClbPlan>>,
+    counters: Vec<Arc<Counters>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut services = Vec::new();
+    for (k, ((sockets, plan), counters)) in
+        listeners.into_iter().zip(plans).zip(counters).enumerate()
+    {
+        let clb = &plan.clb;
+        let weights: Vec<u32> = clb.backends.iter().map(|b| b.weight).collect();
+        let balancer = Balancer::new(
+            BalancerConfig {
+                policy: clb.policy,
+                decay_ns: u64::from(clb.decay_ms) * 1_000_000,
+                initial_latency_ns: INITIAL_LATENCY.as_nanos() as u64,
+            },
+            &weights,
+            seed ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            plan.now_ns(),
+        );
+        let table = ResponseTimes::new(
+            weights.len(),
+            PollConfig {
+                poll_ms: u64::from(clb.poll_ms),
+                fall: clb.fall,
+                rise: clb.rise,
+                eject_ms: u64::from(clb.eject_ms),
+            },
+            plan.now_ms(),
+        );
+        let service = Rc::new(Service {
+            pool: Rc::new(Pool::new(Duration::from_secs(u64::from(
+                plan.limits.idle_timeout_s,
+            )))),
+            plan,
+            balancer: RefCell::new(balancer),
+            table: RefCell::new(table),
+            counters,
+        });
+        service.apply_table();
+        for socket in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(l, service.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, core, "clb worker: listener"),
+            }
+        }
+        services.push(service);
+    }
+    let mut sweep = Instant::now();
+    while !stopping(&stop) {
+        let mut next = Instant::now() + TICK;
+        for s in &services {
+            let now_ms = s.plan.now_ms();
+            let due: Vec<usize> = s.table.borrow_mut().poll_round(now_ms).collect();
+            for i in due {
+                tokio::task::spawn_local(probe(s.clone(), i));
+            }
+            let deadline = s.plan.start + Duration::from_millis(s.table.borrow().next_deadline());
+            next = next.min(deadline);
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let now = Instant::now();
+        for s in &services {
+            s.pool.tick(now);
+        }
+        if now.duration_since(sweep) >= Duration::from_secs(1) {
+            sweep = now;
+            for s in &services {
+                s.pool.sweep();
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::task::spawn_local(async move {
+            let limits = &service.plan.limits;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
+                .max_buf_size((limits.max_head_bytes as usize).max(8_192) + 8_192)
+                .max_headers(limits.max_headers as usize);
+            let s = service.clone();
+            let result = builder
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                    }),
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "clb client connection ended with an error");
+            }
+        });
+    }
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Answered(Response<Incoming>, CheckIn),
+    /// Nothing was sent: the request comes back.
+    NotSent(Request<UpBody>),
+    /// The request went out (perhaps in part) and no head came.
+    Failed,
+    TimedOut,
+}
+
+async fn attempt(service: &Service, addr: SocketAddr, request: Request<UpBody>) -> Outcome {
+    let limits = &service.plan.limits;
+    let connect_timeout = Duration::from_millis(u64::from(limits.connect_timeout_ms));
+    let first_byte = Duration::from_millis(u64::from(limits.first_byte_timeout_ms));
+    let mut request = request;
+    let mut pooled = service.pool.take(addr);
+    loop {
+        let from_pool = pooled.is_some();
+        let mut sender: SendRequest<UpBody> = match pooled.take() {
+            Some(s) => s,
+            None => match upstream::connect(addr, connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "back end unreachable");
+                    return Outcome::NotSent(request);
+                }
+            },
+        };
+        match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+            Err(_) => return Outcome::TimedOut,
+            Ok(Ok(resp)) => {
+                return Outcome::Answered(
+                    resp,
+                    CheckIn {
+                        pool: service.pool.clone(),
+                        addr,
+                        sender,
+                    },
+                )
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // A kept-alive connection the back end had closed: the
+                // request never left; try a new connection to it.
+                Some(back) if from_pool => request = back,
+                Some(back) => return Outcome::NotSent(back),
+                None => {
+                    tracing::debug!(%addr, error = %e.into_error(), "back end failed");
+                    return Outcome::Failed;
+                }
+            },
+        }
+    }
+}
+
+async fn handle(service: &Service, req: Request<Incoming>) -> Response<ClientBody> {
+    let counters = &service.counters;
+    bump(&counters.requests);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts
+        .uri
+        .path_and_query()
+        .and_then(|p| p.as_str().parse::<Uri>().ok())
+        .unwrap_or_else(|| Uri::from_static("/"));
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, a);
+        }
+    }
+    parts.uri = path;
+    let mut request = Request::from_parts(parts, Either::Left(body));
+    let retries = service.plan.clb.retries;
+    let mut tried = 0u64;
+    for round in 0..=retries {
+        let pick = service
+            .balancer
+            .borrow_mut()
+            .pick(service.plan.now_ns(), tried);
+        let Some(i) = pick else {
+            break;
+        };
+        if round > 0 {
+            bump(&counters.retries);
+        }
+        tried |= 1 << i;
+        let addr = service.plan.addresses[i];
+        let c = &counters.backends[i];
+        bump(&c.requests);
+        c.pending.fetch_add(1, Ordering::Relaxed);
+        service.balancer.borrow_mut().start(i);
+        let started = Instant::now();
+        match attempt(service, addr, request).await {
+            Outcome::Answered(resp, check_in) => {
+                service.finished(i, started, true);
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(SERVED_BY, service.plan.served_by[i].clone());
+                return Response::from_parts(
+                    parts,
+                    Either::Left(Returning::new(body, Some(check_in))),
+                );
+            }
+            Outcome::NotSent(back) => {
+                service.finished(i, started, false);
+                request = back;
+            }
+            Outcome::Failed => {
+                service.finished(i, started, false);
+                bump(&counters.bad_gateway);
+                return answer(StatusCode::BAD_GATEWAY, "the back end failed");
+            }
+            Outcome::TimedOut => {
+                service.finished(i, started, false);
+                bump(&counters.gateway_timeout);
+                return answer(StatusCode::GATEWAY_TIMEOUT, "the back end timed out");
+            }
+        }
+    }
+    bump(&counters.bad_gateway);
+    answer(StatusCode::BAD_GATEWAY, "no back end could be reached")
+}
+
+/// One probe of back end `i`, its result reported to the table.
+async fn probe(service: Rc<Service>, i: usize) {
+    let plan = &service.plan;
+    let addr = plan.addresses[i];
+    let timeout = Duration::from_millis(u64::from(plan.clb.probe_timeout_ms));
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, probe_once(plan, addr, timeout)).await;
+    let response_us = match result {
+        Ok(true) => Some((started.elapsed().as_micros() as u64).max(1)),
+        _ => None,
+    };
+    service.counters.backends[i]
+        .probe_us
+        .store(response_us.unwrap_or(u64::MAX), Ordering::Relaxed);
+    service
+        .table
+        .borrow_mut()
+        .handle_probe(i, response_us, plan.now_ms());
+    service.apply_table();
+}
+
+/// Whether back end `addr` answered the probe request below 500.
+async fn probe_once(plan: &ClbPlan, addr: SocketAddr, timeout: Duration) -> bool {
+    let Ok(mut sender) = upstream::connect(addr, timeout).await else {
+        return false;
+    };
+    let mut r = Request::new(Either::Right(Empty::<Bytes>::new()));
+    let method = plan.clb.probe.method.as_bytes();
+    let (Ok(m), Ok(uri)) = (
+        hyper::Method::from_bytes(method),
+        plan.clb.probe.path.parse::<Uri>(),
+    ) else {
+        return false;
+    };
+    *r.method_mut() = m;
+    *r.uri_mut() = uri;
+    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+        r.headers_mut().insert(header::HOST, host);
+    }
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    match sender.send_request(r).await {
+        Ok(resp) => resp.status().as_u16() < 500,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_has_its_documented_keys() {
+        let plan = ClbPlan {
+            name: "app".into(),
+            limits: ServiceLimits::default(),
+            clb: ClbSection {
+                policy: shoal_dataplane::array::Policy::Clb,
+                backends: vec![
+                    shoal_config::BackendSection {
+                        address: "10.0.0.1:80".parse().unwrap(),
+                        weight: 2,
+                    },
+                    shoal_config::BackendSection {
+                        address: "10.0.0.2:80".parse().unwrap(),
+                        weight: 1,
+                    },
+                ],
+                poll_ms: 200,
+                probe: shoal_config::ProbeRequest::parse("GET /health").unwrap(),
+                probe_timeout_ms: 100,
+                decay_ms: 1000,
+                retries: 2,
+                fall: 3,
+                rise: 2,
+                eject_ms: 5000,
+            },
+            addresses: vec![
+                "10.0.0.1:80".parse().unwrap(),
+                "10.0.0.2:80".parse().unwrap(),
+            ],
+            served_by: vec![],
+            listen: vec![],
+            start: Instant::now(),
+        };
+        let a = Counters::new(2);
+        let b = Counters::new(2);
+        a.backends[0].requests.store(3, Ordering::Relaxed);
+        b.backends[0].requests.store(4, Ordering::Relaxed);
+        b.backends[1].failures.store(1, Ordering::Relaxed);
+        a.backends[1].position.store(0, Ordering::Relaxed);
+        a.backends[0].position.store(1, Ordering::Relaxed);
+        a.backends[0].probe_us.store(2_500, Ordering::Relaxed);
+        let v = service_json(&plan, &[&a, &b]);
+        assert_eq!(v["policy"], "clb");
+        assert_eq!(v["table"], json!(["10.0.0.2:80", "10.0.0.1:80"]));
+        let b0 = &v["backends"]["10.0.0.1:80"];
+        assert_eq!(b0["requests"], 7);
+        assert_eq!(b0["weight"], 2);
+        assert_eq!(b0["probe_ms"], 2.5);
+        assert_eq!(b0["last_response_ms"], Value::Null);
+        assert_eq!(v["backends"]["10.0.0.2:80"]["failures"], 1);
+        for key in [
+            "requests",
+            "pending",
+            "failures",
+            "ejections",
+            "last_response_ms",
+        ] {
+            assert!(b0.get(key).is_some(), "{key}");
+        }
+    }
+}
