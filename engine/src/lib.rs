@@ -20,6 +20,7 @@ pub mod fastpath;
 pub mod handoff;
 pub mod io;
 pub mod keyfile;
+pub mod logging;
 pub mod privileges;
 pub mod replay;
 pub mod runtime;

@@ -507,13 +507,8 @@ fn admission(config: &Config) -> Result<crate::control::Admission> {
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // A no-op when the binary installed one already (`--log-format`).
+    crate::logging::init(crate::logging::LogFormat::Text);
     let host = config
         .select_host(args.host)
         .map_err(|e| anyhow!("{e}"))?
