@@ -559,7 +559,7 @@ impl HostSetup {
                 }
                 _ => {
                     tracing::warn!(state = %path.display(), "undoing the leftovers of a previous run");
-                    self.replay(&text)?;
+                    self.replay(&text, report, &mut cleaned)?;
                     cleaned.record = true;
                 }
             }
@@ -569,10 +569,10 @@ impl HostSetup {
         }
         self.forget_dead_namespaces();
         let tap = self.config.tap.name.clone();
-        cleaned.tap = self.delete_tap(&tap)?;
+        cleaned.tap |= self.delete_tap(&tap)?;
         if self.config.ingress_filter {
             let table = self.config.nft_table();
-            cleaned.table = report && self.table_exists(&table)?;
+            cleaned.table |= report && self.table_exists(&table)?;
             self.delete_table(&table)?;
         }
         Ok(cleaned)
@@ -591,14 +591,20 @@ impl HostSetup {
     }
 
     /// Undoes the steps of a leftover record, last first.
-    fn replay(&mut self, text: &str) -> Result<(), SetupError> {
+    fn replay(
+        &mut self,
+        text: &str,
+        report: bool,
+        cleaned: &mut Cleaned,
+    ) -> Result<(), SetupError> {
         for leftover in journal::leftovers(text, &self.config.nft_table()) {
             match leftover {
                 Leftover::Sysctl { path, previous } => self.restore_sysctl(&path, &previous)?,
-                Leftover::Tap(name) => {
-                    self.delete_tap(&name)?;
+                Leftover::Tap(name) => cleaned.tap |= self.delete_tap(&name)?,
+                Leftover::NftTable(name) => {
+                    cleaned.table |= report && self.table_exists(&name)?;
+                    self.delete_table(&name)?;
                 }
-                Leftover::NftTable(name) => self.delete_table(&name)?,
             }
         }
         Ok(())
