@@ -137,7 +137,10 @@ mod tests {
             serde_json::from_str(emit(LogFormat::Json, true, "info").trim()).unwrap();
         assert!(v.get("timestamp").is_none(), "{v}");
         let text = emit(LogFormat::Text, true, "info");
-        assert!(text.starts_with(" INFO") || text.starts_with("INFO"), "{text:?}");
+        assert!(
+            text.starts_with(" INFO") || text.starts_with("INFO"),
+            "{text:?}"
+        );
         // A text line outside the journal starts with its timestamp.
         let stamped = emit(LogFormat::Text, false, "info");
         assert!(stamped.as_bytes()[0].is_ascii_digit(), "{stamped:?}");

@@ -486,7 +486,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let host = config.select_host(host).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let host = config
+                .select_host(host)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let socket = admin_socket
                 .unwrap_or_else(|| shoal_engine::control::default_socket(host.id.get()));
             let cleaned = shoal_engine::wiring::clean_leftovers(&config, host, &socket)?;
@@ -494,8 +496,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Man { dir } => {
             use clap::CommandFactory;
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for page in man_pages(&Cli::command(), &dir)? {
                 println!("{}", page.display());
             }

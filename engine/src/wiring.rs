@@ -388,9 +388,13 @@ pub fn clean_leftovers(
     let setup = HostSetupConfig::new(&host.interface, config.cluster.vips.clone());
     let cleaned = HostSetup::clean(setup).context("cleaning up")?;
     match std::fs::remove_file(socket) {
-        Ok(()) => tracing::info!(socket = %socket.display(), "removed a dead engine's admin socket"),
+        Ok(()) => {
+            tracing::info!(socket = %socket.display(), "removed a dead engine's admin socket")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the admin socket"),
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the admin socket")
+        }
     }
     tracing::info!(host = host.id.get(), interface = %host.interface, %cleaned, "cleanup finished");
     Ok(cleaned)

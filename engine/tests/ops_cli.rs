@@ -28,9 +28,12 @@ fn man_writes_one_page_per_command_and_subcommand() {
         "shoal-cleanup.1",
         "shoal-query.1",
     ] {
-        let text = std::fs::read_to_string(dir.join(page))
-            .unwrap_or_else(|e| panic!("{page}: {e}"));
-        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
     }
     let run = std::fs::read_to_string(dir.join("shoal-run.1")).unwrap();
     assert!(run.contains(".TH shoal-run 1  \"shoal-run 0."), "{run}");
@@ -101,7 +104,10 @@ fn cleanup_log(format: &str, journal: bool) -> String {
 #[test]
 fn log_format_json_and_the_journal() {
     let json = cleanup_log("json", false);
-    let line = json.lines().next().unwrap_or_else(|| panic!("no log: {json:?}"));
+    let line = json
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no log: {json:?}"));
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert!(v["timestamp"].is_string(), "{v}");
     assert!(v["level"].is_string(), "{v}");

@@ -580,7 +580,10 @@ impl HostSetup {
 
     /// Whether nftables table `name` exists (false when nft is missing).
     fn table_exists(&mut self, name: &str) -> Result<bool, SetupError> {
-        match self.ops.run("nft", &["list", "table", "netdev", name], None) {
+        match self
+            .ops
+            .run("nft", &["list", "table", "netdev", name], None)
+        {
             Ok(out) => Ok(out.success),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(SetupError::Command {

@@ -239,14 +239,19 @@ fn clean_undoes_a_killed_run_and_starts_nothing() {
     // even when the config would not ask for it.
     plain.ingress_filter = false;
     let cleaned = HostSetup::clean_with(Box::new(fake.clone()), plain.clone()).unwrap();
-    assert!(cleaned.record && cleaned.tap && cleaned.table, "{cleaned:?}");
+    assert!(
+        cleaned.record && cleaned.tap && cleaned.table,
+        "{cleaned:?}"
+    );
     assert!(!cleaned.xdp);
     {
         let w = fake.0.lock();
         assert!(w.tables.is_empty());
         assert!(!w.links.contains_key("shoal0"));
         assert!(
-            !w.log.iter().any(|l| l.starts_with("ip addr add") || l.contains("tuntap")),
+            !w.log
+                .iter()
+                .any(|l| l.starts_with("ip addr add") || l.contains("tuntap")),
             "{:?}",
             w.log
         );
@@ -263,10 +268,10 @@ fn clean_undoes_a_killed_run_and_starts_nothing() {
 #[test]
 fn clean_detaches_a_stray_xdp_program_only_by_name() {
     let fake = world();
-    fake.0
-        .lock()
-        .links
-        .insert("eth0".into(), "veth\n    prog/xdp id 7 name shoal_xdp tag 00");
+    fake.0.lock().links.insert(
+        "eth0".into(),
+        "veth\n    prog/xdp id 7 name shoal_xdp tag 00",
+    );
     let cleaned = HostSetup::clean_with(Box::new(fake.clone()), config()).unwrap();
     // The fake keeps the program listed after `xdp off`: not reported as
     // detached, but every mode was tried.
