@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod io;
 pub mod keyfile;
 pub mod logging;
+pub mod metrics;
 pub mod privileges;
 pub mod replay;
 pub mod runtime;
