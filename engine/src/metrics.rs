@@ -322,7 +322,11 @@ fn cluster(registry: &mut Registry, c: &Value) {
         "1 for this host's state, 0 for the others",
     );
     let now = c["state"].as_str().unwrap_or("");
-    for s in STATES.iter().copied().chain((!STATES.contains(&now)).then_some(now)) {
+    for s in STATES
+        .iter()
+        .copied()
+        .chain((!STATES.contains(&now)).then_some(now))
+    {
         if !s.is_empty() {
             gauge(&state, vec![("state", s.into())], i64::from(s == now));
         }
@@ -380,11 +384,7 @@ fn services_metrics(registry: &mut Registry, services: &serde_json::Map<String, 
         "shoal_service_failovers",
         "Times a request moved on to the next member in order",
     );
-    let errors = counter_family(
-        registry,
-        "shoal_service_errors",
-        "Errors answered, by kind",
-    );
+    let errors = counter_family(registry, "shoal_service_errors", "Errors answered, by kind");
     let up = gauge_family(
         registry,
         "shoal_service_member_up",
@@ -542,7 +542,9 @@ fn answer<B>(
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use hyper::{Method, StatusCode};
     let (status, kind, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, CONTENT_TYPE, render(sources)),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, CONTENT_TYPE, render(sources))
+        }
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

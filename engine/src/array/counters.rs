@@ -79,8 +79,10 @@ impl Latency {
             .position(|b| s <= *b)
             .unwrap_or(LATENCY_BOUNDS_S.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(took.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            took.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -96,6 +96,12 @@ pub struct ControlLoop {
     running: Option<shoal_config::Config>,
     /// The array tier's counters, for `query` and `display`.
     services: Option<crate::array::ServicesReader>,
+    /// Convergences completed.
+    pub convergences: u64,
+    /// The last convergence: how long it took (ns) and when it ended.
+    pub last_convergence: Option<(u64, Instant)>,
+    /// Where convergence times go, seconds (the metrics endpoint's).
+    pub convergence_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A fresh descriptor table asked of every poll loop.
@@ -158,6 +164,9 @@ impl ControlLoop {
             resetting: None,
             running: None,
             services: None,
+            convergences: 0,
+            last_convergence: None,
+            convergence_times: None,
         }
     }
 
@@ -295,6 +304,23 @@ impl ControlLoop {
                     tracing::info!(epoch, "no more unauthenticated heartbeats: serving alone")
                 }
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
+                Event::Converged {
+                    members,
+                    epoch,
+                    duration_ns,
+                } => {
+                    self.convergences += 1;
+                    self.last_convergence = Some((duration_ns, Instant::now()));
+                    if let Some(h) = &self.convergence_times {
+                        h.observe(duration_ns as f64 / 1e9);
+                    }
+                    tracing::info!(
+                        epoch,
+                        ?members,
+                        duration_ms = duration_ns / 1_000_000,
+                        "converged"
+                    );
+                }
                 Event::DuplicateId(h) => tracing::warn!(
                     host = h.get(),
                     "two hosts use this ID: kept out of the view"
