@@ -111,7 +111,8 @@ fn u(v: &Value) -> u64 {
 struct Snapshot {
     sum: f64,
     count: u64,
-    /// (upper bound, cumulative count), the last bound `+Inf`.
+    /// (upper bound, count in this bucket alone), the last bound `+Inf`;
+    /// the encoder makes them cumulative.
     buckets: Vec<(f64, u64)>,
 }
 
@@ -128,20 +129,15 @@ impl Snapshot {
         if counts.len() != bounds.len() + 1 {
             return None;
         }
-        let mut total = 0;
         let buckets = bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(&counts)
-            .map(|(b, c)| {
-                total += c;
-                (b, total)
-            })
+            .zip(counts.iter().copied())
             .collect();
         Some(Self {
             sum: v["sum_s"].as_f64().unwrap_or(0.0),
-            count: total,
+            count: counts.iter().sum(),
             buckets,
         })
     }
@@ -436,7 +432,7 @@ impl prometheus_client::collector::Collector for Latencies {
         let mut metric = encoder.encode_descriptor(
             "shoal_service_request_duration_seconds",
             "Time from a request's head to its response's head",
-            Some(&prometheus_client::registry::Unit::Seconds),
+            None,
             MetricType::Histogram,
         )?;
         for (service, h) in &self.0 {
@@ -562,4 +558,88 @@ fn answer<B>(
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> Sources {
+        let mut core = LoopStats::default();
+        core.dataplane.kept = 7;
+        core.dataplane.dropped[0] = 3;
+        let s = Sources::new(vec![Arc::new(Mutex::new(core))]);
+        *s.summary.lock() = serde_json::json!({
+            "xdp_dropped": 11,
+            "descriptor_table": {"capacity": 10, "evicted": {"half_open": 2}},
+            "cluster": {"state": "converged", "epoch": 4, "members": [1, 2],
+                        "heartbeats_refused": {"bad_mac": 5}, "convergences": 2},
+            "services": {"web": {
+                "requests": 9, "hops_out": 4, "failovers": 1,
+                "routed": {"cache1": 6}, "errors": {"timeout": 2},
+                "members": [{"name": "cache1", "up": true}],
+                "latency": {"bounds_s": [0.01, 0.1], "counts": [5, 3, 1], "sum_s": 0.5},
+            }},
+        });
+        s
+    }
+
+    #[test]
+    fn every_family_is_written_under_its_conventional_name() {
+        let s = sources();
+        s.convergence.observe(0.7);
+        let text = render(&s);
+        for line in [
+            "shoal_frames_kept_total{core=\"0\"} 7",
+            "shoal_xdp_frames_dropped_total 11",
+            "shoal_descriptor_evictions_total{state=\"half_open\"} 2",
+            "shoal_cluster_state{state=\"converged\"} 1",
+            "shoal_cluster_state{state=\"converging\"} 0",
+            "shoal_cluster_epoch 4",
+            "shoal_cluster_members 2",
+            "shoal_convergences_total 2",
+            "shoal_heartbeats_refused_total{reason=\"bad_mac\"} 5",
+            "shoal_convergence_duration_seconds_count 1",
+            "shoal_service_requests_total{service=\"web\"} 9",
+            "shoal_service_forwarded_total{service=\"web\"} 4",
+            "shoal_service_failovers_total{service=\"web\"} 1",
+            "shoal_service_member_requests_total{service=\"web\",member=\"cache1\"} 6",
+            "shoal_service_errors_total{service=\"web\",kind=\"timeout\"} 2",
+            "shoal_service_member_up{service=\"web\",member=\"cache1\"} 1",
+            "shoal_service_request_duration_seconds_bucket{le=\"0.1\",service=\"web\"} 8",
+            "shoal_service_request_duration_seconds_bucket{le=\"+Inf\",service=\"web\"} 9",
+            "shoal_service_request_duration_seconds_count{service=\"web\"} 9",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let first = DropReason::POLICY[0].name();
+        assert!(
+            text.contains(&format!(
+                "shoal_frames_dropped_total{{core=\"0\",reason=\"{first}\"}} 3"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_scrape_reads_the_loops_now() {
+        let s = sources();
+        let before = render(&s);
+        s.loops[0].lock().dataplane.kept = 8;
+        let after = render(&s);
+        assert!(before.contains("shoal_frames_kept_total{core=\"0\"} 7"));
+        assert!(after.contains("shoal_frames_kept_total{core=\"0\"} 8"));
+    }
+
+    #[test]
+    fn no_summary_yet_still_answers_the_per_core_families() {
+        let s = Sources::new(vec![Arc::new(Mutex::new(LoopStats::default()))]);
+        let text = render(&s);
+        assert!(
+            text.contains("shoal_frames_received_total{core=\"0\"} 0"),
+            "{text}"
+        );
+        assert!(!text.contains("shoal_cluster_epoch"), "{text}");
+    }
 }
