@@ -18,7 +18,8 @@ step "install what the tests need"
 need=()
 for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
             curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux \
-            node:nodejs squid:squid; do
+            node:nodejs squid:squid promtool:prometheus tmux:tmux man:man-db \
+            systemd-analyze:systemd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -60,6 +61,18 @@ scripts/fuzz --seconds 15
 
 step "build the release binaries for the lab and the benches (shoal, shoal-bench)"
 cargo build --release -p shoal-engine -p shoal-perf
+
+step "Debian package (scripts/package: cargo deb): install, use, verify the unit, purge"
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
+deb="$(scripts/package | tail -n 1)"
+dpkg -i "$deb" >/dev/null
+shoal --version
+man -w shoal
+shoal config check /etc/shoal/shoal.toml >/dev/null
+systemd-analyze verify shoal@1.service
+[ -z "$(systemd-analyze verify shoal@1.service 2>&1)" ] || { echo "shoal@.service: systemd-analyze verify is not clean" >&2; exit 1; }
+dpkg --purge shoal >/dev/null
+! command -v shoal >/dev/null && [ ! -e /etc/shoal/shoal.toml ] || { echo "dpkg --purge left shoal behind" >&2; exit 1; }
 
 step "benchmark smoke (scripts/bench --smoke: every bench runs; numbers are never judged)"
 scripts/bench --smoke

@@ -59,6 +59,9 @@
 //! [admin]
 //! group = "shoal"                          # optional: this group may use the admin socket too (default: root only)
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9810"                # optional: Prometheus / OpenMetrics text at http://ADDRESS:PORT/metrics (default: off)
+//!
 //! [[host]]
 //! id = 1                                   # required, 1..=64, unique; also the host priority
 //! interface = "eth0"                       # required
@@ -168,6 +171,8 @@ pub struct Config {
     pub io: IoSection,
     /// `[admin]`, defaults filled in.
     pub admin: AdminSection,
+    /// `[metrics]`, defaults filled in.
+    pub metrics: MetricsSection,
     /// `[[host]]` sections, sorted by host ID.
     pub hosts: Vec<HostSection>,
     /// `[[rule]]` sections in file order, normalized (NLB's default rule when
@@ -296,6 +301,7 @@ impl Config {
         check("descriptors", self.descriptors != next.descriptors);
         check("io", self.io != next.io);
         check("admin.group", self.admin.group != next.admin.group);
+        check("metrics.listen", self.metrics.listen != next.metrics.listen);
         check("service", self.services != next.services);
         fn frontend(
             c: &Config,

@@ -59,6 +59,7 @@ const ROOT_KEYS: &[&str] = &[
     "descriptors",
     "io",
     "admin",
+    "metrics",
     "host",
     "rule",
     "service",
@@ -66,6 +67,7 @@ const ROOT_KEYS: &[&str] = &[
 const CLUSTER_KEYS: &[&str] = &["vips", "mode", "key_file", "ipv6_network_prefix"];
 const HEARTBEAT_KEYS: &[&str] = &["period_ms", "tolerance", "converge_periods"];
 const ADMIN_KEYS: &[&str] = &["group"];
+const METRICS_KEYS: &[&str] = &["listen"];
 const DESCRIPTOR_KEYS: &[&str] = &[
     "capacity",
     "tcp_idle_timeout_s",
@@ -174,6 +176,7 @@ impl Reader<'_, '_> {
         let descriptors = self.descriptors(&root);
         let io = self.io(&root);
         let admin = self.admin(&root);
+        let metrics = self.metrics(&root);
         let (mut hosts, hosts_sound) = self.hosts(&root, &cluster);
         let drafts = self.rules(&root);
 
@@ -193,6 +196,7 @@ impl Reader<'_, '_> {
             descriptors,
             io,
             admin,
+            metrics,
             hosts: host_sections,
             rules,
             services,
@@ -537,6 +541,29 @@ impl Reader<'_, '_> {
                 match check_group_name(name) {
                     Ok(()) => section.group = Some(name.to_string()),
                     Err(why) => self.diag.at(e.item.span.start, key, why),
+                }
+            }
+        }
+        section
+    }
+
+    fn metrics(&mut self, root: &Table<'_>) -> MetricsSection {
+        let mut section = MetricsSection::default();
+        let Some(t) = self.table(root, "metrics", METRICS_KEYS) else {
+            return section;
+        };
+        if let Some(e) = t.entry("listen") {
+            let key = t.key_path("listen");
+            if let Some(text) = self.string_item(&e.item, &key) {
+                match text.parse::<std::net::SocketAddr>() {
+                    Ok(addr) => section.listen = Some(addr),
+                    Err(_) => self.diag.at(
+                        e.item.span.start,
+                        key,
+                        format!(
+                            "expected ADDRESS:PORT (e.g. \"127.0.0.1:9810\" or \"[::1]:9810\"), got {text:?}"
+                        ),
+                    ),
                 }
             }
         }

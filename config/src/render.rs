@@ -111,6 +111,10 @@ pub(crate) fn render(c: &Config) -> String {
         let _ = writeln!(out, "\n[admin]");
         let _ = writeln!(out, "group = {}", quote(group));
     }
+    if let Some(listen) = c.metrics.listen {
+        let _ = writeln!(out, "\n[metrics]");
+        let _ = writeln!(out, "listen = {}", quote(&listen.to_string()));
+    }
 
     for host in &c.hosts {
         let _ = writeln!(out, "\n[[host]]");

@@ -79,6 +79,14 @@ pub struct AdminSection {
     pub group: Option<String>,
 }
 
+/// `[metrics]`: the Prometheus / OpenMetrics endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSection {
+    /// Where `/metrics` is served (HTTP); `None` (the section or the key
+    /// absent): no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// `[cluster]`: what every host must agree on about the cluster itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSection {

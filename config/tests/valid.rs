@@ -137,6 +137,8 @@ fn defaults_are_nlbs() {
     assert_eq!(c.heartbeat.converge_periods, 3);
     // The admin socket is root's alone unless a group is named.
     assert_eq!(c.admin.group, None);
+    // No metrics endpoint unless asked for.
+    assert_eq!(c.metrics.listen, None);
     // NLB: 512 descriptors per allocation x 512 allocations.
     assert_eq!(c.descriptors.capacity, 262_144);
     assert_eq!(c.descriptors.tcp_idle_timeout_s, 3600);
@@ -326,6 +328,8 @@ xdp_pass = false
 xdp_zero_copy = true
 [admin]
 group = "shoal-admins"
+[metrics]
+listen = "[::1]:9810"
 [[host]]
 id = 64
 interface = "enp1s0f1"
@@ -358,6 +362,7 @@ mode = "disabled"
     assert!(!c.io.xdp_pass);
     assert!(c.io.xdp_zero_copy);
     assert_eq!(c.admin.group.as_deref(), Some("shoal-admins"));
+    assert_eq!(c.metrics.listen, Some("[::1]:9810".parse().unwrap()));
     assert_round_trip(&c);
 }
 

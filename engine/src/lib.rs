@@ -21,6 +21,8 @@ pub mod frontend;
 pub mod handoff;
 pub mod io;
 pub mod keyfile;
+pub mod logging;
+pub mod metrics;
 pub mod privileges;
 pub mod replay;
 pub mod runtime;

@@ -11,12 +11,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use shoal_engine::logging::LogFormat;
 use shoal_engine::{runtime, sys, tools};
 
 /// shoal: a group of Linux hosts serving one virtual IP, no load balancer.
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about)]
 struct Cli {
+    /// Log lines as text or JSON (levels from RUST_LOG; no timestamps of
+    /// shoal's own under systemd, whose journal stamps every line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +123,31 @@ enum Command {
     Params(AdminOpts),
     /// Re-read the configuration file and converge on it.
     Reload(AdminOpts),
+    /// Undo what a run that died left on this host (sysctls, TAP, nftables
+    /// table, XDP program, state record, admin socket); starts nothing.
+    Cleanup {
+        /// Cluster configuration file.
+        #[arg(long, default_value = "/etc/shoal/shoal.toml")]
+        config: PathBuf,
+        /// Which `[[host]]` ran here (needed when the file describes several).
+        #[arg(long)]
+        host: Option<u8>,
+        /// The dead run's admin socket (default `/run/shoal/host<ID>.sock`).
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Write a man page per command and subcommand into DIR (shoal.1,
+    /// shoal-run.1, shoal-config-check.1, ...).
+    Man {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// Benchmarks: pipeline, wire, scaling, disruption, failover, all (see README).
     ///
     /// Runs the `shoal-bench` binary beside this one with the arguments
@@ -128,6 +158,36 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+/// Shells `shoal completions` writes for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Writes `cmd`'s man page into `dir` as `NAME.1`, then its subcommands'
+/// as `NAME-SUB.1`, recursively; returns the pages' paths.
+fn man_pages(cmd: &clap::Command, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let name = cmd.get_name().to_string();
+    let path = dir.join(format!("{name}.1"));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let full = format!("{name}-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .name(full.clone())
+            .bin_name(full.replace('-', " "))
+            .version(cmd.get_version().unwrap_or_default().to_string());
+        written.extend(man_pages(&sub, dir)?);
+    }
+    Ok(written)
 }
 
 /// How to reach a running shoal.
@@ -310,6 +370,7 @@ fn main() -> ExitCode {
     // tools, instead of panicking in println!; no other thread exists yet.
     sys::signal::default_sigpipe();
     let cli = Cli::parse();
+    shoal_engine::logging::init(cli.log_format);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -416,6 +477,39 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             runtime::run(config, args)?;
         }
         Command::Bench { args } => return bench(args),
+        Command::Cleanup {
+            config,
+            host,
+            admin_socket,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let host = config
+                .select_host(host)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let socket = admin_socket
+                .unwrap_or_else(|| shoal_engine::control::default_socket(host.id.get()));
+            let cleaned = shoal_engine::wiring::clean_leftovers(&config, host, &socket)?;
+            println!("host {} on {}: {cleaned}", host.id, host.interface);
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for page in man_pages(&Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
+        }
         Command::Query(o) => return admin("query", None, &o),
         Command::Queryport(o) => return admin("queryport", Some(&o.scope), &o.opts),
         Command::Start(o) => return admin("start", None, &o),

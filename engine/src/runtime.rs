@@ -482,6 +482,9 @@ fn with_cluster(mut json: serde_json::Value, c: Option<&ControlLoop>) -> serde_j
             "heartbeats_refused": c.refused,
             "blocked": c.machine.lone_view_withheld().then_some("alone while heartbeats fail authentication"),
             "blocked_reason": c.machine.lone_view_withheld_because().map(|w| w.to_string()),
+            "convergences": c.convergences,
+            "last_convergence_ms": c.last_convergence.map(|(ns, _)| ns / 1_000_000),
+            "last_convergence_age_s": c.last_convergence.map(|(_, at)| at.elapsed().as_secs()),
         });
     }
     json
@@ -507,13 +510,8 @@ fn admission(config: &Config) -> Result<crate::control::Admission> {
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // A no-op when the binary installed one already (`--log-format`).
+    crate::logging::init(crate::logging::LogFormat::Text);
     let host = config
         .select_host(args.host)
         .map_err(|e| anyhow!("{e}"))?
@@ -615,6 +613,28 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                 .context("spawning a poll loop")?,
         );
     }
+    // The metrics endpoint reads what the loops publish anyway.
+    let metrics = match config.metrics.listen {
+        None => None,
+        Some(addr) => {
+            let sources = crate::metrics::Sources::new(stats.clone());
+            match crate::metrics::MetricsServer::spawn(addr, sources.clone()) {
+                Ok(server) => {
+                    tracing::info!(addr = %server.addr, "metrics at /metrics");
+                    Some((server, sources))
+                }
+                Err(e) => {
+                    STOP.store(true, Ordering::SeqCst);
+                    bells.ring();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    wiring.tear_down();
+                    return Err(e);
+                }
+            }
+        }
+    };
     let array = match array.map(crate::array::Bound::start).transpose() {
         Ok(a) => a,
         Err(e) => {
@@ -679,8 +699,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let mut last_report = Instant::now();
     let mut last_stats = Instant::now() - Duration::from_secs(2);
     let admin_counters = Arc::new(crate::control::AdminCounters::default());
+    let summary = metrics.as_ref().map(|(_, s)| s.summary.clone());
     let write_stats = |control: &Responder, clustered: Option<&ControlLoop>| -> Result<()> {
-        if let Some(path) = &args.stats {
+        if args.stats.is_some() || summary.is_some() {
             let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
             let mut json = with_cluster(
                 counters_json(local, &backend_name, &snapshot, control, guard.as_ref()),
@@ -695,9 +716,14 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             if let Some(f) = &frontend {
                 json["rule_health"] = f.reader().lock().clone();
             }
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
-                let _ = std::fs::rename(&tmp, path);
+            if let Some(path) = &args.stats {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+            if let Some(cell) = &summary {
+                *cell.lock() = json;
             }
         }
         Ok(())
@@ -770,6 +796,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             control,
         );
         c.set_running_config(config.clone());
+        c.convergence_times = metrics.as_ref().map(|(_, s)| s.convergence.clone());
         if let Some(a) = &array {
             c.set_services(a.reader());
         }
@@ -800,6 +827,9 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     bells.ring();
     for t in threads {
         let _ = t.join();
+    }
+    if let Some((server, _)) = metrics {
+        server.shut_down();
     }
     let services = array.map(|a| {
         let json = a.counters_json();

@@ -367,3 +367,35 @@ impl Drop for Wiring {
         self.tear_down();
     }
 }
+
+/// `shoal cleanup`: undoes what a run of `host` that died left on this
+/// machine (see [`HostSetup::clean`]) and removes its admin socket file,
+/// starting nothing. Refuses while that host's engine answers on
+/// `socket`: its setup is in use, not left over.
+pub fn clean_leftovers(
+    config: &Config,
+    host: &HostSection,
+    socket: &std::path::Path,
+) -> Result<crate::setup::Cleaned> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(anyhow!(
+            "host {}'s engine is running (it answers on {}): stop it first; \
+             it undoes its own setup on the way out",
+            host.id,
+            socket.display()
+        ));
+    }
+    let setup = HostSetupConfig::new(&host.interface, config.cluster.vips.clone());
+    let cleaned = HostSetup::clean(setup).context("cleaning up")?;
+    match std::fs::remove_file(socket) {
+        Ok(()) => {
+            tracing::info!(socket = %socket.display(), "removed a dead engine's admin socket")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the admin socket")
+        }
+    }
+    tracing::info!(host = host.id.get(), interface = %host.interface, %cleaned, "cleanup finished");
+    Ok(cleaned)
+}

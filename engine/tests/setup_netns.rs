@@ -242,3 +242,63 @@ fn leftovers_of_a_killed_run_are_cleaned_on_the_next_start() {
     );
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn shoal_cleanup_undoes_a_killed_run_and_starts_nothing() {
+    if !privileged("setup_netns::shoal_cleanup_undoes_a_killed_run_and_starts_nothing") {
+        return;
+    }
+    let host = Netns::new("clean-h");
+    let peer = Netns::new("clean-p");
+    veth(&host, "h0", "10.65.0.1", &peer, "p0", "10.65.0.2");
+    host.sh("sysctl -qw net.ipv4.conf.all.rp_filter=1");
+    let before = sysctls(&host);
+    let dir = std::env::temp_dir().join(format!("shoal-cleanup-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shoal.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nvips = [\"10.63.0.100\", \"fd00:63::100\"]\nkey_file = \"k\"\n\n\
+         [[host]]\nid = 1\ninterface = \"h0\"\ndedicated = [\"10.65.0.1/24\"]\n",
+    )
+    .unwrap();
+    // The engine's own state directory, as `shoal run` uses it: the record's
+    // name carries this namespace's inode, so it is this test's alone.
+    let state = Path::new("/run/shoal");
+    let taps = host.run(|| {
+        let mut run = HostSetup::apply(config(state, true)).expect("setup");
+        let taps = run.take_taps();
+        // SIGKILL: nothing undone, the record stays.
+        std::mem::forget(run);
+        taps
+    });
+    assert!(host.try_sh("nft list table netdev shoal_h0"));
+    assert_ne!(sysctls(&host), before);
+    let cleanup = format!(
+        "{} cleanup --config {} --host 1 --admin-socket {}",
+        env!("CARGO_BIN_EXE_shoal"),
+        file.display(),
+        dir.join("host1.sock").display()
+    );
+    let said = host.sh(&cleanup);
+    assert!(
+        said.contains("replayed the crash-recovery record"),
+        "{said}"
+    );
+    assert!(said.contains("removed the TAP"), "{said}");
+    assert!(said.contains("removed the nftables table"), "{said}");
+    drop(taps);
+    no_leftovers(&host);
+    assert_eq!(sysctls(&host), before, "sysctls restored");
+    assert!(
+        !host.try_sh("ls /run/shoal/h0-netns*.state"),
+        "record left: {}",
+        host.sh("ls /run/shoal")
+    );
+    // Nothing was started: no VIP anywhere, and a second cleanup finds
+    // nothing.
+    assert!(!host.sh("ip addr").contains("10.63.0.100"));
+    let again = host.sh(&cleanup);
+    assert!(again.contains("nothing was left"), "{again}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

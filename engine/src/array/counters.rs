@@ -6,6 +6,7 @@
 //! `services` object of the `--stats` JSON and of `shoal query --json`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -51,6 +52,40 @@ impl ErrorKind {
     }
 }
 
+/// Upper bounds of the request-latency buckets, seconds (time from the
+/// request head to the response head; a last bucket takes the rest).
+pub const LATENCY_BOUNDS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One worker's request-latency histogram: a count per bucket of
+/// [`LATENCY_BOUNDS_S`] (not cumulative; the last slot is beyond the last
+/// bound) and the sum, microseconds.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Requests per bucket.
+    pub buckets: [AtomicU64; LATENCY_BOUNDS_S.len() + 1],
+    /// Sum of every observation, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Latency {
+    /// Counts one request that took `took`.
+    #[inline]
+    pub fn observe(&self, took: Duration) {
+        let s = took.as_secs_f64();
+        let i = LATENCY_BOUNDS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BOUNDS_S.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            took.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// One worker's counters for one service.
 #[derive(Debug)]
 pub struct ServiceCounters {
@@ -73,6 +108,8 @@ pub struct ServiceCounters {
     pub errors: [AtomicU64; 9],
     /// A sticky service's own counters (zero for others).
     pub sticky: super::sticky::StickyCounters,
+    /// Request latency (every request, errors included).
+    pub latency: Latency,
 }
 
 impl ServiceCounters {
@@ -88,6 +125,7 @@ impl ServiceCounters {
             pages: AtomicU64::new(0),
             errors: Default::default(),
             sticky: Default::default(),
+            latency: Latency::default(),
         }
     }
 
@@ -138,6 +176,14 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
         .enumerate()
         .map(|(i, m)| json!({"name": m.name, "up": m.up, "since_s": times.get(i).copied().unwrap_or(0)}))
         .collect();
+    let buckets: Vec<u64> = (0..=LATENCY_BOUNDS_S.len())
+        .map(|i| sum(workers, |w| &w.latency.buckets[i]))
+        .collect();
+    let latency = json!({
+        "bounds_s": LATENCY_BOUNDS_S,
+        "counts": buckets,
+        "sum_s": sum(workers, |w| &w.latency.sum_us) as f64 / 1e6,
+    });
     json!({
         "requests": sum(workers, |w| &w.requests),
         "routed": routed,
@@ -147,6 +193,7 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
         "failovers": sum(workers, |w| &w.failovers),
         "pages": sum(workers, |w| &w.pages),
         "errors": errors,
+        "latency": latency,
         "members": list,
     })
 }
@@ -197,6 +244,7 @@ mod tests {
                 "failovers",
                 "hops_in",
                 "hops_out",
+                "latency",
                 "local",
                 "members",
                 "pages",
@@ -212,6 +260,14 @@ mod tests {
         assert_eq!(errors["timeout"], 1);
         assert_eq!(errors["overload"], 1);
         assert_eq!(errors["unreachable"], 0);
+        w1.latency.observe(Duration::from_micros(700));
+        w2.latency.observe(Duration::from_secs(60));
+        let json = service_json(&[&w1, &w2], &snapshot(), 10_500);
+        let counts = json["latency"]["counts"].as_array().unwrap();
+        assert_eq!(counts.len(), LATENCY_BOUNDS_S.len() + 1);
+        assert_eq!(counts[1], 1, "0.7 ms is in the 1 ms bucket");
+        assert_eq!(counts[LATENCY_BOUNDS_S.len()], 1, "60 s is beyond the last");
+        assert_eq!(json["latency"]["sum_s"], 60.0007);
         assert_eq!(
             json["members"],
             json!([{"name": "a", "up": true, "since_s": 10}, {"name": "b", "up": false, "since_s": 6}])

@@ -280,7 +280,10 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ClientBody>, Infallible> {
     ServiceCounters::bump(&service.counters.requests);
-    Ok(serve(&service, req).await)
+    let start = std::time::Instant::now();
+    let response = serve(&service, req).await;
+    service.counters.latency.observe(start.elapsed());
+    Ok(response)
 }
 
 async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody> {

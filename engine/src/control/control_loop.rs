@@ -98,6 +98,12 @@ pub struct ControlLoop {
     services: Option<crate::array::ServicesReader>,
     /// Rule health and instances, for `query` and `display`.
     rule_health: Option<crate::frontend::FrontendReader>,
+    /// Convergences completed.
+    pub convergences: u64,
+    /// The last convergence: how long it took (ns) and when it ended.
+    pub last_convergence: Option<(u64, Instant)>,
+    /// Where convergence times go, seconds (the metrics endpoint's).
+    pub convergence_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A fresh descriptor table asked of every poll loop.
@@ -161,6 +167,9 @@ impl ControlLoop {
             running: None,
             services: None,
             rule_health: None,
+            convergences: 0,
+            last_convergence: None,
+            convergence_times: None,
         }
     }
 
@@ -323,6 +332,23 @@ impl ControlLoop {
                     tracing::info!(epoch, "no more unauthenticated heartbeats: serving alone")
                 }
                 Event::Rejected(e) => tracing::debug!(reason = %e, "heartbeat refused"),
+                Event::Converged {
+                    members,
+                    epoch,
+                    duration_ns,
+                } => {
+                    self.convergences += 1;
+                    self.last_convergence = Some((duration_ns, Instant::now()));
+                    if let Some(h) = &self.convergence_times {
+                        h.observe(duration_ns as f64 / 1e9);
+                    }
+                    tracing::info!(
+                        epoch,
+                        ?members,
+                        duration_ms = duration_ns / 1_000_000,
+                        "converged"
+                    );
+                }
                 Event::DuplicateId(h) => tracing::warn!(
                     host = h.get(),
                     "two hosts use this ID: kept out of the view"

@@ -172,7 +172,9 @@ pub(super) fn record_netns(path: &Path) -> Option<u64> {
 /// The inode of the calling thread's network namespace (0 if unreadable).
 pub(super) fn own_netns_inode() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/net")
+    // The calling thread's: a thread may have entered another namespace
+    // than the process's (`/proc/self` is the main thread's).
+    std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| m.ino())
         .unwrap_or(0)
 }

@@ -64,6 +64,13 @@
 //! [`crate::sys::host::HostOps`] so failure paths are tested without root.
 //! Commands run in the calling thread's network namespace.
 //!
+//! [`HostSetup::clean`] (`shoal cleanup`) does the first step alone, for an
+//! operator or `ExecStopPost=` after a crash: it replays the record, removes
+//! the TAP and the nftables table by name and detaches an XDP program named
+//! `shoal_xdp` still attached through netlink, and starts nothing. (shoal
+//! attaches XDP through a BPF link, which the kernel removes with the
+//! process; the netlink check is for attachments made any other way.)
+//!
 //! Rooms: this module applies and undoes the steps; `journal.rs` owns the
 //! undo journal and the record's format; `nft.rs` renders the ingress table.
 
@@ -189,6 +196,55 @@ pub enum SetupError {
     Membership(#[from] AfPacketError),
 }
 
+/// What [`HostSetup::clean`] found and undid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// A crash-recovery record was replayed (its steps undone).
+    pub record: bool,
+    /// A record of a deleted namespace that had this one's inode was
+    /// discarded unreplayed.
+    pub foreign_record: bool,
+    /// The TAP was still there and is gone.
+    pub tap: bool,
+    /// The nftables table was still there and is gone.
+    pub table: bool,
+    /// An XDP program named `shoal_xdp` was attached and is detached.
+    pub xdp: bool,
+}
+
+impl Cleaned {
+    /// Whether anything was left.
+    pub fn anything(&self) -> bool {
+        self.record || self.tap || self.table || self.xdp
+    }
+}
+
+impl fmt::Display for Cleaned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.record {
+            parts.push("replayed the crash-recovery record (sysctls restored)");
+        }
+        if self.foreign_record {
+            parts.push("discarded a deleted namespace's record");
+        }
+        if self.tap {
+            parts.push("removed the TAP");
+        }
+        if self.table {
+            parts.push("removed the nftables table");
+        }
+        if self.xdp {
+            parts.push("detached the XDP program");
+        }
+        if parts.is_empty() {
+            write!(f, "nothing was left")
+        } else {
+            write!(f, "{}", parts.join("; "))
+        }
+    }
+}
+
 /// The host changes shoal made, undone on [`HostSetup::teardown`] or drop.
 pub struct HostSetup {
     ops: Box<dyn HostOps>,
@@ -274,6 +330,74 @@ impl HostSetup {
         }
     }
 
+    /// Undoes what a run that died left on the host (see the module docs),
+    /// without changing anything else.
+    pub fn clean(config: HostSetupConfig) -> Result<Cleaned, SetupError> {
+        Self::clean_with(Box::new(host::Kernel), config)
+    }
+
+    /// [`HostSetup::clean`] through the given host operations.
+    pub fn clean_with(
+        ops: Box<dyn HostOps>,
+        mut config: HostSetupConfig,
+    ) -> Result<Cleaned, SetupError> {
+        if !valid_name(&config.interface) || !valid_name(&config.tap.name) {
+            return Err(SetupError::Config(format!(
+                "bad interface or TAP name {:?} / {:?}",
+                config.interface, config.tap.name
+            )));
+        }
+        // Whichever backend the dead run used, its table goes.
+        config.ingress_filter = true;
+        let mut ops = ops;
+        let probe = ops.run("ip", &["link", "show", "dev", &config.interface], None);
+        match probe {
+            Ok(out) if out.success => {}
+            Ok(_) => return Err(SetupError::NoInterface(config.interface)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SetupError::MissingTool {
+                    tool: "ip",
+                    purpose: "addresses and links",
+                    package: "iproute2",
+                })
+            }
+            Err(e) => {
+                return Err(SetupError::Command {
+                    command: "ip link show".into(),
+                    stderr: e.to_string(),
+                })
+            }
+        }
+        let mut setup = HostSetup {
+            ops,
+            config,
+            journal: Journal::default(),
+            taps: Vec::new(),
+            tap_mac: None,
+        };
+        let mut cleaned = setup.clean_stale(true)?;
+        cleaned.xdp = setup.detach_stray_xdp()?;
+        Ok(cleaned)
+    }
+
+    /// Detaches a netlink-attached XDP program named `shoal_xdp` from the
+    /// NIC; true when there was one.
+    fn detach_stray_xdp(&mut self) -> Result<bool, SetupError> {
+        let nic = self.config.interface.clone();
+        let out = self.ip(&["-d", "link", "show", "dev", &nic])?;
+        if !out.success || !out.stdout.contains("name shoal_xdp") {
+            return Ok(false);
+        }
+        let mut detached = false;
+        for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
+            // Only the mode it was attached in succeeds; a BPF link's
+            // program refuses every one (the kernel owns its lifetime).
+            detached |= self.ip(&["link", "set", "dev", &nic, mode, "off"])?.success;
+        }
+        let out = self.ip(&["-d", "link", "show", "dev", &nic])?;
+        Ok(detached && !out.stdout.contains("name shoal_xdp"))
+    }
+
     /// The TAP queues, one per poll loop; empty once taken.
     pub fn take_taps(&mut self) -> Vec<Tap> {
         std::mem::take(&mut self.taps)
@@ -295,7 +419,7 @@ impl HostSetup {
     }
 
     fn apply_steps(&mut self) -> Result<(), SetupError> {
-        self.clean_stale()?;
+        self.clean_stale(false)?;
         self.require_tool("ip", &["-V"], "addresses and links", "iproute2")?;
         if self.config.ingress_filter {
             self.require_tool(
@@ -406,7 +530,7 @@ impl HostSetup {
             }
             Step::Tap { name } => {
                 self.taps.clear();
-                self.delete_tap(&name)
+                self.delete_tap(&name).map(drop)
             }
             Step::NftTable { name } => self.delete_table(&name),
             Step::Memberships(hold) => {
@@ -418,18 +542,25 @@ impl HostSetup {
 
     /// Replays a leftover record of this namespace, forgets the records of
     /// dead ones, and removes leftovers by name.
-    fn clean_stale(&mut self) -> Result<(), SetupError> {
+    /// With `report`, asks first whether the table exists, so that
+    /// [`Cleaned::table`] says whether it was there.
+    fn clean_stale(&mut self, report: bool) -> Result<Cleaned, SetupError> {
+        let mut cleaned = Cleaned::default();
         let path = self.config.state_file();
         if let Ok(text) = self.ops.read(&path) {
             let cookie = self.ops.netns_cookie();
             match (journal::record_cookie(&text), cookie) {
-                (Some(recorded), Some(cookie)) if recorded != cookie => tracing::warn!(
-                    state = %path.display(),
-                    "discarding the record of a deleted namespace that had this one's inode"
-                ),
+                (Some(recorded), Some(cookie)) if recorded != cookie => {
+                    tracing::warn!(
+                        state = %path.display(),
+                        "discarding the record of a deleted namespace that had this one's inode"
+                    );
+                    cleaned.foreign_record = true;
+                }
                 _ => {
                     tracing::warn!(state = %path.display(), "undoing the leftovers of a previous run");
-                    self.replay(&text)?;
+                    self.replay(&text, report, &mut cleaned)?;
+                    cleaned.record = true;
                 }
             }
             self.ops
@@ -438,21 +569,45 @@ impl HostSetup {
         }
         self.forget_dead_namespaces();
         let tap = self.config.tap.name.clone();
-        self.delete_tap(&tap)?;
+        cleaned.tap |= self.delete_tap(&tap)?;
         if self.config.ingress_filter {
             let table = self.config.nft_table();
+            cleaned.table |= report && self.table_exists(&table)?;
             self.delete_table(&table)?;
         }
-        Ok(())
+        Ok(cleaned)
+    }
+
+    /// Whether nftables table `name` exists (false when nft is missing).
+    fn table_exists(&mut self, name: &str) -> Result<bool, SetupError> {
+        match self
+            .ops
+            .run("nft", &["list", "table", "netdev", name], None)
+        {
+            Ok(out) => Ok(out.success),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(SetupError::Command {
+                command: format!("nft list table netdev {name}"),
+                stderr: e.to_string(),
+            }),
+        }
     }
 
     /// Undoes the steps of a leftover record, last first.
-    fn replay(&mut self, text: &str) -> Result<(), SetupError> {
+    fn replay(
+        &mut self,
+        text: &str,
+        report: bool,
+        cleaned: &mut Cleaned,
+    ) -> Result<(), SetupError> {
         for leftover in journal::leftovers(text, &self.config.nft_table()) {
             match leftover {
                 Leftover::Sysctl { path, previous } => self.restore_sysctl(&path, &previous)?,
-                Leftover::Tap(name) => self.delete_tap(&name)?,
-                Leftover::NftTable(name) => self.delete_table(&name)?,
+                Leftover::Tap(name) => cleaned.tap |= self.delete_tap(&name)?,
+                Leftover::NftTable(name) => {
+                    cleaned.table |= report && self.table_exists(&name)?;
+                    self.delete_table(&name)?;
+                }
             }
         }
         Ok(())
@@ -580,11 +735,12 @@ impl HostSetup {
         Ok(self.ip(&["link", "show", "dev", name])?.success)
     }
 
-    /// Deletes TAP `name` if it exists; refuses if it is not a TAP.
-    fn delete_tap(&mut self, name: &str) -> Result<(), SetupError> {
+    /// Deletes TAP `name` if it exists (true then); refuses if it is not a
+    /// TAP.
+    fn delete_tap(&mut self, name: &str) -> Result<bool, SetupError> {
         let out = self.ip(&["-d", "link", "show", "dev", name])?;
         if !out.success {
-            return Ok(());
+            return Ok(false);
         }
         if !out.stdout.contains("tun type tap") {
             return Err(SetupError::NameTaken(name.to_owned()));
@@ -596,7 +752,7 @@ impl HostSetup {
                 stderr: out.stderr,
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes nftables table `name` if it exists.

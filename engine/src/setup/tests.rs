@@ -63,6 +63,13 @@ impl HostOps for Fake {
                 w.links.remove(*name);
                 ok(String::new())
             }
+            ("nft", ["list", "table", "netdev", name]) => {
+                if w.tables.iter().any(|t| t == name) {
+                    ok(format!("table netdev {name} {{}}"))
+                } else {
+                    fail("No such file or directory")
+                }
+            }
             ("nft", ["-f", "-"]) => {
                 let text = stdin.unwrap_or_default();
                 let name = text
@@ -218,6 +225,68 @@ fn leftovers_of_a_killed_run_are_undone_first() {
     );
     assert_eq!(value(&fake, sysctl_v4("all", "rp_filter")), "1");
     assert!(fake.0.lock().tables.is_empty());
+}
+
+#[test]
+fn clean_undoes_a_killed_run_and_starts_nothing() {
+    let fake = world();
+    let before = fake.0.lock().files.clone();
+    let setup = HostSetup::apply_with(Box::new(fake.clone()), config()).unwrap();
+    std::mem::forget(setup);
+    fake.0.lock().log.clear();
+    let mut plain = config();
+    // Cleanup reads the config, not the dead run's backend: the table goes
+    // even when the config would not ask for it.
+    plain.ingress_filter = false;
+    let cleaned = HostSetup::clean_with(Box::new(fake.clone()), plain.clone()).unwrap();
+    assert!(
+        cleaned.record && cleaned.tap && cleaned.table,
+        "{cleaned:?}"
+    );
+    assert!(!cleaned.xdp);
+    {
+        let w = fake.0.lock();
+        assert!(w.tables.is_empty());
+        assert!(!w.links.contains_key("shoal0"));
+        assert!(
+            !w.log
+                .iter()
+                .any(|l| l.starts_with("ip addr add") || l.contains("tuntap")),
+            "{:?}",
+            w.log
+        );
+        let mut after = w.files.clone();
+        after.retain(|p, _| !p.to_string_lossy().contains("shoal0"));
+        assert_eq!(after, before, "sysctls restored, record gone");
+    }
+    // A second run finds nothing.
+    let again = HostSetup::clean_with(Box::new(fake.clone()), plain).unwrap();
+    assert!(!again.anything(), "{again:?}");
+    assert_eq!(again.to_string(), "nothing was left");
+}
+
+#[test]
+fn clean_detaches_a_stray_xdp_program_only_by_name() {
+    let fake = world();
+    fake.0.lock().links.insert(
+        "eth0".into(),
+        "veth\n    prog/xdp id 7 name shoal_xdp tag 00",
+    );
+    let cleaned = HostSetup::clean_with(Box::new(fake.clone()), config()).unwrap();
+    // The fake keeps the program listed after `xdp off`: not reported as
+    // detached, but every mode was tried.
+    assert!(!cleaned.xdp);
+    let log = fake.0.lock().log.join("\n");
+    assert!(log.contains("ip link set dev eth0 xdpgeneric off"), "{log}");
+
+    let fake = world();
+    fake.0
+        .lock()
+        .links
+        .insert("eth0".into(), "veth\n    prog/xdp id 7 name other tag 00");
+    HostSetup::clean_with(Box::new(fake.clone()), config()).unwrap();
+    let log = fake.0.lock().log.join("\n");
+    assert!(!log.contains("xdp off"), "someone else's program: {log}");
 }
 
 #[test]
