@@ -120,6 +120,9 @@ pub struct ServiceRow {
     pub errors: u64,
     /// Mean latency over the interval, ms (none without requests in it).
     pub mean_ms: Option<f64>,
+    /// The bound of the latency bucket holding the interval's median, ms
+    /// (`None` as for `p99_ms`).
+    pub p50_ms: Option<f64>,
     /// The bound of the latency bucket holding the interval's 99th
     /// percentile, ms (`None` when it falls in the open last bucket or
     /// nothing was measured).
@@ -182,10 +185,18 @@ fn errors_total(service: &Value) -> u64 {
         .map_or(0, |m| m.values().map(u).sum())
 }
 
-/// `(mean ms, p99 bound ms)` of the latency histogram's growth between
-/// `prev` and `cur` (`{bounds_s, counts, sum_s}`; counts per bucket, the
-/// last one open).
-fn latency(cur: &Value, prev: Option<&Value>) -> (Option<f64>, Option<f64>) {
+/// The interval's latency figures, ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Latencies {
+    mean: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+/// Mean, and the p50 and p99 bucket bounds, of the latency histogram's
+/// growth between `prev` and `cur` (`{bounds_s, counts, sum_s}`; counts per
+/// bucket, the last one open: a quantile that falls there has no bound).
+fn latency(cur: &Value, prev: Option<&Value>) -> Latencies {
     let counts = |v: &Value| -> Vec<u64> {
         v["counts"]
             .as_array()
@@ -199,7 +210,7 @@ fn latency(cur: &Value, prev: Option<&Value>) -> (Option<f64>, Option<f64>) {
     let now = counts(cur);
     let before = prev.map(counts).unwrap_or_default();
     if now.len() != bounds.len() + 1 {
-        return (None, None);
+        return Latencies::default();
     }
     let delta: Vec<u64> = now
         .iter()
@@ -208,23 +219,27 @@ fn latency(cur: &Value, prev: Option<&Value>) -> (Option<f64>, Option<f64>) {
         .collect();
     let count: u64 = delta.iter().sum();
     if count == 0 {
-        return (None, None);
+        return Latencies::default();
     }
     let sum = cur["sum_s"].as_f64().unwrap_or(0.0)
         - prev.and_then(|p| p["sum_s"].as_f64()).unwrap_or(0.0);
-    let mean = (sum >= 0.0).then(|| sum / count as f64 * 1e3);
-    // The smallest bucket whose cumulative count reaches 99 %.
-    let wanted = count - count / 100;
-    let mut seen = 0;
-    let mut p99 = None;
-    for (i, n) in delta.iter().enumerate() {
-        seen += n;
-        if seen >= wanted {
-            p99 = bounds.get(i).map(|b| b * 1e3);
-            break;
+    // The bound of the smallest bucket whose cumulative count reaches
+    // `wanted` of the interval's requests.
+    let bound = |wanted: u64| {
+        let mut seen = 0;
+        for (i, n) in delta.iter().enumerate() {
+            seen += n;
+            if seen >= wanted.max(1) {
+                return bounds.get(i).map(|b| b * 1e3);
+            }
         }
+        None
+    };
+    Latencies {
+        mean: (sum >= 0.0).then(|| sum / count as f64 * 1e3),
+        p50: bound(count.div_ceil(2)),
+        p99: bound(count - count / 100),
     }
-    (mean, p99)
 }
 
 impl View {
@@ -319,7 +334,8 @@ impl View {
                         let p = p.filter(|p| p.is_object());
                         let requests = u(&s["requests"]);
                         let errors = errors_total(s);
-                        let (mean_ms, p99_ms) = latency(&s["latency"], p.map(|p| &p["latency"]));
+                        let l = latency(&s["latency"], p.map(|p| &p["latency"]));
+                        let l = if p.is_some() { l } else { Latencies::default() };
                         let members = s["members"].as_array();
                         ServiceRow {
                             name: name.clone(),
@@ -327,8 +343,9 @@ impl View {
                             requests,
                             errors_per_s: rate(errors, p.map(errors_total), secs),
                             errors,
-                            mean_ms: if p.is_some() { mean_ms } else { None },
-                            p99_ms: if p.is_some() { p99_ms } else { None },
+                            mean_ms: l.mean,
+                            p50_ms: l.p50,
+                            p99_ms: l.p99,
                             members_up: (
                                 members.map_or(0, |a| a.iter().filter(|m| m["up"] == true).count()),
                                 members.map_or(0, Vec::len),
@@ -395,6 +412,11 @@ fn per_s(v: Option<f64>) -> String {
 
 fn ms(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |r| format!("{r:.2}"))
+}
+
+/// A bucket bound: "at most this many ms" (`-` beyond the last bound).
+fn bound(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |b| format!("<={b}"))
 }
 
 /// Draws `view` into `frame`, with `error` (the last failed reading, if
@@ -520,7 +542,8 @@ pub fn render(frame: &mut Frame<'_>, view: Option<&View>, error: Option<&str>) {
                     per_s(s.errors_per_s),
                     s.errors.to_string(),
                     ms(s.mean_ms),
-                    s.p99_ms.map_or("-".to_string(), |p| format!("<={p:.0}")),
+                    bound(s.p50_ms),
+                    bound(s.p99_ms),
                     format!("{}/{}", s.members_up.0, s.members_up.1),
                 ])
             })
@@ -537,11 +560,13 @@ pub fn render(frame: &mut Frame<'_>, view: Option<&View>, error: Option<&str>) {
             Constraint::Length(10),
             Constraint::Length(10),
             Constraint::Length(10),
+            Constraint::Length(10),
         ],
     )
     .header(
         Row::new([
-            "service", "req/s", "requests", "errors/s", "errors", "mean ms", "p99 ms", "up",
+            "service", "req/s", "requests", "errors/s", "errors", "mean ms", "p50 ms", "p99 ms",
+            "up",
         ])
         .style(bold),
     )
@@ -733,6 +758,7 @@ mod tests {
         assert_eq!(s.errors, 5);
         assert_eq!(s.errors_per_s, Some(8.0));
         assert_eq!(s.mean_ms, Some(15.0));
+        assert_eq!(s.p50_ms, Some(10.0));
         assert_eq!(s.p99_ms, Some(100.0));
         assert_eq!(s.members_up, (1, 2));
     }
@@ -767,10 +793,16 @@ mod tests {
     fn the_open_bucket_gives_no_p99_bound() {
         let now = json!({"bounds_s": [0.01], "counts": [1, 9], "sum_s": 2.0});
         let before = json!({"bounds_s": [0.01], "counts": [0, 0], "sum_s": 0.0});
-        assert_eq!(latency(&now, Some(&before)), (Some(200.0), None));
+        let l = latency(&now, Some(&before));
+        assert_eq!((l.mean, l.p50, l.p99), (Some(200.0), None, None));
+        // One fast request in ten: the median is still in the open bucket;
+        // five in ten put it at the first bound.
+        let half = json!({"bounds_s": [0.01], "counts": [5, 5], "sum_s": 2.0});
+        let l = latency(&half, Some(&before));
+        assert_eq!((l.p50, l.p99), (Some(10.0), None));
         // Malformed histograms are ignored, not trusted.
         let bad = json!({"bounds_s": [0.01], "counts": [1]});
-        assert_eq!(latency(&bad, None), (None, None));
+        assert_eq!(latency(&bad, None), Latencies::default());
     }
 
     fn screen(view: Option<&View>, error: Option<&str>) -> String {

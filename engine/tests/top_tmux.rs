@@ -224,7 +224,7 @@ fn top_shows_the_engine_and_quits_on_q() {
     );
     assert!(drops[2].parse::<f64>().unwrap() > 0.0, "{drops:?}");
     let farm = row(&pane, "squidfarm");
-    assert_eq!(farm[6..], ["<=50", "2/2"], "{farm:?}");
+    assert_eq!(farm[6..], ["<=5", "<=50", "2/2"], "p50, p99, up: {farm:?}");
     assert_eq!(farm[5], "5.00", "mean latency: {farm:?}");
     assert!(!pane.contains("engine:"), "{pane}");
     let readings = served.load(Ordering::SeqCst);

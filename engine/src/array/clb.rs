@@ -27,6 +27,16 @@
 //! without a retry (it may have been acted on); no head within
 //! `first_byte_timeout_ms` is 504.
 //!
+//! # Counters
+//!
+//! Besides its own (`retries`, `bad_gateway`, `gateway_timeout`, and per
+//! back end `backends`), a CLB service's stats entry carries the tier's
+//! scheme ([`super::counters`]), with each back end (by address) as a
+//! member: `failovers` (the retries), `errors` (`unreachable` for 502,
+//! `timeout` for 504), `hops_out` (requests a back end answered: every
+//! one crosses to the back-end tier), `latency`, `members` (up while in
+//! the table) and `by_member`.
+//!
 //! # Probes
 //!
 //! At every round ([`ResponseTimes::poll_round`]) each back end gets one
@@ -60,6 +70,7 @@ use shoal_dataplane::array::{Balancer, BalancerConfig};
 use shoal_dataplane::HostId;
 use tokio::net::TcpListener;
 
+use super::counters::{by_member_json, latency_json, ErrorKind, Latency, MemberCounters};
 use super::proxy::{answer, strip_hop_by_hop, ClientBody};
 use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
 use super::{listener, stopping};
@@ -108,6 +119,10 @@ struct Counters {
     bad_gateway: AtomicU64,
     gateway_timeout: AtomicU64,
     backends: Vec<BackendCounters>,
+    /// Per back end, the tier's per-member counters.
+    members: Box<[MemberCounters]>,
+    /// Every request's time to its response head.
+    latency: Latency,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +158,8 @@ impl Counters {
                     ..BackendCounters::default()
                 })
                 .collect(),
+            members: (0..backends).map(|_| MemberCounters::default()).collect(),
+            latency: Latency::default(),
         }
     }
 }
@@ -324,8 +341,35 @@ fn service_json(plan: &ClbPlan, workers: &[&Counters]) -> Value {
         );
     }
     table.sort();
+    let members: Vec<Value> = plan
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(b, addr)| {
+            let up = workers
+                .iter()
+                .filter_map(|w| w.backends.get(b))
+                .any(|c| c.in_table.load(Ordering::Relaxed) == 1);
+            json!({"name": addr.to_string(), "up": up})
+        })
+        .collect();
+    let per_member: Vec<&[MemberCounters]> = workers.iter().map(|w| &*w.members).collect();
+    let forwarded: u64 = per_member
+        .iter()
+        .flat_map(|m| m.iter())
+        .map(|m| m.forwarded.load(Ordering::Relaxed))
+        .sum();
     json!({
         "route": "clb",
+        "failovers": sum(&|c| &c.retries),
+        "hops_out": forwarded,
+        "errors": {
+            "unreachable": sum(&|c| &c.bad_gateway),
+            "timeout": sum(&|c| &c.gateway_timeout),
+        },
+        "latency": latency_json(workers.iter().map(|w| &w.latency)),
+        "members": members,
+        "by_member": by_member_json(plan.addresses.iter().map(ToString::to_string), &per_member),
         "policy": plan.clb.policy.name(),
         "requests": sum(&|c| &c.requests),
         "retries": sum(&|c| &c.retries),
@@ -525,7 +569,17 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
                     TokioIo::new(stream),
                     service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                        async move {
+                            let start = Instant::now();
+                            let mut last = None;
+                            let response = handle(&s, req, &mut last).await;
+                            let took = start.elapsed();
+                            s.counters.latency.observe(took);
+                            if let Some(m) = last.and_then(|i| s.counters.members.get(i)) {
+                                m.latency.observe(took);
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
                     }),
                 )
                 .await;
@@ -590,7 +644,12 @@ async fn attempt(service: &Service, addr: SocketAddr, request: Request<UpBody>) 
     }
 }
 
-async fn handle(service: &Service, req: Request<Incoming>) -> Response<ClientBody> {
+/// `last` ends as the back end tried last (if any).
+async fn handle(
+    service: &Service,
+    req: Request<Incoming>,
+    last: &mut Option<usize>,
+) -> Response<ClientBody> {
     let counters = &service.counters;
     bump(&counters.requests);
     let (mut parts, body) = req.into_parts();
@@ -623,7 +682,11 @@ async fn handle(service: &Service, req: Request<Incoming>) -> Response<ClientBod
         };
         if round > 0 {
             bump(&counters.retries);
+            if let Some(m) = last.and_then(|p| counters.members.get(p)) {
+                bump(&m.failovers);
+            }
         }
+        *last = Some(i);
         tried |= 1 << i;
         let addr = service.plan.addresses[i];
         let c = &counters.backends[i];
@@ -634,6 +697,8 @@ async fn handle(service: &Service, req: Request<Incoming>) -> Response<ClientBod
         match attempt(service, addr, request).await {
             Outcome::Answered(resp, check_in) => {
                 service.finished(i, started, true);
+                bump(&counters.members[i].requests);
+                bump(&counters.members[i].forwarded);
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts
@@ -651,16 +716,21 @@ async fn handle(service: &Service, req: Request<Incoming>) -> Response<ClientBod
             Outcome::Failed => {
                 service.finished(i, started, false);
                 bump(&counters.bad_gateway);
+                counters.members[i].error(ErrorKind::Unreachable);
                 return answer(StatusCode::BAD_GATEWAY, "the back end failed");
             }
             Outcome::TimedOut => {
                 service.finished(i, started, false);
                 bump(&counters.gateway_timeout);
+                counters.members[i].error(ErrorKind::Timeout);
                 return answer(StatusCode::GATEWAY_TIMEOUT, "the back end timed out");
             }
         }
     }
     bump(&counters.bad_gateway);
+    if let Some(m) = last.and_then(|p| counters.members.get(p)) {
+        m.error(ErrorKind::Unreachable);
+    }
     answer(StatusCode::BAD_GATEWAY, "no back end could be reached")
 }
 
@@ -766,6 +836,20 @@ mod tests {
         assert_eq!(b0["probe_ms"], 2.5);
         assert_eq!(b0["last_response_ms"], Value::Null);
         assert_eq!(v["backends"]["10.0.0.2:80"]["failures"], 1);
+        // The tier's scheme, per back end as a member.
+        a.retries.store(2, Ordering::Relaxed);
+        b.gateway_timeout.store(1, Ordering::Relaxed);
+        bump(&a.members[1].requests);
+        bump(&b.members[1].requests);
+        b.members[1].error(ErrorKind::Timeout);
+        b.latency.observe(Duration::from_millis(3));
+        let v = service_json(&plan, &[&a, &b]);
+        assert_eq!(v["failovers"], 2);
+        assert_eq!(v["errors"], json!({"unreachable": 0, "timeout": 1}));
+        assert_eq!(v["latency"]["counts"][3], 1, "3 ms is in the 5 ms bucket");
+        assert_eq!(v["members"][1], json!({"name": "10.0.0.2:80", "up": true}));
+        let m = &v["by_member"]["10.0.0.2:80"];
+        assert_eq!((m["requests"].as_u64(), m["errors"]["timeout"].as_u64()), (Some(2), Some(1)));
         for key in [
             "requests",
             "pending",

@@ -4,6 +4,19 @@
 //! only writer (relaxed atomics, no contention); readers (the stats file,
 //! the admin socket) sum every worker's. [`service_json`] is one entry of the
 //! `services` object of the `--stats` JSON and of `shoal query --json`.
+//!
+//! # Per member
+//! Every route kind keeps one [`MemberCounters`] per member (CARP member or
+//! parent, sticky host, CLB back end) and writes them as the entry's
+//! `by_member` object ([`by_member_json`]), which the metrics endpoint
+//! turns into the `shoal_service_member_*` families. A request is the
+//! member's when this host routed it there (a request that hopped in from
+//! another member is that member's to count, so the array's sum counts it
+//! once): `requests` it answered, `forwarded` (of those, over a
+//! member-to-member hop), `failovers` (it failed and the request moved on),
+//! `errors` answered after it was the last one tried
+//! ([`MEMBER_ERRORS`]), and the `latency` of every request it was the last
+//! one tried for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,13 +99,101 @@ impl Latency {
     }
 }
 
+/// The error kinds a member is blamed for, in the JSON's order: it could
+/// not be reached or failed (502), or sent no head in time (504).
+pub const MEMBER_ERRORS: &[&str] = &["unreachable", "timeout"];
+
+/// One worker's counters for one member of one service (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub struct MemberCounters {
+    /// Requests it answered.
+    pub requests: AtomicU64,
+    /// Of those, the ones sent over a member-to-member hop.
+    pub forwarded: AtomicU64,
+    /// Times it failed a request that then moved on to the next in order.
+    pub failovers: AtomicU64,
+    /// Errors answered after it was the last tried, by [`MEMBER_ERRORS`]
+    /// index.
+    pub errors: [AtomicU64; 2],
+    /// Latency of the requests it was the last tried for.
+    pub latency: Latency,
+}
+
+impl MemberCounters {
+    /// Counts an error of `kind` answered after this member failed (kinds
+    /// not in [`MEMBER_ERRORS`] are not a member's).
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        let i = match kind {
+            ErrorKind::Unreachable => 0,
+            ErrorKind::Timeout => 1,
+            _ => return,
+        };
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The `by_member` object: per member name (in `names`' order, which is the
+/// counters' index order), every worker's [`MemberCounters`] summed.
+pub fn by_member_json<'a>(
+    names: impl Iterator<Item = String>,
+    workers: &[&'a [MemberCounters]],
+) -> Value {
+    let mut out = Map::new();
+    for (i, name) in names.enumerate() {
+        let of: Vec<&MemberCounters> = workers.iter().filter_map(|w| w.get(i)).collect();
+        let sum = |f: &dyn Fn(&MemberCounters) -> &AtomicU64| -> u64 {
+            of.iter().map(|m| f(m).load(Ordering::Relaxed)).sum()
+        };
+        let errors: Map<String, Value> = MEMBER_ERRORS
+            .iter()
+            .enumerate()
+            .map(|(k, e)| ((*e).to_string(), sum(&|m| &m.errors[k]).into()))
+            .collect();
+        out.insert(
+            name,
+            json!({
+                "requests": sum(&|m| &m.requests),
+                "forwarded": sum(&|m| &m.forwarded),
+                "failovers": sum(&|m| &m.failovers),
+                "errors": errors,
+                "latency": latency_json(of.iter().map(|m| &m.latency)),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// A `latency` object (`{bounds_s, counts, sum_s}`, counts per bucket, not
+/// cumulative) of `histograms` summed.
+pub fn latency_json<'a>(histograms: impl Iterator<Item = &'a Latency> + Clone) -> Value {
+    let counts: Vec<u64> = (0..=LATENCY_BOUNDS_S.len())
+        .map(|i| {
+            histograms
+                .clone()
+                .map(|h| h.buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>()
+        })
+        .collect();
+    let sum_us: u64 = histograms
+        .map(|h| h.sum_us.load(Ordering::Relaxed))
+        .sum();
+    json!({
+        "bounds_s": LATENCY_BOUNDS_S,
+        "counts": counts,
+        "sum_s": sum_us as f64 / 1e6,
+    })
+}
+
 /// One worker's counters for one service.
 #[derive(Debug)]
 pub struct ServiceCounters {
     /// Requests received (every request on every connection).
     pub requests: AtomicU64,
-    /// Routed requests answered, by the member (or parent) that answered.
-    pub routed: Box<[AtomicU64]>,
+    /// Per member (index of the service's members): what it answered,
+    /// failed and took.
+    pub members: Box<[MemberCounters]>,
     /// Requests sent to this host's `local` backend (owned here, hops in,
     /// exceptions).
     pub local: AtomicU64,
@@ -117,7 +218,7 @@ impl ServiceCounters {
     pub fn new(members: usize) -> Self {
         Self {
             requests: AtomicU64::new(0),
-            routed: (0..members).map(|_| AtomicU64::new(0)).collect(),
+            members: (0..members).map(|_| MemberCounters::default()).collect(),
             local: AtomicU64::new(0),
             hops_out: AtomicU64::new(0),
             hops_in: AtomicU64::new(0),
@@ -141,11 +242,45 @@ impl ServiceCounters {
         Self::bump(&self.errors[kind.index()]);
     }
 
-    /// Counts a routed request answered by member `i`.
+    /// Counts a routed request answered by member `i` (`forwarded`: over
+    /// a member-to-member hop).
     #[inline]
-    pub fn routed_to(&self, i: usize) {
-        if let Some(c) = self.routed.get(i) {
-            Self::bump(c);
+    pub fn routed_to(&self, i: usize, forwarded: bool) {
+        if let Some(m) = self.members.get(i) {
+            Self::bump(&m.requests);
+            if forwarded {
+                Self::bump(&m.forwarded);
+            }
+        }
+    }
+
+    /// Counts an error of `kind`, and against `member` when one was the
+    /// last tried.
+    #[inline]
+    pub fn error_at(&self, kind: ErrorKind, member: Option<usize>) {
+        self.error(kind);
+        if let Some(m) = member.and_then(|i| self.members.get(i)) {
+            m.error(kind);
+        }
+    }
+
+    /// Counts a failover away from `from` (the member that failed, when
+    /// known).
+    #[inline]
+    pub fn failed_over(&self, from: Option<usize>) {
+        Self::bump(&self.failovers);
+        if let Some(m) = from.and_then(|i| self.members.get(i)) {
+            Self::bump(&m.failovers);
+        }
+    }
+
+    /// Records a request that took `took`, for the service and for
+    /// `member` when one was the last tried.
+    #[inline]
+    pub fn observe(&self, took: Duration, member: Option<usize>) {
+        self.latency.observe(took);
+        if let Some(m) = member.and_then(|i| self.members.get(i)) {
+            m.latency.observe(took);
         }
     }
 }
@@ -162,10 +297,16 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
     for (i, m) in members.iter().enumerate() {
         let n: u64 = workers
             .iter()
-            .map(|w| w.routed.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .map(|w| {
+                w.members
+                    .get(i)
+                    .map_or(0, |c| c.requests.load(Ordering::Relaxed))
+            })
             .sum();
         routed.insert(m.name.clone(), n.into());
     }
+    let per_member: Vec<&[MemberCounters]> = workers.iter().map(|w| &*w.members).collect();
+    let by_member = by_member_json(members.iter().map(|m| m.name.clone()), &per_member);
     let mut errors = Map::new();
     for (i, name) in ERRORS.iter().enumerate() {
         errors.insert((*name).into(), sum(workers, |w| &w.errors[i]).into());
@@ -176,14 +317,7 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
         .enumerate()
         .map(|(i, m)| json!({"name": m.name, "up": m.up, "since_s": times.get(i).copied().unwrap_or(0)}))
         .collect();
-    let buckets: Vec<u64> = (0..=LATENCY_BOUNDS_S.len())
-        .map(|i| sum(workers, |w| &w.latency.buckets[i]))
-        .collect();
-    let latency = json!({
-        "bounds_s": LATENCY_BOUNDS_S,
-        "counts": buckets,
-        "sum_s": sum(workers, |w| &w.latency.sum_us) as f64 / 1e6,
-    });
+    let latency = latency_json(workers.iter().map(|w| &w.latency));
     json!({
         "requests": sum(workers, |w| &w.requests),
         "routed": routed,
@@ -195,6 +329,7 @@ pub fn service_json(workers: &[&ServiceCounters], snapshot: &Snapshot, now_ms: u
         "errors": errors,
         "latency": latency,
         "members": list,
+        "by_member": by_member,
     })
 }
 
@@ -223,9 +358,9 @@ mod tests {
         let (w1, w2) = (ServiceCounters::new(2), ServiceCounters::new(2));
         ServiceCounters::bump(&w1.requests);
         ServiceCounters::bump(&w2.requests);
-        w1.routed_to(0);
-        w2.routed_to(1);
-        w2.routed_to(7);
+        w1.routed_to(0, false);
+        w2.routed_to(1, true);
+        w2.routed_to(7, true);
         w1.error(ErrorKind::Refusal("loop"));
         w2.error(ErrorKind::Timeout);
         w2.error(ErrorKind::Overload);
@@ -240,6 +375,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "by_member",
                 "errors",
                 "failovers",
                 "hops_in",
@@ -260,9 +396,25 @@ mod tests {
         assert_eq!(errors["timeout"], 1);
         assert_eq!(errors["overload"], 1);
         assert_eq!(errors["unreachable"], 0);
-        w1.latency.observe(Duration::from_micros(700));
-        w2.latency.observe(Duration::from_secs(60));
+        w1.observe(Duration::from_micros(700), Some(1));
+        w2.observe(Duration::from_secs(60), None);
+        w1.error_at(ErrorKind::Unreachable, Some(1));
+        w2.error_at(ErrorKind::Refusal("loop"), Some(1));
+        w2.failed_over(Some(0));
+        w1.failed_over(None);
         let json = service_json(&[&w1, &w2], &snapshot(), 10_500);
+        assert_eq!(json["failovers"], 2);
+        assert_eq!(json["errors"]["unreachable"], 1);
+        assert_eq!(json["errors"]["loop"], 2);
+        let (a, b) = (&json["by_member"]["a"], &json["by_member"]["b"]);
+        assert_eq!((a["requests"].clone(), a["forwarded"].clone()), (json!(1), json!(0)));
+        assert_eq!((b["requests"].clone(), b["forwarded"].clone()), (json!(1), json!(1)));
+        assert_eq!(a["failovers"], 1);
+        assert_eq!(b["failovers"], 0);
+        assert_eq!(b["errors"], json!({"unreachable": 1, "timeout": 0}), "a refusal is no member's");
+        assert_eq!(a["latency"]["counts"].as_array().unwrap().iter().filter_map(Value::as_u64).sum::<u64>(), 0);
+        assert_eq!(b["latency"]["counts"][1], 1);
+        assert_eq!(b["latency"]["sum_s"], 0.0007);
         let counts = json["latency"]["counts"].as_array().unwrap();
         assert_eq!(counts.len(), LATENCY_BOUNDS_S.len() + 1);
         assert_eq!(counts[1], 1, "0.7 ms is in the 1 ms bucket");

@@ -8,7 +8,7 @@
 //! a request that received a response byte is never retried.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -171,8 +171,14 @@ pub(super) fn refused(service: &Service, refusal: Refusal) -> Response<ClientBod
     answer(status, &refusal.to_string())
 }
 
-pub(super) fn failure(service: &Service, kind: ErrorKind) -> Response<ClientBody> {
-    service.counters.error(kind);
+/// The answer to a request that failed upstream: counted for the service
+/// and against `member`, the member last tried (if any).
+pub(super) fn failure(
+    service: &Service,
+    kind: ErrorKind,
+    member: Option<usize>,
+) -> Response<ClientBody> {
+    service.counters.error_at(kind, member);
     match kind {
         ErrorKind::Timeout => answer(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
         _ => answer(StatusCode::BAD_GATEWAY, "no upstream could be reached"),
@@ -281,12 +287,19 @@ pub(super) async fn handle(
 ) -> Result<Response<ClientBody>, Infallible> {
     ServiceCounters::bump(&service.counters.requests);
     let start = std::time::Instant::now();
-    let response = serve(&service, req).await;
-    service.counters.latency.observe(start.elapsed());
+    let served = Cell::new(None);
+    let response = serve(&service, req, &served).await;
+    service.counters.observe(start.elapsed(), served.get());
     Ok(response)
 }
 
-async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody> {
+/// `served` ends as the member this host routed the request to last (none
+/// for a request that hopped in, a direct or an exception).
+async fn serve(
+    service: &Service,
+    req: Request<Incoming>,
+    served: &Cell<Option<usize>>,
+) -> Response<ClientBody> {
     let plan = &*service.plan;
     let (mut parts, body) = req.into_parts();
     // The target as received: origin-form as is, other forms as the URI
@@ -417,7 +430,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
     while let Some(hop) = hops.next() {
         let hop = &hop;
         if tried_any {
-            ServiceCounters::bump(&service.counters.failovers);
+            service.counters.failed_over(served.get());
         }
         tried_any = true;
         let (addr, member_index) = match *hop {
@@ -428,11 +441,12 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             Hop::Member(i) | Hop::Parent(i) => (plan.addresses.get(i).copied().flatten(), Some(i)),
             Hop::Origin => (None, None),
         };
+        served.set(member_index.filter(|_| !hop_in));
         let addr = match (addr, &origin) {
             (Some(a), _) => a,
             (None, Some((host, port))) => match resolve(host, *port).await {
                 Some(a) => a,
-                None => return failure(service, ErrorKind::Unreachable),
+                None => return failure(service, ErrorKind::Unreachable, served.get()),
             },
             (None, None) => continue,
         };
@@ -441,7 +455,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
         } else {
             match body.take() {
                 Some(b) => Either::Left(b),
-                None => return failure(service, ErrorKind::Unreachable),
+                None => return failure(service, ErrorKind::Unreachable, served.get()),
             }
         };
         if *hop == Hop::Origin && connect {
@@ -492,7 +506,9 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     Hop::Parent(_) | Hop::Origin => {}
                 }
                 if let (Some(i), false) = (member_index, hop_in) {
-                    service.counters.routed_to(i);
+                    service
+                        .counters
+                        .routed_to(i, matches!(hop, Hop::Member(_)));
                 }
                 let served_by = match hop {
                     Hop::Local(_) | Hop::Origin => plan.own_name_value.as_ref(),
@@ -500,7 +516,9 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
                     Hop::Member(_) => None,
                 };
                 if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, connect) {
-                    service.counters.error(ErrorKind::Unreachable);
+                    service
+                        .counters
+                        .error_at(ErrorKind::Unreachable, served.get());
                     return answer(StatusCode::BAD_GATEWAY, why);
                 }
                 return resp.map(|b| Either::Left(Returning::new(b, check_in)));
@@ -516,12 +534,12 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             Exchange::Failed { .. } => {
                 blame(service, *hop);
                 if !retriable {
-                    return failure(service, ErrorKind::Unreachable);
+                    return failure(service, ErrorKind::Unreachable, served.get());
                 }
             }
             Exchange::TimedOut => {
                 blame(service, *hop);
-                return failure(service, ErrorKind::Timeout);
+                return failure(service, ErrorKind::Timeout, served.get());
             }
         }
     }
@@ -533,7 +551,7 @@ async fn serve(service: &Service, req: Request<Incoming>) -> Response<ClientBody
             .insert(UNAVAILABLE, HeaderValue::from_static("local"));
         return r;
     }
-    failure(service, ErrorKind::Unreachable)
+    failure(service, ErrorKind::Unreachable, served.get())
 }
 
 /// Reports the member behind `hop` failed on the request path: the member
@@ -682,11 +700,11 @@ async fn tunnel_direct(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%addr, error = %e, "CONNECT target unreachable");
-            return failure(service, ErrorKind::Unreachable);
+            return failure(service, ErrorKind::Unreachable, None);
         }
     };
     let Some(client) = client else {
-        return failure(service, ErrorKind::Unreachable);
+        return failure(service, ErrorKind::Unreachable, None);
     };
     tokio::task::spawn_local(async move {
         let Ok(client) = client.await else {

@@ -28,7 +28,7 @@
 //!   kept for that client connection alone and every later request on it
 //!   goes there, never through the pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,7 +265,11 @@ pub(super) async fn connection(
                             "not a sticky service",
                         ));
                     };
-                    Ok(serve(&service, plan, req, &client).await)
+                    let start = std::time::Instant::now();
+                    let served = Cell::new(None);
+                    let response = serve(&service, plan, req, &client, &served).await;
+                    service.counters.observe(start.elapsed(), served.get());
+                    Ok(response)
                 }
             }),
         )
@@ -305,11 +309,15 @@ enum Dest {
     },
 }
 
+/// `served` ends as the member (host index) that served the request or
+/// was tried last: this host's own for `local`, the owner for a forward;
+/// none for a request that hopped in from another member.
 async fn serve(
     service: &Service,
     sp: &StickyPlan,
     req: Request<Incoming>,
     client: &Client,
+    served: &Cell<Option<usize>>,
 ) -> Response<ClientBody> {
     let plan = &*service.plan;
     let counters = &service.counters.sticky;
@@ -538,17 +546,25 @@ async fn serve(
         };
         let (addr, member_index) = match &dest {
             Dest::Local => match plan.upstreams {
-                super::Upstreams::Cluster { local, .. } => (local, None),
-                super::Upstreams::Parents => return failure(service, ErrorKind::Unreachable),
+                super::Upstreams::Cluster { local, own } => {
+                    served.set(Some(own).filter(|_| from_member.is_none()));
+                    (local, None)
+                }
+                super::Upstreams::Parents => {
+                    return failure(service, ErrorKind::Unreachable, None)
+                }
             },
-            Dest::Member { addr, index } => (*addr, *index),
+            Dest::Member { addr, index } => {
+                served.set(*index);
+                (*addr, *index)
+            }
         };
         let up_body: UpBody = if retriable {
             Either::Right(Empty::new())
         } else {
             match body.take() {
                 Some(b) => Either::Left(b),
-                None => return failure(service, ErrorKind::Unreachable),
+                None => return failure(service, ErrorKind::Unreachable, served.get()),
             }
         };
         let mut request = Request::new(up_body);
@@ -584,11 +600,14 @@ async fn serve(
                         StickyCounters::bump(&counters.forwarded);
                         ServiceCounters::bump(&service.counters.hops_out);
                         if let Some(i) = member_index {
-                            service.counters.routed_to(i);
+                            service.counters.routed_to(i, true);
                         }
                     }
                     Some(class) => {
                         ServiceCounters::bump(&service.counters.local);
+                        if let Some(own) = served.get() {
+                            service.counters.routed_to(own, false);
+                        }
                         StickyCounters::bump(match class {
                             Class::Static => &counters.statics,
                             Class::Controller => &counters.controller,
@@ -646,7 +665,9 @@ async fn serve(
                     body = Some(b);
                 }
                 match dest {
-                    Dest::Local => return failure(service, ErrorKind::Unreachable),
+                    Dest::Local => {
+                        return failure(service, ErrorKind::Unreachable, served.get())
+                    }
                     Dest::Member { .. } => {
                         if let Some(i) = member_index {
                             service.failed(i);
@@ -654,8 +675,12 @@ async fn serve(
                         counters.error(StickyError::ConnectFailed);
                         if body.is_none() && !retriable {
                             StickyCounters::bump(&counters.failed);
+                            if let Some(m) = member_index.and_then(|i| service.counters.members.get(i)) {
+                                m.error(ErrorKind::Unreachable);
+                            }
                             return answer(StatusCode::BAD_GATEWAY, "the session's owner could not be reached and the request body is gone");
                         }
+                        service.counters.failed_over(member_index);
                         route = sticky::unreachable_owner(&sp.policy);
                     }
                 }
@@ -663,10 +688,13 @@ async fn serve(
             Outcome::Failed => {
                 StickyCounters::bump(&counters.failed);
                 return match dest {
-                    Dest::Local => failure(service, ErrorKind::Unreachable),
+                    Dest::Local => failure(service, ErrorKind::Unreachable, served.get()),
                     Dest::Member { .. } => {
                         if let Some(i) = member_index {
                             service.failed(i);
+                            if let Some(m) = service.counters.members.get(i) {
+                                m.error(ErrorKind::Unreachable);
+                            }
                         }
                         counters.error(StickyError::OwnerFailed);
                         answer(
@@ -681,7 +709,7 @@ async fn serve(
                 if let Dest::Member { .. } = dest {
                     counters.error(StickyError::OwnerTimeout);
                 }
-                return failure(service, ErrorKind::Timeout);
+                return failure(service, ErrorKind::Timeout, served.get());
             }
         }
     }
