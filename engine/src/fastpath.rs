@@ -215,14 +215,30 @@ impl FastPathMaps {
     /// The program's counters, summed over CPUs.
     pub fn counters(&self, bpf: &dyn Bpf) -> Result<FastPathCounters, FastPathError> {
         let mut c = FastPathCounters::default();
-        for cpu in 0..self.cpus {
-            let w = self.stats_slot(bpf, cpu)?;
-            c.judged += w[STAT_JUDGED];
-            c.dropped_bucket += w[STAT_DROPPED_BUCKET];
-            c.dropped_rule += w[STAT_DROPPED_RULE];
-            c.passed += w[STAT_PASSED];
+        for one in self.counters_per_cpu(bpf)? {
+            c.judged += one.judged;
+            c.dropped_bucket += one.dropped_bucket;
+            c.dropped_rule += one.dropped_rule;
+            c.passed += one.passed;
         }
         Ok(c)
+    }
+
+    /// The program's counters per CPU it may run on, indexed by CPU id
+    /// (the program counts on the CPU that ran it: the one serving the
+    /// NIC queue's interrupt).
+    pub fn counters_per_cpu(&self, bpf: &dyn Bpf) -> Result<Vec<FastPathCounters>, FastPathError> {
+        (0..self.cpus)
+            .map(|cpu| {
+                let w = self.stats_slot(bpf, cpu)?;
+                Ok(FastPathCounters {
+                    judged: w[STAT_JUDGED],
+                    dropped_bucket: w[STAT_DROPPED_BUCKET],
+                    dropped_rule: w[STAT_DROPPED_RULE],
+                    passed: w[STAT_PASSED],
+                })
+            })
+            .collect()
     }
 
     /// Per CPU, what its stats slot records (tests compare the program's
@@ -426,6 +442,11 @@ impl FastPath {
     /// The program's counters (zero when they cannot be read).
     pub fn counters(&self) -> FastPathCounters {
         self.maps.counters(&*self.bpf).unwrap_or_default()
+    }
+
+    /// The program's counters per CPU id (empty when they cannot be read).
+    pub fn counters_per_cpu(&self) -> Vec<FastPathCounters> {
+        self.maps.counters_per_cpu(&*self.bpf).unwrap_or_default()
     }
 
     /// Call before publishing `next` to the poll loops: grows the kernel's

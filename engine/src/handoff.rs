@@ -83,6 +83,15 @@ impl MapCell {
             .unwrap_or_default()
     }
 
+    /// The XDP fast path's counters per CPU id (read at once; empty
+    /// without a fast path).
+    pub fn xdp_counters_per_cpu(&self) -> Vec<crate::fastpath::FastPathCounters> {
+        self.fast_path
+            .get()
+            .map(|f| f.counters_per_cpu())
+            .unwrap_or_default()
+    }
+
     /// Publishes `map`.
     pub fn publish(&self, map: Arc<ClusterMap>) {
         if let Some(f) = self.fast_path.get() {

@@ -7,14 +7,28 @@
 //! arrives, from what the engine keeps anyway.
 //! * Per poll core: the [`LoopStats`] each poll loop publishes (every
 //!   200 ms) behind its own lock: frames received, kept, passed, dropped by
-//!   reason, malformed by reason, descriptors. The frame path is untouched.
+//!   reason, malformed by reason, descriptors, and its descriptor table's
+//!   inserts, expiries, failed inserts and evictions by state. The frame
+//!   path is untouched: a loop copies its plain counters into that cell
+//!   between batches, as it does for the `--stats` file.
+//! * Per CPU: the XDP fast path's counters, read from its stats map (one
+//!   slot per CPU, written by the program on the CPU that ran it) at each
+//!   scrape.
 //! * Everything else from the counters summary the control thread builds
-//!   once a second (the `--stats` JSON, [`Sources::summary`]): XDP program
-//!   counters, the descriptor table, the cluster (`state`, `epoch`,
-//!   `members`, heartbeats refused by reason, convergences) and `services`.
+//!   once a second (the `--stats` JSON, [`Sources::summary`]): the cluster
+//!   (`state`, `epoch`, `members`, heartbeats refused by reason,
+//!   convergences) and `services`.
 //! * The convergence-time histogram is the only metric kept here: the
 //!   control thread observes each convergence into it
 //!   ([`Sources::convergence`]).
+//!
+//! # The `core` label
+//! `core` is a CPU id: for the poll loop families the core the loop is
+//! pinned to (`[host.cores].poll`), for the XDP families the CPU the
+//! program ran on, which is the CPU serving the NIC queue's interrupts.
+//! Every poll core has a series in the XDP families (zero without a fast
+//! path); another CPU has one once the program counted there. Pin each
+//! queue's interrupt to the poll core that reads it and the two agree.
 //!
 //! # Services: one scheme for every route kind
 //! Each entry of the summary's `services` object becomes the same families,
@@ -25,12 +39,20 @@
 //! | key | family |
 //! |---|---|
 //! | `requests` | `shoal_service_requests_total` |
-//! | `routed` (`{member: n}`) | `shoal_service_member_requests_total{member}` |
 //! | `hops_out` | `shoal_service_forwarded_total` |
 //! | `failovers` | `shoal_service_failovers_total` |
 //! | `errors` (`{kind: n}`) | `shoal_service_errors_total{kind}` |
 //! | `members` (`[{name, up}]`) | `shoal_service_member_up{member}` |
 //! | `latency` (`{bounds_s, counts, sum_s}`) | `shoal_service_request_duration_seconds` (histogram) |
+//! | `by_member.<m>.requests` (else `routed.<m>`) | `shoal_service_member_requests_total{member}` |
+//! | `by_member.<m>.forwarded` | `shoal_service_member_forwarded_total{member}` |
+//! | `by_member.<m>.failovers` | `shoal_service_member_failovers_total{member}` |
+//! | `by_member.<m>.errors` | `shoal_service_member_errors_total{member,kind}` |
+//! | `by_member.<m>.latency` | `shoal_service_member_request_duration_seconds{member}` (histogram) |
+//!
+//! `member` is the member (CARP member or parent, sticky host, CLB back
+//! end) this host routed the request to; what each counts is said in
+//! [`crate::array::counters`].
 //!
 //! Names follow Prometheus' conventions: `shoal_` prefix, `_total` on
 //! counters, seconds for durations. The text is OpenMetrics 1.0 as the
@@ -53,7 +75,7 @@ use serde_json::Value;
 use shoal_dataplane::packet::Malformed;
 use shoal_dataplane::pipeline::DropReason;
 
-use crate::handoff::LoopStats;
+use crate::handoff::{LoopStats, MapCell};
 
 /// Buckets of the convergence-time histogram, seconds.
 pub const CONVERGENCE_BUCKETS_S: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0];
@@ -63,6 +85,12 @@ pub const CONVERGENCE_BUCKETS_S: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0
 pub struct Sources {
     /// Each poll loop's published counters, in core-plan order.
     pub loops: Vec<Arc<Mutex<LoopStats>>>,
+    /// The core each loop is pinned to, in the same order (the `core`
+    /// label).
+    pub cores: Vec<usize>,
+    /// Where the XDP fast path's per-CPU counters are read (none without
+    /// the XDP backend).
+    pub xdp: Option<Arc<MapCell>>,
     /// The latest counters summary (`Value::Null` until the first).
     pub summary: Arc<Mutex<Value>>,
     /// Convergence times, seconds.
@@ -70,10 +98,13 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Sources over `loops`, with an empty summary and histogram.
-    pub fn new(loops: Vec<Arc<Mutex<LoopStats>>>) -> Self {
+    /// Sources over `loops` pinned to `cores` (same order), with an empty
+    /// summary and histogram and no XDP counters.
+    pub fn new(loops: Vec<Arc<Mutex<LoopStats>>>, cores: Vec<usize>) -> Self {
         Self {
             loops,
+            cores,
+            xdp: None,
             summary: Arc::new(Mutex::new(Value::Null)),
             convergence: Histogram::new(CONVERGENCE_BUCKETS_S),
         }
@@ -98,8 +129,10 @@ fn count(f: &Family<Labels, Counter>, labels: Labels, n: u64) {
     f.get_or_create(&labels).inc_by(n);
 }
 
+/// Adds `n` to a gauge of a fresh registry (two poll loops on one core
+/// add up, as their counters do).
 fn gauge(f: &Family<Labels, Gauge>, labels: Labels, n: i64) {
-    f.get_or_create(&labels).set(n);
+    f.get_or_create(&labels).inc_by(n);
 }
 
 fn u(v: &Value) -> u64 {
@@ -161,7 +194,8 @@ impl EncodeMetric for Snapshot {
 /// The OpenMetrics text for `sources` now.
 pub fn render(sources: &Sources) -> String {
     let mut registry = Registry::default();
-    poll_cores(&mut registry, &sources.loops);
+    poll_cores(&mut registry, &sources.loops, &sources.cores);
+    xdp_cpus(&mut registry, sources);
     let summary = sources.summary.lock().clone();
     summary_metrics(&mut registry, &summary);
     registry.register(
@@ -175,7 +209,7 @@ pub fn render(sources: &Sources) -> String {
     out
 }
 
-fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>]) {
+fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &[usize]) {
     let received = counter_family(
         registry,
         "shoal_frames_received",
@@ -211,9 +245,32 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>]) {
         "shoal_descriptors",
         "Connection descriptors tracked",
     );
+    let capacity = gauge_family(
+        registry,
+        "shoal_descriptor_capacity",
+        "Descriptor table capacity",
+    );
+    let inserted = counter_family(registry, "shoal_descriptors_inserted", "Descriptors created");
+    let expired = counter_family(
+        registry,
+        "shoal_descriptors_expired",
+        "Descriptors expired by their timeout",
+    );
+    let insert_failed = counter_family(
+        registry,
+        "shoal_descriptor_insert_failures",
+        "Descriptors that could not be created (table full of established ones)",
+    );
+    let evicted = counter_family(
+        registry,
+        "shoal_descriptor_evictions",
+        "Descriptors evicted to make room, by the state they were in",
+    );
     for (i, cell) in loops.iter().enumerate() {
         let s = cell.lock().clone();
-        let core = || vec![("core", i.to_string())];
+        let at = cores.get(i).copied().unwrap_or(i).to_string();
+        let core = || vec![("core", at.clone())];
+        let with = |k: &'static str, v: &str| vec![("core", at.clone()), (k, v.to_string())];
         let d = &s.dataplane;
         count(&received, core(), d.frames());
         count(&kept, core(), d.kept);
@@ -221,77 +278,63 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>]) {
         count(&delivery_errors, core(), s.delivery_errors);
         gauge(&descriptors, core(), s.descriptors as i64);
         for (r, n) in DropReason::POLICY.iter().zip(d.dropped) {
-            count(
-                &dropped,
-                vec![("core", i.to_string()), ("reason", r.name().into())],
-                n,
-            );
+            count(&dropped, with("reason", r.name()), n);
         }
         for (m, n) in Malformed::ALL.iter().zip(d.malformed.iter().copied()) {
             if n > 0 {
-                count(
-                    &malformed,
-                    vec![("core", i.to_string()), ("reason", m.name().into())],
-                    n,
-                );
+                count(&malformed, with("reason", m.name()), n);
             }
         }
+        gauge(&capacity, core(), s.table_capacity as i64);
+        count(&inserted, core(), s.table.inserted);
+        count(&expired, core(), s.table.expired);
+        count(&insert_failed, core(), s.table.insert_failed);
+        for (state, n) in DESCRIPTOR_STATES.iter().zip(s.table.evicted) {
+            count(&evicted, with("state", state), n);
+        }
+    }
+}
+
+/// Names of the descriptor states, in `TableCounters::evicted` order.
+const DESCRIPTOR_STATES: [&str; 4] = ["half_open", "closing", "soft", "established"];
+
+fn xdp_cpus(registry: &mut Registry, sources: &Sources) {
+    let dropped = counter_family(
+        registry,
+        "shoal_xdp_frames_dropped",
+        "Frames the XDP fast path dropped in the kernel (other hosts' buckets, dropping rules)",
+    );
+    let passed = counter_family(
+        registry,
+        "shoal_xdp_frames_passed",
+        "Frames the XDP fast path passed to the stack in the kernel",
+    );
+    let per_cpu = sources
+        .xdp
+        .as_ref()
+        .map(|cell| cell.xdp_counters_per_cpu())
+        .unwrap_or_default();
+    let mut cpus: Vec<usize> = sources.cores.clone();
+    cpus.extend(
+        per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.judged + c.dropped() + c.passed > 0)
+            .map(|(cpu, _)| cpu),
+    );
+    cpus.sort_unstable();
+    cpus.dedup();
+    for cpu in cpus {
+        let c = per_cpu.get(cpu).copied().unwrap_or_default();
+        let core = vec![("core", cpu.to_string())];
+        count(&dropped, core.clone(), c.dropped());
+        count(&passed, core, c.passed);
     }
 }
 
 fn summary_metrics(registry: &mut Registry, s: &Value) {
     if s.is_null() {
         return;
-    }
-    let one = |registry: &mut Registry, name: &str, help: &str, n: u64| {
-        count(&counter_family(registry, name, help), Vec::new(), n);
-    };
-    one(
-        registry,
-        "shoal_xdp_frames_dropped",
-        "Frames the XDP fast path dropped in the kernel (other hosts' buckets)",
-        u(&s["xdp_dropped"]),
-    );
-    one(
-        registry,
-        "shoal_xdp_frames_passed",
-        "Frames the XDP fast path passed to the stack in the kernel",
-        u(&s["xdp_passed"]),
-    );
-    let t = &s["descriptor_table"];
-    one(
-        registry,
-        "shoal_descriptors_inserted",
-        "Descriptors created",
-        u(&t["inserted"]),
-    );
-    one(
-        registry,
-        "shoal_descriptors_expired",
-        "Descriptors expired by their timeout",
-        u(&t["expired"]),
-    );
-    one(
-        registry,
-        "shoal_descriptor_insert_failures",
-        "Descriptors that could not be created (table full of established ones)",
-        u(&t["insert_failed"]),
-    );
-    let capacity = gauge_family(
-        registry,
-        "shoal_descriptor_capacity",
-        "Descriptor table capacity, all poll cores",
-    );
-    gauge(&capacity, Vec::new(), u(&t["capacity"]) as i64);
-    let evicted = counter_family(
-        registry,
-        "shoal_descriptor_evictions",
-        "Descriptors evicted to make room, by the state they were in",
-    );
-    if let Some(by) = t["evicted"].as_object() {
-        for (state, n) in by {
-            count(&evicted, vec![("state", state.clone())], u(n));
-        }
     }
     cluster(registry, &s["cluster"]);
     if let Some(services) = s["services"].as_object() {
@@ -365,11 +408,6 @@ fn services_metrics(registry: &mut Registry, services: &serde_json::Map<String, 
         "shoal_service_requests",
         "Requests a service received",
     );
-    let member_requests = counter_family(
-        registry,
-        "shoal_service_member_requests",
-        "Routed requests answered, by the member that answered",
-    );
     let forwarded = counter_family(
         registry,
         "shoal_service_forwarded",
@@ -386,7 +424,28 @@ fn services_metrics(registry: &mut Registry, services: &serde_json::Map<String, 
         "shoal_service_member_up",
         "1 when the service's health checks find the member up",
     );
+    let member_requests = counter_family(
+        registry,
+        "shoal_service_member_requests",
+        "Routed requests answered, by the member that answered",
+    );
+    let member_forwarded = counter_family(
+        registry,
+        "shoal_service_member_forwarded",
+        "Routed requests answered over a hop to another host, by the member that answered",
+    );
+    let member_failovers = counter_family(
+        registry,
+        "shoal_service_member_failovers",
+        "Times a member failed a request that moved on to the next in order",
+    );
+    let member_errors = counter_family(
+        registry,
+        "shoal_service_member_errors",
+        "Errors answered after the member was the last tried, by kind",
+    );
     let mut latencies = Vec::new();
+    let mut member_latencies = Vec::new();
     for (name, s) in services {
         let svc = || vec![("service", name.clone())];
         let with = |k: &'static str, v: &str| vec![("service", name.clone()), (k, v.to_string())];
@@ -399,9 +458,6 @@ fn services_metrics(registry: &mut Registry, services: &serde_json::Map<String, 
         if let Some(n) = s.get("failovers") {
             count(&failovers, svc(), u(n));
         }
-        for (member, n) in s["routed"].as_object().into_iter().flatten() {
-            count(&member_requests, with("member", member), u(n));
-        }
         for (kind, n) in s["errors"].as_object().into_iter().flatten() {
             count(&errors, with("kind", kind), u(n));
         }
@@ -412,32 +468,64 @@ fn services_metrics(registry: &mut Registry, services: &serde_json::Map<String, 
             }
         }
         if let Some(h) = s.get("latency").and_then(Snapshot::from_json) {
-            latencies.push((name.clone(), h));
+            latencies.push((svc(), h));
+        }
+        match s["by_member"].as_object() {
+            Some(by) => {
+                for (member, m) in by {
+                    let labels = with("member", member);
+                    count(&member_requests, labels.clone(), u(&m["requests"]));
+                    count(&member_forwarded, labels.clone(), u(&m["forwarded"]));
+                    count(&member_failovers, labels.clone(), u(&m["failovers"]));
+                    for (kind, n) in m["errors"].as_object().into_iter().flatten() {
+                        let mut l = labels.clone();
+                        l.push(("kind", kind.clone()));
+                        count(&member_errors, l, u(n));
+                    }
+                    if let Some(h) = Snapshot::from_json(&m["latency"]) {
+                        member_latencies.push((labels, h));
+                    }
+                }
+            }
+            None => {
+                for (member, n) in s["routed"].as_object().into_iter().flatten() {
+                    count(&member_requests, with("member", member), u(n));
+                }
+            }
         }
     }
-    if !latencies.is_empty() {
-        registry.register_collector(Box::new(Latencies(latencies)));
-    }
+    registry.register_collector(Box::new(Histograms {
+        name: "shoal_service_request_duration_seconds",
+        help: "Time from a request's head to its response's head",
+        series: latencies,
+    }));
+    registry.register_collector(Box::new(Histograms {
+        name: "shoal_service_member_request_duration_seconds",
+        help: "Time from a request's head to its response's head, by the member last tried",
+        series: member_latencies,
+    }));
 }
 
-/// Every service's latency histogram, encoded under one family.
+/// Histograms read from counts kept elsewhere, encoded under one family.
 #[derive(Debug)]
-struct Latencies(Vec<(String, Snapshot)>);
+struct Histograms {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, Snapshot)>,
+}
 
-impl prometheus_client::collector::Collector for Latencies {
+impl prometheus_client::collector::Collector for Histograms {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> std::fmt::Result {
-        let mut metric = encoder.encode_descriptor(
-            "shoal_service_request_duration_seconds",
-            "Time from a request's head to its response's head",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (service, h) in &self.0 {
-            let labels = [("service", service.as_str())];
-            h.encode(metric.encode_family(&labels)?)?;
+        if self.series.is_empty() {
+            return Ok(());
+        }
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, h) in &self.series {
+            h.encode(metric.encode_family(labels)?)?;
         }
         Ok(())
     }
@@ -568,10 +656,12 @@ mod tests {
         let mut core = LoopStats::default();
         core.dataplane.kept = 7;
         core.dataplane.dropped[0] = 3;
-        let s = Sources::new(vec![Arc::new(Mutex::new(core))]);
+        core.table_capacity = 10;
+        core.table.evicted[0] = 2;
+        core.table.inserted = 5;
+        // The loop is pinned to CPU 3: `core` is the CPU id.
+        let s = Sources::new(vec![Arc::new(Mutex::new(core))], vec![3]);
         *s.summary.lock() = serde_json::json!({
-            "xdp_dropped": 11,
-            "descriptor_table": {"capacity": 10, "evicted": {"half_open": 2}},
             "cluster": {"state": "converged", "epoch": 4, "members": [1, 2],
                         "heartbeats_refused": {"bad_mac": 5}, "convergences": 2},
             "services": {"web": {
@@ -579,7 +669,12 @@ mod tests {
                 "routed": {"cache1": 6}, "errors": {"timeout": 2},
                 "members": [{"name": "cache1", "up": true}],
                 "latency": {"bounds_s": [0.01, 0.1], "counts": [5, 3, 1], "sum_s": 0.5},
-            }},
+                "by_member": {"cache1": {
+                    "requests": 6, "forwarded": 4, "failovers": 1,
+                    "errors": {"unreachable": 0, "timeout": 2},
+                    "latency": {"bounds_s": [0.01, 0.1], "counts": [4, 2, 1], "sum_s": 0.4},
+                }},
+            }, "old": {"requests": 1, "routed": {"p1": 1}}},
         });
         s
     }
@@ -590,9 +685,13 @@ mod tests {
         s.convergence.observe(0.7);
         let text = render(&s);
         for line in [
-            "shoal_frames_kept_total{core=\"0\"} 7",
-            "shoal_xdp_frames_dropped_total 11",
-            "shoal_descriptor_evictions_total{state=\"half_open\"} 2",
+            "shoal_frames_kept_total{core=\"3\"} 7",
+            "shoal_xdp_frames_dropped_total{core=\"3\"} 0",
+            "shoal_xdp_frames_passed_total{core=\"3\"} 0",
+            "shoal_descriptor_capacity{core=\"3\"} 10",
+            "shoal_descriptors_inserted_total{core=\"3\"} 5",
+            "shoal_descriptor_evictions_total{core=\"3\",state=\"half_open\"} 2",
+            "shoal_descriptor_evictions_total{core=\"3\",state=\"established\"} 0",
             "shoal_cluster_state{state=\"converged\"} 1",
             "shoal_cluster_state{state=\"converging\"} 0",
             "shoal_cluster_epoch 4",
@@ -603,12 +702,19 @@ mod tests {
             "shoal_service_requests_total{service=\"web\"} 9",
             "shoal_service_forwarded_total{service=\"web\"} 4",
             "shoal_service_failovers_total{service=\"web\"} 1",
-            "shoal_service_member_requests_total{service=\"web\",member=\"cache1\"} 6",
             "shoal_service_errors_total{service=\"web\",kind=\"timeout\"} 2",
             "shoal_service_member_up{service=\"web\",member=\"cache1\"} 1",
             "shoal_service_request_duration_seconds_bucket{le=\"0.1\",service=\"web\"} 8",
             "shoal_service_request_duration_seconds_bucket{le=\"+Inf\",service=\"web\"} 9",
             "shoal_service_request_duration_seconds_count{service=\"web\"} 9",
+            "shoal_service_member_requests_total{service=\"web\",member=\"cache1\"} 6",
+            "shoal_service_member_forwarded_total{service=\"web\",member=\"cache1\"} 4",
+            "shoal_service_member_failovers_total{service=\"web\",member=\"cache1\"} 1",
+            "shoal_service_member_errors_total{service=\"web\",member=\"cache1\",kind=\"timeout\"} 2",
+            "shoal_service_member_request_duration_seconds_bucket{le=\"0.1\",service=\"web\",member=\"cache1\"} 6",
+            "shoal_service_member_request_duration_seconds_count{service=\"web\",member=\"cache1\"} 7",
+            // A service without `by_member` still has its routed counts.
+            "shoal_service_member_requests_total{service=\"old\",member=\"p1\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -616,10 +722,19 @@ mod tests {
         let first = DropReason::POLICY[0].name();
         assert!(
             text.contains(&format!(
-                "shoal_frames_dropped_total{{core=\"0\",reason=\"{first}\"}} 3"
+                "shoal_frames_dropped_total{{core=\"3\",reason=\"{first}\"}} 3"
             )),
             "{text}"
         );
+        // Each family is described once.
+        for family in [
+            "shoal_service_request_duration_seconds",
+            "shoal_service_member_request_duration_seconds",
+            "shoal_xdp_frames_dropped",
+        ] {
+            let n = text.matches(&format!("# TYPE {family} ")).count();
+            assert_eq!(n, 1, "{family}: {n} TYPE lines");
+        }
     }
 
     #[test]
@@ -628,13 +743,29 @@ mod tests {
         let before = render(&s);
         s.loops[0].lock().dataplane.kept = 8;
         let after = render(&s);
-        assert!(before.contains("shoal_frames_kept_total{core=\"0\"} 7"));
-        assert!(after.contains("shoal_frames_kept_total{core=\"0\"} 8"));
+        assert!(before.contains("shoal_frames_kept_total{core=\"3\"} 7"));
+        assert!(after.contains("shoal_frames_kept_total{core=\"3\"} 8"));
+    }
+
+    #[test]
+    fn loops_sharing_a_core_add_up() {
+        let mut a = LoopStats::default();
+        a.dataplane.kept = 2;
+        a.descriptors = 4;
+        let b = a.clone();
+        let s = Sources::new(
+            vec![Arc::new(Mutex::new(a)), Arc::new(Mutex::new(b))],
+            vec![1, 1],
+        );
+        let text = render(&s);
+        assert!(text.contains("shoal_frames_kept_total{core=\"1\"} 4"), "{text}");
+        assert!(text.contains("shoal_descriptors{core=\"1\"} 8"), "{text}");
+        assert_eq!(text.matches("shoal_xdp_frames_passed_total{").count(), 1, "{text}");
     }
 
     #[test]
     fn no_summary_yet_still_answers_the_per_core_families() {
-        let s = Sources::new(vec![Arc::new(Mutex::new(LoopStats::default()))]);
+        let s = Sources::new(vec![Arc::new(Mutex::new(LoopStats::default()))], vec![0]);
         let text = render(&s);
         assert!(
             text.contains("shoal_frames_received_total{core=\"0\"} 0"),

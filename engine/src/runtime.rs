@@ -617,7 +617,13 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let metrics = match config.metrics.listen {
         None => None,
         Some(addr) => {
-            let sources = crate::metrics::Sources::new(stats.clone());
+            let mut sources = crate::metrics::Sources::new(
+                stats.clone(),
+                host.cores.poll.iter().map(|p| p.core).collect(),
+            );
+            if fast_path.is_some() {
+                sources.xdp = Some(cell.clone());
+            }
             match crate::metrics::MetricsServer::spawn(addr, sources.clone()) {
                 Ok(server) => {
                     tracing::info!(addr = %server.addr, "metrics at /metrics");

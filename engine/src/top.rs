@@ -10,7 +10,8 @@
 //!   and the time between them ([`View::new`]): members and their state,
 //!   epoch and last convergence, this host's kept frames per second and its
 //!   share of the cluster's frames, drops by reason, and each service's
-//!   requests and errors per second and latency over the interval.
+//!   requests and errors per second and latency (mean, and the p50 and p99
+//!   bucket bounds of its histogram) over the interval.
 //! * [`render`]: draws a [`View`] into a ratatui frame; also pure, so tests
 //!   draw into ratatui's `TestBackend` and read the cells.
 //! * [`run`]: the thin I/O loop: ask the engine once a second, draw, quit
@@ -853,7 +854,7 @@ mod tests {
         let web: Vec<&str> = line_with(&s, "web").split_whitespace().collect();
         assert_eq!(
             web,
-            ["web", "200.0", "110", "8.0", "5", "15.00", "<=100", "1/2"]
+            ["web", "200.0", "110", "8.0", "5", "15.00", "<=10", "<=100", "1/2"]
         );
         assert!(!s.contains("engine:"), "{s}");
     }
