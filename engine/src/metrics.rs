@@ -250,7 +250,11 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &
         "shoal_descriptor_capacity",
         "Descriptor table capacity",
     );
-    let inserted = counter_family(registry, "shoal_descriptors_inserted", "Descriptors created");
+    let inserted = counter_family(
+        registry,
+        "shoal_descriptors_inserted",
+        "Descriptors created",
+    );
     let expired = counter_family(
         registry,
         "shoal_descriptors_expired",
@@ -758,9 +762,16 @@ mod tests {
             vec![1, 1],
         );
         let text = render(&s);
-        assert!(text.contains("shoal_frames_kept_total{core=\"1\"} 4"), "{text}");
+        assert!(
+            text.contains("shoal_frames_kept_total{core=\"1\"} 4"),
+            "{text}"
+        );
         assert!(text.contains("shoal_descriptors{core=\"1\"} 8"), "{text}");
-        assert_eq!(text.matches("shoal_xdp_frames_passed_total{").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("shoal_xdp_frames_passed_total{").count(),
+            1,
+            "{text}"
+        );
     }
 
     #[test]

@@ -849,7 +849,10 @@ mod tests {
         assert_eq!(v["latency"]["counts"][3], 1, "3 ms is in the 5 ms bucket");
         assert_eq!(v["members"][1], json!({"name": "10.0.0.2:80", "up": true}));
         let m = &v["by_member"]["10.0.0.2:80"];
-        assert_eq!((m["requests"].as_u64(), m["errors"]["timeout"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(
+            (m["requests"].as_u64(), m["errors"]["timeout"].as_u64()),
+            (Some(2), Some(1))
+        );
         for key in [
             "requests",
             "pending",

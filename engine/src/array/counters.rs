@@ -136,9 +136,9 @@ impl MemberCounters {
 
 /// The `by_member` object: per member name (in `names`' order, which is the
 /// counters' index order), every worker's [`MemberCounters`] summed.
-pub fn by_member_json<'a>(
+pub fn by_member_json(
     names: impl Iterator<Item = String>,
-    workers: &[&'a [MemberCounters]],
+    workers: &[&[MemberCounters]],
 ) -> Value {
     let mut out = Map::new();
     for (i, name) in names.enumerate() {
@@ -176,9 +176,7 @@ pub fn latency_json<'a>(histograms: impl Iterator<Item = &'a Latency> + Clone) -
                 .sum::<u64>()
         })
         .collect();
-    let sum_us: u64 = histograms
-        .map(|h| h.sum_us.load(Ordering::Relaxed))
-        .sum();
+    let sum_us: u64 = histograms.map(|h| h.sum_us.load(Ordering::Relaxed)).sum();
     json!({
         "bounds_s": LATENCY_BOUNDS_S,
         "counts": counts,
@@ -407,12 +405,30 @@ mod tests {
         assert_eq!(json["errors"]["unreachable"], 1);
         assert_eq!(json["errors"]["loop"], 2);
         let (a, b) = (&json["by_member"]["a"], &json["by_member"]["b"]);
-        assert_eq!((a["requests"].clone(), a["forwarded"].clone()), (json!(1), json!(0)));
-        assert_eq!((b["requests"].clone(), b["forwarded"].clone()), (json!(1), json!(1)));
+        assert_eq!(
+            (a["requests"].clone(), a["forwarded"].clone()),
+            (json!(1), json!(0))
+        );
+        assert_eq!(
+            (b["requests"].clone(), b["forwarded"].clone()),
+            (json!(1), json!(1))
+        );
         assert_eq!(a["failovers"], 1);
         assert_eq!(b["failovers"], 0);
-        assert_eq!(b["errors"], json!({"unreachable": 1, "timeout": 0}), "a refusal is no member's");
-        assert_eq!(a["latency"]["counts"].as_array().unwrap().iter().filter_map(Value::as_u64).sum::<u64>(), 0);
+        assert_eq!(
+            b["errors"],
+            json!({"unreachable": 1, "timeout": 0}),
+            "a refusal is no member's"
+        );
+        assert_eq!(
+            a["latency"]["counts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_u64)
+                .sum::<u64>(),
+            0
+        );
         assert_eq!(b["latency"]["counts"][1], 1);
         assert_eq!(b["latency"]["sum_s"], 0.0007);
         let counts = json["latency"]["counts"].as_array().unwrap();

@@ -506,9 +506,7 @@ async fn serve(
                     Hop::Parent(_) | Hop::Origin => {}
                 }
                 if let (Some(i), false) = (member_index, hop_in) {
-                    service
-                        .counters
-                        .routed_to(i, matches!(hop, Hop::Member(_)));
+                    service.counters.routed_to(i, matches!(hop, Hop::Member(_)));
                 }
                 let served_by = match hop {
                     Hop::Local(_) | Hop::Origin => plan.own_name_value.as_ref(),

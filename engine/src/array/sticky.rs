@@ -550,9 +550,7 @@ async fn serve(
                     served.set(Some(own).filter(|_| from_member.is_none()));
                     (local, None)
                 }
-                super::Upstreams::Parents => {
-                    return failure(service, ErrorKind::Unreachable, None)
-                }
+                super::Upstreams::Parents => return failure(service, ErrorKind::Unreachable, None),
             },
             Dest::Member { addr, index } => {
                 served.set(*index);
@@ -665,9 +663,7 @@ async fn serve(
                     body = Some(b);
                 }
                 match dest {
-                    Dest::Local => {
-                        return failure(service, ErrorKind::Unreachable, served.get())
-                    }
+                    Dest::Local => return failure(service, ErrorKind::Unreachable, served.get()),
                     Dest::Member { .. } => {
                         if let Some(i) = member_index {
                             service.failed(i);
@@ -675,7 +671,9 @@ async fn serve(
                         counters.error(StickyError::ConnectFailed);
                         if body.is_none() && !retriable {
                             StickyCounters::bump(&counters.failed);
-                            if let Some(m) = member_index.and_then(|i| service.counters.members.get(i)) {
+                            if let Some(m) =
+                                member_index.and_then(|i| service.counters.members.get(i))
+                            {
                                 m.error(ErrorKind::Unreachable);
                             }
                             return answer(StatusCode::BAD_GATEWAY, "the session's owner could not be reached and the request body is gone");
