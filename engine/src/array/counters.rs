@@ -136,10 +136,7 @@ impl MemberCounters {
 
 /// The `by_member` object: per member name (in `names`' order, which is the
 /// counters' index order), every worker's [`MemberCounters`] summed.
-pub fn by_member_json(
-    names: impl Iterator<Item = String>,
-    workers: &[&[MemberCounters]],
-) -> Value {
+pub fn by_member_json(names: impl Iterator<Item = String>, workers: &[&[MemberCounters]]) -> Value {
     let mut out = Map::new();
     for (i, name) in names.enumerate() {
         let of: Vec<&MemberCounters> = workers.iter().filter_map(|w| w.get(i)).collect();
