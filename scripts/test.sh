@@ -12,7 +12,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's wall time, printed as a table at the end (pass or fail), so a
+# slow step shows up in CI's log.
+started=$SECONDS
+step_name="" step_at=$SECONDS
+timings=()
+step() {
+    [ -z "$step_name" ] || timings+=("$(printf '%5ds  %s' $((SECONDS - step_at)) "$step_name")")
+    step_name="$1" step_at=$SECONDS
+    printf '\n=== %s\n' "$*"
+}
+report() {
+    local rc=$?
+    [ -z "$step_name" ] || timings+=("$(printf '%5ds  %s' $((SECONDS - step_at)) "$step_name")")
+    printf '\n=== time per step (total %dm%02ds, exit %d)\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$rc"
+    printf '%s\n' "${timings[@]}"
+    rm -f "${skips:-}"
+}
+trap report EXIT
 
 step "install what the tests need"
 need=()
@@ -42,7 +59,6 @@ step "cargo test (unit, property, corpus replay, privileged backend tests, PAC i
 # append "<test>: <reason>" here (shoal_testkit::gate); the harness would
 # otherwise report them "ok".
 skips="$(mktemp -t shoal-skips.XXXXXX)"
-trap 'rm -f "$skips"' EXIT
 SHOAL_REQUIRE_SQUID=1 SHOAL_SKIP_LOG="$skips" cargo test --workspace
 if [ -s "$skips" ]; then
     echo "$(wc -l <"$skips") privileged tests skipped:"
@@ -56,8 +72,8 @@ if [ "${SHOAL_TEST_QUICK:-0}" = 1 ]; then
     exit 0
 fi
 
-step "fuzz smoke (scripts/fuzz --seconds 15: every target, stable toolchain)"
-scripts/fuzz --seconds 15
+step "fuzz smoke (scripts/fuzz --seconds 10: every target, stable toolchain)"
+scripts/fuzz --seconds 10
 
 step "build the release binaries for the lab and the benches (shoal, shoal-bench)"
 cargo build --release -p shoal-engine -p shoal-perf

@@ -657,7 +657,23 @@ impl Reader<'_, '_> {
 
     /// The items of an array of tables (`[[name]]`), or none when absent.
     fn table_array<'t>(&mut self, root: &Table<'t>, name: &str) -> &'t [Item] {
-        let Some(entry) = root.entry(name) else {
+        self.tables_in(root, name, name, None)
+    }
+
+    /// The items of the array of tables `key` of `t`, shown to the user as
+    /// `[[section]]`; none when absent, which is an error saying `required`
+    /// when given.
+    fn tables_in<'t>(
+        &mut self,
+        t: &Table<'t>,
+        key: &str,
+        section: &str,
+        required: Option<&str>,
+    ) -> &'t [Item] {
+        let Some(entry) = t.entry(key) else {
+            if let Some(why) = required {
+                self.diag.at(t.span.start, t.key_path(key), why);
+            }
             return &[];
         };
         match &entry.item.node {
@@ -665,9 +681,9 @@ impl Reader<'_, '_> {
             other => {
                 self.diag.at(
                     entry.item.span.start,
-                    name,
+                    t.key_path(key),
                     format!(
-                        "expected an array of tables ([[{name}]] sections), found {}",
+                        "expected an array of tables ([[{section}]] sections), found {}",
                         other.kind()
                     ),
                 );

@@ -104,6 +104,9 @@ fn cases() -> Vec<Case> {
     for id in 2..=65 {
         many_hosts.push_str(&format!("[[host]]\nid = {id}\ninterface = \"eth0\"\n"));
     }
+    let many_backends: String = (1..=65)
+        .map(|i| format!("[[service.backend]]\naddress = \"10.0.1.{i}:8000\"\n"))
+        .collect();
     let mut many_rules = String::from(BASE);
     for port in 0..33 {
         many_rules.push_str(&format!("[[rule]]\nports = {port}\n"));
@@ -203,6 +206,7 @@ fn cases() -> Vec<Case> {
         case("service port covered only for UDP", with(&format!("[[rule]]\nprotocol = \"udp\"\n[[service]]\nname = \"c\"\nport = 80\nroute = \"carp\"\n[service.carp]\n{PARENT}")), Some(12), "service[1].port", "no [[rule]] covers TCP port 80"),
         case("unknown route", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"cdn\"\n"), Some(11), "service[1].route", "\"cdn\" is not one of \"carp\", \"sticky\""),
         case("sticky without its table", with("[[service]]\nname = \"c\"\nport = 80\nroute = \"sticky\"\n"), Some(8), "service[1].sticky", "required key is missing"),
+        case("sticky ocf not tables", sticky("ocf = \"h2\"\n"), Some(15), "service[1].sticky.ocf", "expected an array of tables ([[service.sticky.ocf]] sections), found a string"),
         case("sticky without local", sticky(""), Some(13), "service[1].sticky.local", "required key is missing"),
         case("sticky bad coherence", sticky("coherence = \"often\"\n"), Some(15), "service[1].sticky.coherence", "\"often\" is not one of \"always\", \"session\""),
         case("sticky session without cookies", sticky("coherence = \"session\"\n"), Some(15), "service[1].sticky.session_cookies", "needs at least one session cookie name"),
@@ -251,6 +255,8 @@ fn cases() -> Vec<Case> {
         case("down ttl negative", service(&format!("down_ttl_ms = -1\n{PARENT}")), Some(13), "service[1].carp.down_ttl_ms", "expected 0..=3600000"),
         case("unknown clb policy", clb_service(&format!("policy = \"fastest\"\n{BACKEND}")), Some(12), "service[1].policy", "\"fastest\" is not one of \"clb\", \"round_robin\", \"least_request\", \"peak_ewma\""),
         case("clb without a backend", clb_service(""), Some(8), "service[1].backend", "needs at least one [[service.backend]]"),
+        case("backend not tables", clb_service("backend = 5\n"), Some(12), "service[1].backend", "expected an array of tables ([[service.backend]] sections), found an integer"),
+        case("too many backends", clb_service(&many_backends), Some(140), "service[1].backend", "65 back ends; at most 64"),
         case("probe without a path", clb_service(&format!("probe = \"GET health\"\n{BACKEND}")), Some(12), "service[1].probe", "\"health\" is not a path"),
         case("probe with two spaces", clb_service(&format!("probe = \"GET  /\"\n{BACKEND}")), Some(12), "service[1].probe", "is not \"METHOD /path\""),
         case("poll too often", clb_service(&format!("poll_ms = 5\n{BACKEND}")), Some(12), "service[1].poll_ms", "expected 10..=60000"),

@@ -106,6 +106,32 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A detached 160×50 session `top` running `shoal top --socket
+    /// SOCKET`; the shell line after it shows its exit status once it quits.
+    fn start_top(name: &str, socket: &std::path::Path) -> Self {
+        let tmux = Tmux {
+            server: format!("{name}-{}", std::process::id()),
+        };
+        let command = format!(
+            "{} top --socket {}; echo top-exit=$?; sleep 60",
+            env!("CARGO_BIN_EXE_shoal"),
+            socket.display()
+        );
+        let out = tmux.run(&[
+            "new-session",
+            "-d",
+            "-x",
+            "160",
+            "-y",
+            "50",
+            "-s",
+            "top",
+            &command,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        tmux
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new("tmux")
             .args(["-L", &self.server])
@@ -165,27 +191,7 @@ fn top_shows_the_engine_and_quits_on_q() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("host1.sock");
     let served = fake_engine(&socket);
-    let tmux = Tmux {
-        server: format!("shoal-top-test-{}", std::process::id()),
-    };
-    // The shell line after `top` shows its exit status once it quits.
-    let command = format!(
-        "{} top --socket {}; echo top-exit=$?; sleep 60",
-        env!("CARGO_BIN_EXE_shoal"),
-        socket.display()
-    );
-    let out = tmux.run(&[
-        "new-session",
-        "-d",
-        "-x",
-        "160",
-        "-y",
-        "50",
-        "-s",
-        "top",
-        &command,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let tmux = Tmux::start_top("shoal-top-test", &socket);
 
     // The second reading gives rates: the share is measured from counters.
     let pane = tmux.wait_for("25.0%");
@@ -245,26 +251,7 @@ fn top_without_an_engine_says_so_and_keeps_asking() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("host9.sock");
-    let tmux = Tmux {
-        server: format!("shoal-top-none-{}", std::process::id()),
-    };
-    let command = format!(
-        "{} top --socket {}; echo top-exit=$?; sleep 60",
-        env!("CARGO_BIN_EXE_shoal"),
-        socket.display()
-    );
-    let out = tmux.run(&[
-        "new-session",
-        "-d",
-        "-x",
-        "160",
-        "-y",
-        "50",
-        "-s",
-        "top",
-        &command,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let tmux = Tmux::start_top("shoal-top-none", &socket);
     let pane = tmux.wait_for("waiting for the engine");
     assert!(pane.contains("talking to shoal at"), "{pane}");
     // The engine comes up: the next reading shows it.

@@ -279,28 +279,15 @@ impl Reader<'_, '_> {
 
     fn backends(&mut self, t: &Table<'_>) -> Vec<BackendSection> {
         let mut out: Vec<BackendSection> = Vec::new();
-        let Some(e) = t.entry("backend") else {
-            self.diag.at(
-                t.span.start,
-                t.key_path("backend"),
-                "route = \"clb\" needs at least one [[service.backend]]",
-            );
-            return out;
-        };
-        let Node::Array(items) = &e.item.node else {
-            self.diag.at(
-                e.item.span.start,
-                t.key_path("backend"),
-                format!(
-                    "expected [[service.backend]] sections, found {}",
-                    e.item.node.kind()
-                ),
-            );
-            return out;
-        };
+        let items = self.tables_in(
+            t,
+            "backend",
+            "service.backend",
+            Some("route = \"clb\" needs at least one [[service.backend]]"),
+        );
         if items.len() > MAX_BACKENDS {
             self.diag.at(
-                e.item.span.start,
+                items[MAX_BACKENDS].span.start,
                 t.key_path("backend"),
                 format!("{} back ends; at most {MAX_BACKENDS}", items.len()),
             );
@@ -602,25 +589,12 @@ impl Reader<'_, '_> {
 
     fn parents(&mut self, t: &Table<'_>) -> Vec<ParentSection> {
         let mut out: Vec<ParentSection> = Vec::new();
-        let Some(e) = t.entry("parent") else {
-            self.diag.at(
-                t.span.start,
-                t.key_path("parent"),
-                "members = \"parents\" needs at least one [[service.carp.parent]]",
-            );
-            return out;
-        };
-        let Node::Array(items) = &e.item.node else {
-            self.diag.at(
-                e.item.span.start,
-                t.key_path("parent"),
-                format!(
-                    "expected [[service.carp.parent]] sections, found {}",
-                    e.item.node.kind()
-                ),
-            );
-            return out;
-        };
+        let items = self.tables_in(
+            t,
+            "parent",
+            "service.carp.parent",
+            Some("members = \"parents\" needs at least one [[service.carp.parent]]"),
+        );
         for (i, item) in items.iter().enumerate() {
             let path = format!("{}[{}]", t.key_path("parent"), i + 1);
             let Some(p) = self.as_table(item, path, PARENT_KEYS) else {

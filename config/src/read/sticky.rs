@@ -12,7 +12,7 @@ use shoal_dataplane::array::sticky::{
 };
 use shoal_dataplane::array::{HashMode, KeyParts};
 
-use super::{Item, Node, Reader, Table};
+use super::{Item, Reader, Table};
 use crate::service::*;
 
 const STICKY_KEYS: &[&str] = &[
@@ -240,20 +240,7 @@ impl Reader<'_, '_> {
 
     fn ocf(&mut self, t: &Table<'_>) -> Vec<OcfMember> {
         let mut out: Vec<OcfMember> = Vec::new();
-        let Some(e) = t.entry("ocf") else {
-            return out;
-        };
-        let Node::Array(items) = &e.item.node else {
-            self.diag.at(
-                e.item.span.start,
-                t.key_path("ocf"),
-                format!(
-                    "expected [[service.sticky.ocf]] sections or an array of tables, found {}",
-                    e.item.node.kind()
-                ),
-            );
-            return out;
-        };
+        let items = self.tables_in(t, "ocf", "service.sticky.ocf", None);
         for (i, item) in items.iter().enumerate() {
             let path = format!("{}[{}]", t.key_path("ocf"), i + 1);
             let Some(o) = self.as_table(item, path, OCF_KEYS) else {

@@ -73,7 +73,7 @@ use tokio::net::TcpListener;
 use super::counters::{by_member_json, latency_json, ErrorKind, Latency, MemberCounters};
 use super::proxy::{answer, strip_hop_by_hop, ClientBody};
 use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
-use super::{listener, stopping};
+use super::{service_listeners, stopping};
 
 /// The header naming the back end that served a response.
 const SERVED_BY: HeaderName = HeaderName::from_static("x-shoal-served-by");
@@ -214,16 +214,9 @@ impl ClbBound {
         let mut workers = Vec::new();
         if !plans.is_empty() {
             for core in &section.cores.proxy {
-                let mut per_service = Vec::with_capacity(plans.len());
-                for plan in &plans {
-                    let mut sockets = Vec::with_capacity(plan.listen.len());
-                    for addr in &plan.listen {
-                        sockets.push(listener(*addr).with_context(|| {
-                            format!("service {:?}: listening on {addr}", plan.name)
-                        })?);
-                    }
-                    per_service.push(sockets);
-                }
+                let per_service = service_listeners(
+                    plans.iter().map(|p| (p.name.as_str(), p.listen.as_slice())),
+                )?;
                 workers.push((*core, per_service));
             }
         }

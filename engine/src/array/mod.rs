@@ -267,6 +267,25 @@ pub struct Bound {
     clb: clb::ClbBound,
 }
 
+/// One worker's listening sockets: for each service (name, addresses),
+/// one socket per address.
+fn service_listeners<'a>(
+    services: impl IntoIterator<Item = (&'a str, &'a [SocketAddr])>,
+) -> Result<Vec<Vec<std::net::TcpListener>>> {
+    services
+        .into_iter()
+        .map(|(name, addrs)| {
+            addrs
+                .iter()
+                .map(|addr| {
+                    listener(*addr)
+                        .with_context(|| format!("service {name:?}: listening on {addr}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One listening socket: `SO_REUSEADDR` and `SO_REUSEPORT` (one per worker
 /// on the same address), non-blocking, IPv6 only for IPv6 addresses.
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -323,17 +342,9 @@ impl Bound {
         let clb = clb::ClbBound::bind(config, host, start)?;
         let mut listeners = Vec::with_capacity(cores.len());
         for _ in &cores {
-            let mut per_service = Vec::with_capacity(plans.len());
-            for plan in &plans {
-                let mut sockets = Vec::with_capacity(plan.listen.len());
-                for addr in &plan.listen {
-                    sockets.push(listener(*addr).with_context(|| {
-                        format!("service {:?}: listening on {addr}", plan.name)
-                    })?);
-                }
-                per_service.push(sockets);
-            }
-            listeners.push(per_service);
+            listeners.push(service_listeners(
+                plans.iter().map(|p| (p.name.as_str(), p.listen.as_slice())),
+            )?);
         }
         let map = cell.current();
         let views = plans
