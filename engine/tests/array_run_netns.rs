@@ -117,6 +117,14 @@ fn run_serves_a_carp_service_on_the_vip() {
     assert!(web["requests"].as_u64().unwrap_or(0) >= 2, "{stats}");
     assert_eq!(web["routed"]["m1"].as_u64(), Some(1), "{stats}");
     assert_eq!(web["pages"].as_u64(), Some(1), "{stats}");
+    // Per member: the routed request, and its latency, are m1's.
+    let m1 = &web["by_member"]["m1"];
+    assert_eq!(m1["requests"].as_u64(), Some(1), "{stats}");
+    assert_eq!(m1["forwarded"].as_u64(), Some(0), "{stats}");
+    let timed: u64 = m1["latency"]["counts"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter_map(|n| n.as_u64()).sum());
+    assert_eq!(timed, 1, "{stats}");
 
     let status = stop(&mut shoal);
     assert!(status.success(), "exit {status}: {}", lab.log());
