@@ -624,6 +624,35 @@ fn scenario() {
     assert_eq!(stall["timeout"], 1, "{json}");
     assert_eq!(stall["overload"], 1, "{json}");
     assert_eq!(json["stall"]["failovers"], 0, "{json}");
+    // Per member: the same events, each at the member it happened to.
+    let by = &web["by_member"];
+    let forwarded: u64 = ["m1", "m2"]
+        .iter()
+        .map(|m| by[*m]["forwarded"].as_u64().unwrap())
+        .sum();
+    assert_eq!(forwarded, web["hops_out"].as_u64().unwrap(), "{json}");
+    assert!(
+        by["m2"]["failovers"].as_u64().unwrap() >= 1,
+        "m2's 503: {json}"
+    );
+    assert!(
+        up["by_member"]["p1"]["failovers"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+    assert!(
+        up["by_member"]["p2"]["requests"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+    let staller = json["stall"]["members"][0]["name"].as_str().unwrap();
+    let at = &json["stall"]["by_member"][staller];
+    assert_eq!(at["errors"]["timeout"], 1, "{json}");
+    let timed: u64 = at["latency"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_u64())
+        .sum();
+    assert_eq!(timed, 1, "the 504 is timed against the staller: {json}");
     t1.stop();
     t2.stop();
 }
