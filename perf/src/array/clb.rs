@@ -624,7 +624,7 @@ fn simulate(policy: Policy) -> (Vec<[u32; 4]>, HerdingCase) {
             let Some(s) = fronts[f].pick(t * MS, 0) else {
                 continue;
             };
-            fronts[f].start(s);
+            fronts[f].start(s, t * MS);
             let start = busy_until[s].max(t);
             busy_until[s] = start + SIM_SERVICE_MS[s];
             let lat = busy_until[s] - t;
