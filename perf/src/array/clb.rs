@@ -20,7 +20,14 @@
 //!   rest queue): three answer in [`FAST_MS`], one in 5× that, and one of
 //!   the fast ones freezes for 2 s every 10 s. Their nominal capacity is
 //!   the sum of 1000/service time, the freezing one counted for 80% of the
-//!   time; the offered load is 70% of it.
+//!   time; the offered load is 70% of it. While the one server is frozen
+//!   the other three have 550 requests/s of nominal capacity for the
+//!   525 offered (95%, and the Python servers fall short of nominal):
+//!   whatever the frontend, requests due then queue on the healthy
+//!   servers. Each case therefore also reports the p99 of the requests due
+//!   while the server was frozen and of the rest (`p99_freeze_ms`,
+//!   `p99_rest_ms`; the load generator knows the freezing server's start
+//!   time from its log).
 //!
 //! # The frontends
 //!
