@@ -23,7 +23,9 @@ offered load: no coordinated omission). Requests go over keep-alive
 connections (a new one whenever none is idle), bound to the --source
 addresses in turn. Prints one JSON object: sent, ok, statuses,
 errors, served_by counts, latency percentiles (ms), and per 100 ms slot
-which back ends served.
+which back ends served; with --freeze-started, the p99 of the requests due
+while a freezing server was frozen and of the rest. --dump FILE writes
+one line per request.
 """
 
 import argparse
@@ -221,8 +223,26 @@ async def load(args):
         "p99_ms": percentile(every, 0.99),
         "p999_ms": percentile(every, 0.999),
         "max_ms": every[-1] if every else None,
+        "p99_freeze_ms": None,
+        "p99_rest_ms": None,
         "slots": {str(k): v for k, v in sorted(slots.items())},
     }
+    if args.freeze_started:
+        # Split by whether the request was due while the freezing server
+        # (started at that epoch) was frozen.
+        def frozen(due):
+            t = start_epoch + due - args.freeze_started
+            return t >= 0 and t % args.freeze_every < args.freeze_for
+        lat = lambda r: r[1] if r[1] is not None else args.timeout * 1000.0
+        during = sorted(lat(r) for r in results if frozen(r[0]))
+        rest = sorted(lat(r) for r in results if not frozen(r[0]))
+        out["p99_freeze_ms"] = percentile(during, 0.99)
+        out["p99_rest_ms"] = percentile(rest, 0.99)
+        out["freeze_share"] = round(len(during) / max(1, len(results)), 3)
+    if args.dump:
+        with open(args.dump, "w") as f:
+            for due, lat, status, by in results:
+                f.write("%.4f %s %s %s\n" % (due, "%.2f" % lat if lat is not None else "-", status, by))
     print(json.dumps(out))
 
 
@@ -244,6 +264,11 @@ def main():
     l.add_argument("--source", action="append")
     l.add_argument("--timeout", type=float, default=10.0)
     l.add_argument("--close", action="store_true", help="one connection per request")
+    l.add_argument("--freeze-started", type=float,
+                   help="epoch a server freezing every --freeze-every s for --freeze-for s started: p99 split by it")
+    l.add_argument("--freeze-every", type=float, default=10.0)
+    l.add_argument("--freeze-for", type=float, default=2.0)
+    l.add_argument("--dump", help="write one line per request: due s, latency ms, status, served by")
     args = p.parse_args()
     if args.cmd == "serve":
         asyncio.run(serve(args))

@@ -36,6 +36,36 @@
 //!   keep several front ends with similar views from all choosing the
 //!   same server.
 //!
+//! # A server that stalls
+//!
+//! Completions alone teach the estimate nothing while a server is stalled
+//! (a garbage-collection pause, a full disk): its pending requests never
+//! finish, so its estimate stays at its last fast value (and even decays
+//! toward zero) while requests pile up behind the stall; only the
+//! (pending + 1) factor pushes back, one request at a time. Two rules fix
+//! both ends of a stall:
+//!
+//! - *The stall counts while it lasts.* While a server has requests
+//!   pending, the time since it last answered anything (or since its
+//!   first pending request left, if later) is a lower bound on the
+//!   latency of its oldest pending request, so the latency used for its
+//!   cost is at least that: a server that has not answered for 50 ms
+//!   while its peers answer in 5 ms costs ten times as much, at once,
+//!   without waiting for a completion.
+//! - *A fresh probe retires a stale peak.* The requests that were stuck
+//!   finish together when the stall ends and push the estimate to the
+//!   stall's length; a server priced at seconds then gets no requests, so
+//!   no faster observation ever arrives, and the estimate only decays
+//!   toward zero with time constant `decay` (about five constants to fall
+//!   from 2 s to 10 ms: with the default 10 s, the server is lost for the
+//!   better part of a minute). A probe that left after the latest
+//!   observation and answered faster than the estimate is newer evidence
+//!   of the server's current latency (queue included, as the probe waits
+//!   in it): [`Balancer::observe_probe`] lowers the estimate to it. A
+//!   server still stalled does not answer its probe, so nothing is
+//!   forgiven early, and if it stalls again the first rule catches it
+//!   within a few of its peers' response times.
+//!
 //! Pending counts and latency estimates belong to one balancer (one
 //! worker); the table comes from the control plane's probes.
 #![forbid(unsafe_code)]
@@ -146,6 +176,21 @@ impl PeakEwma {
         let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
         self.estimate_ns * (-elapsed / decay_ns.max(1) as f64).exp()
     }
+
+    /// Folds in a probe sent at `sent_ns` and answered after
+    /// `response_ns`: when it left after the latest observation and
+    /// answered faster than the estimate (decayed to the answer's time),
+    /// it replaces the estimate; otherwise it changes nothing (older
+    /// evidence, or no faster). Returns whether it replaced it.
+    pub fn observe_probe(&mut self, sent_ns: u64, response_ns: u64, decay_ns: u64) -> bool {
+        let answered_ns = sent_ns.saturating_add(response_ns);
+        if sent_ns < self.at_ns || response_ns as f64 >= self.at(answered_ns, decay_ns) {
+            return false;
+        }
+        self.estimate_ns = response_ns as f64;
+        self.at_ns = answered_ns;
+        true
+    }
 }
 
 /// One back-end server as a balancer sees it.
@@ -154,6 +199,10 @@ struct Server {
     weight: u32,
     up: bool,
     pending: u32,
+    /// While `pending` > 0: the latest of the last answer (or failure) and
+    /// the moment `pending` left 0; the oldest pending request has waited
+    /// at least since then.
+    quiet_since_ns: u64,
     ewma: PeakEwma,
     /// Smooth weighted round robin's running weight.
     current: i64,
@@ -208,6 +257,7 @@ impl Balancer {
                 weight: (*w).max(1),
                 up: true,
                 pending: 0,
+                quiet_since_ns: now_ns,
                 ewma: PeakEwma::new(config.initial_latency_ns, now_ns),
                 current: 0,
             })
@@ -274,16 +324,29 @@ impl Balancer {
         self.servers.get(i).map_or(0, |s| s.pending)
     }
 
-    /// Server `i`'s latency estimate at `now_ns`, in nanoseconds.
+    /// Server `i`'s latency estimate at `now_ns`, in nanoseconds: the
+    /// peak-EWMA, and at least the time its pending requests have gone
+    /// without an answer (see "A server that stalls").
     pub fn latency_ns(&self, i: usize, now_ns: u64) -> f64 {
         self.servers
             .get(i)
-            .map_or(0.0, |s| s.ewma.at(now_ns, self.config.decay_ns))
+            .map_or(0.0, |s| self.estimate(s, now_ns))
     }
 
-    /// A request goes to server `i`.
-    pub fn start(&mut self, i: usize) {
+    fn estimate(&self, s: &Server, now_ns: u64) -> f64 {
+        let ewma = s.ewma.at(now_ns, self.config.decay_ns);
+        if s.pending == 0 {
+            return ewma;
+        }
+        ewma.max(now_ns.saturating_sub(s.quiet_since_ns) as f64)
+    }
+
+    /// A request goes to server `i` at `now_ns`.
+    pub fn start(&mut self, i: usize, now_ns: u64) {
         if let Some(s) = self.servers.get_mut(i) {
+            if s.pending == 0 {
+                s.quiet_since_ns = now_ns;
+            }
             s.pending = s.pending.saturating_add(1);
         }
     }
@@ -295,10 +358,21 @@ impl Balancer {
         let decay = self.config.decay_ns;
         if let Some(s) = self.servers.get_mut(i) {
             s.pending = s.pending.saturating_sub(1);
+            s.quiet_since_ns = s.quiet_since_ns.max(now_ns);
             if observed {
                 s.ewma.observe(latency_ns, now_ns, decay);
             }
         }
+    }
+
+    /// Server `i`'s probe, sent at `sent_ns`, answered after
+    /// `response_ns`: retires a stale peak ([`PeakEwma::observe_probe`]).
+    /// Returns whether the estimate changed.
+    pub fn observe_probe(&mut self, i: usize, sent_ns: u64, response_ns: u64) -> bool {
+        let decay = self.config.decay_ns;
+        self.servers
+            .get_mut(i)
+            .is_some_and(|s| s.ewma.observe_probe(sent_ns, response_ns, decay))
     }
 
     /// The server for the next request, skipping those down and those in
@@ -393,7 +467,7 @@ impl Balancer {
         let s = &self.servers[i];
         let load = f64::from(s.pending) + 1.0;
         let cost = match self.config.policy {
-            Policy::PeakEwma => s.ewma.at(now_ns, self.config.decay_ns) * load,
+            Policy::PeakEwma => self.estimate(s, now_ns) * load,
             _ => load,
         };
         cost / f64::from(s.weight)
@@ -489,7 +563,7 @@ mod tests {
     fn least_request_avoids_a_server_with_many_pending() {
         let mut b = balancer(Policy::LeastRequest, &[1, 1, 1, 1]);
         for _ in 0..50 {
-            b.start(0);
+            b.start(0, 0);
         }
         let to_zero = (0..1000).filter(|_| b.pick(0, 0) == Some(0)).count();
         assert_eq!(to_zero, 0);
@@ -519,7 +593,7 @@ mod tests {
             now += MS / 10;
             let i = b.pick(now, 0).unwrap();
             counts[i] += 1;
-            b.start(i);
+            b.start(i, now);
             let latency = if i == 3 { 5 * MS } else { MS };
             b.finish(i, latency, true, now);
         }
@@ -541,11 +615,115 @@ mod tests {
         let mut b = balancer(Policy::LeastRequest, &[1, 1]);
         b.finish(0, MS, true, 0);
         b.finish(7, MS, true, 0);
-        b.start(9);
+        b.start(9, 0);
         b.set_up(9, false);
         assert_eq!(b.pending(0), 0);
         assert_eq!(b.pending(9), 0);
         assert!(!b.is_up(9));
+    }
+
+    /// Servers 0..3 answer in 5 ms and have two requests each in flight
+    /// that left just now; server 3 has one that left 100 ms ago and no
+    /// answer since. By (pending + 1) alone server 3 is the cheapest; its
+    /// stall makes it the dearest.
+    #[test]
+    fn a_stalled_server_is_dear_before_any_answer_comes() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1, 1, 1]);
+        for i in 0..4 {
+            b.start(i, 0);
+            b.finish(i, 5 * MS, true, 5 * MS);
+        }
+        b.start(3, 10 * MS);
+        let now = 110 * MS;
+        for i in 0..3 {
+            b.start(i, now);
+            b.start(i, now);
+        }
+        assert!(b.latency_ns(3, now) >= (100 * MS) as f64);
+        assert!(b.latency_ns(0, now) < (6 * MS) as f64);
+        let to_three = (0..1000).filter(|_| b.pick(now, 0) == Some(3)).count();
+        assert_eq!(to_three, 0);
+        // Once it answers, the stall no longer counts beyond its latency.
+        b.finish(3, 100 * MS, true, now);
+        assert!(b.latency_ns(3, now) <= (100 * MS) as f64 + 1.0);
+    }
+
+    #[test]
+    fn a_fresh_faster_probe_retires_a_stale_peak_and_nothing_else_does() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1]);
+        // Requests stuck in a 2 s stall all finish at 3 s.
+        b.start(1, 1_000 * MS);
+        b.finish(1, 2_000 * MS, true, 3_000 * MS);
+        assert_eq!(b.latency_ns(1, 3_000 * MS), (2_000 * MS) as f64);
+        // A probe that left before that answer is older evidence.
+        assert!(!b.observe_probe(1, 2_990 * MS, 5 * MS));
+        // A newer probe that is slower than the estimate changes nothing.
+        assert!(!b.observe_probe(1, 3_100 * MS, 2_500 * MS));
+        assert!(b.latency_ns(1, 3_100 * MS) > (1_000 * MS) as f64);
+        // A newer, faster one replaces the estimate.
+        assert!(b.observe_probe(1, 3_100 * MS, 5 * MS));
+        assert_eq!(b.latency_ns(1, 3_105 * MS), (5 * MS) as f64);
+        assert!(!b.observe_probe(9, 3_200 * MS, MS));
+    }
+
+    /// Four single-worker servers (4 ms each) at 70% load in virtual time;
+    /// server 3 freezes from 1 s to 3 s (requests wait for the end), and
+    /// is probed every 200 ms (a probe of a frozen server times out and
+    /// takes it out of the table). Few requests may be caught in the
+    /// freeze, and the server must carry its share again after it.
+    #[test]
+    fn peak_ewma_rides_out_a_freezing_server() {
+        const SERVICE: u64 = 4;
+        let (freeze, thaw) = (1_000u64, 3_000u64);
+        let mut b = Balancer::new(
+            BalancerConfig {
+                policy: Policy::PeakEwma,
+                decay_ns: 10_000 * MS,
+                initial_latency_ns: MS,
+            },
+            &[1, 1, 1, 1],
+            5,
+            0,
+        );
+        let mut busy_until = [0u64; 4];
+        let mut done: Vec<(u64, usize, u64)> = Vec::new();
+        let (mut stuck, mut after) = (0u32, 0u32);
+        for t in 0..6_000u64 {
+            done.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
+            while done.last().is_some_and(|d| d.0 <= t) {
+                let (at, i, lat) = done.pop().unwrap();
+                b.finish(i, lat * MS, true, at * MS);
+            }
+            // The probe that left as the freeze began times out 100 ms on.
+            if t == freeze + 100 {
+                b.set_up(3, false);
+            }
+            if t % 200 == 0 && !(freeze..thaw).contains(&t) {
+                b.set_up(3, true);
+                let wait = busy_until[3].saturating_sub(t) + SERVICE;
+                b.observe_probe(3, t * MS, wait * MS);
+            }
+            // 700 requests/s: 7 every 10 ms.
+            for _ in 0..usize::from(t % 10 < 7) {
+                let i = b.pick(t * MS, 0).unwrap();
+                b.start(i, t * MS);
+                let mut begin = busy_until[i].max(t);
+                if i == 3 && begin < thaw && begin + SERVICE > freeze {
+                    begin = begin.max(thaw);
+                }
+                busy_until[i] = begin + SERVICE;
+                if i == 3 && (freeze..thaw).contains(&t) {
+                    stuck += 1;
+                }
+                if i == 3 && t >= thaw + 1_000 {
+                    after += 1;
+                }
+                done.push((busy_until[i], i, busy_until[i] - t));
+            }
+        }
+        assert!(stuck <= 10, "{stuck} requests sent into the freeze");
+        // 2 s after the thaw at 700/s over four servers: about 350 each.
+        assert!(after > 150, "only {after} requests after the thaw");
     }
 
     /// Several front ends, each with its own balancer and the same probe
@@ -600,7 +778,7 @@ mod tests {
             let mut now = 0;
             for (i, lat, start) in ops {
                 now += lat;
-                if start { b.start(i) } else { b.finish(i, lat, true, now) }
+                if start { b.start(i, now) } else { b.finish(i, lat, true, now) }
             }
             let pick = b.pick(now, exclude);
             let open: Vec<usize> = (0..n).filter(|&i| exclude & (1 << i) == 0).collect();

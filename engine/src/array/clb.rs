@@ -10,12 +10,17 @@
 //!
 //! One thread per `[host.cores].proxy` core, `shoal-clb-<core>`, pinned to
 //! that core beside the CARP worker, with a current-thread runtime. Each
-//! owns, per CLB service, its `SO_REUSEPORT` listeners, its upstream pool,
-//! a [`Balancer`] (pending counts and latency estimates of the requests it
-//! sent) and a [`ResponseTimes`] fed by its own probes: every front end
-//! (and every worker of it) keeps its own table, as Application Center's
-//! CLB service did on every front-end member, so losing one loses nothing.
-//! Readers of the counters sum the workers'.
+//! owns, per CLB service, its `SO_REUSEPORT` listeners, its upstream pool
+//! and a [`Balancer`] (pending counts and latency estimates of the
+//! requests it sent). Every front end keeps its own [`ResponseTimes`], as
+//! Application Center's CLB service did on every front-end member, so
+//! losing one loses nothing; within a front end the workers share one
+//! (`Shared`): the first worker runs the rounds and sends the probes, so a
+//! back end gets one probe per round per front-end host however many proxy
+//! cores it has, and the other workers copy the table and the probe
+//! answers when they change (an atomic generation read per request; the
+//! lock is taken only on a change, on a request failure, and on the first
+//! answer after one). Readers of the counters sum the workers'.
 //!
 //! # Request path
 //!
@@ -50,7 +55,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -118,6 +123,8 @@ struct Counters {
     retries: AtomicU64,
     bad_gateway: AtomicU64,
     gateway_timeout: AtomicU64,
+    /// Requests answered 503 on a connection beyond `max_connections`.
+    overload: AtomicU64,
     backends: Vec<BackendCounters>,
     /// Per back end, the tier's per-member counters.
     members: Box<[MemberCounters]>,
@@ -149,6 +156,7 @@ impl Counters {
             retries: AtomicU64::new(0),
             bad_gateway: AtomicU64::new(0),
             gateway_timeout: AtomicU64::new(0),
+            overload: AtomicU64::new(0),
             backends: (0..backends)
                 .map(|_| BackendCounters {
                     last_response_us: AtomicU64::new(u64::MAX),
@@ -160,6 +168,75 @@ impl Counters {
                 .collect(),
             members: (0..backends).map(|_| MemberCounters::default()).collect(),
             latency: Latency::default(),
+        }
+    }
+}
+
+/// One service's response-time table, shared by one host's workers.
+#[derive(Debug)]
+struct Shared {
+    table: Mutex<Table>,
+    /// Bumped whenever `Table::order` changes.
+    table_generation: AtomicU64,
+    /// Bumped whenever a probe answers.
+    probe_generation: AtomicU64,
+    /// Client connections open on this host (for `max_connections`).
+    connections: AtomicU64,
+    /// Per back end: a request failed since its last answer (so answered
+    /// requests take the lock only to reset a failure count).
+    failing: Vec<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Table {
+    machine: ResponseTimes,
+    /// The table as last taken from the machine, fastest first.
+    order: Vec<usize>,
+    /// Per back end: the latest answered probe's send time (ns since the
+    /// engine's start) and response time (ns).
+    probes: Vec<Option<(u64, u64)>>,
+}
+
+impl Shared {
+    fn new(plan: &ClbPlan) -> Self {
+        let clb = &plan.clb;
+        let n = clb.backends.len();
+        let machine = ResponseTimes::new(
+            n,
+            PollConfig {
+                poll_ms: u64::from(clb.poll_ms),
+                fall: clb.fall,
+                rise: clb.rise,
+                eject_ms: u64::from(clb.eject_ms),
+            },
+            plan.now_ms(),
+        );
+        let shared = Shared {
+            table: Mutex::new(Table {
+                machine,
+                order: Vec::with_capacity(n),
+                probes: vec![None; n],
+            }),
+            table_generation: AtomicU64::new(0),
+            probe_generation: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            failing: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        };
+        shared.publish(&mut shared.lock());
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies a changed table out of the machine for the workers.
+    fn publish(&self, t: &mut Table) {
+        let Table { machine, order, .. } = t;
+        if let Some(new) = machine.poll_table() {
+            order.clear();
+            order.extend_from_slice(new);
+            self.table_generation.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -238,6 +315,11 @@ impl ClbBound {
     ) -> Result<(Vec<std::thread::JoinHandle<()>>, ClbReader)> {
         let mut threads = Vec::new();
         let mut counters = Vec::new();
+        let shared: Vec<Arc<Shared>> = self
+            .plans
+            .iter()
+            .map(|p| Arc::new(Shared::new(p)))
+            .collect();
         for (k, (core, listeners)) in self.workers.into_iter().enumerate() {
             let worker: Vec<Arc<Counters>> = self
                 .plans
@@ -246,6 +328,7 @@ impl ClbBound {
                 .collect();
             counters.push(worker.clone());
             let plans = self.plans.clone();
+            let shared = shared.clone();
             let stop = stop.clone();
             let seed = (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ std::process::id() as u64
@@ -256,7 +339,10 @@ impl ClbBound {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shoal-clb-{core}"))
-                    .spawn(move || run(core, listeners, plans, worker, stop, seed))
+                    .spawn(move || {
+                        let prober = k == 0;
+                        run(core, listeners, plans, shared, prober, worker, stop, seed)
+                    })
                     .context("spawning a clb worker")?,
             );
         }
@@ -368,6 +454,7 @@ fn service_json(plan: &ClbPlan, workers: &[&Counters]) -> Value {
         "retries": sum(&|c| &c.retries),
         "bad_gateway": sum(&|c| &c.bad_gateway),
         "gateway_timeout": sum(&|c| &c.gateway_timeout),
+        "overload": sum(&|c| &c.overload),
         "table": table.into_iter().map(|(_, a)| a).collect::<Vec<_>>(),
         "backends": backends,
     })
@@ -377,27 +464,47 @@ fn service_json(plan: &ClbPlan, workers: &[&Counters]) -> Value {
 struct Service {
     plan: Arc<ClbPlan>,
     balancer: RefCell<Balancer>,
-    table: RefCell<ResponseTimes>,
+    shared: Arc<Shared>,
+    /// The generations of `shared` last copied.
+    seen_table: std::cell::Cell<u64>,
+    seen_probes: std::cell::Cell<u64>,
     pool: Rc<Pool>,
     counters: Arc<Counters>,
 }
 
 impl Service {
-    /// Hands a changed table to the balancer and the counters.
-    fn apply_table(&self) {
-        let mut table = self.table.borrow_mut();
-        let Some(order) = table.poll_table() else {
-            return;
-        };
-        let mut balancer = self.balancer.borrow_mut();
-        balancer.set_table(order);
-        for (i, c) in self.counters.backends.iter().enumerate() {
-            let position = order.iter().position(|&k| k == i);
-            balancer.set_up(i, position.is_some());
-            c.in_table
-                .store(u64::from(position.is_some()), Ordering::Relaxed);
-            c.position
-                .store(position.map_or(u64::MAX, |p| p as u64), Ordering::Relaxed);
+    /// Copies a changed table and new probe answers into the balancer and
+    /// the counters. One atomic load each when nothing changed.
+    fn sync(&self) {
+        let g = self.shared.table_generation.load(Ordering::Acquire);
+        if g != self.seen_table.get() {
+            let t = self.shared.lock();
+            // Read under the lock: the generation of the order copied.
+            self.seen_table
+                .set(self.shared.table_generation.load(Ordering::Acquire));
+            let order = &t.order;
+            let mut balancer = self.balancer.borrow_mut();
+            balancer.set_table(order);
+            for (i, c) in self.counters.backends.iter().enumerate() {
+                let position = order.iter().position(|&k| k == i);
+                balancer.set_up(i, position.is_some());
+                c.in_table
+                    .store(u64::from(position.is_some()), Ordering::Relaxed);
+                c.position
+                    .store(position.map_or(u64::MAX, |p| p as u64), Ordering::Relaxed);
+            }
+        }
+        let g = self.shared.probe_generation.load(Ordering::Acquire);
+        if g != self.seen_probes.get() {
+            let t = self.shared.lock();
+            self.seen_probes
+                .set(self.shared.probe_generation.load(Ordering::Acquire));
+            let mut balancer = self.balancer.borrow_mut();
+            for (i, probe) in t.probes.iter().enumerate() {
+                if let Some((sent_ns, response_ns)) = *probe {
+                    balancer.observe_probe(i, sent_ns, response_ns);
+                }
+            }
         }
     }
 
@@ -416,22 +523,32 @@ impl Service {
         } else {
             bump(&c.failures);
         }
-        let ejected = self
-            .table
-            .borrow_mut()
-            .handle_request(i, answered, self.plan.now_ms());
+        let failing = &self.shared.failing[i];
+        if answered && !failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let ejected = {
+            let mut t = self.shared.lock();
+            failing.store(!answered, Ordering::Relaxed);
+            let ejected = t.machine.handle_request(i, answered, self.plan.now_ms());
+            self.shared.publish(&mut t);
+            ejected
+        };
         if ejected {
             bump(&c.ejections);
             tracing::info!(service = %self.plan.name, backend = %self.plan.addresses[i], "back end ejected");
-            self.apply_table();
+            self.sync();
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     core: usize,
     listeners: Vec<Vec<std::net::TcpListener>>,
     plans: Vec<Arc<ClbPlan>>,
+    shared: Vec<Arc<Shared>>,
+    prober: bool,
     counters: Vec<Arc<Counters>>,
     stop: Arc<AtomicBool>,
     seed: u64,
@@ -452,21 +569,28 @@ fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &runtime,
-        serve(core, listeners, plans, counters, stop, seed),
+        serve(core, listeners, plans, shared, prober, counters, stop, seed),
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     core: usize,
     listeners: Vec<Vec<std::net::TcpListener>>,
     plans: Vec<Arc<ClbPlan>>,
+    shared: Vec<Arc<Shared>>,
+    prober: bool,
     counters: Vec<Arc<Counters>>,
     stop: Arc<AtomicBool>,
     seed: u64,
 ) {
     let mut services = Vec::new();
-    for (k, ((sockets, plan), counters)) in
-        listeners.into_iter().zip(plans).zip(counters).enumerate()
+    for (k, (((sockets, plan), shared), counters)) in listeners
+        .into_iter()
+        .zip(plans)
+        .zip(shared)
+        .zip(counters)
+        .enumerate()
     {
         let clb = &plan.clb;
         let weights: Vec<u32> = clb.backends.iter().map(|b| b.weight).collect();
@@ -480,26 +604,18 @@ async fn serve(
             seed ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             plan.now_ns(),
         );
-        let table = ResponseTimes::new(
-            weights.len(),
-            PollConfig {
-                poll_ms: u64::from(clb.poll_ms),
-                fall: clb.fall,
-                rise: clb.rise,
-                eject_ms: u64::from(clb.eject_ms),
-            },
-            plan.now_ms(),
-        );
         let service = Rc::new(Service {
             pool: Rc::new(Pool::new(Duration::from_secs(u64::from(
                 plan.limits.idle_timeout_s,
             )))),
             plan,
             balancer: RefCell::new(balancer),
-            table: RefCell::new(table),
+            shared,
+            seen_table: std::cell::Cell::new(u64::MAX),
+            seen_probes: std::cell::Cell::new(0),
             counters,
         });
-        service.apply_table();
+        service.sync();
         for socket in sockets {
             match TcpListener::from_std(socket) {
                 Ok(l) => {
@@ -513,14 +629,20 @@ async fn serve(
     let mut sweep = Instant::now();
     while !stopping(&stop) {
         let mut next = Instant::now() + TICK;
-        for s in &services {
+        for s in services.iter().filter(|_| prober) {
             let now_ms = s.plan.now_ms();
-            let due: Vec<usize> = s.table.borrow_mut().poll_round(now_ms).collect();
+            let (due, deadline_ms) = {
+                let mut t = s.shared.lock();
+                let due: Vec<usize> = t.machine.poll_round(now_ms).collect();
+                (due, t.machine.next_deadline())
+            };
             for i in due {
                 tokio::task::spawn_local(probe(s.clone(), i));
             }
-            let deadline = s.plan.start + Duration::from_millis(s.table.borrow().next_deadline());
-            next = next.min(deadline);
+            next = next.min(s.plan.start + Duration::from_millis(deadline_ms));
+        }
+        for s in &services {
+            s.sync();
         }
         tokio::time::sleep_until(next.into()).await;
         let now = Instant::now();
@@ -536,7 +658,17 @@ async fn serve(
     }
 }
 
+/// Gives a client connection's place back when it ends.
+struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
+    let max = u64::from(service.plan.limits.max_connections);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -547,15 +679,21 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let admitted = Admitted(service.shared.clone());
+        // Host-wide, as for CARP services: beyond the limit a connection
+        // gets one 503 and is closed.
+        let over = service.shared.connections.fetch_add(1, Ordering::Relaxed) >= max;
         let service = service.clone();
         tokio::task::spawn_local(async move {
+            let _admitted = admitted;
             let limits = &service.plan.limits;
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
                 .max_buf_size((limits.max_head_bytes as usize).max(8_192) + 8_192)
-                .max_headers(limits.max_headers as usize);
+                .max_headers(limits.max_headers as usize)
+                .keep_alive(!over);
             let s = service.clone();
             let result = builder
                 .serve_connection(
@@ -563,6 +701,11 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
                     service_fn(move |req| {
                         let s = s.clone();
                         async move {
+                            if over {
+                                bump(&s.counters.requests);
+                                bump(&s.counters.overload);
+                                return Ok::<_, Infallible>(super::proxy::overloaded());
+                            }
                             let start = Instant::now();
                             let mut last = None;
                             let response = handle(&s, req, &mut last).await;
@@ -663,6 +806,7 @@ async fn handle(
     }
     parts.uri = path;
     let mut request = Request::from_parts(parts, Either::Left(body));
+    service.sync();
     let retries = service.plan.clb.retries;
     let mut tried = 0u64;
     for round in 0..=retries {
@@ -685,7 +829,10 @@ async fn handle(
         let c = &counters.backends[i];
         bump(&c.requests);
         c.pending.fetch_add(1, Ordering::Relaxed);
-        service.balancer.borrow_mut().start(i);
+        service
+            .balancer
+            .borrow_mut()
+            .start(i, service.plan.now_ns());
         let started = Instant::now();
         match attempt(service, addr, request).await {
             Outcome::Answered(resp, check_in) => {
@@ -732,20 +879,28 @@ async fn probe(service: Rc<Service>, i: usize) {
     let plan = &service.plan;
     let addr = plan.addresses[i];
     let timeout = Duration::from_millis(u64::from(plan.clb.probe_timeout_ms));
+    let sent_ns = plan.now_ns();
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, probe_once(plan, addr, timeout)).await;
-    let response_us = match result {
-        Ok(true) => Some((started.elapsed().as_micros() as u64).max(1)),
+    let response = match result {
+        Ok(true) => Some(started.elapsed()),
         _ => None,
     };
+    let response_us = response.map(|r| (r.as_micros() as u64).max(1));
+    let shared = &service.shared;
     service.counters.backends[i]
         .probe_us
         .store(response_us.unwrap_or(u64::MAX), Ordering::Relaxed);
-    service
-        .table
-        .borrow_mut()
-        .handle_probe(i, response_us, plan.now_ms());
-    service.apply_table();
+    {
+        let mut t = shared.lock();
+        if let Some(r) = response {
+            t.probes[i] = Some((sent_ns, r.as_nanos() as u64));
+            shared.probe_generation.fetch_add(1, Ordering::Release);
+        }
+        t.machine.handle_probe(i, response_us, plan.now_ms());
+        shared.publish(&mut t);
+    }
+    service.sync();
 }
 
 /// Whether back end `addr` answered the probe request below 500.
@@ -777,6 +932,99 @@ async fn probe_once(plan: &ClbPlan, addr: SocketAddr, timeout: Duration) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(policy: shoal_dataplane::array::Policy) -> ClbPlan {
+        let backend = |a: &str| shoal_config::BackendSection {
+            address: a.parse().unwrap(),
+            weight: 1,
+        };
+        ClbPlan {
+            name: "app".into(),
+            limits: ServiceLimits::default(),
+            clb: ClbSection {
+                policy,
+                backends: vec![backend("10.0.0.1:80"), backend("10.0.0.2:80")],
+                poll_ms: 200,
+                probe: shoal_config::ProbeRequest::parse("GET /health").unwrap(),
+                probe_timeout_ms: 100,
+                decay_ms: 10_000,
+                retries: 2,
+                fall: 3,
+                rise: 2,
+                eject_ms: 5000,
+            },
+            addresses: vec![
+                "10.0.0.1:80".parse().unwrap(),
+                "10.0.0.2:80".parse().unwrap(),
+            ],
+            served_by: vec![],
+            listen: vec![],
+            start: Instant::now(),
+        }
+    }
+
+    fn worker(plan: &Arc<ClbPlan>, shared: &Arc<Shared>) -> Service {
+        Service {
+            plan: plan.clone(),
+            balancer: RefCell::new(Balancer::new(
+                BalancerConfig {
+                    policy: plan.clb.policy,
+                    decay_ns: 10_000_000_000,
+                    initial_latency_ns: 1_000_000,
+                },
+                &[1, 1],
+                1,
+                0,
+            )),
+            shared: shared.clone(),
+            seen_table: std::cell::Cell::new(u64::MAX),
+            seen_probes: std::cell::Cell::new(0),
+            pool: Rc::new(Pool::new(Duration::from_secs(1))),
+            counters: Arc::new(Counters::new(2)),
+        }
+    }
+
+    /// One machine per host: a round's probe answers and an ejection by
+    /// one worker's request failures reach every worker's balancer.
+    #[test]
+    fn the_workers_of_a_host_share_one_table_and_its_probe_answers() {
+        let plan = Arc::new(plan(shoal_dataplane::array::Policy::Clb));
+        let shared = Arc::new(Shared::new(&plan));
+        let (a, b) = (worker(&plan, &shared), worker(&plan, &shared));
+        a.sync();
+        b.sync();
+        assert_eq!(b.balancer.borrow().table(), &[0, 1]);
+        // A stale 2 s peak on back end 1 in worker b.
+        b.balancer.borrow_mut().start(1, 0);
+        b.balancer.borrow_mut().finish(1, 2_000_000_000, true, 1);
+        {
+            let mut t = shared.lock();
+            let due: Vec<usize> = t.machine.poll_round(0).collect();
+            assert_eq!(due, [0, 1]);
+            t.machine.handle_probe(0, Some(9_000), 1);
+            t.machine.handle_probe(1, Some(3_000), 1);
+            t.probes[1] = Some((10, 3_000_000));
+            shared.probe_generation.fetch_add(1, Ordering::Release);
+            shared.publish(&mut t);
+        }
+        a.sync();
+        b.sync();
+        for w in [&a, &b] {
+            assert_eq!(w.balancer.borrow().table(), &[1, 0]);
+        }
+        assert_eq!(b.balancer.borrow().latency_ns(1, 3_000_010), 3_000_000.0);
+        // Worker a's failures eject back end 1 for worker b too.
+        for _ in 0..3 {
+            a.balancer.borrow_mut().start(1, 0);
+            a.counters.backends[1]
+                .pending
+                .fetch_add(1, Ordering::Relaxed);
+            a.finished(1, Instant::now(), false);
+        }
+        b.sync();
+        assert!(!b.balancer.borrow().is_up(1));
+        assert_eq!(b.counters.backends[1].in_table.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn every_backend_has_its_documented_keys() {
@@ -846,6 +1094,7 @@ mod tests {
             (m["requests"].as_u64(), m["errors"]["timeout"].as_u64()),
             (Some(2), Some(1))
         );
+        assert_eq!(v["overload"], 0);
         for key in [
             "requests",
             "pending",

@@ -20,7 +20,14 @@
 //!   rest queue): three answer in [`FAST_MS`], one in 5× that, and one of
 //!   the fast ones freezes for 2 s every 10 s. Their nominal capacity is
 //!   the sum of 1000/service time, the freezing one counted for 80% of the
-//!   time; the offered load is 70% of it.
+//!   time; the offered load is 70% of it. While the one server is frozen
+//!   the other three have 550 requests/s of nominal capacity for the
+//!   525 offered (95%, and the Python servers fall short of nominal):
+//!   whatever the frontend, requests due then queue on the healthy
+//!   servers. Each case therefore also reports the p99 of the requests due
+//!   while the server was frozen and of the rest (`p99_freeze_ms`,
+//!   `p99_rest_ms`; the load generator knows the freezing server's start
+//!   time from its log).
 //!
 //! # The frontends
 //!
@@ -96,6 +103,13 @@ pub struct ClbCase {
     pub p99_ms: f64,
     /// 99.9th percentile.
     pub p999_ms: f64,
+    /// p99 of the requests due while the freezing back end was frozen
+    /// (2 s of every 10: a fifth of the requests), ms.
+    #[serde(default)]
+    pub p99_freeze_ms: Option<f64>,
+    /// p99 of the other requests, ms.
+    #[serde(default)]
+    pub p99_rest_ms: Option<f64>,
     /// Requests sent.
     pub sent: u64,
     /// Requests answered 200.
@@ -279,6 +293,14 @@ fn backends(dir: &Path, healthy: bool) -> Result<Vec<Proc>> {
     Ok(out)
 }
 
+/// The epoch a back end started (its log's `started` line).
+fn started_epoch(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn wait_port(ns: &str, port: u16) -> Result<()> {
     for _ in 0..100 {
         let out = sh(in_ns(ns, "ss").args(["-Hltn", &format!("sport = :{port}")]))?;
@@ -419,9 +441,19 @@ struct LoadOut {
     p999_ms: Option<f64>,
     served_by: BTreeMap<String, u64>,
     statuses: BTreeMap<String, u64>,
+    #[serde(default)]
+    p99_freeze_ms: Option<f64>,
+    #[serde(default)]
+    p99_rest_ms: Option<f64>,
 }
 
-fn load(addr: &str, rate: f64, seconds: f64, cpu: usize) -> Result<LoadOut> {
+fn load(
+    addr: &str,
+    rate: f64,
+    seconds: f64,
+    cpu: usize,
+    freeze_started: Option<f64>,
+) -> Result<LoadOut> {
     let script = lab_script()?;
     let mut c = in_ns(CLI_NS, "taskset");
     c.args(["-c", &cpu.to_string(), "python3"])
@@ -437,13 +469,18 @@ fn load(addr: &str, rate: f64, seconds: f64, cpu: usize) -> Result<LoadOut> {
             "--timeout",
             "5",
         ]);
+    if let Some(epoch) = freeze_started {
+        c.args(["--freeze-started", &format!("{epoch:.6}")]);
+    }
     let out = sh(&mut c).context("the load generator")?;
     let line = out.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("the load generator's report: {line}"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_case(
     dir: &Path,
+    freeze_started: Option<f64>,
     name: &str,
     policy: Option<Policy>,
     label: &str,
@@ -459,6 +496,8 @@ fn run_case(
         p50_ms: 0.0,
         p99_ms: 0.0,
         p999_ms: 0.0,
+        p99_freeze_ms: None,
+        p99_rest_ms: None,
         sent: 0,
         ok: 0,
         shares: BTreeMap::new(),
@@ -467,7 +506,7 @@ fn run_case(
     };
     let result = (|| -> Result<LoadOut> {
         let (proc, addr) = frontend(dir, name, policy, fe_cpu)?;
-        let out = load(&addr, rate, opts.seconds, 0);
+        let out = load(&addr, rate, opts.seconds, 0, freeze_started);
         let _ = proc.stop(Duration::from_secs(3));
         out
     })();
@@ -478,6 +517,8 @@ fn run_case(
             case.p50_ms = o.p50_ms.unwrap_or(0.0);
             case.p99_ms = o.p99_ms.unwrap_or(0.0);
             case.p999_ms = o.p999_ms.unwrap_or(0.0);
+            case.p99_freeze_ms = o.p99_freeze_ms;
+            case.p99_rest_ms = o.p99_rest_ms;
             case.sent = o.sent;
             case.ok = o.ok;
             case.statuses = o.statuses.clone();
@@ -514,6 +555,7 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
         let healthy = backends(&dir, true)?;
         cases.push(run_case(
             &dir,
+            None,
             "shoal",
             Some(Policy::PeakEwma),
             "peak_ewma (all healthy)",
@@ -525,6 +567,7 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
         }
     }
     let _mixed = backends(&dir, false)?;
+    let freeze_started = started_epoch(&dir.join(format!("be{FREEZING}.log")));
     for (name, policy) in [
         ("shoal", Some(Policy::Clb)),
         ("shoal", Some(Policy::RoundRobin)),
@@ -538,7 +581,15 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
             ("haproxy", None) => "leastconn".into(),
             _ => "least_conn".into(),
         };
-        cases.push(run_case(&dir, name, policy, &label, opts, rate));
+        cases.push(run_case(
+            &dir,
+            freeze_started,
+            name,
+            policy,
+            &label,
+            opts,
+            rate,
+        ));
     }
     drop(_mixed);
     drop(net);
@@ -624,7 +675,7 @@ fn simulate(policy: Policy) -> (Vec<[u32; 4]>, HerdingCase) {
             let Some(s) = fronts[f].pick(t * MS, 0) else {
                 continue;
             };
-            fronts[f].start(s);
+            fronts[f].start(s, t * MS);
             let start = busy_until[s].max(t);
             busy_until[s] = start + SIM_SERVICE_MS[s];
             let lat = busy_until[s] - t;
@@ -776,8 +827,16 @@ pub fn text(r: &ClbReport) -> String {
             None => {
                 let _ = writeln!(
                     s,
-                    "  {:8} {:24} {:7.1} req/s  p50 {:7.2}  p99 {:8.2}  p99.9 {:8.2} ms  ({}/{} ok)",
-                    c.frontend, c.policy, c.rps, c.p50_ms, c.p99_ms, c.p999_ms, c.ok, c.sent
+                    "  {:8} {:24} {:7.1} req/s  p50 {:7.2}  p99 {:8.2}  p99.9 {:8.2} ms  ({}/{} ok){}",
+                    c.frontend,
+                    c.policy,
+                    c.rps,
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.p999_ms,
+                    c.ok,
+                    c.sent,
+                    split(c)
                 );
             }
         }
@@ -792,6 +851,18 @@ pub fn text(r: &ClbReport) -> String {
     s
 }
 
+/// The p99 split by the freeze, as text (empty when not measured).
+fn split(c: &ClbCase) -> String {
+    match (c.p99_freeze_ms, c.p99_rest_ms) {
+        (Some(f), Some(r)) => format!("  p99 while frozen {f:.2}, rest {r:.2}"),
+        _ => String::new(),
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(String::new, |v| format!("{v:.2}"))
+}
+
 /// The markdown report.
 pub fn markdown(r: &ClbReport) -> String {
     let mut s = String::from("## Component load balancing\n\n");
@@ -803,8 +874,10 @@ pub fn markdown(r: &ClbReport) -> String {
         "Open load {:.0} requests/s for {} s per case ({:.0}% of the four back ends' nominal \
          capacity {:.0}/s: three answer in {FAST_MS} ms, one in 5x that, one of the fast ones \
          freezes 2 s every 10 s; each serves one request at a time). Latency from each request's \
-         due time; a failed request counts at the 5 s timeout.\n\n\
-         | frontend | policy | req/s | p50 ms | p99 ms | p99.9 ms | ok |\n|---|---|---:|---:|---:|---:|---:|\n",
+         due time; a failed request counts at the 5 s timeout. The last two columns split the p99 by \
+         whether a request was due while the freezing back end was frozen (a fifth of them).\n\n\
+         | frontend | policy | req/s | p50 ms | p99 ms | p99.9 ms | ok | p99 while frozen ms | p99 rest ms |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         r.rate,
         r.seconds,
         100.0 * r.rate / r.capacity.max(1.0),
@@ -815,15 +888,24 @@ pub fn markdown(r: &ClbReport) -> String {
             Some(why) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | not run: {why} | | | | |",
+                    "| {} | {} | not run: {why} | | | | | | |",
                     c.frontend, c.policy
                 );
             }
             None => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {}/{} |",
-                    c.frontend, c.policy, c.rps, c.p50_ms, c.p99_ms, c.p999_ms, c.ok, c.sent
+                    "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {}/{} | {} | {} |",
+                    c.frontend,
+                    c.policy,
+                    c.rps,
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.p999_ms,
+                    c.ok,
+                    c.sent,
+                    ms(c.p99_freeze_ms),
+                    ms(c.p99_rest_ms)
                 );
             }
         }
