@@ -29,7 +29,7 @@
         V:P on a new connection (proxy form), from the client addresses in
         turn starting at the K-th; prints one JSON object: ok, failed,
         errors, seconds, by_frontend, by_backend, by_cache and per URL
-        [url, status, frontend, backend, cache]. The frontend is read from
+        [url, status, frontend, backend, cache, seconds, client]. The frontend is read from
         Via: a Squid instance's ``inst-H-P`` ("H:P"), or shoal's own entry
         ``feH.lab (shoal)`` ("H:shoal"); the backend is the Via entry of a
         ``beN`` Squid; the cache result is the backend's ``X-Cache``
@@ -289,13 +289,15 @@ def proxy(args):
                 if i >= len(urls):
                     return
                 nxt[0] += 1
+            t = time.time()
             row, err = proxy_fetch(args.vip, args.port, srcs[(i + args.shift) % len(srcs)], urls[i], args.timeout)
+            took = round(time.time() - t, 3)
             with lock:
                 if row:
-                    rows[i] = row
+                    rows[i] = row + [took, srcs[(i + args.shift) % len(srcs)]]
                 else:
                     errors[err] = errors.get(err, 0) + 1
-                    rows[i] = [urls[i], None, None, None, None]
+                    rows[i] = [urls[i], None, None, None, None, took, srcs[(i + args.shift) % len(srcs)]]
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
     for t in threads:
@@ -304,7 +306,7 @@ def proxy(args):
         t.join()
     tally = {"by_frontend": {}, "by_backend": {}, "by_cache": {}}
     ok = 0
-    for _url, status, fe, be, cache in rows:
+    for _url, status, fe, be, cache, _took, _src in rows:
         if status == 200:
             ok += 1
         for key, v in (("by_frontend", fe), ("by_backend", be), ("by_cache", cache)):
