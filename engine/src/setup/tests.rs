@@ -501,7 +501,9 @@ fn the_frontend_table_is_recorded_and_removed_after_a_kill() {
     let cleaned = HostSetup::clean_with(Box::new(fake.clone()), config()).unwrap();
     assert!(cleaned.frontend_table && cleaned.record, "{cleaned:?}");
     assert!(
-        cleaned.to_string().contains("removed the frontend NAT table"),
+        cleaned
+            .to_string()
+            .contains("removed the frontend NAT table"),
         "{cleaned}"
     );
     assert!(fake.0.lock().tables.is_empty());
@@ -513,7 +515,11 @@ fn the_frontend_table_is_recorded_and_removed_after_a_kill() {
     let mut plain = config();
     plain.ingress_filter = false;
     let mut next = HostSetup::apply_with(Box::new(fake.clone()), plain.clone()).unwrap();
-    assert!(fake.0.lock().tables.is_empty(), "{:?}", fake.0.lock().tables);
+    assert!(
+        fake.0.lock().tables.is_empty(),
+        "{:?}",
+        fake.0.lock().tables
+    );
     assert!(!value(&fake, plain.state_file()).contains("shoal_fe"));
     next.teardown().unwrap();
 
