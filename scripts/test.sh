@@ -35,7 +35,7 @@ step "install what the tests need"
 need=()
 for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
             curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux \
-            node:nodejs squid:squid promtool:prometheus tmux:tmux man:man-db \
+            node:nodejs squid:squid wrk:wrk promtool:prometheus tmux:tmux man:man-db \
             systemd-analyze:systemd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done

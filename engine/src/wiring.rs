@@ -291,6 +291,7 @@ impl Wiring {
         };
         setup_cfg.cluster_macs = vec![cluster_mac.0];
         setup_cfg.ingress_filter = af_packet;
+        setup_cfg.frontend_nat = crate::frontend::has_nat(config);
         setup_cfg.memberships = if af_packet {
             Vec::new()
         } else {

@@ -73,6 +73,18 @@ fn no_leftovers(ns: &Netns) {
         !ns.try_sh("nft list table netdev shoal_h0"),
         "nft table left behind"
     );
+    assert!(
+        !ns.try_sh("nft list table inet shoal_fe_h0"),
+        "frontend NAT table left behind"
+    );
+}
+
+/// The frontend instances' NAT table as the frontend thread makes it.
+fn make_frontend_table(ns: &Netns) {
+    ns.sh(
+        "printf 'table inet shoal_fe_h0 {\n chain prerouting {\n  type nat hook prerouting priority dstnat; policy accept;\n }\n}\n' | nft -f -",
+    );
+    assert!(ns.try_sh("nft list table inet shoal_fe_h0"));
 }
 
 #[test]
@@ -219,7 +231,10 @@ fn leftovers_of_a_killed_run_are_cleaned_on_the_next_start() {
     let state = std::env::temp_dir().join(format!("shoal-stale-test-{}", std::process::id()));
 
     host.run(|| {
-        let mut first = HostSetup::apply(config(&state, true)).expect("first run");
+        let mut c = config(&state, true);
+        c.frontend_nat = true;
+        let mut first = HostSetup::apply(c).expect("first run");
+        make_frontend_table(&host);
         // Keep the TAP open (as a live process would) and skip every undo,
         // as SIGKILL would.
         let taps = first.take_taps();
@@ -228,8 +243,10 @@ fn leftovers_of_a_killed_run_are_cleaned_on_the_next_start() {
         assert!(host.try_sh("nft list table netdev shoal_h0"));
         assert_ne!(sysctls(&host), before);
 
+        // The next run has no instances: the dead run's table goes anyway.
         let mut second =
             HostSetup::apply(config(&state, true)).expect("second run cleans up first");
+        assert!(!host.try_sh("nft list table inet shoal_fe_h0"));
         assert_eq!(second.take_taps().len(), 1);
         second.teardown().expect("teardown");
         drop(taps);
@@ -266,7 +283,10 @@ fn shoal_cleanup_undoes_a_killed_run_and_starts_nothing() {
     // name carries this namespace's inode, so it is this test's alone.
     let state = Path::new("/run/shoal");
     let taps = host.run(|| {
-        let mut run = HostSetup::apply(config(state, true)).expect("setup");
+        let mut c = config(state, true);
+        c.frontend_nat = true;
+        let mut run = HostSetup::apply(c).expect("setup");
+        make_frontend_table(&host);
         let taps = run.take_taps();
         // SIGKILL: nothing undone, the record stays.
         std::mem::forget(run);
@@ -287,6 +307,7 @@ fn shoal_cleanup_undoes_a_killed_run_and_starts_nothing() {
     );
     assert!(said.contains("removed the TAP"), "{said}");
     assert!(said.contains("removed the nftables table"), "{said}");
+    assert!(said.contains("removed the frontend NAT table"), "{said}");
     drop(taps);
     no_leftovers(&host);
     assert_eq!(sysctls(&host), before, "sysctls restored");

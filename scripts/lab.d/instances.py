@@ -23,6 +23,18 @@
         until SIGTERM or S seconds; prints JSON: per connection its first
         "host:port", whether it ever answered from another one, failures.
 
+    instances.py proxy --vip V --port P --urls FILE [--shift K]
+                       [--concurrency C] [--timeout S]
+        Each URL of FILE (one a line) fetched once through the proxy at
+        V:P on a new connection (proxy form), from the client addresses in
+        turn starting at the K-th; prints one JSON object: ok, failed,
+        errors, seconds, by_frontend, by_backend, by_cache and per URL
+        [url, status, frontend, backend, cache, seconds, client]. The frontend is read from
+        Via: a Squid instance's ``inst-H-P`` ("H:P"), or shoal's own entry
+        ``feH.lab (shoal)`` ("H:shoal"); the backend is the Via entry of a
+        ``beN`` Squid; the cache result is the backend's ``X-Cache``
+        (HIT or MISS).
+
 Only the Python standard library. The server is one selectors loop; the
 clients are threads (N is a few thousand at most).
 """
@@ -195,6 +207,116 @@ def connect(args):
     print(json.dumps(out), flush=True)
 
 
+def via_names(values):
+    """Received-by names of every entry of the Via header VALUES, with
+    whether the entry is shoal's."""
+    out = []
+    for value in values:
+        for entry in value.split(","):
+            parts = entry.split()
+            if len(parts) >= 2:
+                out.append((parts[1], "(shoal)" in entry))
+    return out
+
+
+def proxy_fetch(vip, port, src, url, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        s.connect((vip, port))
+        host = url.split("/")[2]
+        s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (url, host)).encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        lines = head.split("\r\n")
+        if not lines or not lines[0].startswith("HTTP/1."):
+            return None, "no_answer"
+        status = int(lines[0].split()[1])
+        vias, caches = [], []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "via":
+                vias.append(value.strip())
+            elif name.strip().lower() == "x-cache":
+                caches.append(value.strip())
+        frontend = backend = None
+        for name, is_shoal in via_names(vias):
+            if name.startswith("inst-"):
+                h, p = name[len("inst-"):].split("-")[:2]
+                frontend = "%s:%s" % (h, p)
+            elif is_shoal and name.startswith("fe"):
+                frontend = "%s:shoal" % name[2:].split(".")[0]
+            elif name.startswith("be"):
+                backend = name
+        cache = None
+        for c in caches:
+            word, _, by = c.partition(" from ")
+            if by.strip().startswith("be"):
+                cache = word.strip()
+        return [url, status, frontend, backend, cache], None
+    except socket.timeout:
+        return None, "timeout"
+    except ConnectionRefusedError:
+        return None, "refused"
+    except ConnectionResetError:
+        return None, "reset"
+    except (OSError, ValueError, IndexError) as err:
+        return None, type(err).__name__
+    finally:
+        s.close()
+
+
+def proxy(args):
+    srcs = sources()
+    with open(args.urls) as f:
+        urls = [l.strip() for l in f if l.strip()]
+    rows = [None] * len(urls)
+    errors = {}
+    lock = threading.Lock()
+    nxt = [0]
+    began = time.time()
+
+    def worker():
+        while True:
+            with lock:
+                i = nxt[0]
+                if i >= len(urls):
+                    return
+                nxt[0] += 1
+            t = time.time()
+            row, err = proxy_fetch(args.vip, args.port, srcs[(i + args.shift) % len(srcs)], urls[i], args.timeout)
+            took = round(time.time() - t, 3)
+            with lock:
+                if row:
+                    rows[i] = row + [took, srcs[(i + args.shift) % len(srcs)]]
+                else:
+                    errors[err] = errors.get(err, 0) + 1
+                    rows[i] = [urls[i], None, None, None, None, took, srcs[(i + args.shift) % len(srcs)]]
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tally = {"by_frontend": {}, "by_backend": {}, "by_cache": {}}
+    ok = 0
+    for _url, status, fe, be, cache, _took, _src in rows:
+        if status == 200:
+            ok += 1
+        for key, v in (("by_frontend", fe), ("by_backend", be), ("by_cache", cache)):
+            tally[key][str(v)] = tally[key].get(str(v), 0) + 1
+    out = {"ok": ok, "failed": len(urls) - ok, "errors": errors, "seconds": round(time.time() - began, 3),
+           "rows": rows}
+    out.update(tally)
+    print(json.dumps(out), flush=True)
+
+
 def hold(args):
     srcs = sources()
     stop = threading.Event()
@@ -259,6 +381,13 @@ def main():
     c.add_argument("--timeout", type=float, default=2.0)
     c.add_argument("--events", action="store_true")
     c.add_argument("--url", help="send GET URL in proxy form (instances that are proxies, e.g. Squid)")
+    x = sub.add_parser("proxy")
+    x.add_argument("--vip", default="10.0.0.100")
+    x.add_argument("--port", type=int, default=3128)
+    x.add_argument("--urls", required=True)
+    x.add_argument("--shift", type=int, default=0)
+    x.add_argument("--concurrency", type=int, default=40)
+    x.add_argument("--timeout", type=float, default=5.0)
     h = sub.add_parser("hold")
     h.add_argument("--vip", default="10.0.0.100")
     h.add_argument("--port", type=int, default=3128)
@@ -266,7 +395,7 @@ def main():
     h.add_argument("--seconds", type=float, default=120)
     h.add_argument("--interval", type=float, default=0.2)
     args = p.parse_args()
-    {"serve": serve, "connect": connect, "hold": hold}[args.cmd](args)
+    {"serve": serve, "connect": connect, "proxy": proxy, "hold": hold}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@
 //! them, so each probe reaches the instance it names.
 //!
 //! The table is made when the thread starts (replacing any stale one of a
-//! previous run on the same NIC) and deleted when it stops.
+//! previous run on the same NIC) and deleted when it stops. Host setup
+//! records it in its crash-recovery journal beforehand ([`has_nat`],
+//! [`crate::setup`]), so a killed engine's table is removed by `shoal
+//! cleanup` or the next start, whatever that start's config says.
 
 pub mod nft;
 
@@ -117,6 +120,16 @@ fn instances(section: &RuleSection, up: &[bool]) -> Vec<Instance> {
             weight: if up { i.weight } else { 0 },
         })
         .collect()
+}
+
+/// Whether `config` has a rule whose instances this module NATs (a VIP
+/// and at least one instance): host setup then records the table before
+/// [`Frontend::start`] makes it.
+pub fn has_nat(config: &Config) -> bool {
+    config
+        .rules
+        .iter()
+        .any(|r| r.vip.is_some() && !r.instances.is_empty())
 }
 
 impl Frontend {

@@ -6,13 +6,14 @@
 //!
 //! `<state_dir>/<nic>-netns<inode>.state`, one line per change that outlives
 //! the process, oldest first: `sysctl <path> <previous value>`, `tap <name>`,
-//! `nft <table>`. Addresses (gone with the TAP) and memberships (gone with
+//! `nft <table>` (the `netdev` ingress table), `nft inet <table>` (the
+//! frontend instances' NAT table, see [`crate::frontend`]). Addresses (gone with the TAP) and memberships (gone with
 //! the process) are not recorded. When the namespace's cookie is known the
 //! record opens with `netns <cookie>`, which tells this namespace from a
 //! later one that reused its inode. A journal with nothing to record has no
 //! record file. Reading a record back ([`leftovers`]) takes only lines of
 //! the shapes shoal writes: integer sysctls under `/proc/sys/net/`, a TAP,
-//! the NIC's own table.
+//! the NIC's own two tables.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ pub(super) enum Step {
     Address { tap: String, cidr: String },
     /// The nftables table was installed.
     NftTable { name: String },
+    /// The frontend NAT table (`inet`) may be installed: the frontend
+    /// thread makes it after setup and deletes it when it stops; recorded
+    /// here first so that a process killed in between leaves nothing.
+    FrontendTable { name: String },
     /// Memberships are held.
     Memberships(MembershipHold),
 }
@@ -44,6 +49,7 @@ impl Step {
             }
             Step::Tap { name } => Some(format!("tap {name}")),
             Step::NftTable { name } => Some(format!("nft {name}")),
+            Step::FrontendTable { name } => Some(format!("nft inet {name}")),
             Step::Address { .. } | Step::Memberships(_) => None,
         }
     }
@@ -94,6 +100,8 @@ pub(super) enum Leftover {
     Tap(String),
     /// Delete this nftables table.
     NftTable(String),
+    /// Delete this `inet` table (the frontend NAT).
+    FrontendTable(String),
 }
 
 /// The namespace cookie a record was written in, if it names one.
@@ -108,10 +116,11 @@ pub(super) fn record_cookie(text: &str) -> Option<u64> {
 /// A record is a file anyone with write access to the state directory
 /// could forge, so only what shoal itself writes is taken: an integer
 /// sysctl value for a path [`restorable_sysctl`] accepts, a TAP with a
-/// valid interface name, and the NIC's own table `own_table`. Any other
+/// valid interface name, the NIC's own table `own_table` and its own
+/// frontend table `own_frontend` (`nft inet <name>`). Any other
 /// `sysctl`, `tap` or `nft` line is refused with a logged error; lines of
 /// unknown kinds are logged and skipped.
-pub(super) fn leftovers(text: &str, own_table: &str) -> Vec<Leftover> {
+pub(super) fn leftovers(text: &str, own_table: &str, own_frontend: &str) -> Vec<Leftover> {
     let mut out = Vec::new();
     for line in text.lines().rev() {
         let mut parts = line.splitn(3, ' ');
@@ -129,6 +138,9 @@ pub(super) fn leftovers(text: &str, own_table: &str) -> Vec<Leftover> {
             }
             (Some("nft"), Some(name), None) if name == own_table => {
                 out.push(Leftover::NftTable(name.to_owned()))
+            }
+            (Some("nft"), Some("inet"), Some(name)) if name == own_frontend => {
+                out.push(Leftover::FrontendTable(name.to_owned()))
             }
             (Some("sysctl" | "tap" | "nft"), _, _) => {
                 tracing::error!(line, "refusing a state record line shoal never writes")
@@ -201,15 +213,23 @@ mod tests {
         journal.push(Step::NftTable {
             name: "shoal_eth0".into(),
         });
+        journal.push(Step::FrontendTable {
+            name: "shoal_fe_eth0".into(),
+        });
         let text = journal.record(|| Some(7)).unwrap();
         assert_eq!(
             text,
-            "netns 7\ntap shoal0\nsysctl /proc/sys/net/x 1\nnft shoal_eth0\n"
+            "netns 7\ntap shoal0\nsysctl /proc/sys/net/x 1\nnft shoal_eth0\nnft inet shoal_fe_eth0\n"
         );
         assert_eq!(record_cookie(&text), Some(7));
         assert_eq!(
-            leftovers(&format!("{text}bogus line\n"), "shoal_eth0"),
+            leftovers(
+                &format!("{text}bogus line\nnft inet filter\nnft inet shoal_fe_eth1\n"),
+                "shoal_eth0",
+                "shoal_fe_eth0"
+            ),
             vec![
+                Leftover::FrontendTable("shoal_fe_eth0".into()),
                 Leftover::NftTable("shoal_eth0".into()),
                 Leftover::Sysctl {
                     path: "/proc/sys/net/x".into(),

@@ -28,7 +28,14 @@
 //!    ARP whose target is a VIP, IPv6 neighbour solicitations whose target
 //!    is a VIP. AF_PACKET taps run before the ingress hook, so the engine
 //!    still receives all of them (verified by `tests/setup_netns.rs`);
-//! 6. link-layer memberships ([`HostSetupConfig::memberships`]) held by a
+//! 6. with frontend instances ([`HostSetupConfig::frontend_nat`]), the
+//!    record of the NAT table `inet shoal_fe_<nic>` that [`crate::frontend`]
+//!    makes later (after the privilege drop, with the rule maps it keeps
+//!    current) and deletes when it stops. Setup only records it, before it
+//!    exists, so that a run killed at any point after leaves a record
+//!    naming it: the table DNATs the VIP's port to local instances, and a
+//!    stale one would keep doing so after shoal is gone;
+//! 7. link-layer memberships ([`HostSetupConfig::memberships`]) held by a
 //!    receive-nothing packet socket, for backends that do not hold their own
 //!    (AF_XDP); the kernel drops them when the socket closes.
 //!
@@ -39,9 +46,9 @@
 //! Crash safety: before each change the undo record is written to
 //! `<state_dir>/<nic>-netns<inode>.state` (default `/run/shoal`). The next `apply` on the
 //! same NIC replays a leftover record (restores sysctls, deletes the nft
-//! table and the TAP) before doing anything else, and also removes a table
-//! named `shoal_<nic>` and a TAP with the configured name if either is still
-//! there. An existing interface with that name that is not a TAP is never
+//! tables and the TAP) before doing anything else, and also removes the
+//! tables named `netdev shoal_<nic>` and `inet shoal_fe_<nic>` and a TAP
+//! with the configured name if any is still there. An existing interface with that name that is not a TAP is never
 //! touched: it is reported as an error.
 //!
 //! The record's first line is the namespace's cookie
@@ -66,13 +73,14 @@
 //!
 //! [`HostSetup::clean`] (`shoal cleanup`) does the first step alone, for an
 //! operator or `ExecStopPost=` after a crash: it replays the record, removes
-//! the TAP and the nftables table by name and detaches an XDP program named
+//! the TAP and both nftables tables by name and detaches an XDP program named
 //! `shoal_xdp` still attached through netlink, and starts nothing. (shoal
 //! attaches XDP through a BPF link, which the kernel removes with the
 //! process; the netlink check is for attachments made any other way.)
 //!
 //! Rooms: this module applies and undoes the steps; `journal.rs` owns the
-//! undo journal and the record's format; `nft.rs` renders the ingress table.
+//! undo journal and the record's format; `nft.rs` renders the ingress table
+//! (the frontend table's text is [`crate::frontend::nft`]'s).
 
 use std::fmt;
 use std::io;
@@ -105,6 +113,9 @@ pub struct HostSetupConfig {
     /// Memberships to hold for the setup's lifetime (empty with AF_PACKET,
     /// whose sockets hold their own).
     pub memberships: Vec<Membership>,
+    /// The run has frontend instances: record the NAT table
+    /// `inet shoal_fe_<nic>` the frontend thread will make (step 6).
+    pub frontend_nat: bool,
     /// Where the crash-recovery record lives.
     pub state_dir: PathBuf,
 }
@@ -121,6 +132,7 @@ impl HostSetupConfig {
             cluster_macs: Vec::new(),
             ingress_filter: false,
             memberships: Vec::new(),
+            frontend_nat: false,
             state_dir: PathBuf::from("/run/shoal"),
         }
     }
@@ -129,6 +141,12 @@ impl HostSetupConfig {
     /// nft does not allow in names replaced by `_`).
     pub fn nft_table(&self) -> String {
         nft::table_name(&self.interface)
+    }
+
+    /// The frontend instances' NAT table for this NIC (`inet
+    /// shoal_fe_<nic>`, see [`crate::frontend::nft::table_name`]).
+    pub fn frontend_table(&self) -> String {
+        crate::frontend::nft::table_name(&self.interface)
     }
 
     /// The crash-recovery record for this interface in this network
@@ -208,6 +226,8 @@ pub struct Cleaned {
     pub tap: bool,
     /// The nftables table was still there and is gone.
     pub table: bool,
+    /// The frontend NAT table was still there and is gone.
+    pub frontend_table: bool,
     /// An XDP program named `shoal_xdp` was attached and is detached.
     pub xdp: bool,
 }
@@ -215,7 +235,7 @@ pub struct Cleaned {
 impl Cleaned {
     /// Whether anything was left.
     pub fn anything(&self) -> bool {
-        self.record || self.tap || self.table || self.xdp
+        self.record || self.tap || self.table || self.frontend_table || self.xdp
     }
 }
 
@@ -233,6 +253,9 @@ impl fmt::Display for Cleaned {
         }
         if self.table {
             parts.push("removed the nftables table");
+        }
+        if self.frontend_table {
+            parts.push("removed the frontend NAT table");
         }
         if self.xdp {
             parts.push("detached the XDP program");
@@ -429,6 +452,14 @@ impl HostSetup {
                 "nftables",
             )?;
         }
+        if self.config.frontend_nat {
+            self.require_tool(
+                "nft",
+                &["--version"],
+                "the frontend instances' NAT table",
+                "nftables",
+            )?;
+        }
         let nic = self.config.interface.clone();
         if !self.ip(&["link", "show", "dev", &nic])?.success {
             return Err(SetupError::NoInterface(nic));
@@ -482,7 +513,13 @@ impl HostSetup {
             }
         }
 
-        // 6. Memberships.
+        // 6. The frontend NAT table: recorded only (see the module docs).
+        if self.config.frontend_nat {
+            let name = self.config.frontend_table();
+            self.push(Step::FrontendTable { name })?;
+        }
+
+        // 7. Memberships.
         if !self.config.memberships.is_empty() {
             let hold = self.ops.hold_memberships(&nic, &self.config.memberships)?;
             self.push(Step::Memberships(hold))?;
@@ -532,7 +569,8 @@ impl HostSetup {
                 self.taps.clear();
                 self.delete_tap(&name).map(drop)
             }
-            Step::NftTable { name } => self.delete_table(&name),
+            Step::NftTable { name } => self.delete_table("netdev", &name),
+            Step::FrontendTable { name } => self.delete_table("inet", &name),
             Step::Memberships(hold) => {
                 drop(hold);
                 Ok(())
@@ -572,22 +610,27 @@ impl HostSetup {
         cleaned.tap |= self.delete_tap(&tap)?;
         if self.config.ingress_filter {
             let table = self.config.nft_table();
-            cleaned.table |= report && self.table_exists(&table)?;
-            self.delete_table(&table)?;
+            cleaned.table |= report && self.table_exists("netdev", &table)?;
+            self.delete_table("netdev", &table)?;
+        }
+        // The frontend table goes whatever this run's config says: a dead
+        // run may have had instances. Without nft there is none to find.
+        let frontend = self.config.frontend_table();
+        if self.table_exists("inet", &frontend)? {
+            self.delete_table("inet", &frontend)?;
+            cleaned.frontend_table = true;
         }
         Ok(cleaned)
     }
 
-    /// Whether nftables table `name` exists (false when nft is missing).
-    fn table_exists(&mut self, name: &str) -> Result<bool, SetupError> {
-        match self
-            .ops
-            .run("nft", &["list", "table", "netdev", name], None)
-        {
+    /// Whether nftables table `family name` exists (false when nft is
+    /// missing).
+    fn table_exists(&mut self, family: &str, name: &str) -> Result<bool, SetupError> {
+        match self.ops.run("nft", &["list", "table", family, name], None) {
             Ok(out) => Ok(out.success),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(SetupError::Command {
-                command: format!("nft list table netdev {name}"),
+                command: format!("nft list table {family} {name}"),
                 stderr: e.to_string(),
             }),
         }
@@ -600,13 +643,20 @@ impl HostSetup {
         report: bool,
         cleaned: &mut Cleaned,
     ) -> Result<(), SetupError> {
-        for leftover in journal::leftovers(text, &self.config.nft_table()) {
+        let (own, frontend) = (self.config.nft_table(), self.config.frontend_table());
+        for leftover in journal::leftovers(text, &own, &frontend) {
             match leftover {
                 Leftover::Sysctl { path, previous } => self.restore_sysctl(&path, &previous)?,
                 Leftover::Tap(name) => cleaned.tap |= self.delete_tap(&name)?,
                 Leftover::NftTable(name) => {
-                    cleaned.table |= report && self.table_exists(&name)?;
-                    self.delete_table(&name)?;
+                    cleaned.table |= report && self.table_exists("netdev", &name)?;
+                    self.delete_table("netdev", &name)?;
+                }
+                Leftover::FrontendTable(name) => {
+                    if self.table_exists("inet", &name)? {
+                        self.delete_table("inet", &name)?;
+                        cleaned.frontend_table = true;
+                    }
                 }
             }
         }
@@ -755,15 +805,15 @@ impl HostSetup {
         Ok(true)
     }
 
-    /// Deletes nftables table `name` if it exists.
-    fn delete_table(&mut self, name: &str) -> Result<(), SetupError> {
-        let script = nft::delete_script(name);
+    /// Deletes nftables table `family name` if it exists.
+    fn delete_table(&mut self, family: &str, name: &str) -> Result<(), SetupError> {
+        let script = nft::delete_script(family, name);
         let out = self.run("nft", &["-f", "-"], Some(&script))?;
         if out.success {
             Ok(())
         } else {
             Err(SetupError::Command {
-                command: format!("nft delete table netdev {name}"),
+                command: format!("nft delete table {family} {name}"),
                 stderr: out.stderr,
             })
         }

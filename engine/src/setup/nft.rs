@@ -89,10 +89,10 @@ pub(super) fn ruleset(config: &HostSetupConfig) -> String {
     s
 }
 
-/// A script that deletes table `name` if it exists (and does not fail when
-/// it does not).
-pub(super) fn delete_script(name: &str) -> String {
-    format!("table netdev {name} {{}}\ndelete table netdev {name}\n")
+/// A script that deletes table `family name` if it exists (and does not
+/// fail when it does not).
+pub(super) fn delete_script(family: &str, name: &str) -> String {
+    format!("table {family} {name} {{}}\ndelete table {family} {name}\n")
 }
 
 #[cfg(test)]

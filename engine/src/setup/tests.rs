@@ -63,9 +63,9 @@ impl HostOps for Fake {
                 w.links.remove(*name);
                 ok(String::new())
             }
-            ("nft", ["list", "table", "netdev", name]) => {
+            ("nft", ["list", "table", family, name]) => {
                 if w.tables.iter().any(|t| t == name) {
-                    ok(format!("table netdev {name} {{}}"))
+                    ok(format!("table {family} {name} {{}}"))
                 } else {
                     fail("No such file or directory")
                 }
@@ -473,4 +473,79 @@ fn bad_config_and_missing_nic() {
         HostSetup::apply_with(Box::new(fake), c),
         Err(SetupError::NoInterface(_))
     ));
+}
+
+/// The frontend's NAT table as the frontend thread would make it (the fake
+/// keeps a table whose script has more than two lines).
+fn make_frontend_table(fake: &Fake) {
+    let mut ops = fake.clone();
+    ops.run(
+        "nft",
+        &["-f", "-"],
+        Some("table inet shoal_fe_eth0 {}\ndelete table inet shoal_fe_eth0\ntable inet shoal_fe_eth0 {\n}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_frontend_table_is_recorded_and_removed_after_a_kill() {
+    let fake = world();
+    let mut c = config();
+    c.frontend_nat = true;
+    let setup = HostSetup::apply_with(Box::new(fake.clone()), c.clone()).unwrap();
+    let state = value(&fake, c.state_file());
+    assert!(state.contains("nft inet shoal_fe_eth0"), "{state}");
+    make_frontend_table(&fake);
+    // SIGKILL: nothing undone.
+    std::mem::forget(setup);
+    let cleaned = HostSetup::clean_with(Box::new(fake.clone()), config()).unwrap();
+    assert!(cleaned.frontend_table && cleaned.record, "{cleaned:?}");
+    assert!(
+        cleaned
+            .to_string()
+            .contains("removed the frontend NAT table"),
+        "{cleaned}"
+    );
+    assert!(fake.0.lock().tables.is_empty());
+
+    // The next start removes it too, even when its config has no instances.
+    let setup = HostSetup::apply_with(Box::new(fake.clone()), c.clone()).unwrap();
+    make_frontend_table(&fake);
+    std::mem::forget(setup);
+    let mut plain = config();
+    plain.ingress_filter = false;
+    let mut next = HostSetup::apply_with(Box::new(fake.clone()), plain.clone()).unwrap();
+    assert!(
+        fake.0.lock().tables.is_empty(),
+        "{:?}",
+        fake.0.lock().tables
+    );
+    assert!(!value(&fake, plain.state_file()).contains("shoal_fe"));
+    next.teardown().unwrap();
+
+    // No record at all (lost): found by name.
+    make_frontend_table(&fake);
+    let cleaned = HostSetup::clean_with(Box::new(fake.clone()), plain).unwrap();
+    assert!(cleaned.frontend_table && !cleaned.record, "{cleaned:?}");
+    assert!(fake.0.lock().tables.is_empty());
+}
+
+#[test]
+fn teardown_removes_the_frontend_table_and_nft_is_needed_for_it() {
+    let fake = world();
+    let mut c = config();
+    c.ingress_filter = false;
+    c.frontend_nat = true;
+    let mut setup = HostSetup::apply_with(Box::new(fake.clone()), c.clone()).unwrap();
+    make_frontend_table(&fake);
+    setup.teardown().unwrap();
+    assert!(fake.0.lock().tables.is_empty());
+    assert!(!fake.0.lock().files.contains_key(&c.state_file()));
+
+    fake.0.lock().missing.push("nft");
+    let err = HostSetup::apply_with(Box::new(fake.clone()), c).unwrap_err();
+    assert!(
+        matches!(err, SetupError::MissingTool { tool: "nft", .. }),
+        "{err}"
+    );
 }
