@@ -72,7 +72,9 @@ shoal config check /etc/shoal/shoal.toml >/dev/null
 systemd-analyze verify shoal@1.service
 [ -z "$(systemd-analyze verify shoal@1.service 2>&1)" ] || { echo "shoal@.service: systemd-analyze verify is not clean" >&2; exit 1; }
 dpkg --purge shoal >/dev/null
-! command -v shoal >/dev/null && [ ! -e /etc/shoal/shoal.toml ] || { echo "dpkg --purge left shoal behind" >&2; exit 1; }
+# Not `command -v`: bash remembers where it found `shoal` above.
+! dpkg -s shoal >/dev/null 2>&1 && [ ! -e /usr/bin/shoal ] && [ ! -e /etc/shoal/shoal.toml ] \
+    || { echo "dpkg --purge left shoal behind" >&2; exit 1; }
 
 step "benchmark smoke (scripts/bench --smoke: every bench runs; numbers are never judged)"
 scripts/bench --smoke

@@ -354,6 +354,12 @@ pub struct QueryReport {
     /// `rule_health` object); absent without `health` or `instances`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_health: Option<serde_json::Value>,
+    /// This host's frame counters since it started (`received`,
+    /// `for_cluster`, `kept`, `passed`, `dropped` and `malformed` by
+    /// reason, `xdp_dropped`), as the engine's `--stats` file names them;
+    /// filled by the engine, absent from the machine alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<serde_json::Value>,
 }
 
 /// A rule this host has left for its service's health.
@@ -561,6 +567,7 @@ impl Machine {
                 })
                 .collect(),
             rule_health: None,
+            frames: None,
         }
     }
 

@@ -20,6 +20,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The state file of host `id`'s boot counter under `dir`.
 pub fn path(dir: &Path, id: u8) -> PathBuf {
@@ -44,7 +45,11 @@ pub fn next(file: &Path, wall_ns: u64) -> std::io::Result<u64> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = file.with_extension("boot.tmp");
+    // One temporary name per call: engines of the same host ID in several
+    // network namespaces of one machine (a lab) may start at the same moment.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let tmp = file.with_extension(format!("boot.{}.{call}.tmp", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(f, "{boot}")?;
@@ -70,7 +75,38 @@ mod tests {
         // A damaged file falls back to the clock.
         std::fs::write(&f, "garbage").unwrap();
         assert_eq!(next(&f, 4_000).unwrap(), 4_000);
-        assert!(!f.with_extension("boot.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("host3.boot")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn simultaneous_starts_of_one_host_id_all_keep_a_counter() {
+        let dir = std::env::temp_dir().join(format!("shoal-boot-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let f = path(&dir, 1);
+        let starts: Vec<_> = (0..8)
+            .map(|i| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    (0..50).map(|n| next(&f, i * 1_000 + n)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in starts {
+            for r in t.join().unwrap() {
+                assert!(r.is_ok(), "{r:?}");
+            }
+        }
+        assert!(std::fs::read_to_string(&f)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,5 +31,6 @@ pub mod snmp;
 pub mod sys;
 pub mod tap;
 pub mod tools;
+pub mod top;
 pub mod wiring;
 pub mod xdp;

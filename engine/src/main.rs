@@ -99,6 +99,9 @@ enum Command {
     Run(runtime::RunArgs),
     /// Host state and cluster membership (NLB `query`).
     Query(AdminOpts),
+    /// A live view of the engine: members, epoch, kept frames per second
+    /// and share, drops by reason, services (refreshes every second; q quits).
+    Top(TopOpts),
     /// The rules covering VIP[:PORT], PORT or all (NLB `queryport`).
     Queryport(ScopedOpts),
     /// Start cluster operations on this host.
@@ -204,6 +207,32 @@ struct AdminOpts {
     socket: Option<PathBuf>,
 }
 
+/// Which engine `shoal top` shows.
+#[derive(clap::Args, Debug)]
+struct TopOpts {
+    /// Which host's engine (its admin socket is /run/shoal/host<ID>.sock).
+    #[arg(long)]
+    host: Option<u8>,
+    /// The admin socket, if not the default.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// The admin socket `--socket` or `--host` names, or the only one running.
+fn admin_socket(verb: &str, socket: Option<&PathBuf>, host: Option<u8>) -> Option<PathBuf> {
+    match (socket, host) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(h)) => Some(shoal_engine::control::default_socket(h)),
+        (None, None) => {
+            let only = only_socket();
+            if only.is_none() {
+                eprintln!("shoal {verb}: no running shoal found in /run/shoal (or several: choose with --host ID)");
+            }
+            only
+        }
+    }
+}
+
 /// An admin verb that acts on rules.
 #[derive(clap::Args, Debug)]
 struct ScopedOpts {
@@ -229,16 +258,8 @@ fn admin(verb: &str, scope: Option<&str>, opts: &AdminOpts) -> Result<ExitCode> 
             return Ok(ExitCode::from(2));
         }
     };
-    let socket = match (&opts.socket, opts.host) {
-        (Some(p), _) => p.clone(),
-        (None, Some(h)) => shoal_engine::control::default_socket(h),
-        (None, None) => match only_socket() {
-            Some(p) => p,
-            None => {
-                eprintln!("shoal {verb}: no running shoal found in /run/shoal (or several: choose with --host ID)");
-                return Ok(ExitCode::from(1));
-            }
-        },
+    let Some(socket) = admin_socket(verb, opts.socket.as_ref(), opts.host) else {
+        return Ok(ExitCode::from(1));
     };
     let resp = shoal_engine::control::call(&socket, &req)
         .with_context(|| format!("talking to shoal at {}", socket.display()))?;
@@ -511,6 +532,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
         }
         Command::Query(o) => return admin("query", None, &o),
+        Command::Top(o) => {
+            let Some(socket) = admin_socket("top", o.socket.as_ref(), o.host) else {
+                return Ok(ExitCode::from(1));
+            };
+            shoal_engine::top::run(&socket)?;
+        }
         Command::Queryport(o) => return admin("queryport", Some(&o.scope), &o.opts),
         Command::Start(o) => return admin("start", None, &o),
         Command::Stop(o) => return admin("stop", None, &o),

@@ -170,9 +170,11 @@ pub fn verify(
     Ok(from)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Lower-case hex digits, shared with the sticky cookie codec.
+pub(super) const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn nibble(b: u8) -> Option<u8> {
+/// The value of one lower-case hex digit.
+pub(super) fn nibble(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -181,7 +183,7 @@ fn nibble(b: u8) -> Option<u8> {
 }
 
 /// A decimal of 1 to `max_digits` ASCII digits, without overflow.
-fn decimal(s: &[u8], max_digits: usize) -> Option<u64> {
+pub(super) fn decimal(s: &[u8], max_digits: usize) -> Option<u64> {
     if s.is_empty() || s.len() > max_digits {
         return None;
     }

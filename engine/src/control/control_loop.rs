@@ -217,6 +217,9 @@ impl ControlLoop {
                 _ => {}
             }
         }
+        if let Body::Query(q) | Body::Display { query: q, .. } = &mut resp.body {
+            q.frames = Some(self.frames_json());
+        }
         if let Some(reader) = &self.rule_health {
             match &mut resp.body {
                 Body::Query(q) | Body::Display { query: q, .. } => {
@@ -226,6 +229,37 @@ impl ControlLoop {
             }
         }
         resp
+    }
+
+    /// This host's frame counters over every poll loop, for `query` and
+    /// `display` (`shoal top` reads them): the `--stats` file's names.
+    fn frames_json(&self) -> serde_json::Value {
+        let mut total = shoal_dataplane::pipeline::Counters::default();
+        for l in &self.loops {
+            total.merge(&l.lock().dataplane);
+        }
+        let dropped: serde_json::Map<String, serde_json::Value> =
+            shoal_dataplane::pipeline::DropReason::POLICY
+                .iter()
+                .zip(total.dropped)
+                .map(|(r, n)| (r.name().to_string(), n.into()))
+                .collect();
+        let malformed: serde_json::Map<String, serde_json::Value> =
+            shoal_dataplane::packet::Malformed::ALL
+                .iter()
+                .zip(total.malformed.iter().copied())
+                .filter(|(_, n)| *n > 0)
+                .map(|(m, n)| (m.name().to_string(), n.into()))
+                .collect();
+        serde_json::json!({
+            "received": total.frames(),
+            "for_cluster": total.for_cluster(),
+            "kept": total.kept,
+            "passed": total.passed,
+            "dropped": dropped,
+            "malformed": malformed,
+            "xdp_dropped": self.cell.xdp_counters().dropped(),
+        })
     }
 
     /// Adds the frontend thread's `rule_health` state to `query` and

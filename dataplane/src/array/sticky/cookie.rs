@@ -34,6 +34,7 @@ use std::fmt;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
+use crate::array::member::{decimal, nibble, HEX};
 use crate::HostId;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -264,29 +265,6 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .unwrap_or(start);
     &s[start..=end]
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn decimal(s: &[u8], max_digits: usize) -> Option<u64> {
-    if s.is_empty() || s.len() > max_digits {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &d| {
-        if d.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 fn feed(mac: &mut HmacSha256, port: u16, owner: &[u8], issued_s: u64) {
