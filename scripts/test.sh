@@ -36,7 +36,7 @@ need=()
 for pair in ip:iproute2 nft:nftables trafgen:netsniff-ng tcpdump:tcpdump ethtool:ethtool \
             curl:curl python3:python3 pkill:procps killall:psmisc flock:util-linux \
             node:nodejs squid:squid wrk:wrk promtool:prometheus tmux:tmux man:man-db \
-            systemd-analyze:systemd; do
+            systemd-analyze:systemd openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

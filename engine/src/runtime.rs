@@ -510,6 +510,9 @@ fn admission(config: &Config) -> Result<crate::control::Admission> {
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
+    // A peer that closes its connection mid-answer must cost that
+    // connection, not the engine (see `sys::signal`).
+    crate::sys::signal::ignore_sigpipe();
     // A no-op when the binary installed one already (`--log-format`).
     crate::logging::init(crate::logging::LogFormat::Text);
     let host = config

@@ -2,16 +2,22 @@
 //! request served locally and HAProxy's cookie stickiness (`cookie …
 //! insert`), in one run with the same application servers and load.
 //!
-//! The rig is the namespace lab (`scripts/lab up --config
-//! scripts/lab.d/forward.toml --hosts 2`, the lab lock held while its
-//! namespaces exist): two hosts, each with nginx as the application
-//! (`return 200`) on 127.0.0.1:8081 and on its dedicated address at 8082.
+//! The rig is the namespace lab (`scripts/lab up --config` a copy of
+//! `scripts/lab.d/forward.toml` with the HTTPS service added, `--hosts 2`,
+//! the lab lock held while its namespaces exist): two hosts, each with
+//! nginx as the application (`return 200`) on 127.0.0.1:8081 and on its
+//! dedicated address at 8082.
 //! wrk runs in the client namespace from one address, which Single
 //! affinity maps to one host, the *receiver*:
 //!
 //! - `local`: `Cookie: RQFW=` naming the receiver: served by its nginx;
 //! - `forwarded`: the cookie names the other host: every request takes the
 //!   signed hop to it;
+//! - `local_https`: `local` over TLS: a cookie naming the receiver on a
+//!   second sticky service, port 8443 with `tls = { cert, key }` (a P-256
+//!   certificate the bench makes with `openssl`); wrk keeps its
+//!   connections, so this is the cost of TLS records on a request, not of
+//!   handshakes;
 //! - `haproxy_cookie_insert`: HAProxy on the receiver (port 8002,
 //!   `cookie SRV insert indirect nocache`, both nginx as servers) with
 //!   `Cookie: SRV=` naming the receiver's server.
@@ -38,13 +44,15 @@ use crate::rig::{in_ns, sh};
 /// The lab's VIP and the sticky service's port.
 const VIP: &str = "10.0.0.100";
 const PORT: u16 = 8000;
+/// The HTTPS sticky service's port (`local_https`).
+const TLS_PORT: u16 = 8443;
 const HAPROXY_PORT: u16 = 8002;
 const LAB_DIR: &str = "/tmp/shoal-lab";
 
 /// One case's figures (medians over the rounds).
 #[derive(Clone, Debug, Serialize)]
 pub struct ForwardCase {
-    /// `local`, `forwarded` or `haproxy_cookie_insert`.
+    /// `local`, `forwarded`, `local_https` or `haproxy_cookie_insert`.
     pub case: String,
     /// Requests per second.
     pub rps: f64,
@@ -65,6 +73,8 @@ pub struct ForwardReport {
     pub cases: Vec<ForwardCase>,
     /// forwarded ÷ local CPU per request.
     pub forward_cpu_ratio: f64,
+    /// local_https ÷ local CPU per request.
+    pub https_cpu_ratio: f64,
     /// local ÷ HAProxy CPU per request.
     pub local_vs_haproxy_cpu_ratio: f64,
     /// wrk connections.
@@ -102,13 +112,12 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(shoal: &Path) -> Result<Lab> {
+    fn up(shoal: &Path, config: &Path) -> Result<Lab> {
         let lock = LabLock::take("bench forward")?;
         let lab = Lab { _lock: lock };
-        let config = repo().join("scripts/lab.d/forward.toml");
         let mut c = Command::new(repo().join("scripts/lab"));
         c.args(["up", "--config"])
-            .arg(&config)
+            .arg(config)
             .args(["--hosts", "2"])
             .env("SHOAL_BIN", shoal);
         sh(&mut c).context("scripts/lab up for the forward bench")?;
@@ -135,6 +144,35 @@ fn nginx_conf(dir: &Path, host: u8) -> String {
          server {{\n    listen 127.0.0.1:8081;\n    listen 10.0.0.{}:8082;\n    location / {{ return 200 \"h{host}\\n\"; }}\n  }}\n}}\n",
         10 + u16::from(host)
     )
+}
+
+/// `scripts/lab.d/forward.toml` with the HTTPS service of `local_https`,
+/// written to `dir` with a self-signed certificate; its path. (`lab up`
+/// copies the configuration and clears its own directory's keys, so the
+/// certificate stays in `dir`.)
+fn config_with_tls(dir: &Path) -> Result<PathBuf> {
+    let (cert, key) = (dir.join("shop.crt"), dir.join("shop.key"));
+    sh(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=shop.lab", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert))
+    .context("openssl: the HTTPS service's certificate")?;
+    let base = std::fs::read_to_string(repo().join("scripts/lab.d/forward.toml"))?;
+    let path = dir.join("forward.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n# Added by shoal bench forward (local_https).\n[[service]]\nname = \"shop-tls\"\n\
+             port = {TLS_PORT}\nroute = \"sticky\"\n[service.sticky]\nlocal = \"127.0.0.1:8081\"\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    )?;
+    Ok(path)
 }
 
 fn haproxy_conf() -> String {
@@ -231,7 +269,7 @@ struct WrkOut {
     p99_us: u64,
 }
 
-fn wrk(dir: &Path, port: u16, cookie: &str, connections: usize, seconds: f64) -> Result<WrkOut> {
+fn wrk(dir: &Path, url: &str, cookie: &str, connections: usize, seconds: f64) -> Result<WrkOut> {
     let mut c = in_ns("shoal-client", "env");
     c.arg(format!("FWD_COOKIE={cookie}"))
         .args([
@@ -244,7 +282,7 @@ fn wrk(dir: &Path, port: u16, cookie: &str, connections: usize, seconds: f64) ->
             "-s",
         ])
         .arg(dir.join("fwd.lua"))
-        .arg(format!("http://{VIP}:{port}/app"));
+        .arg(url);
     let out = sh(&mut c).context("wrk")?;
     let line = out
         .lines()
@@ -294,7 +332,7 @@ fn receiver() -> Result<u8> {
 /// # Errors
 /// When the rig cannot be set up (a tool missing, the lab not coming up).
 pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
-    for tool in ["wrk", "haproxy", "nginx", "curl"] {
+    for tool in ["wrk", "haproxy", "nginx", "curl", "openssl"] {
         if sh(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_err() {
             bail!("missing tool {tool}; scripts/bench installs it");
         }
@@ -304,7 +342,8 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("fwd.lua"), WRK_LUA)?;
-    let lab = Lab::up(&shoal)?;
+    let config = config_with_tls(&dir)?;
+    let lab = Lab::up(&shoal, &config)?;
     let mut procs = Vec::new();
     for h in [1u8, 2] {
         for sub in ["body", "proxy", "fcgi", "uwsgi", "scgi"] {
@@ -341,19 +380,25 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let cookie = |h: u8| -> Result<String> {
+    let cookie = |h: u8, port: u16| -> Result<String> {
         let host = HostId::new(h).context("a host id")?;
         Ok(format!(
             "RQFW={}",
-            issue(&key, Owner::Host(host), PORT, now_s)
+            issue(&key, Owner::Host(host), port, now_s)
         ))
     };
-    let cases: Vec<(&str, u16, String)> = vec![
-        ("local", PORT, cookie(recv)?),
-        ("forwarded", PORT, cookie(other)?),
+    let url = |scheme: &str, port: u16| format!("{scheme}://{VIP}:{port}/app");
+    let cases: Vec<(&str, String, String)> = vec![
+        ("local", url("http", PORT), cookie(recv, PORT)?),
+        ("forwarded", url("http", PORT), cookie(other, PORT)?),
+        (
+            "local_https",
+            url("https", TLS_PORT),
+            cookie(recv, TLS_PORT)?,
+        ),
         (
             "haproxy_cookie_insert",
-            HAPROXY_PORT,
+            url("http", HAPROXY_PORT),
             format!("SRV=s{recv}"),
         ),
     ];
@@ -361,12 +406,12 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let haproxy_pid = haproxy.0.id();
     let connections = 20;
     // Warm-up: every path once, so pools and caches are in place.
-    for (_, port, c) in &cases {
-        wrk(&dir, *port, c, connections, 1.0)?;
+    for (_, u, c) in &cases {
+        wrk(&dir, u, c, connections, 1.0)?;
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
     for _ in 0..opts.rounds {
-        for (i, (name, port, c)) in cases.iter().enumerate() {
+        for (i, (name, u, c)) in cases.iter().enumerate() {
             let cpu = || -> u64 {
                 if *name == "haproxy_cookie_insert" {
                     cpu_ns(haproxy_pid, "")
@@ -375,7 +420,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
                 }
             };
             let before = cpu();
-            let w = wrk(&dir, *port, c, connections, opts.seconds)?;
+            let w = wrk(&dir, u, c, connections, opts.seconds)?;
             let used = cpu().saturating_sub(before);
             let n = w.requests.max(1) as f64;
             samples[i].push((
@@ -411,6 +456,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Ok(ForwardReport {
         forward_cpu_ratio: ratio(cpu("forwarded"), cpu("local")),
+        https_cpu_ratio: ratio(cpu("local_https"), cpu("local")),
         local_vs_haproxy_cpu_ratio: ratio(cpu("local"), cpu("haproxy_cookie_insert")),
         cases: out,
         connections,
@@ -445,8 +491,8 @@ pub fn markdown(r: &ForwardReport) -> String {
         );
     }
     s += &format!(
-        "\nforwarded / local CPU per request: {:.2}; local / HAProxy: {:.2}\n",
-        r.forward_cpu_ratio, r.local_vs_haproxy_cpu_ratio
+        "\nforwarded / local CPU per request: {:.2}; local_https / local: {:.2}; local / HAProxy: {:.2}\n",
+        r.forward_cpu_ratio, r.https_cpu_ratio, r.local_vs_haproxy_cpu_ratio
     );
     s
 }

@@ -12,6 +12,14 @@ shoal-client.
         One request; prints its record.
     forward_client.py continue --port P --state FILE --requests R [--seed S]
         More requests of sessions saved by `sessions --save FILE`.
+    forward_client.py abort --port P --tls CAFILE [--connections N]
+        N HTTPS connections from the sources that each send a request and
+        reset (SO_LINGER 0) without reading the answer, so the member's
+        answer and close meet a closed socket. Prints {"sent": N, "errors": [...]}.
+
+With --tls CAFILE (sessions, one): HTTPS, the server's certificate checked
+against CAFILE (its name: the VIP), ALPN http/1.1; each record gets "tls":
+the protocol version and the ALPN protocol the server chose.
 
 A record: session, src, status, the application's JSON (host, count ...),
 set_cookie (every Set-Cookie value), served_by, error (a failed or
@@ -23,9 +31,21 @@ import argparse
 import http.client
 import json
 import random
+import socket
+import ssl
+import struct
 import sys
 
 VIP = "10.0.0.100"
+TLS = None  # an ssl.SSLContext when --tls is given
+
+
+def tls_context(cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    # The lab's certificate is self-signed (its own CA): not strict X.509.
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def sources(spec):
@@ -41,11 +61,17 @@ def sources(spec):
 def request(port, src, path="/app", method="GET", headers=None, cookies=None, timeout=10.0):
     rec = {"src": src, "path": path, "method": method}
     try:
-        conn = http.client.HTTPConnection(VIP, port, timeout=timeout, source_address=(src, 0))
+        if TLS is None:
+            conn = http.client.HTTPConnection(VIP, port, timeout=timeout, source_address=(src, 0))
+        else:
+            conn = http.client.HTTPSConnection(VIP, port, timeout=timeout, source_address=(src, 0),
+                                               context=TLS)
         h = dict(headers or {})
         if cookies:
             h["Cookie"] = "; ".join("%s=%s" % kv for kv in cookies.items())
         conn.request(method, path, headers=h)
+        if TLS is not None:
+            rec["tls"] = {"version": conn.sock.version(), "alpn": conn.sock.selected_alpn_protocol()}
         resp = conn.getresponse()
         rec["status"] = resp.status
         rec["set_cookie"] = resp.headers.get_all("Set-Cookie") or []
@@ -59,6 +85,24 @@ def request(port, src, path="/app", method="GET", headers=None, cookies=None, ti
     except (OSError, http.client.HTTPException) as err:
         rec["error"] = "%s: %s" % (type(err).__name__, err)
     return rec
+
+
+def abort(port, srcs, n):
+    sent, errors = 0, []
+    for i in range(n):
+        src = srcs[i % len(srcs)]
+        try:
+            raw = socket.create_connection((VIP, port), timeout=2, source_address=(src, 0))
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s = TLS.wrap_socket(raw, server_hostname=VIP)
+            s.sendall(b"GET /app HTTP/1.1\r\nHost: shop.lab\r\n\r\n")
+            sent += 1
+            s.close()  # SO_LINGER 0: a reset, no TLS close_notify
+        except (OSError, ssl.SSLError) as err:
+            errors.append("%s: %s" % (type(err).__name__, err))
+            if len(errors) >= 3:
+                break  # a member gone: no use waiting on every attempt
+    return {"sent": sent, "errors": errors}
 
 
 def absorb(cookies, rec):
@@ -99,6 +143,7 @@ def main():
     s.add_argument("--path", default="/app")
     s.add_argument("--sources", default="10.0.1.1-150")
     s.add_argument("--save")
+    s.add_argument("--tls", help="HTTPS, trusting this CA file")
     c = sub.add_parser("continue")
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--state", required=True)
@@ -115,7 +160,19 @@ def main():
     o.add_argument("--header", action="append", default=[])
     o.add_argument("--cookie", default="")
     o.add_argument("--timeout", type=float, default=10.0)
+    o.add_argument("--tls", help="HTTPS, trusting this CA file")
+    b = sub.add_parser("abort")
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("--tls", required=True, help="HTTPS, trusting this CA file")
+    b.add_argument("--connections", type=int, default=40)
+    b.add_argument("--sources", default="10.0.1.1-150")
     a = p.parse_args()
+    global TLS
+    if getattr(a, "tls", None):
+        TLS = tls_context(a.tls)
+    if a.cmd == "abort":
+        print(json.dumps(abort(a.port, sources(a.sources), a.connections)))
+        return 0
     if a.cmd == "one":
         headers = {}
         for h in a.header:

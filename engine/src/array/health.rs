@@ -221,7 +221,7 @@ async fn probe(plan: &ServicePlan, m: usize) -> bool {
     let Some(addr) = target else {
         return false;
     };
-    let Ok(mut sender) = upstream::connect(addr, timeout).await else {
+    let Ok(mut sender) = upstream::connect_tls(addr, timeout, plan.hop_tls(addr)).await else {
         return false;
     };
     let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));

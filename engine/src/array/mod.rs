@@ -65,6 +65,7 @@ pub mod counters;
 mod health;
 mod proxy;
 pub mod sticky;
+pub mod tls;
 mod upstream;
 pub mod view;
 mod worker;
@@ -144,6 +145,16 @@ impl ServicePlan {
     /// Milliseconds on the engine clock.
     pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// The connector of hops to `addr`: with `backend_tls`, every upstream
+    /// of a sticky service but its `local`.
+    fn hop_tls(&self, addr: SocketAddr) -> Option<&tokio_rustls::TlsConnector> {
+        let connector = self.sticky.as_ref()?.tls.as_ref()?.connector.as_ref()?;
+        match self.upstreams {
+            Upstreams::Cluster { local, .. } if local == addr => None,
+            _ => Some(connector),
+        }
     }
 
     /// The connect timeout.
@@ -332,7 +343,7 @@ impl Bound {
                 let mut plan = ServicePlan::new(config, i, s, host, key.clone(), start)?;
                 if let Some(section) = s.sticky() {
                     plan.sticky = Some(
-                        sticky::StickyPlan::new(section, config, cluster_key)
+                        sticky::StickyPlan::new(section, config, cluster_key, &plan.listen)
                             .with_context(|| format!("service {:?}", s.name))?,
                     );
                 }

@@ -623,7 +623,9 @@ pub(super) async fn exchange(
         let from_pool = pooled.is_some();
         let mut sender: SendRequest<UpBody> = match pooled.take() {
             Some(s) => s,
-            None => match upstream::connect(addr, plan.connect_timeout()).await {
+            None => match upstream::connect_tls(addr, plan.connect_timeout(), plan.hop_tls(addr))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "upstream unreachable");

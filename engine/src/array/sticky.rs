@@ -56,6 +56,7 @@ use super::proxy::{
     answer, bodiless, exchange, failure, head_bytes, page_answer, refused, strip_hop_by_hop,
     wall_ms, ClientBody, Exchange, Service, CDN_LOOP, MEMBER_NAME, SERVED_BY_NAME,
 };
+use super::tls::ServiceTls;
 use super::upstream::{self, CheckIn, Returning, UpBody};
 use super::MEMBER_SKEW_MS;
 
@@ -88,6 +89,7 @@ pub const ERRORS: &[&str] = &[
     "owner_aborted",
     "owner_timeout",
     "hop_limit",
+    "tls_handshake",
 ];
 
 /// A sticky error kind (index into [`ERRORS`]).
@@ -110,6 +112,8 @@ pub enum StickyError {
     OwnerTimeout,
     /// The hop limit was reached (502).
     HopLimit,
+    /// A client's TLS handshake failed or timed out (connection dropped).
+    TlsHandshake,
 }
 
 /// The seed's Table 5.4 for one worker and one service, and the errors of
@@ -135,7 +139,7 @@ pub struct StickyCounters {
     /// Requests sent over an upstream connection bound to the client's.
     pub bound: AtomicU64,
     /// Errors by [`ERRORS`] index.
-    pub errors: [AtomicU64; 8],
+    pub errors: [AtomicU64; 9],
 }
 
 impl StickyCounters {
@@ -143,7 +147,7 @@ impl StickyCounters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn error(&self, e: StickyError) {
+    pub(super) fn error(&self, e: StickyError) {
         Self::bump(&self.errors[e as usize]);
     }
 }
@@ -195,19 +199,55 @@ pub struct StickyPlan {
     pub ocf: Vec<SocketAddr>,
     /// Per member (host) index, its name as a header value.
     pub names: Vec<(HostId, HeaderValue)>,
+    /// With `tls`: the acceptor and, with `backend_tls`, the hops'
+    /// connector ([`super::tls`]).
+    pub tls: Option<ServiceTls>,
+    /// Per listen address of the service (its plan's `listen`), whether
+    /// it speaks TLS: a VIP when `tls` is set, the dedicated address when
+    /// `backend_tls` is.
+    pub tls_listen: Vec<bool>,
 }
 
 impl StickyPlan {
-    /// The plan of `section` for a cluster keyed with `cluster_key`.
+    /// The plan of `section` for a cluster keyed with `cluster_key`,
+    /// listening on `listen`; reads the `tls` files.
     pub fn new(
         section: &StickySection,
         config: &Config,
         cluster_key: &[u8],
+        listen: &[SocketAddr],
     ) -> anyhow::Result<Self> {
-        if section.tls.is_some() || section.backend_tls {
-            anyhow::bail!("tls and backend_tls are not implemented in this build: terminate TLS in front of shoal");
-        }
+        let tls = match &section.tls {
+            Some(files) => {
+                // Relative paths are the configuration file's, as `key_file`.
+                let anchor = |p: &std::path::Path| match config.source.parent() {
+                    Some(dir) if p.is_relative() => dir.join(p),
+                    _ => p.to_path_buf(),
+                };
+                let files = shoal_config::TlsFiles {
+                    cert: anchor(&files.cert),
+                    key: anchor(&files.key),
+                };
+                Some(ServiceTls::load(&files, section.backend_tls)?)
+            }
+            None if section.backend_tls => anyhow::bail!(
+                "backend_tls needs tls = {{ cert, key }}: members verify each other with the service's certificate"
+            ),
+            None => None,
+        };
+        let tls_listen = listen
+            .iter()
+            .map(|a| {
+                if config.cluster.vips.contains(&a.ip()) {
+                    tls.is_some()
+                } else {
+                    section.backend_tls
+                }
+            })
+            .collect();
         Ok(StickyPlan {
+            tls,
+            tls_listen,
             policy: section.policy.clone(),
             cookie: section.cookie.clone(),
             key: CookieKey::derive(cluster_key),
@@ -225,6 +265,16 @@ impl StickyPlan {
         })
     }
 
+    /// The acceptor for the service's `i`th listener, when it speaks TLS.
+    pub(super) fn acceptor(&self, i: usize) -> Option<tokio_rustls::TlsAcceptor> {
+        let tls = self.tls.as_ref()?;
+        self.tls_listen
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+            .then(|| tls.acceptor.clone())
+    }
+
     fn name_of(&self, host: HostId) -> Option<&HeaderValue> {
         self.names.iter().find(|(h, _)| *h == host).map(|(_, v)| v)
     }
@@ -240,12 +290,14 @@ pub(super) struct Client {
 
 /// Serves one client connection of a sticky service (the worker's
 /// `connection` for `route = "sticky"`).
-pub(super) async fn connection(
-    stream: tokio::net::TcpStream,
+pub(super) async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     service: Rc<Service>,
     builder: http1::Builder,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let client = Rc::new(Client {
         peer,
         bound: RefCell::new(None),
@@ -489,7 +541,7 @@ async fn serve(
             let fwd = forwarded::render_forwarded(
                 &chain,
                 original_host.as_ref().map(HeaderValue::as_bytes),
-                "http",
+                if sp.tls.is_some() { "https" } else { "http" },
             );
             if let Ok(v) = HeaderValue::from_str(&fwd) {
                 headers.insert(FORWARDED, v);
@@ -634,8 +686,10 @@ async fn serve(
                                 now_s,
                             );
                             let text = format!(
-                                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                                sp.cookie, sp.max_age_s
+                                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                                sp.cookie,
+                                sp.max_age_s,
+                                if sp.tls.is_some() { "; Secure" } else { "" }
                             );
                             if let Ok(v) = HeaderValue::from_str(&text) {
                                 resp.headers_mut().append(header::SET_COOKIE, v);
@@ -807,7 +861,8 @@ async fn send_bound(
     let plan = &service.plan;
     let mut sender = match bound {
         Some(s) => s,
-        None => match upstream::connect(addr, plan.connect_timeout()).await {
+        None => match upstream::connect_tls(addr, plan.connect_timeout(), plan.hop_tls(addr)).await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "upstream unreachable");
@@ -866,6 +921,7 @@ mod tests {
             StickyError::OwnerAborted,
             StickyError::OwnerTimeout,
             StickyError::HopLimit,
+            StickyError::TlsHandshake,
         ];
         assert_eq!(all.len(), ERRORS.len());
         let c = StickyCounters::default();

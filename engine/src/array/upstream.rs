@@ -198,6 +198,9 @@ pub(super) enum ConnectError {
     /// The TCP connect took longer than its timeout.
     #[error("connect timed out")]
     Timeout,
+    /// The TLS handshake failed or timed out (`backend_tls`).
+    #[error("TLS: {0}")]
+    Tls(io::Error),
     /// The HTTP/1 handshake failed.
     #[error("handshake: {0}")]
     Http(#[from] hyper::Error),
@@ -218,7 +221,37 @@ pub(super) async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<SendRequest<UpBody>, ConnectError> {
+    connect_tls(addr, timeout, None).await
+}
+
+/// A new HTTP/1 connection to `addr`, over TLS with `tls` (a hop of a
+/// sticky service with `backend_tls`); the TLS handshake has its own
+/// `timeout`.
+pub(super) async fn connect_tls(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<SendRequest<UpBody>, ConnectError> {
     let stream = tcp(addr, timeout).await?;
+    match tls {
+        None => handshake(stream).await,
+        Some(connector) => {
+            let stream = tokio::time::timeout(
+                timeout,
+                connector.connect(super::tls::hop_name(addr), stream),
+            )
+            .await
+            .map_err(|_| ConnectError::Tls(io::ErrorKind::TimedOut.into()))?
+            .map_err(ConnectError::Tls)?;
+            handshake(stream).await
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<SendRequest<UpBody>, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;

@@ -12,10 +12,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
 use super::proxy::{self, Service};
+use super::sticky::StickyError;
 use super::upstream::{self, Pool};
 use super::view::ViewCell;
 use super::{stopping, ServicePlan, WorkerListeners};
@@ -91,10 +93,11 @@ async fn serve(setup: Setup) {
             reports: reports.clone(),
         });
         pools.push(service.pool.clone());
-        for socket in sockets {
+        for (j, socket) in sockets.into_iter().enumerate() {
+            let tls = plan.sticky.as_ref().and_then(|s| s.acceptor(j));
             match TcpListener::from_std(socket) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(l, service.clone(), conns.clone()));
+                    tokio::task::spawn_local(accept_loop(l, service.clone(), conns.clone(), tls));
                 }
                 Err(e) => tracing::error!(error = %e, core, "proxy worker: listener"),
             }
@@ -126,7 +129,12 @@ impl Drop for Admitted {
     }
 }
 
-async fn accept_loop(listener: TcpListener, service: Rc<Service>, conns: Arc<AtomicU64>) {
+async fn accept_loop(
+    listener: TcpListener,
+    service: Rc<Service>,
+    conns: Arc<AtomicU64>,
+    tls: Option<TlsAcceptor>,
+) {
     let max = u64::from(service.plan.limits.max_connections);
     loop {
         let stream = match listener.accept().await {
@@ -142,22 +150,20 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>, conns: Arc<Ato
         let admitted = Admitted(conns.clone());
         let over = conns.fetch_add(1, Ordering::Relaxed) >= max;
         let service = service.clone();
+        let tls = tls.clone();
         tokio::task::spawn_local(async move {
-            connection(stream, peer, service, over).await;
+            match tls {
+                Some(acceptor) => tls_connection(stream, peer, service, over, acceptor).await,
+                None => connection(stream, peer, service, over).await,
+            }
             drop(admitted);
         });
     }
 }
 
-/// Serves one client connection: every request on it until it closes, or
-/// (`over` the connection limit) one 503 and close.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    service: Rc<Service>,
-    over: bool,
-) {
-    let limits = &service.plan.limits;
+/// The server side of a client connection, bounded by the service's
+/// limits; `over` the connection limit, it answers once and closes.
+fn builder(limits: &shoal_config::ServiceLimits, over: bool) -> http1::Builder {
     let mut builder = http1::Builder::new();
     // The HTTP library's own bounds sit above the service's, so the
     // service answers (and counts) an over-limit head itself.
@@ -172,6 +178,62 @@ async fn connection(
         )
         .max_headers((limits.max_headers as usize).saturating_mul(2) + 16)
         .keep_alive(!over);
+    builder
+}
+
+/// Serves one TLS client connection of a sticky service: the handshake
+/// (bounded by the idle timeout; a failure is dropped and counted), then
+/// the sticky request path, or one 503 when `over` the connection limit.
+async fn tls_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    service: Rc<Service>,
+    over: bool,
+    acceptor: TlsAcceptor,
+) {
+    let limit = Duration::from_secs(u64::from(service.plan.limits.idle_timeout_s));
+    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            service.counters.sticky.error(StickyError::TlsHandshake);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            service.counters.sticky.error(StickyError::TlsHandshake);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let builder = builder(&service.plan.limits, over);
+    if !over {
+        return super::sticky::connection(stream, peer, service, builder).await;
+    }
+    let svc = service.clone();
+    let result = builder
+        .serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |_req| {
+                ServiceCounters::bump(&svc.counters.requests);
+                svc.counters.error(ErrorKind::Overload);
+                std::future::ready(Ok::<_, std::convert::Infallible>(proxy::overloaded()))
+            }),
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Serves one client connection: every request on it until it closes, or
+/// (`over` the connection limit) one 503 and close.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    service: Rc<Service>,
+    over: bool,
+) {
+    let builder = builder(&service.plan.limits, over);
     if service.plan.sticky.is_some() && !over {
         return super::sticky::connection(stream, peer, service, builder).await;
     }

@@ -1,6 +1,16 @@
 //! Process-wide signal dispositions: the stop flag that SIGINT and SIGTERM
-//! raise, and the default SIGPIPE disposition for command-line tools; and
-//! asking another process to stop ([`terminate`]).
+//! raise, the default SIGPIPE disposition for command-line tools and the
+//! ignored one for the engine; and asking another process to stop
+//! ([`terminate`]).
+//!
+//! SIGPIPE: the `shoal` binary restores its default at start, so that a
+//! command writing to a closed pipe ends quietly; `shoal run` then ignores
+//! it before any thread starts ([`ignore_sigpipe`]). The engine writes to
+//! sockets whose peers may vanish at any moment, and not every write
+//! carries `MSG_NOSIGNAL` (a vectored write, `writev`, cannot: TLS records
+//! go out that way): with the default disposition, one client that resets
+//! its connection while an answer is written would end the engine. An
+//! ignored SIGPIPE turns that into an `EPIPE` error on the one connection.
 //!
 //! Handlers installed here only store to an atomic, which is
 //! async-signal-safe; nothing else runs in signal context.
@@ -41,6 +51,17 @@ pub fn terminate(pid: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Ignores SIGPIPE (the engine: a write to a socket its peer closed fails
+/// with `EPIPE` instead of ending the process). Call it before any other
+/// thread exists.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting SIGPIPE's disposition to "ignore" has no
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }
 
 /// Restores SIGPIPE's default action, so that a command writing to a closed
