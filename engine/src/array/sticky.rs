@@ -37,7 +37,7 @@
 //! one pass over the names and only those present are removed, the wall
 //! clock is read once, values the forwarder makes become header values
 //! without a copy, and the keys hold their HMAC state already keyed. Hops
-//! go over the worker's pooled keep-alive connections ([`super::upstream`]).
+//! go over the worker's pooled keep-alive connections (`upstream.rs`).
 //! A forwarded request pays two such passes (this member's and the
 //! owner's), which is why it costs about twice a local one.
 
