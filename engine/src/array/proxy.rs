@@ -723,30 +723,56 @@ async fn tunnel_direct(
 
 /// Removes hop-by-hop fields, those the `Connection` field names included.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads carry none but `Connection`: one pass over the names
-    // decides, and the hop-by-hop fields a `Connection` names (such as
-    // `keep-alive`) are removed with the others, without a name made.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names finds which hop-by-hop fields are present
+    // (most heads carry `Connection` at most): only those are removed, so
+    // a head pays no hash lookup for the fields it lacks, and the fields a
+    // `Connection` names (such as `keep-alive`) are removed with the
+    // others, without a name made.
+    let present = present_of(headers, &HOP_BY_HOP);
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|h| n.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if present & 1 != 0 {
+        // `Connection` (first in HOP_BY_HOP) may name other fields.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    remove_present(headers, &HOP_BY_HOP, present);
+}
+
+/// Which of `names` (at most 32) `headers` holds, as a bit set (bit `i`:
+/// `names[i]`), from one pass over its names.
+pub(super) fn present_of(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    let mut present = 0u32;
+    for k in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
+/// Removes the fields of `names` that `present` (from [`present_of`])
+/// marks.
+pub(super) fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u32) {
+    for (i, n) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
 }
 

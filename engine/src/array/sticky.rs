@@ -27,17 +27,33 @@
 //!   application asks for one), the upstream connection that served it is
 //!   kept for that client connection alone and every later request on it
 //!   goes there, never through the pool.
+//!
+//! Cost: a request is one read and one write on each of its two
+//! connections (the kernel's TCP path is most of a request's CPU), so the
+//! request path adds as little as it can around them: the received head is
+//! moved into the upstream request (never copied; a request that could not
+//! be sent hands it back for the next attempt), its path and URI share the
+//! received bytes, the hop-by-hop and client-supplied fields are found in
+//! one pass over the names and only those present are removed, the wall
+//! clock is read once, values the forwarder makes become header values
+//! without a copy, and the keys hold their HMAC state already keyed. Hops
+//! go over the worker's pooled keep-alive connections (`upstream.rs`).
+//! A forwarded request pays two such passes (this member's and the
+//! owner's), which is why it costs about twice a local one.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -53,8 +69,9 @@ use shoal_dataplane::{HostId, HostSet};
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::proxy::{
-    answer, bodiless, exchange, failure, head_bytes, page_answer, refused, strip_hop_by_hop,
-    wall_ms, ClientBody, Exchange, Service, CDN_LOOP, MEMBER_NAME, SERVED_BY_NAME,
+    answer, bodiless, exchange, failure, head_bytes, page_answer, present_of, refused,
+    remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Service, CDN_LOOP,
+    MEMBER_NAME, SERVED_BY_NAME,
 };
 use super::tls::ServiceTls;
 use super::upstream::{self, CheckIn, Returning, UpBody};
@@ -374,14 +391,19 @@ async fn serve(
     let plan = &*service.plan;
     let counters = &service.counters.sticky;
     let (mut parts, body) = req.into_parts();
+    // The path and query go upstream as received (shared bytes, no copy);
+    // the target as received: origin-form as is, other forms as the URI
+    // prints.
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let target: String = match (parts.uri.scheme(), parts.uri.authority()) {
-        (None, None) => path_and_query.clone(),
-        _ => parts.uri.to_string(),
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    let target: Cow<'_, str> = if origin_form {
+        Cow::Borrowed(path_and_query.as_str())
+    } else {
+        Cow::Owned(parts.uri.to_string())
     };
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next().map(HeaderValue::as_bytes);
@@ -424,6 +446,8 @@ async fn serve(
     ) {
         return refused(service, Refusal::Loop);
     }
+    // One clock read serves the member header and the cookie.
+    let now_ms = wall_ms();
     // A verified member header makes this a hop: its sender is authentic.
     let mut from_member: Option<HostId> = None;
     let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
@@ -434,8 +458,8 @@ async fn serve(
                 value.as_bytes(),
                 plan.port,
                 parts.method.as_str().as_bytes(),
-                path_and_query.as_bytes(),
-                wall_ms(),
+                path_and_query.as_str().as_bytes(),
+                now_ms,
                 MEMBER_SKEW_MS,
             )
             .ok()
@@ -456,15 +480,22 @@ async fn serve(
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(1),
     };
-    let now_s = wall_ms() / 1000;
-    // Cheap clones (shared bytes): the head is rebuilt below.
-    let cookie_fields: Vec<HeaderValue> = parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .cloned()
-        .collect();
-    let cookie_state = cookie_state(&cookie_fields, sp, plan.port, now_s);
+    let now_s = now_ms / 1000;
+    // Cheap clones (shared bytes): the head is rebuilt below. One field
+    // (the usual case) is held without a vector.
+    let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+    let first_cookie = cookies.next().cloned();
+    let more_cookies: Vec<HeaderValue> = cookies.cloned().collect();
+    let cookie_fields: Vec<HeaderValue>;
+    let cookie_fields: &[HeaderValue] = match (&first_cookie, more_cookies.is_empty()) {
+        (None, _) => &[],
+        (Some(c), true) => std::slice::from_ref(c),
+        (Some(c), false) => {
+            cookie_fields = std::iter::once(c.clone()).chain(more_cookies).collect();
+            &cookie_fields
+        }
+    };
+    let cookie_state = cookie_state(cookie_fields, sp, plan.port, now_s);
     if let CookieState::Refused(e) = cookie_state {
         counters.error(match e.counter() {
             "expired_cookie" => StickyError::ExpiredCookie,
@@ -511,9 +542,8 @@ async fn serve(
     // The head sent on: hop-by-hop fields gone, forwarding fields rebuilt.
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
-    for n in &CLIENT_FIELDS {
-        headers.remove(n);
-    }
+    let client_fields = present_of(&headers, &CLIENT_FIELDS);
+    remove_present(&mut headers, &CLIENT_FIELDS, client_fields);
     match from_member {
         Some(h) => {
             if let Some(name) = sp.name_of(h) {
@@ -533,28 +563,38 @@ async fn serve(
                 forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
             };
             let chain = forwarded::client_chain(canonical(peer), &sp.trusted, &nodes);
-            headers.remove(FORWARDED);
-            headers.remove(XFF);
-            if let Ok(v) = HeaderValue::from_str(&forwarded::render_xff(&chain)) {
+            // `insert` replaces what the client sent.
+            if let Ok(v) = text_value(forwarded::render_xff(&chain)) {
                 headers.insert(XFF, v);
+            } else {
+                headers.remove(XFF);
             }
             let fwd = forwarded::render_forwarded(
                 &chain,
                 original_host.as_ref().map(HeaderValue::as_bytes),
                 if sp.tls.is_some() { "https" } else { "http" },
             );
-            if let Ok(v) = HeaderValue::from_str(&fwd) {
+            if let Ok(v) = text_value(fwd) {
                 headers.insert(FORWARDED, v);
+            } else {
+                headers.remove(FORWARDED);
             }
         }
     }
     headers.append(header::VIA, plan.via.clone());
-    let uri: Uri = path_and_query
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    let method = parts.method.clone();
+    // Origin-form upstream, sharing the received bytes.
+    let uri: Uri = if origin_form {
+        parts.uri.clone()
+    } else {
+        Uri::from(path_and_query.clone())
+    };
     let retriable = bodiless(&headers);
     let mut body = Some(body);
     let bound_auth = connection_bound(headers.get_all(header::AUTHORIZATION));
+    // The head goes into the request sent and comes back with it when
+    // nothing was sent (no copy per attempt).
+    let mut headers = Some(headers);
 
     loop {
         let (dest, class, pinnable, repinned) = match route {
@@ -617,26 +657,27 @@ async fn serve(
                 None => return failure(service, ErrorKind::Unreachable, served.get()),
             }
         };
-        let mut request = Request::new(up_body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = headers.clone();
+        let Some(mut head) = headers.take() else {
+            return failure(service, ErrorKind::Unreachable, served.get());
+        };
         if let Dest::Member { addr, .. } = dest {
             let sig = member::sign(
                 &plan.key,
                 plan.own_host.get(),
                 addr.port(),
-                wall_ms(),
-                parts.method.as_str().as_bytes(),
-                path_and_query.as_bytes(),
+                now_ms,
+                method.as_str().as_bytes(),
+                path_and_query.as_str().as_bytes(),
             );
-            if let Ok(v) = HeaderValue::from_str(&sig) {
-                request.headers_mut().insert(MEMBER_NAME, v);
+            if let Ok(v) = text_value(sig) {
+                head.insert(MEMBER_NAME, v);
             }
-            request
-                .headers_mut()
-                .insert(HOPS, HeaderValue::from(u16::from(hops) + 1));
+            head.insert(HOPS, HeaderValue::from(u16::from(hops) + 1));
         }
+        let mut request = Request::new(up_body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = head;
         let outcome = send(service, client, addr, request, bound_auth).await;
         match outcome {
             Outcome::Answered(mut resp, check_in, bound) => {
@@ -671,8 +712,7 @@ async fn serve(
                             .headers()
                             .get_all(header::SET_COOKIE)
                             .iter()
-                            .filter_map(|v| cookie::set_cookie_name(v.as_bytes()))
-                            .collect::<Vec<_>>();
+                            .filter_map(|v| cookie::set_cookie_name(v.as_bytes()));
                         let pin = sticky::pin(&sp.policy, pinnable, repinned, coherent, stale, set);
                         if pin {
                             StickyCounters::bump(&counters.pinned);
@@ -691,7 +731,7 @@ async fn serve(
                                 sp.max_age_s,
                                 if sp.tls.is_some() { "; Secure" } else { "" }
                             );
-                            if let Ok(v) = HeaderValue::from_str(&text) {
+                            if let Ok(v) = text_value(text) {
                                 resp.headers_mut().append(header::SET_COOKIE, v);
                             }
                         }
@@ -713,8 +753,16 @@ async fn serve(
                 });
             }
             Outcome::NotSent(returned) => {
-                if let Some(Either::Left(b)) = returned.map(Request::into_body) {
-                    body = Some(b);
+                if let Some(r) = returned {
+                    let (back, b) = r.into_parts();
+                    // Served here next (re-pinned): without the hop's fields.
+                    let mut back = back.headers;
+                    back.remove(MEMBER_NAME);
+                    back.remove(HOPS);
+                    headers = Some(back);
+                    if let Either::Left(b) = b {
+                        body = Some(b);
+                    }
                 }
                 match dest {
                     Dest::Local => return failure(service, ErrorKind::Unreachable, served.get()),
@@ -765,6 +813,11 @@ async fn serve(
             }
         }
     }
+}
+
+/// A header value from text the forwarder made, without copying it.
+fn text_value(text: String) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text))
 }
 
 /// IPv4-mapped IPv6 peers as IPv4 (dual-stack listeners).

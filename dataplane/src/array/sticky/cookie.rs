@@ -31,13 +31,10 @@
 
 use std::fmt;
 
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
+use hmac::Mac as _;
 
-use crate::array::member::{decimal, nibble, HEX};
+use crate::array::member::{decimal, keyed, nibble, HmacSha256, HEX};
 use crate::HostId;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The label the cookie key is derived with.
 const LABEL: &[u8] = b"shoal sticky cookie v1";
@@ -52,14 +49,15 @@ pub const MAX_FUTURE_S: u64 = 300;
 
 /// The key cookies are tagged with: HMAC-SHA256(cluster key, `"shoal
 /// sticky cookie v1"`), unrelated to every other key derived from the
-/// cluster key (the member header's among them).
+/// cluster key (the member header's among them). Like the member key it
+/// holds the HMAC state already keyed, cloned per [`issue`] and [`check`].
 #[derive(Clone)]
-pub struct CookieKey([u8; 32]);
+pub struct CookieKey(HmacSha256);
 
 impl CookieKey {
     /// Derives the cookie key from the cluster key (any length).
     pub fn derive(cluster_key: &[u8]) -> CookieKey {
-        CookieKey(hmac(cluster_key, |m| m.update(LABEL)))
+        CookieKey(keyed(&hmac(cluster_key, |m| m.update(LABEL))))
     }
 }
 
@@ -208,9 +206,7 @@ pub fn check<'v>(
         };
         *out = hi << 4 | lo;
     }
-    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&key.0) else {
-        return Err(CookieError::BadTag);
-    };
+    let mut mac = key.0.clone();
     feed(&mut mac, port, owner, issued_s);
     mac.verify_truncated_left(&got)
         .map_err(|_| CookieError::BadTag)?;
@@ -276,7 +272,9 @@ fn feed(mac: &mut HmacSha256, port: u16, owner: &[u8], issued_s: u64) {
 }
 
 fn tag(key: &CookieKey, port: u16, owner: &[u8], issued_s: u64) -> [u8; 32] {
-    hmac(&key.0, |m| feed(m, port, owner, issued_s))
+    let mut mac = key.0.clone();
+    feed(&mut mac, port, owner, issued_s);
+    mac.finalize().into_bytes().into()
 }
 
 fn hmac(key: &[u8], data: impl FnOnce(&mut HmacSha256)) -> [u8; 32] {
