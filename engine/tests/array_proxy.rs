@@ -9,7 +9,8 @@
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
-use std::collections::HashMap;
+mod http_answer;
+use http_answer::{parse, Answer};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -250,39 +251,6 @@ fn keep_alive_get(s: &mut TcpStream, url: &str) -> (u16, String) {
     let mut body = vec![0u8; a.header("content-length").parse().unwrap_or(0)];
     s.read_exact(&mut body).unwrap();
     (a.status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A parsed response: status, headers (lower-case names), body.
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
-fn parse(raw: &[u8]) -> Answer {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
 }
 
 /// Sends `request` (which asks for `Connection: close`) to `addr`.
