@@ -187,6 +187,9 @@ pub struct DescriptorTable {
     by_rule: [u32; MAX_RULES],
     /// Open TCP connections (half-open or established) per rule.
     open: [u32; MAX_RULES],
+    /// Live entries per [`State`] index (kept as entries change, so a
+    /// report reads it without a scan).
+    live_states: [u32; 4],
     counters: TableCounters,
 }
 
@@ -239,6 +242,7 @@ impl DescriptorTable {
             foreign_len: 0,
             by_rule: [0; MAX_RULES],
             open: [0; MAX_RULES],
+            live_states: [0; 4],
             counters: TableCounters::default(),
         }
     }
@@ -268,7 +272,13 @@ impl DescriptorTable {
         &self.counters
     }
 
-    /// Entries per [`State`] index (a full scan: for reports, not per frame).
+    /// Live entries per [`State`] index, kept as entries are inserted,
+    /// change state and leave: O(1).
+    pub fn live_by_state(&self) -> [u32; 4] {
+        self.live_states
+    }
+
+    /// Entries per [`State`] index (a full scan: for tests, not per frame).
     pub fn states(&self) -> [usize; 4] {
         let mut s = [0usize; 4];
         for (t, e) in self.tags.iter().zip(self.entries.iter()) {
@@ -335,6 +345,8 @@ impl DescriptorTable {
                 *c = c.saturating_sub(1);
             }
         }
+        let st = &mut self.live_states[e.state() as usize];
+        *st = st.saturating_sub(1);
         self.tags[i] = 0;
         self.live -= 1;
     }
@@ -390,6 +402,9 @@ impl DescriptorTable {
     pub fn set_state(&mut self, slot: Slot, state: State) {
         let e = &mut self.entries[slot.0];
         let was = is_open(e);
+        let st = &mut self.live_states[e.state() as usize];
+        *st = st.saturating_sub(1);
+        self.live_states[state as usize] += 1;
         e.state = state as u8;
         let now_open = is_open(e);
         if let Some(c) = self.open.get_mut(e.rule as usize) {
@@ -463,6 +478,7 @@ impl DescriptorTable {
                 *c += 1;
             }
         }
+        self.live_states[entry.state() as usize] += 1;
         self.live += 1;
         self.counters.inserted += 1;
         Some(Slot(i))
@@ -533,6 +549,7 @@ impl DescriptorTable {
         self.foreign_len = 0;
         self.by_rule = [0; MAX_RULES];
         self.open = [0; MAX_RULES];
+        self.live_states = [0; 4];
     }
 
     /// Re-resolves every entry's rule and bucket under `map`, after the
@@ -574,6 +591,8 @@ impl DescriptorTable {
                 _ => None,
             };
             let Some(rule) = found.filter(|_| e.key.kind != Kind::Affinity as u8) else {
+                let st = &mut self.live_states[e.state() as usize];
+                *st = st.saturating_sub(1);
                 self.tags[i] = 0;
                 self.live -= 1;
                 continue;
@@ -695,6 +714,73 @@ mod tests {
         t.remove(s);
         assert_eq!(t.lookup(&key(1), 1), None);
         assert!(t.is_empty());
+    }
+
+    /// The kept per-state counts equal a full scan through inserts into
+    /// full sets (evictions), state changes, removals, expiries, sweeps and
+    /// a clear.
+    #[test]
+    fn live_by_state_matches_a_scan() {
+        let mut t = DescriptorTable::new(
+            DescriptorConfig {
+                capacity: 64,
+                ..Default::default()
+            },
+            7,
+        );
+        let states = [
+            State::HalfOpen,
+            State::Closing,
+            State::Soft,
+            State::Established,
+        ];
+        let scan = |t: &DescriptorTable| t.states().map(|n| n as u32);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut now = 0;
+        for step in 0..20_000u32 {
+            now += 1_000_000;
+            let r = next();
+            let n = (r >> 8) as u32 % 300;
+            let state = states[(r >> 40) as usize % 4];
+            match r % 8 {
+                0..=3 => {
+                    if t.lookup(&key(n), now).is_none() {
+                        let mut e = entry(n, state);
+                        if state == State::Soft {
+                            e.key.kind = Kind::Affinity as u8;
+                        }
+                        t.insert(e, now);
+                    }
+                }
+                4 | 5 => {
+                    if let Some(s) = t.lookup(&key(n), now) {
+                        t.set_state(s, state);
+                    }
+                }
+                6 => {
+                    if let Some(s) = t.lookup(&key(n), now) {
+                        t.remove(s);
+                    }
+                }
+                _ => {
+                    // Far in the future: half-open and closing entries expire.
+                    t.sweep(now + 60 * 1_000_000_000, 16);
+                }
+            }
+            assert_eq!(t.live_by_state(), scan(&t), "step {step}");
+        }
+        assert!(
+            t.counters().evicted.iter().sum::<u64>() > 0,
+            "sets filled up"
+        );
+        t.clear();
+        assert_eq!(t.live_by_state(), [0; 4]);
     }
 
     #[test]

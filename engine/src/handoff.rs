@@ -339,6 +339,9 @@ pub struct LoopStats {
     pub transmitted: u64,
     /// Live descriptors.
     pub descriptors: u64,
+    /// Live descriptors per state (`half_open`, `closing`, `soft`,
+    /// `established`), as the table keeps them.
+    pub descriptors_by_state: [u32; 4],
     /// Epoch of the map this loop runs.
     pub epoch: u64,
     /// Per rule, the groups where this loop tracks entries it no longer owns.
@@ -362,6 +365,7 @@ impl LoopStats {
     pub fn snapshot(&mut self, dp: &Dataplane) {
         self.dataplane = dp.counters().clone();
         self.descriptors = dp.table().len() as u64;
+        self.descriptors_by_state = dp.table().live_by_state();
         self.epoch = dp.map().epoch;
         self.dirty = (0..dp.map().rules.len())
             .map(|r| dp.table().dirty_groups(r))

@@ -245,6 +245,11 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &
         "shoal_descriptors",
         "Connection descriptors tracked",
     );
+    let live = gauge_family(
+        registry,
+        "shoal_descriptors_by_state",
+        "Connection descriptors tracked, by state",
+    );
     let capacity = gauge_family(
         registry,
         "shoal_descriptor_capacity",
@@ -295,6 +300,9 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &
         count(&insert_failed, core(), s.table.insert_failed);
         for (state, n) in DESCRIPTOR_STATES.iter().zip(s.table.evicted) {
             count(&evicted, with("state", state), n);
+        }
+        for (state, n) in DESCRIPTOR_STATES.iter().zip(s.descriptors_by_state) {
+            gauge(&live, with("state", state), i64::from(n));
         }
     }
 }
@@ -756,6 +764,7 @@ mod tests {
         let mut a = LoopStats::default();
         a.dataplane.kept = 2;
         a.descriptors = 4;
+        a.descriptors_by_state = [1, 0, 0, 3];
         let b = a.clone();
         let s = Sources::new(
             vec![Arc::new(Mutex::new(a)), Arc::new(Mutex::new(b))],
@@ -767,6 +776,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("shoal_descriptors{core=\"1\"} 8"), "{text}");
+        assert!(
+            text.contains("shoal_descriptors_by_state{core=\"1\",state=\"established\"} 6"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_descriptors_by_state{core=\"1\",state=\"half_open\"} 2"),
+            "{text}"
+        );
         assert_eq!(
             text.matches("shoal_xdp_frames_passed_total{").count(),
             1,

@@ -295,6 +295,7 @@ pub fn drain(
     }
     stats.dataplane = dp.counters().clone();
     stats.descriptors = dp.table().len() as u64;
+    stats.descriptors_by_state = dp.table().live_by_state();
     Ok(stats)
 }
 
@@ -350,6 +351,7 @@ fn counters_json(
     let mut control_dropped = [0u64; 4];
     let mut batches = 0;
     let mut descriptors = 0;
+    let mut by_state = [0u64; 4];
     let mut capacity = 0;
     let mut table = shoal_dataplane::descriptor::TableCounters::default();
     for s in stats {
@@ -363,6 +365,9 @@ fn counters_json(
         }
         batches += s.batches;
         descriptors += s.descriptors;
+        for (a, b) in by_state.iter_mut().zip(s.descriptors_by_state) {
+            *a += u64::from(b);
+        }
         xsk.add(&s.socket_drops);
     }
     let dropped: serde_json::Map<String, serde_json::Value> = DropReason::POLICY
@@ -439,6 +444,12 @@ fn counters_json(
             "inserted": table.inserted,
             "expired": table.expired,
             "insert_failed": table.insert_failed,
+            "live": {
+                "half_open": by_state[0],
+                "closing": by_state[1],
+                "soft": by_state[2],
+                "established": by_state[3],
+            },
             "evicted": {
                 "half_open": table.evicted[0],
                 "closing": table.evicted[1],
