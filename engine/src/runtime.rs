@@ -519,6 +519,16 @@ fn admission(config: &Config) -> Result<crate::control::Admission> {
     Ok(crate::control::Admission { group })
 }
 
+/// Stops the poll loops: raises the stop flag, wakes every loop that
+/// sleeps and waits for each to end.
+fn stop_poll_loops(bells: &Bells, threads: Vec<std::thread::JoinHandle<()>>) {
+    STOP.store(true, Ordering::SeqCst);
+    bells.ring();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 /// Runs the engine until SIGINT or SIGTERM.
 pub fn run(config: Config, args: RunArgs) -> Result<()> {
     // A peer that closes its connection mid-answer must cost that
@@ -644,11 +654,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
                     Some((server, sources))
                 }
                 Err(e) => {
-                    STOP.store(true, Ordering::SeqCst);
-                    bells.ring();
-                    for t in threads {
-                        let _ = t.join();
-                    }
+                    stop_poll_loops(&bells, threads);
                     wiring.tear_down();
                     return Err(e);
                 }
@@ -658,11 +664,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let array = match array.map(crate::array::Bound::start).transpose() {
         Ok(a) => a,
         Err(e) => {
-            STOP.store(true, Ordering::SeqCst);
-            bells.ring();
-            for t in threads {
-                let _ = t.join();
-            }
+            stop_poll_loops(&bells, threads);
             wiring.tear_down();
             return Err(e);
         }
@@ -678,11 +680,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     ) {
         Ok(f) => f,
         Err(e) => {
-            STOP.store(true, Ordering::SeqCst);
-            bells.ring();
-            for t in threads {
-                let _ = t.join();
-            }
+            stop_poll_loops(&bells, threads);
             if let Some(a) = array {
                 a.stop();
             }
@@ -843,11 +841,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         admin.shut_down();
         clustered = Some(c);
     }
-    STOP.store(true, Ordering::SeqCst);
-    bells.ring();
-    for t in threads {
-        let _ = t.join();
-    }
+    stop_poll_loops(&bells, threads);
     if let Some((server, _)) = metrics {
         server.shut_down();
     }
