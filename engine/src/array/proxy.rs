@@ -192,6 +192,19 @@ pub(super) fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether a request already passed this member: `Via` or `CDN-Loop`
+/// names `own_name` (a loop).
+pub(super) fn looped(own_name: &str, headers: &HeaderMap) -> bool {
+    seen(
+        own_name,
+        headers
+            .get_all(header::VIA)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        headers.get_all(CDN_LOOP).iter().map(HeaderValue::as_bytes),
+    )
+}
+
 /// The bytes a head took on the wire, as near as the parsed parts tell:
 /// request line and every field line with their line ends.
 pub(super) fn head_bytes(parts: &Parts, target: &str) -> usize {
@@ -327,19 +340,7 @@ async fn serve(
         Ok(f) => f,
         Err(r) => return refused(service, r),
     };
-    if seen(
-        &plan.own_name,
-        parts
-            .headers
-            .get_all(header::VIA)
-            .iter()
-            .map(HeaderValue::as_bytes),
-        parts
-            .headers
-            .get_all(CDN_LOOP)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+    if looped(&plan.own_name, &parts.headers) {
         return refused(service, Refusal::Loop);
     }
     let mut hop_in = false;

@@ -64,14 +64,14 @@ use shoal_dataplane::array::sticky::{
     self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
     TrustedNet, View,
 };
-use shoal_dataplane::array::{classify, member, seen, Form, HeadView, Refusal};
+use shoal_dataplane::array::{classify, member, Form, HeadView, Refusal};
 use shoal_dataplane::{HostId, HostSet};
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::proxy::{
-    answer, bodiless, exchange, failure, head_bytes, page_answer, present_of, refused,
-    remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Service, CDN_LOOP,
-    MEMBER_NAME, SERVED_BY_NAME,
+    answer, bodiless, exchange, failure, head_bytes, looped, page_answer, present_of, refused,
+    remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Service, MEMBER_NAME,
+    SERVED_BY_NAME,
 };
 use super::tls::ServiceTls;
 use super::upstream::{self, CheckIn, Returning, UpBody};
@@ -344,15 +344,7 @@ pub(super) async fn connection<S>(
         )
         .await;
     if let Err(e) = result {
-        let counters = &service.counters;
-        if e.is_parse_too_large() {
-            ServiceCounters::bump(&counters.requests);
-            counters.error(ErrorKind::Refusal("head_too_large"));
-        } else if e.is_parse() {
-            ServiceCounters::bump(&counters.requests);
-            counters.error(ErrorKind::Refusal("bad_request"));
-        }
-        tracing::debug!(error = %e, "client connection ended with an error");
+        super::worker::connection_ended(&service.counters, &e);
     }
 }
 
@@ -431,19 +423,7 @@ async fn serve(
         Err(r) => return refused(service, r),
     }
     let original_host = parts.headers.get(header::HOST).cloned();
-    if seen(
-        &plan.own_name,
-        parts
-            .headers
-            .get_all(header::VIA)
-            .iter()
-            .map(HeaderValue::as_bytes),
-        parts
-            .headers
-            .get_all(CDN_LOOP)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+    if looped(&plan.own_name, &parts.headers) {
         return refused(service, Refusal::Loop);
     }
     // One clock read serves the member header and the cookie.

@@ -261,17 +261,20 @@ async fn connection(
             .await
     };
     if let Err(e) = result {
-        // A head the HTTP library could not parse was answered by it (400,
-        // or 431 past its own bounds, which sit above the service's):
-        // counted here.
-        let counters = &service.counters;
-        if e.is_parse_too_large() {
-            ServiceCounters::bump(&counters.requests);
-            counters.error(ErrorKind::Refusal("head_too_large"));
-        } else if e.is_parse() {
-            ServiceCounters::bump(&counters.requests);
-            counters.error(ErrorKind::Refusal("bad_request"));
-        }
-        tracing::debug!(error = %e, "client connection ended with an error");
+        connection_ended(&service.counters, &e);
     }
+}
+
+/// A client connection that ended in error `e`. A head the HTTP library
+/// could not parse was answered by it (400, or 431 past its own bounds,
+/// which sit above the service's): counted here as a request and a refusal.
+pub(super) fn connection_ended(counters: &ServiceCounters, e: &hyper::Error) {
+    if e.is_parse_too_large() {
+        ServiceCounters::bump(&counters.requests);
+        counters.error(ErrorKind::Refusal("head_too_large"));
+    } else if e.is_parse() {
+        ServiceCounters::bump(&counters.requests);
+        counters.error(ErrorKind::Refusal("bad_request"));
+    }
+    tracing::debug!(error = %e, "client connection ended with an error");
 }
