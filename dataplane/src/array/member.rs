@@ -228,7 +228,7 @@ fn tag(key: &MemberKey, from: u8, port: u16, time: u64, method: &[u8], target: &
     mac.finalize().into_bytes().into()
 }
 
-fn hmac(key: &[u8], data: impl FnOnce(&mut HmacSha256)) -> [u8; 32] {
+pub(super) fn hmac(key: &[u8], data: impl FnOnce(&mut HmacSha256)) -> [u8; 32] {
     // HMAC-SHA256 takes keys of every length (RFC 2104 hashes long keys),
     // so `new_from_slice` never fails; were it to, the all-zero tag would be
     // refused by every receiver, whose own tag is a real HMAC.

@@ -33,7 +33,7 @@ use std::fmt;
 
 use hmac::Mac as _;
 
-use crate::array::member::{decimal, keyed, nibble, HmacSha256, HEX};
+use crate::array::member::{decimal, hmac, keyed, nibble, HmacSha256, HEX};
 use crate::HostId;
 
 /// The label the cookie key is derived with.
@@ -274,16 +274,6 @@ fn feed(mac: &mut HmacSha256, port: u16, owner: &[u8], issued_s: u64) {
 fn tag(key: &CookieKey, port: u16, owner: &[u8], issued_s: u64) -> [u8; 32] {
     let mut mac = key.0.clone();
     feed(&mut mac, port, owner, issued_s);
-    mac.finalize().into_bytes().into()
-}
-
-fn hmac(key: &[u8], data: impl FnOnce(&mut HmacSha256)) -> [u8; 32] {
-    // HMAC takes keys of any length, so this never fails; were it to, the
-    // all-zero tag would be refused by every member.
-    let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(key) else {
-        return [0; 32];
-    };
-    data(&mut mac);
     mac.finalize().into_bytes().into()
 }
 
