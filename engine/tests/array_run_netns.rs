@@ -66,6 +66,7 @@ fn run_serves_a_carp_service_on_the_vip() {
         .args(["netns", "exec", &lab.host, "python3", "-c", LOCAL])
         .spawn()
         .expect("local backend");
+    lab.wait_listening(3128);
     let mut shoal = lab.start(&config, "af_packet", &[]);
 
     let pid = sh(&format!("pgrep -n -x shoal -P {}", shoal.id()));
@@ -142,6 +143,7 @@ fn query_reports_the_services_of_a_converged_member() {
         .args(["netns", "exec", &lab.host, "python3", "-c", LOCAL])
         .spawn()
         .expect("local backend");
+    lab.wait_listening(3128);
     let mut shoal = lab.start_clustered(&config, "af_packet");
     let socket = lab.admin_socket();
     let call = |req: &Request| shoal_engine::control::call(&socket, req);

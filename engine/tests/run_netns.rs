@@ -68,6 +68,7 @@ fn end_to_end(backend: &str) {
         .args(["netns", "exec", &lab.host, "python3", "-c", SERVER])
         .spawn()
         .expect("server");
+    lab.wait_listening(8080);
     let before = sh(&format!(
         "ip netns exec {} sysctl -n net.ipv4.conf.eth0.arp_ignore",
         lab.host

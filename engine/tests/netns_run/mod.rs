@@ -75,6 +75,28 @@ impl Lab {
         path
     }
 
+    /// Waits (at most 10 s) until a TCP socket in the host namespace listens
+    /// on `port`: a backend started just before shoal may still be loading.
+    pub fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = || {
+            !sh(&format!(
+                "ip netns exec {} ss -Hltn sport = :{port}",
+                self.host
+            ))
+            .trim()
+            .is_empty()
+        };
+        while !listening() {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on port {port} in {}",
+                self.host
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Where shoal writes its counters.
     pub fn stats_path(&self) -> PathBuf {
         self.dir.join("stats.json")
