@@ -112,8 +112,14 @@ fn run_serves_a_carp_service_on_the_vip() {
     assert!(table.contains("Proxy Array Information/1.0"), "{table}");
     assert!(table.contains("m1 10.0.0.11 8080 "), "{table}");
 
-    std::thread::sleep(Duration::from_millis(1200));
-    let stats = lab.stats();
+    let timed = |stats: &serde_json::Value| -> u64 {
+        stats["services"]["web"]["by_member"]["m1"]["latency"]["counts"]
+            .as_array()
+            .map_or(0, |c| c.iter().filter_map(|n| n.as_u64()).sum())
+    };
+    let stats = lab.stats_when(|s| {
+        s["services"]["web"]["requests"].as_u64().unwrap_or(0) >= 2 && timed(s) >= 1
+    });
     let web = &stats["services"]["web"];
     assert!(web["requests"].as_u64().unwrap_or(0) >= 2, "{stats}");
     assert_eq!(web["routed"]["m1"].as_u64(), Some(1), "{stats}");
@@ -122,10 +128,7 @@ fn run_serves_a_carp_service_on_the_vip() {
     let m1 = &web["by_member"]["m1"];
     assert_eq!(m1["requests"].as_u64(), Some(1), "{stats}");
     assert_eq!(m1["forwarded"].as_u64(), Some(0), "{stats}");
-    let timed: u64 = m1["latency"]["counts"]
-        .as_array()
-        .map_or(0, |c| c.iter().filter_map(|n| n.as_u64()).sum());
-    assert_eq!(timed, 1, "{stats}");
+    assert_eq!(timed(&stats), 1, "{stats}");
 
     let status = stop(&mut shoal);
     assert!(status.success(), "exit {status}: {}", lab.log());

@@ -98,8 +98,10 @@ fn end_to_end(backend: &str) {
         "served {served} of 40: {}",
         log()
     );
-    std::thread::sleep(Duration::from_millis(1200));
-    let stats = lab.stats();
+    let stats = lab.stats_when(|s| {
+        s["descriptor_table"]["inserted"].as_u64().unwrap_or(0) >= served as u64
+            && s["delivered"].as_u64().unwrap_or(0) > 0
+    });
     // Host 2's share is dropped: in the kernel by the XDP fast path, or by
     // userspace (AF_PACKET, or frames the fast path leaves to userspace).
     let not_owner = stats["dropped"]["not_owner"].as_u64().unwrap_or(0);

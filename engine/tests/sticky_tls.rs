@@ -314,8 +314,13 @@ fn scenario() {
     assert!(set.contains("; Secure"), "{set}");
     let cookie = set.split(';').next().unwrap().to_string();
 
-    // Several probe rounds over TLS: m2 still sees m1 up.
-    std::thread::sleep(Duration::from_millis(500));
+    // m2's probes reach m1 over TLS: m2 sees every member up.
+    eventually("m2 sees m1 up", || {
+        let members = m2.counters_json()["shop"]["members"].clone();
+        members
+            .as_array()
+            .is_some_and(|list| list.len() == 2 && list.iter().all(|m| m["up"] == true))
+    });
 
     // The cookie read at m2: forwarded to m1 over a TLS hop.
     let second = https_get(vip2, &trusting_a, &format!("Cookie: {cookie}\r\n"));

@@ -108,6 +108,20 @@ impl Lab {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
+    /// shoal's counters once `settled` holds of them (they are written about
+    /// once a second), or the last ones read after 10 s for the asserts to
+    /// report.
+    pub fn stats_when(&self, settled: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.stats();
+            if settled(&stats) || Instant::now() >= deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// shoal's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("shoal.log")).unwrap_or_default()
