@@ -94,7 +94,7 @@
 //! route = "carp"                           # required: carp
 //! connect_timeout_ms = 2000                # to owner, parent or local, 1..=60000
 //! first_byte_timeout_ms = 15000            # response head within this, else 504; 1..=600000
-//! idle_timeout_s = 60                      # keep-alive idle, both sides, 1..=3600
+//! idle_timeout_s = 60                      # keep-alive and CONNECT tunnel idle, 1..=3600
 //! max_connections = 10000                  # client connections per host, beyond: 503; 1..=1000000
 //! connect_ports = [443]                    # CONNECT only to these ports ([] = no CONNECT)
 //! max_head_bytes = 16384                   # request head, beyond: 431; 1024..=1048576

@@ -110,7 +110,8 @@ pub struct ServiceLimits {
     /// `first_byte_timeout_ms`: the response head must start within this
     /// after the request was sent (else 504).
     pub first_byte_timeout_ms: u32,
-    /// `idle_timeout_s`: keep-alive idle time, both sides.
+    /// `idle_timeout_s`: keep-alive idle time, both sides, and how long a
+    /// `CONNECT` tunnel may carry nothing either way.
     pub idle_timeout_s: u32,
     /// `max_connections`: client connections per host (beyond: 503).
     pub max_connections: u32,

@@ -71,6 +71,7 @@ name = "up"
 port = 8081
 route = "carp"
 connect_timeout_ms = 300
+idle_timeout_s = 1
 [service.carp]
 members = "parents"
 direct = ["10.0.0.31"]
@@ -196,7 +197,7 @@ fn backend(name: &'static str, addr: SocketAddr) -> Arc<AtomicBool> {
 
 /// Opens a `CONNECT` tunnel to `authority` through the proxy at `addr`
 /// and checks bytes come back through it.
-fn tunnel(addr: &str, authority: &str) {
+fn tunnel(addr: &str, authority: &str) -> TcpStream {
     let mut tunnel = TcpStream::connect(addr).unwrap();
     tunnel
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -219,6 +220,7 @@ fn tunnel(addr: &str, authority: &str) {
     let mut echo = [0u8; 4];
     tunnel.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"ping");
+    tunnel
 }
 
 /// A raw TCP echo server on `addr` (a CONNECT target).
@@ -474,7 +476,7 @@ fn scenario() {
     assert_eq!(garbage.status, 400, "a head that does not parse");
     let smtp = ask(m1, "CONNECT x.test:25 HTTP/1.1\r\nHost: x.test:25\r\n\r\n");
     assert_eq!(smtp.status, 403);
-    tunnel(m1, "secure.test:443");
+    drop(tunnel(m1, "secure.test:443"));
 
     // Pages from the live view.
     let table = get(m1, "/array.dll?Get.Info.v1", "any", "");
@@ -526,7 +528,21 @@ fn scenario() {
     );
     assert_eq!(direct.header("x-target"), "/d", "origin-form to an origin");
     echo("10.0.0.31:443");
-    tunnel("10.0.0.11:8081", "10.0.0.31:443");
+    // A tunnel that goes quiet is closed after the service's idle time
+    // (1 s here), not held for ever.
+    let mut quiet = tunnel("10.0.0.11:8081", "10.0.0.31:443");
+    let since = Instant::now();
+    let mut rest = Vec::new();
+    let read = quiet.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "a quiet tunnel is closed: {read:?} {rest:?}"
+    );
+    let quiet_for = since.elapsed();
+    assert!(
+        quiet_for >= Duration::from_millis(900),
+        "closed before its idle time: {quiet_for:?}"
+    );
     // p1 comes: probed up, and takes its URL.
     let p1 = "10.0.0.41:3128".parse().unwrap();
     let broken = backend("P1", p1);

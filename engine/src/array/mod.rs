@@ -66,6 +66,7 @@ mod health;
 mod proxy;
 pub mod sticky;
 pub mod tls;
+mod tunnel;
 mod upstream;
 pub mod view;
 mod worker;
@@ -155,6 +156,11 @@ impl ServicePlan {
             Upstreams::Cluster { local, .. } if local == addr => None,
             _ => Some(connector),
         }
+    }
+
+    /// How long a `CONNECT` tunnel may carry nothing either way.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.limits.idle_timeout_s))
     }
 
     /// The connect timeout.

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
+use super::tunnel;
 use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
 use super::view::{Snapshot, ViewCell};
 use super::{ServicePlan, Upstreams, MEMBER_SKEW_MS};
@@ -514,7 +515,8 @@ async fn serve(
                     Hop::Parent(i) => plan.name_values.get(*i).and_then(Option::as_ref),
                     Hop::Member(_) => None,
                 };
-                if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, connect) {
+                let tunnel = connect.then(|| plan.idle_timeout());
+                if let Err(why) = relay(&mut resp, &plan.via, served_by, on_upgrade, tunnel) {
                     service
                         .counters
                         .error_at(ErrorKind::Unreachable, served.get());
@@ -658,21 +660,21 @@ pub(super) async fn exchange(
 
 /// Readies an upstream response for the client: hop-by-hop fields removed,
 /// this member's `Via` entry added, `x-shoal-served-by` set (kept from the owner on a hop), and for a
-/// successful `CONNECT` the tunnel spliced. `Err` says why a 502 is to be
-/// given instead.
+/// successful `CONNECT` (`tunnel` is its idle time) the tunnel spliced.
+/// `Err` says why a 502 is to be given instead.
 fn relay(
     resp: &mut Response<Incoming>,
     via: &HeaderValue,
     served_by: Option<&HeaderValue>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    connect: bool,
+    tunnel: Option<Duration>,
 ) -> Result<(), &'static str> {
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().append(header::VIA, via.clone());
     if let Some(name) = served_by {
         resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
-    if connect && resp.status().is_success() {
+    if let Some(idle) = tunnel.filter(|_| resp.status().is_success()) {
         let Some(client) = client_upgrade else {
             return Err("tunnel not available");
         };
@@ -681,9 +683,8 @@ fn relay(
             let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
                 return;
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            let ended = tunnel::splice(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            tracing::debug!(?ended, "tunnel through a member ended");
         });
     }
     Ok(())
@@ -707,13 +708,13 @@ async fn tunnel_direct(
     let Some(client) = client else {
         return failure(service, ErrorKind::Unreachable, None);
     };
+    let idle = service.plan.idle_timeout();
     tokio::task::spawn_local(async move {
         let Ok(client) = client.await else {
             return;
         };
-        let mut client = TokioIo::new(client);
-        let mut stream = stream;
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+        let ended = tunnel::splice(TokioIo::new(client), stream, idle).await;
+        tracing::debug!(%addr, ?ended, "tunnel to the origin ended");
     });
     let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
     if let Some(name) = &service.plan.own_name_value {
