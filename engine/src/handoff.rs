@@ -337,6 +337,9 @@ pub struct LoopStats {
     pub batches: u64,
     /// Frames transmitted for the control thread.
     pub transmitted: u64,
+    /// Frames the control thread wanted sent that the backend did not take
+    /// (its ring or socket buffer full, or the send failed).
+    pub transmit_rejected: u64,
     /// Live descriptors.
     pub descriptors: u64,
     /// Live descriptors per state (`half_open`, `closing`, `soft`,

@@ -240,6 +240,11 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &
         "shoal_delivery_errors",
         "Kept frames the exception path could not take",
     );
+    let transmit_rejected = counter_family(
+        registry,
+        "shoal_transmit_rejected",
+        "Frames for the wire (heartbeats, answers) the backend did not take",
+    );
     let descriptors = gauge_family(
         registry,
         "shoal_descriptors",
@@ -285,6 +290,7 @@ fn poll_cores(registry: &mut Registry, loops: &[Arc<Mutex<LoopStats>>], cores: &
         count(&kept, core(), d.kept);
         count(&passed, core(), d.passed);
         count(&delivery_errors, core(), s.delivery_errors);
+        count(&transmit_rejected, core(), s.transmit_rejected);
         gauge(&descriptors, core(), s.descriptors as i64);
         for (r, n) in DropReason::POLICY.iter().zip(d.dropped) {
             count(&dropped, with("reason", r.name()), n);

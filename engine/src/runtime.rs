@@ -86,6 +86,19 @@ struct PollLoop {
     index: usize,
 }
 
+/// Hands the control thread's frames to `io` (the loop's first backend),
+/// counting those it took and those it did not (no room, or the send
+/// failed): a frame for the wire is never lost uncounted.
+fn send_outbound(io: Option<&mut Box<dyn FrameIo>>, frames: &[Vec<u8>], stats: &mut LoopStats) {
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+    let sent = match io {
+        Some(io) => io.transmit(&refs).unwrap_or(0).min(refs.len()),
+        None => 0,
+    };
+    stats.transmitted += sent as u64;
+    stats.transmit_rejected += (refs.len() - sent) as u64;
+}
+
 /// How long an idle loop sleeps at most: a frame, a published map, a reset
 /// request, a frame to send or the engine stopping wake it sooner (see
 /// [`crate::sys::wake`]); the timeout only paces its housekeeping (expiry,
@@ -161,12 +174,7 @@ impl PollLoop {
             // Frames the control thread wants on the wire leave through the
             // first backend.
             if let Some(pending) = self.outbound.take() {
-                let refs: Vec<&[u8]> = pending.iter().map(|f| f.as_slice()).collect();
-                if let Some(io) = self.backends.first_mut() {
-                    if let Ok(n) = io.transmit(&refs) {
-                        local.transmitted += n as u64;
-                    }
-                }
+                send_outbound(self.backends.first_mut(), &pending, &mut local);
             }
             self.dataplane.tick(now, 256);
             if last_publish.elapsed() >= Duration::from_millis(200) {
@@ -349,6 +357,7 @@ fn counters_json(
     let mut delivered = 0;
     let mut delivery_errors = 0;
     let mut control_dropped = [0u64; 4];
+    let mut transmit_rejected = 0;
     let mut batches = 0;
     let mut descriptors = 0;
     let mut by_state = [0u64; 4];
@@ -364,6 +373,7 @@ fn counters_json(
             *a += b;
         }
         batches += s.batches;
+        transmit_rejected += s.transmit_rejected;
         descriptors += s.descriptors;
         for (a, b) in by_state.iter_mut().zip(s.descriptors_by_state) {
             *a += u64::from(b);
@@ -435,6 +445,7 @@ fn counters_json(
         "outbound_dropped": {
             "heartbeat": outbound_dropped.0,
             "answer": outbound_dropped.1,
+            "transmit": transmit_rejected,
         },
         "igmp_reports": thread.igmp_reports,
         "batches": batches,
@@ -882,4 +893,51 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     tracing::info!(counters = %json, "shoal stopping");
     wiring.tear_down();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    /// A backend whose transmit takes `room` frames, or fails.
+    struct Tx {
+        room: Option<usize>,
+    }
+
+    impl FrameIo for Tx {
+        fn receive(&mut self, _max: usize, handle: &mut dyn FnMut(&[&[u8]])) -> io::Result<usize> {
+            handle(&[]);
+            Ok(0)
+        }
+        fn transmit(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+            match self.room {
+                Some(room) => Ok(frames.len().min(room)),
+                None => Err(io::Error::other("send failed")),
+            }
+        }
+        fn wait(&mut self, _timeout_ms: i32) -> io::Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "tx test".into()
+        }
+    }
+
+    #[test]
+    fn outbound_frames_the_backend_does_not_take_are_counted() {
+        let frames = vec![vec![1u8; 60]; 5];
+        let mut stats = LoopStats::default();
+        let mut roomy: Box<dyn FrameIo> = Box::new(Tx { room: Some(8) });
+        send_outbound(Some(&mut roomy), &frames, &mut stats);
+        assert_eq!((stats.transmitted, stats.transmit_rejected), (5, 0));
+        let mut full: Box<dyn FrameIo> = Box::new(Tx { room: Some(2) });
+        send_outbound(Some(&mut full), &frames, &mut stats);
+        assert_eq!((stats.transmitted, stats.transmit_rejected), (7, 3));
+        let mut failing: Box<dyn FrameIo> = Box::new(Tx { room: None });
+        send_outbound(Some(&mut failing), &frames, &mut stats);
+        assert_eq!((stats.transmitted, stats.transmit_rejected), (7, 8));
+        send_outbound(None, &frames, &mut stats);
+        assert_eq!((stats.transmitted, stats.transmit_rejected), (7, 13));
+    }
 }
