@@ -9,7 +9,6 @@
 mod netns_run;
 
 use std::process::Command;
-use std::time::Duration;
 
 use netns_run::{privileged, sh, stop, Lab};
 use shoal_engine::sys::caps::Privileges;
