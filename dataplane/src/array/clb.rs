@@ -73,6 +73,10 @@
 /// Most back-end servers of one service (exclusion sets are a `u64`).
 pub const MAX_BACKENDS: usize = 64;
 
+/// Up to this many servers to choose from, `peak_ewma` compares them all
+/// instead of two random ones (see "Two choices, or all").
+pub const COMPARE_ALL_UP_TO: usize = 4;
+
 /// How a back-end server is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Policy {
@@ -203,6 +207,12 @@ struct Server {
     /// the moment `pending` left 0; the oldest pending request has waited
     /// at least since then.
     quiet_since_ns: u64,
+    /// When the latest answer came, unless a request failed after it.
+    answered_ns: Option<u64>,
+    /// When the latest failed probe left.
+    probe_failed_ns: Option<u64>,
+    /// When the latest answered probe left.
+    probe_answered_ns: Option<u64>,
     ewma: PeakEwma,
     /// Smooth weighted round robin's running weight.
     current: i64,
@@ -258,6 +268,9 @@ impl Balancer {
                 up: true,
                 pending: 0,
                 quiet_since_ns: now_ns,
+                answered_ns: None,
+                probe_failed_ns: None,
+                probe_answered_ns: None,
                 ewma: PeakEwma::new(config.initial_latency_ns, now_ns),
                 current: 0,
             })
@@ -361,6 +374,9 @@ impl Balancer {
             s.quiet_since_ns = s.quiet_since_ns.max(now_ns);
             if observed {
                 s.ewma.observe(latency_ns, now_ns, decay);
+                s.answered_ns = Some(s.answered_ns.map_or(now_ns, |a| a.max(now_ns)));
+            } else {
+                s.answered_ns = None;
             }
         }
     }
@@ -370,9 +386,31 @@ impl Balancer {
     /// Returns whether the estimate changed.
     pub fn observe_probe(&mut self, i: usize, sent_ns: u64, response_ns: u64) -> bool {
         let decay = self.config.decay_ns;
-        self.servers
-            .get_mut(i)
-            .is_some_and(|s| s.ewma.observe_probe(sent_ns, response_ns, decay))
+        self.servers.get_mut(i).is_some_and(|s| {
+            s.probe_answered_ns = Some(s.probe_answered_ns.map_or(sent_ns, |a| a.max(sent_ns)));
+            s.ewma.observe_probe(sent_ns, response_ns, decay)
+        })
+    }
+
+    /// Server `i`'s probe sent at `sent_ns` failed (no answer within its
+    /// timeout, or an error). Under the policies that weigh load, a server
+    /// that has answered a request since that probe left still counts as
+    /// up while the table leaves it out (see "A server too busy for its
+    /// probe"). Idempotent; ignored when out of range.
+    pub fn probe_failed(&mut self, i: usize, sent_ns: u64) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.probe_failed_ns = Some(s.probe_failed_ns.map_or(sent_ns, |f| f.max(sent_ns)));
+        }
+    }
+
+    /// Whether server `i`'s latest probe failed and it has answered a
+    /// request since that probe left, under a policy that weighs load.
+    fn answering(&self, i: usize) -> bool {
+        let s = &self.servers[i];
+        matches!(self.config.policy, Policy::LeastRequest | Policy::PeakEwma)
+            && s.probe_failed_ns.is_some_and(|p| {
+                s.probe_answered_ns.is_none_or(|a| p > a) && s.answered_ns.is_some_and(|a| a >= p)
+            })
     }
 
     /// The server for the next request, skipping those down and those in
@@ -389,19 +427,30 @@ impl Balancer {
         let open = |i: usize| exclude & (1u64 << i) == 0;
         self.panic = match self.config.policy {
             Policy::Clb => !self.table.iter().any(|&i| self.servers[i].up && open(i)),
-            _ => !(0..self.servers.len()).any(|i| self.servers[i].up && open(i)),
+            _ => !(0..self.servers.len())
+                .any(|i| (self.servers[i].up || self.answering(i)) && open(i)),
         };
         let pick = match (self.config.policy, self.panic) {
             (Policy::Clb, false) => self.pick_clb(exclude),
             (Policy::Clb, true) | (Policy::RoundRobin, _) => self.pick_round_robin(exclude),
-            (Policy::LeastRequest | Policy::PeakEwma, _) => self.pick_two(now_ns, exclude),
+            (Policy::LeastRequest, _) => self.pick_two(now_ns, exclude),
+            (Policy::PeakEwma, _) => {
+                let eligible = (0..self.servers.len())
+                    .filter(|&i| self.eligible(i, exclude))
+                    .count();
+                if eligible <= COMPARE_ALL_UP_TO {
+                    self.pick_cheapest(now_ns, exclude)
+                } else {
+                    self.pick_two(now_ns, exclude)
+                }
+            }
         };
         self.panic = false;
         pick
     }
 
     fn eligible(&self, i: usize, exclude: u64) -> bool {
-        (self.panic || self.servers[i].up) && exclude & (1u64 << i) == 0
+        (self.panic || self.servers[i].up || self.answering(i)) && exclude & (1u64 << i) == 0
     }
 
     fn pick_clb(&mut self, exclude: u64) -> Option<usize> {
@@ -471,6 +520,22 @@ impl Balancer {
             _ => load,
         };
         cost / f64::from(s.weight)
+    }
+
+    /// The eligible server of lowest cost; ties go to a random one of them.
+    fn pick_cheapest(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
+        let mut best: Option<(f64, u64, usize)> = None;
+        for i in 0..self.servers.len() {
+            if !self.eligible(i, exclude) {
+                continue;
+            }
+            let cost = self.cost(i, now_ns);
+            let draw = self.rng.next_u64();
+            if best.is_none_or(|(c, d, _)| cost < c || (cost == c && draw < d)) {
+                best = Some((cost, draw, i));
+            }
+        }
+        best.map(|(_, _, i)| i)
     }
 
     fn pick_two(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
@@ -600,8 +665,79 @@ mod tests {
         assert!(counts[3] * 4 < counts[0], "{counts:?}");
     }
 
+    /// Servers 0 to 2 answered in 300 ms, server 3 in 5 ms, none has a
+    /// request pending: with four servers every pick is server 3 (two
+    /// random choices would leave it out of half the pairs); with eight,
+    /// two random choices still spread the picks.
     #[test]
-    fn two_choices_spread_between_equal_servers() {
+    fn peak_ewma_compares_every_server_of_a_small_table() {
+        for (n, all) in [(4usize, true), (8, false)] {
+            let mut b = balancer(Policy::PeakEwma, &vec![1; n]);
+            for i in 0..n {
+                b.start(i, 0);
+                let latency = if i == 3 { 5 * MS } else { 300 * MS };
+                b.finish(i, latency, true, latency);
+            }
+            let now = 400 * MS;
+            let to_three = (0..1000).filter(|_| b.pick(now, 0) == Some(3)).count();
+            if all {
+                assert_eq!(to_three, 1000, "{n} servers");
+            } else {
+                assert!((100..500).contains(&to_three), "{n} servers: {to_three}");
+            }
+        }
+    }
+
+    /// Every probe of the last round failed: servers 0 to 2 are saturated
+    /// (their probes waited behind requests past the timeout) but answered
+    /// requests after those probes left; server 3 is frozen and has
+    /// answered nothing since. Out of the table all four, yet the policies
+    /// that weigh load keep choosing among 0 to 2 and never pick 3 (before,
+    /// an empty table let every server count, the idle frozen one the
+    /// cheapest of all). `round_robin` and `clb` keep the table's word.
+    #[test]
+    fn a_server_too_busy_for_its_probe_stays_a_choice_and_a_frozen_one_does_not() {
+        for policy in [Policy::PeakEwma, Policy::LeastRequest, Policy::RoundRobin] {
+            let mut b = balancer(policy, &[1, 1, 1, 1]);
+            for i in 0..4 {
+                b.start(i, 0);
+                b.finish(i, 5 * MS, true, 5 * MS);
+                b.observe_probe(i, 0, MS);
+            }
+            for i in 0..4 {
+                b.probe_failed(i, 100 * MS);
+                b.set_up(i, false);
+            }
+            for i in 0..3 {
+                b.start(i, 90 * MS);
+                b.finish(i, 60 * MS, true, 150 * MS);
+            }
+            // An older answered probe, fed again, changes nothing.
+            b.observe_probe(0, 0, MS);
+            let now = 160 * MS;
+            let mut counts = [0u32; 4];
+            for _ in 0..1000 {
+                counts[b.pick(now, 0).unwrap()] += 1;
+            }
+            if policy == Policy::RoundRobin {
+                assert!(counts[3] > 0, "{policy:?} {counts:?}");
+                continue;
+            }
+            assert_eq!(counts[3], 0, "{policy:?} {counts:?}");
+            assert!(counts[..3].iter().all(|&c| c > 0), "{policy:?} {counts:?}");
+            // A failed request since its answer: not a choice any more.
+            b.start(0, now);
+            b.finish(0, 0, false, now);
+            assert!((0..1000).all(|_| b.pick(now, 0) != Some(0)), "{policy:?}");
+            // A probe that left after the failed one and answered: the
+            // table decides again.
+            b.observe_probe(1, 120 * MS, MS);
+            assert!((0..1000).all(|_| b.pick(now, 0) != Some(1)), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn equal_servers_share_the_picks() {
         let mut b = balancer(Policy::PeakEwma, &[1, 1, 1, 1]);
         let mut counts = [0u32; 4];
         for _ in 0..4000 {

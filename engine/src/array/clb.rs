@@ -178,7 +178,7 @@ struct Shared {
     table: Mutex<Table>,
     /// Bumped whenever `Table::order` changes.
     table_generation: AtomicU64,
-    /// Bumped whenever a probe answers.
+    /// Bumped whenever a probe ends (answered or failed).
     probe_generation: AtomicU64,
     /// Client connections open on this host (for `max_connections`).
     connections: AtomicU64,
@@ -195,6 +195,8 @@ struct Table {
     /// Per back end: the latest answered probe's send time (ns since the
     /// engine's start) and response time (ns).
     probes: Vec<Option<(u64, u64)>>,
+    /// Per back end: the latest failed probe's send time (ns).
+    failed: Vec<Option<u64>>,
 }
 
 impl Shared {
@@ -216,6 +218,7 @@ impl Shared {
                 machine,
                 order: Vec::with_capacity(n),
                 probes: vec![None; n],
+                failed: vec![None; n],
             }),
             table_generation: AtomicU64::new(0),
             probe_generation: AtomicU64::new(0),
@@ -503,6 +506,11 @@ impl Service {
             for (i, probe) in t.probes.iter().enumerate() {
                 if let Some((sent_ns, response_ns)) = *probe {
                     balancer.observe_probe(i, sent_ns, response_ns);
+                }
+            }
+            for (i, failed) in t.failed.iter().enumerate() {
+                if let Some(sent_ns) = *failed {
+                    balancer.probe_failed(i, sent_ns);
                 }
             }
         }
@@ -893,10 +901,11 @@ async fn probe(service: Rc<Service>, i: usize) {
         .store(response_us.unwrap_or(u64::MAX), Ordering::Relaxed);
     {
         let mut t = shared.lock();
-        if let Some(r) = response {
-            t.probes[i] = Some((sent_ns, r.as_nanos() as u64));
-            shared.probe_generation.fetch_add(1, Ordering::Release);
+        match response {
+            Some(r) => t.probes[i] = Some((sent_ns, r.as_nanos() as u64)),
+            None => t.failed[i] = Some(sent_ns),
         }
+        shared.probe_generation.fetch_add(1, Ordering::Release);
         t.machine.handle_probe(i, response_us, plan.now_ms());
         shared.publish(&mut t);
     }
