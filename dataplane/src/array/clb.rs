@@ -27,14 +27,30 @@
 //!   server are spread, not bunched).
 //! - [`Policy::LeastRequest`]: two random choices (weighted by `weight`),
 //!   the one with fewer pending requests per unit of weight wins.
-//! - [`Policy::PeakEwma`] (the default): two random choices, the lower
-//!   cost wins, where cost = peak-EWMA of observed latency × (pending + 1)
-//!   ÷ weight. The estimate jumps up to any slower observation at once
-//!   (the "peak") and decays toward faster ones, and toward zero while
-//!   idle, with time constant `decay` — the design of tower's
-//!   `load::PeakEwma`. Two random choices, rather than the global minimum,
-//!   keep several front ends with similar views from all choosing the
-//!   same server.
+//! - [`Policy::PeakEwma`] (the default): the lowest cost wins, where
+//!   cost = peak-EWMA of observed latency × (pending + 1) ÷ weight, among
+//!   every server when at most [`COMPARE_ALL_UP_TO`] are eligible and
+//!   among two random choices otherwise (see "Two choices, or all"). The
+//!   estimate jumps up to any slower observation at once (the "peak") and
+//!   decays toward faster ones, and toward zero while idle, with time
+//!   constant `decay` — the design of tower's `load::PeakEwma`.
+//!
+//! # Two choices, or all
+//!
+//! Two random choices keep front ends with similar views from all
+//! choosing the same server: the cheapest server can get at most about
+//! twice its share. Their price is that the cheapest server is one of the
+//! two in only 2/n of the picks: with four servers, half the requests go
+//! to one of the other three however much cheaper it is. That is what
+//! matters after an overload: the server that just recovered (or just
+//! thawed) is idle while the others hold queues, and every request sent
+//! to a queue waits behind it. With at most [`COMPARE_ALL_UP_TO`] servers
+//! `peak_ewma` therefore compares them all (ties go to a random one). The
+//! herding this allows is bounded twice: each balancer's pending counts
+//! and estimates are its own, so one balancer moves on after a request or
+//! two, and a server of four can get at most four times its share (the
+//! herding simulation of `shoal bench clb` shows no herd). With more
+//! servers, two random choices.
 //!
 //! # A server that stalls
 //!
@@ -54,17 +70,37 @@
 //!   without waiting for a completion.
 //! - *A fresh probe retires a stale peak.* The requests that were stuck
 //!   finish together when the stall ends and push the estimate to the
-//!   stall's length; a server priced at seconds then gets no requests, so
-//!   no faster observation ever arrives, and the estimate only decays
-//!   toward zero with time constant `decay` (about five constants to fall
-//!   from 2 s to 10 ms: with the default 10 s, the server is lost for the
-//!   better part of a minute). A probe that left after the latest
-//!   observation and answered faster than the estimate is newer evidence
-//!   of the server's current latency (queue included, as the probe waits
-//!   in it): [`Balancer::observe_probe`] lowers the estimate to it. A
-//!   server still stalled does not answer its probe, so nothing is
-//!   forgiven early, and if it stalls again the first rule catches it
-//!   within a few of its peers' response times.
+//!   stall's length; a server priced at seconds then gets few requests,
+//!   and faster observations move the estimate only with time constant
+//!   `decay` (about five constants to fall from 2 s to 10 ms: with the
+//!   default 10 s, the server is lost for the better part of a minute). A
+//!   probe that left after the peak (the latest observation that raised
+//!   the estimate) and answered faster is newer evidence of the server's
+//!   current latency (queue included, as the probe waits in it):
+//!   [`Balancer::observe_probe`] lowers the estimate to the slower of the
+//!   probe and the latest request answered since the peak (a probe
+//!   cheaper than real requests does not make the server look cheaper
+//!   than its requests are). Answers that arrive while the probe is out
+//!   do not make it older evidence: a server back from a stall answers
+//!   requests at once. A server still stalled does not answer its probe,
+//!   so nothing is forgiven early, and if it stalls again the first rule
+//!   catches it within a few of its peers' response times.
+//!
+//! # A server too busy for its probe
+//!
+//! A probe waits in the server's queue like any request, so a saturated
+//! server's probe times out and the table drops the server, though it
+//! answers every request it gets; when the whole tier is saturated (one
+//! server stalled, the others taking its share) every probe fails, and an
+//! empty table lets every server count again, the stalled one included,
+//! idle and therefore cheapest. The policies that weigh load
+//! (`least_request`, `peak_ewma`) have better evidence than the probe: a
+//! server that answered a request after its failed probe left is alive,
+//! and its cost already says how busy it is. Such a server stays a choice
+//! ([`Balancer::probe_failed`]) until a request to it fails or a later
+//! probe fails with no answer after it; one that has answered nothing
+//! since (stalled, dead) stays out. `clb` and `round_robin` keep the
+//! table's word.
 //!
 //! Pending counts and latency estimates belong to one balancer (one
 //! worker); the table comes from the control plane's probes.
@@ -86,7 +122,8 @@ pub enum Policy {
     RoundRobin,
     /// Two random choices, fewer pending requests wins.
     LeastRequest,
-    /// Two random choices, lower peak-EWMA latency × (pending + 1) wins.
+    /// Lower peak-EWMA latency × (pending + 1) wins: of every server in a
+    /// small table, of two random choices otherwise.
     #[default]
     PeakEwma,
 }
@@ -147,6 +184,11 @@ impl Rng {
 pub struct PeakEwma {
     estimate_ns: f64,
     at_ns: u64,
+    /// When the estimate last jumped up to an observation (or a probe
+    /// lowered it).
+    peak_at_ns: u64,
+    /// The latest observation since then (0: none).
+    last_ns: u64,
 }
 
 impl PeakEwma {
@@ -155,6 +197,8 @@ impl PeakEwma {
         PeakEwma {
             estimate_ns: initial_ns as f64,
             at_ns: now_ns,
+            peak_at_ns: now_ns,
+            last_ns: 0,
         }
     }
 
@@ -165,7 +209,10 @@ impl PeakEwma {
         let latency = latency_ns as f64;
         if latency > self.estimate_ns {
             self.estimate_ns = latency;
+            self.peak_at_ns = self.peak_at_ns.max(now_ns);
+            self.last_ns = 0;
         } else {
+            self.last_ns = latency_ns;
             let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
             let keep = (-elapsed / decay_ns.max(1) as f64).exp();
             self.estimate_ns = self.estimate_ns * keep + latency * (1.0 - keep);
@@ -182,17 +229,22 @@ impl PeakEwma {
     }
 
     /// Folds in a probe sent at `sent_ns` and answered after
-    /// `response_ns`: when it left after the latest observation and
-    /// answered faster than the estimate (decayed to the answer's time),
-    /// it replaces the estimate; otherwise it changes nothing (older
-    /// evidence, or no faster). Returns whether it replaced it.
+    /// `response_ns`: when it left after the latest peak (the latest
+    /// observation that raised the estimate, or the latest probe that
+    /// lowered it), the estimate (decayed to the answer's time) falls to
+    /// the slower of the probe and the latest observation since that
+    /// peak, if that is lower; otherwise nothing changes (older evidence, or no faster).
+    /// Returns whether it lowered the estimate.
     pub fn observe_probe(&mut self, sent_ns: u64, response_ns: u64, decay_ns: u64) -> bool {
         let answered_ns = sent_ns.saturating_add(response_ns);
-        if sent_ns < self.at_ns || response_ns as f64 >= self.at(answered_ns, decay_ns) {
+        let floor = response_ns.max(self.last_ns);
+        if sent_ns < self.peak_at_ns || floor as f64 >= self.at(answered_ns, decay_ns) {
             return false;
         }
-        self.estimate_ns = response_ns as f64;
-        self.at_ns = answered_ns;
+        self.estimate_ns = floor as f64;
+        self.at_ns = self.at_ns.max(answered_ns);
+        self.peak_at_ns = answered_ns;
+        self.last_ns = 0;
         true
     }
 }
@@ -800,6 +852,29 @@ mod tests {
         assert!(b.observe_probe(1, 3_100 * MS, 5 * MS));
         assert_eq!(b.latency_ns(1, 3_105 * MS), (5 * MS) as f64);
         assert!(!b.observe_probe(9, 3_200 * MS, MS));
+    }
+
+    /// A server back from a stall takes requests at once (it answers), so
+    /// an answer usually lands between a probe's departure and its answer:
+    /// the probe is still newer than the stall's peak, and brings the
+    /// estimate down to the slower of itself and the latest answer (before,
+    /// such a probe counted as older evidence and the 2 s peak stayed,
+    /// decaying over `decay`).
+    #[test]
+    fn a_probe_newer_than_the_peak_retires_it_though_requests_answered_since() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1]);
+        b.start(1, 1_000 * MS);
+        b.finish(1, 2_000 * MS, true, 3_000 * MS);
+        for (sent, latency) in [(3_040, 10), (3_068, 9), (3_092, 12)] {
+            b.start(1, sent * MS);
+            b.finish(1, latency * MS, true, (sent + latency) * MS);
+        }
+        // Sent at 3.1 s, answered at 3.105 s, after the answer at 3.102 s.
+        assert!(b.observe_probe(1, 3_100 * MS, 5 * MS));
+        let estimate = b.latency_ns(1, 3_105 * MS);
+        assert!((estimate - (12 * MS) as f64).abs() < 1.0, "{estimate}");
+        // Fed again, the same probe changes nothing.
+        assert!(!b.observe_probe(1, 3_100 * MS, 5 * MS));
     }
 
     /// Four single-worker servers (4 ms each) at 70% load in virtual time;

@@ -48,7 +48,10 @@
 //! probe (`probe`, a new connection, `Connection: close`), all at once,
 //! each under `probe_timeout_ms`: a hung server delays only its own probe.
 //! A probe answered with a status below 500 gives its response time
-//! (connect included); anything else is a failure.
+//! (connect included); anything else is a failure. Both reach every
+//! worker's balancer with the probe's send time: an answer may retire a
+//! stale latency peak, a failure lets the balancer tell a server too busy
+//! for its probe from a stalled one ([`Balancer::probe_failed`]).
 
 use std::cell::RefCell;
 use std::convert::Infallible;
