@@ -974,7 +974,6 @@ mod tests {
     fn the_simulation_shows_clb_herding_and_peak_ewma_spreading() {
         let (_, clb) = simulate(Policy::Clb);
         let (_, ewma) = simulate(Policy::PeakEwma);
-        eprintln!("SIMDEBUG {clb:?} {ewma:?} {:?}", simulate(Policy::RoundRobin).1);
         assert!(clb.herd_share > ewma.herd_share, "{clb:?} {ewma:?}");
         assert!(clb.max_queue > ewma.max_queue, "{clb:?} {ewma:?}");
     }
