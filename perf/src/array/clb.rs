@@ -54,6 +54,16 @@
 //! plot (`clb-herding.svg`) shows each server's queue over the first two
 //! seconds for both.
 //!
+//! # Options
+//!
+//! `--only` runs some cases, by policy name (`healthy` for the baseline,
+//! `leastconn` for HAProxy, `least_conn` for nginx): quicker rounds while
+//! working on a policy, but the figures that count are those of one full
+//! run, side by side. `--requests DIR` keeps every request of every case
+//! (`<frontend>-<policy>.requests`: due time, latency, status, the back
+//! end that served it for shoal, and whether it was due during a freeze),
+//! to see where the slow ones sat.
+//!
 //! A bench, not a test: it fails only when something is broken, never on
 //! a figure.
 
@@ -526,11 +536,24 @@ fn run_case(
         let dump = opts.requests.as_ref().map(|d| {
             let file: String = format!("{name}-{label}.requests")
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             d.join(file)
         });
-        let out = load(&addr, rate, opts.seconds, 0, freeze_started, dump.as_deref());
+        let out = load(
+            &addr,
+            rate,
+            opts.seconds,
+            0,
+            freeze_started,
+            dump.as_deref(),
+        );
         let _ = proc.stop(Duration::from_secs(3));
         out
     })();
