@@ -89,7 +89,7 @@ pub enum Bench {
     Forward(Common),
     /// Response-time balancing: shoal's clb policies, HAProxy leastconn
     /// and nginx least_conn under one open load; CLB's herding simulated.
-    Clb(Common),
+    Clb(ClbArgs),
     /// Every bench in turn (what scripts/bench runs).
     All(Common),
     /// Internal: the fixture run under callgrind by `pipeline`.
@@ -114,6 +114,25 @@ pub struct ArrayArgs {
     /// frontends).
     #[arg(long, value_parser = ["routing", "wire"])]
     pub only: Option<String>,
+}
+
+/// `shoal bench clb`'s options.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClbArgs {
+    /// Options every bench takes.
+    #[command(flatten)]
+    pub common: Common,
+    /// Run only these cases, by policy name (comma-separated: `healthy`
+    /// for the all-healthy baseline, `clb`, `round_robin`,
+    /// `least_request`, `peak_ewma`, `leastconn` for HAProxy, `least_conn`
+    /// for nginx); default every case.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Also write every request of every case here, one line each (due
+    /// time s, latency ms, status, back end, and whether it was due while
+    /// the freezing back end was frozen): `<frontend>-<policy>.requests`.
+    #[arg(long)]
+    pub requests: Option<PathBuf>,
 }
 
 /// Options every bench takes.
@@ -183,7 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Bench::Failover(c) => (c, &["failover"]),
         Bench::Array(a) => (&a.common, &["array"]),
         Bench::Forward(c) => (c, &["forward"]),
-        Bench::Clb(c) => (c, &["clb"]),
+        Bench::Clb(c) => (&c.common, &["clb"]),
         Bench::All(c) => (
             c,
             &[
@@ -295,9 +314,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             "clb" => {
                 signals::catch_interrupts();
+                let (only, requests) = match &args.bench {
+                    Bench::Clb(c) => (c.only.clone(), c.requests.clone()),
+                    _ => (Vec::new(), None),
+                };
                 let r = array::clb::run(&array::clb::ClbOptions {
                     seconds: common.seconds(20.0, 3.0),
                     smoke: common.smoke,
+                    only,
+                    requests,
                 })?;
                 emit(common, quiet, &r, array::clb::text(&r))?;
                 if let Some(dir) = &common.out {

@@ -25,7 +25,9 @@ addresses in turn. Prints one JSON object: sent, ok, statuses,
 errors, served_by counts, latency percentiles (ms), and per 100 ms slot
 which back ends served; with --freeze-started, the p99 of the requests due
 while a freezing server was frozen and of the rest. --dump FILE writes
-one line per request.
+one line per request: due time (s from the start), latency ms (- when
+failed), status, back end (None unless x-shoal-served-by named it), and
+"frozen" when it was due while the freezing server was frozen, else -.
 """
 
 import argparse
@@ -227,12 +229,14 @@ async def load(args):
         "p99_rest_ms": None,
         "slots": {str(k): v for k, v in sorted(slots.items())},
     }
+    def frozen(due):
+        # Whether the request was due while the freezing server (started
+        # at that epoch) was frozen.
+        if not args.freeze_started:
+            return False
+        t = start_epoch + due - args.freeze_started
+        return t >= 0 and t % args.freeze_every < args.freeze_for
     if args.freeze_started:
-        # Split by whether the request was due while the freezing server
-        # (started at that epoch) was frozen.
-        def frozen(due):
-            t = start_epoch + due - args.freeze_started
-            return t >= 0 and t % args.freeze_every < args.freeze_for
         lat = lambda r: r[1] if r[1] is not None else args.timeout * 1000.0
         during = sorted(lat(r) for r in results if frozen(r[0]))
         rest = sorted(lat(r) for r in results if not frozen(r[0]))
@@ -242,7 +246,8 @@ async def load(args):
     if args.dump:
         with open(args.dump, "w") as f:
             for due, lat, status, by in results:
-                f.write("%.4f %s %s %s\n" % (due, "%.2f" % lat if lat is not None else "-", status, by))
+                f.write("%.4f %s %s %s %s\n" % (due, "%.2f" % lat if lat is not None else "-",
+                                                 status, by, "frozen" if frozen(due) else "-"))
     print(json.dumps(out))
 
 
@@ -268,7 +273,7 @@ def main():
                    help="epoch a server freezing every --freeze-every s for --freeze-for s started: p99 split by it")
     l.add_argument("--freeze-every", type=float, default=10.0)
     l.add_argument("--freeze-for", type=float, default=2.0)
-    l.add_argument("--dump", help="write one line per request: due s, latency ms, status, served by")
+    l.add_argument("--dump", help="write one line per request: due s, latency ms, status, served by, frozen")
     args = p.parse_args()
     if args.cmd == "serve":
         asyncio.run(serve(args))

@@ -27,14 +27,30 @@
 //!   server are spread, not bunched).
 //! - [`Policy::LeastRequest`]: two random choices (weighted by `weight`),
 //!   the one with fewer pending requests per unit of weight wins.
-//! - [`Policy::PeakEwma`] (the default): two random choices, the lower
-//!   cost wins, where cost = peak-EWMA of observed latency × (pending + 1)
-//!   ÷ weight. The estimate jumps up to any slower observation at once
-//!   (the "peak") and decays toward faster ones, and toward zero while
-//!   idle, with time constant `decay` — the design of tower's
-//!   `load::PeakEwma`. Two random choices, rather than the global minimum,
-//!   keep several front ends with similar views from all choosing the
-//!   same server.
+//! - [`Policy::PeakEwma`] (the default): the lowest cost wins, where
+//!   cost = peak-EWMA of observed latency × (pending + 1) ÷ weight, among
+//!   every server when at most [`COMPARE_ALL_UP_TO`] are eligible and
+//!   among two random choices otherwise (see "Two choices, or all"). The
+//!   estimate jumps up to any slower observation at once (the "peak") and
+//!   decays toward faster ones, and toward zero while idle, with time
+//!   constant `decay` — the design of tower's `load::PeakEwma`.
+//!
+//! # Two choices, or all
+//!
+//! Two random choices keep front ends with similar views from all
+//! choosing the same server: the cheapest server can get at most about
+//! twice its share. Their price is that the cheapest server is one of the
+//! two in only 2/n of the picks: with four servers, half the requests go
+//! to one of the other three however much cheaper it is. That is what
+//! matters after an overload: the server that just recovered (or just
+//! thawed) is idle while the others hold queues, and every request sent
+//! to a queue waits behind it. With at most [`COMPARE_ALL_UP_TO`] servers
+//! `peak_ewma` therefore compares them all (ties go to a random one). The
+//! herding this allows is bounded twice: each balancer's pending counts
+//! and estimates are its own, so one balancer moves on after a request or
+//! two, and a server of four can get at most four times its share (the
+//! herding simulation of `shoal bench clb` shows no herd). With more
+//! servers, two random choices.
 //!
 //! # A server that stalls
 //!
@@ -54,17 +70,37 @@
 //!   without waiting for a completion.
 //! - *A fresh probe retires a stale peak.* The requests that were stuck
 //!   finish together when the stall ends and push the estimate to the
-//!   stall's length; a server priced at seconds then gets no requests, so
-//!   no faster observation ever arrives, and the estimate only decays
-//!   toward zero with time constant `decay` (about five constants to fall
-//!   from 2 s to 10 ms: with the default 10 s, the server is lost for the
-//!   better part of a minute). A probe that left after the latest
-//!   observation and answered faster than the estimate is newer evidence
-//!   of the server's current latency (queue included, as the probe waits
-//!   in it): [`Balancer::observe_probe`] lowers the estimate to it. A
-//!   server still stalled does not answer its probe, so nothing is
-//!   forgiven early, and if it stalls again the first rule catches it
-//!   within a few of its peers' response times.
+//!   stall's length; a server priced at seconds then gets few requests,
+//!   and faster observations move the estimate only with time constant
+//!   `decay` (about five constants to fall from 2 s to 10 ms: with the
+//!   default 10 s, the server is lost for the better part of a minute). A
+//!   probe that left after the peak (the latest observation that raised
+//!   the estimate) and answered faster is newer evidence of the server's
+//!   current latency (queue included, as the probe waits in it):
+//!   [`Balancer::observe_probe`] lowers the estimate to the slower of the
+//!   probe and the latest request answered since the peak (a probe
+//!   cheaper than real requests does not make the server look cheaper
+//!   than its requests are). Answers that arrive while the probe is out
+//!   do not make it older evidence: a server back from a stall answers
+//!   requests at once. A server still stalled does not answer its probe,
+//!   so nothing is forgiven early, and if it stalls again the first rule
+//!   catches it within a few of its peers' response times.
+//!
+//! # A server too busy for its probe
+//!
+//! A probe waits in the server's queue like any request, so a saturated
+//! server's probe times out and the table drops the server, though it
+//! answers every request it gets; when the whole tier is saturated (one
+//! server stalled, the others taking its share) every probe fails, and an
+//! empty table lets every server count again, the stalled one included,
+//! idle and therefore cheapest. The policies that weigh load
+//! (`least_request`, `peak_ewma`) have better evidence than the probe: a
+//! server that answered a request after its failed probe left is alive,
+//! and its cost already says how busy it is. Such a server stays a choice
+//! ([`Balancer::probe_failed`]) until a request to it fails or a later
+//! probe fails with no answer after it; one that has answered nothing
+//! since (stalled, dead) stays out. `clb` and `round_robin` keep the
+//! table's word.
 //!
 //! Pending counts and latency estimates belong to one balancer (one
 //! worker); the table comes from the control plane's probes.
@@ -72,6 +108,10 @@
 
 /// Most back-end servers of one service (exclusion sets are a `u64`).
 pub const MAX_BACKENDS: usize = 64;
+
+/// Up to this many servers to choose from, `peak_ewma` compares them all
+/// instead of two random ones (see "Two choices, or all").
+pub const COMPARE_ALL_UP_TO: usize = 4;
 
 /// How a back-end server is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -82,7 +122,8 @@ pub enum Policy {
     RoundRobin,
     /// Two random choices, fewer pending requests wins.
     LeastRequest,
-    /// Two random choices, lower peak-EWMA latency × (pending + 1) wins.
+    /// Lower peak-EWMA latency × (pending + 1) wins: of every server in a
+    /// small table, of two random choices otherwise.
     #[default]
     PeakEwma,
 }
@@ -143,6 +184,11 @@ impl Rng {
 pub struct PeakEwma {
     estimate_ns: f64,
     at_ns: u64,
+    /// When the estimate last jumped up to an observation (or a probe
+    /// lowered it).
+    peak_at_ns: u64,
+    /// The latest observation since then (0: none).
+    last_ns: u64,
 }
 
 impl PeakEwma {
@@ -151,6 +197,8 @@ impl PeakEwma {
         PeakEwma {
             estimate_ns: initial_ns as f64,
             at_ns: now_ns,
+            peak_at_ns: now_ns,
+            last_ns: 0,
         }
     }
 
@@ -161,7 +209,10 @@ impl PeakEwma {
         let latency = latency_ns as f64;
         if latency > self.estimate_ns {
             self.estimate_ns = latency;
+            self.peak_at_ns = self.peak_at_ns.max(now_ns);
+            self.last_ns = 0;
         } else {
+            self.last_ns = latency_ns;
             let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
             let keep = (-elapsed / decay_ns.max(1) as f64).exp();
             self.estimate_ns = self.estimate_ns * keep + latency * (1.0 - keep);
@@ -178,17 +229,22 @@ impl PeakEwma {
     }
 
     /// Folds in a probe sent at `sent_ns` and answered after
-    /// `response_ns`: when it left after the latest observation and
-    /// answered faster than the estimate (decayed to the answer's time),
-    /// it replaces the estimate; otherwise it changes nothing (older
-    /// evidence, or no faster). Returns whether it replaced it.
+    /// `response_ns`: when it left after the latest peak (the latest
+    /// observation that raised the estimate, or the latest probe that
+    /// lowered it), the estimate (decayed to the answer's time) falls to
+    /// the slower of the probe and the latest observation since that
+    /// peak, if that is lower; otherwise nothing changes (older evidence, or no faster).
+    /// Returns whether it lowered the estimate.
     pub fn observe_probe(&mut self, sent_ns: u64, response_ns: u64, decay_ns: u64) -> bool {
         let answered_ns = sent_ns.saturating_add(response_ns);
-        if sent_ns < self.at_ns || response_ns as f64 >= self.at(answered_ns, decay_ns) {
+        let floor = response_ns.max(self.last_ns);
+        if sent_ns < self.peak_at_ns || floor as f64 >= self.at(answered_ns, decay_ns) {
             return false;
         }
-        self.estimate_ns = response_ns as f64;
-        self.at_ns = answered_ns;
+        self.estimate_ns = floor as f64;
+        self.at_ns = self.at_ns.max(answered_ns);
+        self.peak_at_ns = answered_ns;
+        self.last_ns = 0;
         true
     }
 }
@@ -203,6 +259,12 @@ struct Server {
     /// the moment `pending` left 0; the oldest pending request has waited
     /// at least since then.
     quiet_since_ns: u64,
+    /// When the latest answer came, unless a request failed after it.
+    answered_ns: Option<u64>,
+    /// When the latest failed probe left.
+    probe_failed_ns: Option<u64>,
+    /// When the latest answered probe left.
+    probe_answered_ns: Option<u64>,
     ewma: PeakEwma,
     /// Smooth weighted round robin's running weight.
     current: i64,
@@ -258,6 +320,9 @@ impl Balancer {
                 up: true,
                 pending: 0,
                 quiet_since_ns: now_ns,
+                answered_ns: None,
+                probe_failed_ns: None,
+                probe_answered_ns: None,
                 ewma: PeakEwma::new(config.initial_latency_ns, now_ns),
                 current: 0,
             })
@@ -361,6 +426,9 @@ impl Balancer {
             s.quiet_since_ns = s.quiet_since_ns.max(now_ns);
             if observed {
                 s.ewma.observe(latency_ns, now_ns, decay);
+                s.answered_ns = Some(s.answered_ns.map_or(now_ns, |a| a.max(now_ns)));
+            } else {
+                s.answered_ns = None;
             }
         }
     }
@@ -370,9 +438,31 @@ impl Balancer {
     /// Returns whether the estimate changed.
     pub fn observe_probe(&mut self, i: usize, sent_ns: u64, response_ns: u64) -> bool {
         let decay = self.config.decay_ns;
-        self.servers
-            .get_mut(i)
-            .is_some_and(|s| s.ewma.observe_probe(sent_ns, response_ns, decay))
+        self.servers.get_mut(i).is_some_and(|s| {
+            s.probe_answered_ns = Some(s.probe_answered_ns.map_or(sent_ns, |a| a.max(sent_ns)));
+            s.ewma.observe_probe(sent_ns, response_ns, decay)
+        })
+    }
+
+    /// Server `i`'s probe sent at `sent_ns` failed (no answer within its
+    /// timeout, or an error). Under the policies that weigh load, a server
+    /// that has answered a request since that probe left still counts as
+    /// up while the table leaves it out (see "A server too busy for its
+    /// probe"). Idempotent; ignored when out of range.
+    pub fn probe_failed(&mut self, i: usize, sent_ns: u64) {
+        if let Some(s) = self.servers.get_mut(i) {
+            s.probe_failed_ns = Some(s.probe_failed_ns.map_or(sent_ns, |f| f.max(sent_ns)));
+        }
+    }
+
+    /// Whether server `i`'s latest probe failed and it has answered a
+    /// request since that probe left, under a policy that weighs load.
+    fn answering(&self, i: usize) -> bool {
+        let s = &self.servers[i];
+        matches!(self.config.policy, Policy::LeastRequest | Policy::PeakEwma)
+            && s.probe_failed_ns.is_some_and(|p| {
+                s.probe_answered_ns.is_none_or(|a| p > a) && s.answered_ns.is_some_and(|a| a >= p)
+            })
     }
 
     /// The server for the next request, skipping those down and those in
@@ -389,19 +479,30 @@ impl Balancer {
         let open = |i: usize| exclude & (1u64 << i) == 0;
         self.panic = match self.config.policy {
             Policy::Clb => !self.table.iter().any(|&i| self.servers[i].up && open(i)),
-            _ => !(0..self.servers.len()).any(|i| self.servers[i].up && open(i)),
+            _ => !(0..self.servers.len())
+                .any(|i| (self.servers[i].up || self.answering(i)) && open(i)),
         };
         let pick = match (self.config.policy, self.panic) {
             (Policy::Clb, false) => self.pick_clb(exclude),
             (Policy::Clb, true) | (Policy::RoundRobin, _) => self.pick_round_robin(exclude),
-            (Policy::LeastRequest | Policy::PeakEwma, _) => self.pick_two(now_ns, exclude),
+            (Policy::LeastRequest, _) => self.pick_two(now_ns, exclude),
+            (Policy::PeakEwma, _) => {
+                let eligible = (0..self.servers.len())
+                    .filter(|&i| self.eligible(i, exclude))
+                    .count();
+                if eligible <= COMPARE_ALL_UP_TO {
+                    self.pick_cheapest(now_ns, exclude)
+                } else {
+                    self.pick_two(now_ns, exclude)
+                }
+            }
         };
         self.panic = false;
         pick
     }
 
     fn eligible(&self, i: usize, exclude: u64) -> bool {
-        (self.panic || self.servers[i].up) && exclude & (1u64 << i) == 0
+        (self.panic || self.servers[i].up || self.answering(i)) && exclude & (1u64 << i) == 0
     }
 
     fn pick_clb(&mut self, exclude: u64) -> Option<usize> {
@@ -471,6 +572,22 @@ impl Balancer {
             _ => load,
         };
         cost / f64::from(s.weight)
+    }
+
+    /// The eligible server of lowest cost; ties go to a random one of them.
+    fn pick_cheapest(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
+        let mut best: Option<(f64, u64, usize)> = None;
+        for i in 0..self.servers.len() {
+            if !self.eligible(i, exclude) {
+                continue;
+            }
+            let cost = self.cost(i, now_ns);
+            let draw = self.rng.next_u64();
+            if best.is_none_or(|(c, d, _)| cost < c || (cost == c && draw < d)) {
+                best = Some((cost, draw, i));
+            }
+        }
+        best.map(|(_, _, i)| i)
     }
 
     fn pick_two(&mut self, now_ns: u64, exclude: u64) -> Option<usize> {
@@ -600,8 +717,79 @@ mod tests {
         assert!(counts[3] * 4 < counts[0], "{counts:?}");
     }
 
+    /// Servers 0 to 2 answered in 300 ms, server 3 in 5 ms, none has a
+    /// request pending: with four servers every pick is server 3 (two
+    /// random choices would leave it out of half the pairs); with eight,
+    /// two random choices still spread the picks.
     #[test]
-    fn two_choices_spread_between_equal_servers() {
+    fn peak_ewma_compares_every_server_of_a_small_table() {
+        for (n, all) in [(4usize, true), (8, false)] {
+            let mut b = balancer(Policy::PeakEwma, &vec![1; n]);
+            for i in 0..n {
+                b.start(i, 0);
+                let latency = if i == 3 { 5 * MS } else { 300 * MS };
+                b.finish(i, latency, true, latency);
+            }
+            let now = 400 * MS;
+            let to_three = (0..1000).filter(|_| b.pick(now, 0) == Some(3)).count();
+            if all {
+                assert_eq!(to_three, 1000, "{n} servers");
+            } else {
+                assert!((100..500).contains(&to_three), "{n} servers: {to_three}");
+            }
+        }
+    }
+
+    /// Every probe of the last round failed: servers 0 to 2 are saturated
+    /// (their probes waited behind requests past the timeout) but answered
+    /// requests after those probes left; server 3 is frozen and has
+    /// answered nothing since. Out of the table all four, yet the policies
+    /// that weigh load keep choosing among 0 to 2 and never pick 3 (before,
+    /// an empty table let every server count, the idle frozen one the
+    /// cheapest of all). `round_robin` and `clb` keep the table's word.
+    #[test]
+    fn a_server_too_busy_for_its_probe_stays_a_choice_and_a_frozen_one_does_not() {
+        for policy in [Policy::PeakEwma, Policy::LeastRequest, Policy::RoundRobin] {
+            let mut b = balancer(policy, &[1, 1, 1, 1]);
+            for i in 0..4 {
+                b.start(i, 0);
+                b.finish(i, 5 * MS, true, 5 * MS);
+                b.observe_probe(i, 0, MS);
+            }
+            for i in 0..4 {
+                b.probe_failed(i, 100 * MS);
+                b.set_up(i, false);
+            }
+            for i in 0..3 {
+                b.start(i, 90 * MS);
+                b.finish(i, 60 * MS, true, 150 * MS);
+            }
+            // An older answered probe, fed again, changes nothing.
+            b.observe_probe(0, 0, MS);
+            let now = 160 * MS;
+            let mut counts = [0u32; 4];
+            for _ in 0..1000 {
+                counts[b.pick(now, 0).unwrap()] += 1;
+            }
+            if policy == Policy::RoundRobin {
+                assert!(counts[3] > 0, "{policy:?} {counts:?}");
+                continue;
+            }
+            assert_eq!(counts[3], 0, "{policy:?} {counts:?}");
+            assert!(counts[..3].iter().all(|&c| c > 0), "{policy:?} {counts:?}");
+            // A failed request since its answer: not a choice any more.
+            b.start(0, now);
+            b.finish(0, 0, false, now);
+            assert!((0..1000).all(|_| b.pick(now, 0) != Some(0)), "{policy:?}");
+            // A probe that left after the failed one and answered: the
+            // table decides again.
+            b.observe_probe(1, 120 * MS, MS);
+            assert!((0..1000).all(|_| b.pick(now, 0) != Some(1)), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn equal_servers_share_the_picks() {
         let mut b = balancer(Policy::PeakEwma, &[1, 1, 1, 1]);
         let mut counts = [0u32; 4];
         for _ in 0..4000 {
@@ -664,6 +852,29 @@ mod tests {
         assert!(b.observe_probe(1, 3_100 * MS, 5 * MS));
         assert_eq!(b.latency_ns(1, 3_105 * MS), (5 * MS) as f64);
         assert!(!b.observe_probe(9, 3_200 * MS, MS));
+    }
+
+    /// A server back from a stall takes requests at once (it answers), so
+    /// an answer usually lands between a probe's departure and its answer:
+    /// the probe is still newer than the stall's peak, and brings the
+    /// estimate down to the slower of itself and the latest answer (before,
+    /// such a probe counted as older evidence and the 2 s peak stayed,
+    /// decaying over `decay`).
+    #[test]
+    fn a_probe_newer_than_the_peak_retires_it_though_requests_answered_since() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1]);
+        b.start(1, 1_000 * MS);
+        b.finish(1, 2_000 * MS, true, 3_000 * MS);
+        for (sent, latency) in [(3_040, 10), (3_068, 9), (3_092, 12)] {
+            b.start(1, sent * MS);
+            b.finish(1, latency * MS, true, (sent + latency) * MS);
+        }
+        // Sent at 3.1 s, answered at 3.105 s, after the answer at 3.102 s.
+        assert!(b.observe_probe(1, 3_100 * MS, 5 * MS));
+        let estimate = b.latency_ns(1, 3_105 * MS);
+        assert!((estimate - (12 * MS) as f64).abs() < 1.0, "{estimate}");
+        // Fed again, the same probe changes nothing.
+        assert!(!b.observe_probe(1, 3_100 * MS, 5 * MS));
     }
 
     /// Four single-worker servers (4 ms each) at 70% load in virtual time;

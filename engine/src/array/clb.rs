@@ -48,7 +48,10 @@
 //! probe (`probe`, a new connection, `Connection: close`), all at once,
 //! each under `probe_timeout_ms`: a hung server delays only its own probe.
 //! A probe answered with a status below 500 gives its response time
-//! (connect included); anything else is a failure.
+//! (connect included); anything else is a failure. Both reach every
+//! worker's balancer with the probe's send time: an answer may retire a
+//! stale latency peak, a failure lets the balancer tell a server too busy
+//! for its probe from a stalled one ([`Balancer::probe_failed`]).
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -178,7 +181,7 @@ struct Shared {
     table: Mutex<Table>,
     /// Bumped whenever `Table::order` changes.
     table_generation: AtomicU64,
-    /// Bumped whenever a probe answers.
+    /// Bumped whenever a probe ends (answered or failed).
     probe_generation: AtomicU64,
     /// Client connections open on this host (for `max_connections`).
     connections: AtomicU64,
@@ -195,6 +198,8 @@ struct Table {
     /// Per back end: the latest answered probe's send time (ns since the
     /// engine's start) and response time (ns).
     probes: Vec<Option<(u64, u64)>>,
+    /// Per back end: the latest failed probe's send time (ns).
+    failed: Vec<Option<u64>>,
 }
 
 impl Shared {
@@ -216,6 +221,7 @@ impl Shared {
                 machine,
                 order: Vec::with_capacity(n),
                 probes: vec![None; n],
+                failed: vec![None; n],
             }),
             table_generation: AtomicU64::new(0),
             probe_generation: AtomicU64::new(0),
@@ -503,6 +509,11 @@ impl Service {
             for (i, probe) in t.probes.iter().enumerate() {
                 if let Some((sent_ns, response_ns)) = *probe {
                     balancer.observe_probe(i, sent_ns, response_ns);
+                }
+            }
+            for (i, failed) in t.failed.iter().enumerate() {
+                if let Some(sent_ns) = *failed {
+                    balancer.probe_failed(i, sent_ns);
                 }
             }
         }
@@ -893,10 +904,11 @@ async fn probe(service: Rc<Service>, i: usize) {
         .store(response_us.unwrap_or(u64::MAX), Ordering::Relaxed);
     {
         let mut t = shared.lock();
-        if let Some(r) = response {
-            t.probes[i] = Some((sent_ns, r.as_nanos() as u64));
-            shared.probe_generation.fetch_add(1, Ordering::Release);
+        match response {
+            Some(r) => t.probes[i] = Some((sent_ns, r.as_nanos() as u64)),
+            None => t.failed[i] = Some(sent_ns),
         }
+        shared.probe_generation.fetch_add(1, Ordering::Release);
         t.machine.handle_probe(i, response_us, plan.now_ms());
         shared.publish(&mut t);
     }

@@ -54,6 +54,16 @@
 //! plot (`clb-herding.svg`) shows each server's queue over the first two
 //! seconds for both.
 //!
+//! # Options
+//!
+//! `--only` runs some cases, by policy name (`healthy` for the baseline,
+//! `leastconn` for HAProxy, `least_conn` for nginx): quicker rounds while
+//! working on a policy, but the figures that count are those of one full
+//! run, side by side. `--requests DIR` keeps every request of every case
+//! (`<frontend>-<policy>.requests`: due time, latency, status, the back
+//! end that served it for shoal, and whether it was due during a freeze),
+//! to see where the slow ones sat.
+//!
 //! A bench, not a test: it fails only when something is broken, never on
 //! a figure.
 
@@ -161,6 +171,19 @@ pub struct ClbOptions {
     pub seconds: f64,
     /// A short run for CI.
     pub smoke: bool,
+    /// Run only the cases with these policy names (`healthy` for the
+    /// baseline, `leastconn` for HAProxy, `least_conn` for nginx); empty:
+    /// every case.
+    pub only: Vec<String>,
+    /// Write every request of every case into this directory
+    /// (`<frontend>-<policy>.requests`, the load generator's `--dump`).
+    pub requests: Option<PathBuf>,
+}
+
+impl ClbOptions {
+    fn wants(&self, policy: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == policy)
+    }
 }
 
 /// The back ends' nominal capacity, requests/s.
@@ -453,6 +476,7 @@ fn load(
     seconds: f64,
     cpu: usize,
     freeze_started: Option<f64>,
+    dump: Option<&Path>,
 ) -> Result<LoadOut> {
     let script = lab_script()?;
     let mut c = in_ns(CLI_NS, "taskset");
@@ -471,6 +495,9 @@ fn load(
         ]);
     if let Some(epoch) = freeze_started {
         c.args(["--freeze-started", &format!("{epoch:.6}")]);
+    }
+    if let Some(path) = dump {
+        c.arg("--dump").arg(path);
     }
     let out = sh(&mut c).context("the load generator")?;
     let line = out.lines().last().unwrap_or_default();
@@ -506,7 +533,27 @@ fn run_case(
     };
     let result = (|| -> Result<LoadOut> {
         let (proc, addr) = frontend(dir, name, policy, fe_cpu)?;
-        let out = load(&addr, rate, opts.seconds, 0, freeze_started);
+        let dump = opts.requests.as_ref().map(|d| {
+            let file: String = format!("{name}-{label}.requests")
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            d.join(file)
+        });
+        let out = load(
+            &addr,
+            rate,
+            opts.seconds,
+            0,
+            freeze_started,
+            dump.as_deref(),
+        );
         let _ = proc.stop(Duration::from_secs(3));
         out
     })();
@@ -548,10 +595,13 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
     let herding = simulate_all();
     let capacity = capacity();
     let rate = (0.7 * capacity).round();
+    if let Some(d) = &opts.requests {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     let net = Net::up()?;
     let dir = net.dir.clone();
     let mut cases = Vec::new();
-    {
+    if opts.wants("healthy") {
         let healthy = backends(&dir, true)?;
         cases.push(run_case(
             &dir,
@@ -581,6 +631,9 @@ pub fn run(opts: &ClbOptions) -> Result<ClbReport> {
             ("haproxy", None) => "leastconn".into(),
             _ => "least_conn".into(),
         };
+        if !opts.wants(&label) {
+            continue;
+        }
         cases.push(run_case(
             &dir,
             freeze_started,
