@@ -78,9 +78,11 @@
 //!   the estimate) and answered faster is newer evidence of the server's
 //!   current latency (queue included, as the probe waits in it):
 //!   [`Balancer::observe_probe`] lowers the estimate to the slower of the
-//!   probe and the latest request answered since the peak (a probe
-//!   cheaper than real requests does not make the server look cheaper
-//!   than its requests are). Answers that arrive while the probe is out
+//!   probe and the latest request sent after the peak and answered (a
+//!   probe cheaper than real requests does not make the server look
+//!   cheaper than its requests are; the other requests of the stall,
+//!   sent before the peak finished, are no such evidence: they waited in
+//!   the same stall). Answers that arrive while the probe is out
 //!   do not make it older evidence: a server back from a stall answers
 //!   requests at once. A server still stalled does not answer its probe,
 //!   so nothing is forgiven early, and if it stalls again the first rule
@@ -187,7 +189,7 @@ pub struct PeakEwma {
     /// When the estimate last jumped up to an observation (or a probe
     /// lowered it).
     peak_at_ns: u64,
-    /// The latest observation since then (0: none).
+    /// The latest observation of a request sent since then (0: none).
     last_ns: u64,
 }
 
@@ -212,7 +214,12 @@ impl PeakEwma {
             self.peak_at_ns = self.peak_at_ns.max(now_ns);
             self.last_ns = 0;
         } else {
-            self.last_ns = latency_ns;
+            // Only a request sent after the peak is evidence of the
+            // server's latency since: one sent before it waited in the
+            // same stall as the peak (see "A server that stalls").
+            if now_ns.saturating_sub(latency_ns) >= self.peak_at_ns {
+                self.last_ns = latency_ns;
+            }
             let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
             let keep = (-elapsed / decay_ns.max(1) as f64).exp();
             self.estimate_ns = self.estimate_ns * keep + latency * (1.0 - keep);
@@ -875,6 +882,27 @@ mod tests {
         assert!((estimate - (12 * MS) as f64).abs() < 1.0, "{estimate}");
         // Fed again, the same probe changes nothing.
         assert!(!b.observe_probe(1, 3_100 * MS, 5 * MS));
+    }
+
+    /// Requests stuck in one stall finish one after another when it ends:
+    /// the first sets the peak, the others (sent before it finished, so
+    /// waiting in the same stall) are no evidence against a probe sent
+    /// after it.
+    #[test]
+    fn requests_of_the_same_stall_do_not_hold_a_peak_against_a_newer_probe() {
+        let mut b = balancer(Policy::PeakEwma, &[1, 1]);
+        for sent in [1_000, 1_010, 1_020] {
+            b.start(1, sent * MS);
+        }
+        // The stall ends at 3 s: the three answer 4 ms apart.
+        for (i, sent) in [1_000u64, 1_010, 1_020].into_iter().enumerate() {
+            let done = 3_004 + 4 * i as u64;
+            b.finish(1, (done - sent) * MS, true, done * MS);
+        }
+        // A probe sent at 3.05 s answers in 5 ms: the stall is over.
+        assert!(b.observe_probe(1, 3_050 * MS, 5 * MS));
+        let estimate = b.latency_ns(1, 3_055 * MS);
+        assert!((estimate - (5 * MS) as f64).abs() < 1.0, "{estimate}");
     }
 
     /// Four single-worker servers (4 ms each) at 70% load in virtual time;
