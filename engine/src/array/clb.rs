@@ -1040,38 +1040,8 @@ mod tests {
 
     #[test]
     fn every_backend_has_its_documented_keys() {
-        let plan = ClbPlan {
-            name: "app".into(),
-            limits: ServiceLimits::default(),
-            clb: ClbSection {
-                policy: shoal_dataplane::array::Policy::Clb,
-                backends: vec![
-                    shoal_config::BackendSection {
-                        address: "10.0.0.1:80".parse().unwrap(),
-                        weight: 2,
-                    },
-                    shoal_config::BackendSection {
-                        address: "10.0.0.2:80".parse().unwrap(),
-                        weight: 1,
-                    },
-                ],
-                poll_ms: 200,
-                probe: shoal_config::ProbeRequest::parse("GET /health").unwrap(),
-                probe_timeout_ms: 100,
-                decay_ms: 1000,
-                retries: 2,
-                fall: 3,
-                rise: 2,
-                eject_ms: 5000,
-            },
-            addresses: vec![
-                "10.0.0.1:80".parse().unwrap(),
-                "10.0.0.2:80".parse().unwrap(),
-            ],
-            served_by: vec![],
-            listen: vec![],
-            start: Instant::now(),
-        };
+        let mut plan = plan(shoal_dataplane::array::Policy::Clb);
+        plan.clb.backends[0].weight = 2;
         let a = Counters::new(2);
         let b = Counters::new(2);
         a.backends[0].requests.store(3, Ordering::Relaxed);
