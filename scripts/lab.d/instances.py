@@ -163,33 +163,43 @@ def one_request(vip, port, src, timeout, url=None):
         s.close()
 
 
-def connect(args):
-    srcs = sources()
-    results = [None] * args.connections
+def for_each_index(count, concurrency, job):
+    """Calls JOB(i) for every i in 0..COUNT on CONCURRENCY threads, each
+    taking the next index as it finishes one; returns when all are done."""
     lock = threading.Lock()
     nxt = [0]
-    began = time.time()
 
     def worker():
         while True:
             with lock:
                 i = nxt[0]
-                if i >= args.connections:
+                if i >= count:
                     return
                 nxt[0] += 1
-            if args.rate:
-                delay = began + i / args.rate - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-            t = time.time()
-            got, err = one_request(args.vip, args.port, srcs[i % len(srcs)], args.timeout, args.url)
-            results[i] = (t, got, err)
+            job(i)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def connect(args):
+    srcs = sources()
+    results = [None] * args.connections
+    began = time.time()
+
+    def job(i):
+        if args.rate:
+            delay = began + i / args.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        t = time.time()
+        got, err = one_request(args.vip, args.port, srcs[i % len(srcs)], args.timeout, args.url)
+        results[i] = (t, got, err)
+
+    for_each_index(args.connections, args.concurrency, job)
     by_host, by_instance, errors = {}, {}, {}
     ok = 0
     for _, got, err in results:
@@ -279,31 +289,21 @@ def proxy(args):
     rows = [None] * len(urls)
     errors = {}
     lock = threading.Lock()
-    nxt = [0]
     began = time.time()
 
-    def worker():
-        while True:
-            with lock:
-                i = nxt[0]
-                if i >= len(urls):
-                    return
-                nxt[0] += 1
-            t = time.time()
-            row, err = proxy_fetch(args.vip, args.port, srcs[(i + args.shift) % len(srcs)], urls[i], args.timeout)
-            took = round(time.time() - t, 3)
-            with lock:
-                if row:
-                    rows[i] = row + [took, srcs[(i + args.shift) % len(srcs)]]
-                else:
-                    errors[err] = errors.get(err, 0) + 1
-                    rows[i] = [urls[i], None, None, None, None, took, srcs[(i + args.shift) % len(srcs)]]
+    def job(i):
+        src = srcs[(i + args.shift) % len(srcs)]
+        t = time.time()
+        row, err = proxy_fetch(args.vip, args.port, src, urls[i], args.timeout)
+        took = round(time.time() - t, 3)
+        with lock:
+            if row:
+                rows[i] = row + [took, src]
+            else:
+                errors[err] = errors.get(err, 0) + 1
+                rows[i] = [urls[i], None, None, None, None, took, src]
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for_each_index(len(urls), args.concurrency, job)
     tally = {"by_frontend": {}, "by_backend": {}, "by_cache": {}}
     ok = 0
     for _url, status, fe, be, cache, _took, _src in rows:
