@@ -346,8 +346,17 @@ impl ClbBound {
                 std::thread::Builder::new()
                     .name(format!("shoal-clb-{core}"))
                     .spawn(move || {
-                        let prober = k == 0;
-                        run(core, listeners, plans, shared, prober, worker, stop, seed)
+                        let setup = Setup {
+                            core,
+                            listeners,
+                            plans,
+                            shared,
+                            prober: k == 0,
+                            counters: worker,
+                            stop,
+                            seed,
+                        };
+                        super::run_pinned("clb worker", core, serve(setup));
                     })
                     .context("spawning a clb worker")?,
             );
@@ -553,48 +562,31 @@ impl Service {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
+/// Everything a CLB worker thread starts with: per service, its
+/// listeners, plan, the host's shared table and its own counters.
+struct Setup {
     core: usize,
     listeners: Vec<Vec<std::net::TcpListener>>,
     plans: Vec<Arc<ClbPlan>>,
     shared: Vec<Arc<Shared>>,
+    /// Whether this worker runs the probe rounds (the host's first).
     prober: bool,
     counters: Vec<Arc<Counters>>,
     stop: Arc<AtomicBool>,
     seed: u64,
-) {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        tracing::warn!(core, "could not pin clb worker");
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, core, "clb worker: no runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(
-        &runtime,
-        serve(core, listeners, plans, shared, prober, counters, stop, seed),
-    );
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    core: usize,
-    listeners: Vec<Vec<std::net::TcpListener>>,
-    plans: Vec<Arc<ClbPlan>>,
-    shared: Vec<Arc<Shared>>,
-    prober: bool,
-    counters: Vec<Arc<Counters>>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
+async fn serve(setup: Setup) {
+    let Setup {
+        core,
+        listeners,
+        plans,
+        shared,
+        prober,
+        counters,
+        stop,
+        seed,
+    } = setup;
     let mut services = Vec::new();
     for (k, (((sockets, plan), shared), counters)) in listeners
         .into_iter()

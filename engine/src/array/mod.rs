@@ -522,6 +522,26 @@ impl ArrayTier {
     }
 }
 
+/// A proxy thread's body: pinned to `core`, `work` run to its end on a
+/// current-thread runtime (a `LocalSet`, so its tasks may hold `Rc`s).
+/// `what` names the thread in the logs.
+fn run_pinned<F: std::future::Future>(what: &str, core: usize, work: F) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        tracing::warn!(core, "could not pin {what}");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, core, "{what}: no runtime");
+            return;
+        }
+    };
+    tokio::task::LocalSet::new().block_on(&runtime, work);
+}
+
 /// Whether the tier (or the whole engine) is stopping.
 fn stopping(stop: &AtomicBool) -> bool {
     stop.load(Ordering::Relaxed) || crate::sys::signal::STOP.load(Ordering::Relaxed)

@@ -44,21 +44,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The worker thread's body.
 pub(super) fn run(setup: Setup) {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.core }) {
-        tracing::warn!(core = setup.core, "could not pin proxy worker");
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, core = setup.core, "proxy worker: no runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(setup));
+    super::run_pinned("proxy worker", setup.core, serve(setup));
 }
 
 async fn serve(setup: Setup) {
