@@ -29,7 +29,7 @@ report() {
     printf '\n=== time per step (total %dm%02ds, exit %d)\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$rc"
     printf '%s\n' "${timings[@]}"
     [ ${#flaky[@]} -eq 0 ] || printf 'FLAKY (fix the test): %s\n' "${flaky[@]}"
-    rm -f "${skips:-}"
+    rm -f "${skips:-}" "${test_log:-}"
 }
 trap report EXIT
 
@@ -81,7 +81,6 @@ if ! SHOAL_REQUIRE_SQUID=1 SHOAL_SKIP_LOG="$skips" cargo test --workspace --no-f
         flaky+=("cargo test $target failed once, passed alone")
     done
 fi
-rm -f "$test_log"
 if [ -s "$skips" ]; then
     echo "$(wc -l <"$skips") privileged tests skipped:"
     sed 's/^/    /' "$skips"
