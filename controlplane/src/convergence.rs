@@ -242,6 +242,13 @@ pub enum Event {
         /// Its cluster epoch.
         epoch: u64,
     },
+    /// This host was called `late_ns` after it was due (it did not run):
+    /// its peers' silence over that time was excused (see
+    /// [`crate::membership::Membership::excuse`]).
+    Stalled {
+        /// How late, ns.
+        late_ns: u64,
+    },
     /// A peer became live.
     HostUp(HostId),
     /// A peer stopped being heard.
@@ -370,6 +377,10 @@ pub struct Machine {
     listened: bool,
     /// The latest `now` the machine has seen.
     last_update: u64,
+    /// When the machine last asked to be called again ([`Machine::poll_timeout`]
+    /// as of its latest update, never before that update): a call much
+    /// later than this means this host did not run (see [`Machine::excuse_stall`]).
+    due: u64,
     /// Holds a lone view back while heartbeats fail authentication.
     lone: LoneGuard,
 }
@@ -522,6 +533,7 @@ impl Machine {
             last_convergence_ns: None,
             listened: false,
             last_update: now,
+            due: now,
             lone,
         }
     }
@@ -1033,6 +1045,30 @@ impl Machine {
     }
 
     fn update(&mut self, now: u64) {
+        self.excuse_stall(now);
+        self.update_views(now);
+        self.due = self.poll_timeout().max(now);
+    }
+
+    /// A call that comes more than a quarter period after the machine was
+    /// due means this host did not run meanwhile (descheduled, a stalled
+    /// VM, a control thread busy elsewhere): it could not have heard
+    /// anything, so its peers' silence over that time is not held against
+    /// them (their records are moved forward by the lateness, see
+    /// [`Membership::excuse`]). Liveness is judged over the time this host
+    /// was listening: a dead peer is still declared dead after
+    /// `tolerance × period` of it, and a host that wakes from a stall does
+    /// not declare every peer dead and take their buckets over, connections
+    /// and all, moments before their queued heartbeats reach it.
+    fn excuse_stall(&mut self, now: u64) {
+        let late = now.saturating_sub(self.due);
+        if late > self.cfg.period_ns / 4 {
+            self.membership.excuse(late, now);
+            self.events.push_back(Event::Stalled { late_ns: late });
+        }
+    }
+
+    fn update_views(&mut self, now: u64) {
         let me = self.cfg.host;
         let rules = self.rules();
         self.last_update = self.last_update.max(now);

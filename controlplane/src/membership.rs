@@ -136,6 +136,13 @@ pub struct MembershipCounters {
     pub duplicate_id: u64,
     /// Heartbeats from hosts whose rule fingerprint lost the vote.
     pub rule_mismatch: u64,
+    /// Times this host ran late enough that its peers' silence was excused
+    /// ([`Membership::excuse`]).
+    #[serde(default)]
+    pub stalls: u64,
+    /// Their total length, ms.
+    #[serde(default)]
+    pub stalled_ms: u64,
 }
 
 impl MembershipCounters {
@@ -811,6 +818,28 @@ impl Membership {
             self.notices.push(Notice::Rejected(e));
         }
         e
+    }
+
+    /// This host did not run for `late_ns` (up to `now`): every peer's
+    /// silence over that time is excused, its last heartbeat counted as
+    /// heard that much later (never after `now`). A peer is thus declared
+    /// dead only after `tolerance × period` during which this host was
+    /// running, and heard nothing from it.
+    pub fn excuse(&mut self, late_ns: u64, now: u64) {
+        self.counters.stalls += 1;
+        self.counters.stalled_ms += late_ns / 1_000_000;
+        for p in self.peers.iter_mut().flatten() {
+            p.last_heard = p
+                .last_heard
+                .saturating_add(late_ns)
+                .min(now.max(p.last_heard));
+            if let Some(sh) = p.shadow.as_mut() {
+                sh.last_heard = sh
+                    .last_heard
+                    .saturating_add(late_ns)
+                    .min(now.max(sh.last_heard));
+            }
+        }
     }
 
     /// Expires peers not heard within their timeout; returns the next

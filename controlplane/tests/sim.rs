@@ -1760,3 +1760,43 @@ fn a_host_leaves_a_rule_when_its_service_dies_and_comes_back() {
     sim.probe(8);
     assert_eq!(owners(&sim), before);
 }
+
+/// Every host paused at once (a stalled VM, a machine out of CPU) for ten
+/// times the failure-detection window, then running again: each host
+/// notices it ran late and does not count its peers' silence meanwhile, so
+/// nobody is declared down, the view does not move, and every frame still
+/// has exactly one keeper. Without the excuse each host would wake, find
+/// every peer silent for a second and declare it dead.
+#[test]
+fn a_paused_cluster_declares_nobody_dead() {
+    let period = 100 * MS;
+    let mut sim = Sim::new(77, period, 3, 3);
+    let t0 = sim.now;
+    sim.converge(t0, 30 * period, "cold start");
+    sim.probe(64);
+    let adopted = sim.adopted_total();
+    let downs = sim.stats.host_down;
+    // The pause: time passes, nobody runs; what was on the wire arrives.
+    sim.now += 10 * 3 * period;
+    let t = sim.now + 20 * period;
+    sim.step_to(t);
+    sim.probe(64);
+    assert_eq!(sim.stats.host_down, downs, "a peer was declared down");
+    assert_eq!(sim.adopted_total(), adopted, "the view moved");
+    for n in &sim.nodes {
+        let c = n.m.counters();
+        assert!(c.stalls >= 1 && c.stalled_ms >= 2900, "{:?}: {c:?}", n.id);
+    }
+    // A host that really dies during a later pause is still found dead,
+    // a tolerance window after the others run again.
+    let i = sim.node_index(host(3)).unwrap();
+    sim.nodes[i].alive = false;
+    sim.now += 10 * period;
+    let t = sim.now;
+    sim.converge(t, 30 * period, "after a death");
+    assert_eq!(
+        sim.stats.host_down,
+        downs + 2,
+        "h3 declared down by h1 and h2"
+    );
+}

@@ -406,6 +406,12 @@ fn cluster(registry: &mut Registry, c: &Value) {
         "Convergences this host completed",
     );
     count(&convergences, Vec::new(), u(&c["convergences"]));
+    let stalls = counter_family(
+        registry,
+        "shoal_control_stalls",
+        "Times the control thread ran a quarter period or more late (peers' silence excused)",
+    );
+    count(&stalls, Vec::new(), u(&c["stalls"]));
     let sent = counter_family(registry, "shoal_heartbeats_sent", "Heartbeats sent");
     count(&sent, Vec::new(), u(&c["heartbeats_sent"]));
     let refused = counter_family(

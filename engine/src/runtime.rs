@@ -491,7 +491,8 @@ const BOOT_STATE_DIR: &str = "/run/shoal";
 
 /// Adds the control plane's state to the counters JSON: `cluster` with
 /// `state`, `epoch`, `members`, `heartbeats_sent`, `heartbeats_refused` (by
-/// reason) and `arp_nd_answered`.
+/// reason), `stalls` and `stalled_ms` (the control thread ran late and its
+/// peers' silence was excused) and `arp_nd_answered`.
 fn with_cluster(mut json: serde_json::Value, c: Option<&ControlLoop>) -> serde_json::Value {
     if let Some(c) = c {
         let (view, epoch) = c.machine.effective_view();
@@ -505,6 +506,8 @@ fn with_cluster(mut json: serde_json::Value, c: Option<&ControlLoop>) -> serde_j
             "blocked": c.machine.lone_view_withheld().then_some("alone while heartbeats fail authentication"),
             "blocked_reason": c.machine.lone_view_withheld_because().map(|w| w.to_string()),
             "convergences": c.convergences,
+            "stalls": c.machine.counters().stalls,
+            "stalled_ms": c.machine.counters().stalled_ms,
             "last_convergence_ms": c.last_convergence.map(|(ns, _)| ns / 1_000_000),
             "last_convergence_age_s": c.last_convergence.map(|(_, at)| at.elapsed().as_secs()),
         });

@@ -102,6 +102,9 @@ pub struct ControlLoop {
     pub convergences: u64,
     /// The last convergence: how long it took (ns) and when it ended.
     pub last_convergence: Option<(u64, Instant)>,
+    /// When a stall was last logged, and the stalls since (logged at most
+    /// once a second: an overloaded host stalls often).
+    stall_log: (Option<Instant>, u64),
     /// Where convergence times go, seconds (the metrics endpoint's).
     pub convergence_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -169,6 +172,7 @@ impl ControlLoop {
             rule_health: None,
             convergences: 0,
             last_convergence: None,
+            stall_log: (None, 0),
             convergence_times: None,
         }
     }
@@ -387,6 +391,21 @@ impl ControlLoop {
                     host = h.get(),
                     "two hosts use this ID: kept out of the view"
                 ),
+                Event::Stalled { late_ns } => {
+                    let (last, unlogged) = &mut self.stall_log;
+                    *unlogged += 1;
+                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            late_ms = late_ns / 1_000_000,
+                            stalls = *unlogged,
+                            "the control thread ran {} ms late (host overloaded or paused): \
+                             peers' silence meanwhile is not counted against them",
+                            late_ns / 1_000_000
+                        );
+                        *last = Some(Instant::now());
+                        *unlogged = 0;
+                    }
+                }
                 other => tracing::info!(event = ?other, "control plane"),
             }
         }
