@@ -1062,7 +1062,7 @@ impl Machine {
     /// and all, moments before their queued heartbeats reach it.
     fn excuse_stall(&mut self, now: u64) {
         let late = now.saturating_sub(self.due);
-        if late > self.cfg.period_ns / 4 {
+        if late > self.cfg.period_ns / 4 && self.membership.live_peers().next().is_some() {
             self.membership.excuse(late, now);
             self.events.push_back(Event::Stalled { late_ns: late });
         }
