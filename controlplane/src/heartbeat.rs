@@ -848,6 +848,29 @@ impl Heartbeat {
 }
 
 /// The heartbeat payload of an Ethernet frame, after up to two VLAN tags.
+/// The host a heartbeat frame claims to come from, read without the key.
+///
+/// The checks are the key-less ones a forgery must pass anyway, cheapest
+/// first: the EtherType (one or two 802.1Q/802.1ad tags allowed), magic,
+/// version, a declared payload length within [`FIXED_PAYLOAD`]..=
+/// [`MAX_PAYLOAD`] that the frame holds, and a host ID of 1..=64. Nothing
+/// here is authenticated: a receiver uses the answer to choose where the
+/// frame waits for [`Heartbeat::decode`] (the engine's control inbox gives
+/// each member a lane of its own), never to believe it. No HMAC, no
+/// allocation, and any byte string is a valid input (`None` for anything
+/// that is not a plausible heartbeat).
+pub fn claimed_sender(frame: &[u8]) -> Option<HostId> {
+    let payload = payload_of(frame).ok()?;
+    if payload.get(0..2)? != &MAGIC.to_be_bytes()[..] || *payload.get(2)? != VERSION {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([*payload.get(4)?, *payload.get(5)?]));
+    if !(FIXED_PAYLOAD..=MAX_PAYLOAD).contains(&declared) || payload.len() < declared {
+        return None;
+    }
+    HostId::new(*payload.get(16)?)
+}
+
 fn payload_of(frame: &[u8]) -> Result<&[u8], HeartbeatError> {
     let mut at = 12;
     for _ in 0..3 {

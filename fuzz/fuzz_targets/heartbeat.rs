@@ -23,7 +23,9 @@
 //!
 //! # Checks
 //!
-//! Besides never panicking: every heartbeat the machine sends decodes under
+//! Besides never panicking: [`claimed_sender`] names the decoded host of
+//! every frame that authenticates (and of every authentic peer frame);
+//! every heartbeat the machine sends decodes under
 //! the cluster key to the sender's own ID with a growing sequence number,
 //! fits [`MAX_FRAME`]; map epochs of `EffectiveViewChanged` strictly grow;
 //! a stopped or suspended host's effective view takes nothing new under any
@@ -32,7 +34,7 @@
 #![no_main]
 
 use shoal_controlplane::admin::Scope;
-use shoal_controlplane::heartbeat::{ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
+use shoal_controlplane::heartbeat::{claimed_sender, ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
 use shoal_controlplane::{Event, HostState, Machine, Phase, Request};
 use shoal_dataplane::bucket::GROUPS;
 use shoal_dataplane::map::GroupBits;
@@ -227,10 +229,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         records += 1;
         match op % 6 {
             0 => {
+                // The key-less peek agrees with the decoder on every frame
+                // that authenticates.
+                let claimed = claimed_sender(payload);
+                if let Ok(hb) = Heartbeat::decode(payload, &run.auth) {
+                    assert_eq!(claimed, Some(hb.host), "peek and decode disagree");
+                }
                 let _ = run.m.handle_heartbeat(payload, run.now);
             }
             1 => {
                 if let Some(frame) = run.peer_heartbeat(arg, payload) {
+                    assert_eq!(claimed_sender(&frame), Some(host(2 + arg % 3)));
                     let _ = run.m.handle_heartbeat(&frame, run.now);
                 }
             }

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use shoal_controlplane::admin::Body;
+use shoal_controlplane::heartbeat::claimed_sender;
 use shoal_controlplane::{Event, Machine, Request, Response};
 use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
@@ -58,7 +59,9 @@ use crate::handoff::{ControlInbox, Lane, LoopStats, MapCell, Outbound};
 /// Longest the control thread waits for every poll loop to run a new map.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Heartbeats authenticated per round of [`ControlLoop::run`] at most.
+/// Heartbeats authenticated per round of [`ControlLoop::run`] at most from
+/// the members' lanes, and at most as many again from strangers (see
+/// [`ControlInbox`]).
 pub const HEARTBEATS_PER_ROUND: usize = 64;
 /// ARP, ND and IGMP frames handled per round of [`ControlLoop::run`] at most.
 pub const NEIGHBOUR_PER_ROUND: usize = 64;
@@ -192,17 +195,42 @@ impl ControlLoop {
             .clamp(Duration::from_millis(1), Duration::from_millis(50))
     }
 
-    /// A control frame from a poll loop.
-    pub fn handle_frame(&mut self, frame: &[u8]) {
+    /// A control frame from a poll loop. Returns the sender of a heartbeat
+    /// that authenticated and was accepted (a peer's, never this host's).
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Option<HostId> {
         let now = self.now();
-        let Ok(info) = parse_frame(frame) else { return };
+        let info = parse_frame(frame).ok()?;
         match info.kind {
-            FrameKind::Heartbeat => {
-                if let Err(e) = self.machine.handle_heartbeat(frame, now) {
+            FrameKind::Heartbeat => match self.machine.handle_heartbeat(frame, now) {
+                // Authenticated: the host byte is the sender's.
+                Ok(()) => claimed_sender(frame).filter(|h| *h != self.local),
+                Err(e) => {
                     *self.refused.entry(e.name().to_string()).or_default() += 1;
+                    None
                 }
+            },
+            _ => {
+                self.responder.handle(frame, now);
+                None
             }
-            _ => self.responder.handle(frame, now),
+        }
+    }
+
+    /// One round's heartbeats from `inbox` (at most [`HEARTBEATS_PER_ROUND`]
+    /// from the member lanes, then as many from strangers), through
+    /// [`ControlLoop::handle_frame`]. A peer whose heartbeat is accepted
+    /// gets a lane in `inbox` for the frame's source MAC (see
+    /// [`ControlInbox`]): from then on its heartbeats from that MAC never
+    /// wait behind strangers'.
+    pub fn handle_heartbeats(&mut self, inbox: &ControlInbox, frames: &mut Vec<Vec<u8>>) {
+        inbox.take_heartbeats(HEARTBEATS_PER_ROUND, HEARTBEATS_PER_ROUND, frames);
+        for frame in frames.drain(..) {
+            let Some(host) = self.handle_frame(&frame) else {
+                continue;
+            };
+            if let Some(source) = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
+                inbox.trust(host, source);
+            }
         }
     }
 
@@ -591,7 +619,9 @@ impl ControlLoop {
     /// `admin`.
     ///
     /// Each round handles, in this order: at most [`HEARTBEATS_PER_ROUND`]
-    /// heartbeats, at most [`NEIGHBOUR_PER_ROUND`] ARP/ND/IGMP frames, the
+    /// heartbeats from members' lanes and as many from strangers
+    /// ([`ControlLoop::handle_heartbeats`]), at most
+    /// [`NEIGHBOUR_PER_ROUND`] ARP/ND/IGMP frames, the
     /// admin calls, then the machine's timers and transmissions
     /// ([`ControlLoop::step`]). Heartbeats that arrived before a deadline
     /// are heard before it fires, and however much is queued, a round (and
@@ -608,10 +638,7 @@ impl ControlLoop {
         let mut frames = Vec::with_capacity(HEARTBEATS_PER_ROUND.max(NEIGHBOUR_PER_ROUND));
         while !stop.load(Ordering::Relaxed) {
             inbox.wait(self.wait());
-            inbox.take_heartbeats(HEARTBEATS_PER_ROUND, &mut frames);
-            for frame in frames.drain(..) {
-                self.handle_frame(&frame);
-            }
+            self.handle_heartbeats(inbox, &mut frames);
             inbox.take_neighbour(NEIGHBOUR_PER_ROUND, &mut frames);
             for frame in frames.drain(..) {
                 self.handle_frame(&frame);
