@@ -933,6 +933,67 @@ mod tests {
         loop_thread.join().unwrap();
     }
 
+    /// A peer's heartbeat that authenticates gives the peer a lane in the
+    /// inbox at the frame's source MAC; the same frame with a spoiled tag
+    /// from another MAC gives nothing, nor does a frame with this host's
+    /// own ID.
+    #[test]
+    fn an_accepted_heartbeat_gives_its_sender_a_lane() {
+        use crate::handoff::Admission;
+        use shoal_controlplane::heartbeat::MAX_FRAME;
+        use shoal_dataplane::pipeline::Control;
+        const M: [u8; 6] = [0x02, 0x22, 0, 0, 0, 2];
+        const A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x62];
+        let spec = web_spec();
+        let (local, peer) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let view = View::converged(&spec, HostSet::from_iter([local]));
+        let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
+            &spec, &view, local, 1,
+        ))));
+        let outbound = Arc::new(Outbound::default());
+        let stats = Arc::new(Mutex::new(LoopStats::default()));
+        let machine = Machine::new(Config::new(local, [9; 32], 1), spec.clone(), 0);
+        let mut c = clustered(machine, &cell, &stats, &outbound);
+        let mut other = Machine::new(Config::new(peer, [9; 32], 1), spec, 0);
+        let mut buf = vec![0u8; MAX_FRAME];
+        let n = other
+            .poll_transmit(c.now(), &mut buf)
+            .expect("the peer's first heartbeat");
+        let mut real = buf[..n].to_vec();
+        real[6..12].copy_from_slice(&M);
+        let mut forged = real.clone();
+        forged[n - 1] ^= 1;
+        forged[6..12].copy_from_slice(&A);
+
+        let inbox = ControlInbox::default();
+        let mut frames = Vec::new();
+        assert_eq!(inbox.push(Control::Heartbeat, &forged), Admission::Queued);
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(c.refused.get("bad_mac"), Some(&1));
+        assert_eq!(inbox.trusted(peer), None, "a forgery earns no lane");
+
+        assert_eq!(inbox.push(Control::Heartbeat, &real), Admission::Queued);
+        assert_eq!(inbox.queued_heartbeats(), (0, 1), "a stranger until it authenticates");
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(inbox.queued(), (0, 0));
+        assert_eq!(c.refused.values().sum::<u64>(), 1, "{:?}", c.refused);
+        assert_eq!(inbox.trusted(peer), Some(M));
+        // From now on its frames from M take its lane; from A they do not.
+        let _ = inbox.push(Control::Heartbeat, &real);
+        let _ = inbox.push(Control::Heartbeat, &forged);
+        assert_eq!(inbox.queued_heartbeats(), (1, 1));
+        c.handle_heartbeats(&inbox, &mut frames);
+
+        // This host's own heartbeat (looped back) gives no lane.
+        let n = c
+            .machine
+            .poll_transmit(c.now(), &mut buf)
+            .expect("this host's first heartbeat");
+        let _ = inbox.push(Control::Heartbeat, &buf[..n]);
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(inbox.trusted(local), None);
+    }
+
     #[test]
     fn an_install_does_not_hold_heartbeats_back() {
         let spec = web_spec();
