@@ -313,6 +313,14 @@ fn claimed_sender_reads_the_unauthenticated_header() {
 fn claimed_sender_peeks_without_the_key() {
     let f = encoded();
     assert_eq!(claimed_sender(&f), HostId::new(64));
+    assert_eq!(
+        claim(&f),
+        Some(Claim {
+            host: HostId::new(64).unwrap(),
+            boot: sample().boot,
+            seq: 42
+        })
+    );
     let mut hb = sample();
     hb.host = HostId::new(2).unwrap();
     hb.dirty.sections.clear();
@@ -425,7 +433,7 @@ proptest! {
     #[test]
     fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
         let _ = Heartbeat::decode(&bytes, &auth());
-        let _ = claimed_sender(&bytes);
+        let _ = claim(&bytes);
     }
 
     #[test]
@@ -443,7 +451,8 @@ proptest! {
         prop_assert!(r.is_err() || r == Ok(sample()));
         // What decodes names its host to the key-less peek too.
         if let Ok(hb) = r {
-            prop_assert_eq!(claimed_sender(&f), Some(hb.host));
+            let c = claim(&f);
+            prop_assert_eq!(c, Some(Claim { host: hb.host, boot: hb.boot, seq: hb.seq }));
         }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+use shoal_controlplane::heartbeat::Claim;
 use shoal_dataplane::map::ClusterMap;
 use shoal_dataplane::pipeline::{Control, Counters, Dataplane};
 use shoal_dataplane::HostId;
@@ -303,15 +304,18 @@ impl Default for Inbox {
 /// a heartbeat's room.
 ///
 /// Heartbeats are admitted by claimed sender before any HMAC. The control
-/// thread records, for each host ID, the Ethernet source MAC of the latest
-/// heartbeat from that host that authenticated and was accepted
-/// ([`ControlInbox::trust`]). A poll loop reads the claimed host ID with
-/// the key-less [`shoal_controlplane::heartbeat::claimed_sender`] and one
-/// atomic load of that table: a heartbeat whose (host ID, source MAC)
-/// matches goes to that host's own lane ([`INBOX_MEMBER_LANE`] frames; when
-/// full, the lane's *oldest* frame is dropped, since the newest heartbeat
-/// is the one that matters); every other heartbeat (unknown sender, MAC
-/// mismatch, unparseable) waits in the shared strangers' queue
+/// thread records, for each host ID, the Ethernet source MAC, boot counter
+/// and sequence number of the latest heartbeat from that host that
+/// authenticated and was accepted ([`ControlInbox::trust`]). A poll loop
+/// reads what a frame claims with the key-less
+/// [`shoal_controlplane::heartbeat::claim`] and a few atomic loads of that
+/// table: a heartbeat whose host ID and source MAC match, and whose
+/// (boot, sequence) is newer than the last accepted, goes to that host's
+/// own lane ([`INBOX_MEMBER_LANE`] frames; when full, the lane's *oldest*
+/// frame is dropped, since the newest heartbeat is the one that matters);
+/// every other heartbeat (unknown sender, MAC mismatch, a sequence already
+/// seen such as a replayed capture, unparseable) waits in the shared
+/// strangers' queue
 /// ([`INBOX_HEARTBEATS`]), which refuses what does not fit. The control
 /// thread drains the member lanes first, one frame per lane in turn, then
 /// the strangers, each with its own bound per round. Nothing lost is
@@ -319,18 +323,22 @@ impl Default for Inbox {
 /// which counts it.
 ///
 /// So a member whose heartbeats come from the MAC it last authenticated
-/// from is never starved by forgeries sent from any other MAC, however
-/// many and however slow the control thread. A new host, or one whose NIC
-/// changed, gets in through the strangers' queue exactly as before, and
-/// has a lane once one of its heartbeats authenticates.
+/// from is never starved by forgeries sent from any other MAC, nor by
+/// replays of its own past frames (captured heartbeats with a spoiled tag
+/// included, whatever their source MAC), however many and however slow
+/// the control thread. A new host, or one whose NIC changed, gets in
+/// through the strangers' queue exactly as before, and has a lane once
+/// one of its heartbeats authenticates.
 ///
 /// The limit: the table trusts nothing, it only sorts. A forger who sends
-/// with both a member's host ID and the source MAC that member uses (shoal
-/// sends heartbeats from the masked MAC `02-<host>-<primary VIP>`, which
-/// anyone on the segment can see or compute) lands in that member's lane
-/// and can crowd out that member's heartbeats, and only that member's.
-/// A stale entry (a host gone, a MAC that moved) gives a lane, never trust:
-/// every frame still has to authenticate.
+/// with a member's host ID, the source MAC that member uses (shoal sends
+/// heartbeats from the masked MAC `02-<host>-<primary VIP>`, which anyone
+/// on the segment can see or compute) *and* a (boot, sequence) ahead of
+/// the member's (heartbeats are broadcast: anyone on the segment sees the
+/// current one) lands in that member's lane and can crowd out that
+/// member's heartbeats, and only that member's. A stale entry (a host
+/// gone, a MAC that moved) gives a lane, never trust: every frame still
+/// has to authenticate.
 ///
 /// One inbox for every poll loop rather than one each: the control thread
 /// takes from one place, and the bounds are per host, whatever the loop
@@ -340,9 +348,12 @@ pub struct ControlInbox {
     inbox: Mutex<Inbox>,
     ready: Condvar,
     /// Per host ID (index ID - 1): `TRUSTED | MAC` of its latest accepted
-    /// heartbeat, or 0. Written by the control thread, read lock-free by
-    /// the poll loops.
+    /// heartbeat, or 0; and that heartbeat's boot counter and sequence
+    /// number. Written by the control thread, read lock-free by the poll
+    /// loops (a torn read only sends one frame to the other queue).
     trusted: [AtomicU64; LANES],
+    boot: [AtomicU64; LANES],
+    seq: [AtomicU64; LANES],
 }
 
 impl Default for ControlInbox {
@@ -351,6 +362,8 @@ impl Default for ControlInbox {
             inbox: Mutex::default(),
             ready: Condvar::new(),
             trusted: std::array::from_fn(|_| AtomicU64::new(0)),
+            boot: std::array::from_fn(|_| AtomicU64::new(0)),
+            seq: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -365,13 +378,21 @@ fn mac48(mac: [u8; 6]) -> u64 {
 impl ControlInbox {
     /// The member lane `frame` (a heartbeat) belongs in: its claimed host's,
     /// when the frame's source MAC is the one that host last authenticated
-    /// from. No lock, no HMAC, no allocation.
+    /// from and its claimed (boot, sequence) is newer than that heartbeat's.
+    /// No lock, no HMAC, no allocation.
     #[inline]
     fn lane_of(&self, frame: &[u8]) -> Option<usize> {
-        let host = shoal_controlplane::heartbeat::claimed_sender(frame)?;
+        let claim = shoal_controlplane::heartbeat::claim(frame)?;
         let source: [u8; 6] = frame.get(6..12)?.try_into().ok()?;
-        let lane = host.index();
-        (self.trusted[lane].load(Ordering::Acquire) == TRUSTED | mac48(source)).then_some(lane)
+        let lane = claim.host.index();
+        if self.trusted[lane].load(Ordering::Acquire) != TRUSTED | mac48(source) {
+            return None;
+        }
+        let last = (
+            self.boot[lane].load(Ordering::Relaxed),
+            self.seq[lane].load(Ordering::Relaxed),
+        );
+        ((claim.boot, claim.seq) > last).then_some(lane)
     }
 
     /// Queues a copy of `frame`, of kind `kind`, and says what became of it
@@ -420,11 +441,15 @@ impl ControlInbox {
         admission
     }
 
-    /// Gives `host` a lane for heartbeats sent from `source` (the source
-    /// MAC of its latest heartbeat that authenticated and was accepted);
-    /// replaces the MAC it had.
-    pub fn trust(&self, host: HostId, source: [u8; 6]) {
-        self.trusted[host.index()].store(TRUSTED | mac48(source), Ordering::Release);
+    /// Gives `accepted.host` a lane for heartbeats sent from `source` that
+    /// claim a newer (boot, sequence) than `accepted`: call with the claim
+    /// and source MAC of its latest heartbeat that authenticated and was
+    /// accepted. Replaces what the host had.
+    pub fn trust(&self, accepted: Claim, source: [u8; 6]) {
+        let i = accepted.host.index();
+        self.seq[i].store(accepted.seq, Ordering::Relaxed);
+        self.boot[i].store(accepted.boot, Ordering::Relaxed);
+        self.trusted[i].store(TRUSTED | mac48(source), Ordering::Release);
     }
 
     /// Takes `host`'s lane away: its heartbeats wait with the strangers'
@@ -653,6 +678,12 @@ mod tests {
         f
     }
 
+    /// Gives `host` a lane at `source` for sequence numbers above `seq`.
+    fn trust(inbox: &ControlInbox, host: u8, source: [u8; 6], seq: u64) {
+        let host = HostId::new(host).unwrap();
+        inbox.trust(Claim { host, boot: 0, seq }, source);
+    }
+
     fn mark(frame: &[u8]) -> (u8, [u8; 6], u32) {
         let p = &frame[14..];
         (
@@ -662,17 +693,18 @@ mod tests {
         )
     }
 
-    /// Host 2 is trusted at M. 100,000 heartbeats from strangers (unknown
-    /// hosts, and host 2's ID from the bystander's MAC) arrive interleaved
-    /// with host 2's 10 real ones, and nothing is drained meanwhile: every
-    /// real one is queued and taken first, the strangers fill their queue
-    /// and the rest are refused.
+    /// Host 2 is trusted at M, its last accepted sequence 100,000.
+    /// 100,000 heartbeats from strangers (unknown hosts, host 2's ID from
+    /// the bystander's MAC, replays of host 2's earlier frames from M)
+    /// arrive interleaved with host 2's 10 real ones, and nothing is
+    /// drained meanwhile: every real one is queued and taken first, the
+    /// strangers fill their queue and the rest are refused.
     #[test]
-    fn forgeries_from_another_mac_never_starve_a_member() {
+    fn forgeries_and_replays_never_starve_a_member() {
         let inbox = ControlInbox::default();
         let two = HostId::new(2).unwrap();
         assert_eq!(inbox.trusted(two), None);
-        inbox.trust(two, M);
+        trust(&inbox, 2, M, 100_000);
         assert_eq!(inbox.trusted(two), Some(M));
         let (mut queued, mut refused, mut real) = (0, 0, 0u32);
         for i in 0..100_000u32 {
@@ -681,9 +713,11 @@ mod tests {
                 assert_eq!(inbox.push(Control::Heartbeat, &f), Admission::Queued);
                 real += 1;
             }
-            let f = match i % 4 {
+            let f = match i % 5 {
                 // Host 2's ID from the bystander's MAC.
-                0 => heartbeat(2, A, i),
+                0 => heartbeat(2, A, 1_000_000 + i),
+                // Host 2's earlier frames from its own MAC (a capture).
+                4 => heartbeat(2, M, i),
                 // Host 3 (not trusted) from its own MAC.
                 1 => heartbeat(3, [0x02, 3, 10, 0, 0, 100], i),
                 // Host 2's MAC with another ID.
@@ -705,9 +739,20 @@ mod tests {
         inbox.take_heartbeats(64, 64, &mut out);
         assert_eq!(out.len(), 10 + 64);
         for (k, f) in out[..10].iter().enumerate() {
-            assert_eq!(mark(f), (2, M, 1_000_000 + k as u32), "host 2's frames first, in order");
+            assert_eq!(
+                mark(f),
+                (2, M, 1_000_000 + k as u32),
+                "host 2's frames first, in order"
+            );
         }
-        assert!(out[10..].iter().all(|f| f.len() != 14 + 182 || mark(f).2 < 1_000_000));
+        let real = |f: &Vec<u8>| {
+            let (host, source, seq) = mark(f);
+            f.len() == 14 + 182 && host == 2 && source == M && seq >= 1_000_000
+        };
+        assert!(
+            !out[10..].iter().any(real),
+            "no real frame among the strangers"
+        );
         assert_eq!(inbox.queued_heartbeats(), (0, INBOX_HEARTBEATS - 64));
     }
 
@@ -716,11 +761,11 @@ mod tests {
     #[test]
     fn a_full_member_lane_drops_its_oldest() {
         let inbox = ControlInbox::default();
-        inbox.trust(HostId::new(2).unwrap(), M);
+        trust(&inbox, 2, M, 0);
         let mut replaced = 0;
-        for k in 0..INBOX_MEMBER_LANE as u32 + 4 {
+        for k in 1..=INBOX_MEMBER_LANE as u32 + 4 {
             match inbox.push(Control::Heartbeat, &heartbeat(2, M, k)) {
-                Admission::Queued => assert!(k < INBOX_MEMBER_LANE as u32),
+                Admission::Queued => assert!(k <= INBOX_MEMBER_LANE as u32),
                 Admission::ReplacedOldest => replaced += 1,
                 Admission::Refused => panic!("a member's frame refused"),
             }
@@ -730,7 +775,10 @@ mod tests {
         let mut out = Vec::new();
         inbox.take_heartbeats(usize::MAX, usize::MAX, &mut out);
         let marks: Vec<u32> = out.iter().map(|f| mark(f).2).collect();
-        assert_eq!(marks, (4..INBOX_MEMBER_LANE as u32 + 4).collect::<Vec<_>>());
+        assert_eq!(
+            marks,
+            (5..=INBOX_MEMBER_LANE as u32 + 4).collect::<Vec<_>>()
+        );
         assert_eq!(inbox.queued(), (0, 0));
     }
 
@@ -743,17 +791,32 @@ mod tests {
         let inbox = ControlInbox::default();
         let (two, three) = (HostId::new(2).unwrap(), HostId::new(3).unwrap());
         let b: [u8; 6] = [0x02, 3, 10, 0, 0, 100];
-        assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(7, A, 1)), Admission::Queued);
-        assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(2, M, 2)), Admission::Queued);
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(7, A, 1)),
+            Admission::Queued
+        );
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, M, 2)),
+            Admission::Queued
+        );
         assert_eq!(inbox.queued_heartbeats(), (0, 2), "no lane before trust");
-        inbox.trust(two, M);
-        inbox.trust(three, b);
+        trust(&inbox, 2, M, 0);
+        trust(&inbox, 3, b, 0);
         for k in 0..4 {
-            assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(2, M, 10 + k)), Admission::Queued);
-            assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(3, b, 20 + k)), Admission::Queued);
+            assert_eq!(
+                inbox.push(Control::Heartbeat, &heartbeat(2, M, 10 + k)),
+                Admission::Queued
+            );
+            assert_eq!(
+                inbox.push(Control::Heartbeat, &heartbeat(3, b, 20 + k)),
+                Admission::Queued
+            );
         }
         // Host 2 moved to another NIC: a stranger until it authenticates there.
-        assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(2, A, 3)), Admission::Queued);
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 3)),
+            Admission::Queued
+        );
         assert_eq!(inbox.queued_heartbeats(), (8, 3));
         let mut out = Vec::new();
         inbox.take_heartbeats(4, 0, &mut out);
@@ -762,17 +825,51 @@ mod tests {
         out.clear();
         inbox.take_heartbeats(3, 1, &mut out);
         let marks: Vec<u32> = out.iter().map(|f| mark(f).2).collect();
-        assert_eq!(marks, [12, 22, 13, 1], "the turn carries over; then strangers");
-        inbox.trust(two, A);
+        assert_eq!(
+            marks,
+            [12, 22, 13, 1],
+            "the turn carries over; then strangers"
+        );
+        trust(&inbox, 2, A, 0);
         assert_eq!(inbox.trusted(two), Some(A));
-        assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(2, M, 4)), Admission::Queued);
-        assert_eq!(inbox.queued_heartbeats(), (1, 3), "the old MAC is a stranger's now");
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, M, 4)),
+            Admission::Queued
+        );
+        assert_eq!(
+            inbox.queued_heartbeats(),
+            (1, 3),
+            "the old MAC is a stranger's now"
+        );
+        // A sequence number not above the last accepted waits with strangers.
+        trust(&inbox, 2, A, 50);
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 50)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (1, 4), "a replay");
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 51)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (2, 4), "the next one");
+        out.clear();
+        inbox.take_heartbeats(usize::MAX, 0, &mut out);
+        let mut marks: Vec<_> = out.iter().map(|f| mark(f)).collect();
+        marks.sort();
+        assert_eq!(marks, [(2, A, 51), (3, b, 23)]);
         inbox.forget(three);
         assert_eq!(inbox.trusted(three), None);
-        assert_eq!(inbox.push(Control::Heartbeat, &heartbeat(3, b, 5)), Admission::Queued);
-        assert_eq!(inbox.queued_heartbeats(), (1, 4));
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(3, b, 5)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (0, 5));
         // ARP/ND/IGMP never take a lane, whatever their bytes.
-        assert_eq!(inbox.push(Control::Arp, &heartbeat(2, A, 6)), Admission::Queued);
+        assert_eq!(
+            inbox.push(Control::Arp, &heartbeat(2, A, 60)),
+            Admission::Queued
+        );
         assert_eq!(inbox.queued(), (5, 1));
     }
 

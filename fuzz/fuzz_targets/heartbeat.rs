@@ -23,8 +23,9 @@
 //!
 //! # Checks
 //!
-//! Besides never panicking: [`claimed_sender`] names the decoded host of
-//! every frame that authenticates (and of every authentic peer frame);
+//! Besides never panicking: [`claim`] reads the decoded host, boot and
+//! sequence of every frame that authenticates (and the host of every
+//! authentic peer frame);
 //! every heartbeat the machine sends decodes under
 //! the cluster key to the sender's own ID with a growing sequence number,
 //! fits [`MAX_FRAME`]; map epochs of `EffectiveViewChanged` strictly grow;
@@ -34,7 +35,7 @@
 #![no_main]
 
 use shoal_controlplane::admin::Scope;
-use shoal_controlplane::heartbeat::{claimed_sender, ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
+use shoal_controlplane::heartbeat::{claim, ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
 use shoal_controlplane::{Event, HostState, Machine, Phase, Request};
 use shoal_dataplane::bucket::GROUPS;
 use shoal_dataplane::map::GroupBits;
@@ -231,15 +232,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             0 => {
                 // The key-less peek agrees with the decoder on every frame
                 // that authenticates.
-                let claimed = claimed_sender(payload);
+                let claimed = claim(payload).map(|c| (c.host, c.boot, c.seq));
                 if let Ok(hb) = Heartbeat::decode(payload, &run.auth) {
-                    assert_eq!(claimed, Some(hb.host), "peek and decode disagree");
+                    assert_eq!(claimed, Some((hb.host, hb.boot, hb.seq)), "peek and decode disagree");
                 }
                 let _ = run.m.handle_heartbeat(payload, run.now);
             }
             1 => {
                 if let Some(frame) = run.peer_heartbeat(arg, payload) {
-                    assert_eq!(claimed_sender(&frame), Some(host(2 + arg % 3)));
+                    assert_eq!(claim(&frame).map(|c| c.host), Some(host(2 + arg % 3)));
                     let _ = run.m.handle_heartbeat(&frame, run.now);
                 }
             }

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use shoal_controlplane::admin::Body;
-use shoal_controlplane::heartbeat::claimed_sender;
+use shoal_controlplane::heartbeat::{claim, claimed_sender};
 use shoal_controlplane::{Event, Machine, Request, Response};
 use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
@@ -219,17 +219,19 @@ impl ControlLoop {
     /// One round's heartbeats from `inbox` (at most [`HEARTBEATS_PER_ROUND`]
     /// from the member lanes, then as many from strangers), through
     /// [`ControlLoop::handle_frame`]. A peer whose heartbeat is accepted
-    /// gets a lane in `inbox` for the frame's source MAC (see
-    /// [`ControlInbox`]): from then on its heartbeats from that MAC never
-    /// wait behind strangers'.
+    /// gets a lane in `inbox` for the frame's source MAC and for sequence
+    /// numbers past that frame's (see [`ControlInbox`]): from then on its
+    /// new heartbeats from that MAC never wait behind strangers'.
     pub fn handle_heartbeats(&mut self, inbox: &ControlInbox, frames: &mut Vec<Vec<u8>>) {
         inbox.take_heartbeats(HEARTBEATS_PER_ROUND, HEARTBEATS_PER_ROUND, frames);
         for frame in frames.drain(..) {
             let Some(host) = self.handle_frame(&frame) else {
                 continue;
             };
-            if let Some(source) = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
-                inbox.trust(host, source);
+            let claim = claim(&frame).filter(|c| c.host == host);
+            let source = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+            if let (Some(claim), Some(source)) = (claim, source) {
+                inbox.trust(claim, source);
             }
         }
     }
@@ -973,15 +975,24 @@ mod tests {
         assert_eq!(inbox.trusted(peer), None, "a forgery earns no lane");
 
         assert_eq!(inbox.push(Control::Heartbeat, &real), Admission::Queued);
-        assert_eq!(inbox.queued_heartbeats(), (0, 1), "a stranger until it authenticates");
+        assert_eq!(
+            inbox.queued_heartbeats(),
+            (0, 1),
+            "a stranger until it authenticates"
+        );
         c.handle_heartbeats(&inbox, &mut frames);
         assert_eq!(inbox.queued(), (0, 0));
         assert_eq!(c.refused.values().sum::<u64>(), 1, "{:?}", c.refused);
         assert_eq!(inbox.trusted(peer), Some(M));
-        // From now on its frames from M take its lane; from A they do not.
-        let _ = inbox.push(Control::Heartbeat, &real);
+        // From now on its new frames from M take its lane; from A, or
+        // replayed, they do not.
+        let mut next = real.clone();
+        let seq = u64::from_be_bytes(next[14 + 28..14 + 36].try_into().unwrap());
+        next[14 + 28..14 + 36].copy_from_slice(&(seq + 1).to_be_bytes());
+        let _ = inbox.push(Control::Heartbeat, &next);
         let _ = inbox.push(Control::Heartbeat, &forged);
-        assert_eq!(inbox.queued_heartbeats(), (1, 1));
+        let _ = inbox.push(Control::Heartbeat, &real);
+        assert_eq!(inbox.queued_heartbeats(), (1, 2));
         c.handle_heartbeats(&inbox, &mut frames);
 
         // This host's own heartbeat (looped back) gives no lane.
