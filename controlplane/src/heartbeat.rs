@@ -847,6 +847,57 @@ impl Heartbeat {
     }
 }
 
+/// What a heartbeat frame claims about its sender, read without the key
+/// (see [`claim`]). Nothing in it is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The claimed host ID.
+    pub host: HostId,
+    /// The claimed boot counter.
+    pub boot: u64,
+    /// The claimed sequence number.
+    pub seq: u64,
+}
+
+/// What a heartbeat frame claims about its sender (host ID, boot counter,
+/// sequence number), read without the key.
+///
+/// The checks are the key-less ones a forgery must pass anyway, cheapest
+/// first: the EtherType (one or two 802.1Q/802.1ad tags allowed), magic,
+/// version, a declared payload length within [`FIXED_PAYLOAD`]..=
+/// [`MAX_PAYLOAD`] that the frame holds, and a host ID of 1..=64. Nothing
+/// here is authenticated: a receiver uses the answer to choose where the
+/// frame waits for [`Heartbeat::decode`] (the engine's control inbox gives
+/// each member a lane of its own), never to believe it. No HMAC, no
+/// allocation, and any byte string is a valid input (`None` for anything
+/// that is not a plausible heartbeat).
+pub fn claim(frame: &[u8]) -> Option<Claim> {
+    let payload = payload_of(frame).ok()?;
+    if payload.get(0..2)? != &MAGIC.to_be_bytes()[..] || *payload.get(2)? != VERSION {
+        return None;
+    }
+    let declared = usize::from(u16::from_be_bytes([*payload.get(4)?, *payload.get(5)?]));
+    if !(FIXED_PAYLOAD..=MAX_PAYLOAD).contains(&declared) || payload.len() < declared {
+        return None;
+    }
+    let host = HostId::new(*payload.get(16)?)?;
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(
+            payload.get(at..at + 8)?.try_into().ok()?,
+        ))
+    };
+    Some(Claim {
+        host,
+        boot: u64_at(20)?,
+        seq: u64_at(28)?,
+    })
+}
+
+/// The host a heartbeat frame claims to come from: [`claim`]'s host.
+pub fn claimed_sender(frame: &[u8]) -> Option<HostId> {
+    claim(frame).map(|c| c.host)
+}
+
 /// The heartbeat payload of an Ethernet frame, after up to two VLAN tags.
 fn payload_of(frame: &[u8]) -> Result<&[u8], HeartbeatError> {
     let mut at = 12;

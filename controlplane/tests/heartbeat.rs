@@ -306,6 +306,71 @@ fn claimed_sender_reads_the_unauthenticated_header() {
     assert_eq!(ClaimedSender::of(&f[..20]), None);
 }
 
+/// The key-less peek a poll loop uses to pick a heartbeat's queue: a real
+/// heartbeat (tagged or not, padded or not) names its host; anything that
+/// fails a cheap check names none.
+#[test]
+fn claimed_sender_peeks_without_the_key() {
+    let f = encoded();
+    assert_eq!(claimed_sender(&f), HostId::new(64));
+    assert_eq!(
+        claim(&f),
+        Some(Claim {
+            host: HostId::new(64).unwrap(),
+            boot: sample().boot,
+            seq: 42
+        })
+    );
+    let mut hb = sample();
+    hb.host = HostId::new(2).unwrap();
+    hb.dirty.sections.clear();
+    hb.dirty.rules = 0;
+    let mut buf = [0u8; MAX_FRAME];
+    let n = hb.encode(&auth(), &mut buf).unwrap();
+    assert_eq!(claimed_sender(&buf[..n]), HostId::new(2));
+    // A bad tag does not matter here: no HMAC is computed.
+    let mut forged = buf[..n].to_vec();
+    forged[n - 1] ^= 0xff;
+    assert_eq!(claimed_sender(&forged), HostId::new(2));
+    let mut tagged = buf[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    tagged.extend_from_slice(&buf[12..n]);
+    assert_eq!(claimed_sender(&tagged), HostId::new(2));
+    let mut padded = buf[..n].to_vec();
+    padded.extend_from_slice(&[0; 8]);
+    assert_eq!(claimed_sender(&padded), HostId::new(2));
+    // Truncated anywhere before the declared end.
+    for cut in [0, 1, 12, 13, 14, 15, 20, 30, 31, n - 1] {
+        assert_eq!(claimed_sender(&buf[..cut]), None, "cut at {cut}");
+    }
+    // Each cheap field spoiled in turn.
+    for (what, at, value) in [
+        ("magic", 14, [0u8, 0]),
+        ("version", 16, [1, 0]),
+        ("declared length under the fixed part", 18, [0, 100]),
+        ("declared length over 1500", 18, [0x06, 0]),
+        ("host 0", 14 + 16, [0, 2]),
+        ("host 65", 14 + 16, [65, 2]),
+        ("EtherType IPv4", 12, [0x08, 0]),
+    ] {
+        let mut g = buf[..n].to_vec();
+        g[at..at + 2].copy_from_slice(&value);
+        assert_eq!(claimed_sender(&g), None, "{what}");
+    }
+    // A declared length beyond the frame.
+    let mut long = buf[..n].to_vec();
+    let declared = (n - 14 + 1) as u16;
+    long[18..20].copy_from_slice(&declared.to_be_bytes());
+    assert_eq!(claimed_sender(&long), None);
+    // Other frames: an ARP request, garbage, an empty slice.
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06]);
+    arp.resize(60, 0);
+    assert_eq!(claimed_sender(&arp), None);
+    assert_eq!(claimed_sender(&[0x5a; 300]), None);
+    assert_eq!(claimed_sender(&[]), None);
+}
+
 #[test]
 fn replay_guard() {
     let h = HostId::new(3).unwrap();
@@ -368,6 +433,7 @@ proptest! {
     #[test]
     fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
         let _ = Heartbeat::decode(&bytes, &auth());
+        let _ = claim(&bytes);
     }
 
     #[test]
@@ -383,5 +449,10 @@ proptest! {
         let r = Heartbeat::decode(&f, &auth());
         // Any change to authenticated bytes must be refused.
         prop_assert!(r.is_err() || r == Ok(sample()));
+        // What decodes names its host to the key-less peek too.
+        if let Ok(hb) = r {
+            let c = claim(&f);
+            prop_assert_eq!(c, Some(Claim { host: hb.host, boot: hb.boot, seq: hb.seq }));
+        }
     }
 }

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+use shoal_controlplane::heartbeat::Claim;
 use shoal_dataplane::map::ClusterMap;
 use shoal_dataplane::pipeline::{Control, Counters, Dataplane};
+use shoal_dataplane::HostId;
 
 use crate::sys::wake::Bells;
 
@@ -231,20 +233,65 @@ impl Outbound {
     }
 }
 
-/// Room for heartbeats waiting for the control thread ([`ControlInbox`]):
-/// enough to ride out the control thread being descheduled for tens of
-/// milliseconds under a flood of forgeries, while what it holds takes a few
-/// milliseconds to authenticate, far less than a heartbeat period.
+/// Room for heartbeats from strangers waiting for the control thread
+/// ([`ControlInbox`]): frames whose claimed sender and source MAC match no
+/// member's last authenticated heartbeat (forgeries, new hosts, a host
+/// whose MAC changed). Enough to ride out the control thread being
+/// descheduled for tens of milliseconds under a flood of forgeries, while
+/// what it holds takes a few milliseconds to authenticate, far less than a
+/// heartbeat period.
 pub const INBOX_HEARTBEATS: usize = 4096;
+/// Room in each member's own heartbeat lane: a member sends one heartbeat
+/// a period, so 16 frames cover the control thread not running for 16
+/// periods; past that, the newest heartbeat is the one that matters.
+pub const INBOX_MEMBER_LANE: usize = 16;
 /// Room for ARP, ND and IGMP frames waiting for the control thread.
 pub const INBOX_NEIGHBOUR: usize = 1024;
 
-#[derive(Debug, Default)]
+/// Host IDs with a lane of their own (1..=64).
+const LANES: usize = 64;
+/// Set in a [`ControlInbox`] trust entry that holds a MAC.
+const TRUSTED: u64 = 1 << 48;
+
+/// What became of a frame offered to [`ControlInbox::push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued; nothing was lost.
+    Queued,
+    /// Queued in its sender's member lane, which was full: that lane's
+    /// oldest heartbeat was dropped to make room (a heartbeat lost).
+    ReplacedOldest,
+    /// Refused: its queue (strangers' heartbeats, or ARP/ND/IGMP) was full.
+    Refused,
+}
+
+#[derive(Debug)]
 struct Inbox {
-    heartbeats: VecDeque<Vec<u8>>,
+    /// One lane per host ID (index ID - 1), for heartbeats whose claimed
+    /// sender and source MAC match that host's trust entry.
+    members: Vec<VecDeque<Vec<u8>>>,
+    /// Frames in `members`, all lanes together.
+    member_frames: usize,
+    /// The lane [`ControlInbox::take_heartbeats`] looks at first.
+    next_member: usize,
+    /// Every other heartbeat.
+    strangers: VecDeque<Vec<u8>>,
     neighbour: VecDeque<Vec<u8>>,
     /// The control thread sleeps in [`ControlInbox::wait`].
     sleeping: bool,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self {
+            members: (0..LANES).map(|_| VecDeque::new()).collect(),
+            member_frames: 0,
+            next_member: 0,
+            strangers: VecDeque::new(),
+            neighbour: VecDeque::new(),
+            sleeping: false,
+        }
+    }
 }
 
 /// Control frames on their way from the poll loops to the control thread,
@@ -252,58 +299,203 @@ struct Inbox {
 ///
 /// # What it guarantees
 ///
-/// Two bounded queues: heartbeats ([`INBOX_HEARTBEATS`]) and ARP, ND and
-/// IGMP ([`INBOX_NEIGHBOUR`]). No ARP, ND or IGMP frame, however many, takes
-/// a heartbeat's room. A frame that finds its queue full is refused
-/// ([`ControlInbox::push`] returns false) and the poll loop counts it by
-/// kind. Forged heartbeats share the heartbeat queue with real ones (only
-/// the control plane can tell them apart); the control thread drains
-/// heartbeats before anything else each round, so real ones are lost only
-/// while forgeries arrive faster than it authenticates them.
+/// Heartbeats and ARP/ND/IGMP frames wait in separate bounded queues: no
+/// ARP, ND or IGMP frame ([`INBOX_NEIGHBOUR`] of them), however many, takes
+/// a heartbeat's room.
 ///
-/// One queue for every poll loop rather than one each: the control thread
-/// takes from one place, and the bound is per host, whatever the loop count.
-#[derive(Debug, Default)]
+/// Heartbeats are admitted by claimed sender before any HMAC. The control
+/// thread records, for each host ID, the Ethernet source MAC, boot counter
+/// and sequence number of the latest heartbeat from that host that
+/// authenticated and was accepted ([`ControlInbox::trust`]). A poll loop
+/// reads what a frame claims with the key-less
+/// [`shoal_controlplane::heartbeat::claim`] and a few atomic loads of that
+/// table: a heartbeat whose host ID and source MAC match, and whose
+/// (boot, sequence) is newer than the last accepted, goes to that host's
+/// own lane ([`INBOX_MEMBER_LANE`] frames; when full, the lane's *oldest*
+/// frame is dropped, since the newest heartbeat is the one that matters);
+/// every other heartbeat (unknown sender, MAC mismatch, a sequence already
+/// seen such as a replayed capture, unparseable) waits in the shared
+/// strangers' queue
+/// ([`INBOX_HEARTBEATS`]), which refuses what does not fit. The control
+/// thread drains the member lanes first, one frame per lane in turn, then
+/// the strangers, each with its own bound per round. Nothing lost is
+/// silent: every refusal or replacement is reported to the pushing loop,
+/// which counts it.
+///
+/// So a member whose heartbeats come from the MAC it last authenticated
+/// from is never starved by forgeries sent from any other MAC, nor by
+/// replays of its own past frames (captured heartbeats with a spoiled tag
+/// included, whatever their source MAC), however many and however slow
+/// the control thread. A new host, or one whose NIC changed, gets in
+/// through the strangers' queue exactly as before, and has a lane once
+/// one of its heartbeats authenticates.
+///
+/// The limit: the table trusts nothing, it only sorts. A forger who sends
+/// with a member's host ID, the source MAC that member uses (shoal sends
+/// heartbeats from the masked MAC `02-<host>-<primary VIP>`, which anyone
+/// on the segment can see or compute) *and* a (boot, sequence) ahead of
+/// the member's (heartbeats are broadcast: anyone on the segment sees the
+/// current one) lands in that member's lane and can crowd out that
+/// member's heartbeats, and only that member's. A stale entry (a host
+/// gone, a MAC that moved) gives a lane, never trust: every frame still
+/// has to authenticate.
+///
+/// One inbox for every poll loop rather than one each: the control thread
+/// takes from one place, and the bounds are per host, whatever the loop
+/// count.
+#[derive(Debug)]
 pub struct ControlInbox {
     inbox: Mutex<Inbox>,
     ready: Condvar,
+    /// Per host ID (index ID - 1): `TRUSTED | MAC` of its latest accepted
+    /// heartbeat, or 0; and that heartbeat's boot counter and sequence
+    /// number. Written by the control thread, read lock-free by the poll
+    /// loops (a torn read only sends one frame to the other queue).
+    trusted: [AtomicU64; LANES],
+    boot: [AtomicU64; LANES],
+    seq: [AtomicU64; LANES],
+}
+
+impl Default for ControlInbox {
+    fn default() -> Self {
+        Self {
+            inbox: Mutex::default(),
+            ready: Condvar::new(),
+            trusted: std::array::from_fn(|_| AtomicU64::new(0)),
+            boot: std::array::from_fn(|_| AtomicU64::new(0)),
+            seq: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// A 48-bit MAC in the low bits of a `u64`.
+fn mac48(mac: [u8; 6]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&mac);
+    u64::from_be_bytes(b)
 }
 
 impl ControlInbox {
-    /// Queues a copy of `frame`, of kind `kind`; false when its queue is full.
-    pub fn push(&self, kind: Control, frame: &[u8]) -> bool {
-        let mut inbox = self.inbox.lock();
-        let (queue, room) = match kind {
-            Control::Heartbeat => (&mut inbox.heartbeats, INBOX_HEARTBEATS),
-            Control::Arp | Control::Nd | Control::Igmp => (&mut inbox.neighbour, INBOX_NEIGHBOUR),
-        };
-        if queue.len() >= room {
-            return false;
+    /// The member lane `frame` (a heartbeat) belongs in: its claimed host's,
+    /// when the frame's source MAC is the one that host last authenticated
+    /// from and its claimed (boot, sequence) is newer than that heartbeat's.
+    /// No lock, no HMAC, no allocation.
+    #[inline]
+    fn lane_of(&self, frame: &[u8]) -> Option<usize> {
+        let claim = shoal_controlplane::heartbeat::claim(frame)?;
+        let source: [u8; 6] = frame.get(6..12)?.try_into().ok()?;
+        let lane = claim.host.index();
+        if self.trusted[lane].load(Ordering::Acquire) != TRUSTED | mac48(source) {
+            return None;
         }
-        queue.push_back(frame.to_vec());
+        let last = (
+            self.boot[lane].load(Ordering::Relaxed),
+            self.seq[lane].load(Ordering::Relaxed),
+        );
+        ((claim.boot, claim.seq) > last).then_some(lane)
+    }
+
+    /// Queues a copy of `frame`, of kind `kind`, and says what became of it
+    /// (see the type's docs).
+    pub fn push(&self, kind: Control, frame: &[u8]) -> Admission {
+        let lane = match kind {
+            Control::Heartbeat => self.lane_of(frame),
+            Control::Arp | Control::Nd | Control::Igmp => None,
+        };
+        let mut inbox = self.inbox.lock();
+        let admission = match (kind, lane) {
+            (Control::Heartbeat, Some(lane)) => {
+                let queue = &mut inbox.members[lane];
+                if queue.len() >= INBOX_MEMBER_LANE {
+                    // The oldest goes; its buffer carries the newest.
+                    let mut buf = queue.pop_front().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(frame);
+                    queue.push_back(buf);
+                    Admission::ReplacedOldest
+                } else {
+                    queue.push_back(frame.to_vec());
+                    inbox.member_frames += 1;
+                    Admission::Queued
+                }
+            }
+            (Control::Heartbeat, None) => {
+                if inbox.strangers.len() >= INBOX_HEARTBEATS {
+                    return Admission::Refused;
+                }
+                inbox.strangers.push_back(frame.to_vec());
+                Admission::Queued
+            }
+            (Control::Arp | Control::Nd | Control::Igmp, _) => {
+                if inbox.neighbour.len() >= INBOX_NEIGHBOUR {
+                    return Admission::Refused;
+                }
+                inbox.neighbour.push_back(frame.to_vec());
+                Admission::Queued
+            }
+        };
         if inbox.sleeping {
             inbox.sleeping = false;
             self.ready.notify_one();
         }
-        true
+        admission
+    }
+
+    /// Gives `accepted.host` a lane for heartbeats sent from `source` that
+    /// claim a newer (boot, sequence) than `accepted`: call with the claim
+    /// and source MAC of its latest heartbeat that authenticated and was
+    /// accepted. Replaces what the host had.
+    pub fn trust(&self, accepted: Claim, source: [u8; 6]) {
+        let i = accepted.host.index();
+        self.seq[i].store(accepted.seq, Ordering::Relaxed);
+        self.boot[i].store(accepted.boot, Ordering::Relaxed);
+        self.trusted[i].store(TRUSTED | mac48(source), Ordering::Release);
+    }
+
+    /// Takes `host`'s lane away: its heartbeats wait with the strangers'
+    /// until one authenticates again.
+    pub fn forget(&self, host: HostId) {
+        self.trusted[host.index()].store(0, Ordering::Release);
+    }
+
+    /// The source MAC `host` has a lane for, if any.
+    pub fn trusted(&self, host: HostId) -> Option<[u8; 6]> {
+        let v = self.trusted[host.index()].load(Ordering::Acquire);
+        (v & TRUSTED != 0).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
     }
 
     /// Blocks up to `timeout` until a frame is queued; returns at once when
     /// one is.
     pub fn wait(&self, timeout: Duration) {
         let mut inbox = self.inbox.lock();
-        if inbox.heartbeats.is_empty() && inbox.neighbour.is_empty() {
+        if inbox.member_frames == 0 && inbox.strangers.is_empty() && inbox.neighbour.is_empty() {
             inbox.sleeping = true;
             let _ = self.ready.wait_for(&mut inbox, timeout);
             inbox.sleeping = false;
         }
     }
 
-    /// Moves up to `max` queued heartbeats, oldest first, into `out`.
-    pub fn take_heartbeats(&self, max: usize, out: &mut Vec<Vec<u8>>) {
+    /// Moves queued heartbeats into `out`: up to `members` from the member
+    /// lanes first (one frame per lane in turn, each lane oldest first,
+    /// the turn carried over to the next call), then up to `strangers`
+    /// from the strangers' queue, oldest first.
+    pub fn take_heartbeats(&self, members: usize, strangers: usize, out: &mut Vec<Vec<u8>>) {
         let mut inbox = self.inbox.lock();
-        let n = max.min(inbox.heartbeats.len());
-        out.extend(inbox.heartbeats.drain(..n));
+        let mut taken = 0;
+        while taken < members && inbox.member_frames > 0 {
+            let lane = inbox.next_member;
+            inbox.next_member = (lane + 1) % LANES;
+            if let Some(f) = inbox.members[lane].pop_front() {
+                inbox.member_frames -= 1;
+                out.push(f);
+                taken += 1;
+            }
+        }
+        let n = strangers.min(inbox.strangers.len());
+        out.extend(inbox.strangers.drain(..n));
     }
 
     /// Moves up to `max` queued ARP, ND and IGMP frames, oldest first, into
@@ -314,10 +506,19 @@ impl ControlInbox {
         out.extend(inbox.neighbour.drain(..n));
     }
 
-    /// Frames queued now: (heartbeats, ARP/ND/IGMP).
+    /// Frames queued now: (heartbeats, members' and strangers', ARP/ND/IGMP).
     pub fn queued(&self) -> (usize, usize) {
         let inbox = self.inbox.lock();
-        (inbox.heartbeats.len(), inbox.neighbour.len())
+        (
+            inbox.member_frames + inbox.strangers.len(),
+            inbox.neighbour.len(),
+        )
+    }
+
+    /// Heartbeats queued now: (in member lanes, strangers').
+    pub fn queued_heartbeats(&self) -> (usize, usize) {
+        let inbox = self.inbox.lock();
+        (inbox.member_frames, inbox.strangers.len())
     }
 }
 
@@ -331,8 +532,12 @@ pub struct LoopStats {
     /// Kept frames the TAP did not take.
     pub delivery_errors: u64,
     /// Control frames the control thread's queues had no room for, by
-    /// kind (in [`Control::ALL`] order).
+    /// kind (in [`Control::ALL`] order): refused, or (heartbeats) replaced
+    /// in a full member lane.
     pub control_dropped: [u64; 4],
+    /// The heartbeats of `control_dropped`, split: replaced in a full
+    /// member lane, refused by the full strangers' queue.
+    pub heartbeat_dropped: [u64; 2],
     /// Batches received, and frames in them (for the mean batch fill).
     pub batches: u64,
     /// Frames transmitted for the control thread.
@@ -405,16 +610,20 @@ mod tests {
         let mut refused = 0;
         for i in 0..10 * INBOX_NEIGHBOUR {
             let kind = [Control::Arp, Control::Nd, Control::Igmp][i % 3];
-            refused += usize::from(!inbox.push(kind, &[1; 60]));
+            refused += usize::from(inbox.push(kind, &[1; 60]) == Admission::Refused);
         }
         assert_eq!(refused, 9 * INBOX_NEIGHBOUR);
         for _ in 0..INBOX_HEARTBEATS {
-            assert!(inbox.push(Control::Heartbeat, &[2; 188]));
+            assert_eq!(inbox.push(Control::Heartbeat, &[2; 188]), Admission::Queued);
         }
-        assert!(!inbox.push(Control::Heartbeat, &[2; 188]), "bounded too");
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &[2; 188]),
+            Admission::Refused,
+            "bounded too"
+        );
         assert_eq!(inbox.queued(), (INBOX_HEARTBEATS, INBOX_NEIGHBOUR));
         let mut out = Vec::new();
-        inbox.take_heartbeats(10, &mut out);
+        inbox.take_heartbeats(10, 10, &mut out);
         assert_eq!(out.len(), 10);
         assert!(out.iter().all(|f| f[0] == 2));
         out.clear();
@@ -435,7 +644,7 @@ mod tests {
             let inbox = inbox.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                assert!(inbox.push(Control::Heartbeat, &[3; 188]));
+                assert_eq!(inbox.push(Control::Heartbeat, &[3; 188]), Admission::Queued);
             })
         };
         let t = std::time::Instant::now();
@@ -443,6 +652,225 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert_eq!(inbox.queued(), (1, 0));
         pusher.join().unwrap();
+    }
+
+    /// Host 2's MAC, the one it authenticates from.
+    const M: [u8; 6] = [0x02, 2, 10, 0, 0, 100];
+    /// A bystander's MAC.
+    const A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x62];
+
+    /// A frame that passes the key-less header checks: heartbeat of `host`
+    /// from `source`, `mark` in the sequence number's place (the tag is
+    /// anything: nothing here computes an HMAC).
+    fn heartbeat(host: u8, source: [u8; 6], mark: u32) -> Vec<u8> {
+        use shoal_controlplane::heartbeat::{FIXED_PAYLOAD, MAGIC, VERSION};
+        let mut f = vec![0u8; 14 + FIXED_PAYLOAD];
+        f[..6].fill(0xff);
+        f[6..12].copy_from_slice(&source);
+        f[12..14].copy_from_slice(&shoal_dataplane::wire::ethertype::HEARTBEAT.to_be_bytes());
+        let p = &mut f[14..];
+        p[..2].copy_from_slice(&MAGIC.to_be_bytes());
+        p[2] = VERSION;
+        p[4..6].copy_from_slice(&(FIXED_PAYLOAD as u16).to_be_bytes());
+        p[16] = host;
+        p[17] = 2;
+        p[32..36].copy_from_slice(&mark.to_be_bytes());
+        f
+    }
+
+    /// Gives `host` a lane at `source` for sequence numbers above `seq`.
+    fn trust(inbox: &ControlInbox, host: u8, source: [u8; 6], seq: u64) {
+        let host = HostId::new(host).unwrap();
+        inbox.trust(Claim { host, boot: 0, seq }, source);
+    }
+
+    fn mark(frame: &[u8]) -> (u8, [u8; 6], u32) {
+        let p = &frame[14..];
+        (
+            p[16],
+            frame[6..12].try_into().unwrap(),
+            u32::from_be_bytes(p[32..36].try_into().unwrap()),
+        )
+    }
+
+    /// Host 2 is trusted at M, its last accepted sequence 100,000.
+    /// 100,000 heartbeats from strangers (unknown hosts, host 2's ID from
+    /// the bystander's MAC, replays of host 2's earlier frames from M)
+    /// arrive interleaved with host 2's 10 real ones, and nothing is
+    /// drained meanwhile: every real one is queued and taken first, the
+    /// strangers fill their queue and the rest are refused.
+    #[test]
+    fn forgeries_and_replays_never_starve_a_member() {
+        let inbox = ControlInbox::default();
+        let two = HostId::new(2).unwrap();
+        assert_eq!(inbox.trusted(two), None);
+        trust(&inbox, 2, M, 100_000);
+        assert_eq!(inbox.trusted(two), Some(M));
+        let (mut queued, mut refused, mut real) = (0, 0, 0u32);
+        for i in 0..100_000u32 {
+            if i % 10_000 == 5_000 {
+                let f = heartbeat(2, M, 1_000_000 + real);
+                assert_eq!(inbox.push(Control::Heartbeat, &f), Admission::Queued);
+                real += 1;
+            }
+            let f = match i % 5 {
+                // Host 2's ID from the bystander's MAC.
+                0 => heartbeat(2, A, 1_000_000 + i),
+                // Host 2's earlier frames from its own MAC (a capture).
+                4 => heartbeat(2, M, i),
+                // Host 3 (not trusted) from its own MAC.
+                1 => heartbeat(3, [0x02, 3, 10, 0, 0, 100], i),
+                // Host 2's MAC with another ID.
+                2 => heartbeat(5, M, i),
+                // Not even a plausible heartbeat.
+                _ => vec![0x5a; 200],
+            };
+            match inbox.push(Control::Heartbeat, &f) {
+                Admission::Queued => queued += 1,
+                Admission::Refused => refused += 1,
+                Admission::ReplacedOldest => panic!("a stranger replaced a member's frame"),
+            }
+        }
+        assert_eq!(real, 10);
+        assert_eq!(queued, INBOX_HEARTBEATS);
+        assert_eq!(refused, 100_000 - INBOX_HEARTBEATS);
+        assert_eq!(inbox.queued_heartbeats(), (10, INBOX_HEARTBEATS));
+        let mut out = Vec::new();
+        inbox.take_heartbeats(64, 64, &mut out);
+        assert_eq!(out.len(), 10 + 64);
+        for (k, f) in out[..10].iter().enumerate() {
+            assert_eq!(
+                mark(f),
+                (2, M, 1_000_000 + k as u32),
+                "host 2's frames first, in order"
+            );
+        }
+        let real = |f: &Vec<u8>| {
+            let (host, source, seq) = mark(f);
+            f.len() == 14 + 182 && host == 2 && source == M && seq >= 1_000_000
+        };
+        assert!(
+            !out[10..].iter().any(real),
+            "no real frame among the strangers"
+        );
+        assert_eq!(inbox.queued_heartbeats(), (0, INBOX_HEARTBEATS - 64));
+    }
+
+    /// A member's lane keeps its newest frames: when full, the oldest goes
+    /// (and the push says so).
+    #[test]
+    fn a_full_member_lane_drops_its_oldest() {
+        let inbox = ControlInbox::default();
+        trust(&inbox, 2, M, 0);
+        let mut replaced = 0;
+        for k in 1..=INBOX_MEMBER_LANE as u32 + 4 {
+            match inbox.push(Control::Heartbeat, &heartbeat(2, M, k)) {
+                Admission::Queued => assert!(k <= INBOX_MEMBER_LANE as u32),
+                Admission::ReplacedOldest => replaced += 1,
+                Admission::Refused => panic!("a member's frame refused"),
+            }
+        }
+        assert_eq!(replaced, 4);
+        assert_eq!(inbox.queued_heartbeats(), (INBOX_MEMBER_LANE, 0));
+        let mut out = Vec::new();
+        inbox.take_heartbeats(usize::MAX, usize::MAX, &mut out);
+        let marks: Vec<u32> = out.iter().map(|f| mark(f).2).collect();
+        assert_eq!(
+            marks,
+            (5..=INBOX_MEMBER_LANE as u32 + 4).collect::<Vec<_>>()
+        );
+        assert_eq!(inbox.queued(), (0, 0));
+    }
+
+    /// Senders without a lane (a new host, a host whose MAC moved) get in
+    /// through the strangers' queue while it has room; trust moves with
+    /// the MAC, and a forgotten host is a stranger again. Members are
+    /// taken in turn, one frame per lane, within the round's bound.
+    #[test]
+    fn strangers_get_in_and_members_take_turns() {
+        let inbox = ControlInbox::default();
+        let (two, three) = (HostId::new(2).unwrap(), HostId::new(3).unwrap());
+        let b: [u8; 6] = [0x02, 3, 10, 0, 0, 100];
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(7, A, 1)),
+            Admission::Queued
+        );
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, M, 2)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (0, 2), "no lane before trust");
+        trust(&inbox, 2, M, 0);
+        trust(&inbox, 3, b, 0);
+        for k in 0..4 {
+            assert_eq!(
+                inbox.push(Control::Heartbeat, &heartbeat(2, M, 10 + k)),
+                Admission::Queued
+            );
+            assert_eq!(
+                inbox.push(Control::Heartbeat, &heartbeat(3, b, 20 + k)),
+                Admission::Queued
+            );
+        }
+        // Host 2 moved to another NIC: a stranger until it authenticates there.
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 3)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (8, 3));
+        let mut out = Vec::new();
+        inbox.take_heartbeats(4, 0, &mut out);
+        let marks: Vec<u32> = out.iter().map(|f| mark(f).2).collect();
+        assert_eq!(marks, [10, 20, 11, 21], "one frame per lane in turn");
+        out.clear();
+        inbox.take_heartbeats(3, 1, &mut out);
+        let marks: Vec<u32> = out.iter().map(|f| mark(f).2).collect();
+        assert_eq!(
+            marks,
+            [12, 22, 13, 1],
+            "the turn carries over; then strangers"
+        );
+        trust(&inbox, 2, A, 0);
+        assert_eq!(inbox.trusted(two), Some(A));
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, M, 4)),
+            Admission::Queued
+        );
+        assert_eq!(
+            inbox.queued_heartbeats(),
+            (1, 3),
+            "the old MAC is a stranger's now"
+        );
+        // A sequence number not above the last accepted waits with strangers.
+        trust(&inbox, 2, A, 50);
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 50)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (1, 4), "a replay");
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(2, A, 51)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (2, 4), "the next one");
+        out.clear();
+        inbox.take_heartbeats(usize::MAX, 0, &mut out);
+        let mut marks: Vec<_> = out.iter().map(|f| mark(f)).collect();
+        marks.sort();
+        assert_eq!(marks, [(2, A, 51), (3, b, 23)]);
+        inbox.forget(three);
+        assert_eq!(inbox.trusted(three), None);
+        assert_eq!(
+            inbox.push(Control::Heartbeat, &heartbeat(3, b, 5)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued_heartbeats(), (0, 5));
+        // ARP/ND/IGMP never take a lane, whatever their bytes.
+        assert_eq!(
+            inbox.push(Control::Arp, &heartbeat(2, A, 60)),
+            Admission::Queued
+        );
+        assert_eq!(inbox.queued(), (5, 1));
     }
 
     /// Heartbeats leave ahead of every queued answer, and a full answer

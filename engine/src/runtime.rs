@@ -39,7 +39,7 @@ use shoal_dataplane::pipeline::{Control, Counters, Dataplane, DropReason, Verdic
 use shoal_dataplane::{ClusterMode, HostId, HostSet};
 
 use crate::control::{ControlLoop, Responder};
-use crate::handoff::{apply_reset, ControlInbox, LoopStats, MapCell, Outbound};
+use crate::handoff::{apply_reset, Admission, ControlInbox, LoopStats, MapCell, Outbound};
 use crate::io::{Delivery, FrameIo, MAX_BATCH};
 use crate::sys::signal::{self, STOP};
 use crate::sys::wake::{Bells, Sleeper};
@@ -226,15 +226,17 @@ fn socket_drops(backends: &[Box<dyn FrameIo>]) -> crate::io::SocketDrops {
 
 /// The work of one batch, shared by the poll loops and [`drain`]: judge the
 /// frames, hand kept ones to `delivery` in one call, and control frames to
-/// `control` with their kind (it returns false when it had no room; the
-/// frame is then counted in [`LoopStats::control_dropped`]).
+/// `control` with their kind (it says what became of each: a frame refused,
+/// or one that replaced a queued heartbeat, is counted in
+/// [`LoopStats::control_dropped`] and, for heartbeats,
+/// [`LoopStats::heartbeat_dropped`]).
 pub fn judge_and_deliver(
     dp: &mut Dataplane,
     frames: &[&[u8]],
     now: u64,
     verdicts: &mut [Verdict; MAX_BATCH],
     delivery: &mut dyn Delivery,
-    control: &mut dyn FnMut(Control, &[u8]) -> bool,
+    control: &mut dyn FnMut(Control, &[u8]) -> Admission,
     stats: &mut LoopStats,
 ) {
     if frames.is_empty() {
@@ -251,9 +253,19 @@ pub fn judge_and_deliver(
                 kept[n] = f;
                 n += 1;
             }
-            Verdict::Control(kind) if !control(*kind, f) => {
-                stats.control_dropped[*kind as usize] += 1;
-            }
+            Verdict::Control(kind) => match control(*kind, f) {
+                Admission::Queued => {}
+                Admission::ReplacedOldest => {
+                    stats.control_dropped[*kind as usize] += 1;
+                    stats.heartbeat_dropped[0] += 1;
+                }
+                Admission::Refused => {
+                    stats.control_dropped[*kind as usize] += 1;
+                    if *kind == Control::Heartbeat {
+                        stats.heartbeat_dropped[1] += 1;
+                    }
+                }
+            },
             _ => {}
         }
     }
@@ -293,7 +305,7 @@ pub fn drain(
                 now,
                 &mut verdicts,
                 delivery,
-                &mut |_, _| true,
+                &mut |_, _| Admission::Queued,
                 &mut stats,
             );
         })?;
@@ -357,6 +369,7 @@ fn counters_json(
     let mut delivered = 0;
     let mut delivery_errors = 0;
     let mut control_dropped = [0u64; 4];
+    let mut heartbeat_dropped = [0u64; 2];
     let mut transmit_rejected = 0;
     let mut batches = 0;
     let mut descriptors = 0;
@@ -370,6 +383,9 @@ fn counters_json(
         delivered += s.delivered;
         delivery_errors += s.delivery_errors;
         for (a, b) in control_dropped.iter_mut().zip(s.control_dropped) {
+            *a += b;
+        }
+        for (a, b) in heartbeat_dropped.iter_mut().zip(s.heartbeat_dropped) {
             *a += b;
         }
         batches += s.batches;
@@ -435,6 +451,10 @@ fn counters_json(
         "delivery_errors": delivery_errors,
         "control_overflow": control_dropped.iter().sum::<u64>(),
         "control_dropped": control_by_kind,
+        "control_dropped_heartbeat": {
+            "member": heartbeat_dropped[0],
+            "stranger": heartbeat_dropped[1],
+        },
         "arp_nd_answered": answered,
         "answers_limited": {
             "source": limited.neighbour.source_limited,
@@ -768,7 +788,7 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         while !STOP.load(Ordering::Relaxed) {
             // No control plane: heartbeats are taken and left unread.
             inbox.wait(Duration::from_millis(100));
-            inbox.take_heartbeats(usize::MAX, &mut frames);
+            inbox.take_heartbeats(usize::MAX, usize::MAX, &mut frames);
             frames.clear();
             inbox.take_neighbour(crate::control::NEIGHBOUR_PER_ROUND, &mut frames);
             let now = start.elapsed().as_nanos() as u64;

@@ -23,7 +23,10 @@
 //!
 //! # Checks
 //!
-//! Besides never panicking: every heartbeat the machine sends decodes under
+//! Besides never panicking: [`claim`] reads the decoded host, boot and
+//! sequence of every frame that authenticates (and the host of every
+//! authentic peer frame);
+//! every heartbeat the machine sends decodes under
 //! the cluster key to the sender's own ID with a growing sequence number,
 //! fits [`MAX_FRAME`]; map epochs of `EffectiveViewChanged` strictly grow;
 //! a stopped or suspended host's effective view takes nothing new under any
@@ -32,7 +35,7 @@
 #![no_main]
 
 use shoal_controlplane::admin::Scope;
-use shoal_controlplane::heartbeat::{ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
+use shoal_controlplane::heartbeat::{claim, ClusterAuth, DirtyPage, Heartbeat, MAX_FRAME};
 use shoal_controlplane::{Event, HostState, Machine, Phase, Request};
 use shoal_dataplane::bucket::GROUPS;
 use shoal_dataplane::map::GroupBits;
@@ -227,10 +230,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         records += 1;
         match op % 6 {
             0 => {
+                // The key-less peek agrees with the decoder on every frame
+                // that authenticates.
+                let claimed = claim(payload).map(|c| (c.host, c.boot, c.seq));
+                if let Ok(hb) = Heartbeat::decode(payload, &run.auth) {
+                    assert_eq!(claimed, Some((hb.host, hb.boot, hb.seq)), "peek and decode disagree");
+                }
                 let _ = run.m.handle_heartbeat(payload, run.now);
             }
             1 => {
                 if let Some(frame) = run.peer_heartbeat(arg, payload) {
+                    assert_eq!(claim(&frame).map(|c| c.host), Some(host(2 + arg % 3)));
                     let _ = run.m.handle_heartbeat(&frame, run.now);
                 }
             }

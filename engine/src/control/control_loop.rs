@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use shoal_controlplane::admin::Body;
+use shoal_controlplane::heartbeat::{claim, claimed_sender};
 use shoal_controlplane::{Event, Machine, Request, Response};
 use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
@@ -58,7 +59,9 @@ use crate::handoff::{ControlInbox, Lane, LoopStats, MapCell, Outbound};
 /// Longest the control thread waits for every poll loop to run a new map.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Heartbeats authenticated per round of [`ControlLoop::run`] at most.
+/// Heartbeats authenticated per round of [`ControlLoop::run`] at most from
+/// the members' lanes, and at most as many again from strangers (see
+/// [`ControlInbox`]).
 pub const HEARTBEATS_PER_ROUND: usize = 64;
 /// ARP, ND and IGMP frames handled per round of [`ControlLoop::run`] at most.
 pub const NEIGHBOUR_PER_ROUND: usize = 64;
@@ -196,17 +199,44 @@ impl ControlLoop {
             .clamp(Duration::from_millis(1), Duration::from_millis(50))
     }
 
-    /// A control frame from a poll loop.
-    pub fn handle_frame(&mut self, frame: &[u8]) {
+    /// A control frame from a poll loop. Returns the sender of a heartbeat
+    /// that authenticated and was accepted (a peer's, never this host's).
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Option<HostId> {
         let now = self.now();
-        let Ok(info) = parse_frame(frame) else { return };
+        let info = parse_frame(frame).ok()?;
         match info.kind {
-            FrameKind::Heartbeat => {
-                if let Err(e) = self.machine.handle_heartbeat(frame, now) {
+            FrameKind::Heartbeat => match self.machine.handle_heartbeat(frame, now) {
+                // Authenticated: the host byte is the sender's.
+                Ok(()) => claimed_sender(frame).filter(|h| *h != self.local),
+                Err(e) => {
                     *self.refused.entry(e.name().to_string()).or_default() += 1;
+                    None
                 }
+            },
+            _ => {
+                self.responder.handle(frame, now);
+                None
             }
-            _ => self.responder.handle(frame, now),
+        }
+    }
+
+    /// One round's heartbeats from `inbox` (at most [`HEARTBEATS_PER_ROUND`]
+    /// from the member lanes, then as many from strangers), through
+    /// [`ControlLoop::handle_frame`]. A peer whose heartbeat is accepted
+    /// gets a lane in `inbox` for the frame's source MAC and for sequence
+    /// numbers past that frame's (see [`ControlInbox`]): from then on its
+    /// new heartbeats from that MAC never wait behind strangers'.
+    pub fn handle_heartbeats(&mut self, inbox: &ControlInbox, frames: &mut Vec<Vec<u8>>) {
+        inbox.take_heartbeats(HEARTBEATS_PER_ROUND, HEARTBEATS_PER_ROUND, frames);
+        for frame in frames.drain(..) {
+            let Some(host) = self.handle_frame(&frame) else {
+                continue;
+            };
+            let claim = claim(&frame).filter(|c| c.host == host);
+            let source = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+            if let (Some(claim), Some(source)) = (claim, source) {
+                inbox.trust(claim, source);
+            }
         }
     }
 
@@ -610,7 +640,9 @@ impl ControlLoop {
     /// `admin`.
     ///
     /// Each round handles, in this order: at most [`HEARTBEATS_PER_ROUND`]
-    /// heartbeats, at most [`NEIGHBOUR_PER_ROUND`] ARP/ND/IGMP frames, the
+    /// heartbeats from members' lanes and as many from strangers
+    /// ([`ControlLoop::handle_heartbeats`]), at most
+    /// [`NEIGHBOUR_PER_ROUND`] ARP/ND/IGMP frames, the
     /// admin calls, then the machine's timers and transmissions
     /// ([`ControlLoop::step`]). Heartbeats that arrived before a deadline
     /// are heard before it fires, and however much is queued, a round (and
@@ -627,10 +659,7 @@ impl ControlLoop {
         let mut frames = Vec::with_capacity(HEARTBEATS_PER_ROUND.max(NEIGHBOUR_PER_ROUND));
         while !stop.load(Ordering::Relaxed) {
             inbox.wait(self.wait());
-            inbox.take_heartbeats(HEARTBEATS_PER_ROUND, &mut frames);
-            for frame in frames.drain(..) {
-                self.handle_frame(&frame);
-            }
+            self.handle_heartbeats(inbox, &mut frames);
             inbox.take_neighbour(NEIGHBOUR_PER_ROUND, &mut frames);
             for frame in frames.drain(..) {
                 self.handle_frame(&frame);
@@ -923,6 +952,76 @@ mod tests {
         }
         done.store(true, Ordering::Relaxed);
         loop_thread.join().unwrap();
+    }
+
+    /// A peer's heartbeat that authenticates gives the peer a lane in the
+    /// inbox at the frame's source MAC; the same frame with a spoiled tag
+    /// from another MAC gives nothing, nor does a frame with this host's
+    /// own ID.
+    #[test]
+    fn an_accepted_heartbeat_gives_its_sender_a_lane() {
+        use crate::handoff::Admission;
+        use shoal_controlplane::heartbeat::MAX_FRAME;
+        use shoal_dataplane::pipeline::Control;
+        const M: [u8; 6] = [0x02, 0x22, 0, 0, 0, 2];
+        const A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x62];
+        let spec = web_spec();
+        let (local, peer) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let view = View::converged(&spec, HostSet::from_iter([local]));
+        let cell = Arc::new(MapCell::new(Arc::new(ClusterMap::build(
+            &spec, &view, local, 1,
+        ))));
+        let outbound = Arc::new(Outbound::default());
+        let stats = Arc::new(Mutex::new(LoopStats::default()));
+        let machine = Machine::new(Config::new(local, [9; 32], 1), spec.clone(), 0);
+        let mut c = clustered(machine, &cell, &stats, &outbound);
+        let mut other = Machine::new(Config::new(peer, [9; 32], 1), spec, 0);
+        let mut buf = vec![0u8; MAX_FRAME];
+        let n = other
+            .poll_transmit(c.now(), &mut buf)
+            .expect("the peer's first heartbeat");
+        let mut real = buf[..n].to_vec();
+        real[6..12].copy_from_slice(&M);
+        let mut forged = real.clone();
+        forged[n - 1] ^= 1;
+        forged[6..12].copy_from_slice(&A);
+
+        let inbox = ControlInbox::default();
+        let mut frames = Vec::new();
+        assert_eq!(inbox.push(Control::Heartbeat, &forged), Admission::Queued);
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(c.refused.get("bad_mac"), Some(&1));
+        assert_eq!(inbox.trusted(peer), None, "a forgery earns no lane");
+
+        assert_eq!(inbox.push(Control::Heartbeat, &real), Admission::Queued);
+        assert_eq!(
+            inbox.queued_heartbeats(),
+            (0, 1),
+            "a stranger until it authenticates"
+        );
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(inbox.queued(), (0, 0));
+        assert_eq!(c.refused.values().sum::<u64>(), 1, "{:?}", c.refused);
+        assert_eq!(inbox.trusted(peer), Some(M));
+        // From now on its new frames from M take its lane; from A, or
+        // replayed, they do not.
+        let mut next = real.clone();
+        let seq = u64::from_be_bytes(next[14 + 28..14 + 36].try_into().unwrap());
+        next[14 + 28..14 + 36].copy_from_slice(&(seq + 1).to_be_bytes());
+        let _ = inbox.push(Control::Heartbeat, &next);
+        let _ = inbox.push(Control::Heartbeat, &forged);
+        let _ = inbox.push(Control::Heartbeat, &real);
+        assert_eq!(inbox.queued_heartbeats(), (1, 2));
+        c.handle_heartbeats(&inbox, &mut frames);
+
+        // This host's own heartbeat (looped back) gives no lane.
+        let n = c
+            .machine
+            .poll_transmit(c.now(), &mut buf)
+            .expect("this host's first heartbeat");
+        let _ = inbox.push(Control::Heartbeat, &buf[..n]);
+        c.handle_heartbeats(&inbox, &mut frames);
+        assert_eq!(inbox.trusted(local), None);
     }
 
     #[test]
