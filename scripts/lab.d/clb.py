@@ -236,10 +236,16 @@ async def load(args):
             return False
         t = start_epoch + due - args.freeze_started
         return t >= 0 and t % args.freeze_every < args.freeze_for
+    def settling(due):
+        # Within --settle seconds after a freeze ended.
+        if not args.freeze_started or args.settle <= 0:
+            return False
+        t = start_epoch + due - args.freeze_started
+        return t >= 0 and args.freeze_for <= t % args.freeze_every < args.freeze_for + args.settle
     if args.freeze_started:
         lat = lambda r: r[1] if r[1] is not None else args.timeout * 1000.0
         during = sorted(lat(r) for r in results if frozen(r[0]))
-        rest = sorted(lat(r) for r in results if not frozen(r[0]))
+        rest = sorted(lat(r) for r in results if not frozen(r[0]) and not settling(r[0]))
         out["p99_freeze_ms"] = percentile(during, 0.99)
         out["p99_rest_ms"] = percentile(rest, 0.99)
         out["freeze_share"] = round(len(during) / max(1, len(results)), 3)
@@ -273,6 +279,8 @@ def main():
                    help="epoch a server freezing every --freeze-every s for --freeze-for s started: p99 split by it")
     l.add_argument("--freeze-every", type=float, default=10.0)
     l.add_argument("--freeze-for", type=float, default=2.0)
+    l.add_argument("--settle", type=float, default=0.0,
+                   help="seconds after each freeze that count in neither split (the rest is then all healthy)")
     l.add_argument("--dump", help="write one line per request: due s, latency ms, status, served by, frozen")
     args = p.parse_args()
     if args.cmd == "serve":
