@@ -828,16 +828,11 @@ impl Membership {
     pub fn excuse(&mut self, late_ns: u64, now: u64) {
         self.counters.stalls += 1;
         self.counters.stalled_ms += late_ns / 1_000_000;
+        let excused = |heard: u64| heard.saturating_add(late_ns).min(now.max(heard));
         for p in self.peers.iter_mut().flatten() {
-            p.last_heard = p
-                .last_heard
-                .saturating_add(late_ns)
-                .min(now.max(p.last_heard));
+            p.last_heard = excused(p.last_heard);
             if let Some(sh) = p.shadow.as_mut() {
-                sh.last_heard = sh
-                    .last_heard
-                    .saturating_add(late_ns)
-                    .min(now.max(sh.last_heard));
+                sh.last_heard = excused(sh.last_heard);
             }
         }
     }

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use shoal_controlplane::admin::Body;
-use shoal_controlplane::heartbeat::{claim, claimed_sender};
+use shoal_controlplane::heartbeat::{claim, Claim};
 use shoal_controlplane::{Event, Machine, Request, Response};
 use shoal_dataplane::map::{ClusterMap, GroupBits};
 use shoal_dataplane::packet::{parse_frame, FrameKind};
@@ -199,15 +199,16 @@ impl ControlLoop {
             .clamp(Duration::from_millis(1), Duration::from_millis(50))
     }
 
-    /// A control frame from a poll loop. Returns the sender of a heartbeat
-    /// that authenticated and was accepted (a peer's, never this host's).
-    pub fn handle_frame(&mut self, frame: &[u8]) -> Option<HostId> {
+    /// A control frame from a poll loop. Returns what a heartbeat that
+    /// authenticated and was accepted claims (a peer's, never this host's):
+    /// its host, boot counter and sequence number, now vouched for.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Option<Claim> {
         let now = self.now();
         let info = parse_frame(frame).ok()?;
         match info.kind {
             FrameKind::Heartbeat => match self.machine.handle_heartbeat(frame, now) {
-                // Authenticated: the host byte is the sender's.
-                Ok(()) => claimed_sender(frame).filter(|h| *h != self.local),
+                // Authenticated: what the header claims is the sender's.
+                Ok(()) => claim(frame).filter(|c| c.host != self.local),
                 Err(e) => {
                     *self.refused.entry(e.name().to_string()).or_default() += 1;
                     None
@@ -229,12 +230,10 @@ impl ControlLoop {
     pub fn handle_heartbeats(&mut self, inbox: &ControlInbox, frames: &mut Vec<Vec<u8>>) {
         inbox.take_heartbeats(HEARTBEATS_PER_ROUND, HEARTBEATS_PER_ROUND, frames);
         for frame in frames.drain(..) {
-            let Some(host) = self.handle_frame(&frame) else {
+            let Some(claim) = self.handle_frame(&frame) else {
                 continue;
             };
-            let claim = claim(&frame).filter(|c| c.host == host);
-            let source = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
-            if let (Some(claim), Some(source)) = (claim, source) {
+            if let Some(source) = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
                 inbox.trust(claim, source);
             }
         }
