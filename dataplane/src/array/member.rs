@@ -2,7 +2,8 @@
 //! request comes from another member of its array and not from a client.
 //!
 //! Owns: [`MEMBER_HEADER`], [`MemberKey`] (derived from the cluster key),
-//! [`sign`], [`verify`] and [`MemberError`].
+//! [`sign`], [`verify`], [`MemberError`], and the opening of a hop tunnel
+//! ([`TUNNEL_PROTOCOL`], [`tunnel_target`]).
 //!
 //! Guarantees:
 //! - A value verifies only under the key it was signed with, for the same
@@ -30,6 +31,17 @@
 //! nothing it could not get by sending the request to any member: the
 //! header's only privilege is that the receiver does not route the request
 //! again.
+//!
+//! # A hop tunnel
+//!
+//! A member may open a tunnel instead of signing each request: one
+//! `GET` whose target is [`tunnel_target`] of the connection's own source
+//! address and port, with `Upgrade: ` [`TUNNEL_PROTOCOL`] and a member
+//! header signed over that target. The owner verifies it against the
+//! source address it sees on the connection, so a captured value opens
+//! nothing on any other connection (a connection from the same address and
+//! port cannot exist while the first one lives), and then relays the
+//! connection's bytes to its own application unparsed.
 
 use std::fmt;
 
@@ -40,6 +52,23 @@ pub(super) type HmacSha256 = Hmac<Sha256>;
 
 /// The header a member adds to a request it forwards to the owner.
 pub const MEMBER_HEADER: &str = "shoal-member";
+
+/// The `Upgrade` protocol of a hop tunnel.
+pub const TUNNEL_PROTOCOL: &str = "shoal-tunnel/1";
+
+/// The request target that opens a hop tunnel from `source` (the
+/// connection's source address and port as the owner sees it; an
+/// IPv4-mapped IPv6 address is written as the IPv4 one, so either side may
+/// hold either form).
+pub fn tunnel_target(source: std::net::SocketAddr) -> String {
+    let ip = match source.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    format!("/.shoal/tunnel/{}", std::net::SocketAddr::new(ip, source.port()))
+}
 
 /// The label the member key is derived with.
 const LABEL: &[u8] = b"shoal array member header v1";
@@ -250,6 +279,28 @@ mod tests {
 
     fn key() -> MemberKey {
         MemberKey::derive(&[7; 32])
+    }
+
+    #[test]
+    fn a_tunnel_opening_verifies_only_for_the_connection_it_was_signed_for() {
+        let src: std::net::SocketAddr = "10.0.2.1:40000".parse().unwrap();
+        let mapped: std::net::SocketAddr = "[::ffff:10.0.2.1]:40000".parse().unwrap();
+        let target = tunnel_target(src);
+        assert_eq!(target, "/.shoal/tunnel/10.0.2.1:40000");
+        assert_eq!(tunnel_target(mapped), target);
+        let v = sign(&key(), 2, 8080, NOW, b"GET", target.as_bytes());
+        assert_eq!(
+            verify(&key(), v.as_bytes(), 8080, b"GET", target.as_bytes(), NOW, SKEW),
+            Ok(2)
+        );
+        for other in ["10.0.2.1:40001", "10.0.2.9:40000", "[2001:db8::1]:40000"] {
+            let t = tunnel_target(other.parse().unwrap());
+            assert_eq!(
+                verify(&key(), v.as_bytes(), 8080, b"GET", t.as_bytes(), NOW, SKEW),
+                Err(MemberError::BadTag),
+                "{other}"
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub(super) struct Service {
     pub cached: RefCell<(u64, Arc<Snapshot>)>,
     pub counters: Arc<ServiceCounters>,
     pub pool: Rc<Pool>,
+    /// A sticky service's hop tunnels, by owner address.
+    pub tunnels: Rc<Pool>,
+    /// Owners that refused a hop tunnel (a member that does not open
+    /// them): their hops are signed request by request.
+    pub untunneled: RefCell<std::collections::HashSet<SocketAddr>>,
     pub reports: mpsc::Sender<Report>,
 }
 
@@ -484,7 +489,7 @@ async fn serve(
                 });
                 request.headers_mut().insert(MEMBER_NAME, sig.clone());
             }
-            match exchange(service, addr, request, fresh).await {
+            match exchange(service, addr, request, fresh, None).await {
                 // A kept-alive connection the upstream had closed: the
                 // same upstream again, over a new connection.
                 Exchange::Failed { pooled: true } if retriable && !fresh => fresh = true,
@@ -612,35 +617,64 @@ pub(super) enum Exchange {
 /// one (and again over a new one if that connection turns out closed before
 /// the request left), else over a new connection. `fresh` (always for
 /// `CONNECT`) asks for a connection of its own, never pooled after.
+///
+/// With `tunnel`, `addr` is a sticky owner's dedicated address and the
+/// request goes over a hop tunnel to its application (the tunnels have a
+/// pool of their own); an owner that refuses tunnels is remembered in
+/// [`Service::untunneled`] and the request comes back unsent.
 pub(super) async fn exchange(
     service: &Service,
     addr: SocketAddr,
     request: Request<UpBody>,
     fresh: bool,
+    tunnel: Option<&upstream::TunnelOpen<'_>>,
 ) -> Exchange {
     let plan = &service.plan;
     let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
+    let pool = if tunnel.is_some() {
+        &service.tunnels
+    } else {
+        &service.pool
+    };
     let mut request = request;
-    let mut pooled = if fresh { None } else { service.pool.take(addr) };
+    let mut pooled = if fresh { None } else { pool.take(addr) };
     loop {
         let from_pool = pooled.is_some();
         let mut sender: SendRequest<UpBody> = match pooled.take() {
             Some(s) => s,
-            None => match upstream::connect_tls(addr, plan.connect_timeout(), plan.hop_tls(addr))
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "upstream unreachable");
-                    return Exchange::NotSent(Some(request));
+            None => {
+                let (timeout, tls) = (plan.connect_timeout(), plan.hop_tls(addr));
+                let made = match tunnel {
+                    None => upstream::connect_tls(addr, timeout, tls).await,
+                    Some(open) => upstream::connect_tunnel(addr, timeout, tls, open).await,
+                };
+                match made {
+                    Ok(s) => {
+                        if tunnel.is_some() {
+                            service
+                                .counters
+                                .sticky
+                                .tunnels_out
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        s
+                    }
+                    Err(e) => {
+                        if let upstream::ConnectError::Refused(status) = e {
+                            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one");
+                            service.untunneled.borrow_mut().insert(addr);
+                        }
+                        tracing::debug!(%addr, error = %e, "upstream unreachable");
+                        return Exchange::NotSent(Some(request));
+                    }
                 }
-            },
+            }
         };
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return Exchange::TimedOut,
             Ok(Ok(resp)) => {
                 let check_in = (!fresh).then(|| CheckIn {
-                    pool: service.pool.clone(),
+                    pool: pool.clone(),
                     addr,
                     sender,
                 });

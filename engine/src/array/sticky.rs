@@ -56,7 +56,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use shoal_config::{Config, StickySection};
@@ -64,6 +64,7 @@ use shoal_dataplane::array::sticky::{
     self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
     TrustedNet, View,
 };
+use shoal_dataplane::array::member::TUNNEL_PROTOCOL;
 use shoal_dataplane::array::{classify, member, Form, HeadView, Refusal};
 use shoal_dataplane::{HostId, HostSet};
 
@@ -74,7 +75,8 @@ use super::proxy::{
     SERVED_BY_NAME,
 };
 use super::tls::ServiceTls;
-use super::upstream::{self, CheckIn, Returning, UpBody};
+use super::tunnel;
+use super::upstream::{self, CheckIn, Returning, TunnelOpen, UpBody};
 use super::MEMBER_SKEW_MS;
 
 /// The hop count a member adds to a request it forwards (trusted only with
@@ -155,6 +157,10 @@ pub struct StickyCounters {
     pub repinned: AtomicU64,
     /// Requests sent over an upstream connection bound to the client's.
     pub bound: AtomicU64,
+    /// Hop tunnels this member opened to owners.
+    pub tunnels_out: AtomicU64,
+    /// Hop tunnels other members opened to this one.
+    pub tunnels_in: AtomicU64,
     /// Errors by [`ERRORS`] index.
     pub errors: [AtomicU64; 9],
 }
@@ -189,6 +195,8 @@ pub fn add_json(object: &mut Value, workers: &[&StickyCounters]) {
     o.insert("pinned".into(), sum(&|w| &w.pinned).into());
     o.insert("repinned".into(), sum(&|w| &w.repinned).into());
     o.insert("bound".into(), sum(&|w| &w.bound).into());
+    o.insert("tunnels_out".into(), sum(&|w| &w.tunnels_out).into());
+    o.insert("tunnels_in".into(), sum(&|w| &w.tunnels_in).into());
     let errors = o
         .entry("errors")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -302,7 +310,17 @@ impl StickyPlan {
 #[derive(Debug)]
 pub(super) struct Client {
     peer: SocketAddr,
-    bound: RefCell<Option<(SocketAddr, SendRequest<UpBody>)>>,
+    bound: RefCell<Option<Bound>>,
+}
+
+/// An upstream connection bound to a client connection: where it goes,
+/// and whether it is a hop tunnel (the owner's application at its end)
+/// or a connection to `local` or an owner's dedicated address.
+#[derive(Debug)]
+struct Bound {
+    addr: SocketAddr,
+    sender: SendRequest<UpBody>,
+    tunnel: bool,
 }
 
 /// Serves one client connection of a sticky service (the worker's
@@ -313,7 +331,7 @@ pub(super) async fn connection<S>(
     service: Rc<Service>,
     builder: http1::Builder,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let client = Rc::new(Client {
         peer,
@@ -334,6 +352,9 @@ pub(super) async fn connection<S>(
                             "not a sticky service",
                         ));
                     };
+                    if opens_tunnel(&req) {
+                        return Ok(accept_tunnel::<S>(&service, req, client.peer).await);
+                    }
                     let start = std::time::Instant::now();
                     let served = Cell::new(None);
                     let response = serve(&service, plan, req, &client, &served).await;
@@ -342,10 +363,98 @@ pub(super) async fn connection<S>(
                 }
             }),
         )
+        .with_upgrades()
         .await;
     if let Err(e) = result {
         super::worker::connection_ended(&service.counters, &e);
     }
+}
+
+/// Whether `req` opens a hop tunnel (`Upgrade: shoal-tunnel/1`).
+fn opens_tunnel<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes()))
+}
+
+/// A hop tunnel's opening from the member at `peer`
+/// (`member::tunnel_target`): a member header that verifies for this
+/// connection's source gets a connection to this host's application and a
+/// `101`, after which the connection's bytes are relayed to the
+/// application and back unparsed until either side closes or both go
+/// quiet for the idle time. Anything else is refused like a forged member
+/// header (403); an application that does not accept the connection is a
+/// 502 and the opener signs its requests one by one on another connection.
+async fn accept_tunnel<S>(
+    service: &Service,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ClientBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let plan = &*service.plan;
+    let target = member::tunnel_target(peer);
+    let mut values = req.headers().get_all(MEMBER_NAME).iter();
+    let verified = match (values.next(), values.next()) {
+        (Some(v), None) if req.method() == Method::GET && req.uri().path() == target => {
+            member::verify(
+                &plan.key,
+                v.as_bytes(),
+                plan.port,
+                b"GET",
+                target.as_bytes(),
+                wall_ms(),
+                MEMBER_SKEW_MS,
+            )
+            .ok()
+            .and_then(HostId::new)
+        }
+        _ => None,
+    };
+    if verified.is_none() {
+        return refused(service, Refusal::ForgedMember);
+    }
+    let super::Upstreams::Cluster { local, .. } = plan.upstreams else {
+        return failure(service, ErrorKind::Unreachable, None);
+    };
+    let mut app = match upstream::tcp(local, plan.connect_timeout()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%local, error = %e, "local unreachable for a hop tunnel");
+            return failure(service, ErrorKind::Unreachable, None);
+        }
+    };
+    let idle = Duration::from_secs(u64::from(plan.limits.idle_timeout_s));
+    let opened = hyper::upgrade::on(&mut req);
+    StickyCounters::bump(&service.counters.sticky.tunnels_in);
+    tokio::task::spawn_local(async move {
+        let Ok(hop) = opened.await else {
+            return;
+        };
+        // Over plain TCP the relay reads the socket itself, not through
+        // the upgrade's boxed stream; bytes the opener sent early go first.
+        let ended = match hop.downcast::<TokioIo<S>>() {
+            Ok(parts) => {
+                if !parts.read_buf.is_empty() {
+                    use tokio::io::AsyncWriteExt as _;
+                    if app.write_all(&parts.read_buf).await.is_err() {
+                        return;
+                    }
+                }
+                tunnel::splice(parts.io.into_inner(), app, idle).await
+            }
+            Err(hop) => tunnel::splice(TokioIo::new(hop), app, idle).await,
+        };
+        tracing::debug!(%peer, ?ended, "hop tunnel ended");
+    });
+    let mut resp = Response::new(Either::Right(http_body_util::Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+    resp
 }
 
 /// Whether an `Authorization` or `WWW-Authenticate` value starts a
@@ -362,11 +471,13 @@ fn connection_bound(values: header::GetAll<'_, HeaderValue>) -> bool {
 enum Dest {
     /// This host's `local`.
     Local,
-    /// A member at `addr`, signed with `port` (`index`: the member's index
-    /// among the service's members, for health reports).
+    /// A member at `addr` (`index`: the member's index among the
+    /// service's members, for health reports; `host`: an in-cluster
+    /// member's host id, which a hop tunnel can reach).
     Member {
         addr: SocketAddr,
         index: Option<usize>,
+        host: Option<HostId>,
     },
 }
 
@@ -494,13 +605,13 @@ async fn serve(
         live,
     };
     let path = parts.uri.path().as_bytes();
-    let request = sticky::Request {
+    let asked = sticky::Request {
         method: parts.method.as_str().as_bytes(),
         path,
         cookie: cookie_state,
         hops,
     };
-    let mut route = sticky::decide(&sp.policy, &view, &request);
+    let mut route = sticky::decide(&sp.policy, &view, &asked);
     if matches!(
         (route, cookie_state),
         (
@@ -599,15 +710,19 @@ async fn serve(
                 repinned,
             } => (Dest::Local, Some(class), pinnable, repinned),
             Route::Forward { to, .. } => {
-                let (addr, index) = match to {
+                let (addr, index, host) = match to {
                     Target::Host(h) => {
                         let i = plan.hosts.iter().position(|x| *x == Some(h));
-                        (i.and_then(|i| plan.addresses.get(i).copied().flatten()), i)
+                        (
+                            i.and_then(|i| plan.addresses.get(i).copied().flatten()),
+                            i,
+                            Some(h),
+                        )
                     }
-                    Target::Ocf(i, _) => (sp.ocf.get(i).copied(), None),
+                    Target::Ocf(i, _) => (sp.ocf.get(i).copied(), None, None),
                 };
                 match addr {
-                    Some(addr) => (Dest::Member { addr, index }, None, false, false),
+                    Some(addr) => (Dest::Member { addr, index, host }, None, false, false),
                     None => {
                         route = sticky::unreachable_owner(&sp.policy);
                         counters.error(StickyError::OwnerOffline);
@@ -624,10 +739,28 @@ async fn serve(
                 }
                 super::Upstreams::Parents => return failure(service, ErrorKind::Unreachable, None),
             },
-            Dest::Member { addr, index } => {
+            Dest::Member { addr, index, .. } => {
                 served.set(*index);
                 (*addr, *index)
             }
+        };
+        // A forward to an in-cluster owner goes over a hop tunnel (the
+        // owner relays it to its application unparsed) unless the hop
+        // limit lets the owner route it again, the client connection is
+        // bound elsewhere, or the owner refused tunnels.
+        let tunnel_to = match dest {
+            Dest::Member {
+                host: Some(owner), ..
+            } if sp.policy.hop_limit <= 1
+                && !service.untunneled.borrow().contains(&addr) =>
+            {
+                match &*client.bound.borrow() {
+                    Some(b) if b.addr == addr => b.tunnel.then_some(owner),
+                    _ if bound_auth => None,
+                    _ => Some(owner),
+                }
+            }
+            _ => None,
         };
         let up_body: UpBody = if retriable {
             Either::Right(Empty::new())
@@ -640,7 +773,12 @@ async fn serve(
         let Some(mut head) = headers.take() else {
             return failure(service, ErrorKind::Unreachable, served.get());
         };
-        if let Dest::Member { addr, .. } = dest {
+        if tunnel_to.is_some() {
+            // What the owner adds on a signed hop, added here.
+            if let Some(name) = sp.name_of(plan.own_host) {
+                head.insert(FORWARDED_BY_NAME, name.clone());
+            }
+        } else if let Dest::Member { addr, .. } = dest {
             let sig = member::sign(
                 &plan.key,
                 plan.own_host.get(),
@@ -658,7 +796,19 @@ async fn serve(
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
         *request.headers_mut() = head;
-        let outcome = send(service, client, addr, request, bound_auth).await;
+        let open = TunnelOpen {
+            key: &plan.key,
+            from: plan.own_host.get(),
+        };
+        let outcome = send(
+            service,
+            client,
+            addr,
+            request,
+            bound_auth,
+            tunnel_to.map(|_| &open),
+        )
+        .await;
         match outcome {
             Outcome::Answered(mut resp, check_in, bound) => {
                 if bound {
@@ -673,48 +823,53 @@ async fn serve(
                         if let Some(i) = member_index {
                             service.counters.routed_to(i, true);
                         }
+                        if let Some(owner) = tunnel_to {
+                            // The owner's application answered over the
+                            // tunnel: what the owner does to a response it
+                            // serves, done here in its name.
+                            let route = sticky::decide(
+                                &sp.policy,
+                                &View { own: owner, ..view },
+                                &sticky::Request {
+                                    hops: hops.saturating_add(1),
+                                    ..asked
+                                },
+                            );
+                            let cookie_owner = matches!(
+                                cookie_state,
+                                CookieState::Valid(c) if c.owner == Owner::Host(owner)
+                            );
+                            answered_for(
+                                service,
+                                sp,
+                                route,
+                                owner,
+                                cookie_owner,
+                                stale,
+                                now_s,
+                                &mut resp,
+                            );
+                        }
                     }
                     Some(class) => {
                         ServiceCounters::bump(&service.counters.local);
                         if let Some(own) = served.get() {
                             service.counters.routed_to(own, false);
                         }
-                        StickyCounters::bump(match class {
-                            Class::Static => &counters.statics,
-                            Class::Controller => &counters.controller,
-                            Class::Coherent => &counters.coherent,
-                            Class::Dynamic => &counters.dynamic,
-                        });
-                        if let Some(name) = &plan.own_name_value {
-                            resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
-                        }
-                        let set = resp
-                            .headers()
-                            .get_all(header::SET_COOKIE)
-                            .iter()
-                            .filter_map(|v| cookie::set_cookie_name(v.as_bytes()));
-                        let pin = sticky::pin(&sp.policy, pinnable, repinned, coherent, stale, set);
-                        if pin {
-                            StickyCounters::bump(&counters.pinned);
-                            if repinned {
-                                StickyCounters::bump(&counters.repinned);
-                            }
-                            let value = cookie::issue(
-                                &sp.key,
-                                Owner::Host(plan.own_host),
-                                plan.port,
-                                now_s,
-                            );
-                            let text = format!(
-                                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                                sp.cookie,
-                                sp.max_age_s,
-                                if sp.tls.is_some() { "; Secure" } else { "" }
-                            );
-                            if let Ok(v) = text_value(text) {
-                                resp.headers_mut().append(header::SET_COOKIE, v);
-                            }
-                        }
+                        answered_for(
+                            service,
+                            sp,
+                            Route::Local {
+                                class,
+                                pinnable,
+                                repinned,
+                            },
+                            plan.own_host,
+                            coherent,
+                            stale,
+                            now_s,
+                            &mut resp,
+                        );
                     }
                 }
                 let watched = class.is_none().then(|| {
@@ -743,6 +898,14 @@ async fn serve(
                     if let Either::Left(b) = b {
                         body = Some(b);
                     }
+                }
+                if tunnel_to.is_some()
+                    && service.untunneled.borrow().contains(&addr)
+                    && (body.is_some() || retriable)
+                {
+                    // The owner does not open tunnels: the same route,
+                    // signed request by request.
+                    continue;
                 }
                 match dest {
                     Dest::Local => return failure(service, ErrorKind::Unreachable, served.get()),
@@ -792,6 +955,66 @@ async fn serve(
                 return failure(service, ErrorKind::Timeout, served.get());
             }
         }
+    }
+}
+
+/// What the member `host` does to a response it served for a request it
+/// decided as `route` (a [`Route::Local`]; other routes change nothing):
+/// counts the request's class, names itself in `x-shoal-served-by`, and
+/// sets a cookie naming itself when [`sticky::pin`] says so (`coherent`:
+/// the request's cookie already names `host`; `stale`: it is past half its
+/// lifetime). This host does it for its own responses, and for an owner's
+/// answered over a hop tunnel (the owner never parses those).
+#[allow(clippy::too_many_arguments)]
+fn answered_for(
+    service: &Service,
+    sp: &StickyPlan,
+    route: Route<'_>,
+    host: HostId,
+    coherent: bool,
+    stale: bool,
+    now_s: u64,
+    resp: &mut Response<Incoming>,
+) {
+    let Route::Local {
+        class,
+        pinnable,
+        repinned,
+    } = route
+    else {
+        return;
+    };
+    let counters = &service.counters.sticky;
+    StickyCounters::bump(match class {
+        Class::Static => &counters.statics,
+        Class::Controller => &counters.controller,
+        Class::Coherent => &counters.coherent,
+        Class::Dynamic => &counters.dynamic,
+    });
+    if let Some(name) = sp.name_of(host) {
+        resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
+    }
+    let set = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| cookie::set_cookie_name(v.as_bytes()));
+    if !sticky::pin(&sp.policy, pinnable, repinned, coherent, stale, set) {
+        return;
+    }
+    StickyCounters::bump(&counters.pinned);
+    if repinned {
+        StickyCounters::bump(&counters.repinned);
+    }
+    let value = cookie::issue(&sp.key, Owner::Host(host), service.plan.port, now_s);
+    let text = format!(
+        "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        sp.cookie,
+        sp.max_age_s,
+        if sp.tls.is_some() { "; Secure" } else { "" }
+    );
+    if let Ok(v) = text_value(text) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
     }
 }
 
@@ -846,31 +1069,41 @@ enum Outcome {
 }
 
 /// Sends `request` to `addr`: over the client connection's bound upstream
-/// when it has one for `addr`, else through the pool; a response that
-/// starts connection-bound authentication (or a request that carries it)
-/// binds the connection it came over to the client connection.
+/// when it has one for `addr`, else through the pool (of hop tunnels, with
+/// `tunnel`); a response that starts connection-bound authentication (or
+/// a request that carries it) binds the connection it came over to the
+/// client connection.
 async fn send(
     service: &Service,
     client: &Client,
     addr: SocketAddr,
     request: Request<UpBody>,
     bound_auth: bool,
+    tunnel: Option<&TunnelOpen<'_>>,
 ) -> Outcome {
     let bound = client.bound.borrow_mut().take();
     let bound = match bound {
-        Some((a, s)) if a == addr && !s.is_closed() => Some(s),
+        Some(b) if b.addr == addr && b.tunnel == tunnel.is_some() && !b.sender.is_closed() => {
+            Some(b.sender)
+        }
         _ => None,
     };
-    if bound.is_some() || bound_auth {
-        return send_bound(service, client, addr, request, bound).await;
+    if bound.is_some() || (bound_auth && tunnel.is_none()) {
+        return send_bound(service, client, addr, request, bound, tunnel.is_some()).await;
     }
-    match exchange(service, addr, request, false).await {
+    match exchange(service, addr, request, false, tunnel).await {
         Exchange::Answered(resp, check_in) => {
-            if connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE)) {
+            let binds = bound_auth
+                || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
+            if binds {
                 if let Some(c) = check_in {
                     // The handshake goes on over this connection: it is
                     // the client connection's from now on.
-                    *client.bound.borrow_mut() = Some((addr, c.sender));
+                    *client.bound.borrow_mut() = Some(Bound {
+                        addr,
+                        sender: c.sender,
+                        tunnel: tunnel.is_some(),
+                    });
                     return Outcome::Answered(resp, None, true);
                 }
             }
@@ -883,13 +1116,15 @@ async fn send(
 }
 
 /// Sends over the client connection's own upstream connection (made when
-/// there is none yet) and keeps it bound.
+/// there is none yet; a hop tunnel's is always made by the pool first)
+/// and keeps it bound.
 async fn send_bound(
     service: &Service,
     client: &Client,
     addr: SocketAddr,
     request: Request<UpBody>,
     bound: Option<SendRequest<UpBody>>,
+    tunnel: bool,
 ) -> Outcome {
     let plan = &service.plan;
     let mut sender = match bound {
@@ -910,7 +1145,11 @@ async fn send_bound(
     match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
         Err(_) => Outcome::TimedOut,
         Ok(Ok(resp)) => {
-            *client.bound.borrow_mut() = Some((addr, sender));
+            *client.bound.borrow_mut() = Some(Bound {
+                addr,
+                sender,
+                tunnel,
+            });
             Outcome::Answered(resp, None, true)
         }
         Ok(Err(mut e)) => match e.take_message() {

@@ -24,7 +24,10 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use shoal_dataplane::array::member::{self, MemberKey, MEMBER_HEADER, TUNNEL_PROTOCOL};
 use tokio::net::TcpStream;
 
 /// The body of a request sent upstream: the client's, or none.
@@ -204,6 +207,10 @@ pub(super) enum ConnectError {
     /// The HTTP/1 handshake failed.
     #[error("handshake: {0}")]
     Http(#[from] hyper::Error),
+    /// The owner answered a hop tunnel's opening with this status instead
+    /// of `101`.
+    #[error("tunnel refused with status {0}")]
+    Refused(u16),
 }
 
 /// A TCP connection to `addr` within `timeout`.
@@ -261,4 +268,88 @@ where
         }
     });
     Ok(sender)
+}
+
+/// What signs a hop tunnel's opening: the member key and this member's
+/// host id.
+pub(super) struct TunnelOpen<'a> {
+    /// The member key.
+    pub key: &'a MemberKey,
+    /// This member's host id.
+    pub from: u8,
+}
+
+/// A new hop tunnel to the owner's dedicated address `addr` (over TLS with
+/// `tls`): one `Upgrade` request signed for this connection's source
+/// address (`member::tunnel_target`), and on `101` an HTTP/1 connection
+/// over the upgraded stream, which the owner relays to its application
+/// unparsed. Any other answer is [`ConnectError::Refused`]; the whole
+/// opening, TCP to `101`, takes at most `timeout`.
+pub(super) async fn connect_tunnel(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    open: &TunnelOpen<'_>,
+) -> Result<SendRequest<UpBody>, ConnectError> {
+    let stream = tcp(addr, timeout).await?;
+    let target = member::tunnel_target(stream.local_addr()?);
+    let signature = member::sign(
+        open.key,
+        open.from,
+        addr.port(),
+        super::proxy::wall_ms(),
+        b"GET",
+        target.as_bytes(),
+    );
+    let mut request = Request::new(Either::Right(Empty::new()));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = target
+        .parse()
+        .map_err(|_| ConnectError::Io(io::ErrorKind::InvalidInput.into()))?;
+    let headers = request.headers_mut();
+    let host = HeaderValue::try_from(addr.to_string())
+        .map_err(|_| ConnectError::Io(io::ErrorKind::InvalidInput.into()))?;
+    headers.insert(header::HOST, host);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+    if let Ok(v) = HeaderValue::try_from(signature) {
+        headers.insert(MEMBER_HEADER, v);
+    }
+    let opening = async {
+        let upgraded = match tls {
+            None => upgrade(stream, request).await?,
+            Some(connector) => {
+                let stream = connector
+                    .connect(super::tls::hop_name(addr), stream)
+                    .await
+                    .map_err(ConnectError::Tls)?;
+                upgrade(stream, request).await?
+            }
+        };
+        // Over plain TCP the tunnel speaks to the socket itself, not
+        // through the upgrade's boxed stream. The owner sends nothing
+        // after its `101` until it is asked, so nothing can be buffered.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) if parts.read_buf.is_empty() => handshake(parts.io.into_inner()).await,
+            Ok(_) => Err(ConnectError::Refused(101)),
+            Err(upgraded) => handshake(TokioIo::new(upgraded)).await,
+        }
+    };
+    tokio::time::timeout(timeout, opening)
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+/// Sends the tunnel's opening `request` over `stream`; the upgraded stream
+/// on `101`.
+async fn upgrade<S>(stream: S, request: Request<UpBody>) -> Result<hyper::upgrade::Upgraded, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let mut sender = handshake(stream).await?;
+    let resp = sender.send_request(request).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ConnectError::Refused(resp.status().as_u16()));
+    }
+    Ok(hyper::upgrade::on(resp).await?)
 }

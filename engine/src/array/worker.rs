@@ -68,17 +68,19 @@ async fn serve(setup: Setup) {
         ) else {
             continue;
         };
+        let idle = Duration::from_secs(u64::from(plan.limits.idle_timeout_s));
         let service = Rc::new(Service {
             plan: plan.clone(),
             cached: RefCell::new((0, view.current())),
             view: view.clone(),
             counters: counters.clone(),
-            pool: Rc::new(Pool::new(Duration::from_secs(u64::from(
-                plan.limits.idle_timeout_s,
-            )))),
+            pool: Rc::new(Pool::new(idle)),
+            tunnels: Rc::new(Pool::new(idle)),
+            untunneled: RefCell::new(Default::default()),
             reports: reports.clone(),
         });
         pools.push(service.pool.clone());
+        pools.push(service.tunnels.clone());
         for (j, socket) in sockets.into_iter().enumerate() {
             let tls = plan.sticky.as_ref().and_then(|s| s.acceptor(j));
             match TcpListener::from_std(socket) {
