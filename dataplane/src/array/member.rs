@@ -67,7 +67,10 @@ pub fn tunnel_target(source: std::net::SocketAddr) -> String {
             .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
         v4 => v4,
     };
-    format!("/.shoal/tunnel/{}", std::net::SocketAddr::new(ip, source.port()))
+    format!(
+        "/.shoal/tunnel/{}",
+        std::net::SocketAddr::new(ip, source.port())
+    )
 }
 
 /// The label the member key is derived with.
@@ -290,7 +293,15 @@ mod tests {
         assert_eq!(tunnel_target(mapped), target);
         let v = sign(&key(), 2, 8080, NOW, b"GET", target.as_bytes());
         assert_eq!(
-            verify(&key(), v.as_bytes(), 8080, b"GET", target.as_bytes(), NOW, SKEW),
+            verify(
+                &key(),
+                v.as_bytes(),
+                8080,
+                b"GET",
+                target.as_bytes(),
+                NOW,
+                SKEW
+            ),
             Ok(2)
         );
         for other in ["10.0.2.1:40001", "10.0.2.9:40000", "[2001:db8::1]:40000"] {

@@ -78,13 +78,32 @@ pub(super) struct Service {
     pub pool: Rc<Pool>,
     /// A sticky service's hop tunnels, by owner address.
     pub tunnels: Rc<Pool>,
-    /// Owners that refused a hop tunnel (a member that does not open
-    /// them): their hops are signed request by request.
-    pub untunneled: RefCell<std::collections::HashSet<SocketAddr>>,
+    /// Owners that refused a hop tunnel, and when: their hops are signed
+    /// request by request for [`UNTUNNELED_FOR`].
+    pub untunneled: RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
     pub reports: mpsc::Sender<Report>,
 }
 
+/// How long an owner that refused a hop tunnel gets signed hops before
+/// the next tunnel is tried (a member that does not open tunnels, or whose
+/// view of this member's address differs, such as behind a NAT).
+pub(super) const UNTUNNELED_FOR: Duration = Duration::from_secs(60);
+
 impl Service {
+    /// Whether hops to `addr` are signed one by one for now: it refused a
+    /// tunnel less than [`UNTUNNELED_FOR`] ago.
+    pub(super) fn untunneled(&self, addr: SocketAddr) -> bool {
+        let mut refused = self.untunneled.borrow_mut();
+        match refused.get(&addr) {
+            Some(at) if at.elapsed() < UNTUNNELED_FOR => true,
+            Some(_) => {
+                refused.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// The view in force (one atomic load unless it moved).
     pub(super) fn snapshot(&self) -> Arc<Snapshot> {
         let mut cached = self.cached.borrow_mut();
@@ -660,9 +679,15 @@ pub(super) async fn exchange(
                         s
                     }
                     Err(e) => {
-                        if let upstream::ConnectError::Refused(status) = e {
-                            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one");
-                            service.untunneled.borrow_mut().insert(addr);
+                        // A 4xx: the member does not open tunnels (or not
+                        // for this connection's address); a 5xx is its
+                        // application not answering, an unreachable owner.
+                        if let upstream::ConnectError::Refused(status @ 400..=499) = e {
+                            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one for a minute");
+                            service
+                                .untunneled
+                                .borrow_mut()
+                                .insert(addr, std::time::Instant::now());
                         }
                         tracing::debug!(%addr, error = %e, "upstream unreachable");
                         return Exchange::NotSent(Some(request));

@@ -60,11 +60,11 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use shoal_config::{Config, StickySection};
+use shoal_dataplane::array::member::TUNNEL_PROTOCOL;
 use shoal_dataplane::array::sticky::{
     self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
     TrustedNet, View,
 };
-use shoal_dataplane::array::member::TUNNEL_PROTOCOL;
 use shoal_dataplane::array::{classify, member, Form, HeadView, Refusal};
 use shoal_dataplane::{HostId, HostSet};
 
@@ -372,9 +372,10 @@ pub(super) async fn connection<S>(
 
 /// Whether `req` opens a hop tunnel (`Upgrade: shoal-tunnel/1`).
 fn opens_tunnel<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes()))
+    req.headers().get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes())
+    })
 }
 
 /// A hop tunnel's opening from the member at `peer`
@@ -751,9 +752,7 @@ async fn serve(
         let tunnel_to = match dest {
             Dest::Member {
                 host: Some(owner), ..
-            } if sp.policy.hop_limit <= 1
-                && !service.untunneled.borrow().contains(&addr) =>
-            {
+            } if sp.policy.hop_limit <= 1 && !service.untunneled(addr) => {
                 match &*client.bound.borrow() {
                     Some(b) if b.addr == addr => b.tunnel.then_some(owner),
                     _ if bound_auth => None,
@@ -899,9 +898,7 @@ async fn serve(
                         body = Some(b);
                     }
                 }
-                if tunnel_to.is_some()
-                    && service.untunneled.borrow().contains(&addr)
-                    && (body.is_some() || retriable)
+                if tunnel_to.is_some() && service.untunneled(addr) && (body.is_some() || retriable)
                 {
                     // The owner does not open tunnels: the same route,
                     // signed request by request.
@@ -1093,8 +1090,8 @@ async fn send(
     }
     match exchange(service, addr, request, false, tunnel).await {
         Exchange::Answered(resp, check_in) => {
-            let binds = bound_auth
-                || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
+            let binds =
+                bound_auth || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
             if binds {
                 if let Some(c) = check_in {
                     // The handshake goes on over this connection: it is

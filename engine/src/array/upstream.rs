@@ -342,7 +342,10 @@ pub(super) async fn connect_tunnel(
 
 /// Sends the tunnel's opening `request` over `stream`; the upgraded stream
 /// on `101`.
-async fn upgrade<S>(stream: S, request: Request<UpBody>) -> Result<hyper::upgrade::Upgraded, ConnectError>
+async fn upgrade<S>(
+    stream: S,
+    request: Request<UpBody>,
+) -> Result<hyper::upgrade::Upgraded, ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {

@@ -1,16 +1,20 @@
-//! HTTPS on a sticky service end to end, in a private network namespace:
-//! two members (two tiers in this process, hosts 1
-//! and 2) with `tls` and `backend_tls`, a certificate made at test time,
-//! and a rustls client that trusts only that certificate.
+//! Sticky services end to end, each test in a private network namespace
+//! with two members (two tiers in this process, hosts 1 and 2).
 //!
-//! Checks: the handshake (ALPN `http/1.1`), the cookie set over TLS
-//! (`Secure`) and read back on the next request, which the other member
-//! forwards to the owner over a TLS hop; the application sees
-//! `proto=https`; a client that does not speak TLS is dropped and counted;
-//! a member holding another certificate is refused on the hop (the
-//! request is served locally and re-pinned); and start-up errors for a
-//! key that does not match the certificate, a missing file, and
-//! `backend_tls` without `tls`.
+//! HTTPS (`tls` and `backend_tls`, a certificate made at test time, a
+//! rustls client that trusts only that certificate): the handshake (ALPN
+//! `http/1.1`), the cookie set over TLS (`Secure`) and read back on the
+//! next request, which the other member forwards to the owner over a hop
+//! tunnel inside TLS; the application sees `proto=https`; a client that
+//! does not speak TLS is dropped and counted; a member holding another
+//! certificate is refused on the hop (the request is served locally and
+//! re-pinned); and start-up errors for a key that does not match the
+//! certificate, a missing file, and `backend_tls` without `tls`.
+//!
+//! Hops in plain HTTP: a forward goes over a hop tunnel to the owner's
+//! application (no member header reaches it; the forwarding member names
+//! itself and counts in the owner's place), later forwards reuse it, and
+//! an owner that refuses tunnels gets its requests signed one by one.
 //!
 //! Needs root; fails loudly without it unless `SHOAL_SKIP_PRIVILEGED=1`.
 
@@ -155,6 +159,8 @@ fn app(name: &'static str, addr: SocketAddr) {
                             let resp = Response::builder()
                                 .header("x-forwarded", seen("forwarded"))
                                 .header("x-cookie", seen("cookie"))
+                                .header("x-by", seen("x-shoal-forwarded-by"))
+                                .header("x-member", seen("shoal-member"))
                                 .body(Full::new(Bytes::from(name)))
                                 .unwrap();
                             async move { Ok::<_, std::convert::Infallible>(resp) }
@@ -242,7 +248,21 @@ fn sticky_service_terminates_tls_and_hops_over_tls() {
     if !require("sticky_tls", &[Need::Root, Need::Netns]) {
         return;
     }
-    let ns = Netns(format!("shoal-t-tls-{}", std::process::id()));
+    netns("tls", scenario);
+}
+
+#[test]
+fn sticky_hops_go_over_tunnels_and_are_signed_for_an_owner_that_refuses_them() {
+    if !require("sticky_hops", &[Need::Root, Need::Netns]) {
+        return;
+    }
+    netns("hops", hops_scenario);
+}
+
+/// Runs `scenario` in a new namespace `shoal-t-<name>-<pid>` whose loopback
+/// holds every address of the test.
+fn netns(name: &str, scenario: fn()) {
+    let ns = Netns(format!("shoal-t-{name}-{}", std::process::id()));
     for cmd in [
         format!("ip netns add {}", ns.0),
         format!("ip -n {} link set lo up", ns.0),
@@ -329,8 +349,11 @@ fn scenario() {
     assert!(second.header("x-cookie").contains(&cookie));
     assert!(second.header("set-cookie").is_empty(), "not re-pinned");
     assert_eq!(counter(&m2, &["forwarded"]), 1);
-    assert_eq!(counter(&m1, &["coherent"]), 1);
-    assert_eq!(counter(&m1, &["hops_in"]), 1);
+    // Over a tunnel: m2 counts the request's class in m1's place.
+    assert_eq!(counter(&m2, &["coherent"]), 1);
+    assert_eq!(counter(&m2, &["tunnels_out"]), 1);
+    assert_eq!(counter(&m1, &["tunnels_in"]), 1);
+    assert_eq!(counter(&m1, &["hops_in"]), 0);
 
     // A client that does not speak TLS: no HTTP answer, counted.
     let mut plain = TcpStream::connect(vip1).unwrap();
@@ -376,9 +399,144 @@ fn scenario() {
         counter(&m2, &["errors", "connect_failed"]) + counter(&m2, &["errors", "owner_offline"])
             >= 1
     );
-    assert_eq!(counter(&m1, &["hops_in"]), 1, "no hop reached m1");
+    assert_eq!(counter(&m1, &["tunnels_in"]), 1, "no new tunnel reached m1");
 
     m1.stop();
     m2.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET /cart` in plain HTTP to `addr`, with `extra` header lines.
+fn http_get(addr: SocketAddr, extra: &str) -> Answer {
+    let mut tcp = TcpStream::connect(addr).expect("connect to the service");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(
+        format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("request");
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+/// A member that does not open hop tunnels, at `addr`: answers an opening
+/// 404 (counted in `openings`) and anything else 200 `signed`, echoing the
+/// `shoal-member` header it got.
+fn untunneling_owner(addr: SocketAddr, openings: Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind(addr).expect("owner bind");
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let openings = openings.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let opening = req.headers().contains_key("upgrade");
+                            let member = req
+                                .headers()
+                                .get("shoal-member")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let resp = if opening {
+                                openings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::new()))
+                            } else {
+                                Response::builder()
+                                    .header("x-member", member)
+                                    .body(Full::new(Bytes::from("signed")))
+                            };
+                            async move { Ok::<_, std::convert::Infallible>(resp.unwrap()) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+}
+
+fn hops_scenario() {
+    let port = 8080;
+    let vip1: SocketAddr = format!("10.77.0.100:{port}").parse().unwrap();
+    let vip2: SocketAddr = format!("10.77.0.101:{port}").parse().unwrap();
+    let local1: SocketAddr = format!("10.77.0.21:{port}").parse().unwrap();
+    let local2: SocketAddr = format!("10.77.0.22:{port}").parse().unwrap();
+    app("m1", local1);
+    app("m2", local2);
+    let m1 = start(&config(port, "10.77.0.100", &local1.to_string(), ""), 1);
+    let m2 = start(&config(port, "10.77.0.101", &local2.to_string(), ""), 2);
+    let up = |tier: &ArrayTier| {
+        let members = tier.counters_json()["shop"]["members"].clone();
+        members
+            .as_array()
+            .is_some_and(|list| list.len() == 2 && list.iter().all(|m| m["up"] == true))
+    };
+
+    let first = http_get(vip1, "");
+    assert_eq!(first.body, "m1", "{}", first.status);
+    let set = first.header("set-cookie").to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("RQFW="), "{set}");
+    eventually("m2 sees m1 up", || up(&m2));
+
+    // Forwarded twice to m1 over one tunnel: m1's application answers,
+    // sees m2 as the forwarder and no member header.
+    for n in 1..=2 {
+        let fwd = http_get(vip2, &format!("Cookie: {cookie}\r\n"));
+        assert_eq!(fwd.status, 200, "{}", fwd.body);
+        assert_eq!(fwd.body, "m1", "forwarded to the owner");
+        assert_eq!(fwd.header("x-by"), "m2");
+        assert_eq!(
+            fwd.header("x-member"),
+            "",
+            "a member header reached the application"
+        );
+        assert_eq!(fwd.header("x-shoal-served-by"), "m1");
+        assert!(
+            fwd.header("set-cookie").is_empty(),
+            "a fresh cookie is not renewed"
+        );
+        assert_eq!(counter(&m2, &["forwarded"]), n);
+        assert_eq!(counter(&m2, &["coherent"]), n);
+    }
+    assert_eq!(counter(&m2, &["tunnels_out"]), 1, "the tunnel is pooled");
+    assert_eq!(counter(&m1, &["tunnels_in"]), 1);
+    assert_eq!(counter(&m1, &["hops_in"]), 0);
+    assert_eq!(counter(&m1, &["coherent"]), 0);
+
+    // m1 replaced by a member that does not open tunnels: the opening is
+    // refused once, and every request then goes signed.
+    m1.stop();
+    let openings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    untunneling_owner("10.77.0.11:8080".parse().unwrap(), openings.clone());
+    eventually("m2 sees the owner up again", || up(&m2));
+    for n in 1..=2 {
+        let fwd = http_get(vip2, &format!("Cookie: {cookie}\r\n"));
+        assert_eq!(fwd.status, 200, "{}", fwd.body);
+        assert_eq!(fwd.body, "signed", "forwarded, signed");
+        assert!(
+            fwd.header("x-member").starts_with("v1.2."),
+            "{}",
+            fwd.header("x-member")
+        );
+        assert_eq!(counter(&m2, &["forwarded"]), 2 + n);
+        assert_eq!(openings.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+    assert_eq!(counter(&m2, &["tunnels_out"]), 1);
+    assert_eq!(counter(&m2, &["errors", "connect_failed"]), 0);
+    m2.stop();
 }
