@@ -5,7 +5,7 @@
 //! whether the cookie checks, who the client is, whether to serve here,
 //! forward, or refuse, and whether the answer gets a cookie. This module
 //! moves the bytes: it reads the head, asks, sends the request to `local`
-//! or over a signed hop to the owner's dedicated address, and relays the
+//! or over a hop (tunnel or signed) to the owner's dedicated address, and relays the
 //! answer with the cookie set.
 //!
 //! Guarantees:
@@ -36,10 +36,18 @@
 //! received bytes, the hop-by-hop and client-supplied fields are found in
 //! one pass over the names and only those present are removed, the wall
 //! clock is read once, values the forwarder makes become header values
-//! without a copy, and the keys hold their HMAC state already keyed. Hops
-//! go over the worker's pooled keep-alive connections (`upstream.rs`).
-//! A forwarded request pays two such passes (this member's and the
-//! owner's), which is why it costs about twice a local one.
+//! without a copy, and the keys hold their HMAC state already keyed.
+//!
+//! Hops: a forward to an in-cluster owner goes over a hop tunnel, a pooled
+//! keep-alive connection opened with one signed `Upgrade` request
+//! (`member::tunnel_target`), which the owner relays to its application
+//! without parsing it. A signed hop per request would make a forward two
+//! full proxy passes (about twice a local request's CPU); over a tunnel
+//! the owner's part is a byte relay, and this member does to the answer
+//! what the owner would ([`answered_for`]). Requests are signed one by
+//! one where the owner must decide: `hop_limit` above 1, `ocf` members,
+//! a client connection bound before its first forward, and owners that
+//! refuse tunnels (remembered for a while, `proxy::UNTUNNELED_FOR`).
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
