@@ -130,10 +130,13 @@ fn start(config: &Config, host: u8) -> ArrayTier {
         .expect("start")
 }
 
-/// The application server of a member: answers with its name and, in
-/// headers, the `Forwarded` and `Cookie` fields it saw.
-fn app(name: &'static str, addr: SocketAddr) {
-    let listener = std::net::TcpListener::bind(addr).expect("app bind");
+/// An HTTP/1 server at `addr` on a thread of its own, answering every
+/// request with `answer`.
+fn serve_http<F>(addr: SocketAddr, answer: F)
+where
+    F: Fn(&Request<hyper::body::Incoming>) -> Response<Full<Bytes>> + Clone + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind(addr).expect("server bind");
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -146,23 +149,11 @@ fn app(name: &'static str, addr: SocketAddr) {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let seen = |h: &str| {
-                                req.headers()
-                                    .get(h)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                                    .to_string()
-                            };
-                            let resp = Response::builder()
-                                .header("x-forwarded", seen("forwarded"))
-                                .header("x-cookie", seen("cookie"))
-                                .header("x-by", seen("x-shoal-forwarded-by"))
-                                .header("x-member", seen("shoal-member"))
-                                .body(Full::new(Bytes::from(name)))
-                                .unwrap();
+                            let resp = answer(&req);
                             async move { Ok::<_, std::convert::Infallible>(resp) }
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -171,6 +162,29 @@ fn app(name: &'static str, addr: SocketAddr) {
                 });
             }
         });
+    });
+}
+
+/// The text of header `name` in `req`, empty when absent.
+fn seen(req: &Request<hyper::body::Incoming>, name: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The application server of a member: answers with its name and, in
+/// headers, the forwarding, cookie and member fields it saw.
+fn app(name: &'static str, addr: SocketAddr) {
+    serve_http(addr, move |req| {
+        Response::builder()
+            .header("x-forwarded", seen(req, "forwarded"))
+            .header("x-cookie", seen(req, "cookie"))
+            .header("x-by", seen(req, "x-shoal-forwarded-by"))
+            .header("x-member", seen(req, "shoal-member"))
+            .body(Full::new(Bytes::from(name)))
+            .unwrap()
     });
 }
 
@@ -196,14 +210,7 @@ fn https_get(addr: SocketAddr, config: &Arc<ClientConfig>, extra: &str) -> Answe
     let conn =
         ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(
-        format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("TLS handshake and request");
-    let mut buf = Vec::new();
-    let _ = tls.read_to_end(&mut buf);
-    let mut answer = parse(&buf);
+    let mut answer = parse(&get_cart(&mut tls, extra));
     answer.alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
     answer
 }
@@ -284,16 +291,26 @@ fn netns(name: &str, scenario: fn()) {
     shoal_engine::sys::netns::run_in_named(&ns.0, scenario).expect("enter the namespace");
 }
 
+/// The two members' VIPs and application addresses at `port`, with each
+/// member's application started.
+fn apps(port: u16) -> [SocketAddr; 4] {
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let addrs = [
+        at("10.77.0.100"),
+        at("10.77.0.101"),
+        at("10.77.0.21"),
+        at("10.77.0.22"),
+    ];
+    app("m1", addrs[2]);
+    app("m2", addrs[3]);
+    addrs
+}
+
 fn scenario() {
     let dir = std::env::temp_dir().join(format!("shoal-sticky-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = 8443;
-    let vip1: SocketAddr = format!("10.77.0.100:{port}").parse().unwrap();
-    let vip2: SocketAddr = format!("10.77.0.101:{port}").parse().unwrap();
-    let local1: SocketAddr = format!("10.77.0.21:{port}").parse().unwrap();
-    let local2: SocketAddr = format!("10.77.0.22:{port}").parse().unwrap();
-    app("m1", local1);
-    app("m2", local2);
+    let [vip1, vip2, local1, local2] = apps(port);
     let a = make_cert(&dir, "a");
     let b = make_cert(&dir, "b");
 
@@ -410,73 +427,45 @@ fn scenario() {
 fn http_get(addr: SocketAddr, extra: &str) -> Answer {
     let mut tcp = TcpStream::connect(addr).expect("connect to the service");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tcp.write_all(
-        format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("request");
+    parse(&get_cart(&mut tcp, extra))
+}
+
+/// Sends `GET /cart` with `extra` header lines over `stream` and reads the
+/// answer to its end.
+fn get_cart(stream: &mut (impl Read + Write), extra: &str) -> Vec<u8> {
+    stream
+        .write_all(
+            format!("GET /cart HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("request (and TLS handshake)");
     let mut buf = Vec::new();
-    let _ = tcp.read_to_end(&mut buf);
-    parse(&buf)
+    let _ = stream.read_to_end(&mut buf);
+    buf
 }
 
 /// A member that does not open hop tunnels, at `addr`: answers an opening
 /// 404 (counted in `openings`) and anything else 200 `signed`, echoing the
 /// `shoal-member` header it got.
 fn untunneling_owner(addr: SocketAddr, openings: Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = std::net::TcpListener::bind(addr).expect("owner bind");
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let openings = openings.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let opening = req.headers().contains_key("upgrade");
-                            let member = req
-                                .headers()
-                                .get("shoal-member")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let resp = if opening {
-                                openings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::new()))
-                            } else {
-                                Response::builder()
-                                    .header("x-member", member)
-                                    .body(Full::new(Bytes::from("signed")))
-                            };
-                            async move { Ok::<_, std::convert::Infallible>(resp.unwrap()) }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+    serve_http(addr, move |req| {
+        if req.headers().contains_key("upgrade") {
+            openings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Response::builder()
+                .status(404)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+        }
+        Response::builder()
+            .header("x-member", seen(req, "shoal-member"))
+            .body(Full::new(Bytes::from("signed")))
+            .unwrap()
     });
 }
 
 fn hops_scenario() {
     let port = 8080;
-    let vip1: SocketAddr = format!("10.77.0.100:{port}").parse().unwrap();
-    let vip2: SocketAddr = format!("10.77.0.101:{port}").parse().unwrap();
-    let local1: SocketAddr = format!("10.77.0.21:{port}").parse().unwrap();
-    let local2: SocketAddr = format!("10.77.0.22:{port}").parse().unwrap();
-    app("m1", local1);
-    app("m2", local2);
+    let [vip1, vip2, local1, local2] = apps(port);
     let m1 = start(&config(port, "10.77.0.100", &local1.to_string(), ""), 1);
     let m2 = start(&config(port, "10.77.0.101", &local2.to_string(), ""), 2);
     let up = |tier: &ArrayTier| {
