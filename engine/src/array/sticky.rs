@@ -44,7 +44,7 @@
 //! without parsing it. A signed hop per request would make a forward two
 //! full proxy passes (about twice a local request's CPU); over a tunnel
 //! the owner's part is a byte relay, and this member does to the answer
-//! what the owner would ([`answered_for`]). Requests are signed one by
+//! what the owner would (`answered_for`). Requests are signed one by
 //! one where the owner must decide: `hop_limit` above 1, `ocf` members,
 //! a client connection bound before its first forward, and owners that
 //! refuse tunnels (remembered for a while, `proxy::UNTUNNELED_FOR`).
