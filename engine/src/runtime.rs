@@ -752,6 +752,12 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     let mut last_stats = Instant::now() - Duration::from_secs(2);
     let admin_counters = Arc::new(crate::control::AdminCounters::default());
     let summary = metrics.as_ref().map(|(_, s)| s.summary.clone());
+    let stats_file = args
+        .stats
+        .clone()
+        .map(StatsFile::spawn)
+        .transpose()
+        .context("starting the stats file writer")?;
     let write_stats = |control: &Responder, clustered: Option<&ControlLoop>| -> Result<()> {
         if args.stats.is_some() || summary.is_some() {
             let snapshot: Vec<LoopStats> = stats.iter().map(|s| s.lock().clone()).collect();
@@ -768,11 +774,8 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
             if let Some(f) = &frontend {
                 json["rule_health"] = f.reader().lock().clone();
             }
-            if let Some(path) = &args.stats {
-                let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?).is_ok() {
-                    let _ = std::fs::rename(&tmp, path);
-                }
+            if let Some(file) = &stats_file {
+                file.offer(serde_json::to_vec_pretty(&json)?);
             }
             if let Some(cell) = &summary {
                 *cell.lock() = json;
@@ -876,6 +879,10 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
         clustered = Some(c);
     }
     stop_poll_loops(&bells, threads);
+    // The last periodic copy is written before the final one.
+    if let Some(file) = stats_file {
+        file.finish();
+    }
     if let Some((server, _)) = metrics {
         server.shut_down();
     }
@@ -918,6 +925,45 @@ pub fn run(config: Config, args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The stats file (`run --stats`), written off the control thread: the
+/// control loop hands each second's JSON to this writer thread, which writes
+/// a temporary file and renames it over the file. The disk can take seconds
+/// (a loaded VM, a filesystem mounted with `discard`) and the heartbeats
+/// must never wait on it: a copy offered while the previous one is still
+/// being written is skipped, so the file is then a second or two older.
+struct StatsFile {
+    copies: std::sync::mpsc::SyncSender<Vec<u8>>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl StatsFile {
+    fn spawn(path: PathBuf) -> Result<Self> {
+        let (copies, rx) = sync_channel::<Vec<u8>>(1);
+        let writer = std::thread::Builder::new()
+            .name("shoal-stats".into())
+            .spawn(move || {
+                let tmp = path.with_extension("tmp");
+                for bytes in rx {
+                    if std::fs::write(&tmp, &bytes).is_ok() {
+                        let _ = std::fs::rename(&tmp, &path);
+                    }
+                }
+            })?;
+        Ok(Self { copies, writer })
+    }
+
+    /// Hands `bytes` to the writer, or drops them when it is still busy.
+    fn offer(&self, bytes: Vec<u8>) {
+        let _ = self.copies.try_send(bytes);
+    }
+
+    /// Waits for the copy being written, if any, and ends the writer.
+    fn finish(self) {
+        drop(self.copies);
+        let _ = self.writer.join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,6 +991,28 @@ mod tests {
         fn describe(&self) -> String {
             "tx test".into()
         }
+    }
+
+    #[test]
+    fn the_stats_file_is_written_off_the_caller_and_the_last_copy_lands() {
+        let dir = std::env::temp_dir().join(format!("shoal-stats-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        let file = StatsFile::spawn(path.clone()).unwrap();
+        // Copies offered while the writer is busy are dropped, never queued
+        // behind it; the file holds a whole copy.
+        for i in 0..1000 {
+            file.offer(format!("{{\"copy\":{i}}}").into_bytes());
+        }
+        file.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let copy: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(copy["copy"].as_u64().is_some_and(|n| n < 1000), "{text}");
+        assert!(
+            !dir.join("stats.tmp").exists(),
+            "the temporary file was renamed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
