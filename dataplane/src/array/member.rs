@@ -61,12 +61,7 @@ pub const TUNNEL_PROTOCOL: &str = "shoal-tunnel/1";
 /// IPv4-mapped IPv6 address is written as the IPv4 one, so either side may
 /// hold either form).
 pub fn tunnel_target(source: std::net::SocketAddr) -> String {
-    let ip = match source.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = super::sticky::forwarded::canonical(source.ip());
     format!(
         "/.shoal/tunnel/{}",
         std::net::SocketAddr::new(ip, source.port())

@@ -51,7 +51,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -662,7 +662,7 @@ async fn serve(
             } else {
                 forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
             };
-            let chain = forwarded::client_chain(canonical(peer), &sp.trusted, &nodes);
+            let chain = forwarded::client_chain(forwarded::canonical(peer), &sp.trusted, &nodes);
             // `insert` replaces what the client sent.
             if let Ok(v) = text_value(forwarded::render_xff(&chain)) {
                 headers.insert(XFF, v);
@@ -851,6 +851,7 @@ async fn serve(
                                 sp,
                                 route,
                                 owner,
+                                sp.name_of(owner),
                                 cookie_owner,
                                 stale,
                                 now_s,
@@ -872,6 +873,7 @@ async fn serve(
                                 repinned,
                             },
                             plan.own_host,
+                            plan.own_name_value.as_ref(),
                             coherent,
                             stale,
                             now_s,
@@ -965,7 +967,7 @@ async fn serve(
 
 /// What the member `host` does to a response it served for a request it
 /// decided as `route` (a [`Route::Local`]; other routes change nothing):
-/// counts the request's class, names itself in `x-shoal-served-by`, and
+/// counts the request's class, names itself (`name`) in `x-shoal-served-by`, and
 /// sets a cookie naming itself when [`sticky::pin`] says so (`coherent`:
 /// the request's cookie already names `host`; `stale`: it is past half its
 /// lifetime). This host does it for its own responses, and for an owner's
@@ -976,6 +978,7 @@ fn answered_for(
     sp: &StickyPlan,
     route: Route<'_>,
     host: HostId,
+    name: Option<&HeaderValue>,
     coherent: bool,
     stale: bool,
     now_s: u64,
@@ -996,7 +999,7 @@ fn answered_for(
         Class::Coherent => &counters.coherent,
         Class::Dynamic => &counters.dynamic,
     });
-    if let Some(name) = sp.name_of(host) {
+    if let Some(name) = name {
         resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
     }
     let set = resp
@@ -1026,14 +1029,6 @@ fn answered_for(
 /// A header value from text the forwarder made, without copying it.
 fn text_value(text: String) -> Result<HeaderValue, header::InvalidHeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(text))
-}
-
-/// IPv4-mapped IPv6 peers as IPv4 (dual-stack listeners).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The request's cookie: the first value of the service's cookie that

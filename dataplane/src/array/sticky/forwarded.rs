@@ -53,10 +53,7 @@ impl TrustedNet {
     /// Whether `ip` lies in the network (an IPv4-mapped IPv6 address counts
     /// as its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX
@@ -270,6 +267,15 @@ fn split_outside_quotes(s: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
         done = true;
         Some(&s[start..])
     })
+}
+
+/// An IPv4-mapped IPv6 address (a dual-stack listener's IPv4 peer) as the
+/// IPv4 address; any other address as it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 #[cfg(test)]
