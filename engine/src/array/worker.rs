@@ -153,8 +153,11 @@ async fn accept_loop(
 /// limits; `over` the connection limit, it answers once and closes.
 fn builder(limits: &shoal_config::ServiceLimits, over: bool) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    // The HTTP library's own bounds sit above the service's, so the
-    // service answers (and counts) an over-limit head itself.
+    // The head's bytes: the HTTP library's bound sits above the
+    // service's, so the service answers (and counts) an over-long head
+    // itself. Its header fields: the library's bound is the service's. The
+    // library answers 431 past it (counted in `connection_ended`); a bound
+    // above 100 would make it allocate an index table per request head.
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
@@ -164,7 +167,7 @@ fn builder(limits: &shoal_config::ServiceLimits, over: bool) -> http1::Builder {
                 .max(16_384)
                 + 8_192,
         )
-        .max_headers((limits.max_headers as usize).saturating_mul(2) + 16)
+        .max_headers(limits.max_headers as usize)
         .keep_alive(!over);
     builder
 }
@@ -254,8 +257,9 @@ async fn connection(
 }
 
 /// A client connection that ended in error `e`. A head the HTTP library
-/// could not parse was answered by it (400, or 431 past its own bounds,
-/// which sit above the service's): counted here as a request and a refusal.
+/// could not parse was answered by it (400, or 431 past its bounds: the
+/// service's `max_headers`, or far past `max_head_bytes`): counted here as a
+/// request and a refusal.
 pub(super) fn connection_ended(counters: &ServiceCounters, e: &hyper::Error) {
     if e.is_parse_too_large() {
         ServiceCounters::bump(&counters.requests);
