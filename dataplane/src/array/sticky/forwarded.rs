@@ -147,12 +147,14 @@ pub fn client_chain(peer: IpAddr, trusted: &[TrustedNet], nodes: &[Node]) -> Vec
 
 /// `X-Forwarded-For` for the application: the chain, comma-separated.
 pub fn render_xff(chain: &[IpAddr]) -> String {
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(chain.len() * 41);
     for (i, ip) in chain.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        out.push_str(&ip.to_string());
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{ip}");
     }
     out
 }
@@ -161,29 +163,29 @@ pub fn render_xff(chain: &[IpAddr]) -> String {
 /// first with the original `host` (when it is a token or can be quoted)
 /// and `proto`.
 pub fn render_forwarded(chain: &[IpAddr], host: Option<&[u8]>, proto: &str) -> String {
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    // One allocation: a node is at most `for="[` + 39 + `]"` and a
+    // separator, the first one also `;host="…";proto=…`.
+    let host = host.filter(|h| {
+        h.iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    });
+    let mut out =
+        String::with_capacity(chain.len() * 50 + host.map_or(0, |h| h.len() + 8) + proto.len() + 7);
     for (i, ip) in chain.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        match ip {
-            IpAddr::V4(v4) => {
-                out.push_str("for=");
-                out.push_str(&v4.to_string());
-            }
-            IpAddr::V6(v6) => {
-                out.push_str("for=\"[");
-                out.push_str(&v6.to_string());
-                out.push_str("]\"");
-            }
-        }
+        // Writing to a String cannot fail.
+        let _ = match ip {
+            IpAddr::V4(v4) => write!(out, "for={v4}"),
+            IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\""),
+        };
         if i == 0 {
-            if let Some(h) = host.filter(|h| {
-                h.iter()
-                    .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            }) {
+            if let Some(h) = host {
                 out.push_str(";host=\"");
-                out.push_str(&String::from_utf8_lossy(h));
+                // Checked above: printable ASCII.
+                out.extend(h.iter().map(|&b| char::from(b)));
                 out.push('"');
             }
             out.push_str(";proto=");
