@@ -249,6 +249,13 @@ pub enum Event {
         /// How late, ns.
         late_ns: u64,
     },
+    /// This host ran but its receive path did not for `deaf_ns` (the
+    /// engine said so through [`Machine::handle_deaf`]): its peers'
+    /// silence over that time was excused, as for a stall.
+    Deaf {
+        /// How long it could not hear, ns.
+        deaf_ns: u64,
+    },
     /// A peer became live.
     HostUp(HostId),
     /// A peer stopped being heard.
@@ -679,6 +686,24 @@ impl Machine {
     /// Timers: call when [`Machine::poll_timeout`] has passed (calling it
     /// more often is harmless).
     pub fn handle_timeout(&mut self, now: u64) {
+        self.update(now);
+    }
+
+    /// This host ran, but what brings its heartbeats in did not for the
+    /// `deaf_ns` up to `now` (the engine's poll loops were descheduled
+    /// while its control thread was not): nothing could be heard, so the
+    /// peers' silence over that time is not held against them, exactly as
+    /// for this host's own stall ([`Event::Stalled`]). Without
+    /// it, a host whose poll loops were starved for longer than the
+    /// tolerance declared every peer dead and took their buckets over. The
+    /// engine reports each stretch once; a receive path that never runs
+    /// again keeps peers alive here, and this host, whose heartbeats go
+    /// out the same way, is the one its peers declare dead.
+    pub fn handle_deaf(&mut self, deaf_ns: u64, now: u64) {
+        if deaf_ns > 0 && self.membership.live_peers().next().is_some() {
+            self.membership.excuse(deaf_ns, now);
+            self.events.push_back(Event::Deaf { deaf_ns });
+        }
         self.update(now);
     }
 

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use shoal_controlplane::heartbeat::Claim;
@@ -354,7 +354,21 @@ pub struct ControlInbox {
     trusted: [AtomicU64; LANES],
     boot: [AtomicU64; LANES],
     seq: [AtomicU64; LANES],
+    /// Per poll loop: when it last ran (ns since `origin`, plus 1; 0 while
+    /// it has not). Written by each loop every round, read by the control
+    /// thread (see [`ControlInbox::silent_ns`]).
+    progress: [Progress; MAX_LOOPS],
+    origin: Instant,
 }
+
+/// Most poll loops whose progress an inbox follows.
+pub const MAX_LOOPS: usize = 64;
+
+/// One poll loop's progress, on a cache line of its own: each loop writes
+/// its own every round.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Progress(AtomicU64);
 
 impl Default for ControlInbox {
     fn default() -> Self {
@@ -364,6 +378,8 @@ impl Default for ControlInbox {
             trusted: std::array::from_fn(|_| AtomicU64::new(0)),
             boot: std::array::from_fn(|_| AtomicU64::new(0)),
             seq: std::array::from_fn(|_| AtomicU64::new(0)),
+            progress: std::array::from_fn(|_| Progress::default()),
+            origin: Instant::now(),
         }
     }
 }
@@ -439,6 +455,31 @@ impl ControlInbox {
             self.ready.notify_one();
         }
         admission
+    }
+
+    /// Poll loop `index` ran at `at` (each loop calls this every round,
+    /// with the time it already read for the round).
+    #[inline]
+    pub fn loop_ran(&self, index: usize, at: Instant) {
+        if let Some(p) = self.progress.get(index) {
+            let ns = at.saturating_duration_since(self.origin).as_nanos() as u64;
+            p.0.store(ns.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How long, as of `now`, the poll loop that ran least recently has
+    /// not run: the time this host could not have heard a heartbeat that
+    /// reached that loop's queue (0 before any loop ran). An idle loop
+    /// sleeps at most `IDLE_SLEEP_MS` (the runtime's) between rounds.
+    pub fn silent_ns(&self, now: Instant) -> u64 {
+        let oldest = self
+            .progress
+            .iter()
+            .map(|p| p.0.load(Ordering::Relaxed))
+            .filter(|&v| v != 0)
+            .min();
+        let now = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        oldest.map_or(0, |v| now.saturating_sub(v - 1))
     }
 
     /// Gives `accepted.host` a lane for heartbeats sent from `source` that
@@ -601,6 +642,27 @@ pub fn apply_reset(cell: &MapCell, dp: &mut Dataplane, stats: &mut LoopStats) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The silence is the least recently running loop's; loops that never
+    /// ran, and indices past the table, do not count.
+    #[test]
+    fn silence_is_the_stalest_loop_s() {
+        let inbox = ControlInbox::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            inbox.silent_ns(t0 + Duration::from_secs(5)),
+            0,
+            "no loop ran"
+        );
+        inbox.loop_ran(0, t0 + Duration::from_millis(100));
+        inbox.loop_ran(3, t0 + Duration::from_millis(40));
+        inbox.loop_ran(MAX_LOOPS + 1, t0);
+        let ms = |d: u64| inbox.silent_ns(t0 + Duration::from_millis(d)) / 1_000_000;
+        assert_eq!(ms(140), 100, "loop 3 ran last at 40 ms");
+        inbox.loop_ran(3, t0 + Duration::from_millis(150));
+        assert_eq!(ms(160), 60, "now loop 0 is the stalest");
+        assert_eq!(ms(50), 0, "a clock behind the loops");
+    }
 
     /// However many ARP, ND and IGMP frames arrive, heartbeats keep their
     /// room, and each queue refuses what exceeds its bound.

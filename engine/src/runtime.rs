@@ -103,7 +103,7 @@ fn send_outbound(io: Option<&mut Box<dyn FrameIo>>, frames: &[Vec<u8>], stats: &
 /// request, a frame to send or the engine stopping wake it sooner (see
 /// [`crate::sys::wake`]); the timeout only paces its housekeeping (expiry,
 /// counters, the fast path's report), whose periods are 200 ms and longer.
-const IDLE_SLEEP_MS: i32 = 50;
+pub(crate) const IDLE_SLEEP_MS: i32 = 50;
 /// Empty polls (each followed by a `yield`) before an idle loop sleeps.
 const IDLE_SPINS: u32 = 64;
 
@@ -130,7 +130,9 @@ impl PollLoop {
         let mut last_publish = Instant::now();
         let mut seen_seq = 0u64;
         while !STOP.load(Ordering::Relaxed) {
-            let now = self.start.elapsed().as_nanos() as u64;
+            let instant = Instant::now();
+            let now = instant.duration_since(self.start).as_nanos() as u64;
+            self.inbox.loop_ran(self.index, instant);
             if apply_reset(&self.cell, &mut self.dataplane, &mut local) {
                 if let Some(f) = &self.fast_path {
                     f.record(&self.dataplane);

@@ -108,9 +108,16 @@ pub struct ControlLoop {
     /// When a stall was last logged, and the stalls since (logged at most
     /// once a second: an overloaded host stalls often).
     stall_log: (Option<Instant>, u64),
+    /// Up to when the poll loops' silence was last reported to the machine
+    /// (see [`ControlLoop::note_deafness`]).
+    deaf_reported_to: Option<Instant>,
     /// Where convergence times go, seconds (the metrics endpoint's).
     pub convergence_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
+
+/// Poll loops silent for longer than this (twice an idle loop's longest
+/// sleep) are deaf (see [`ControlLoop::note_deafness`]).
+pub const DEAF_AFTER: Duration = Duration::from_millis(2 * crate::runtime::IDLE_SLEEP_MS as u64);
 
 /// A fresh descriptor table asked of every poll loop.
 #[derive(Debug)]
@@ -176,6 +183,7 @@ impl ControlLoop {
             convergences: 0,
             last_convergence: None,
             stall_log: (None, 0),
+            deaf_reported_to: None,
             convergence_times: None,
         }
     }
@@ -435,6 +443,21 @@ impl ControlLoop {
                         *unlogged = 0;
                     }
                 }
+                Event::Deaf { deaf_ns } => {
+                    let (last, unlogged) = &mut self.stall_log;
+                    *unlogged += 1;
+                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            deaf_ms = deaf_ns / 1_000_000,
+                            stalls = *unlogged,
+                            "the poll loops did not run for {} ms (host overloaded): \
+                             peers' silence meanwhile is not counted against them",
+                            deaf_ns / 1_000_000
+                        );
+                        *last = Some(Instant::now());
+                        *unlogged = 0;
+                    }
+                }
                 other => tracing::info!(event = ?other, "control plane"),
             }
         }
@@ -658,6 +681,7 @@ impl ControlLoop {
         let mut frames = Vec::with_capacity(HEARTBEATS_PER_ROUND.max(NEIGHBOUR_PER_ROUND));
         while !stop.load(Ordering::Relaxed) {
             inbox.wait(self.wait());
+            self.note_deafness(inbox);
             self.handle_heartbeats(inbox, &mut frames);
             inbox.take_neighbour(NEIGHBOUR_PER_ROUND, &mut frames);
             for frame in frames.drain(..) {
@@ -673,6 +697,34 @@ impl ControlLoop {
             }
             self.step();
             tick(self);
+        }
+    }
+
+    /// Tells the machine how long the poll loops have not run while this
+    /// thread has (they bring the heartbeats in and take this host's out):
+    /// a silence of more than [`DEAF_AFTER`] (twice an idle loop's longest
+    /// sleep), counted from the loop that ran least recently, is this
+    /// host's deafness, not its peers' ([`Machine::handle_deaf`]); each
+    /// stretch is reported once. This thread's own lateness is the
+    /// machine's to excuse, so a round that comes late reports nothing.
+    fn note_deafness(&mut self, inbox: &ControlInbox) {
+        let now = Instant::now();
+        let late = self.now().saturating_sub(self.machine.poll_timeout());
+        if late > self.machine.period_in_use() / 4 {
+            self.deaf_reported_to = Some(now);
+            return;
+        }
+        let silent = Duration::from_nanos(inbox.silent_ns(now));
+        if silent <= DEAF_AFTER {
+            return;
+        }
+        let from = now.checked_sub(silent).unwrap_or(now);
+        let from = self.deaf_reported_to.map_or(from, |t| t.max(from));
+        let deaf = now.saturating_duration_since(from);
+        self.deaf_reported_to = Some(now);
+        if !deaf.is_zero() {
+            let at = self.now();
+            self.machine.handle_deaf(deaf.as_nanos() as u64, at);
         }
     }
 
