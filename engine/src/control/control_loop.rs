@@ -428,38 +428,28 @@ impl ControlLoop {
                     host = h.get(),
                     "two hosts use this ID: kept out of the view"
                 ),
-                Event::Stalled { late_ns } => {
-                    let (last, unlogged) = &mut self.stall_log;
-                    *unlogged += 1;
-                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(
-                            late_ms = late_ns / 1_000_000,
-                            stalls = *unlogged,
-                            "the control thread ran {} ms late (host overloaded or paused): \
-                             peers' silence meanwhile is not counted against them",
-                            late_ns / 1_000_000
-                        );
-                        *last = Some(Instant::now());
-                        *unlogged = 0;
-                    }
-                }
-                Event::Deaf { deaf_ns } => {
-                    let (last, unlogged) = &mut self.stall_log;
-                    *unlogged += 1;
-                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(
-                            deaf_ms = deaf_ns / 1_000_000,
-                            stalls = *unlogged,
-                            "the poll loops did not run for {} ms (host overloaded): \
-                             peers' silence meanwhile is not counted against them",
-                            deaf_ns / 1_000_000
-                        );
-                        *last = Some(Instant::now());
-                        *unlogged = 0;
-                    }
-                }
+                Event::Stalled { late_ns } => self.log_stall("the control thread ran", late_ns),
+                Event::Deaf { deaf_ns } => self.log_stall("the poll loops ran", deaf_ns),
                 other => tracing::info!(event = ?other, "control plane"),
             }
+        }
+    }
+
+    /// Logs a stall or a deaf stretch of `ns` (`what` ran late or did not
+    /// run), at most once a second with the count since the last line.
+    fn log_stall(&mut self, what: &str, ns: u64) {
+        let (last, unlogged) = &mut self.stall_log;
+        *unlogged += 1;
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                late_ms = ns / 1_000_000,
+                stalls = *unlogged,
+                "{what} {} ms late (host overloaded or paused): \
+                 peers' silence meanwhile is not counted against them",
+                ns / 1_000_000
+            );
+            *last = Some(Instant::now());
+            *unlogged = 0;
         }
     }
 
