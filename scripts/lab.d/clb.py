@@ -247,8 +247,11 @@ async def load(args):
         during = sorted(lat(r) for r in results if frozen(r[0]))
         rest = sorted(lat(r) for r in results if not frozen(r[0]) and not settling(r[0]))
         out["p99_freeze_ms"] = percentile(during, 0.99)
+        out["p50_freeze_ms"] = percentile(during, 0.50)
         out["p99_rest_ms"] = percentile(rest, 0.99)
         out["freeze_share"] = round(len(during) / max(1, len(results)), 3)
+    if args.over is not None:
+        out["over_share"] = round(sum(1 for v in every if v > args.over) / max(1, len(every)), 4)
     if args.dump:
         with open(args.dump, "w") as f:
             for due, lat, status, by in results:
@@ -279,6 +282,8 @@ def main():
                    help="epoch a server freezing every --freeze-every s for --freeze-for s started: p99 split by it")
     l.add_argument("--freeze-every", type=float, default=10.0)
     l.add_argument("--freeze-for", type=float, default=2.0)
+    l.add_argument("--over", type=float,
+                   help="also report the share of requests slower than this many ms (over_share)")
     l.add_argument("--settle", type=float, default=0.0,
                    help="seconds after each freeze that count in neither split (the rest is then all healthy)")
     l.add_argument("--dump", help="write one line per request: due s, latency ms, status, served by, frozen")
