@@ -24,6 +24,7 @@ use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use shoal_dataplane::array::member::Sender;
 use shoal_dataplane::array::{
     classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, RequestTarget,
     MEMBER_HEADER,
@@ -66,6 +67,29 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 
 /// [`MEMBER_HEADER`] as a header name.
 pub(super) const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
+/// Who sent a request with `headers`, `method` and `target` as received,
+/// by its member header under the service's key and port at `now_ms`
+/// ([`member::sender`]).
+pub(super) fn member_sender(
+    plan: &ServicePlan,
+    headers: &HeaderMap,
+    method: &[u8],
+    target: &[u8],
+    now_ms: u64,
+) -> Sender {
+    member::sender(
+        headers
+            .get_all(MEMBER_NAME)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        &plan.key,
+        plan.port,
+        method,
+        target,
+        now_ms,
+        MEMBER_SKEW_MS,
+    )
+}
 /// RFC 8586's `CDN-Loop`.
 pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
@@ -368,25 +392,17 @@ async fn serve(
     if looped(&plan.own_name, &parts.headers) {
         return refused(service, Refusal::Loop);
     }
-    let mut hop_in = false;
-    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
-    if let Some(value) = member_values.next() {
-        let verified = member_values.next().is_none()
-            && member::verify(
-                &plan.key,
-                value.as_bytes(),
-                plan.port,
-                parts.method.as_str().as_bytes(),
-                target.as_bytes(),
-                wall_ms(),
-                MEMBER_SKEW_MS,
-            )
-            .is_ok();
-        if !verified {
-            return refused(service, Refusal::ForgedMember);
-        }
-        hop_in = matches!(plan.upstreams, Upstreams::Cluster { .. });
-    }
+    let hop_in = match member_sender(
+        plan,
+        &parts.headers,
+        parts.method.as_str().as_bytes(),
+        target.as_bytes(),
+        wall_ms(),
+    ) {
+        Sender::Absent => false,
+        Sender::Member(_) => matches!(plan.upstreams, Upstreams::Cluster { .. }),
+        Sender::Forged => return refused(service, Refusal::ForgedMember),
+    };
     let snapshot = service.snapshot();
     // The target sent upstream: as received, but origin-form becomes
     // absolute-form (every upstream but an origin is a proxy).
