@@ -524,7 +524,7 @@ async fn serve(
                 });
                 request.headers_mut().insert(MEMBER_NAME, sig.clone());
             }
-            match exchange(service, addr, request, fresh, None).await {
+            match exchange(service, addr, request, fresh, None).await.0 {
                 // A kept-alive connection the upstream had closed: the
                 // same upstream again, over a new connection.
                 Exchange::Failed { pooled: true } if retriable && !fresh => fresh = true,
@@ -648,6 +648,18 @@ pub(super) enum Exchange {
     TimedOut,
 }
 
+/// Whether one [`exchange`] opened a connection of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Opened {
+    /// No: a pooled connection served, or the connect failed.
+    No,
+    /// A new connection (with `tunnel`, a hop tunnel) was made.
+    New,
+    /// The owner answered a hop tunnel's opening with this status instead
+    /// of `101`; the request came back unsent.
+    Refused(u16),
+}
+
 /// Sends `request` to `addr`: over an idle pooled connection when there is
 /// one (and again over a new one if that connection turns out closed before
 /// the request left), else over a new connection. `fresh` (always for
@@ -655,15 +667,15 @@ pub(super) enum Exchange {
 ///
 /// With `tunnel`, `addr` is a sticky owner's dedicated address and the
 /// request goes over a hop tunnel to its application (the tunnels have a
-/// pool of their own); an owner that refuses tunnels is remembered in
-/// [`Service::untunneled`] and the request comes back unsent.
+/// pool of their own). Besides the outcome, says whether a connection was
+/// opened for it (or the opening refused), for the caller to count.
 pub(super) async fn exchange(
     service: &Service,
     addr: SocketAddr,
     request: Request<UpBody>,
     fresh: bool,
     tunnel: Option<&upstream::TunnelOpen<'_>>,
-) -> Exchange {
+) -> (Exchange, Opened) {
     let plan = &service.plan;
     let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
     let pool = if tunnel.is_some() {
@@ -673,6 +685,7 @@ pub(super) async fn exchange(
     };
     let mut request = request;
     let mut pooled = if fresh { None } else { pool.take(addr) };
+    let mut opened = Opened::No;
     loop {
         let from_pool = pooled.is_some();
         let mut sender: SendRequest<UpBody> = match pooled.take() {
@@ -685,48 +698,35 @@ pub(super) async fn exchange(
                 };
                 match made {
                     Ok(s) => {
-                        if tunnel.is_some() {
-                            service
-                                .counters
-                                .sticky
-                                .tunnels_out
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        opened = Opened::New;
                         s
                     }
                     Err(e) => {
-                        // A 4xx: the member does not open tunnels (or not
-                        // for this connection's address); a 5xx is its
-                        // application not answering, an unreachable owner.
-                        if let upstream::ConnectError::Refused(status @ 400..=499) = e {
-                            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one for a minute");
-                            service
-                                .untunneled
-                                .borrow_mut()
-                                .insert(addr, std::time::Instant::now());
-                        }
                         tracing::debug!(%addr, error = %e, "upstream unreachable");
-                        return Exchange::NotSent(Some(request));
+                        if let upstream::ConnectError::Refused(status) = e {
+                            opened = Opened::Refused(status);
+                        }
+                        return (Exchange::NotSent(Some(request)), opened);
                     }
                 }
             }
         };
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
-            Err(_) => return Exchange::TimedOut,
+            Err(_) => return (Exchange::TimedOut, opened),
             Ok(Ok(resp)) => {
                 let check_in = (!fresh).then(|| CheckIn {
                     pool: pool.clone(),
                     addr,
                     sender,
                 });
-                return Exchange::Answered(resp, check_in);
+                return (Exchange::Answered(resp, check_in), opened);
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if from_pool => request = back,
-                Some(back) => return Exchange::NotSent(Some(back)),
+                Some(back) => return (Exchange::NotSent(Some(back)), opened),
                 None => {
                     tracing::debug!(%addr, error = %e.into_error(), "upstream failed");
-                    return Exchange::Failed { pooled: from_pool };
+                    return (Exchange::Failed { pooled: from_pool }, opened);
                 }
             },
         }

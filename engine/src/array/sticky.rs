@@ -79,8 +79,8 @@ use shoal_dataplane::{HostId, HostSet};
 use super::counters::{ErrorKind, ServiceCounters};
 use super::proxy::{
     answer, bodiless, exchange, failure, head_bytes, looped, member_sender, page_answer,
-    present_of, refused, remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Service,
-    MEMBER_NAME, SERVED_BY_NAME,
+    present_of, refused, remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Opened,
+    Service, MEMBER_NAME, SERVED_BY_NAME,
 };
 use super::tls::ServiceTls;
 use super::tunnel;
@@ -1054,9 +1054,10 @@ enum Outcome {
 
 /// Sends `request` to `addr`: over the client connection's bound upstream
 /// when it has one for `addr`, else through the pool (of hop tunnels, with
-/// `tunnel`); a response that starts connection-bound authentication (or
-/// a request that carries it) binds the connection it came over to the
-/// client connection.
+/// `tunnel`: a tunnel it opens is counted, an owner that refuses one with a
+/// 4xx remembered in `Service::untunneled`); a response that starts
+/// connection-bound authentication (or a request that carries it) binds
+/// the connection it came over to the client connection.
 async fn send(
     service: &Service,
     client: &Client,
@@ -1075,7 +1076,24 @@ async fn send(
     if bound.is_some() || (bound_auth && tunnel.is_none()) {
         return send_bound(service, client, addr, request, bound, tunnel.is_some()).await;
     }
-    match exchange(service, addr, request, false, tunnel).await {
+    let (exchanged, opened) = exchange(service, addr, request, false, tunnel).await;
+    match opened {
+        Opened::New if tunnel.is_some() => {
+            StickyCounters::bump(&service.counters.sticky.tunnels_out);
+        }
+        // A 4xx: the member does not open tunnels (or not for this
+        // connection's address); a 5xx is its application not answering,
+        // an unreachable owner.
+        Opened::Refused(status @ 400..=499) => {
+            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one for a minute");
+            service
+                .untunneled
+                .borrow_mut()
+                .insert(addr, std::time::Instant::now());
+        }
+        _ => {}
+    }
+    match exchanged {
         Exchange::Answered(resp, check_in) => {
             let binds =
                 bound_auth || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
