@@ -254,26 +254,11 @@ fn cpu_ns(pid: u32, prefix: &str) -> u64 {
 /// written after this call began (the engine writes it once a second).
 fn forwarded_count(host: u8) -> Result<u64> {
     let path = format!("{LAB_DIR}/h{host}.stats.json");
-    let since = std::time::SystemTime::now();
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let fresh = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t > since);
-        if fresh {
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    if let Some(n) = v["services"][SERVICE]["forwarded"].as_u64() {
-                        return Ok(n);
-                    }
-                }
-            }
-        }
-        if Instant::now() > until {
-            bail!("no fresh services.{SERVICE}.forwarded in {path} within 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (n, _) = crate::next_stats(Path::new(&path), Duration::from_secs(5), |v| {
+        v["services"][SERVICE]["forwarded"].as_u64()
+    })
+    .with_context(|| format!("no fresh services.{SERVICE}.forwarded in {path}"))?;
+    Ok(n)
 }
 
 fn shoal_pid(host: u8) -> Result<u32> {

@@ -53,7 +53,8 @@ pub mod stats;
 pub mod wire;
 mod xdp_drop;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
@@ -186,6 +187,42 @@ pub fn shoal_binary() -> Result<PathBuf> {
         );
     }
     Ok(shoal)
+}
+
+/// Waits up to `timeout` for shoal to write its stats file at `path` again
+/// (its modification time differs from the one it has when this is
+/// called) with JSON in which `extract` finds what it looks for; returns
+/// that and the time of the write. shoal renames each write into place, so
+/// a file read is whole.
+///
+/// # Errors
+/// When no such write comes within `timeout`.
+pub fn next_stats<T>(
+    path: &Path,
+    timeout: Duration,
+    extract: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Result<(T, SystemTime)> {
+    let written = || std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let first = written();
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(at) = written().filter(|&at| Some(at) != first) {
+            let found = std::fs::read(path)
+                .ok()
+                .and_then(|text| serde_json::from_slice(&text).ok())
+                .and_then(|v| extract(&v));
+            if let Some(found) = found {
+                return Ok((found, at));
+            }
+        }
+        if Instant::now() >= until {
+            bail!(
+                "shoal stopped writing {} (no fresh write within {timeout:?})",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Runs `shoal-bench` (`shoal bench`).
@@ -353,4 +390,50 @@ fn emit<T: serde::Serialize>(common: &Common, quiet: bool, report: &T, text: Str
         println!();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    /// Writes `json` to `path` as shoal does (a temporary file renamed over
+    /// it), stamped `at`.
+    fn write(path: &std::path::Path, json: &str, at: SystemTime) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn next_stats_takes_the_next_write_that_has_what_it_looks_for() {
+        let dir = std::env::temp_dir().join(format!("shoal-next-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stats.json");
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // Already there when the wait begins: not the next write.
+        write(&path, r#"{"n": 1}"#, at(1_000));
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                // Fresh, but without what the caller looks for.
+                write(&path, r#"{"m": 0}"#, at(1_001));
+                std::thread::sleep(Duration::from_millis(300));
+                write(&path, r#"{"n": 2}"#, at(1_002));
+            })
+        };
+        let got = super::next_stats(&path, Duration::from_secs(30), |v| v["n"].as_u64());
+        writer.join().unwrap();
+        assert_eq!(got.unwrap(), (2, at(1_002)));
+        // No write follows: an error, not a stale reading.
+        let stale = super::next_stats(&path, Duration::from_millis(100), |v| v["n"].as_u64());
+        assert!(stale.is_err(), "{stale:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

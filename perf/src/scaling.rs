@@ -39,7 +39,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::frames::Pool;
@@ -252,34 +252,21 @@ struct Reading {
     at: SystemTime,
 }
 
-fn read(path: &std::path::Path) -> Option<Reading> {
-    let at = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let per_loop = v["per_core"]
-        .as_array()?
-        .iter()
-        .map(|c| c["received"].as_u64().unwrap_or(0))
-        .collect();
-    let xdp_dropped = v["xdp_dropped"].as_u64().unwrap_or(0);
-    Some(Reading {
+/// Waits (up to 3 s) for shoal to rewrite its counters file.
+fn next(path: &std::path::Path) -> Result<Reading> {
+    let ((per_loop, xdp_dropped), at) = crate::next_stats(path, Duration::from_secs(3), |v| {
+        let per_loop = v["per_core"]
+            .as_array()?
+            .iter()
+            .map(|c| c["received"].as_u64().unwrap_or(0))
+            .collect();
+        Some((per_loop, v["xdp_dropped"].as_u64().unwrap_or(0)))
+    })?;
+    Ok(Reading {
         per_loop,
         xdp_dropped,
         at,
     })
-}
-
-fn next(path: &std::path::Path) -> Result<Reading> {
-    let first = read(path).map(|r| r.at);
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        if let Some(r) = read(path) {
-            if Some(r.at) != first {
-                return Ok(r);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    bail!("shoal stopped writing {}", path.display())
 }
 
 fn measure(rig: &Rig, loops: usize, seconds: f64) -> Result<(f64, Vec<f64>)> {

@@ -431,31 +431,17 @@ fn udp_noports() -> Result<u64> {
         .ok_or_else(|| anyhow!("no Udp NoPorts in /proc/net/snmp"))
 }
 
-fn read_stats(path: &Path) -> Option<(u64, u64, SystemTime)> {
-    let at = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-    let text = std::fs::read(path).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    // Frames seen: those the poll loops judged plus those the XDP fast
-    // path dropped or passed in the kernel; kept: by a poll loop or passed.
-    let passed = v["xdp_passed"].as_u64().unwrap_or(0);
-    let seen = v["received"].as_u64()? + v["xdp_dropped"].as_u64().unwrap_or(0) + passed;
-    Some((seen, v["kept"].as_u64().unwrap_or(0) + passed, at))
-}
-
 /// Waits (up to 3 s) for shoal to rewrite its counters file; returns
 /// (received, kept, time of the write).
 fn next_stats(path: &Path) -> Result<(u64, u64, SystemTime)> {
-    let first = read_stats(path).map(|s| s.2);
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        if let Some(s) = read_stats(path) {
-            if Some(s.2) != first {
-                return Ok(s);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    bail!("shoal stopped writing {}", path.display())
+    let ((seen, kept), at) = crate::next_stats(path, Duration::from_secs(3), |v| {
+        // Frames seen: those the poll loops judged plus those the XDP fast
+        // path dropped or passed in the kernel; kept: by a poll loop or passed.
+        let passed = v["xdp_passed"].as_u64().unwrap_or(0);
+        let seen = v["received"].as_u64()? + v["xdp_dropped"].as_u64().unwrap_or(0) + passed;
+        Some((seen, v["kept"].as_u64().unwrap_or(0) + passed))
+    })?;
+    Ok((seen, kept, at))
 }
 
 /// One measured window.

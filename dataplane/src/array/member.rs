@@ -2,7 +2,7 @@
 //! request comes from another member of its array and not from a client.
 //!
 //! Owns: [`MEMBER_HEADER`], [`MemberKey`] (derived from the cluster key),
-//! [`sign`], [`verify`], [`MemberError`], and the opening of a hop tunnel
+//! [`sign`], [`verify`], [`MemberError`], [`sender`] (who sent a request), and the opening of a hop tunnel
 //! ([`TUNNEL_PROTOCOL`], [`tunnel_target`]).
 //!
 //! Guarantees:
@@ -208,6 +208,45 @@ pub fn verify(
     Ok(from)
 }
 
+/// Who sent a request, by its member header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// No member header at all.
+    Absent,
+    /// Exactly one value, and it verifies: the member with this host id
+    /// (as [`verify`] returns it) sent the request.
+    Member(u8),
+    /// More than one value, or one that does not verify.
+    Forged,
+}
+
+/// Who sent a request whose member header fields are `values` (every one
+/// the request carries): exactly one value that [`verify`]s under the same
+/// arguments names its sender; more than one is forged even when each
+/// would verify alone.
+#[allow(clippy::too_many_arguments)] // verify's, plus the values
+pub fn sender<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+    key: &MemberKey,
+    port: u16,
+    method: &[u8],
+    target: &[u8],
+    now_ms: u64,
+    max_skew_ms: u64,
+) -> Sender {
+    let mut values = values.into_iter();
+    match (values.next(), values.next()) {
+        (None, _) => Sender::Absent,
+        (Some(value), None) => {
+            match verify(key, value, port, method, target, now_ms, max_skew_ms) {
+                Ok(from) => Sender::Member(from),
+                Err(_) => Sender::Forged,
+            }
+        }
+        (Some(_), Some(_)) => Sender::Forged,
+    }
+}
+
 /// Lower-case hex digits, shared with the sticky cookie codec.
 pub(super) const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -307,6 +346,26 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn only_one_value_that_verifies_names_a_sender() {
+        let good = sign(&key(), 3, 8080, NOW, b"GET", URL);
+        let check =
+            |values: &[&[u8]]| sender(values.iter().copied(), &key(), 8080, b"GET", URL, NOW, SKEW);
+        assert_eq!(check(&[]), Sender::Absent);
+        assert_eq!(check(&[good.as_bytes()]), Sender::Member(3));
+        // Twice the same good value, or a good one beside a bad one.
+        assert_eq!(check(&[good.as_bytes(), good.as_bytes()]), Sender::Forged);
+        assert_eq!(check(&[good.as_bytes(), b"v1"]), Sender::Forged);
+        assert_eq!(check(&[b"v1"]), Sender::Forged);
+        let other_key = sign(&MemberKey::derive(&[8; 32]), 3, 8080, NOW, b"GET", URL);
+        assert_eq!(check(&[other_key.as_bytes()]), Sender::Forged);
+        let stale = sign(&key(), 3, 8080, NOW - SKEW - 1, b"GET", URL);
+        assert_eq!(check(&[stale.as_bytes()]), Sender::Forged);
+        // The sender id is verify's, whether or not it is a valid host id.
+        let zero = sign(&key(), 0, 8080, NOW, b"GET", URL);
+        assert_eq!(check(&[zero.as_bytes()]), Sender::Member(0));
     }
 
     #[test]

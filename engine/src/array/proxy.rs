@@ -24,6 +24,7 @@ use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use shoal_dataplane::array::member::Sender;
 use shoal_dataplane::array::{
     classify, member, seen, ArrayPage, Decision, Form, HeadView, Order, Refusal, RequestTarget,
     MEMBER_HEADER,
@@ -66,6 +67,29 @@ const HOP_BY_HOP: [HeaderName; 10] = [
 
 /// [`MEMBER_HEADER`] as a header name.
 pub(super) const MEMBER_NAME: HeaderName = HeaderName::from_static(MEMBER_HEADER);
+/// Who sent a request with `headers`, `method` and `target` as received,
+/// by its member header under the service's key and port at `now_ms`
+/// ([`member::sender`]).
+pub(super) fn member_sender(
+    plan: &ServicePlan,
+    headers: &HeaderMap,
+    method: &[u8],
+    target: &[u8],
+    now_ms: u64,
+) -> Sender {
+    member::sender(
+        headers
+            .get_all(MEMBER_NAME)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        &plan.key,
+        plan.port,
+        method,
+        target,
+        now_ms,
+        MEMBER_SKEW_MS,
+    )
+}
 /// RFC 8586's `CDN-Loop`.
 pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
@@ -368,25 +392,17 @@ async fn serve(
     if looped(&plan.own_name, &parts.headers) {
         return refused(service, Refusal::Loop);
     }
-    let mut hop_in = false;
-    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
-    if let Some(value) = member_values.next() {
-        let verified = member_values.next().is_none()
-            && member::verify(
-                &plan.key,
-                value.as_bytes(),
-                plan.port,
-                parts.method.as_str().as_bytes(),
-                target.as_bytes(),
-                wall_ms(),
-                MEMBER_SKEW_MS,
-            )
-            .is_ok();
-        if !verified {
-            return refused(service, Refusal::ForgedMember);
-        }
-        hop_in = matches!(plan.upstreams, Upstreams::Cluster { .. });
-    }
+    let hop_in = match member_sender(
+        plan,
+        &parts.headers,
+        parts.method.as_str().as_bytes(),
+        target.as_bytes(),
+        wall_ms(),
+    ) {
+        Sender::Absent => false,
+        Sender::Member(_) => matches!(plan.upstreams, Upstreams::Cluster { .. }),
+        Sender::Forged => return refused(service, Refusal::ForgedMember),
+    };
     let snapshot = service.snapshot();
     // The target sent upstream: as received, but origin-form becomes
     // absolute-form (every upstream but an origin is a proxy).
@@ -508,7 +524,7 @@ async fn serve(
                 });
                 request.headers_mut().insert(MEMBER_NAME, sig.clone());
             }
-            match exchange(service, addr, request, fresh, None).await {
+            match exchange(service, addr, request, fresh, None).await.0 {
                 // A kept-alive connection the upstream had closed: the
                 // same upstream again, over a new connection.
                 Exchange::Failed { pooled: true } if retriable && !fresh => fresh = true,
@@ -632,6 +648,18 @@ pub(super) enum Exchange {
     TimedOut,
 }
 
+/// Whether one [`exchange`] opened a connection of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Opened {
+    /// No: a pooled connection served, or the connect failed.
+    No,
+    /// A new connection (with `tunnel`, a hop tunnel) was made.
+    New,
+    /// The owner answered a hop tunnel's opening with this status instead
+    /// of `101`; the request came back unsent.
+    Refused(u16),
+}
+
 /// Sends `request` to `addr`: over an idle pooled connection when there is
 /// one (and again over a new one if that connection turns out closed before
 /// the request left), else over a new connection. `fresh` (always for
@@ -639,15 +667,15 @@ pub(super) enum Exchange {
 ///
 /// With `tunnel`, `addr` is a sticky owner's dedicated address and the
 /// request goes over a hop tunnel to its application (the tunnels have a
-/// pool of their own); an owner that refuses tunnels is remembered in
-/// [`Service::untunneled`] and the request comes back unsent.
+/// pool of their own). Besides the outcome, says whether a connection was
+/// opened for it (or the opening refused), for the caller to count.
 pub(super) async fn exchange(
     service: &Service,
     addr: SocketAddr,
     request: Request<UpBody>,
     fresh: bool,
     tunnel: Option<&upstream::TunnelOpen<'_>>,
-) -> Exchange {
+) -> (Exchange, Opened) {
     let plan = &service.plan;
     let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
     let pool = if tunnel.is_some() {
@@ -657,6 +685,7 @@ pub(super) async fn exchange(
     };
     let mut request = request;
     let mut pooled = if fresh { None } else { pool.take(addr) };
+    let mut opened = Opened::No;
     loop {
         let from_pool = pooled.is_some();
         let mut sender: SendRequest<UpBody> = match pooled.take() {
@@ -669,48 +698,35 @@ pub(super) async fn exchange(
                 };
                 match made {
                     Ok(s) => {
-                        if tunnel.is_some() {
-                            service
-                                .counters
-                                .sticky
-                                .tunnels_out
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        opened = Opened::New;
                         s
                     }
                     Err(e) => {
-                        // A 4xx: the member does not open tunnels (or not
-                        // for this connection's address); a 5xx is its
-                        // application not answering, an unreachable owner.
-                        if let upstream::ConnectError::Refused(status @ 400..=499) = e {
-                            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one for a minute");
-                            service
-                                .untunneled
-                                .borrow_mut()
-                                .insert(addr, std::time::Instant::now());
-                        }
                         tracing::debug!(%addr, error = %e, "upstream unreachable");
-                        return Exchange::NotSent(Some(request));
+                        if let upstream::ConnectError::Refused(status) = e {
+                            opened = Opened::Refused(status);
+                        }
+                        return (Exchange::NotSent(Some(request)), opened);
                     }
                 }
             }
         };
         match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
-            Err(_) => return Exchange::TimedOut,
+            Err(_) => return (Exchange::TimedOut, opened),
             Ok(Ok(resp)) => {
                 let check_in = (!fresh).then(|| CheckIn {
                     pool: pool.clone(),
                     addr,
                     sender,
                 });
-                return Exchange::Answered(resp, check_in);
+                return (Exchange::Answered(resp, check_in), opened);
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if from_pool => request = back,
-                Some(back) => return Exchange::NotSent(Some(back)),
+                Some(back) => return (Exchange::NotSent(Some(back)), opened),
                 None => {
                     tracing::debug!(%addr, error = %e.into_error(), "upstream failed");
-                    return Exchange::Failed { pooled: from_pool };
+                    return (Exchange::Failed { pooled: from_pool }, opened);
                 }
             },
         }

@@ -68,7 +68,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use shoal_config::{Config, StickySection};
-use shoal_dataplane::array::member::TUNNEL_PROTOCOL;
+use shoal_dataplane::array::member::{Sender, TUNNEL_PROTOCOL};
 use shoal_dataplane::array::sticky::{
     self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
     TrustedNet, View,
@@ -78,14 +78,13 @@ use shoal_dataplane::{HostId, HostSet};
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::proxy::{
-    answer, bodiless, exchange, failure, head_bytes, looped, page_answer, present_of, refused,
-    remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Service, MEMBER_NAME,
-    SERVED_BY_NAME,
+    answer, bodiless, exchange, failure, head_bytes, looped, member_sender, page_answer,
+    present_of, refused, remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Opened,
+    Service, MEMBER_NAME, SERVED_BY_NAME,
 };
 use super::tls::ServiceTls;
 use super::tunnel;
 use super::upstream::{self, CheckIn, Returning, TunnelOpen, UpBody};
-use super::MEMBER_SKEW_MS;
 
 /// The hop count a member adds to a request it forwards (trusted only with
 /// a verified member header).
@@ -404,22 +403,13 @@ where
 {
     let plan = &*service.plan;
     let target = member::tunnel_target(peer);
-    let mut values = req.headers().get_all(MEMBER_NAME).iter();
-    let verified = match (values.next(), values.next()) {
-        (Some(v), None) if req.method() == Method::GET && req.uri().path() == target => {
-            member::verify(
-                &plan.key,
-                v.as_bytes(),
-                plan.port,
-                b"GET",
-                target.as_bytes(),
-                wall_ms(),
-                MEMBER_SKEW_MS,
-            )
-            .ok()
-            .and_then(HostId::new)
+    let verified = if req.method() == Method::GET && req.uri().path() == target {
+        match member_sender(plan, req.headers(), b"GET", target.as_bytes(), wall_ms()) {
+            Sender::Member(from) => HostId::new(from),
+            Sender::Absent | Sender::Forged => None,
         }
-        _ => None,
+    } else {
+        None
     };
     if verified.is_none() {
         return refused(service, Refusal::ForgedMember);
@@ -549,27 +539,21 @@ async fn serve(
     // One clock read serves the member header and the cookie.
     let now_ms = wall_ms();
     // A verified member header makes this a hop: its sender is authentic.
-    let mut from_member: Option<HostId> = None;
-    let mut member_values = parts.headers.get_all(MEMBER_NAME).iter();
-    if let Some(value) = member_values.next() {
-        let verified = if member_values.next().is_none() {
-            member::verify(
-                &plan.key,
-                value.as_bytes(),
-                plan.port,
-                parts.method.as_str().as_bytes(),
-                path_and_query.as_str().as_bytes(),
-                now_ms,
-                MEMBER_SKEW_MS,
-            )
-            .ok()
-        } else {
-            None
-        };
-        match verified.and_then(HostId::new) {
-            Some(h) => from_member = Some(h),
+    let from_member = match member_sender(
+        plan,
+        &parts.headers,
+        parts.method.as_str().as_bytes(),
+        path_and_query.as_str().as_bytes(),
+        now_ms,
+    ) {
+        Sender::Absent => None,
+        Sender::Member(from) => match HostId::new(from) {
+            Some(h) => Some(h),
             None => return refused(service, Refusal::ForgedMember),
-        }
+        },
+        Sender::Forged => return refused(service, Refusal::ForgedMember),
+    };
+    if from_member.is_some() {
         ServiceCounters::bump(&service.counters.hops_in);
     }
     let hops: u8 = match from_member {
@@ -1070,9 +1054,10 @@ enum Outcome {
 
 /// Sends `request` to `addr`: over the client connection's bound upstream
 /// when it has one for `addr`, else through the pool (of hop tunnels, with
-/// `tunnel`); a response that starts connection-bound authentication (or
-/// a request that carries it) binds the connection it came over to the
-/// client connection.
+/// `tunnel`: a tunnel it opens is counted, an owner that refuses one with a
+/// 4xx remembered in `Service::untunneled`); a response that starts
+/// connection-bound authentication (or a request that carries it) binds
+/// the connection it came over to the client connection.
 async fn send(
     service: &Service,
     client: &Client,
@@ -1091,7 +1076,24 @@ async fn send(
     if bound.is_some() || (bound_auth && tunnel.is_none()) {
         return send_bound(service, client, addr, request, bound, tunnel.is_some()).await;
     }
-    match exchange(service, addr, request, false, tunnel).await {
+    let (exchanged, opened) = exchange(service, addr, request, false, tunnel).await;
+    match opened {
+        Opened::New if tunnel.is_some() => {
+            StickyCounters::bump(&service.counters.sticky.tunnels_out);
+        }
+        // A 4xx: the member does not open tunnels (or not for this
+        // connection's address); a 5xx is its application not answering,
+        // an unreachable owner.
+        Opened::Refused(status @ 400..=499) => {
+            tracing::info!(%addr, status, "the member refused a hop tunnel: its requests are signed one by one for a minute");
+            service
+                .untunneled
+                .borrow_mut()
+                .insert(addr, std::time::Instant::now());
+        }
+        _ => {}
+    }
+    match exchanged {
         Exchange::Answered(resp, check_in) => {
             let binds =
                 bound_auth || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
