@@ -116,7 +116,7 @@ pub struct ControlLoop {
 }
 
 /// Poll loops silent for longer than this (twice an idle loop's longest
-/// sleep) are deaf (see [`ControlLoop::note_deafness`]).
+/// sleep) are deaf: the machine is told ([`Machine::handle_deaf`]).
 pub const DEAF_AFTER: Duration = Duration::from_millis(2 * crate::runtime::IDLE_SLEEP_MS as u64);
 
 /// A fresh descriptor table asked of every poll loop.
