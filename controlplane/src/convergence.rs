@@ -1086,11 +1086,20 @@ impl Machine {
     /// not declare every peer dead and take their buckets over, connections
     /// and all, moments before their queued heartbeats reach it.
     fn excuse_stall(&mut self, now: u64) {
-        let late = now.saturating_sub(self.due);
-        if late > self.cfg.period_ns / 4 && self.membership.live_peers().next().is_some() {
-            self.membership.excuse(late, now);
-            self.events.push_back(Event::Stalled { late_ns: late });
+        if let Some(late) = self.stalled_for(now) {
+            if self.membership.live_peers().next().is_some() {
+                self.membership.excuse(late, now);
+                self.events.push_back(Event::Stalled { late_ns: late });
+            }
         }
+    }
+
+    /// How late a call at `now` comes after the machine was due, when
+    /// that is more than a quarter period: this host did not run
+    /// meanwhile, and the machine's next input excuses it (a stall).
+    pub fn stalled_for(&self, now: u64) -> Option<u64> {
+        let late = now.saturating_sub(self.due);
+        (late > self.cfg.period_ns / 4).then_some(late)
     }
 
     fn update_views(&mut self, now: u64) {

@@ -438,9 +438,9 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
                 }
             };
             // A `forwarded` round counts only when the receiver forwarded
-            // (nearly) every request: on this shared machine the owner is
-            // at times out of the receiver's view for a while (its control
-            // thread starved), and its requests are then served locally.
+            // (nearly) every request: on a shared machine the owner can
+            // leave the receiver's view for a while (a host starved of
+            // CPU), and its requests are then served locally.
             let forwards = *name == "forwarded";
             let mut attempts = 0;
             let (w, used) = loop {

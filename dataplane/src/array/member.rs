@@ -2,8 +2,8 @@
 //! request comes from another member of its array and not from a client.
 //!
 //! Owns: [`MEMBER_HEADER`], [`MemberKey`] (derived from the cluster key),
-//! [`sign`], [`verify`], [`MemberError`], [`sender`] (who sent a request), and the opening of a hop tunnel
-//! ([`TUNNEL_PROTOCOL`], [`tunnel_target`]).
+//! [`sign`], [`verify`], [`MemberError`], [`sender`] (who sent a request),
+//! and the opening of a hop tunnel ([`TUNNEL_PROTOCOL`], [`tunnel_target`]).
 //!
 //! Guarantees:
 //! - A value verifies only under the key it was signed with, for the same

@@ -699,8 +699,8 @@ impl ControlLoop {
     /// machine's to excuse, so a round that comes late reports nothing.
     fn note_deafness(&mut self, inbox: &ControlInbox) {
         let now = Instant::now();
-        let late = self.now().saturating_sub(self.machine.poll_timeout());
-        if late > self.machine.period_in_use() / 4 {
+        let at = self.now();
+        if self.machine.stalled_for(at).is_some() {
             self.deaf_reported_to = Some(now);
             return;
         }
@@ -713,7 +713,6 @@ impl ControlLoop {
         let deaf = now.saturating_duration_since(from);
         self.deaf_reported_to = Some(now);
         if !deaf.is_zero() {
-            let at = self.now();
             self.machine.handle_deaf(deaf.as_nanos() as u64, at);
         }
     }
