@@ -14,6 +14,14 @@ use clap::{Parser, Subcommand};
 use shoal_engine::logging::LogFormat;
 use shoal_engine::{runtime, sys, tools};
 
+/// The process allocator. The proxy allocates and frees a few dozen small
+/// objects per request (request and response heads, buffers, futures), on
+/// one thread per core; glibc's allocator spent about 4% of a proxy core in
+/// them, a good part in consolidating its fast bins, where mimalloc's
+/// per-thread free lists spend under half as much.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// shoal: a group of Linux hosts serving one virtual IP, no load balancer.
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about)]

@@ -692,9 +692,14 @@ pub(super) async fn exchange(
             Some(s) => s,
             None => {
                 let (timeout, tls) = (plan.connect_timeout(), plan.hop_tls(addr));
+                // Boxed: a connect's future (a TLS handshake's state) is
+                // large, and held inline it would be copied into every
+                // request's future, connect or not.
                 let made = match tunnel {
-                    None => upstream::connect_tls(addr, timeout, tls).await,
-                    Some(open) => upstream::connect_tunnel(addr, timeout, tls, open).await,
+                    None => Box::pin(upstream::connect_tls(addr, timeout, tls)).await,
+                    Some(open) => {
+                        Box::pin(upstream::connect_tunnel(addr, timeout, tls, open)).await
+                    }
                 };
                 match made {
                     Ok(s) => {

@@ -318,6 +318,19 @@ impl StickyPlan {
 pub(super) struct Client {
     peer: SocketAddr,
     bound: RefCell<Option<Bound>>,
+    /// The forwarding fields last rendered for this (untrusted) client.
+    rendered: RefCell<Option<Rendered>>,
+    /// The sticky cookie value last verified on this connection.
+    verified: RefCell<cookie::Verified>,
+}
+
+/// Forwarding fields rendered for a client that is not a trusted proxy,
+/// for requests with this `Host`.
+#[derive(Debug)]
+struct Rendered {
+    host: Option<HeaderValue>,
+    xff: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
 }
 
 /// An upstream connection bound to a client connection: where it goes,
@@ -343,6 +356,8 @@ pub(super) async fn connection<S>(
     let client = Rc::new(Client {
         peer,
         bound: RefCell::new(None),
+        rendered: RefCell::new(None),
+        verified: RefCell::new(cookie::Verified::default()),
     });
     let io = TokioIo::new(stream);
     let svc = service.clone();
@@ -360,7 +375,8 @@ pub(super) async fn connection<S>(
                         ));
                     };
                     if opens_tunnel(&req) {
-                        return Ok(accept_tunnel::<S>(&service, req, client.peer).await);
+                        // Boxed: once per tunnel, not in every request's future.
+                        return Ok(Box::pin(accept_tunnel::<S>(&service, req, client.peer)).await);
                     }
                     let start = std::time::Instant::now();
                     let served = Cell::new(None);
@@ -579,7 +595,13 @@ async fn serve(
             &cookie_fields
         }
     };
-    let cookie_state = cookie_state(cookie_fields, sp, plan.port, now_s);
+    let cookie_state = cookie_state(
+        cookie_fields,
+        sp,
+        plan.port,
+        now_s,
+        &mut client.verified.borrow_mut(),
+    );
     if let CookieState::Refused(e) = cookie_state {
         counters.error(match e.counter() {
             "expired_cookie" => StickyError::ExpiredCookie,
@@ -637,31 +659,41 @@ async fn serve(
         None => {
             let peer = client.peer.ip();
             let believed = sp.trusted.iter().any(|n| n.contains(peer));
-            let nodes = if !believed {
-                Vec::new()
-            } else if headers.contains_key(FORWARDED) {
-                forwarded::forwarded_for(
-                    headers.get_all(FORWARDED).iter().map(HeaderValue::as_bytes),
-                )
+            let (xff, fwd) = if believed {
+                let nodes = if headers.contains_key(FORWARDED) {
+                    forwarded::forwarded_for(
+                        headers.get_all(FORWARDED).iter().map(HeaderValue::as_bytes),
+                    )
+                } else {
+                    forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
+                };
+                let chain =
+                    forwarded::client_chain(forwarded::canonical(peer), &sp.trusted, &nodes);
+                forwarding_fields(sp, &chain, original_host.as_ref())
             } else {
-                forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
+                // The chain is the client alone, the same for every request
+                // of the connection: rendered once per `Host`.
+                let mut memo = client.rendered.borrow_mut();
+                match &*memo {
+                    Some(r) if r.host == original_host => (r.xff.clone(), r.forwarded.clone()),
+                    _ => {
+                        let chain = [forwarded::canonical(peer)];
+                        let (xff, fwd) = forwarding_fields(sp, &chain, original_host.as_ref());
+                        *memo = Some(Rendered {
+                            host: original_host.clone(),
+                            xff: xff.clone(),
+                            forwarded: fwd.clone(),
+                        });
+                        (xff, fwd)
+                    }
+                }
             };
-            let chain = forwarded::client_chain(forwarded::canonical(peer), &sp.trusted, &nodes);
             // `insert` replaces what the client sent.
-            if let Ok(v) = text_value(forwarded::render_xff(&chain)) {
-                headers.insert(XFF, v);
-            } else {
-                headers.remove(XFF);
-            }
-            let fwd = forwarded::render_forwarded(
-                &chain,
-                original_host.as_ref().map(HeaderValue::as_bytes),
-                if sp.tls.is_some() { "https" } else { "http" },
-            );
-            if let Ok(v) = text_value(fwd) {
-                headers.insert(FORWARDED, v);
-            } else {
-                headers.remove(FORWARDED);
+            for (name, value) in [(XFF, xff), (FORWARDED, fwd)] {
+                match value {
+                    Some(v) => headers.insert(name, v),
+                    None => headers.remove(name),
+                };
             }
         }
     }
@@ -1015,6 +1047,22 @@ fn text_value(text: String) -> Result<HeaderValue, header::InvalidHeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(text))
 }
 
+/// `X-Forwarded-For` and `Forwarded` for the application from the client
+/// `chain` (`None`: a value a header cannot carry, the field is dropped).
+fn forwarding_fields(
+    sp: &StickyPlan,
+    chain: &[std::net::IpAddr],
+    host: Option<&HeaderValue>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let xff = text_value(forwarded::render_xff(chain)).ok();
+    let fwd = forwarded::render_forwarded(
+        chain,
+        host.map(HeaderValue::as_bytes),
+        if sp.tls.is_some() { "https" } else { "http" },
+    );
+    (xff, text_value(fwd).ok())
+}
+
 /// The request's cookie: the first value of the service's cookie that
 /// checks; else the first refusal; else absent.
 fn cookie_state<'h>(
@@ -1022,11 +1070,12 @@ fn cookie_state<'h>(
     sp: &'h StickyPlan,
     port: u16,
     now_s: u64,
+    verified: &mut cookie::Verified,
 ) -> CookieState<'h> {
     let mut state = CookieState::Absent;
     for field in fields {
         for value in cookie::cookie_values(field.as_bytes(), sp.cookie.as_bytes()) {
-            match cookie::check(&sp.key, value, port, now_s, sp.max_age_s) {
+            match cookie::check_remembering(&sp.key, value, port, now_s, sp.max_age_s, verified) {
                 Ok(c) => return CookieState::Valid(c),
                 Err(e) => {
                     if state == CookieState::Absent {
@@ -1074,7 +1123,16 @@ async fn send(
         _ => None,
     };
     if bound.is_some() || (bound_auth && tunnel.is_none()) {
-        return send_bound(service, client, addr, request, bound, tunnel.is_some()).await;
+        // Boxed: rare, and its connect would enlarge every request's future.
+        return Box::pin(send_bound(
+            service,
+            client,
+            addr,
+            request,
+            bound,
+            tunnel.is_some(),
+        ))
+        .await;
     }
     let (exchanged, opened) = exchange(service, addr, request, false, tunnel).await;
     match opened {

@@ -14,13 +14,16 @@
 //! - Nothing panics, whatever the bytes.
 //! - A value this harness did not issue never checks.
 //! - An issued cookie checks, naming its owner, and every proper prefix of
-//!   it is refused.
+//!   it is refused, also by a connection that has just verified the whole
+//!   value (`check_remembering`).
 //! - A client chain is never empty, never longer than its bound, ends with
 //!   the peer, and is the peer alone when nothing is trusted.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use shoal_dataplane::array::sticky::cookie::{check as check_cookie, cookie_values, issue, set_cookie_name};
+use shoal_dataplane::array::sticky::cookie::{
+    check as check_cookie, check_remembering, cookie_values, issue, set_cookie_name, Verified,
+};
 use shoal_dataplane::array::sticky::forwarded::{
     client_chain, forwarded_for, render_forwarded, render_xff, xff_addresses, MAX_CHAIN,
 };
@@ -68,8 +71,11 @@ pub fn check(input: &[u8]) {
     let value = issue(&key, Owner::Host(host), 443, issued);
     let c = check_cookie(&key, value.as_bytes(), 443, issued, 0).expect("an issued cookie checks");
     assert_eq!(c.owner, Owner::Host(host));
+    let mut memo = Verified::default();
+    check_remembering(&key, value.as_bytes(), 443, issued, 0, &mut memo).expect("it checks");
     for cut in 0..value.len() {
         assert!(check_cookie(&key, &value.as_bytes()[..cut], 443, issued, 0).is_err());
+        assert!(check_remembering(&key, &value.as_bytes()[..cut], 443, issued, 0, &mut memo).is_err());
     }
 }
 

@@ -2,7 +2,8 @@
 //! and a tag that only the cluster's members can make.
 //!
 //! Owns: [`CookieKey`] (derived from the cluster key), [`Owner`],
-//! [`Cookie`], [`issue`], [`check`], [`CookieError`], and the two header
+//! [`Cookie`], [`issue`], [`check`] (and [`check_remembering`] with a
+//! connection's [`Verified`]), [`CookieError`], and the two header
 //! scanners a proxy needs: [`cookie_values`] (a request's `Cookie` field)
 //! and [`set_cookie_name`] (a response's `Set-Cookie` field).
 //!
@@ -14,6 +15,9 @@
 //! - The tag is compared in constant time; [`check`] and the scanners take
 //!   any bytes, never panic and never allocate.
 //! - The key never appears in `Debug` output.
+//! - [`check_remembering`] answers exactly as [`check`] does: it skips the
+//!   MAC only for the very bytes whose tag it verified last (a tag does not
+//!   depend on the time), and checks their age every time.
 //!
 //! # The value
 //!
@@ -181,6 +185,61 @@ pub fn check<'v>(
     now_s: u64,
     max_age_s: u64,
 ) -> Result<Cookie<'v>, CookieError> {
+    check_remembering(key, value, port, now_s, max_age_s, &mut Verified::default())
+}
+
+/// The last cookie value whose tag verified on one client connection
+/// (a browser sends the same value with every request of a session).
+#[derive(Clone)]
+pub struct Verified {
+    len: u8,
+    bytes: [u8; MAX_VALUE_LEN],
+}
+
+/// Longest value that can check: `v1.`, owner, `.`, up to 20 digits,
+/// `.`, the tag's hex digits.
+const MAX_VALUE_LEN: usize = 3 + MAX_OWNER_LEN + 1 + 20 + 1 + 2 * TAG_BYTES;
+
+impl Default for Verified {
+    fn default() -> Verified {
+        Verified {
+            len: 0,
+            bytes: [0; MAX_VALUE_LEN],
+        }
+    }
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified").field("len", &self.len).finish()
+    }
+}
+
+impl Verified {
+    fn holds(&self, value: &[u8]) -> bool {
+        self.len > 0 && self.bytes.get(..usize::from(self.len)) == Some(value)
+    }
+
+    fn remember(&mut self, value: &[u8]) {
+        if let (Some(slot), Ok(len)) =
+            (self.bytes.get_mut(..value.len()), u8::try_from(value.len()))
+        {
+            slot.copy_from_slice(value);
+            self.len = len;
+        }
+    }
+}
+
+/// [`check`], skipping the MAC when `value` is the value `verified` last
+/// verified, and remembering a value whose tag verifies.
+pub fn check_remembering<'v>(
+    key: &CookieKey,
+    value: &'v [u8],
+    port: u16,
+    now_s: u64,
+    max_age_s: u64,
+    verified: &mut Verified,
+) -> Result<Cookie<'v>, CookieError> {
     let mut fields = value.split(|&b| b == b'.');
     let (Some(version), Some(owner), Some(issued), Some(hex), None) = (
         fields.next(),
@@ -206,10 +265,13 @@ pub fn check<'v>(
         };
         *out = hi << 4 | lo;
     }
-    let mut mac = key.0.clone();
-    feed(&mut mac, port, owner, issued_s);
-    mac.verify_truncated_left(&got)
-        .map_err(|_| CookieError::BadTag)?;
+    if !verified.holds(value) {
+        let mut mac = key.0.clone();
+        feed(&mut mac, port, owner, issued_s);
+        mac.verify_truncated_left(&got)
+            .map_err(|_| CookieError::BadTag)?;
+        verified.remember(value);
+    }
     if issued_s > now_s && issued_s - now_s > MAX_FUTURE_S {
         return Err(CookieError::Future);
     }
@@ -291,6 +353,41 @@ mod tests {
 
     fn h(id: u8) -> Owner<'static> {
         Owner::Host(HostId::new(id).unwrap())
+    }
+
+    #[test]
+    fn a_remembered_value_answers_as_check_does() {
+        let (k, mut memo) = (key(), Verified::default());
+        let good = issue(&k, h(3), 80, NOW);
+        let mut forged = good.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
+        for round in 0..2 {
+            // Remembered after the first round: same answers, ages still
+            // checked.
+            let c = check_remembering(&k, good.as_bytes(), 80, NOW, AGE, &mut memo).unwrap();
+            assert_eq!(c.owner, h(3), "round {round}");
+            assert!(matches!(
+                check_remembering(&k, good.as_bytes(), 80, NOW + AGE + 1, AGE, &mut memo),
+                Err(CookieError::Expired { .. })
+            ));
+            assert_eq!(
+                check_remembering(&k, &forged, 80, NOW, AGE, &mut memo).unwrap_err(),
+                CookieError::BadTag
+            );
+            // Another port's key input: the remembered bytes do not carry
+            // over to a value that differs.
+            let other = issue(&k, h(3), 81, NOW);
+            assert_eq!(
+                check_remembering(&k, other.as_bytes(), 80, NOW, AGE, &mut memo).unwrap_err(),
+                CookieError::BadTag
+            );
+        }
+        // A failed value is never remembered.
+        let mut fresh = Verified::default();
+        let _ = check_remembering(&k, &forged, 80, NOW, AGE, &mut fresh);
+        assert!(!fresh.holds(&forged));
+        assert!(!fresh.holds(&[]));
     }
 
     #[test]
@@ -417,12 +514,24 @@ mod tests {
             let v = issue(&key(), h(id), 443, issued);
             let c = check(&key(), v.as_bytes(), 443, issued + later, 10_000).unwrap();
             prop_assert_eq!(c.owner, h(id));
+            // A connection that verified `v` answers as `check` for it and
+            // for anything else.
+            let mut memo = Verified::default();
+            check_remembering(&key(), v.as_bytes(), 443, issued, 10_000, &mut memo).unwrap();
+            prop_assert_eq!(
+                check_remembering(&key(), v.as_bytes(), 443, issued + later, 10_000, &mut memo),
+                check(&key(), v.as_bytes(), 443, issued + later, 10_000)
+            );
             let mut bytes = v.into_bytes();
             let last = bytes.len() - 1;
             let digit = HEX[usize::from(tweak % 16)];
             if bytes[last] != digit {
                 bytes[last] = digit;
                 prop_assert_eq!(check(&key(), &bytes, 443, issued, 10_000), Err(CookieError::BadTag));
+                prop_assert_eq!(
+                    check_remembering(&key(), &bytes, 443, issued, 10_000, &mut memo),
+                    Err(CookieError::BadTag)
+                );
             }
         }
     }
