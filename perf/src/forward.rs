@@ -21,6 +21,13 @@
 //! - `haproxy_cookie_insert`: HAProxy on the receiver (port 8002,
 //!   `cookie SRV insert indirect nocache`, both nginx as servers) with
 //!   `Cookie: SRV=` naming the receiver's server.
+//! - `haproxy_forwardfor`: the same HAProxy on port 8003, also doing to
+//!   each request what the forwarder must (README, "What the application
+//!   sees"): the client's `X-Forwarded-For` dropped and `option
+//!   forwardfor`, a `Forwarded` field with the client, the
+//!   host and the protocol, and `Via` on the request and the response. The
+//!   issue's target compares `local` with `haproxy_cookie_insert`; this
+//!   case is the like-for-like peer beside it.
 //!
 //! CPU per request is the schedstat CPU time of every `shoal-proxy-*`
 //! thread on both hosts (a forward costs on the receiver and the owner),
@@ -47,6 +54,8 @@ const PORT: u16 = 8000;
 /// The HTTPS sticky service's port (`local_https`).
 const TLS_PORT: u16 = 8443;
 const HAPROXY_PORT: u16 = 8002;
+/// HAProxy's frontend that also adds the forwarding fields.
+const HAPROXY_FF_PORT: u16 = 8003;
 const LAB_DIR: &str = "/tmp/shoal-lab";
 /// The sticky service on [`PORT`] (`scripts/lab.d/forward.toml`).
 const SERVICE: &str = "shop";
@@ -79,6 +88,9 @@ pub struct ForwardReport {
     pub https_cpu_ratio: f64,
     /// local ÷ HAProxy CPU per request.
     pub local_vs_haproxy_cpu_ratio: f64,
+    /// local ÷ HAProxy-with-forwarding-fields CPU per request.
+    #[serde(default)]
+    pub local_vs_haproxy_forwardfor_cpu_ratio: f64,
     /// `forwarded` rounds run again because the receiver served requests
     /// itself (its owner out of its view meanwhile).
     #[serde(default)]
@@ -184,6 +196,10 @@ fn config_with_tls(dir: &Path) -> Result<PathBuf> {
 fn haproxy_conf() -> String {
     "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
      frontend fe\n  bind 0.0.0.0:8002\n  default_backend apps\n\
+     frontend fe_ff\n  bind 0.0.0.0:8003\n  option forwardfor\n  http-request del-header X-Forwarded-For\n\
+       http-request set-header Forwarded \"for=%[src];host=\\\"%[req.hdr(host)]\\\";proto=http\"\n\
+       http-request add-header Via \"1.1 haproxy\"\n  http-response add-header Via \"1.1 haproxy\"\n\
+       default_backend apps\n\
      backend apps\n  cookie SRV insert indirect nocache\n  http-reuse always\n\
        server s1 10.0.0.11:8082 cookie s1\n  server s2 10.0.0.12:8082 cookie s2\n"
         .to_string()
@@ -390,6 +406,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
         &dir.join("haproxy.log"),
     )?;
     wait_port(&ns, HAPROXY_PORT)?;
+    wait_port(&ns, HAPROXY_FF_PORT)?;
     let key_text = std::fs::read_to_string(format!("{LAB_DIR}/cluster.key"))?;
     let cluster_key = shoal_config::parse_cluster_key(&key_text)
         .map_err(|e| anyhow::anyhow!("the lab's key: {e}"))?;
@@ -418,6 +435,11 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
             url("http", HAPROXY_PORT),
             format!("SRV=s{recv}"),
         ),
+        (
+            "haproxy_forwardfor",
+            url("http", HAPROXY_FF_PORT),
+            format!("SRV=s{recv}"),
+        ),
     ];
     let pids = [shoal_pid(1)?, shoal_pid(2)?];
     let haproxy_pid = haproxy.0.id();
@@ -431,7 +453,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     for _ in 0..opts.rounds {
         for (i, (name, u, c)) in cases.iter().enumerate() {
             let cpu = || -> u64 {
-                if *name == "haproxy_cookie_insert" {
+                if name.starts_with("haproxy") {
                     cpu_ns(haproxy_pid, "")
                 } else {
                     pids.iter().map(|p| cpu_ns(*p, "shoal-proxy")).sum()
@@ -505,6 +527,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
         forward_cpu_ratio: ratio(cpu("forwarded"), cpu("local")),
         https_cpu_ratio: ratio(cpu("local_https"), cpu("local")),
         local_vs_haproxy_cpu_ratio: ratio(cpu("local"), cpu("haproxy_cookie_insert")),
+        local_vs_haproxy_forwardfor_cpu_ratio: ratio(cpu("local"), cpu("haproxy_forwardfor")),
         cases: out,
         discarded_forwarded_rounds: discarded,
         connections,
@@ -539,8 +562,11 @@ pub fn markdown(r: &ForwardReport) -> String {
         );
     }
     s += &format!(
-        "\nforwarded / local CPU per request: {:.2}; local_https / local: {:.2}; local / HAProxy: {:.2}\n",
-        r.forward_cpu_ratio, r.https_cpu_ratio, r.local_vs_haproxy_cpu_ratio
+        "\nforwarded / local CPU per request: {:.2}; local_https / local: {:.2}; local / HAProxy: {:.2} (with forwarding fields: {:.2})\n",
+        r.forward_cpu_ratio,
+        r.https_cpu_ratio,
+        r.local_vs_haproxy_cpu_ratio,
+        r.local_vs_haproxy_forwardfor_cpu_ratio
     );
     s
 }
