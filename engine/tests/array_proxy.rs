@@ -550,6 +550,25 @@ fn scenario() {
         quiet_for >= Duration::from_millis(900),
         "closed before its idle time: {quiet_for:?}"
     );
+    // A client that sends half a request head and stalls is cut after the
+    // idle time too (the header-read bound, on the worker's coarse timer).
+    let mut half = TcpStream::connect("10.0.0.11:8081").unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    half.write_all(b"GET /slow HTTP/1.1\r\nHost: p.test\r\n")
+        .unwrap();
+    let since = Instant::now();
+    let mut rest = Vec::new();
+    let read = half.read_to_end(&mut rest);
+    let stalled_for = since.elapsed();
+    assert!(
+        read.is_ok(),
+        "a stalled head is cut: {read:?} after {stalled_for:?}"
+    );
+    assert!(
+        stalled_for >= Duration::from_millis(900) && stalled_for < Duration::from_secs(5),
+        "cut after {stalled_for:?}"
+    );
     // p1 comes: probed up, and takes its URL.
     let p1 = "10.0.0.41:3128".parse().unwrap();
     let broken = backend("P1", p1);

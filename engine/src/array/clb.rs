@@ -70,7 +70,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use shoal_config::{ClbSection, Config, ServiceLimits};
 use shoal_controlplane::{PollConfig, ResponseTimes};
@@ -692,7 +692,7 @@ async fn accept_loop(listener: TcpListener, service: Rc<Service>) {
             let limits = &service.plan.limits;
             let mut builder = http1::Builder::new();
             builder
-                .timer(TokioTimer::new())
+                .timer(super::coarse::Timer)
                 .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
                 .max_buf_size((limits.max_head_bytes as usize).max(8_192) + 8_192)
                 .max_headers(limits.max_headers as usize)
@@ -757,7 +757,7 @@ async fn attempt(service: &Service, addr: SocketAddr, request: Request<UpBody>) 
                 }
             },
         };
-        match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+        match super::coarse::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return Outcome::TimedOut,
             Ok(Ok(resp)) => {
                 return Outcome::Answered(

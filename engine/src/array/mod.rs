@@ -23,7 +23,9 @@
 //!   upstream connection pools and its counters ([`counters`]). Nothing on
 //!   the request path is shared with another thread but two atomics: the
 //!   view cell's sequence (read per request) and the service's connection
-//!   count (per connection, for `max_connections`).
+//!   count (per connection, for `max_connections`). The deadlines every
+//!   request arms (the upstream's first byte, the header-read bound) are
+//!   on the worker's own coarse timer ([`coarse`], 10 ms grains).
 //! * One health thread, `shoal-array-health`, also a current-thread
 //!   runtime: it probes members, parents and `local` on a
 //!   [`shoal_controlplane::Health`] machine per service, takes the
@@ -61,6 +63,7 @@ use crate::handoff::MapCell;
 use crate::tools::carp::{array, Array, ArrayArgs};
 
 mod clb;
+mod coarse;
 pub mod counters;
 mod health;
 mod proxy;
@@ -523,8 +526,9 @@ impl ArrayTier {
 }
 
 /// A proxy thread's body: pinned to `core`, `work` run to its end on a
-/// current-thread runtime (a `LocalSet`, so its tasks may hold `Rc`s).
-/// `what` names the thread in the logs.
+/// current-thread runtime (a `LocalSet`, so its tasks may hold `Rc`s)
+/// that also drives the thread's coarse timer ([`coarse`]). `what` names
+/// the thread in the logs.
 fn run_pinned<F: std::future::Future>(what: &str, core: usize, work: F) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin {what}");
@@ -539,7 +543,10 @@ fn run_pinned<F: std::future::Future>(what: &str, core: usize, work: F) {
             return;
         }
     };
-    tokio::task::LocalSet::new().block_on(&runtime, work);
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        tokio::task::spawn_local(coarse::drive());
+        work.await
+    });
 }
 
 /// Whether the tier (or the whole engine) is stopping.

@@ -716,7 +716,7 @@ pub(super) async fn exchange(
                 }
             }
         };
-        match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+        match super::coarse::timeout(first_byte, sender.try_send_request(request)).await {
             Err(_) => return (Exchange::TimedOut, opened),
             Ok(Ok(resp)) => {
                 let check_in = (!fresh).then(|| CheckIn {

@@ -1202,7 +1202,7 @@ async fn send_bound(
     if sender.ready().await.is_err() {
         return Outcome::NotSent(Some(request));
     }
-    match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+    match super::coarse::timeout(first_byte, sender.try_send_request(request)).await {
         Err(_) => Outcome::TimedOut,
         Ok(Ok(resp)) => {
             *client.bound.borrow_mut() = Some(Bound {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -159,7 +159,7 @@ fn builder(limits: &shoal_config::ServiceLimits, over: bool) -> http1::Builder {
     // library answers 431 past it (counted in `connection_ended`); a bound
     // above 100 would make it allocate an index table per request head.
     builder
-        .timer(TokioTimer::new())
+        .timer(super::coarse::Timer)
         .header_read_timeout(Duration::from_secs(u64::from(limits.idle_timeout_s)))
         .max_buf_size(
             (limits.max_head_bytes as usize)
