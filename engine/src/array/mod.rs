@@ -25,7 +25,7 @@
 //!   view cell's sequence (read per request) and the service's connection
 //!   count (per connection, for `max_connections`). The deadlines every
 //!   request arms (the upstream's first byte, the header-read bound) are
-//!   on the worker's own coarse timer ([`coarse`], 10 ms grains).
+//!   on the worker's own coarse timer (`coarse.rs`, 10 ms grains).
 //! * One health thread, `shoal-array-health`, also a current-thread
 //!   runtime: it probes members, parents and `local` on a
 //!   [`shoal_controlplane::Health`] machine per service, takes the
@@ -527,7 +527,7 @@ impl ArrayTier {
 
 /// A proxy thread's body: pinned to `core`, `work` run to its end on a
 /// current-thread runtime (a `LocalSet`, so its tasks may hold `Rc`s)
-/// that also drives the thread's coarse timer ([`coarse`]). `what` names
+/// that also drives the thread's coarse timer (`coarse::drive`). `what` names
 /// the thread in the logs.
 fn run_pinned<F: std::future::Future>(what: &str, core: usize, work: F) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
