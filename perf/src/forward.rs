@@ -75,6 +75,15 @@ pub struct ForwardCase {
     pub p99_ms: f64,
     /// Non-2xx answers and socket errors over all rounds.
     pub errors: u64,
+    /// Of `cpu_ns_per_request`, the receiver's proxy threads (shoal's
+    /// cases only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receiver_cpu_ns_per_request: Option<f64>,
+    /// Of `cpu_ns_per_request`, the other host's proxy threads: the
+    /// owner's relay in `forwarded`, next to nothing in the local cases
+    /// (shoal's cases only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cpu_ns_per_request: Option<f64>,
 }
 
 /// The report.
@@ -84,6 +93,8 @@ pub struct ForwardReport {
     pub cases: Vec<ForwardCase>,
     /// forwarded ÷ local CPU per request.
     pub forward_cpu_ratio: f64,
+    /// What a forward adds: forwarded − local CPU nanoseconds per request.
+    pub forward_added_cpu_ns_per_request: f64,
     /// local_https ÷ local CPU per request.
     pub https_cpu_ratio: f64,
     /// local ÷ HAProxy CPU per request.
@@ -326,7 +337,10 @@ fn wrk(dir: &Path, url: &str, cookie: &str, connections: usize, seconds: f64) ->
 
 /// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
 /// errors.
-type Sample = (f64, f64, f64, f64, u64);
+/// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
+/// errors, and (shoal's cases) the CPU ns per request of the receiver and
+/// of the other host.
+type Sample = (f64, f64, f64, f64, u64, Option<(f64, f64)>);
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -442,6 +456,12 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
         ),
     ];
     let pids = [shoal_pid(1)?, shoal_pid(2)?];
+    // The receiver's pid first, then the other host's.
+    let (recv_pid, peer_pid) = if recv == 1 {
+        (pids[0], pids[1])
+    } else {
+        (pids[1], pids[0])
+    };
     let haproxy_pid = haproxy.0.id();
     let connections = 20;
     // Warm-up: every path once, so pools and caches are in place.
@@ -452,11 +472,16 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let mut discarded = 0;
     for _ in 0..opts.rounds {
         for (i, (name, u, c)) in cases.iter().enumerate() {
-            let cpu = || -> u64 {
-                if name.starts_with("haproxy") {
-                    cpu_ns(haproxy_pid, "")
+            let shoal = !name.starts_with("haproxy");
+            // CPU so far: (the receiver's or HAProxy's, the other host's).
+            let cpu = || -> (u64, u64) {
+                if shoal {
+                    (
+                        cpu_ns(recv_pid, "shoal-proxy"),
+                        cpu_ns(peer_pid, "shoal-proxy"),
+                    )
                 } else {
-                    pids.iter().map(|p| cpu_ns(*p, "shoal-proxy")).sum()
+                    (cpu_ns(haproxy_pid, ""), 0)
                 }
             };
             // A `forwarded` round counts only when the receiver forwarded
@@ -470,7 +495,11 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
                 let fwd_before = if forwards { forwarded_count(recv)? } else { 0 };
                 let before = cpu();
                 let w = wrk(&dir, u, c, connections, opts.seconds)?;
-                let used = cpu().saturating_sub(before);
+                let after = cpu();
+                let used = (
+                    after.0.saturating_sub(before.0),
+                    after.1.saturating_sub(before.1),
+                );
                 if !forwards {
                     break (w, used);
                 }
@@ -494,10 +523,11 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
             let n = w.requests.max(1) as f64;
             samples[i].push((
                 w.requests as f64 / (w.duration_us.max(1) as f64 / 1e6),
-                used as f64 / n,
+                (used.0 + used.1) as f64 / n,
                 w.p50_us as f64 / 1000.0,
                 w.p99_us as f64 / 1000.0,
                 w.errors,
+                shoal.then(|| (used.0 as f64 / n, used.1 as f64 / n)),
             ));
         }
     }
@@ -514,6 +544,16 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
             cpu_ns_per_request: median(s.iter().map(|x| x.1).collect()),
             p50_ms: median(s.iter().map(|x| x.2).collect()),
             p99_ms: median(s.iter().map(|x| x.3).collect()),
+            receiver_cpu_ns_per_request: s
+                .iter()
+                .map(|x| x.5.map(|v| v.0))
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
+            peer_cpu_ns_per_request: s
+                .iter()
+                .map(|x| x.5.map(|v| v.1))
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
             errors: s.iter().map(|x| x.4).sum(),
         })
         .collect();
@@ -525,6 +565,7 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Ok(ForwardReport {
         forward_cpu_ratio: ratio(cpu("forwarded"), cpu("local")),
+        forward_added_cpu_ns_per_request: cpu("forwarded") - cpu("local"),
         https_cpu_ratio: ratio(cpu("local_https"), cpu("local")),
         local_vs_haproxy_cpu_ratio: ratio(cpu("local"), cpu("haproxy_cookie_insert")),
         local_vs_haproxy_forwardfor_cpu_ratio: ratio(cpu("local"), cpu("haproxy_forwardfor")),
@@ -568,5 +609,22 @@ pub fn markdown(r: &ForwardReport) -> String {
         r.local_vs_haproxy_cpu_ratio,
         r.local_vs_haproxy_forwardfor_cpu_ratio
     );
+    s += &format!(
+        "a forward adds {:.0} ns per request",
+        r.forward_added_cpu_ns_per_request
+    );
+    let split = |n: &str| {
+        r.cases
+            .iter()
+            .find(|c| c.case == n)
+            .and_then(|c| c.receiver_cpu_ns_per_request.zip(c.peer_cpu_ns_per_request))
+    };
+    if let (Some(l), Some(f)) = (split("local"), split("forwarded")) {
+        s += &format!(
+            " (receiver {:.0} ns, local {:.0} ns; owner's relay {:.0} ns)",
+            f.0, l.0, f.1
+        );
+    }
+    s += "\n";
     s
 }
