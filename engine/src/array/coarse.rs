@@ -327,20 +327,14 @@ impl Sleep {
 
     /// Due at `at`.
     pub(super) fn until(at: Instant) -> Self {
-        WHEEL.with(|w| {
-            w.current();
-            Sleep {
-                key: w.arm(w.due_at(at)),
-            }
+        WHEEL.with(|w| Sleep {
+            key: w.arm(w.due_at(at)),
         })
     }
 
     /// Due at `at` instead (armed again if it had fired).
     pub(super) fn reset(&mut self, at: Instant) {
-        WHEEL.with(|w| {
-            w.current();
-            w.reset(&self.key, w.due_at(at));
-        });
+        WHEEL.with(|w| w.reset(&self.key, w.due_at(at)));
     }
 }
 
