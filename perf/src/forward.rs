@@ -335,12 +335,27 @@ fn wrk(dir: &Path, url: &str, cookie: &str, connections: usize, seconds: f64) ->
     serde_json::from_str(line).with_context(|| format!("parsing {line}"))
 }
 
-/// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
-/// errors.
-/// One round of one case: requests/s, CPU ns per request, p50 ms, p99 ms,
-/// errors, and (shoal's cases) the CPU ns per request of the receiver and
-/// of the other host.
-type Sample = (f64, f64, f64, f64, u64, Option<(f64, f64)>);
+/// One round of one case.
+#[derive(Clone)]
+struct Sample {
+    rps: f64,
+    cpu_ns: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    /// Shoal's cases: the CPU ns per request of the receiver and of the
+    /// other host.
+    split: Option<(f64, f64)>,
+}
+
+/// The median of one side of the rounds' CPU splits (`None` for a case
+/// without them).
+fn split_median(s: &[Sample], side: fn((f64, f64)) -> f64) -> Option<f64> {
+    s.iter()
+        .map(|x| x.split.map(side))
+        .collect::<Option<Vec<f64>>>()
+        .map(median)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -521,14 +536,14 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
                 );
             };
             let n = w.requests.max(1) as f64;
-            samples[i].push((
-                w.requests as f64 / (w.duration_us.max(1) as f64 / 1e6),
-                (used.0 + used.1) as f64 / n,
-                w.p50_us as f64 / 1000.0,
-                w.p99_us as f64 / 1000.0,
-                w.errors,
-                shoal.then(|| (used.0 as f64 / n, used.1 as f64 / n)),
-            ));
+            samples[i].push(Sample {
+                rps: w.requests as f64 / (w.duration_us.max(1) as f64 / 1e6),
+                cpu_ns: (used.0 + used.1) as f64 / n,
+                p50_ms: w.p50_us as f64 / 1000.0,
+                p99_ms: w.p99_us as f64 / 1000.0,
+                errors: w.errors,
+                split: shoal.then(|| (used.0 as f64 / n, used.1 as f64 / n)),
+            });
         }
     }
     drop(haproxy);
@@ -540,21 +555,13 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
         .zip(samples)
         .map(|((name, _, _), s)| ForwardCase {
             case: (*name).to_string(),
-            rps: median(s.iter().map(|x| x.0).collect()),
-            cpu_ns_per_request: median(s.iter().map(|x| x.1).collect()),
-            p50_ms: median(s.iter().map(|x| x.2).collect()),
-            p99_ms: median(s.iter().map(|x| x.3).collect()),
-            receiver_cpu_ns_per_request: s
-                .iter()
-                .map(|x| x.5.map(|v| v.0))
-                .collect::<Option<Vec<f64>>>()
-                .map(median),
-            peer_cpu_ns_per_request: s
-                .iter()
-                .map(|x| x.5.map(|v| v.1))
-                .collect::<Option<Vec<f64>>>()
-                .map(median),
-            errors: s.iter().map(|x| x.4).sum(),
+            rps: median(s.iter().map(|x| x.rps).collect()),
+            cpu_ns_per_request: median(s.iter().map(|x| x.cpu_ns).collect()),
+            p50_ms: median(s.iter().map(|x| x.p50_ms).collect()),
+            p99_ms: median(s.iter().map(|x| x.p99_ms).collect()),
+            receiver_cpu_ns_per_request: split_median(&s, |(receiver, _)| receiver),
+            peer_cpu_ns_per_request: split_median(&s, |(_, peer)| peer),
+            errors: s.iter().map(|x| x.errors).sum(),
         })
         .collect();
     let cpu = |n: &str| {
