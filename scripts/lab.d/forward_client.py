@@ -22,7 +22,8 @@ against CAFILE (its name: the VIP), ALPN http/1.1; each record gets "tls":
 the protocol version and the ALPN protocol the server chose.
 
 A record: session, src, status, the application's JSON (host, count ...),
-set_cookie (every Set-Cookie value), served_by, error (a failed or
+set_cookie (every Set-Cookie value), served_by, via (every Via value: the
+member that received the request adds the last entry), error (a failed or
 truncated exchange), retried (in sessions and continue: the reset that
 made the client send the request once more).
 """
@@ -76,6 +77,7 @@ def request(port, src, path="/app", method="GET", headers=None, cookies=None, ti
         rec["status"] = resp.status
         rec["set_cookie"] = resp.headers.get_all("Set-Cookie") or []
         rec["served_by"] = resp.headers.get("x-shoal-served-by")
+        rec["via"] = resp.headers.get_all("Via") or []
         body = resp.read()
         try:
             rec["app"] = json.loads(body)
