@@ -370,6 +370,12 @@ fn scenario() {
     assert_eq!(counter(&m2, &["coherent"]), 1);
     assert_eq!(counter(&m2, &["tunnels_out"]), 1);
     assert_eq!(counter(&m1, &["tunnels_in"]), 1);
+    assert_eq!(
+        counter(&m2, &["muxes_out"]),
+        1,
+        "a multiplexed hop over TLS"
+    );
+    assert_eq!(counter(&m1, &["muxes_in"]), 1);
     assert_eq!(counter(&m1, &["hops_in"]), 0);
 
     // A client that does not speak TLS: no HTTP answer, counted.
@@ -447,10 +453,10 @@ fn get_cart(stream: &mut (impl Read + Write), extra: &str) -> Vec<u8> {
 /// A member that does not open hop tunnels, at `addr`: answers an opening
 /// 404 (counted in `openings`) and anything else 200 `signed`, echoing the
 /// `shoal-member` header it got.
-fn untunneling_owner(addr: SocketAddr, openings: Arc<std::sync::atomic::AtomicUsize>) {
+fn untunneling_owner(addr: SocketAddr, openings: Arc<std::sync::Mutex<Vec<String>>>) {
     serve_http(addr, move |req| {
         if req.headers().contains_key("upgrade") {
-            openings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            openings.lock().unwrap().push(seen(req, "upgrade"));
             return Response::builder()
                 .status(404)
                 .body(Full::new(Bytes::new()))
@@ -504,13 +510,19 @@ fn hops_scenario() {
     }
     assert_eq!(counter(&m2, &["tunnels_out"]), 1, "the tunnel is pooled");
     assert_eq!(counter(&m1, &["tunnels_in"]), 1);
+    assert_eq!(
+        counter(&m2, &["muxes_out"]),
+        1,
+        "the tunnel is a stream of a multiplexed hop"
+    );
+    assert_eq!(counter(&m1, &["muxes_in"]), 1);
     assert_eq!(counter(&m1, &["hops_in"]), 0);
     assert_eq!(counter(&m1, &["coherent"]), 0);
 
     // m1 replaced by a member that does not open tunnels: the opening is
     // refused once, and every request then goes signed.
     m1.stop();
-    let openings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let openings = Arc::new(std::sync::Mutex::new(Vec::new()));
     untunneling_owner("10.77.0.11:8080".parse().unwrap(), openings.clone());
     eventually("m2 sees the owner up again", || up(&m2));
     for n in 1..=2 {
@@ -523,7 +535,8 @@ fn hops_scenario() {
             fwd.header("x-member")
         );
         assert_eq!(counter(&m2, &["forwarded"]), 2 + n);
-        assert_eq!(openings.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A multiplexed hop, then a tunnel of its own: both refused once.
+        assert_eq!(*openings.lock().unwrap(), ["shoal-mux/1", "shoal-tunnel/1"]);
     }
     assert_eq!(counter(&m2, &["tunnels_out"]), 1);
     assert_eq!(counter(&m2, &["errors", "connect_failed"]), 0);

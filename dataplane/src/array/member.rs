@@ -56,6 +56,10 @@ pub const MEMBER_HEADER: &str = "shoal-member";
 /// The `Upgrade` protocol of a hop tunnel.
 pub const TUNNEL_PROTOCOL: &str = "shoal-tunnel/1";
 
+/// The `Upgrade` protocol that opens a multiplexed hop: many hop tunnels
+/// over one connection (see [`super::mux`]).
+pub const MUX_PROTOCOL: &str = "shoal-mux/1";
+
 /// The request target that opens a hop tunnel from `source` (the
 /// connection's source address and port as the owner sees it; an
 /// IPv4-mapped IPv6 address is written as the IPv4 one, so either side may

@@ -23,6 +23,7 @@ pub mod clb;
 pub mod head;
 pub mod hop;
 pub mod member;
+pub mod mux;
 pub mod render;
 pub mod router;
 pub mod sticky;

@@ -66,6 +66,7 @@ mod clb;
 mod coarse;
 pub mod counters;
 mod health;
+mod mux;
 mod proxy;
 pub mod sticky;
 pub mod tls;

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 use super::counters::{ErrorKind, ServiceCounters};
 use super::health::Report;
+use super::mux::Mux;
 use super::tunnel;
 use super::upstream::{self, CheckIn, Pool, Returning, UpBody};
 use super::view::{Snapshot, ViewCell};
@@ -105,7 +106,31 @@ pub(super) struct Service {
     /// Owners that refused a hop tunnel, and when: their hops are signed
     /// request by request for [`UNTUNNELED_FOR`].
     pub untunneled: RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
+    /// A sticky service's multiplexed hops, one per owner address: its hop
+    /// tunnels are streams on it.
+    pub mux: RefCell<std::collections::HashMap<SocketAddr, Mux>>,
+    /// Owners that refused a multiplexed hop, and when: their tunnels get
+    /// a connection each for [`UNTUNNELED_FOR`] (a member of an earlier
+    /// release during a rolling upgrade).
+    pub unmuxed: RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
     pub reports: mpsc::Sender<Report>,
+}
+
+/// Whether `addr` is in `refused` from less than [`UNTUNNELED_FOR`] ago
+/// (an older entry is removed).
+fn refused_within(
+    refused: &RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
+    addr: SocketAddr,
+) -> bool {
+    let mut refused = refused.borrow_mut();
+    match refused.get(&addr) {
+        Some(at) if at.elapsed() < UNTUNNELED_FOR => true,
+        Some(_) => {
+            refused.remove(&addr);
+            false
+        }
+        None => false,
+    }
 }
 
 /// How long an owner that refused a hop tunnel gets signed hops before
@@ -117,15 +142,64 @@ impl Service {
     /// Whether hops to `addr` are signed one by one for now: it refused a
     /// tunnel less than [`UNTUNNELED_FOR`] ago.
     pub(super) fn untunneled(&self, addr: SocketAddr) -> bool {
-        let mut refused = self.untunneled.borrow_mut();
-        match refused.get(&addr) {
-            Some(at) if at.elapsed() < UNTUNNELED_FOR => true,
-            Some(_) => {
-                refused.remove(&addr);
-                false
-            }
-            None => false,
+        refused_within(&self.untunneled, addr)
+    }
+
+    /// A new hop tunnel to the owner at `addr`: a stream on this worker's
+    /// multiplexed hop to it (opened when there is none, or again once if
+    /// the one kept turns out gone), or a connection of its own to an owner
+    /// that refused multiplexed hops less than [`UNTUNNELED_FOR`] ago.
+    async fn connect_hop(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        open: &upstream::TunnelOpen<'_>,
+    ) -> Result<SendRequest<UpBody>, upstream::ConnectError> {
+        let timeout = self.plan.connect_timeout();
+        if refused_within(&self.unmuxed, addr) {
+            return upstream::connect_tunnel(addr, timeout, tls, open).await;
         }
+        let idle = Duration::from_secs(u64::from(self.plan.limits.idle_timeout_s));
+        for _ in 0..2 {
+            let kept = self
+                .mux
+                .borrow()
+                .get(&addr)
+                .filter(|m| !m.failed())
+                .cloned();
+            let fresh = kept.is_none();
+            let mux = match kept {
+                Some(m) => m,
+                None => match upstream::connect_mux(addr, timeout, tls, open, idle).await {
+                    Ok(m) => {
+                        self.counters
+                            .sticky
+                            .muxes_out
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.mux.borrow_mut().insert(addr, m.clone());
+                        m
+                    }
+                    Err(upstream::ConnectError::Refused(status @ 400..=499)) => {
+                        tracing::info!(%addr, status, "the member refused a multiplexed hop: a connection per hop tunnel for a minute");
+                        self.unmuxed
+                            .borrow_mut()
+                            .insert(addr, std::time::Instant::now());
+                        return upstream::connect_tunnel(addr, timeout, tls, open).await;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match tokio::time::timeout(timeout, upstream::connect_stream(&mux)).await {
+                Ok(Err(upstream::ConnectError::Io(_))) if !fresh => {
+                    self.mux.borrow_mut().remove(&addr);
+                }
+                Ok(made) => return made,
+                Err(_) => return Err(upstream::ConnectError::Timeout),
+            }
+        }
+        Err(upstream::ConnectError::Io(
+            std::io::ErrorKind::ConnectionReset.into(),
+        ))
     }
 
     /// The view in force (one atomic load unless it moved).
@@ -697,9 +771,7 @@ pub(super) async fn exchange(
                 // request's future, connect or not.
                 let made = match tunnel {
                     None => Box::pin(upstream::connect_tls(addr, timeout, tls)).await,
-                    Some(open) => {
-                        Box::pin(upstream::connect_tunnel(addr, timeout, tls, open)).await
-                    }
+                    Some(open) => Box::pin(service.connect_hop(addr, tls, open)).await,
                 };
                 match made {
                     Ok(s) => {

@@ -68,7 +68,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use shoal_config::{Config, StickySection};
-use shoal_dataplane::array::member::{Sender, TUNNEL_PROTOCOL};
+use shoal_dataplane::array::member::{Sender, MUX_PROTOCOL, TUNNEL_PROTOCOL};
 use shoal_dataplane::array::sticky::{
     self, cookie, forwarded, Class, CookieKey, CookieState, Owner, Policy, Route, Target,
     TrustedNet, View,
@@ -77,6 +77,7 @@ use shoal_dataplane::array::{classify, member, Form, HeadView, Refusal};
 use shoal_dataplane::{HostId, HostSet};
 
 use super::counters::{ErrorKind, ServiceCounters};
+use super::mux::{Mux, MuxStream};
 use super::proxy::{
     answer, bodiless, exchange, failure, head_bytes, looped, member_sender, page_answer,
     present_of, refused, remove_present, strip_hop_by_hop, wall_ms, ClientBody, Exchange, Opened,
@@ -168,6 +169,11 @@ pub struct StickyCounters {
     pub tunnels_out: AtomicU64,
     /// Hop tunnels other members opened to this one.
     pub tunnels_in: AtomicU64,
+    /// Multiplexed hops (connections carrying hop tunnels) this member
+    /// opened to owners.
+    pub muxes_out: AtomicU64,
+    /// Multiplexed hops other members opened to this one.
+    pub muxes_in: AtomicU64,
     /// Errors by [`ERRORS`] index.
     pub errors: [AtomicU64; 9],
 }
@@ -184,8 +190,9 @@ impl StickyCounters {
 
 /// Adds a sticky service's counters, every worker's summed, to its stats
 /// object (`services.<name>`): `coherent`, `dynamic`, `static`,
-/// `controller`, `forwarded`, `failed`, `pinned`, `repinned`, `bound`, and
-/// [`ERRORS`] in its `errors` object.
+/// `controller`, `forwarded`, `failed`, `pinned`, `repinned`, `bound`,
+/// `tunnels_out`, `tunnels_in`, `muxes_out`, `muxes_in`, and [`ERRORS`] in
+/// its `errors` object.
 pub fn add_json(object: &mut Value, workers: &[&StickyCounters]) {
     let sum = |f: &dyn Fn(&StickyCounters) -> &AtomicU64| -> u64 {
         workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
@@ -204,6 +211,8 @@ pub fn add_json(object: &mut Value, workers: &[&StickyCounters]) {
     o.insert("bound".into(), sum(&|w| &w.bound).into());
     o.insert("tunnels_out".into(), sum(&|w| &w.tunnels_out).into());
     o.insert("tunnels_in".into(), sum(&|w| &w.tunnels_in).into());
+    o.insert("muxes_out".into(), sum(&|w| &w.muxes_out).into());
+    o.insert("muxes_in".into(), sum(&|w| &w.muxes_in).into());
     let errors = o
         .entry("errors")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -374,9 +383,11 @@ pub(super) async fn connection<S>(
                             "not a sticky service",
                         ));
                     };
-                    if opens_tunnel(&req) {
+                    if let Some(mux) = opens_tunnel(&req) {
                         // Boxed: once per tunnel, not in every request's future.
-                        return Ok(Box::pin(accept_tunnel::<S>(&service, req, client.peer)).await);
+                        return Ok(
+                            Box::pin(accept_tunnel::<S>(&service, req, client.peer, mux)).await,
+                        );
                     }
                     let start = std::time::Instant::now();
                     let served = Cell::new(None);
@@ -393,12 +404,17 @@ pub(super) async fn connection<S>(
     }
 }
 
-/// Whether `req` opens a hop tunnel (`Upgrade: shoal-tunnel/1`).
-fn opens_tunnel<B>(req: &Request<B>) -> bool {
-    req.headers().get(header::UPGRADE).is_some_and(|v| {
-        v.as_bytes()
-            .eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes())
-    })
+/// Whether `req` opens a hop tunnel (`Some(false)`: `Upgrade:
+/// shoal-tunnel/1`) or a multiplexed hop (`Some(true)`: `shoal-mux/1`).
+fn opens_tunnel<B>(req: &Request<B>) -> Option<bool> {
+    let v = req.headers().get(header::UPGRADE)?.as_bytes();
+    if v.eq_ignore_ascii_case(TUNNEL_PROTOCOL.as_bytes()) {
+        Some(false)
+    } else if v.eq_ignore_ascii_case(MUX_PROTOCOL.as_bytes()) {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 /// A hop tunnel's opening from the member at `peer`
@@ -409,10 +425,15 @@ fn opens_tunnel<B>(req: &Request<B>) -> bool {
 /// quiet for the idle time. Anything else is refused like a forged member
 /// header (403); an application that does not accept the connection is a
 /// 502 and the opener signs its requests one by one on another connection.
+///
+/// With `mux` (a multiplexed hop) the `101` comes at once and each stream
+/// the opener opens on the connection is such a tunnel: accepted once the
+/// application accepted a connection for it, refused otherwise.
 async fn accept_tunnel<S>(
     service: &Service,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    mux: bool,
 ) -> Response<ClientBody>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
@@ -433,6 +454,9 @@ where
     let super::Upstreams::Cluster { local, .. } = plan.upstreams else {
         return failure(service, ErrorKind::Unreachable, None);
     };
+    if mux {
+        return accept_mux::<S>(service, req, peer, local);
+    }
     let mut app = match upstream::tcp(local, plan.connect_timeout()).await {
         Ok(s) => s,
         Err(e) => {
@@ -469,6 +493,64 @@ where
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     resp.headers_mut()
         .insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+    resp
+}
+
+/// Answers a verified multiplexed hop's opening with `101` and drives the
+/// hop from then on: each stream is connected to `local` and relayed like
+/// a hop tunnel.
+fn accept_mux<S>(
+    service: &Service,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<ClientBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let plan = &*service.plan;
+    let idle = Duration::from_secs(u64::from(plan.limits.idle_timeout_s));
+    let connect = plan.connect_timeout();
+    let counters = service.counters.clone();
+    let opened = hyper::upgrade::on(&mut req);
+    StickyCounters::bump(&counters.sticky.muxes_in);
+    tokio::task::spawn_local(async move {
+        let Ok(hop) = opened.await else {
+            return;
+        };
+        let on_open: Box<dyn Fn(MuxStream)> = Box::new(move |stream| {
+            StickyCounters::bump(&counters.sticky.tunnels_in);
+            tokio::task::spawn_local(async move {
+                match upstream::tcp(local, connect).await {
+                    Ok(app) => {
+                        stream.accept();
+                        let ended = tunnel::splice(stream, app, idle).await;
+                        tracing::trace!(?ended, "hop stream ended");
+                    }
+                    Err(e) => {
+                        tracing::debug!(%local, error = %e, "local unreachable for a hop stream");
+                        stream.refuse();
+                    }
+                }
+            });
+        });
+        // Over plain TCP the driver reads the socket itself, not through
+        // the upgrade's boxed stream; bytes the opener sent early go first.
+        let end = match hop.downcast::<TokioIo<S>>() {
+            Ok(parts) => {
+                let io = tunnel::Rewind::new(parts.io.into_inner(), parts.read_buf);
+                Mux::new(io, idle, Some(on_open)).1.await
+            }
+            Err(hop) => Mux::new(TokioIo::new(hop), idle, Some(on_open)).1.await,
+        };
+        tracing::debug!(%peer, %end, "multiplexed hop ended");
+    });
+    let mut resp = Response::new(Either::Right(http_body_util::Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(MUX_PROTOCOL));
     resp
 }
 

@@ -30,6 +30,8 @@ use hyper_util::rt::TokioIo;
 use shoal_dataplane::array::member::{self, MemberKey, MEMBER_HEADER, TUNNEL_PROTOCOL};
 use tokio::net::TcpStream;
 
+use super::mux::Mux;
+
 /// The body of a request sent upstream: the client's, or none.
 pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
 
@@ -291,6 +293,90 @@ pub(super) async fn connect_tunnel(
     tls: Option<&tokio_rustls::TlsConnector>,
     open: &TunnelOpen<'_>,
 ) -> Result<SendRequest<UpBody>, ConnectError> {
+    let opening = async {
+        match open_hop(addr, timeout, tls, open, TUNNEL_PROTOCOL).await? {
+            HopIo::Tcp(stream) => handshake(stream).await,
+            HopIo::Upgraded(up) => handshake(TokioIo::new(up)).await,
+        }
+    };
+    tokio::time::timeout(timeout, opening)
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+/// A new multiplexed hop to the owner's dedicated address `addr`, opened
+/// like a hop tunnel but with `Upgrade: ` [`member::MUX_PROTOCOL`]; its
+/// driver runs on the worker until the connection ends or has had no
+/// stream for `idle`. The whole opening takes at most `timeout`.
+pub(super) async fn connect_mux(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    open: &TunnelOpen<'_>,
+    idle: Duration,
+) -> Result<Mux, ConnectError> {
+    let opened = tokio::time::timeout(
+        timeout,
+        open_hop(addr, timeout, tls, open, member::MUX_PROTOCOL),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout)??;
+    let mux = match opened {
+        HopIo::Tcp(stream) => spawn_mux(stream, idle),
+        HopIo::Upgraded(up) => spawn_mux(TokioIo::new(up), idle),
+    };
+    Ok(mux)
+}
+
+fn spawn_mux<S>(io: S, idle: Duration) -> Mux
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (mux, driver) = Mux::new(io, idle, None);
+    tokio::task::spawn_local(async move {
+        let end = driver.await;
+        tracing::debug!(%end, "multiplexed hop ended");
+    });
+    mux
+}
+
+/// A new HTTP/1 connection over a new stream of `mux`: `Refused(502)` when
+/// the owner's application did not accept a connection for it.
+pub(super) async fn connect_stream(mux: &Mux) -> Result<SendRequest<UpBody>, ConnectError> {
+    match mux.open().await? {
+        Some(stream) => {
+            // A sticky hop never upgrades (the forwarder drops `Upgrade`).
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await?;
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "hop stream ended with an error");
+                }
+            });
+            Ok(sender)
+        }
+        None => Err(ConnectError::Refused(StatusCode::BAD_GATEWAY.as_u16())),
+    }
+}
+
+/// An opened hop's stream: the TCP socket itself (nothing was buffered
+/// past the `101`), or the upgrade's stream (over TLS).
+enum HopIo {
+    Tcp(TcpStream),
+    Upgraded(hyper::upgrade::Upgraded),
+}
+
+/// Opens a hop to `addr` with `Upgrade: protocol`: one `GET` signed for
+/// this connection's source address (`member::tunnel_target`); the
+/// upgraded stream on `101`, [`ConnectError::Refused`] on any other answer.
+async fn open_hop(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    open: &TunnelOpen<'_>,
+    protocol: &'static str,
+) -> Result<HopIo, ConnectError> {
     let stream = tcp(addr, timeout).await?;
     let target = member::tunnel_target(stream.local_addr()?);
     let signature = member::sign(
@@ -311,33 +397,28 @@ pub(super) async fn connect_tunnel(
         .map_err(|_| ConnectError::Io(io::ErrorKind::InvalidInput.into()))?;
     headers.insert(header::HOST, host);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(protocol));
     if let Ok(v) = HeaderValue::try_from(signature) {
         headers.insert(MEMBER_HEADER, v);
     }
-    let opening = async {
-        let upgraded = match tls {
-            None => upgrade(stream, request).await?,
-            Some(connector) => {
-                let stream = connector
-                    .connect(super::tls::hop_name(addr), stream)
-                    .await
-                    .map_err(ConnectError::Tls)?;
-                upgrade(stream, request).await?
-            }
-        };
-        // Over plain TCP the tunnel speaks to the socket itself, not
-        // through the upgrade's boxed stream. The owner sends nothing
-        // after its `101` until it is asked, so nothing can be buffered.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) if parts.read_buf.is_empty() => handshake(parts.io.into_inner()).await,
-            Ok(_) => Err(ConnectError::Refused(101)),
-            Err(upgraded) => handshake(TokioIo::new(upgraded)).await,
+    let upgraded = match tls {
+        None => upgrade(stream, request).await?,
+        Some(connector) => {
+            let stream = connector
+                .connect(super::tls::hop_name(addr), stream)
+                .await
+                .map_err(ConnectError::Tls)?;
+            upgrade(stream, request).await?
         }
     };
-    tokio::time::timeout(timeout, opening)
-        .await
-        .map_err(|_| ConnectError::Timeout)?
+    // Over plain TCP the hop speaks to the socket itself, not through the
+    // upgrade's boxed stream. The owner sends nothing after its `101`
+    // until it is asked, so nothing can be buffered.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) if parts.read_buf.is_empty() => Ok(HopIo::Tcp(parts.io.into_inner())),
+        Ok(_) => Err(ConnectError::Refused(101)),
+        Err(upgraded) => Ok(HopIo::Upgraded(upgraded)),
+    }
 }
 
 /// Sends the tunnel's opening `request` over `stream`; the upgraded stream

@@ -77,6 +77,8 @@ async fn serve(setup: Setup) {
             pool: Rc::new(Pool::new(idle)),
             tunnels: Rc::new(Pool::new(idle)),
             untunneled: RefCell::new(Default::default()),
+            mux: RefCell::new(Default::default()),
+            unmuxed: RefCell::new(Default::default()),
             reports: reports.clone(),
         });
         pools.push(service.pool.clone());
