@@ -39,12 +39,17 @@
 //! without a copy, and the keys hold their HMAC state already keyed.
 //!
 //! Hops: a forward to an in-cluster owner goes over a hop tunnel, a pooled
-//! keep-alive connection opened with one signed `Upgrade` request
-//! (`member::tunnel_target`), which the owner relays to its application
-//! without parsing it. A signed hop per request would make a forward two
-//! full proxy passes (about twice a local request's CPU); over a tunnel
-//! the owner's part is a byte relay, and this member does to the answer
-//! what the owner would (`answered_for`). Requests are signed one by
+//! keep-alive connection to the owner's application, which the owner
+//! relays without parsing it. A signed hop per request would make a
+//! forward two full proxy passes (about twice a local request's CPU); over
+//! a tunnel the owner's part is a byte relay, and this member does to the
+//! answer what the owner would (`answered_for`). The tunnels to one owner
+//! are streams of one multiplexed connection per worker (`super::mux`,
+//! opened with one signed `Upgrade: shoal-mux/1` request,
+//! `member::tunnel_target`), so the requests and answers of many tunnels
+//! share each send and receive; to an owner that refuses that, each
+//! tunnel is a connection of its own, opened the same way
+//! (`shoal-tunnel/1`). Requests are signed one by
 //! one where the owner must decide: `hop_limit` above 1, `ocf` members,
 //! a client connection bound before its first forward, and owners that
 //! refuse tunnels (remembered for a while, `proxy::UNTUNNELED_FOR`).

@@ -116,6 +116,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stamped<S> {
     }
 }
 
+/// A stream whose first bytes were already read off it (`head`, what the
+/// HTTP/1 connection had buffered past an upgrade): reads give `head`
+/// first, then the stream's own.
+pub(super) struct Rewind<S> {
+    head: bytes::Bytes,
+    stream: S,
+}
+
+impl<S> Rewind<S> {
+    pub(super) fn new(stream: S, head: bytes::Bytes) -> Self {
+        Self { head, stream }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,53 +236,5 @@ mod tests {
             assert_eq!(splice(client, server, IDLE).await, Ended::Closed);
             assert!(started.elapsed() < IDLE);
         });
-    }
-}
-
-/// A stream whose first bytes were already read off it (`head`, what the
-/// HTTP/1 connection had buffered past an upgrade): reads give `head`
-/// first, then the stream's own.
-pub(super) struct Rewind<S> {
-    head: bytes::Bytes,
-    stream: S,
-}
-
-impl<S> Rewind<S> {
-    pub(super) fn new(stream: S, head: bytes::Bytes) -> Self {
-        Self { head, stream }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.head.is_empty() {
-            let n = this.head.len().min(buf.remaining());
-            buf.put_slice(&this.head.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

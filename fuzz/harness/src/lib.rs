@@ -27,6 +27,7 @@ pub mod classify;
 pub mod config;
 pub mod head;
 pub mod member;
+pub mod mux;
 pub mod pcap;
 pub mod route;
 pub mod seeds;
