@@ -488,8 +488,36 @@ fn hops_scenario() {
     assert!(cookie.starts_with("RQFW="), "{set}");
     eventually("m2 sees m1 up", || up(&m2));
 
-    // Forwarded twice to m1 over one tunnel: m1's application answers,
-    // sees m2 as the forwarder and no member header.
+    // Eight forwards at once before m2 has any hop to m1: they share one
+    // multiplexed hop, each on a tunnel of its own.
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let c = cookie.clone();
+            std::thread::spawn(move || http_get(vip2, &format!("Cookie: {c}\r\n")))
+        })
+        .collect();
+    for t in burst {
+        let a = t.join().expect("a client thread");
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (200, "m1"),
+            "forwarded to the owner"
+        );
+    }
+    assert_eq!(
+        counter(&m2, &["muxes_out"]),
+        1,
+        "one multiplexed hop for concurrent first forwards"
+    );
+    assert_eq!(counter(&m1, &["muxes_in"]), 1);
+    let tunnels = counter(&m2, &["tunnels_out"]);
+    assert!(
+        (1..=8).contains(&tunnels),
+        "{tunnels} tunnels for 8 requests"
+    );
+
+    // Forwarded twice more to m1 over a pooled tunnel: m1's application
+    // answers, sees m2 as the forwarder and no member header.
     for n in 1..=2 {
         let fwd = http_get(vip2, &format!("Cookie: {cookie}\r\n"));
         assert_eq!(fwd.status, 200, "{}", fwd.body);
@@ -505,16 +533,16 @@ fn hops_scenario() {
             fwd.header("set-cookie").is_empty(),
             "a fresh cookie is not renewed"
         );
-        assert_eq!(counter(&m2, &["forwarded"]), n);
-        assert_eq!(counter(&m2, &["coherent"]), n);
+        assert_eq!(counter(&m2, &["forwarded"]), 8 + n);
+        assert_eq!(counter(&m2, &["coherent"]), 8 + n);
     }
-    assert_eq!(counter(&m2, &["tunnels_out"]), 1, "the tunnel is pooled");
-    assert_eq!(counter(&m1, &["tunnels_in"]), 1);
     assert_eq!(
-        counter(&m2, &["muxes_out"]),
-        1,
-        "the tunnel is a stream of a multiplexed hop"
+        counter(&m2, &["tunnels_out"]),
+        tunnels,
+        "the tunnels are pooled"
     );
+    assert_eq!(counter(&m1, &["tunnels_in"]), tunnels);
+    assert_eq!(counter(&m2, &["muxes_out"]), 1);
     assert_eq!(counter(&m1, &["muxes_in"]), 1);
     assert_eq!(counter(&m1, &["hops_in"]), 0);
     assert_eq!(counter(&m1, &["coherent"]), 0);
@@ -534,11 +562,11 @@ fn hops_scenario() {
             "{}",
             fwd.header("x-member")
         );
-        assert_eq!(counter(&m2, &["forwarded"]), 2 + n);
+        assert_eq!(counter(&m2, &["forwarded"]), 10 + n);
         // A multiplexed hop, then a tunnel of its own: both refused once.
         assert_eq!(*openings.lock().unwrap(), ["shoal-mux/1", "shoal-tunnel/1"]);
     }
-    assert_eq!(counter(&m2, &["tunnels_out"]), 1);
+    assert_eq!(counter(&m2, &["tunnels_out"]), tunnels);
     assert_eq!(counter(&m2, &["errors", "connect_failed"]), 0);
     m2.stop();
 }

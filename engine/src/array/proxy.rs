@@ -108,12 +108,41 @@ pub(super) struct Service {
     pub untunneled: RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
     /// A sticky service's multiplexed hops, one per owner address: its hop
     /// tunnels are streams on it.
-    pub mux: RefCell<std::collections::HashMap<SocketAddr, Mux>>,
+    pub mux: RefCell<std::collections::HashMap<SocketAddr, MuxEntry>>,
     /// Owners that refused a multiplexed hop, and when: their tunnels get
     /// a connection each for [`UNTUNNELED_FOR`] (a member of an earlier
     /// release during a rolling upgrade).
     pub unmuxed: RefCell<std::collections::HashMap<SocketAddr, std::time::Instant>>,
     pub reports: mpsc::Sender<Report>,
+}
+
+/// A worker's multiplexed hop to one owner.
+pub(super) enum MuxEntry {
+    /// Being opened; woken when the opening ends, however it ends.
+    Opening(Rc<tokio::sync::Notify>),
+    /// Open (until it fails).
+    Open(Mux),
+}
+
+/// Ends an opening [`Service::hop_mux`] started, also when the request
+/// that started it is dropped half-way: its `Opening` entry removed (unless
+/// the opening replaced it) and every request waiting on it woken.
+struct OpeningGuard<'a> {
+    map: &'a RefCell<std::collections::HashMap<SocketAddr, MuxEntry>>,
+    addr: SocketAddr,
+    notify: Rc<tokio::sync::Notify>,
+}
+
+impl Drop for OpeningGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.borrow_mut();
+        if let Some(MuxEntry::Opening(n)) = map.get(&self.addr) {
+            if Rc::ptr_eq(n, &self.notify) {
+                map.remove(&self.addr);
+            }
+        }
+        self.notify.notify_waiters();
+    }
 }
 
 /// Whether `addr` is in `refused` from less than [`UNTUNNELED_FOR`] ago
@@ -156,43 +185,13 @@ impl Service {
         open: &upstream::TunnelOpen<'_>,
     ) -> Result<SendRequest<UpBody>, upstream::ConnectError> {
         let timeout = self.plan.connect_timeout();
-        if refused_within(&self.unmuxed, addr) {
-            return upstream::connect_tunnel(addr, timeout, tls, open).await;
-        }
-        let idle = Duration::from_secs(u64::from(self.plan.limits.idle_timeout_s));
-        for _ in 0..2 {
-            let kept = self
-                .mux
-                .borrow()
-                .get(&addr)
-                .filter(|m| !m.failed())
-                .cloned();
-            let fresh = kept.is_none();
-            let mux = match kept {
-                Some(m) => m,
-                None => match upstream::connect_mux(addr, timeout, tls, open, idle).await {
-                    Ok(m) => {
-                        self.counters
-                            .sticky
-                            .muxes_out
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.mux.borrow_mut().insert(addr, m.clone());
-                        m
-                    }
-                    Err(upstream::ConnectError::Refused(status @ 400..=499)) => {
-                        tracing::info!(%addr, status, "the member refused a multiplexed hop: a connection per hop tunnel for a minute");
-                        self.unmuxed
-                            .borrow_mut()
-                            .insert(addr, std::time::Instant::now());
-                        return upstream::connect_tunnel(addr, timeout, tls, open).await;
-                    }
-                    Err(e) => return Err(e),
-                },
+        for attempt in 0..2 {
+            let Some(mux) = self.hop_mux(addr, tls, open).await? else {
+                return upstream::connect_tunnel(addr, timeout, tls, open).await;
             };
             match tokio::time::timeout(timeout, upstream::connect_stream(&mux)).await {
-                Ok(Err(upstream::ConnectError::Io(_))) if !fresh => {
-                    self.mux.borrow_mut().remove(&addr);
-                }
+                // The hop failed since it was last used: once more, on a new one.
+                Ok(Err(upstream::ConnectError::Io(_))) if attempt == 0 => {}
                 Ok(made) => return made,
                 Err(_) => return Err(upstream::ConnectError::Timeout),
             }
@@ -200,6 +199,64 @@ impl Service {
         Err(upstream::ConnectError::Io(
             std::io::ErrorKind::ConnectionReset.into(),
         ))
+    }
+
+    /// This worker's multiplexed hop to `addr`: the one open, else one
+    /// opened now (requests that need it meanwhile wait for that opening
+    /// rather than open their own); `None` when the owner refuses them.
+    async fn hop_mux(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        open: &upstream::TunnelOpen<'_>,
+    ) -> Result<Option<Mux>, upstream::ConnectError> {
+        let timeout = self.plan.connect_timeout();
+        loop {
+            if refused_within(&self.unmuxed, addr) {
+                return Ok(None);
+            }
+            let opening = match self.mux.borrow().get(&addr) {
+                Some(MuxEntry::Open(m)) if !m.failed() => return Ok(Some(m.clone())),
+                Some(MuxEntry::Opening(n)) => n.clone(),
+                _ => break,
+            };
+            // Created before anything else runs: the opener's wake-up
+            // cannot be missed.
+            let woken = opening.notified();
+            tokio::time::timeout(timeout, woken)
+                .await
+                .map_err(|_| upstream::ConnectError::Timeout)?;
+        }
+        let notify = Rc::new(tokio::sync::Notify::new());
+        self.mux
+            .borrow_mut()
+            .insert(addr, MuxEntry::Opening(notify.clone()));
+        let _opening = OpeningGuard {
+            map: &self.mux,
+            addr,
+            notify,
+        };
+        let idle = Duration::from_secs(u64::from(self.plan.limits.idle_timeout_s));
+        match upstream::connect_mux(addr, timeout, tls, open, idle).await {
+            Ok(m) => {
+                self.counters
+                    .sticky
+                    .muxes_out
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.mux
+                    .borrow_mut()
+                    .insert(addr, MuxEntry::Open(m.clone()));
+                Ok(Some(m))
+            }
+            Err(upstream::ConnectError::Refused(status @ 400..=499)) => {
+                tracing::info!(%addr, status, "the member refused a multiplexed hop: a connection per hop tunnel for a minute");
+                self.unmuxed
+                    .borrow_mut()
+                    .insert(addr, std::time::Instant::now());
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The view in force (one atomic load unless it moved).
