@@ -627,6 +627,25 @@ mod tests {
         (opener, opener_end, owner)
     }
 
+    /// An opener and an owner that accepts every stream and hands it
+    /// over, over a connection buffering `buffer` bytes each way.
+    fn accepting(buffer: usize) -> (Mux, tokio::sync::mpsc::UnboundedReceiver<MuxStream>) {
+        let (a, b) = tokio::io::duplex(buffer);
+        let (opener, d1) = Mux::new(a, Duration::from_secs(30), None);
+        tokio::task::spawn_local(d1);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let on_open: Box<dyn Fn(MuxStream)> = Box::new(move |s: MuxStream| {
+            s.accept();
+            let _ = tx.send(s);
+        });
+        let (owner, d2) = Mux::new(b, Duration::from_secs(30), Some(on_open));
+        tokio::task::spawn_local(async move {
+            let _owner = owner;
+            d2.await
+        });
+        (opener, rx)
+    }
+
     async fn echo(stream: &mut MuxStream, bytes: &[u8]) -> Vec<u8> {
         stream.write_all(bytes).await.expect("write");
         let mut back = vec![0u8; bytes.len()];
@@ -666,16 +685,7 @@ mod tests {
     #[test]
     fn a_stream_never_has_more_than_a_window_in_flight() {
         run(false, async {
-            let (a, b) = tokio::io::duplex(1024 * 1024);
-            let (opener, d1) = Mux::new(a, Duration::from_secs(30), None);
-            tokio::task::spawn_local(d1);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let on_open: Box<dyn Fn(MuxStream)> = Box::new(move |s: MuxStream| {
-                s.accept();
-                let _ = tx.send(s);
-            });
-            let (_owner, d2) = Mux::new(b, Duration::from_secs(30), Some(on_open));
-            tokio::task::spawn_local(d2);
+            let (opener, mut rx) = accepting(1024 * 1024);
             let mut s = opener.open().await.expect("open").expect("accepted");
             let mut far = rx.recv().await.expect("the owner's stream");
             // Nobody reads the far side: writes stop at the window.
@@ -724,16 +734,7 @@ mod tests {
     #[test]
     fn a_dropped_stream_is_reset_at_the_other_end() {
         run(false, async {
-            let (a, b) = tokio::io::duplex(64 * 1024);
-            let (opener, d1) = Mux::new(a, Duration::from_secs(30), None);
-            tokio::task::spawn_local(d1);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let on_open: Box<dyn Fn(MuxStream)> = Box::new(move |s: MuxStream| {
-                s.accept();
-                let _ = tx.send(s);
-            });
-            let (_owner, d2) = Mux::new(b, Duration::from_secs(30), Some(on_open));
-            tokio::task::spawn_local(d2);
+            let (opener, mut rx) = accepting(64 * 1024);
             let s = opener.open().await.expect("open").expect("accepted");
             let mut far = rx.recv().await.expect("the owner's stream");
             drop(s);

@@ -492,12 +492,17 @@ where
         };
         tracing::debug!(%peer, ?ended, "hop tunnel ended");
     });
+    switching(TUNNEL_PROTOCOL)
+}
+
+/// The `101` that opens a hop with `Upgrade: protocol`.
+fn switching(protocol: &'static str) -> Response<ClientBody> {
     let mut resp = Response::new(Either::Right(http_body_util::Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     resp.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(TUNNEL_PROTOCOL));
+        .insert(header::UPGRADE, HeaderValue::from_static(protocol));
     resp
 }
 
@@ -550,13 +555,7 @@ where
         };
         tracing::debug!(%peer, %end, "multiplexed hop ended");
     });
-    let mut resp = Response::new(Either::Right(http_body_util::Full::new(Bytes::new())));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    resp.headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(MUX_PROTOCOL));
-    resp
+    switching(MUX_PROTOCOL)
 }
 
 /// Whether an `Authorization` or `WWW-Authenticate` value starts a
