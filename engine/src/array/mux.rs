@@ -161,6 +161,11 @@ impl Mux {
         self.shared.borrow().failed
     }
 
+    /// Whether the connection carries [`MAX_STREAMS`] streams already.
+    pub(super) fn full(&self) -> bool {
+        self.shared.borrow().slots.len() >= MAX_STREAMS
+    }
+
     /// Opens a stream: `Ok(Some)` once the owner accepted it, `Ok(None)`
     /// when it refused (its application did not accept a connection), an
     /// error when the connection failed or has too many streams. The caller

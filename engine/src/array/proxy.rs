@@ -176,8 +176,9 @@ impl Service {
 
     /// A new hop tunnel to the owner at `addr`: a stream on this worker's
     /// multiplexed hop to it (opened when there is none, or again once if
-    /// the one kept turns out gone), or a connection of its own to an owner
-    /// that refused multiplexed hops less than [`UNTUNNELED_FOR`] ago.
+    /// the one kept turns out gone), or a connection of its own when that
+    /// hop is full or the owner refused multiplexed hops less than
+    /// [`UNTUNNELED_FOR`] ago.
     async fn connect_hop(
         &self,
         addr: SocketAddr,
@@ -186,8 +187,10 @@ impl Service {
     ) -> Result<SendRequest<UpBody>, upstream::ConnectError> {
         let timeout = self.plan.connect_timeout();
         for attempt in 0..2 {
-            let Some(mux) = self.hop_mux(addr, tls, open).await? else {
-                return upstream::connect_tunnel(addr, timeout, tls, open).await;
+            let mux = match self.hop_mux(addr, tls, open).await? {
+                Some(m) if !m.full() => m,
+                // Refused, or as many tunnels on it as it takes: one of its own.
+                _ => return upstream::connect_tunnel(addr, timeout, tls, open).await,
             };
             match tokio::time::timeout(timeout, upstream::connect_stream(&mux)).await {
                 // The hop failed since it was last used: once more, on a new one.
