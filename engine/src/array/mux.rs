@@ -287,11 +287,7 @@ impl AsyncRead for MuxStream {
             slot.unacked += n as u32;
             if slot.unacked >= CREDIT_AT && !failed {
                 let give = std::mem::take(&mut slot.unacked);
-                let c = frame::credit(id, give);
-                sh.out.extend_from_slice(&c);
-                if let Some(w) = sh.driver.take() {
-                    w.wake();
-                }
+                sh.queue(id, Kind::Credit, &give.to_be_bytes());
             }
             return Poll::Ready(Ok(()));
         }

@@ -462,7 +462,7 @@ where
     if mux {
         return accept_mux::<S>(service, req, peer, local);
     }
-    let mut app = match upstream::tcp(local, plan.connect_timeout()).await {
+    let app = match upstream::tcp(local, plan.connect_timeout()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%local, error = %e, "local unreachable for a hop tunnel");
@@ -480,13 +480,8 @@ where
         // the upgrade's boxed stream; bytes the opener sent early go first.
         let ended = match hop.downcast::<TokioIo<S>>() {
             Ok(parts) => {
-                if !parts.read_buf.is_empty() {
-                    use tokio::io::AsyncWriteExt as _;
-                    if app.write_all(&parts.read_buf).await.is_err() {
-                        return;
-                    }
-                }
-                tunnel::splice(parts.io.into_inner(), app, idle).await
+                let hop = tunnel::Rewind::new(parts.io.into_inner(), parts.read_buf);
+                tunnel::splice(hop, app, idle).await
             }
             Err(hop) => tunnel::splice(TokioIo::new(hop), app, idle).await,
         };
