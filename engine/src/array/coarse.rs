@@ -1,20 +1,21 @@
 //! A proxy worker's coarse timer: the deadlines every request arms (the
 //! first byte of the upstream's answer, the HTTP library's bound on reading
 //! a request head) kept at a granularity of [`GRAIN`] in a per-thread
-//! table, with no clock read, no lock and no allocation per deadline.
+//! table, with one clock read (the vDSO's, no system call), no lock and no
+//! allocation per deadline.
 //!
-//! The runtime's own timer reads the clock for every deadline and takes
-//! its driver's lock to arm and again to disarm one; at tens of thousands
-//! of requests a second that was a few percent of a request's CPU. Here a
-//! worker's [`drive`] task reads the clock once per grain while deadlines
-//! are armed (and sleeps while none is), and fires those that are due.
+//! The runtime's own timer takes its driver's lock to arm and again to
+//! disarm a deadline; at tens of thousands of requests a second that was a
+//! few percent of a request's CPU. Here a worker's [`drive`] task reads the
+//! clock once per grain while deadlines are armed (and sleeps while none
+//! is), and fires those that are due. Arming reads the clock itself: the
+//! driver's last reading lags by as long as the system did not run the
+//! worker (a loaded host, a paused VM), and a deadline armed from it would
+//! fire early by that much.
 //!
 //! Guarantees:
-//! - a deadline fires at most two grains (plus the worker's scheduling
-//!   delay) after it is due, and never before, as long as the worker polls
-//!   its driver at least once a grain (a worker that goes longer without
-//!   yielding arms deadlines from a clock that lags by that much more, and
-//!   they fire early by at most that lag);
+//! - a deadline fires never before it is due, and at most two grains
+//!   (plus the worker's scheduling delay) after;
 //! - arming, re-arming and disarming cost a table lookup (`O(log n)` in
 //!   the number of distinct due grains, a handful under load) and reuse
 //!   freed slots;
@@ -121,12 +122,12 @@ impl Wheel {
         self.now.set(grains_floor(elapsed));
     }
 
-    /// The current grain: `now` while the driver keeps it current, else a
-    /// fresh reading.
+    /// The current grain, from a fresh reading. The driver's last reading
+    /// is not enough: the system may not have run this thread since (a
+    /// loaded host, a paused VM), and a deadline armed from it would fire
+    /// early by as long as the thread was held off.
     fn current(&self) -> u64 {
-        if self.parked.get() {
-            self.refresh();
-        }
+        self.refresh();
         self.now.get()
     }
 
@@ -357,7 +358,7 @@ impl Drop for Sleep {
 impl hyper::rt::Sleep for Sleep {}
 
 /// The coarse clock: the instant of the current grain (never ahead of
-/// the real clock, less than a grain behind while deadlines are armed).
+/// the real clock, less than a grain behind).
 pub(super) fn now() -> Instant {
     WHEEL.with(|w| {
         let grains = w.current();
@@ -505,6 +506,48 @@ mod tests {
             let took = fires_after(Duration::from_millis(200)).await;
             assert!(took >= Duration::from_millis(200), "{took:?}");
             assert!(took <= Duration::from_millis(200) + 2 * GRAIN, "{took:?}");
+        });
+    }
+
+    #[test]
+    fn a_worker_held_off_its_core_arms_from_the_real_clock() {
+        // Real time: the thread blocks, as when the system does not run the
+        // worker for a while (a loaded host, a paused VM), with deadlines
+        // armed so the driver is awake and the coarse clock is not read
+        // again until it runs. A deadline armed the moment the worker runs
+        // again must still wait its whole time.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            tokio::task::spawn_local(drive());
+            // The driver parks (nothing armed), then wakes for this one.
+            tokio::task::yield_now().await;
+            let _keeps_the_driver_awake = Sleep::after(Duration::from_secs(60));
+            tokio::time::sleep(3 * GRAIN).await;
+            assert!(!WHEEL.with(|w| w.parked.get()), "the driver is awake");
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(150));
+                let armed_at = std::time::Instant::now();
+                Sleep::after(Duration::from_millis(100)).await;
+                let took = armed_at.elapsed();
+                assert!(took >= Duration::from_millis(100), "fired after {took:?}");
+                // Also through the HTTP library's timer, which computes its
+                // deadlines from `now()`.
+                std::thread::sleep(Duration::from_millis(150));
+                let armed_at = std::time::Instant::now();
+                let timer = Timer;
+                timer
+                    .sleep_until(timer.now() + Duration::from_millis(100))
+                    .await;
+                let took = armed_at.elapsed();
+                assert!(
+                    took >= Duration::from_millis(100),
+                    "the HTTP timer fired after {took:?}"
+                );
+            }
         });
     }
 
