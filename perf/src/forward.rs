@@ -32,8 +32,12 @@
 //! CPU per request is the schedstat CPU time of every `shoal-proxy-*`
 //! thread on both hosts (a forward costs on the receiver and the owner),
 //! or of every HAProxy thread, over wrk's requests. Latency percentiles are
-//! wrk's. Cases are interleaved for `rounds` rounds and each figure is the
-//! median.
+//! wrk's. Cases are interleaved for `rounds` rounds and each case's figure
+//! is the median of its rounds. The ratios are the median of the rounds'
+//! ratios: the two cases of a ratio run back to back in each round, so a
+//! ratio taken within a round is not moved by the machine's speed drifting
+//! between rounds (on a shared VM a case's CPU per request drifts by a
+//! third between runs, both cases of a round moving together).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,8 +95,15 @@ pub struct ForwardCase {
 pub struct ForwardReport {
     /// Per case.
     pub cases: Vec<ForwardCase>,
-    /// forwarded ÷ local CPU per request.
+    /// forwarded ÷ local CPU per request (median of the rounds' ratios,
+    /// as every ratio here).
     pub forward_cpu_ratio: f64,
+    /// Each round's forwarded ÷ local.
+    #[serde(default)]
+    pub forward_cpu_ratio_rounds: Vec<f64>,
+    /// Each round's local ÷ HAProxy.
+    #[serde(default)]
+    pub local_vs_haproxy_cpu_ratio_rounds: Vec<f64>,
     /// What a forward adds: forwarded − local CPU nanoseconds per request.
     pub forward_added_cpu_ns_per_request: f64,
     /// local_https ÷ local CPU per request.
@@ -550,6 +561,23 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     drop(procs);
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+    // Each round's ratio of two cases' CPU per request.
+    let rounds_ratio = |a: &str, b: &str| -> Vec<f64> {
+        let of = |n: &str| cases.iter().position(|c| c.0 == n).map(|i| &samples[i]);
+        match (of(a), of(b)) {
+            (Some(a), Some(b)) => a
+                .iter()
+                .zip(b)
+                .filter(|(_, b)| b.cpu_ns > 0.0)
+                .map(|(a, b)| a.cpu_ns / b.cpu_ns)
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let forward_rounds = rounds_ratio("forwarded", "local");
+    let https_rounds = rounds_ratio("local_https", "local");
+    let haproxy_rounds = rounds_ratio("local", "haproxy_cookie_insert");
+    let haproxy_ff_rounds = rounds_ratio("local", "haproxy_forwardfor");
     let out: Vec<ForwardCase> = cases
         .iter()
         .zip(samples)
@@ -569,13 +597,14 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
             .find(|c| c.case == n)
             .map_or(0.0, |c| c.cpu_ns_per_request)
     };
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Ok(ForwardReport {
-        forward_cpu_ratio: ratio(cpu("forwarded"), cpu("local")),
+        forward_cpu_ratio: median(forward_rounds.clone()),
+        forward_cpu_ratio_rounds: forward_rounds,
         forward_added_cpu_ns_per_request: cpu("forwarded") - cpu("local"),
-        https_cpu_ratio: ratio(cpu("local_https"), cpu("local")),
-        local_vs_haproxy_cpu_ratio: ratio(cpu("local"), cpu("haproxy_cookie_insert")),
-        local_vs_haproxy_forwardfor_cpu_ratio: ratio(cpu("local"), cpu("haproxy_forwardfor")),
+        https_cpu_ratio: median(https_rounds),
+        local_vs_haproxy_cpu_ratio: median(haproxy_rounds.clone()),
+        local_vs_haproxy_cpu_ratio_rounds: haproxy_rounds,
+        local_vs_haproxy_forwardfor_cpu_ratio: median(haproxy_ff_rounds),
         cases: out,
         discarded_forwarded_rounds: discarded,
         connections,
@@ -615,6 +644,17 @@ pub fn markdown(r: &ForwardReport) -> String {
         r.https_cpu_ratio,
         r.local_vs_haproxy_cpu_ratio,
         r.local_vs_haproxy_forwardfor_cpu_ratio
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    s += &format!(
+        "rounds: forwarded / local {}; local / HAProxy {}\n",
+        list(&r.forward_cpu_ratio_rounds),
+        list(&r.local_vs_haproxy_cpu_ratio_rounds)
     );
     s += &format!(
         "a forward adds {:.0} ns per request",
