@@ -73,7 +73,8 @@ struct Wheel {
     origin: Cell<Option<Instant>>,
     /// Whole grains since `origin` at the driver's last reading.
     now: Cell<u64>,
-    /// Whether the driver is asleep (nothing armed): `now` may be stale.
+    /// Whether the driver is asleep (nothing armed): the next deadline
+    /// armed wakes it.
     parked: Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
