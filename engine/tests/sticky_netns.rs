@@ -570,3 +570,356 @@ fn hops_scenario() {
     assert_eq!(counter(&m2, &["errors", "connect_failed"]), 0);
     m2.stop();
 }
+
+#[test]
+fn sticky_relay_frames_rewrites_and_fails_like_the_full_path() {
+    if !require("sticky_relay", &[Need::Root, Need::Netns]) {
+        return;
+    }
+    netns("relay", relay_scenario);
+}
+
+/// A scripted application at `addr` on plain sockets: each request's path
+/// picks an answer (see `relay_scenario`); it counts the connections it
+/// accepted.
+fn scripted_app(addr: SocketAddr, accepted: Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the application");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then a Content-Length body.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf[end..end + length].to_vec();
+                    buf.drain(..end + length);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let answer: Vec<u8> = match path.as_str() {
+                        "/cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-app\r\nx-app: secret\r\n\r\nhello".to_vec(),
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n3\r\nefg\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
+                        "/echo" => {
+                            let mut text = head.clone().into_bytes();
+                            text.extend_from_slice(&body);
+                            let mut a = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nSet-Cookie: JSESSIONID=1\r\n\r\n", text.len()).into_bytes();
+                            a.extend_from_slice(&text);
+                            a
+                        }
+                        "/close" => {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+                            return;
+                        }
+                        "/short" => {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b");
+                            return;
+                        }
+                        "/garbage" => b"SPDY/9 200 OK\r\n\r\n".to_vec(),
+                        "/slow" => {
+                            std::thread::sleep(Duration::from_secs(2));
+                            return;
+                        }
+                        "/then-close" => {
+                            // Answers, then closes the idle connection
+                            // without saying so.
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                            std::thread::sleep(Duration::from_millis(50));
+                            return;
+                        }
+                        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    };
+                    if conn.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Reads one response off `stream` (`head_only`: a response to HEAD):
+/// its head, and its body as framed by Content-Length or chunks (decoded),
+/// or to the end of the stream. `None` when the stream ends first.
+fn read_answer(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Answer> {
+    let fill = |stream: &mut TcpStream, pending: &mut Vec<u8>| -> bool {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    };
+    let end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(stream, pending) {
+            return None;
+        }
+    };
+    let mut answer = parse(&pending[..end]);
+    let head: Vec<u8> = pending.drain(..end).collect();
+    let _ = head;
+    if (100..200).contains(&answer.status) || answer.status == 204 || answer.status == 304 {
+        answer.body.clear();
+    } else if answer.header("transfer-encoding") == "chunked" {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !fill(stream, pending) {
+                    return None;
+                }
+            };
+            let line = String::from_utf8_lossy(&pending[..line_end]).into_owned();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).ok()?;
+            pending.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers up to the empty line.
+                loop {
+                    if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+                        let empty = i == 0;
+                        pending.drain(..i + 2);
+                        if empty {
+                            break;
+                        }
+                    } else if !fill(stream, pending) {
+                        return None;
+                    }
+                }
+                break;
+            }
+            while pending.len() < size + 2 {
+                if !fill(stream, pending) {
+                    return None;
+                }
+            }
+            body.extend_from_slice(&pending[..size]);
+            pending.drain(..size + 2);
+        }
+        answer.body = String::from_utf8_lossy(&body).into_owned();
+    } else if let Ok(n) = answer.header("content-length").parse::<usize>() {
+        while pending.len() < n {
+            if !fill(stream, pending) {
+                return None;
+            }
+        }
+        answer.body = String::from_utf8_lossy(&pending[..n]).into_owned();
+        pending.drain(..n);
+    } else {
+        while fill(stream, pending) {}
+        answer.body = String::from_utf8_lossy(pending).into_owned();
+        pending.clear();
+    }
+    Some(answer)
+}
+
+fn relay_scenario() {
+    let port = 8090;
+    let vip: SocketAddr = format!("10.77.0.100:{port}").parse().unwrap();
+    let local: SocketAddr = format!("10.77.0.21:{port}").parse().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    scripted_app(local, accepted.clone());
+    let text = CONFIG
+        .replace("PORT", &port.to_string())
+        .replace("VIP", "10.77.0.100")
+        .replace("LOCAL", &local.to_string())
+        .replace("TLS", "")
+        .replace(
+            "connect_timeout_ms = 500",
+            "connect_timeout_ms = 500\nfirst_byte_timeout_ms = 500",
+        );
+    let config = shoal_config::parse(&text, Path::new("sticky-relay.toml"))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let tier = start(&config, 1);
+    let connect = || {
+        let s = TcpStream::connect(vip).expect("connect to the service");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+
+    // Three pipelined requests in one write, the last with a body and
+    // spoofed forwarding fields: answered in order on one connection.
+    let mut c = connect();
+    let mut pending = Vec::new();
+    c.write_all(
+        b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+          GET /chunked HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+          Forwarded: for=6.6.6.6\r\nshoal-hops: 0\r\nTE: trailers\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .unwrap();
+    let a = read_answer(&mut c, &mut pending).expect("answer to /cl");
+    assert_eq!((a.status, a.body.as_str()), (200, "hello"));
+    // Hop-by-hop fields and those `Connection` names are gone; Via,
+    // the serving member and the cookie are added.
+    assert_eq!(
+        a.header("x-app"),
+        "",
+        "a field named by Connection was relayed"
+    );
+    assert_eq!(a.header("connection"), "");
+    assert!(a.header("via").contains("m1"), "{:?}", a.headers);
+    assert_eq!(a.header("x-shoal-served-by"), "m1");
+    assert!(
+        a.header("set-cookie").starts_with("RQFW="),
+        "{:?}",
+        a.headers
+    );
+    let a = read_answer(&mut c, &mut pending).expect("answer to /chunked");
+    assert_eq!((a.status, a.body.as_str()), (200, "abcdefg"));
+    let a = read_answer(&mut c, &mut pending).expect("answer to /echo");
+    assert_eq!(a.status, 200);
+    let seen = a.body.to_ascii_lowercase();
+    assert!(seen.starts_with("post /echo http/1.1\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n\r\nhello world"), "{seen}");
+    assert!(
+        !seen.contains("6.6.6.6"),
+        "a spoofed address reached the application: {seen}"
+    );
+    assert!(
+        !seen.contains("shoal-hops") && !seen.contains("\r\nte:"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-for: 10.77.0.100"), "{seen}");
+    assert!(seen.contains("forwarded: for=10.77.0.100"), "{seen}");
+    assert!(seen.contains("\r\nhost: shop.test\r\n"), "{seen}");
+    // The application's own session cookie is relayed beside the pin.
+    assert!(a.headers.contains_key("set-cookie"));
+    let relayed = counter(&tier, &["requests"]);
+    assert!(relayed >= 3, "requests counted: {relayed}");
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Keep-alive upstream: the next requests reuse the application's
+    // connection.
+    for _ in 0..5 {
+        c.write_all(b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .unwrap();
+        let a = read_answer(&mut c, &mut pending).expect("answer");
+        assert_eq!(a.body, "hello");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "a pooled connection was not reused"
+    );
+
+    // A malformed answer is a 502 and the client connection goes on; a
+    // silent application a 504; both counted as failed.
+    let failed = counter(&tier, &["failed"]);
+    c.write_all(b"GET /garbage HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut c, &mut pending).expect("answer to /garbage");
+    assert_eq!(a.status, 502, "{}", a.body);
+    c.write_all(b"GET /slow HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut c, &mut pending).expect("answer to /slow");
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert_eq!(counter(&tier, &["failed"]), failed + 2);
+    c.write_all(b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_answer(&mut c, &mut pending)
+            .expect("after the errors")
+            .body,
+        "hello"
+    );
+
+    // An idle upstream connection the application closed is not used
+    // again: the next request goes on a new one and succeeds.
+    let mut d = connect();
+    let mut pd = Vec::new();
+    d.write_all(b"GET /then-close HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut d, &mut pd).expect("then-close").body, "ok");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        d.write_all(b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            read_answer(&mut d, &mut pd).expect("after the close").body,
+            "hello"
+        );
+    }
+
+    // A close-delimited answer: relayed to its end, then the client
+    // connection closes.
+    let mut e = connect();
+    let mut pe = Vec::new();
+    e.write_all(b"GET /close HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut e, &mut pe).expect("close-delimited");
+    assert_eq!(
+        (a.status, a.body.as_str(), a.header("connection")),
+        (200, "until the end", "close")
+    );
+
+    // An answer cut short after its head: the client connection is
+    // aborted, never completed.
+    let mut f = connect();
+    f.write_all(b"GET /short HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = f.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("only ten b"), "{text}");
+
+    // What the relay does not take, the full path does, on the same
+    // connection: HTTP/1.0, and `Expect: 100-continue`.
+    let mut g = connect();
+    g.write_all(b"GET /cl HTTP/1.0\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = g.read_to_end(&mut got);
+    let a = parse(&got);
+    assert_eq!((a.status, a.body.as_str()), (200, "hello"));
+    let mut h = connect();
+    let mut ph = Vec::new();
+    h.write_all(b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_answer(&mut h, &mut ph).expect("relayed").body, "hello");
+    h.write_all(b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+    let a = read_answer(&mut h, &mut ph).expect("100 Continue");
+    assert_eq!(a.status, 100);
+    h.write_all(b"hi").unwrap();
+    let a = read_answer(&mut h, &mut ph)
+        .unwrap_or_else(|| panic!("answer after 100: {:?}", String::from_utf8_lossy(&ph)));
+    assert_eq!(a.status, 200);
+    assert!(a.body.ends_with("\r\n\r\nhi"), "{}", a.body);
+    // A head the strict parser refuses: the full path answers 400.
+    let mut i = connect();
+    i.write_all(b"GET /cl HTTP/1.1\r\nHost : shop.test\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = i.read_to_end(&mut got);
+    assert_eq!(parse(&got).status, 400, "{}", String::from_utf8_lossy(&got));
+    drop(tier);
+}

@@ -9,8 +9,10 @@
 //! membership table and PAC script an array publishes ([`render`]), the
 //! authenticated member-to-member hop header ([`member`]) and loop
 //! detection through `Via` and `CDN-Loop` ([`hop`]); sticky sessions with
-//! the request forwarder ([`sticky`]), and the back-end pickers of
-//! `route = "clb"` services ([`clb`]).
+//! the request forwarder ([`sticky`]), the back-end pickers of
+//! `route = "clb"` services ([`clb`]), and the HTTP/1.1 message framing a
+//! byte relay follows: head parsing, body framing and where a body ends
+//! ([`h1`]).
 //!
 //! Guarantees: no I/O, no clock, no HTTP library; a decision is a pure
 //! function of the member set and the request target and does not
@@ -20,6 +22,7 @@
 
 pub mod carp;
 pub mod clb;
+pub mod h1;
 pub mod head;
 pub mod hop;
 pub mod member;

@@ -68,6 +68,7 @@ pub mod counters;
 mod health;
 mod mux;
 mod proxy;
+mod relay;
 pub mod sticky;
 pub mod tls;
 mod tunnel;
@@ -154,7 +155,7 @@ impl ServicePlan {
 
     /// The connector of hops to `addr`: with `backend_tls`, every upstream
     /// of a sticky service but its `local`.
-    fn hop_tls(&self, addr: SocketAddr) -> Option<&tokio_rustls::TlsConnector> {
+    pub(super) fn hop_tls(&self, addr: SocketAddr) -> Option<&tokio_rustls::TlsConnector> {
         let connector = self.sticky.as_ref()?.tls.as_ref()?.connector.as_ref()?;
         match self.upstreams {
             Upstreams::Cluster { local, .. } if local == addr => None,

@@ -233,6 +233,16 @@ pub(super) struct MuxStream {
 }
 
 impl MuxStream {
+    /// Whether the stream is open both ways with nothing unread on it (an
+    /// idle stream that may carry another exchange).
+    pub(super) fn quiet(&self) -> bool {
+        let sh = self.shared.borrow();
+        !sh.failed
+            && sh.slots.get(&self.id).is_some_and(|s| {
+                s.unread == 0 && !s.eof && !s.closed && !s.reset && s.inbound.is_empty()
+            })
+    }
+
     /// The owner's side: the stream is connected to the application.
     pub(super) fn accept(&self) {
         self.shared.borrow_mut().queue(self.id, Kind::Accept, &[]);

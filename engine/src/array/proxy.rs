@@ -207,7 +207,7 @@ impl Service {
     /// This worker's multiplexed hop to `addr`: the one open, else one
     /// opened now (requests that need it meanwhile wait for that opening
     /// rather than open their own); `None` when the owner refuses them.
-    async fn hop_mux(
+    pub(super) async fn hop_mux(
         &self,
         addr: SocketAddr,
         tls: Option<&tokio_rustls::TlsConnector>,

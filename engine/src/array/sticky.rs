@@ -184,7 +184,7 @@ pub struct StickyCounters {
 }
 
 impl StickyCounters {
-    fn bump(c: &AtomicU64) {
+    pub(super) fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -321,7 +321,7 @@ impl StickyPlan {
             .then(|| tls.acceptor.clone())
     }
 
-    fn name_of(&self, host: HostId) -> Option<&HeaderValue> {
+    pub(super) fn name_of(&self, host: HostId) -> Option<&HeaderValue> {
         self.names.iter().find(|(h, _)| *h == host).map(|(_, v)| v)
     }
 }
@@ -336,6 +336,66 @@ pub(super) struct Client {
     rendered: RefCell<Option<Rendered>>,
     /// The sticky cookie value last verified on this connection.
     verified: RefCell<cookie::Verified>,
+}
+
+impl Client {
+    /// A client connection from `peer`.
+    pub(super) fn new(peer: SocketAddr) -> Self {
+        Client {
+            peer,
+            bound: RefCell::new(None),
+            rendered: RefCell::new(None),
+            verified: RefCell::new(cookie::Verified::default()),
+        }
+    }
+
+    /// The sticky cookie this connection verified last (checked again
+    /// only when a request carries another value).
+    pub(super) fn verified(&self) -> std::cell::RefMut<'_, cookie::Verified> {
+        self.verified.borrow_mut()
+    }
+
+    /// `X-Forwarded-For` and `Forwarded` for the application, for a
+    /// request from this client with `host` and the received
+    /// `forwarded` and `xff` field values (believed only from a trusted
+    /// proxy: `Forwarded` when present, else `X-Forwarded-For`). For any
+    /// other client the chain is the client alone, the same for every
+    /// request of the connection: rendered once per `Host`.
+    pub(super) fn forwarding<'v>(
+        &self,
+        sp: &StickyPlan,
+        host: Option<&[u8]>,
+        forwarded: impl Iterator<Item = &'v [u8]>,
+        xff: impl Iterator<Item = &'v [u8]>,
+    ) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let peer = self.peer.ip();
+        if sp.trusted.iter().any(|n| n.contains(peer)) {
+            let mut forwarded = forwarded.peekable();
+            let nodes = if forwarded.peek().is_some() {
+                forwarded::forwarded_for(forwarded)
+            } else {
+                forwarded::xff_addresses(xff)
+            };
+            let chain = forwarded::client_chain(forwarded::canonical(peer), &sp.trusted, &nodes);
+            return forwarding_fields(sp, &chain, host);
+        }
+        let mut memo = self.rendered.borrow_mut();
+        match &*memo {
+            Some(r) if r.host.as_ref().map(HeaderValue::as_bytes) == host => {
+                (r.xff.clone(), r.forwarded.clone())
+            }
+            _ => {
+                let chain = [forwarded::canonical(peer)];
+                let (xff, fwd) = forwarding_fields(sp, &chain, host);
+                *memo = Some(Rendered {
+                    host: host.and_then(|h| HeaderValue::from_bytes(h).ok()),
+                    xff: xff.clone(),
+                    forwarded: fwd.clone(),
+                });
+                (xff, fwd)
+            }
+        }
+    }
 }
 
 /// Forwarding fields rendered for a client that is not a trusted proxy,
@@ -361,18 +421,13 @@ struct Bound {
 /// `connection` for `route = "sticky"`).
 pub(super) async fn connection<S>(
     stream: S,
-    peer: SocketAddr,
+    client: Client,
     service: Rc<Service>,
     builder: http1::Builder,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let client = Rc::new(Client {
-        peer,
-        bound: RefCell::new(None),
-        rendered: RefCell::new(None),
-        verified: RefCell::new(cookie::Verified::default()),
-    });
+    let client = Rc::new(client);
     let io = TokioIo::new(stream);
     let svc = service.clone();
     let result = builder
@@ -555,9 +610,8 @@ where
 
 /// Whether an `Authorization` or `WWW-Authenticate` value starts a
 /// connection-bound scheme (NTLM, Negotiate).
-fn connection_bound(values: header::GetAll<'_, HeaderValue>) -> bool {
-    values.iter().any(|v| {
-        let v = v.as_bytes();
+pub(super) fn connection_bound<'v>(values: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    values.into_iter().any(|v| {
         let scheme = v.split(|&b| b == b' ').next().unwrap_or(v);
         scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
     })
@@ -677,29 +731,13 @@ async fn serve(
         }
     };
     let cookie_state = cookie_state(
-        cookie_fields,
+        cookie_fields.iter().map(HeaderValue::as_bytes),
         sp,
         plan.port,
         now_s,
         &mut client.verified.borrow_mut(),
     );
-    if let CookieState::Refused(e) = cookie_state {
-        counters.error(match e.counter() {
-            "expired_cookie" => StickyError::ExpiredCookie,
-            _ => StickyError::BadCookie,
-        });
-    }
-    let live: HostSet = plan
-        .hosts
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| snapshot.is_up(*i))
-        .filter_map(|(_, h)| *h)
-        .collect();
-    let view = View {
-        own: plan.own_host,
-        live,
-    };
+    let view = view_of(service, &snapshot);
     let path = parts.uri.path().as_bytes();
     let asked = sticky::Request {
         method: parts.method.as_str().as_bytes(),
@@ -708,23 +746,8 @@ async fn serve(
         hops,
     };
     let mut route = sticky::decide(&sp.policy, &view, &asked);
-    if matches!(
-        (route, cookie_state),
-        (
-            Route::Local { repinned: true, .. } | Route::OwnerUnavailable,
-            _
-        )
-    ) {
-        counters.error(StickyError::OwnerOffline);
-    }
-    let coherent = matches!(
-        cookie_state,
-        CookieState::Valid(c) if c.owner == Owner::Host(plan.own_host)
-    );
-    let stale = matches!(
-        cookie_state,
-        CookieState::Valid(c) if now_s.saturating_sub(c.issued_s) > sp.max_age_s / 2
-    );
+    count_decision(counters, cookie_state, route);
+    let (coherent, stale) = pin_facts(service, sp, cookie_state, now_s);
 
     // The head sent on: hop-by-hop fields gone, forwarding fields rebuilt.
     let mut headers = std::mem::take(&mut parts.headers);
@@ -738,37 +761,12 @@ async fn serve(
             }
         }
         None => {
-            let peer = client.peer.ip();
-            let believed = sp.trusted.iter().any(|n| n.contains(peer));
-            let (xff, fwd) = if believed {
-                let nodes = if headers.contains_key(FORWARDED) {
-                    forwarded::forwarded_for(
-                        headers.get_all(FORWARDED).iter().map(HeaderValue::as_bytes),
-                    )
-                } else {
-                    forwarded::xff_addresses(headers.get_all(XFF).iter().map(HeaderValue::as_bytes))
-                };
-                let chain =
-                    forwarded::client_chain(forwarded::canonical(peer), &sp.trusted, &nodes);
-                forwarding_fields(sp, &chain, original_host.as_ref())
-            } else {
-                // The chain is the client alone, the same for every request
-                // of the connection: rendered once per `Host`.
-                let mut memo = client.rendered.borrow_mut();
-                match &*memo {
-                    Some(r) if r.host == original_host => (r.xff.clone(), r.forwarded.clone()),
-                    _ => {
-                        let chain = [forwarded::canonical(peer)];
-                        let (xff, fwd) = forwarding_fields(sp, &chain, original_host.as_ref());
-                        *memo = Some(Rendered {
-                            host: original_host.clone(),
-                            xff: xff.clone(),
-                            forwarded: fwd.clone(),
-                        });
-                        (xff, fwd)
-                    }
-                }
-            };
+            let (xff, fwd) = client.forwarding(
+                sp,
+                original_host.as_ref().map(HeaderValue::as_bytes),
+                headers.get_all(FORWARDED).iter().map(HeaderValue::as_bytes),
+                headers.get_all(XFF).iter().map(HeaderValue::as_bytes),
+            );
             // `insert` replaces what the client sent.
             for (name, value) in [(XFF, xff), (FORWARDED, fwd)] {
                 match value {
@@ -788,7 +786,12 @@ async fn serve(
     };
     let retriable = bodiless(&headers);
     let mut body = Some(body);
-    let bound_auth = connection_bound(headers.get_all(header::AUTHORIZATION));
+    let bound_auth = connection_bound(
+        headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     // The head goes into the request sent and comes back with it when
     // nothing was sent (no copy per attempt).
     let mut headers = Some(headers);
@@ -1081,13 +1084,45 @@ fn answered_for(
     now_s: u64,
     resp: &mut Response<Incoming>,
 ) {
+    if !matches!(route, Route::Local { .. }) {
+        return;
+    }
+    if let Some(name) = name {
+        resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
+    }
+    let set = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    if let Some(v) = served_here(service, sp, route, host, coherent, stale, now_s, set) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// What every response the member `host` served for a request it decided
+/// as `route` gets (a [`Route::Local`]; other routes: nothing): its class
+/// counted, and the `Set-Cookie` value naming `host` when [`sticky::pin`]
+/// says so, given the response's `set_cookie` field values (counted as
+/// pinned, and re-pinned).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn served_here<'v>(
+    service: &Service,
+    sp: &StickyPlan,
+    route: Route<'_>,
+    host: HostId,
+    coherent: bool,
+    stale: bool,
+    now_s: u64,
+    set_cookie: impl Iterator<Item = &'v [u8]>,
+) -> Option<HeaderValue> {
     let Route::Local {
         class,
         pinnable,
         repinned,
     } = route
     else {
-        return;
+        return None;
     };
     let counters = &service.counters.sticky;
     StickyCounters::bump(match class {
@@ -1096,16 +1131,9 @@ fn answered_for(
         Class::Coherent => &counters.coherent,
         Class::Dynamic => &counters.dynamic,
     });
-    if let Some(name) = name {
-        resp.headers_mut().insert(SERVED_BY_NAME, name.clone());
-    }
-    let set = resp
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| cookie::set_cookie_name(v.as_bytes()));
+    let set = set_cookie.filter_map(cookie::set_cookie_name);
     if !sticky::pin(&sp.policy, pinnable, repinned, coherent, stale, set) {
-        return;
+        return None;
     }
     StickyCounters::bump(&counters.pinned);
     if repinned {
@@ -1118,9 +1146,59 @@ fn answered_for(
         sp.max_age_s,
         if sp.tls.is_some() { "; Secure" } else { "" }
     );
-    if let Ok(v) = text_value(text) {
-        resp.headers_mut().append(header::SET_COOKIE, v);
+    text_value(text).ok()
+}
+
+/// The live view of a sticky service's hosts as `snapshot` shows them.
+pub(super) fn view_of(service: &Service, snapshot: &super::view::Snapshot) -> View {
+    let plan = &*service.plan;
+    let live: HostSet = plan
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| snapshot.is_up(*i))
+        .filter_map(|(_, h)| *h)
+        .collect();
+    View {
+        own: plan.own_host,
+        live,
     }
+}
+
+/// Counts what a request's cookie and route say went wrong: a refused
+/// cookie, and an owner found offline (a re-pin or a 503).
+pub(super) fn count_decision(counters: &StickyCounters, cookie: CookieState<'_>, route: Route<'_>) {
+    if let CookieState::Refused(e) = cookie {
+        counters.error(match e.counter() {
+            "expired_cookie" => StickyError::ExpiredCookie,
+            _ => StickyError::BadCookie,
+        });
+    }
+    if matches!(
+        route,
+        Route::Local { repinned: true, .. } | Route::OwnerUnavailable
+    ) {
+        counters.error(StickyError::OwnerOffline);
+    }
+}
+
+/// Whether the request's cookie already names this host (`coherent`) and
+/// whether it is past half its lifetime (`stale`: renewed on the answer).
+pub(super) fn pin_facts(
+    service: &Service,
+    sp: &StickyPlan,
+    cookie: CookieState<'_>,
+    now_s: u64,
+) -> (bool, bool) {
+    let coherent = matches!(
+        cookie,
+        CookieState::Valid(c) if c.owner == Owner::Host(service.plan.own_host)
+    );
+    let stale = matches!(
+        cookie,
+        CookieState::Valid(c) if now_s.saturating_sub(c.issued_s) > sp.max_age_s / 2
+    );
+    (coherent, stale)
 }
 
 /// A header value from text the forwarder made, without copying it.
@@ -1133,21 +1211,18 @@ fn text_value(text: String) -> Result<HeaderValue, header::InvalidHeaderValue> {
 fn forwarding_fields(
     sp: &StickyPlan,
     chain: &[std::net::IpAddr],
-    host: Option<&HeaderValue>,
+    host: Option<&[u8]>,
 ) -> (Option<HeaderValue>, Option<HeaderValue>) {
     let xff = text_value(forwarded::render_xff(chain)).ok();
-    let fwd = forwarded::render_forwarded(
-        chain,
-        host.map(HeaderValue::as_bytes),
-        if sp.tls.is_some() { "https" } else { "http" },
-    );
+    let fwd =
+        forwarded::render_forwarded(chain, host, if sp.tls.is_some() { "https" } else { "http" });
     (xff, text_value(fwd).ok())
 }
 
 /// The request's cookie: the first value of the service's cookie that
 /// checks; else the first refusal; else absent.
-fn cookie_state<'h>(
-    fields: &'h [HeaderValue],
+pub(super) fn cookie_state<'h>(
+    fields: impl IntoIterator<Item = &'h [u8]>,
     sp: &'h StickyPlan,
     port: u16,
     now_s: u64,
@@ -1155,7 +1230,7 @@ fn cookie_state<'h>(
 ) -> CookieState<'h> {
     let mut state = CookieState::Absent;
     for field in fields {
-        for value in cookie::cookie_values(field.as_bytes(), sp.cookie.as_bytes()) {
+        for value in cookie::cookie_values(field, sp.cookie.as_bytes()) {
             match cookie::check_remembering(&sp.key, value, port, now_s, sp.max_age_s, verified) {
                 Ok(c) => return CookieState::Valid(c),
                 Err(e) => {
@@ -1234,8 +1309,13 @@ async fn send(
     }
     match exchanged {
         Exchange::Answered(resp, check_in) => {
-            let binds =
-                bound_auth || connection_bound(resp.headers().get_all(header::WWW_AUTHENTICATE));
+            let binds = bound_auth
+                || connection_bound(
+                    resp.headers()
+                        .get_all(header::WWW_AUTHENTICATE)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                );
             if binds {
                 if let Some(c) = check_in {
                     // The handshake goes on over this connection: it is
@@ -1309,7 +1389,11 @@ mod tests {
         for v in values {
             h.append(header::AUTHORIZATION, HeaderValue::from_static(v));
         }
-        connection_bound(h.get_all(header::AUTHORIZATION))
+        connection_bound(
+            h.get_all(header::AUTHORIZATION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
     }
 
     #[test]

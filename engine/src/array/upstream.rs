@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use shoal_dataplane::array::member::{self, MemberKey, MEMBER_HEADER, TUNNEL_PROTOCOL};
 use tokio::net::TcpStream;
 
-use super::mux::Mux;
+use super::mux::{Mux, MuxStream};
 
 /// The body of a request sent upstream: the client's, or none.
 pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
@@ -48,6 +48,9 @@ pub(super) const CLOCK_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub(super) struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Idle connections of the byte relay (`super::relay`), which speaks
+    /// HTTP/1 on them itself: plain sockets, no connection task.
+    raw: RefCell<HashMap<SocketAddr, Vec<(RawConn, Instant)>>>,
     idle_timeout: Duration,
     /// The worker's coarse clock: at most about [`CLOCK_TICK`] behind.
     clock: Cell<Instant>,
@@ -58,6 +61,7 @@ impl Pool {
     pub(super) fn new(idle_timeout: Duration) -> Self {
         Self {
             idle: RefCell::new(HashMap::new()),
+            raw: RefCell::new(HashMap::new()),
             idle_timeout,
             clock: Cell::new(Instant::now()),
         }
@@ -86,11 +90,44 @@ impl Pool {
         None
     }
 
+    /// An idle relay connection to `addr` that is still open: one that
+    /// became readable while idle (the upstream closed it, or sent bytes
+    /// nobody asked for) is closed instead. No system call unless the
+    /// socket's readiness says it became readable.
+    pub(super) fn take_raw(&self, addr: SocketAddr) -> Option<RawConn> {
+        let mut raw = self.raw.borrow_mut();
+        let list = raw.get_mut(&addr)?;
+        while let Some((stream, since)) = list.pop() {
+            if self.fresh(since) && stream.quiet() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream`, a relay connection whose exchange is over (its
+    /// response read to the end and nothing after it), for the next
+    /// request to `addr`; closed when the pool for `addr` is full.
+    pub(super) fn put_raw(&self, addr: SocketAddr, stream: RawConn) {
+        let mut raw = self.raw.borrow_mut();
+        let list = raw.entry(addr).or_default();
+        if list.len() >= IDLE_PER_ADDRESS {
+            list.retain(|(s, since)| self.fresh(*since) && s.quiet());
+        }
+        if list.len() < IDLE_PER_ADDRESS {
+            list.push((stream, self.clock.get()));
+        }
+    }
+
     /// Closes every connection idle longer than the idle timeout (or
     /// closed by the upstream).
     pub(super) fn sweep(&self) {
         self.idle.borrow_mut().retain(|_, list| {
             list.retain(|(s, since)| self.fresh(*since) && !s.is_closed());
+            !list.is_empty()
+        });
+        self.raw.borrow_mut().retain(|_, list| {
+            list.retain(|(s, since)| self.fresh(*since) && s.quiet());
             !list.is_empty()
         });
     }
@@ -109,6 +146,89 @@ impl Pool {
         }
         if list.len() < IDLE_PER_ADDRESS {
             list.push((sender, self.clock.get()));
+        }
+    }
+}
+
+/// A connection of the byte relay (`super::relay`): a TCP connection to
+/// `local`, or a hop tunnel's stream on a multiplexed hop to an owner.
+pub(super) enum RawConn {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A stream of a multiplexed hop.
+    Mux(MuxStream),
+}
+
+impl std::fmt::Debug for RawConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RawConn::Tcp(_) => "RawConn::Tcp",
+            RawConn::Mux(_) => "RawConn::Mux",
+        })
+    }
+}
+
+impl RawConn {
+    /// Whether an idle connection is still quiet. A TCP connection: not
+    /// readable (the usual case, told by its readiness without a system
+    /// call), or readable with nothing to read after all; readable with
+    /// bytes or an end of stream, the upstream closed it or broke the
+    /// protocol, and it is not used again. A stream: open both ways with
+    /// nothing unread, on a hop that has not failed.
+    fn quiet(&self) -> bool {
+        match self {
+            RawConn::Tcp(stream) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match stream.poll_read_ready(&mut cx) {
+                    Poll::Pending => true,
+                    Poll::Ready(Err(_)) => false,
+                    Poll::Ready(Ok(())) => {
+                        let mut byte = [0u8; 1];
+                        matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                    }
+                }
+            }
+            RawConn::Mux(stream) => stream.quiet(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for RawConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            RawConn::Mux(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for RawConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RawConn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            RawConn::Mux(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            RawConn::Mux(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawConn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            RawConn::Mux(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

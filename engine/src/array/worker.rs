@@ -200,7 +200,7 @@ async fn tls_connection(
     };
     let builder = builder(&service.plan.limits, over);
     if !over {
-        return super::sticky::connection(stream, peer, service, builder).await;
+        return super::relay::connection(stream, peer, service, builder).await;
     }
     let svc = service.clone();
     let result = builder
@@ -228,7 +228,7 @@ async fn connection(
 ) {
     let builder = builder(&service.plan.limits, over);
     if service.plan.sticky.is_some() && !over {
-        return super::sticky::connection(stream, peer, service, builder).await;
+        return super::relay::connection(stream, peer, service, builder).await;
     }
     let io = TokioIo::new(stream);
     let result = if over {

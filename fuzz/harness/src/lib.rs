@@ -25,6 +25,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod h1;
 pub mod head;
 pub mod member;
 pub mod mux;

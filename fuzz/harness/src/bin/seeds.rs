@@ -13,7 +13,7 @@
 //! - `config`: every `*.toml` in the configs directory;
 //! - `pcap`: every capture in the tcpdump directory up to 16 KiB, plus
 //!   synthesized pcapng files;
-//! - `head`, `member`, `mux` and `sticky`: the synthesized inputs of their harness modules.
+//! - `head`, `h1`, `member`, `mux` and `sticky`: the synthesized inputs of their harness modules.
 //!
 //! A target without seeds is reported and skipped, so new targets need no
 //! change here until they have seeds. Exit status 2 on bad usage, 1 when a
@@ -29,8 +29,8 @@ use shoal_fuzz_harness::seeds::{capture_files, cluster_frames, Corpus};
 /// every libFuzzer execution for little new coverage.
 const MAX_PCAP_SEED: usize = 16 * 1024;
 
-const TARGETS_WITH_SEEDS: [&str; 7] = [
-    "classify", "config", "pcap", "head", "member", "mux", "sticky",
+const TARGETS_WITH_SEEDS: [&str; 8] = [
+    "classify", "config", "pcap", "head", "h1", "member", "mux", "sticky",
 ];
 
 struct Args {
@@ -170,6 +170,7 @@ fn run(args: &Args) -> Result<(), String> {
             "classify" => seed_classify(&mut corpus, args.tcpdump.as_deref())?,
             "config" => seed_config(&mut corpus, args.configs.as_deref())?,
             "head" => seed_synthesized(&mut corpus, shoal_fuzz_harness::head::seeds())?,
+            "h1" => seed_synthesized(&mut corpus, shoal_fuzz_harness::h1::seeds())?,
             "member" => seed_synthesized(&mut corpus, shoal_fuzz_harness::member::seeds())?,
             "mux" => seed_synthesized(&mut corpus, shoal_fuzz_harness::mux::seeds())?,
             "sticky" => seed_synthesized(&mut corpus, shoal_fuzz_harness::sticky::seeds())?,

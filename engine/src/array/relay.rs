@@ -1,0 +1,939 @@
+//! The byte relay of a sticky service: the requests this member serves to
+//! its `local` application, relayed as HTTP/1.1 bytes without an HTTP
+//! library in between.
+//!
+//! A client connection of a sticky service starts here. Each request head
+//! is parsed in place ([`h1`]), and the forwarder's decision is taken as on
+//! the full path (the same functions of [`super::sticky`] and the
+//! dataplane). A request this relay takes is one the member serves to
+//! `local`: it goes upstream as its received bytes with the hop-by-hop and
+//! client-supplied forwarding fields left out and `X-Forwarded-For`,
+//! `Forwarded` and `Via` added; the answer comes back the same way, its
+//! head rewritten (hop-by-hop fields out; `Via`, `x-shoal-served-by` and the
+//! cookie when the forwarder pins one in), its body passed through as
+//! framed. Upstream connections are plain sockets kept in the worker's pool
+//! (`upstream::Pool::take_raw`).
+//!
+//! Everything else hands the connection over to the full path
+//! ([`super::sticky::connection`], on hyper) with the bytes read so far, for
+//! the rest of the connection's life: a head the strict parser refuses (the
+//! full path answers it as it always did, 400 or 431, and counts it), HTTP/1.0,
+//! a request with a body that is not of a known length, `Expect`, `Upgrade`
+//! (hop tunnels), a member header (hops), connection-bound authentication,
+//! `Connection` options other than `close` and `keep-alive`, an array page,
+//! a refusal, and every route that is not "serve here" (forwards, the hop
+//! limit, an unavailable owner). A connection is also handed over, with the
+//! request unconsumed, when `local` cannot be connected to: the full path
+//! then answers and counts it as it would have.
+//!
+//! Guarantees (those of the full path, for the requests taken here):
+//! - the application never sees a client's `Forwarded`, `X-Forwarded-*`,
+//!   `X-Real-IP` or shoal's own fields (they are left out and rebuilt,
+//!   believed only from `trusted_proxies`);
+//! - a request is counted once, by whichever path answers it, with the
+//!   same counters; an answer's cookie and counters are those of
+//!   [`super::sticky::served_here`];
+//! - a request sent on a reused connection that closes before any response
+//!   byte is sent again on a new one only when it has no body; otherwise,
+//!   and on a new connection, it is answered 502 (504 past
+//!   `first_byte_timeout_ms`), counted as a failed request;
+//! - once a response head was relayed, a failure of the upstream aborts the
+//!   client connection: a body is never completed short;
+//! - a malformed response (head or chunked framing) is a 502 before its
+//!   head was relayed, an abort after;
+//! - bounded memory per connection: a head within `max_head_bytes`, body
+//!   bytes relayed in reads of at most [`READ_CHUNK`].
+//!
+//! Cost: a request is one read and one write on each of its two
+//! connections; the relay's own work is one pass over each head and copies
+//! of the field lines it keeps.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use hyper::server::conn::http1;
+use shoal_dataplane::array::h1::{self, Body, Field, Framing, RequestHead};
+use shoal_dataplane::array::sticky::{self, CookieState, Owner, Route, Target, View};
+use shoal_dataplane::array::{classify, seen, Form, HeadView};
+use shoal_dataplane::HostId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::coarse;
+use super::counters::{ErrorKind, ServiceCounters};
+use super::proxy::{wall_ms, Service, SERVED_BY};
+use super::sticky::{
+    connection_bound, cookie_state, count_decision, pin_facts, served_here, view_of, Client,
+    StickyCounters, StickyError, FORWARDED_BY,
+};
+use super::tunnel::Rewind;
+use super::upstream::{self, RawConn};
+
+/// The most bytes one read takes from either side.
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// What a field is to the relay, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Passed on as received.
+    Keep,
+    /// Left out: hop-by-hop (RFC 9110 §7.6.1) or client-supplied
+    /// forwarding fields, rebuilt or removed.
+    Drop,
+    /// `Connection`: left out; its options are checked.
+    Connection,
+    /// `Host` (kept).
+    Host,
+    /// `Cookie` (kept).
+    Cookie,
+    /// `Via` (kept).
+    Via,
+    /// `CDN-Loop` (kept).
+    CdnLoop,
+    /// `Authorization` (kept).
+    Authorization,
+    /// Fields only the full path handles: `Expect`, `Upgrade`, the member
+    /// header.
+    HandOver,
+}
+
+/// The field names the relay treats specially (lowercase), and how.
+const NAMES: [(&[u8], Kind); 23] = [
+    (b"host", Kind::Host),
+    (b"cookie", Kind::Cookie),
+    (b"connection", Kind::Connection),
+    (b"via", Kind::Via),
+    (b"cdn-loop", Kind::CdnLoop),
+    (b"authorization", Kind::Authorization),
+    (b"keep-alive", Kind::Drop),
+    (b"proxy-connection", Kind::Drop),
+    (b"te", Kind::Drop),
+    (b"trailer", Kind::Drop),
+    (b"transfer-encoding", Kind::Drop),
+    (b"proxy-authorization", Kind::Drop),
+    (b"proxy-authenticate", Kind::Drop),
+    (b"forwarded", Kind::Drop),
+    (b"x-forwarded-for", Kind::Drop),
+    (b"x-forwarded-host", Kind::Drop),
+    (b"x-forwarded-proto", Kind::Drop),
+    (b"x-real-ip", Kind::Drop),
+    (b"x-shoal-forwarded-by", Kind::Drop),
+    (b"shoal-hops", Kind::Drop),
+    (b"expect", Kind::HandOver),
+    (b"upgrade", Kind::HandOver),
+    (b"shoal-member", Kind::HandOver),
+];
+
+/// How the relay treats a field named `name`.
+fn kind_of(name: &[u8]) -> Kind {
+    // Most names are none of these: the length and first byte rule most
+    // of them out before a comparison.
+    NAMES
+        .iter()
+        .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        .map_or(Kind::Keep, |(_, k)| *k)
+}
+
+/// Fields left out of a response: hop-by-hop ones.
+fn response_drops(name: &[u8]) -> bool {
+    const DROP: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"shoal-member",
+    ];
+    DROP.iter()
+        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+}
+
+/// The full path's answer when an owner fails after the request was sent.
+const OWNER_FAILED: &str =
+    "the session's owner failed after the request was sent to it; the request may have been processed";
+
+/// Where a relayed request goes.
+#[derive(Clone, Copy, Debug)]
+enum Dest {
+    /// This member's `local` application.
+    Local,
+    /// The owner `host` (member `index`, dedicated address `addr`), over a
+    /// hop tunnel: a stream of this worker's multiplexed hop to it.
+    Owner {
+        host: HostId,
+        index: usize,
+        addr: SocketAddr,
+    },
+}
+
+impl Dest {
+    /// An idle connection there, from the worker's pool.
+    fn take(self, service: &Service) -> Option<RawConn> {
+        match self {
+            Dest::Local => match service.plan.upstreams {
+                super::Upstreams::Cluster { local, .. } => service.pool.take_raw(local),
+                super::Upstreams::Parents => None,
+            },
+            Dest::Owner { addr, .. } => service.tunnels.take_raw(addr),
+        }
+    }
+
+    /// Keeps `up`, whose exchange is over, for the next request there.
+    fn put(self, service: &Service, local: SocketAddr, up: RawConn) {
+        match self {
+            Dest::Local => service.pool.put_raw(local, up),
+            Dest::Owner { addr, .. } => service.tunnels.put_raw(addr, up),
+        }
+    }
+
+    /// A new connection there (`local` at `local`), within the connect
+    /// timeout; `None` when it cannot be had now: the owner's hop failed
+    /// or refuses streams, or `local` does not accept.
+    async fn open(self, service: &Service, local: SocketAddr) -> Option<RawConn> {
+        let plan = &*service.plan;
+        let timeout = plan.connect_timeout();
+        match self {
+            Dest::Local => match upstream::tcp(local, timeout).await {
+                Ok(s) => Some(RawConn::Tcp(s)),
+                Err(e) => {
+                    tracing::debug!(addr = %local, error = %e, "local unreachable: the full path answers");
+                    None
+                }
+            },
+            Dest::Owner { addr, .. } => {
+                let open = upstream::TunnelOpen {
+                    key: &plan.key,
+                    from: plan.own_host.get(),
+                };
+                let mux = match service.hop_mux(addr, plan.hop_tls(addr), &open).await {
+                    Ok(Some(m)) if !m.full() => m,
+                    _ => return None,
+                };
+                match coarse::timeout(timeout, mux.open()).await {
+                    Ok(Ok(Some(stream))) => {
+                        StickyCounters::bump(&service.counters.sticky.tunnels_out);
+                        Some(RawConn::Mux(stream))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// What happens to the client connection after a request.
+enum Next {
+    /// The next request.
+    Keep,
+    /// Closed after the answer.
+    Close,
+    /// Dropped at once: an answer broke off after its head was relayed.
+    Abort,
+    /// Handed to the full path, with what is buffered.
+    HandOver,
+}
+
+/// A connection's buffers, reused for every request on it.
+struct Buffers {
+    /// Bytes read from the client and not yet relayed.
+    client: BytesMut,
+    /// The current request head's fields, and what each is to the relay.
+    fields: Vec<Field>,
+    kinds: Vec<Kind>,
+    /// Bytes read from the upstream.
+    up: BytesMut,
+    /// The current response head's fields.
+    up_fields: Vec<Field>,
+    /// A head being written.
+    out: BytesMut,
+}
+
+/// Serves one client connection of a sticky service: requests relayed
+/// here while they can be, then the full path (see the module docs).
+pub(super) async fn connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    service: Rc<Service>,
+    builder: http1::Builder,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let client = Client::new(peer);
+    let mut b = Buffers {
+        client: BytesMut::with_capacity(READ_CHUNK),
+        fields: Vec::with_capacity(32),
+        kinds: Vec::with_capacity(32),
+        up: BytesMut::new(),
+        up_fields: Vec::with_capacity(32),
+        out: BytesMut::new(),
+    };
+    let limits = &service.plan.limits;
+    let idle = Duration::from_secs(u64::from(limits.idle_timeout_s));
+    let max_head = limits.max_head_bytes as usize;
+    let max_fields = limits.max_headers as usize;
+    loop {
+        // A head, within the idle time (as the full path's header read
+        // timeout): parsed from what is buffered, else read for.
+        let read = coarse::timeout(idle, async {
+            loop {
+                match h1::parse_request(&b.client, max_head, max_fields, &mut b.fields) {
+                    Ok(Some(head)) => return Some(Some(head)),
+                    // The full path answers (400 or 431) and counts it.
+                    Err(_) => return Some(None),
+                    Ok(None) => {}
+                }
+                b.client.reserve(READ_CHUNK);
+                match stream.read_buf(&mut b.client).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let head = match read {
+            Ok(Some(Some(head))) => head,
+            Ok(Some(None)) => break,
+            // Closed, failed, or idle: nothing to answer.
+            Ok(None) | Err(_) => return,
+        };
+        match serve(&service, &client, &mut stream, &mut b, &head).await {
+            Next::Keep => {}
+            Next::Close => {
+                let _ = coarse::timeout(idle, stream.shutdown()).await;
+                return;
+            }
+            Next::Abort => return,
+            Next::HandOver => break,
+        }
+    }
+    let rest = b.client.freeze();
+    super::sticky::connection(Rewind::new(stream, rest), client, service, builder).await;
+}
+
+/// The request's facts the relay needs from its fields, in one pass.
+#[derive(Default)]
+struct Facts<'b> {
+    host: Option<&'b [u8]>,
+    hosts: usize,
+    hand_over: bool,
+}
+
+/// Relays one request whose head is `head` (its bytes at the start of
+/// `b.client`), or tells the caller to hand the connection over.
+async fn serve<S>(
+    service: &Service,
+    client: &Client,
+    stream: &mut S,
+    b: &mut Buffers,
+    head: &RequestHead,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let plan = &*service.plan;
+    let Some(sp) = plan.sticky.as_ref() else {
+        return Next::HandOver;
+    };
+    let super::Upstreams::Cluster { local, own } = plan.upstreams else {
+        return Next::HandOver;
+    };
+    let buf = &b.client[..];
+    let fields = &b.fields[..];
+    b.kinds.clear();
+    b.kinds.extend(
+        fields
+            .iter()
+            .map(|f| kind_of(buf.get(f.name.clone()).unwrap_or_default())),
+    );
+    let kinds = &b.kinds[..];
+    let bytes = |r: &std::ops::Range<usize>| buf.get(r.clone()).unwrap_or_default();
+    let method = bytes(&head.method);
+    let target = bytes(&head.target);
+    if head.minor != 1 || method == b"CONNECT" || target.first() != Some(&b'/') {
+        return Next::HandOver;
+    }
+    let framing = match h1::request_framing(buf, fields) {
+        Ok(f @ (Framing::Empty | Framing::Length(_))) => f,
+        _ => return Next::HandOver,
+    };
+    let mut facts = Facts::default();
+    for (f, kind) in fields.iter().zip(kinds) {
+        match kind {
+            Kind::Host => {
+                facts.hosts += 1;
+                facts.host = facts.host.or(Some(bytes(&f.value)));
+            }
+            Kind::HandOver => facts.hand_over = true,
+            Kind::Connection => {
+                let options = bytes(&f.value).split(|&c| c == b',').map(trim);
+                if options.into_iter().any(|o| {
+                    !o.is_empty()
+                        && !o.eq_ignore_ascii_case(b"close")
+                        && !o.eq_ignore_ascii_case(b"keep-alive")
+                }) {
+                    facts.hand_over = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    if facts.hand_over || connection_bound(values(buf, fields, kinds, Kind::Authorization)) {
+        return Next::HandOver;
+    }
+    let view = HeadView {
+        method,
+        target,
+        host: facts.host,
+        host_count: facts.hosts,
+        head_bytes: head.len,
+        header_count: fields.len(),
+    };
+    if !matches!(
+        classify(&view, &plan.head_limits, &[]),
+        Ok(Form::Reverse(_))
+    ) {
+        return Next::HandOver;
+    }
+    if seen(
+        &plan.own_name,
+        values(buf, fields, kinds, Kind::Via),
+        values(buf, fields, kinds, Kind::CdnLoop),
+    ) {
+        return Next::HandOver;
+    }
+    let now_ms = wall_ms();
+    let now_s = now_ms / 1000;
+    let cookie = cookie_state(
+        values(buf, fields, kinds, Kind::Cookie),
+        sp,
+        plan.port,
+        now_s,
+        &mut client.verified(),
+    );
+    let snapshot = service.snapshot();
+    let path = target.split(|&c| c == b'?').next().unwrap_or(target);
+    let asked = sticky::Request {
+        method,
+        path,
+        cookie,
+        hops: 0,
+    };
+    let view = view_of(service, &snapshot);
+    let route = sticky::decide(&sp.policy, &view, &asked);
+    // Where it goes, and the decision of the member that serves it (this
+    // one, or the owner: what the owner would do to the answer is done
+    // here, as on the full path's tunnels).
+    let (dest, serving) = match route {
+        Route::Local { .. } => (Dest::Local, route),
+        Route::Forward {
+            to: Target::Host(host),
+            ..
+        } if sp.policy.hop_limit <= 1 => {
+            let Some(index) = plan.hosts.iter().position(|h| *h == Some(host)) else {
+                return Next::HandOver;
+            };
+            let Some(addr) = plan.addresses.get(index).copied().flatten() else {
+                return Next::HandOver;
+            };
+            if service.untunneled(addr) {
+                return Next::HandOver;
+            }
+            let owner = sticky::decide(
+                &sp.policy,
+                &View { own: host, ..view },
+                &sticky::Request { hops: 1, ..asked },
+            );
+            (Dest::Owner { host, index, addr }, owner)
+        }
+        _ => return Next::HandOver,
+    };
+    let serving = match serving {
+        Route::Local {
+            class,
+            pinnable,
+            repinned,
+        } => Some((class, pinnable, repinned)),
+        _ => None,
+    };
+    // The upstream first: one that cannot be had hands the request over
+    // untouched, and the full path answers it (re-pinned, or its error).
+    let (mut up, mut reused) = match dest.take(service) {
+        Some(s) => (s, true),
+        None => match dest.open(service, local).await {
+            Some(s) => (s, false),
+            None => return Next::HandOver,
+        },
+    };
+
+    // Served here from now on: counted as the full path counts it.
+    let start = Instant::now();
+    let counters = &service.counters;
+    ServiceCounters::bump(&counters.requests);
+    count_decision(&counters.sticky, cookie, route);
+    let (coherent, stale) = match dest {
+        Dest::Local => pin_facts(service, sp, cookie, now_s),
+        Dest::Owner { host, .. } => (
+            matches!(cookie, CookieState::Valid(c) if c.owner == Owner::Host(host)),
+            pin_facts(service, sp, cookie, now_s).1,
+        ),
+    };
+    let served = match dest {
+        Dest::Local => Some(own),
+        Dest::Owner { index, .. } => Some(index),
+    };
+    let close_client = !h1::keep_alive(buf, fields, head.minor);
+    let (xff, fwd) = client.forwarding(
+        sp,
+        facts.host,
+        named(buf, fields, b"forwarded"),
+        named(buf, fields, b"x-forwarded-for"),
+    );
+
+    // The head sent on.
+    let out = &mut b.out;
+    out.clear();
+    out.reserve(head.len + 256);
+    out.put_slice(method);
+    out.put_u8(b' ');
+    out.put_slice(target);
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (f, kind) in fields.iter().zip(kinds) {
+        match kind {
+            Kind::Drop | Kind::Connection | Kind::HandOver => {}
+            _ => out.put_slice(bytes(&f.line)),
+        }
+    }
+    let forwarded_by = match dest {
+        Dest::Local => None,
+        // What the owner adds to a hop it serves, added here.
+        Dest::Owner { .. } => sp.name_of(plan.own_host),
+    };
+    for (name, value) in [
+        (&b"x-forwarded-for"[..], xff.as_ref()),
+        (b"forwarded", fwd.as_ref()),
+        (FORWARDED_BY.as_bytes(), forwarded_by),
+        (b"via", Some(&plan.via)),
+    ] {
+        if let Some(v) = value {
+            put_field(out, name, v.as_bytes());
+        }
+    }
+    out.put_slice(b"\r\n");
+    let retriable = framing == Framing::Empty;
+    // A failure while a body is on its way leaves the rest of it unread:
+    // the connection cannot carry another request then.
+    let mut body_left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let here = (buf.len() - head.len).min(usize::try_from(body_left).unwrap_or(usize::MAX));
+    out.put_slice(&buf[head.len..head.len + here]);
+    body_left -= here as u64;
+    let is_head = method == b"HEAD";
+    b.client.advance(head.len + here);
+
+    // Sent, and the response head read; a reused connection that closed
+    // before answering takes a bodiless request again on a new one.
+    let first_byte = Duration::from_millis(u64::from(plan.limits.first_byte_timeout_ms));
+    let idle = Duration::from_secs(u64::from(plan.limits.idle_timeout_s));
+    let answered = loop {
+        let sent = async {
+            up.write_all(&b.out).await?;
+            if body_left > 0 {
+                relay_exact(stream, &mut up, &mut b.client, body_left, idle).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+        .await;
+        let got = match sent {
+            Ok(()) => {
+                coarse::timeout(
+                    first_byte,
+                    response_head(&mut up, &mut b.up, &mut b.up_fields),
+                )
+                .await
+            }
+            Err(_) => Ok(Err(UpError::Closed)),
+        };
+        match got {
+            Ok(Err(UpError::Closed)) if reused && retriable => {
+                reused = false;
+                match dest.open(service, local).await {
+                    Some(s) => up = s,
+                    None => break Err(ErrorKind::Unreachable),
+                }
+            }
+            Ok(Ok(h)) => break Ok(h),
+            Ok(Err(_)) => break Err(ErrorKind::Unreachable),
+            Err(_) => break Err(ErrorKind::Timeout),
+        }
+    };
+    let resp = match answered {
+        Ok(h) => h,
+        Err(kind) => {
+            StickyCounters::bump(&counters.sticky.failed);
+            let (status, text) = match (kind, dest) {
+                (ErrorKind::Timeout, dest) => {
+                    if let Dest::Owner { .. } = dest {
+                        counters.sticky.error(StickyError::OwnerTimeout);
+                    }
+                    counters.error_at(kind, served);
+                    ("504 Gateway Timeout", "upstream timed out")
+                }
+                (_, Dest::Local) => {
+                    counters.error_at(kind, served);
+                    ("502 Bad Gateway", "no upstream could be reached")
+                }
+                (_, Dest::Owner { index, .. }) => {
+                    service.failed(index);
+                    if let Some(m) = counters.members.get(index) {
+                        m.error(ErrorKind::Unreachable);
+                    }
+                    counters.sticky.error(StickyError::OwnerFailed);
+                    ("502 Bad Gateway", OWNER_FAILED)
+                }
+            };
+            let close_client = close_client || !retriable;
+            let out = &mut b.out;
+            out.clear();
+            plain_answer(out, status, text, close_client);
+            counters.observe(start.elapsed(), served);
+            return match stream.write_all(out).await {
+                Ok(()) if !close_client => Next::Keep,
+                _ => Next::Close,
+            };
+        }
+    };
+
+    // The answer's head.
+    let up_buf = &b.up[..];
+    let up_fields = &b.up_fields[..];
+    let ubytes = |r: &std::ops::Range<usize>| up_buf.get(r.clone()).unwrap_or_default();
+    // An HTTP/1.0 message with Transfer-Encoding has faulty framing
+    // (RFC 9112 §6.1).
+    let faulty = resp.minor == 0
+        && up_fields
+            .iter()
+            .any(|f| h1::field_is(up_buf, f, b"transfer-encoding"));
+    let framing = match h1::response_framing(up_buf, up_fields, resp.status, is_head, false) {
+        Ok(f) if !faulty => f,
+        _ => {
+            StickyCounters::bump(&counters.sticky.failed);
+            counters.error_at(ErrorKind::Unreachable, served);
+            let out = &mut b.out;
+            out.clear();
+            plain_answer(
+                out,
+                "502 Bad Gateway",
+                "no upstream could be reached",
+                close_client,
+            );
+            counters.observe(start.elapsed(), served);
+            return match stream.write_all(out).await {
+                Ok(()) if !close_client => Next::Keep,
+                _ => Next::Close,
+            };
+        }
+    };
+    let binds = connection_bound(
+        up_fields
+            .iter()
+            .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"www-authenticate"))
+            .map(|f| ubytes(&f.value)),
+    );
+    let (host, name) = match dest {
+        Dest::Local => (plan.own_host, plan.own_name_value.as_ref()),
+        Dest::Owner { host, .. } => (host, sp.name_of(host)),
+    };
+    let set_cookie = serving.and_then(|(class, pinnable, repinned)| {
+        served_here(
+            service,
+            sp,
+            Route::Local {
+                class,
+                pinnable,
+                repinned,
+            },
+            host,
+            coherent,
+            stale,
+            now_s,
+            up_fields
+                .iter()
+                .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"set-cookie"))
+                .map(|f| ubytes(&f.value)),
+        )
+    });
+    let named_by_connection = |name: &[u8]| {
+        up_fields
+            .iter()
+            .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"connection"))
+            .flat_map(|f| ubytes(&f.value).split(|&c| c == b','))
+            .any(|o| trim(o).eq_ignore_ascii_case(name))
+    };
+    let has_connection = up_fields
+        .iter()
+        .any(|f| ubytes(&f.name).eq_ignore_ascii_case(b"connection"));
+    let close_client = close_client || framing == Framing::Close;
+    let up_keeps = framing != Framing::Close && h1::keep_alive(up_buf, up_fields, resp.minor);
+    let name = name.filter(|_| serving.is_some());
+    let out = &mut b.out;
+    out.clear();
+    out.reserve(resp.len + 256);
+    out.put_slice(b"HTTP/1.1 ");
+    let status = resp.status.min(999);
+    out.put_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    let reason = ubytes(&resp.reason);
+    if !reason.is_empty() {
+        out.put_u8(b' ');
+        out.put_slice(reason);
+    }
+    out.put_slice(b"\r\n");
+    for f in up_fields {
+        let n = ubytes(&f.name);
+        if response_drops(n)
+            || (name.is_some() && n.eq_ignore_ascii_case(SERVED_BY.as_bytes()))
+            || (has_connection && named_by_connection(n))
+        {
+            continue;
+        }
+        out.put_slice(ubytes(&f.line));
+    }
+    if framing == Framing::Chunked {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close_client {
+        out.put_slice(b"connection: close\r\n");
+    }
+    put_field(out, b"via", plan.via.as_bytes());
+    if let Some(n) = name {
+        put_field(out, SERVED_BY.as_bytes(), n.as_bytes());
+    }
+    if let Some(v) = &set_cookie {
+        put_field(out, b"set-cookie", v.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    match dest {
+        Dest::Local => {
+            ServiceCounters::bump(&counters.local);
+            counters.routed_to(own, false);
+        }
+        Dest::Owner { index, .. } => {
+            StickyCounters::bump(&counters.sticky.forwarded);
+            ServiceCounters::bump(&counters.hops_out);
+            counters.routed_to(index, true);
+        }
+    }
+
+    // The body, as framed: what came with the head, then reads.
+    let mut body = Body::new(framing);
+    let after = &up_buf[resp.len..];
+    let (mut ended, mut clean) = match body.advance(after) {
+        Ok(p) => {
+            out.put_slice(&after[..p.consumed]);
+            (p.done, p.consumed == after.len())
+        }
+        Err(_) => (false, false),
+    };
+    let mut failed = !ended && !clean;
+    if stream.write_all(out).await.is_err() {
+        counters.observe(start.elapsed(), served);
+        return Next::Abort;
+    }
+    while !ended && !failed {
+        b.up.clear();
+        b.up.reserve(READ_CHUNK);
+        match coarse::timeout(idle, up.read_buf(&mut b.up)).await {
+            Ok(Ok(0)) => {
+                // The end of a close-delimited body, else a short one.
+                ended = framing == Framing::Close;
+                failed = !ended;
+                clean = false;
+                break;
+            }
+            Ok(Ok(_)) => match body.advance(&b.up) {
+                Ok(p) => {
+                    if stream.write_all(&b.up[..p.consumed]).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    ended = p.done;
+                    clean = p.consumed == b.up.len();
+                }
+                Err(_) => failed = true,
+            },
+            Ok(Err(_)) | Err(_) => failed = true,
+        }
+    }
+    counters.observe(start.elapsed(), served);
+    if failed {
+        // Headers were relayed: the client connection is aborted.
+        if let Dest::Owner { .. } = dest {
+            counters.sticky.error(StickyError::OwnerAborted);
+            StickyCounters::bump(&counters.sticky.failed);
+        }
+        return Next::Abort;
+    }
+    if up_keeps && clean && !binds {
+        dest.put(service, local, up);
+    }
+    if close_client {
+        Next::Close
+    } else if binds {
+        // Connection-bound authentication starts: the full path binds
+        // the client connection's next requests to one upstream.
+        Next::HandOver
+    } else {
+        Next::Keep
+    }
+}
+
+/// The longest response head taken from an upstream (beyond: 502).
+const RESPONSE_HEAD_MAX: usize = 64 * 1024;
+/// The most fields a response head may have (beyond: 502).
+const RESPONSE_FIELDS_MAX: usize = 100;
+
+/// Why no response head came.
+#[derive(Debug)]
+enum UpError {
+    /// The connection closed (or failed) before any response byte.
+    Closed,
+    /// A response that is not HTTP/1.x, or whose head is malformed or too
+    /// large, or bytes then a close.
+    Bad,
+}
+
+/// Reads a response head into `buf` (cleared first) and parses it into
+/// `fields`, skipping interim (1xx) responses.
+async fn response_head(
+    up: &mut RawConn,
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
+) -> Result<h1::ResponseHead, UpError> {
+    buf.clear();
+    let mut any = false;
+    loop {
+        match h1::parse_response(buf, RESPONSE_HEAD_MAX, RESPONSE_FIELDS_MAX, fields) {
+            Ok(Some(h)) if (100..200).contains(&h.status) => {
+                if h.status == 101 {
+                    return Err(UpError::Bad);
+                }
+                buf.advance(h.len);
+                continue;
+            }
+            Ok(Some(h)) => return Ok(h),
+            Ok(None) => {}
+            Err(_) => return Err(UpError::Bad),
+        }
+        buf.reserve(READ_CHUNK);
+        match up.read_buf(buf).await {
+            Ok(0) | Err(_) if !any => return Err(UpError::Closed),
+            Ok(0) | Err(_) => return Err(UpError::Bad),
+            Ok(_) => any = true,
+        }
+    }
+}
+
+/// Relays the `left` bytes of a request body still to come from the client
+/// (`stream`, through `buf`) to the upstream.
+async fn relay_exact<S>(
+    stream: &mut S,
+    up: &mut RawConn,
+    buf: &mut BytesMut,
+    mut left: u64,
+    idle: Duration,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + Unpin,
+{
+    while left > 0 {
+        buf.reserve(READ_CHUNK);
+        let n = match coarse::timeout(idle, stream.read_buf(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        let take = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(n)
+            .min(buf.len());
+        up.write_all(&buf[..take]).await?;
+        buf.advance(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// The values of the fields of `kind` (`kinds`: each field's).
+fn values<'b>(
+    buf: &'b [u8],
+    fields: &'b [Field],
+    kinds: &'b [Kind],
+    kind: Kind,
+) -> impl Iterator<Item = &'b [u8]> + 'b {
+    fields
+        .iter()
+        .zip(kinds)
+        .filter(move |(_, k)| **k == kind)
+        .map(move |(f, _)| buf.get(f.value.clone()).unwrap_or_default())
+}
+
+/// The values of the fields named `name` (lowercase).
+fn named<'b>(
+    buf: &'b [u8],
+    fields: &'b [Field],
+    name: &'static [u8],
+) -> impl Iterator<Item = &'b [u8]> + 'b {
+    fields
+        .iter()
+        .filter(move |f| {
+            buf.get(f.name.clone())
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .map(move |f| buf.get(f.value.clone()).unwrap_or_default())
+}
+
+/// `name: value` and its line end.
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// A plain-text answer of the relay's own (the full path's `answer`).
+fn plain_answer(out: &mut BytesMut, status: &str, text: &str, close: bool) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_bytes());
+    out.put_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+    out.put_slice(format!("content-length: {}\r\n", text.len() + 1).as_bytes());
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(text.as_bytes());
+    out.put_u8(b'\n');
+}
+
+/// `s` without leading and trailing spaces and tabs.
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    s.get(start..end).unwrap_or_default()
+}
