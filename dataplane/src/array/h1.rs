@@ -142,25 +142,7 @@ const fn classes() -> [u8; 256] {
     while i < 256 {
         let b = i as u8;
         let mut c = 0;
-        if b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            )
-        {
+        if super::head::is_tchar(b) {
             c |= TCHAR;
         }
         if b >= 0x21 && b <= 0x7e {
@@ -522,9 +504,9 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
     rest.get(..end).unwrap_or_default()
 }
 
-/// The comma-separated elements, OWS-trimmed (empty ones included), of
-/// every field named `name`, in order.
-fn elements<'a>(
+/// The values of every field named `name` (given in lowercase), in order.
+/// Never panics: a range that does not fit `buf` gives an empty value.
+pub fn values<'a>(
     buf: &'a [u8],
     fields: &'a [Field],
     name: &'a [u8],
@@ -533,6 +515,16 @@ fn elements<'a>(
         .iter()
         .filter(move |f| field_is(buf, f, name))
         .map(move |f| buf.get(f.value.clone()).unwrap_or_default())
+}
+
+/// The comma-separated elements, OWS-trimmed (empty ones included), of
+/// every field named `name`, in order.
+fn elements<'a>(
+    buf: &'a [u8],
+    fields: &'a [Field],
+    name: &'a [u8],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values(buf, fields, name)
         .flat_map(|v| v.split(|&b| b == b','))
         .map(trim_ows)
 }

@@ -490,8 +490,8 @@ where
     let (xff, fwd) = client.forwarding(
         sp,
         facts.host,
-        named(buf, fields, b"forwarded"),
-        named(buf, fields, b"x-forwarded-for"),
+        h1::values(buf, fields, b"forwarded"),
+        h1::values(buf, fields, b"x-forwarded-for"),
     );
 
     // The head sent on.
@@ -640,12 +640,7 @@ where
             };
         }
     };
-    let binds = connection_bound(
-        up_fields
-            .iter()
-            .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"www-authenticate"))
-            .map(|f| ubytes(&f.value)),
-    );
+    let binds = connection_bound(h1::values(up_buf, up_fields, b"www-authenticate"));
     let (host, name) = match dest {
         Dest::Local => (plan.own_host, plan.own_name_value.as_ref()),
         Dest::Owner { host, .. } => (host, sp.name_of(host)),
@@ -663,22 +658,12 @@ where
             coherent,
             stale,
             now_s,
-            up_fields
-                .iter()
-                .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"set-cookie"))
-                .map(|f| ubytes(&f.value)),
+            h1::values(up_buf, up_fields, b"set-cookie"),
         )
     });
-    let named_by_connection = |name: &[u8]| {
-        up_fields
-            .iter()
-            .filter(|f| ubytes(&f.name).eq_ignore_ascii_case(b"connection"))
-            .flat_map(|f| ubytes(&f.value).split(|&c| c == b','))
-            .any(|o| trim(o).eq_ignore_ascii_case(name))
-    };
-    let has_connection = up_fields
-        .iter()
-        .any(|f| ubytes(&f.name).eq_ignore_ascii_case(b"connection"));
+    let has_connection = h1::values(up_buf, up_fields, b"connection")
+        .next()
+        .is_some();
     let close_client = close_client || framing == Framing::Close;
     let up_keeps = framing != Framing::Close && h1::keep_alive(up_buf, up_fields, resp.minor);
     let name = name.filter(|_| serving.is_some());
@@ -702,7 +687,7 @@ where
         let n = ubytes(&f.name);
         if response_drops(n)
             || (name.is_some() && n.eq_ignore_ascii_case(SERVED_BY.as_bytes()))
-            || (has_connection && named_by_connection(n))
+            || (has_connection && h1::has_token(up_buf, up_fields, b"connection", n))
         {
             continue;
         }
@@ -886,21 +871,6 @@ fn values<'b>(
         .zip(kinds)
         .filter(move |(_, k)| **k == kind)
         .map(move |(f, _)| buf.get(f.value.clone()).unwrap_or_default())
-}
-
-/// The values of the fields named `name` (lowercase).
-fn named<'b>(
-    buf: &'b [u8],
-    fields: &'b [Field],
-    name: &'static [u8],
-) -> impl Iterator<Item = &'b [u8]> + 'b {
-    fields
-        .iter()
-        .filter(move |f| {
-            buf.get(f.name.clone())
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .map(move |f| buf.get(f.value.clone()).unwrap_or_default())
 }
 
 /// `name: value` and its line end.
