@@ -543,7 +543,7 @@ where
     let idle = Duration::from_secs(u64::from(plan.limits.idle_timeout_s));
     let answered = loop {
         let sent = async {
-            up.write_all(&b.out).await?;
+            write_within(&mut up, &b.out, idle).await?;
             if body_left > 0 {
                 relay_exact(stream, &mut up, &mut b.client, body_left, idle).await?;
             }
@@ -603,7 +603,7 @@ where
             out.clear();
             plain_answer(out, status, text, close_client);
             counters.observe(start.elapsed(), served);
-            return match stream.write_all(out).await {
+            return match write_within(stream, out, idle).await {
                 Ok(()) if !close_client => Next::Keep,
                 _ => Next::Close,
             };
@@ -634,7 +634,7 @@ where
                 close_client,
             );
             counters.observe(start.elapsed(), served);
-            return match stream.write_all(out).await {
+            return match write_within(stream, out, idle).await {
                 Ok(()) if !close_client => Next::Keep,
                 _ => Next::Close,
             };
@@ -730,7 +730,7 @@ where
         Err(_) => (false, false),
     };
     let mut failed = !ended && !clean;
-    if stream.write_all(out).await.is_err() {
+    if write_within(stream, out, idle).await.is_err() {
         counters.observe(start.elapsed(), served);
         return Next::Abort;
     }
@@ -747,7 +747,7 @@ where
             }
             Ok(Ok(_)) => match body.advance(&b.up) {
                 Ok(p) => {
-                    if stream.write_all(&b.up[..p.consumed]).await.is_err() {
+                    if write_within(stream, &b.up[..p.consumed], idle).await.is_err() {
                         failed = true;
                         break;
                     }
@@ -852,7 +852,7 @@ where
             .unwrap_or(usize::MAX)
             .min(n)
             .min(buf.len());
-        up.write_all(&buf[..take]).await?;
+        write_within(up, &buf[..take], idle).await?;
         buf.advance(take);
         left -= take as u64;
     }
@@ -871,6 +871,29 @@ fn values<'b>(
         .zip(kinds)
         .filter(move |(_, k)| **k == kind)
         .map(move |(f, _)| buf.get(f.value.clone()).unwrap_or_default())
+}
+
+/// Writes all of `bytes` to `w` and flushes it, each step within `idle`
+/// (a peer that stops reading for that long fails the write, as the other
+/// side's silence fails a read).
+async fn write_within<W>(w: &mut W, bytes: &[u8], idle: Duration) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match coarse::timeout(idle, w.write(rest)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = rest.get(n..).unwrap_or_default(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    // A TLS stream may hold records back until flushed (a no-op on TCP).
+    match coarse::timeout(idle, w.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// `name: value` and its line end.
