@@ -28,6 +28,13 @@
 //!   kept for that client connection alone and every later request on it
 //!   goes there, never through the pool.
 //!
+//! Which requests come here: a client connection starts on the byte relay
+//! (`super::relay`), which serves the requests routed here or over a hop
+//! tunnel itself, with this module's decisions and counters
+//! (`cookie_state`, `Client::forwarding`, `served_here`,
+//! `count_decision`), and hands the connection here, bytes read so far
+//! included, for everything else (see its docs).
+//!
 //! Cost: a request is one read and one write on each of its two
 //! connections (the kernel's TCP path is most of a request's CPU), so the
 //! request path adds as little as it can around them: the received head is
