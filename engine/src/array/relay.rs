@@ -576,34 +576,10 @@ where
     let resp = match answered {
         Ok(h) => h,
         Err(kind) => {
-            StickyCounters::bump(&counters.sticky.failed);
-            let (status, text) = match (kind, dest) {
-                (ErrorKind::Timeout, dest) => {
-                    if let Dest::Owner { .. } = dest {
-                        counters.sticky.error(StickyError::OwnerTimeout);
-                    }
-                    counters.error_at(kind, served);
-                    ("504 Gateway Timeout", "upstream timed out")
-                }
-                (_, Dest::Local) => {
-                    counters.error_at(kind, served);
-                    ("502 Bad Gateway", "no upstream could be reached")
-                }
-                (_, Dest::Owner { index, .. }) => {
-                    service.failed(index);
-                    if let Some(m) = counters.members.get(index) {
-                        m.error(ErrorKind::Unreachable);
-                    }
-                    counters.sticky.error(StickyError::OwnerFailed);
-                    ("502 Bad Gateway", OWNER_FAILED)
-                }
-            };
             let close_client = close_client || !retriable;
-            let out = &mut b.out;
-            out.clear();
-            plain_answer(out, status, text, close_client);
+            failed_answer(service, dest, kind, served, close_client, &mut b.out);
             counters.observe(start.elapsed(), served);
-            return match write_within(stream, out, idle).await {
+            return match write_within(stream, &b.out, idle).await {
                 Ok(()) if !close_client => Next::Keep,
                 _ => Next::Close,
             };
@@ -623,18 +599,18 @@ where
     let framing = match h1::response_framing(up_buf, up_fields, resp.status, is_head, false) {
         Ok(f) if !faulty => f,
         _ => {
-            StickyCounters::bump(&counters.sticky.failed);
-            counters.error_at(ErrorKind::Unreachable, served);
-            let out = &mut b.out;
-            out.clear();
-            plain_answer(
-                out,
-                "502 Bad Gateway",
-                "no upstream could be reached",
+            // Malformed: as a connection that failed before its answer.
+            // Its head is not passed on, and the upstream is not kept.
+            failed_answer(
+                service,
+                dest,
+                ErrorKind::Unreachable,
+                served,
                 close_client,
+                &mut b.out,
             );
             counters.observe(start.elapsed(), served);
-            return match write_within(stream, out, idle).await {
+            return match write_within(stream, &b.out, idle).await {
                 Ok(()) if !close_client => Next::Keep,
                 _ => Next::Close,
             };
@@ -747,7 +723,10 @@ where
             }
             Ok(Ok(_)) => match body.advance(&b.up) {
                 Ok(p) => {
-                    if write_within(stream, &b.up[..p.consumed], idle).await.is_err() {
+                    if write_within(stream, &b.up[..p.consumed], idle)
+                        .await
+                        .is_err()
+                    {
                         failed = true;
                         break;
                     }
@@ -902,6 +881,45 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
+}
+
+/// Counts a request that got no usable answer from `dest` (`kind`: it
+/// timed out, or failed after the request was sent) as the full path
+/// counts it, and writes the answer into `out`: 504, or 502 saying
+/// whether the owner failed.
+fn failed_answer(
+    service: &Service,
+    dest: Dest,
+    kind: ErrorKind,
+    served: Option<usize>,
+    close: bool,
+    out: &mut BytesMut,
+) {
+    let counters = &service.counters;
+    StickyCounters::bump(&counters.sticky.failed);
+    let (status, text) = match (kind, dest) {
+        (ErrorKind::Timeout, dest) => {
+            if let Dest::Owner { .. } = dest {
+                counters.sticky.error(StickyError::OwnerTimeout);
+            }
+            counters.error_at(kind, served);
+            ("504 Gateway Timeout", "upstream timed out")
+        }
+        (_, Dest::Local) => {
+            counters.error_at(kind, served);
+            ("502 Bad Gateway", "no upstream could be reached")
+        }
+        (_, Dest::Owner { index, .. }) => {
+            service.failed(index);
+            if let Some(m) = counters.members.get(index) {
+                m.error(ErrorKind::Unreachable);
+            }
+            counters.sticky.error(StickyError::OwnerFailed);
+            ("502 Bad Gateway", OWNER_FAILED)
+        }
+    };
+    out.clear();
+    plain_answer(out, status, text, close);
 }
 
 /// A plain-text answer of the relay's own (the full path's `answer`).
