@@ -603,6 +603,32 @@ fn scripted_app(addr: SocketAddr, accepted: Arc<std::sync::atomic::AtomicUsize>)
                         }
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    if head
+                        .to_ascii_lowercase()
+                        .contains("transfer-encoding: chunked")
+                    {
+                        // Echo a chunked body as received, to its last chunk.
+                        let chunked_end = loop {
+                            if let Some(i) = buf[end..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                                break end + i + 5;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let mut text = buf[..chunked_end].to_vec();
+                        buf.drain(..chunked_end);
+                        let mut a =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len())
+                                .into_bytes();
+                        a.append(&mut text);
+                        if conn.write_all(&a).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     let length: usize = head
                         .lines()
                         .filter_map(|l| l.split_once(':'))
@@ -816,6 +842,27 @@ fn relay_scenario() {
     let relayed = counter(&tier, &["requests"]);
     assert!(relayed >= 3, "requests counted: {relayed}");
     let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A chunked request body is relayed as sent, split across writes,
+    // and the request after it on the connection is read where it ends.
+    c.write_all(b"POST /chunked-echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(b"lo\r\n0\r\n\r\nGET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .unwrap();
+    let a = read_answer(&mut c, &mut pending).expect("answer to the chunked POST");
+    let seen = a.body.to_ascii_lowercase();
+    assert!(
+        seen.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{seen}"
+    );
+    assert!(seen.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{seen}");
+    assert_eq!(
+        read_answer(&mut c, &mut pending)
+            .expect("the request after it")
+            .body,
+        "hello"
+    );
 
     // Keep-alive upstream: the next requests reuse the application's
     // connection.

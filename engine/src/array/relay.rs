@@ -18,7 +18,7 @@
 //! ([`super::sticky::connection`], on hyper) with the bytes read so far, for
 //! the rest of the connection's life: a head the strict parser refuses (the
 //! full path answers it as it always did, 400 or 431, and counts it), HTTP/1.0,
-//! a request with a body that is not of a known length, `Expect`, `Upgrade`
+//! a chunked body malformed in its first bytes, `Expect`, `Upgrade`
 //! (hop tunnels), a member header (hops), connection-bound authentication,
 //! `Connection` options other than `close` and `keep-alive`, an array page,
 //! a refusal, and every route that is not "serve here" (forwards, the hop
@@ -358,7 +358,7 @@ where
         return Next::HandOver;
     }
     let framing = match h1::request_framing(buf, fields) {
-        Ok(f @ (Framing::Empty | Framing::Length(_))) => f,
+        Ok(f) => f,
         _ => return Next::HandOver,
     };
     let mut facts = Facts::default();
@@ -460,6 +460,13 @@ where
         } => Some((class, pinnable, repinned)),
         _ => None,
     };
+    // The body's first bytes, read with the head: a chunked body already
+    // malformed there goes to the full path with the rest.
+    let mut body = Body::new(framing);
+    let past_body = match body.advance(buf.get(head.len..).unwrap_or_default()) {
+        Ok(p) => buf.get(head.len + p.consumed..).unwrap_or_default(),
+        Err(_) => return Next::HandOver,
+    };
     // The upstream first: one that cannot be had hands the request over
     // untouched, and the full path answers it (re-pinned, or its error).
     let (mut up, mut reused) = match dest.take(service) {
@@ -523,17 +530,15 @@ where
             put_field(out, name, v.as_bytes());
         }
     }
+    if framing == Framing::Chunked {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
     out.put_slice(b"\r\n");
+    // Only a request without a body is sent again (its body is gone).
     let retriable = framing == Framing::Empty;
-    // A failure while a body is on its way leaves the rest of it unread:
-    // the connection cannot carry another request then.
-    let mut body_left = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let here = (buf.len() - head.len).min(usize::try_from(body_left).unwrap_or(usize::MAX));
-    out.put_slice(&buf[head.len..head.len + here]);
-    body_left -= here as u64;
+    let after = &buf[head.len..];
+    let here = after.len() - past_body.len();
+    out.put_slice(&after[..here]);
     let is_head = method == b"HEAD";
     b.client.advance(head.len + here);
 
@@ -544,8 +549,8 @@ where
     let answered = loop {
         let sent = async {
             write_within(&mut up, &b.out, idle).await?;
-            if body_left > 0 {
-                relay_exact(stream, &mut up, &mut b.client, body_left, idle).await?;
+            if !body.done() {
+                relay_body(stream, &mut up, &mut b.client, &mut body, idle).await?;
             }
             Ok::<_, std::io::Error>(())
         }
@@ -807,33 +812,35 @@ async fn response_head(
     }
 }
 
-/// Relays the `left` bytes of a request body still to come from the client
-/// (`stream`, through `buf`) to the upstream.
-async fn relay_exact<S>(
+/// Relays the rest of a request body (`body`: its framing and how far it
+/// came) from the client (`stream`, through `buf`) to the upstream; bytes
+/// past its end stay in `buf` (the next request). A body that breaks its
+/// chunked framing fails as the connection would.
+async fn relay_body<S>(
     stream: &mut S,
     up: &mut RawConn,
     buf: &mut BytesMut,
-    mut left: u64,
+    body: &mut Body,
     idle: Duration,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + Unpin,
 {
-    while left > 0 {
-        buf.reserve(READ_CHUNK);
-        let n = match coarse::timeout(idle, stream.read_buf(buf)).await {
-            Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        };
-        let take = usize::try_from(left)
-            .unwrap_or(usize::MAX)
-            .min(n)
-            .min(buf.len());
-        write_within(up, &buf[..take], idle).await?;
-        buf.advance(take);
-        left -= take as u64;
+    while !body.done() {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            match coarse::timeout(idle, stream.read_buf(buf)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+        let p = body
+            .advance(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        write_within(up, &buf[..p.consumed], idle).await?;
+        buf.advance(p.consumed);
     }
     Ok(())
 }
