@@ -22,9 +22,13 @@
 //! (hop tunnels), a member header (hops), connection-bound authentication,
 //! `Connection` options other than `close` and `keep-alive`, an array page,
 //! a refusal, and every route that is not "serve here" (forwards, the hop
-//! limit, an unavailable owner). A connection is also handed over, with the
-//! request unconsumed, when `local` cannot be connected to: the full path
-//! then answers and counts it as it would have.
+//! limit, an unavailable owner). An owner whose hop cannot be had before a
+//! byte is sent is the seed's unavailable owner: under `repin` the request
+//! is served here and its cookie re-pinned, counted as the full path counts
+//! it (`connect_failed`, a failover, the member reported failed). A
+//! connection is handed over, with the request unconsumed, when `local`
+//! cannot be connected to, or such an owner's service is `strict`: the
+//! full path then answers and counts it as it would have.
 //!
 //! Guarantees (those of the full path, for the requests taken here):
 //! - the application never sees a client's `Forwarded`, `X-Forwarded-*`,
@@ -428,7 +432,7 @@ where
     // Where it goes, and the decision of the member that serves it (this
     // one, or the owner: what the owner would do to the answer is done
     // here, as on the full path's tunnels).
-    let (dest, serving) = match route {
+    let (mut dest, serving) = match route {
         Route::Local { .. } => (Dest::Local, route),
         Route::Forward {
             to: Target::Host(host),
@@ -452,7 +456,7 @@ where
         }
         _ => return Next::HandOver,
     };
-    let serving = match serving {
+    let mut serving = match serving {
         Route::Local {
             class,
             pinnable,
@@ -467,14 +471,34 @@ where
         Ok(p) => buf.get(head.len + p.consumed..).unwrap_or_default(),
         Err(_) => return Next::HandOver,
     };
-    // The upstream first: one that cannot be had hands the request over
-    // untouched, and the full path answers it (re-pinned, or its error).
-    let (mut up, mut reused) = match dest.take(service) {
-        Some(s) => (s, true),
-        None => match dest.open(service, local).await {
-            Some(s) => (s, false),
-            None => return Next::HandOver,
-        },
+    // The upstream first. An owner that cannot be reached before a byte
+    // is sent is the seed's "unavailable owner": `repin` serves here (and
+    // re-pins the cookie), as the full path does; `strict`, and a `local`
+    // that cannot be reached, hand the request over untouched, and the
+    // full path answers it.
+    let mut unreached = None;
+    let (mut up, mut reused) = loop {
+        if let Some(s) = dest.take(service) {
+            break (s, true);
+        }
+        if let Some(s) = dest.open(service, local).await {
+            break (s, false);
+        }
+        match (dest, sticky::unreachable_owner(&sp.policy)) {
+            (
+                Dest::Owner { index, .. },
+                Route::Local {
+                    class,
+                    pinnable,
+                    repinned,
+                },
+            ) if unreached.is_none() => {
+                unreached = Some(index);
+                dest = Dest::Local;
+                serving = Some((class, pinnable, repinned));
+            }
+            _ => return Next::HandOver,
+        }
     };
 
     // Served here from now on: counted as the full path counts it.
@@ -482,6 +506,11 @@ where
     let counters = &service.counters;
     ServiceCounters::bump(&counters.requests);
     count_decision(&counters.sticky, cookie, route);
+    if let Some(index) = unreached {
+        service.failed(index);
+        counters.sticky.error(StickyError::ConnectFailed);
+        counters.failed_over(Some(index));
+    }
     let (coherent, stale) = match dest {
         Dest::Local => pin_facts(service, sp, cookie, now_s),
         Dest::Owner { host, .. } => (
