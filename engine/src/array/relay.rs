@@ -196,17 +196,16 @@ impl Dest {
     }
 
     /// A new connection there (`local` at `local`), within the connect
-    /// timeout; `None` when it cannot be had now: the owner's hop failed
-    /// or refuses streams, or `local` does not accept.
-    async fn open(self, service: &Service, local: SocketAddr) -> Option<RawConn> {
+    /// timeout.
+    async fn open(self, service: &Service, local: SocketAddr) -> Opened {
         let plan = &*service.plan;
         let timeout = plan.connect_timeout();
         match self {
             Dest::Local => match upstream::tcp(local, timeout).await {
-                Ok(s) => Some(RawConn::Tcp(s)),
+                Ok(s) => Opened::Conn(RawConn::Tcp(s)),
                 Err(e) => {
                     tracing::debug!(addr = %local, error = %e, "local unreachable: the full path answers");
-                    None
+                    Opened::HandOver
                 }
             },
             Dest::Owner { addr, .. } => {
@@ -216,18 +215,41 @@ impl Dest {
                 };
                 let mux = match service.hop_mux(addr, plan.hop_tls(addr), &open).await {
                     Ok(Some(m)) if !m.full() => m,
-                    _ => return None,
+                    // Refused (a member that takes a tunnel per connection,
+                    // or signed hops) or full: the full path's hops.
+                    Ok(_) => return Opened::HandOver,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "owner unreachable");
+                        return Opened::Unreachable;
+                    }
                 };
                 match coarse::timeout(timeout, mux.open()).await {
                     Ok(Ok(Some(stream))) => {
                         StickyCounters::bump(&service.counters.sticky.tunnels_out);
-                        Some(RawConn::Mux(stream))
+                        Opened::Conn(RawConn::Mux(stream))
                     }
-                    _ => None,
+                    // Its application did not take the stream's connection.
+                    Ok(Ok(None)) => Opened::Unreachable,
+                    // The hop failed since it was last used: the full path
+                    // opens another.
+                    Ok(Err(_)) | Err(_) => Opened::HandOver,
                 }
             }
         }
     }
+}
+
+/// What [`Dest::open`] came to.
+enum Opened {
+    /// A connection.
+    Conn(RawConn),
+    /// An owner that cannot take the request (its hop could not be made,
+    /// or its application refused the stream): the seed's unavailable
+    /// owner.
+    Unreachable,
+    /// For the full path: `local` does not accept, or the owner's hop
+    /// needs what only the full path does.
+    HandOver,
 }
 
 /// What happens to the client connection after a request.
@@ -481,8 +503,10 @@ where
         if let Some(s) = dest.take(service) {
             break (s, true);
         }
-        if let Some(s) = dest.open(service, local).await {
-            break (s, false);
+        match dest.open(service, local).await {
+            Opened::Conn(s) => break (s, false),
+            Opened::HandOver => return Next::HandOver,
+            Opened::Unreachable => {}
         }
         match (dest, sticky::unreachable_owner(&sp.policy)) {
             (
@@ -598,8 +622,8 @@ where
             Ok(Err(UpError::Closed)) if reused && retriable => {
                 reused = false;
                 match dest.open(service, local).await {
-                    Some(s) => up = s,
-                    None => break Err(ErrorKind::Unreachable),
+                    Opened::Conn(s) => up = s,
+                    _ => break Err(ErrorKind::Unreachable),
                 }
             }
             Ok(Ok(h)) => break Ok(h),
