@@ -367,15 +367,18 @@ pub(super) fn now() -> Instant {
     })
 }
 
-/// `fut`, or [`Elapsed`] if it is not done within `d`.
+/// `fut`, or [`Elapsed`] if it is not done within `d` of the first time it
+/// waits. The deadline is armed then: a future ready at once (most socket
+/// writes) costs no clock reading and no deadline.
 pub(super) async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    let mut sleep = Sleep::after(d);
+    let mut sleep = None;
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        match Pin::new(&mut sleep).poll(cx) {
+        let sleep = sleep.get_or_insert_with(|| Sleep::after(d));
+        match Pin::new(sleep).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
