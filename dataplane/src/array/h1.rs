@@ -518,8 +518,9 @@ pub fn values<'a>(
 }
 
 /// The comma-separated elements, OWS-trimmed (empty ones included), of
-/// every field named `name`, in order.
-fn elements<'a>(
+/// every field named `name` (given in lowercase), in order: `Connection`
+/// options, transfer codings.
+pub fn elements<'a>(
     buf: &'a [u8],
     fields: &'a [Field],
     name: &'a [u8],

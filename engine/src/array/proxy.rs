@@ -53,7 +53,7 @@ pub const UNAVAILABLE: &str = "shoal-unavailable";
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never
 /// forwarded; the member header is removed too and added back only on a
 /// hop this member makes.
-const HOP_BY_HOP: [HeaderName; 10] = [
+pub(super) const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -57,19 +57,20 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
+use hyper::header::HeaderName;
 use hyper::server::conn::http1;
 use shoal_dataplane::array::h1::{self, Body, Field, Framing, RequestHead};
-use shoal_dataplane::array::sticky::{self, CookieState, Owner, Route, Target, View};
+use shoal_dataplane::array::sticky::{self, Route, Target, View};
 use shoal_dataplane::array::{classify, seen, Form, HeadView};
 use shoal_dataplane::HostId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::coarse;
 use super::counters::{ErrorKind, ServiceCounters};
-use super::proxy::{wall_ms, Service, SERVED_BY};
+use super::proxy::{wall_ms, Service, HOP_BY_HOP, SERVED_BY};
 use super::sticky::{
     connection_bound, cookie_state, count_decision, pin_facts, served_here, view_of, Client,
-    StickyCounters, StickyError, FORWARDED_BY,
+    StickyCounters, StickyError, CLIENT_FIELDS, FORWARDED_BY,
 };
 use super::tunnel::Rewind;
 use super::upstream::{self, RawConn};
@@ -85,8 +86,6 @@ enum Kind {
     /// Left out: hop-by-hop (RFC 9110 §7.6.1) or client-supplied
     /// forwarding fields, rebuilt or removed.
     Drop,
-    /// `Connection`: left out; its options are checked.
-    Connection,
     /// `Host` (kept).
     Host,
     /// `Cookie` (kept).
@@ -102,59 +101,42 @@ enum Kind {
     HandOver,
 }
 
-/// The field names the relay treats specially (lowercase), and how.
-const NAMES: [(&[u8], Kind); 23] = [
+/// The field names the relay treats apart from the hop-by-hop and
+/// client-supplied fields it leaves out (lowercase), and how.
+const NAMES: [(&[u8], Kind); 10] = [
     (b"host", Kind::Host),
     (b"cookie", Kind::Cookie),
-    (b"connection", Kind::Connection),
     (b"via", Kind::Via),
     (b"cdn-loop", Kind::CdnLoop),
     (b"authorization", Kind::Authorization),
-    (b"keep-alive", Kind::Drop),
-    (b"proxy-connection", Kind::Drop),
-    (b"te", Kind::Drop),
-    (b"trailer", Kind::Drop),
-    (b"transfer-encoding", Kind::Drop),
-    (b"proxy-authorization", Kind::Drop),
-    (b"proxy-authenticate", Kind::Drop),
     (b"forwarded", Kind::Drop),
     (b"x-forwarded-for", Kind::Drop),
-    (b"x-forwarded-host", Kind::Drop),
-    (b"x-forwarded-proto", Kind::Drop),
-    (b"x-real-ip", Kind::Drop),
-    (b"x-shoal-forwarded-by", Kind::Drop),
-    (b"shoal-hops", Kind::Drop),
     (b"expect", Kind::HandOver),
     (b"upgrade", Kind::HandOver),
     (b"shoal-member", Kind::HandOver),
 ];
 
-/// How the relay treats a field named `name`.
-fn kind_of(name: &[u8]) -> Kind {
-    // Most names are none of these: the length and first byte rule most
-    // of them out before a comparison.
-    NAMES
+/// Whether `name` is one of `names` (lowercase), ignoring ASCII case.
+fn one_of(name: &[u8], names: &[HeaderName]) -> bool {
+    names
         .iter()
-        .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-        .map_or(Kind::Keep, |(_, k)| *k)
+        .any(|n| n.as_str().len() == name.len() && n.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// Fields left out of a response: hop-by-hop ones.
-fn response_drops(name: &[u8]) -> bool {
-    const DROP: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"shoal-member",
-    ];
-    DROP.iter()
-        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+/// How the relay treats a request field named `name`: [`NAMES`] first,
+/// then the full path's hop-by-hop and client-supplied fields are left out.
+fn kind_of(name: &[u8]) -> Kind {
+    if let Some((_, k)) = NAMES
+        .iter()
+        .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    {
+        return *k;
+    }
+    if one_of(name, &HOP_BY_HOP) || one_of(name, &CLIENT_FIELDS) {
+        Kind::Drop
+    } else {
+        Kind::Keep
+    }
 }
 
 /// The full path's answer when an owner fails after the request was sent.
@@ -176,13 +158,11 @@ enum Dest {
 }
 
 impl Dest {
-    /// An idle connection there, from the worker's pool.
-    fn take(self, service: &Service) -> Option<RawConn> {
+    /// An idle connection there (`local` at `local`), from the worker's
+    /// pool.
+    fn take(self, service: &Service, local: SocketAddr) -> Option<RawConn> {
         match self {
-            Dest::Local => match service.plan.upstreams {
-                super::Upstreams::Cluster { local, .. } => service.pool.take_raw(local),
-                super::Upstreams::Parents => None,
-            },
+            Dest::Local => service.pool.take_raw(local),
             Dest::Owner { addr, .. } => service.tunnels.take_raw(addr),
         }
     }
@@ -395,19 +375,13 @@ where
                 facts.host = facts.host.or(Some(bytes(&f.value)));
             }
             Kind::HandOver => facts.hand_over = true,
-            Kind::Connection => {
-                let options = bytes(&f.value).split(|&c| c == b',').map(trim);
-                if options.into_iter().any(|o| {
-                    !o.is_empty()
-                        && !o.eq_ignore_ascii_case(b"close")
-                        && !o.eq_ignore_ascii_case(b"keep-alive")
-                }) {
-                    facts.hand_over = true;
-                }
-            }
             _ => {}
         }
     }
+    // `Connection` options name fields the full path removes with it.
+    facts.hand_over |= h1::elements(buf, fields, b"connection").any(|o| {
+        !o.is_empty() && !o.eq_ignore_ascii_case(b"close") && !o.eq_ignore_ascii_case(b"keep-alive")
+    });
     if facts.hand_over || connection_bound(values(buf, fields, kinds, Kind::Authorization)) {
         return Next::HandOver;
     }
@@ -500,7 +474,7 @@ where
     // full path answers it.
     let mut unreached = None;
     let (mut up, mut reused) = loop {
-        if let Some(s) = dest.take(service) {
+        if let Some(s) = dest.take(service, local) {
             break (s, true);
         }
         match dest.open(service, local).await {
@@ -536,11 +510,8 @@ where
         counters.failed_over(Some(index));
     }
     let (coherent, stale) = match dest {
-        Dest::Local => pin_facts(service, sp, cookie, now_s),
-        Dest::Owner { host, .. } => (
-            matches!(cookie, CookieState::Valid(c) if c.owner == Owner::Host(host)),
-            pin_facts(service, sp, cookie, now_s).1,
-        ),
+        Dest::Local => pin_facts(sp, cookie, plan.own_host, now_s),
+        Dest::Owner { host, .. } => pin_facts(sp, cookie, host, now_s),
     };
     let served = match dest {
         Dest::Local => Some(own),
@@ -564,7 +535,7 @@ where
     out.put_slice(b" HTTP/1.1\r\n");
     for (f, kind) in fields.iter().zip(kinds) {
         match kind {
-            Kind::Drop | Kind::Connection | Kind::HandOver => {}
+            Kind::Drop | Kind::HandOver => {}
             _ => out.put_slice(bytes(&f.line)),
         }
     }
@@ -719,7 +690,7 @@ where
     out.put_slice(b"\r\n");
     for f in up_fields {
         let n = ubytes(&f.name);
-        if response_drops(n)
+        if one_of(n, &HOP_BY_HOP)
             || (name.is_some() && n.eq_ignore_ascii_case(SERVED_BY.as_bytes()))
             || (has_connection && h1::has_token(up_buf, up_fields, b"connection", n))
         {
@@ -994,17 +965,4 @@ fn plain_answer(out: &mut BytesMut, status: &str, text: &str, close: bool) {
     out.put_slice(b"\r\n");
     out.put_slice(text.as_bytes());
     out.put_u8(b'\n');
-}
-
-/// `s` without leading and trailing spaces and tabs.
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t'))
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|c| !matches!(c, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    s.get(start..end).unwrap_or_default()
 }

@@ -109,7 +109,7 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Client-supplied fields removed unless a trusted proxy or a member sent
 /// them (`Forwarded` and `X-Forwarded-For` are rebuilt).
-const CLIENT_FIELDS: [HeaderName; 5] = [
+pub(super) const CLIENT_FIELDS: [HeaderName; 5] = [
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-real-ip"),
@@ -754,7 +754,7 @@ async fn serve(
     };
     let mut route = sticky::decide(&sp.policy, &view, &asked);
     count_decision(counters, cookie_state, route);
-    let (coherent, stale) = pin_facts(service, sp, cookie_state, now_s);
+    let (coherent, stale) = pin_facts(sp, cookie_state, plan.own_host, now_s);
 
     // The head sent on: hop-by-hop fields gone, forwarding fields rebuilt.
     let mut headers = std::mem::take(&mut parts.headers);
@@ -949,10 +949,7 @@ async fn serve(
                                     ..asked
                                 },
                             );
-                            let cookie_owner = matches!(
-                                cookie_state,
-                                CookieState::Valid(c) if c.owner == Owner::Host(owner)
-                            );
+                            let (cookie_owner, _) = pin_facts(sp, cookie_state, owner, now_s);
                             answered_for(
                                 service,
                                 sp,
@@ -1189,18 +1186,16 @@ pub(super) fn count_decision(counters: &StickyCounters, cookie: CookieState<'_>,
     }
 }
 
-/// Whether the request's cookie already names this host (`coherent`) and
-/// whether it is past half its lifetime (`stale`: renewed on the answer).
+/// Whether the request's cookie already names `host`, the member that
+/// serves it (`coherent`), and whether it is past half its lifetime
+/// (`stale`: renewed on the answer).
 pub(super) fn pin_facts(
-    service: &Service,
     sp: &StickyPlan,
     cookie: CookieState<'_>,
+    host: HostId,
     now_s: u64,
 ) -> (bool, bool) {
-    let coherent = matches!(
-        cookie,
-        CookieState::Valid(c) if c.owner == Owner::Host(service.plan.own_host)
-    );
+    let coherent = matches!(cookie, CookieState::Valid(c) if c.owner == Owner::Host(host));
     let stale = matches!(
         cookie,
         CookieState::Valid(c) if now_s.saturating_sub(c.issued_s) > sp.max_age_s / 2
