@@ -939,15 +939,57 @@ fn relay_scenario() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("only ten b"), "{text}");
 
-    // What the relay does not take, the full path does, on the same
-    // connection: HTTP/1.0, and `Expect: 100-continue`.
+    // HTTP/1.0: relayed as HTTP/1.0 (the application's answer cannot be
+    // chunked then), kept open only when the client asks for it, the
+    // upstream connection kept whatever the client says.
+    let mut g = connect();
+    let mut pg = Vec::new();
+    for _ in 0..2 {
+        g.write_all(b"GET /echo HTTP/1.0\r\nHost: shop.test\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let a = read_answer(&mut g, &mut pg).expect("an HTTP/1.0 keep-alive answer");
+        assert_eq!((a.status, a.header("connection")), (200, "keep-alive"));
+        let seen = a.body.to_ascii_lowercase();
+        assert!(seen.starts_with("get /echo http/1.0\r\n"), "{}", a.body);
+        assert!(
+            seen.contains("\r\nconnection: keep-alive\r\n"),
+            "{}",
+            a.body
+        );
+        assert!(seen.contains("\r\nvia: "), "Via added: {}", a.body);
+    }
     let mut g = connect();
     g.write_all(b"GET /cl HTTP/1.0\r\nHost: shop.test\r\n\r\n")
         .unwrap();
     let mut got = Vec::new();
     let _ = g.read_to_end(&mut got);
     let a = parse(&got);
-    assert_eq!((a.status, a.body.as_str()), (200, "hello"));
+    assert_eq!(
+        (a.status, a.body.as_str(), a.header("connection")),
+        (200, "hello", "close")
+    );
+    // A chunked answer to an HTTP/1.0 request is malformed: 502, closed.
+    let mut g = connect();
+    g.write_all(b"GET /chunked HTTP/1.0\r\nHost: shop.test\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = g.read_to_end(&mut got);
+    let a = parse(&got);
+    assert_eq!(
+        (a.status, a.header("connection")),
+        (502, "close"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // What the relay does not take, the full path does, on the same
+    // connection: an HTTP/1.0 request with Transfer-Encoding (refused
+    // there), and `Expect: 100-continue`.
+    let mut g = connect();
+    g.write_all(b"POST /echo HTTP/1.0\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = g.read_to_end(&mut got);
+    assert_eq!(parse(&got).status, 400, "{}", String::from_utf8_lossy(&got));
     let mut h = connect();
     let mut ph = Vec::new();
     h.write_all(b"GET /cl HTTP/1.1\r\nHost: shop.test\r\n\r\n")

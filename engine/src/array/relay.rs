@@ -17,8 +17,9 @@
 //! Everything else hands the connection over to the full path
 //! ([`super::sticky::connection`], on hyper) with the bytes read so far, for
 //! the rest of the connection's life: a head the strict parser refuses (the
-//! full path answers it as it always did, 400 or 431, and counts it), HTTP/1.0,
-//! a chunked body malformed in its first bytes, `Expect`, `Upgrade`
+//! full path answers it as it always did, 400 or 431, and counts it), an
+//! HTTP/1.0 request with `Transfer-Encoding`, a chunked body malformed in
+//! its first bytes, `Expect`, `Upgrade`
 //! (hop tunnels), a member header (hops), connection-bound authentication,
 //! `Connection` options other than `close` and `keep-alive`, an array page,
 //! a refusal, and every route that is not "serve here" (forwards, the hop
@@ -29,6 +30,14 @@
 //! connection is handed over, with the request unconsumed, when `local`
 //! cannot be connected to, or such an owner's service is `strict`: the
 //! full path then answers and counts it as it would have.
+//!
+//! An HTTP/1.0 request goes upstream as HTTP/1.0 (with `Connection:
+//! keep-alive`, so the upstream connection is kept), so that its answer is
+//! never chunked: the relay passes bodies on as framed and does not
+//! re-frame them. An answer with `Transfer-Encoding` to such a request is
+//! malformed (RFC 9112 §7.1). The client's connection stays open only when
+//! it asked with `Connection: keep-alive` (its answer then says so), and
+//! closes after a failed request's 502 or 504.
 //!
 //! Guarantees (those of the full path, for the requests taken here):
 //! - the application never sees a client's `Forwarded`, `X-Forwarded-*`,
@@ -360,10 +369,15 @@ where
     let bytes = |r: &std::ops::Range<usize>| buf.get(r.clone()).unwrap_or_default();
     let method = bytes(&head.method);
     let target = bytes(&head.target);
-    if head.minor != 1 || method == b"CONNECT" || target.first() != Some(&b'/') {
+    if head.minor > 1 || method == b"CONNECT" || target.first() != Some(&b'/') {
         return Next::HandOver;
     }
+    // An HTTP/1.0 request goes on as one, so the answer cannot be chunked
+    // (RFC 9112 §7.1); one with Transfer-Encoding has faulty framing
+    // (§6.1): the full path refuses it.
+    let old = head.minor == 0;
     let framing = match h1::request_framing(buf, fields) {
+        Ok(Framing::Chunked) if old => return Next::HandOver,
         Ok(f) => f,
         _ => return Next::HandOver,
     };
@@ -532,7 +546,16 @@ where
     out.put_slice(method);
     out.put_u8(b' ');
     out.put_slice(target);
-    out.put_slice(b" HTTP/1.1\r\n");
+    out.put_slice(if old {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    if old {
+        // The client's own `Connection` is hop-by-hop; the upstream
+        // connection is kept for the next request whatever it says.
+        out.put_slice(b"connection: keep-alive\r\n");
+    }
     for (f, kind) in fields.iter().zip(kinds) {
         match kind {
             Kind::Drop | Kind::HandOver => {}
@@ -605,7 +628,9 @@ where
     let resp = match answered {
         Ok(h) => h,
         Err(kind) => {
-            let close_client = close_client || !retriable;
+            // An HTTP/1.0 client is not told to keep its connection after
+            // a failure: it closes.
+            let close_client = close_client || !retriable || old;
             failed_answer(service, dest, kind, served, close_client, &mut b.out);
             counters.observe(start.elapsed(), served);
             return match write_within(stream, &b.out, idle).await {
@@ -620,8 +645,9 @@ where
     let up_fields = &b.up_fields[..];
     let ubytes = |r: &std::ops::Range<usize>| up_buf.get(r.clone()).unwrap_or_default();
     // An HTTP/1.0 message with Transfer-Encoding has faulty framing
-    // (RFC 9112 §6.1).
-    let faulty = resp.minor == 0
+    // (RFC 9112 §6.1), and so has an answer with it to an HTTP/1.0
+    // request, which cannot take chunks (§7.1).
+    let faulty = (resp.minor == 0 || old)
         && up_fields
             .iter()
             .any(|f| h1::field_is(up_buf, f, b"transfer-encoding"));
@@ -630,6 +656,7 @@ where
         _ => {
             // Malformed: as a connection that failed before its answer.
             // Its head is not passed on, and the upstream is not kept.
+            let close_client = close_client || old;
             failed_answer(
                 service,
                 dest,
@@ -703,6 +730,8 @@ where
     }
     if close_client {
         out.put_slice(b"connection: close\r\n");
+    } else if old {
+        out.put_slice(b"connection: keep-alive\r\n");
     }
     put_field(out, b"via", plan.via.as_bytes());
     if let Some(n) = name {
