@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shoal's one test command (README: "Run the tests"). CI runs exactly this.
+# shoal's one test command (README: "Two commands"). CI runs exactly this.
 #
 #   scripts/test.sh            everything: install, fmt, clippy, unit and
 #                              property tests, privileged backend tests,
