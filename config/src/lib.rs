@@ -71,6 +71,7 @@
 //! control = 0                              # control-plane core, 0..=1023
 //! poll = [{ core = 1, queues = [0] }]      # one loop per core, each queue once
 //! proxy = [1]                              # array tier proxy workers, one per core (default: the poll cores)
+//! proxy_sched = "batch"                    # batch (woken workers do not preempt) | normal (SCHED_OTHER)
 //!
 //! [[rule]]                                 # up to 32; none at all means NLB's default rule
 //! vip = "all"                              # "all" or one of cluster.vips

@@ -89,7 +89,7 @@ const IO_KEYS: &[&str] = &[
     "xdp_zero_copy",
 ];
 const HOST_KEYS: &[&str] = &["id", "interface", "dedicated", "weight", "cores", "name"];
-const CORES_KEYS: &[&str] = &["control", "poll", "proxy"];
+const CORES_KEYS: &[&str] = &["control", "poll", "proxy", "proxy_sched"];
 const POLL_KEYS: &[&str] = &["core", "queues"];
 const RULE_KEYS: &[&str] = &[
     "vip",
@@ -860,10 +860,17 @@ impl Reader<'_, '_> {
             None => poll.iter().map(|p| p.core).collect(),
             Some(e) => self.proxy_cores(&e.item, &t.key_path("proxy")),
         };
+        let proxy_sched = self.choice(
+            t,
+            "proxy_sched",
+            names::PROXY_SCHEDS,
+            CoreMap::default().proxy_sched,
+        );
         CoreMap {
             control,
             poll,
             proxy,
+            proxy_sched,
         }
     }
 

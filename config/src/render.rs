@@ -144,6 +144,11 @@ pub(crate) fn render(c: &Config) -> String {
             "proxy = {}",
             list(&host.cores.proxy, |c| c.to_string())
         );
+        let _ = writeln!(
+            out,
+            "proxy_sched = \"{}\"",
+            names::name_of(names::PROXY_SCHEDS, host.cores.proxy_sched)
+        );
     }
 
     for rule in &c.rules {

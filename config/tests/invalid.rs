@@ -241,6 +241,7 @@ fn cases() -> Vec<Case> {
         case("no proxy core", with("[host.cores]\nproxy = []\n"), Some(9), "host[1].cores.proxy", "at least one proxy core"),
         case("proxy core twice", with("[host.cores]\nproxy = [1, 2, 1]\n"), Some(9), "host[1].cores.proxy", "core 1 is named twice"),
         case("proxy core above range", with("[host.cores]\nproxy = [1024]\n"), Some(9), "host[1].cores.proxy", "expected 0..=1023"),
+        case("proxy scheduling policy unknown", with("[host.cores]\nproxy_sched = \"fifo\"\n"), Some(9), "host[1].cores.proxy_sched", "\"fifo\" is not one of \"batch\", \"normal\""),
         case("connect timeout zero", service_keys("connect_timeout_ms = 0\n"), Some(12), "service[1].connect_timeout_ms", "expected 1..=60000"),
         case("first byte timeout too long", service_keys("first_byte_timeout_ms = 600001\n"), Some(12), "service[1].first_byte_timeout_ms", "expected 1..=600000"),
         case("idle timeout zero", service_keys("idle_timeout_s = 0\n"), Some(12), "service[1].idle_timeout_s", "expected 1..=3600"),

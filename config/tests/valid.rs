@@ -436,6 +436,12 @@ fn carp_services_parse_with_defaults_and_build_routers() {
     assert_eq!(web.limits.max_connections, 20_000);
     assert_eq!(web.limits.first_byte_timeout_ms, 15_000);
     assert_eq!(c.host(id(1)).unwrap().cores.proxy, [1, 2]);
+    assert_eq!(c.host(id(1)).unwrap().cores.proxy_sched, ProxySched::Normal);
+    assert_eq!(
+        c.host(id(2)).unwrap().cores.proxy_sched,
+        ProxySched::Batch,
+        "proxy workers are SCHED_BATCH unless told otherwise"
+    );
     assert_eq!(
         c.host(id(2)).unwrap().cores.proxy,
         [0],

@@ -20,7 +20,8 @@
 //!   handshakes;
 //! - `haproxy_cookie_insert`: HAProxy on the receiver (port 8002,
 //!   `cookie SRV insert indirect nocache`, both nginx as servers) with
-//!   `Cookie: SRV=` naming the receiver's server.
+//!   `Cookie: SRV=` naming the receiver's server. HAProxy runs under
+//!   `SCHED_BATCH`, as shoal's proxy workers do by default.
 //! - `haproxy_forwardfor`: the same HAProxy on port 8003, also doing to
 //!   each request what the forwarder must (README, "What the application
 //!   sees"): the client's `X-Forwarded-For` dropped and `option
@@ -439,10 +440,20 @@ pub fn run(opts: &ForwardOptions) -> Result<ForwardReport> {
     let other = 3 - recv;
     let ns = format!("shoal-h{recv}");
     std::fs::write(dir.join("haproxy.cfg"), haproxy_conf())?;
+    // Under the scheduling policy shoal's proxy workers run with
+    // (`proxy_sched = "batch"`), so the comparison is of the proxies, not
+    // of the policies (`chrt` execs HAProxy: its pid is HAProxy's).
     let haproxy = spawn(
         &ns,
-        "haproxy",
-        &["-db", "-f", &dir.join("haproxy.cfg").to_string_lossy()],
+        "chrt",
+        &[
+            "--batch",
+            "0",
+            "haproxy",
+            "-db",
+            "-f",
+            &dir.join("haproxy.cfg").to_string_lossy(),
+        ],
         &dir.join("haproxy.log"),
     )?;
     wait_port(&ns, HAPROXY_PORT)?;

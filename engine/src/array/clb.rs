@@ -72,7 +72,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
-use shoal_config::{ClbSection, Config, ServiceLimits};
+use shoal_config::{ClbSection, Config, ProxySched, ServiceLimits};
 use shoal_controlplane::{PollConfig, ResponseTimes};
 use shoal_dataplane::array::{Balancer, BalancerConfig};
 use shoal_dataplane::HostId;
@@ -257,6 +257,8 @@ pub(super) struct ClbBound {
     plans: Vec<Arc<ClbPlan>>,
     /// Per worker: its core and, per service, its listeners.
     workers: Vec<(usize, Vec<Vec<std::net::TcpListener>>)>,
+    /// The workers' scheduling policy.
+    sched: ProxySched,
 }
 
 impl ClbBound {
@@ -303,7 +305,11 @@ impl ClbBound {
                 workers.push((*core, per_service));
             }
         }
-        Ok(ClbBound { plans, workers })
+        Ok(ClbBound {
+            plans,
+            workers,
+            sched: section.cores.proxy_sched,
+        })
     }
 
     /// Every address the workers listen on, per service.
@@ -336,6 +342,7 @@ impl ClbBound {
             let plans = self.plans.clone();
             let shared = shared.clone();
             let stop = stop.clone();
+            let sched = self.sched;
             let seed = (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ std::process::id() as u64
                 ^ self
@@ -356,7 +363,7 @@ impl ClbBound {
                             stop,
                             seed,
                         };
-                        super::run_pinned("clb worker", core, serve(setup));
+                        super::run_pinned("clb worker", core, sched, serve(setup));
                     })
                     .context("spawning a clb worker")?,
             );

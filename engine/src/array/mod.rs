@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use hyper::header::HeaderValue;
-use shoal_config::{CarpMembers, Config, ServiceLimits, ServiceSection};
+use shoal_config::{CarpMembers, Config, ProxySched, ServiceLimits, ServiceSection};
 use shoal_controlplane::HealthConfig;
 use shoal_dataplane::array::{via_value, HeadLimits, MemberKey};
 use shoal_dataplane::HostId;
@@ -282,6 +282,7 @@ type WorkerListeners = Vec<Vec<std::net::TcpListener>>;
 pub struct Bound {
     plans: Vec<Arc<ServicePlan>>,
     cores: Vec<usize>,
+    sched: ProxySched,
     listeners: Vec<WorkerListeners>,
     cell: Arc<MapCell>,
     views: Vec<Arc<ViewCell>>,
@@ -343,6 +344,7 @@ impl Bound {
             .host(host)
             .ok_or_else(|| anyhow!("no [[host]] {host}"))?;
         let cores = section.cores.proxy.clone();
+        let sched = section.cores.proxy_sched;
         let start = Instant::now();
         let key = MemberKey::derive(cluster_key);
         let plans = config
@@ -376,6 +378,7 @@ impl Bound {
         Ok(Some(Bound {
             plans,
             cores,
+            sched,
             listeners,
             cell,
             views,
@@ -414,6 +417,7 @@ impl Bound {
             counters.push(worker_counters.clone());
             let setup = worker::Setup {
                 core: *core,
+                sched: self.sched,
                 listeners,
                 plans: self.plans.clone(),
                 views: self.views.clone(),
@@ -531,9 +535,12 @@ impl ArrayTier {
 /// current-thread runtime (a `LocalSet`, so its tasks may hold `Rc`s)
 /// that also drives the thread's coarse timer (`coarse::drive`). `what` names
 /// the thread in the logs.
-fn run_pinned<F: std::future::Future>(what: &str, core: usize, work: F) {
+fn run_pinned<F: std::future::Future>(what: &str, core: usize, sched: ProxySched, work: F) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::warn!(core, "could not pin {what}");
+    }
+    if let Err(e) = crate::sys::sched::set_thread_batch(sched == ProxySched::Batch) {
+        tracing::warn!(core, ?sched, error = %e, "could not set {what}'s scheduling policy");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use shoal_config::ProxySched;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +26,7 @@ use super::{stopping, ServicePlan, WorkerListeners};
 /// Everything a worker thread starts with.
 pub(super) struct Setup {
     pub core: usize,
+    pub sched: ProxySched,
     pub listeners: WorkerListeners,
     pub plans: Vec<Arc<ServicePlan>>,
     pub views: Vec<Arc<ViewCell>>,
@@ -44,12 +46,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The worker thread's body.
 pub(super) fn run(setup: Setup) {
-    super::run_pinned("proxy worker", setup.core, serve(setup));
+    super::run_pinned("proxy worker", setup.core, setup.sched, serve(setup));
 }
 
 async fn serve(setup: Setup) {
     let Setup {
         core,
+        sched: _,
         listeners,
         plans,
         views,

@@ -1,4 +1,4 @@
-//! Thread scheduling: the nice value of the calling thread.
+//! Thread scheduling: the nice value and the policy of the calling thread.
 
 use std::io;
 
@@ -17,9 +17,43 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the calling thread's scheduling policy: `SCHED_BATCH` with
+/// `batch`, else `SCHED_OTHER` (its nice value is kept). Moving between
+/// these two needs no privilege.
+pub fn set_thread_batch(batch: bool) -> io::Result<()> {
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is an initialised `sched_param` on this stack frame
+    // that outlives the call, which only reads it; pid 0 is the calling
+    // thread; the call returns 0 or -1 with errno.
+    let ret = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_sets_its_own_policy_and_back() {
+        std::thread::spawn(|| {
+            // SAFETY: reads no memory; pid 0 is the calling thread.
+            let policy = || unsafe { libc::sched_getscheduler(0) };
+            set_thread_batch(true).unwrap();
+            assert_eq!(policy(), libc::SCHED_BATCH);
+            set_thread_batch(false).unwrap();
+            assert_eq!(policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_thread_can_lower_its_own_priority() {
