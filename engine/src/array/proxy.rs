@@ -331,12 +331,14 @@ impl Iterator for Hops<'_> {
 pub(super) fn answer(status: StatusCode, text: &str) -> Response<ClientBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
     r
 }
+
+/// The content type of the tier's own answers ([`answer`], and the
+/// sticky relay's).
+pub(super) const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// The answer beyond `max_connections`.
 pub(super) fn overloaded() -> Response<ClientBody> {

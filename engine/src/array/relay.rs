@@ -76,7 +76,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::coarse;
 use super::counters::{ErrorKind, ServiceCounters};
-use super::proxy::{wall_ms, Service, HOP_BY_HOP, SERVED_BY};
+use super::proxy::{wall_ms, Service, HOP_BY_HOP, SERVED_BY, TEXT_PLAIN};
 use super::sticky::{
     connection_bound, cookie_state, count_decision, pin_facts, served_here, view_of, Client,
     StickyCounters, StickyError, CLIENT_FIELDS, FORWARDED_BY,
@@ -982,11 +982,14 @@ fn failed_answer(
     plain_answer(out, status, text, close);
 }
 
-/// A plain-text answer of the relay's own (the full path's `answer`).
+/// A plain-text answer of the relay's own, as the full path's
+/// [`super::proxy::answer`] makes it: the text and a line end.
 fn plain_answer(out: &mut BytesMut, status: &str, text: &str, close: bool) {
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_bytes());
-    out.put_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+    out.put_slice(b"\r\ncontent-type: ");
+    out.put_slice(TEXT_PLAIN.as_bytes());
+    out.put_slice(b"\r\n");
     out.put_slice(format!("content-length: {}\r\n", text.len() + 1).as_bytes());
     if close {
         out.put_slice(b"connection: close\r\n");
